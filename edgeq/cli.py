@@ -1,0 +1,188 @@
+"""The ``edgeq`` command line: parse, call the library, render with rich.
+
+Library errors (``EdgeqError``) become one line on stderr and exit code 2; a traceback
+is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeq.errors import EdgeqError
+
+app = typer.Typer(
+    help="Quantize, lower, verify and profile PyTorch models for edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+targets_app = typer.Typer(help="List, show and validate deployment targets and device profiles.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+
+Target = Annotated[str, typer.Option("--target", "-t", help="Built-in target name (see 'edgeq targets list') or path to a target YAML.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from edgeq import __version__
+
+        print(f"edgeq {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Hugging Face model dir, hub id (org/name), package.module:factory, or a .pt2 file.")],
+    target: Target,
+    precision: Annotated[Optional[str], typer.Option("--precision", "-p", help="fp32|fp16|int8|int4 for every layer (default: the target's).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory (default: dist/<model>-<target>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    task: Annotated[Optional[str], typer.Option("--task", help="Override the detected task: sentence-embedding, sequence-classification, image-classification, causal-lm, custom.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail instead of falling back when a delegate is unavailable.")] = False,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Held-out inputs to verify numerics on.", min=1)] = 32,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code from its directory or the hub.")] = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Quantize MODEL for TARGET, lower it with the target's delegates, verify it, write an artifact."""
+    from edgeq.export import export as run_export
+
+    result = run_export(
+        model, target, precision=precision, output=output, force=force, task=task, strict=strict,
+        seq_len=seq_len, samples=samples, trust_remote_code=trust_remote_code,
+        show_progress=not (quiet or as_json),
+    )
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    elif not quiet:
+        from edgeq.report import print_export_summary
+
+        print_export_summary(result)
+
+
+@targets_app.command("list")
+def targets_list(as_json: Json = False) -> None:
+    """List built-in targets and device profiles."""
+    from edgeq.targets import builtin_names, load_profile, load_target
+
+    rows = []
+    for name in builtin_names("targets"):
+        t = load_target(name).target
+        rows.append({"name": name, "device": t.device, "format": t.format, "delegates": t.delegates,
+                     "default_precision": t.default_precision, "runtime_memory_mb": t.budgets.runtime_memory_mb,
+                     "storage_mb": t.budgets.storage_mb, "description": t.description})
+    profiles = [load_profile(n) for n in builtin_names("profiles")]
+    if as_json:
+        print(json.dumps({"targets": rows, "profiles": [p.model_dump() for p in profiles]}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Targets", title_justify="left")
+    for col in ("name", "device", "format", "delegates", "precision", "memory MB", "storage MB"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["device"], r["format"], " → ".join(r["delegates"]), r["default_precision"],
+                      f"{r['runtime_memory_mb']:g}", f"{r['storage_mb']:g}")
+    devices = Table(title="Device profiles", title_justify="left")
+    for col in ("name", "device", "CPU", "RAM GB", "app share", "GB/s", "accelerators"):
+        devices.add_column(col)
+    for p in profiles:
+        cpu = f"{p.cpu.cores}× {p.cpu.arch}"
+        accel = ", ".join(a.name for a in p.accelerators) or "-"
+        devices.add_row(p.name, p.display_name, cpu, f"{p.memory.ram_gb:g}", f"{p.memory.app_share:.0%}",
+                        f"{p.memory.bandwidth_gbps:g}", accel)
+    console = Console()
+    console.print(table)
+    console.print(devices)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Target name or YAML path.")], as_json: Json = False) -> None:
+    """Show a target, resolved through 'extends:', with its device profile."""
+    from edgeq.targets import load_target
+
+    resolved = load_target(name)
+    data = {"target": resolved.target.model_dump(), "device": resolved.profile.model_dump(), "source": str(resolved.source)}
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    import yaml
+
+    print(f"# {resolved.source}")
+    print(yaml.safe_dump(data["target"], sort_keys=False).rstrip())
+    print(f"# device profile: {resolved.profile.name}")
+    print(yaml.safe_dump(data["device"], sort_keys=False).rstrip())
+
+
+@targets_app.command("validate")
+def targets_validate(files: Annotated[list[Path], typer.Argument(help="Target or device-profile YAML files.")]) -> None:
+    """Validate target or device-profile YAML files (exit 2 on the first problem)."""
+    from edgeq.targets import validate_file
+
+    for f in files:
+        validate_file(f)
+        print(f"{f}: ok")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not debug:
+        _quiet_libraries()
+    try:
+        app(args=argv, prog_name="edgeq", standalone_mode=False)
+    except EdgeqError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code)
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"error: internal error {type(exc).__name__}: {first} (re-run with --debug for the traceback and report it)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party warnings and progress bars out of the user's terminal."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+
+if __name__ == "__main__":
+    main()

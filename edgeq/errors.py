@@ -1,0 +1,57 @@
+"""Errors edgeq raises for problems a user can fix.
+
+Every ``EdgeqError`` carries a one-line message saying what is wrong and a hint saying
+what to do. The CLI prints ``error: <message> (<hint>)`` and exits with code 2; no
+traceback is shown unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+
+class EdgeqError(Exception):
+    """A problem with the user's input or environment, with a fix to suggest."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        if self.hint:
+            text += f" ({self.hint.rstrip('.')})"
+        return " ".join(text.split())  # collapse newlines: always one line
+
+
+class ConfigError(EdgeqError):
+    """A profile, target or plan file is malformed or names something unknown."""
+
+
+class ModelLoadError(EdgeqError):
+    """The model source cannot be found or loaded."""
+
+
+class ExportError(EdgeqError):
+    """The model cannot be captured, quantized or lowered for the target."""
+
+
+class BackendUnavailableError(EdgeqError):
+    """A delegate or runtime the target asks for is not installed here."""
+
+
+class OutputError(EdgeqError):
+    """The output location cannot be written, or already exists."""
+
+
+class ArtifactError(EdgeqError):
+    """An artifact directory is missing, corrupt or of an unexpected kind."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

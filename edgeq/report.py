@@ -1,0 +1,58 @@
+"""Rendering results for people: the export summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def print_export_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.manifest
+    sizes = m["sizes"]
+    num = m.get("numerics") or {}
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("target", f"{m['target']['name']} ({m['target']['device']}, {m['target']['format']})")
+    table.add_row("model", f"{m['model']['name']} [{m['model']['task']}]")
+    table.add_row("precision", f"{m['precision']['requested']}  ({_counts(m['precision']['layer_counts'])})")
+    table.add_row("FP32 weights", human_bytes(sizes["fp32_weight_bytes"]))
+    cut = 1 - sizes["artifact_bytes"] / sizes["fp32_weight_bytes"]
+    table.add_row("artifact", f"{human_bytes(sizes['artifact_bytes'])}  ({cut:.1%} smaller than FP32 weights)")
+    deleg = m["delegation"]
+    used = ", ".join(f"{d} ({n} ops)" for d, n in deleg["delegated_ops"].items()) or "none"
+    table.add_row("delegates", f"{used}; portable CPU path: {deleg['portable_op_count']} ops")
+    if num:
+        fidelity = f"cosine mean {num['cosine_mean']:.4f}, min {num['cosine_min']:.4f}, max-abs {num['max_abs']:.3g}"
+        if num.get("top1_agreement") is not None:
+            fidelity += f", top-1 {num['top1_agreement']:.1%}"
+        table.add_row("fidelity", f"{fidelity}\n[dim]{num['samples']} held-out inputs ({num['inputs']}); ran in {num['runtime']}[/]")
+    else:
+        table.add_row("fidelity", "[yellow]not verified[/] (" + m.get("numerics_skipped", "") + ")")
+    b = m["budgets"]
+    table.add_row("storage budget", _budget(sizes["artifact_bytes"], b["storage_mb"]))
+    table.add_row("written to", str(result.artifact_dir))
+    console = Console()
+    console.print(table)
+    for note in m.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in counts.items()) + " layers"
+
+
+def _budget(actual_bytes: float, budget_mb: float) -> str:
+    share = actual_bytes / (budget_mb * 1e6)
+    mark = "[green]fits[/]" if share <= 1 else "[red]over[/]"
+    return f"{mark}: {human_bytes(actual_bytes)} of {budget_mb:g} MB ({share:.0%})"

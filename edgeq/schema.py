@@ -1,0 +1,171 @@
+"""Strict schemas for the two kinds of YAML: device profiles (facts) and targets (choices).
+
+Unknown keys are errors. Only pydantic is imported here, so validating a file never
+pulls in torch or a runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+Format = Literal["executorch", "onnx"]
+
+# Delegates a target may name, per artifact format. For ExecuTorch these are backend
+# delegates; for ONNX they are ONNX Runtime execution providers (short names).
+EXECUTORCH_DELEGATES: tuple[str, ...] = ("qnn", "coreml", "vulkan", "xnnpack")
+ONNX_EXECUTION_PROVIDERS: dict[str, str] = {
+    "qnn": "QNNExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+DtypeKey = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+class CpuCluster(Strict):
+    name: str
+    count: int = Field(gt=0)
+    max_ghz: float = Field(gt=0)
+
+
+Isa = Literal[
+    "neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme",
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx_vnni", "avx512_bf16", "avx512_fp16", "amx",
+]
+
+
+class Cpu(Strict):
+    arch: Literal["arm64", "x86_64"]
+    clusters: list[CpuCluster] = Field(min_length=1)
+    isa: list[Isa]
+    peak_gops: dict[DtypeKey, float]
+
+    @property
+    def cores(self) -> int:
+        return sum(c.count for c in self.clusters)
+
+    @model_validator(mode="after")
+    def _needs_fp32_and_int8(self) -> "Cpu":
+        missing = {"fp32", "int8"} - set(self.peak_gops)
+        if missing:
+            raise ValueError(f"cpu.peak_gops needs {sorted(missing)}")
+        return self
+
+
+class Memory(Strict):
+    ram_gb: float = Field(gt=0)
+    app_share: float = Field(gt=0, le=1)
+    bandwidth_gbps: float = Field(gt=0)
+    storage_gb: float = Field(gt=0)
+
+    @property
+    def app_budget_mb(self) -> float:
+        return self.ram_gb * 1024 * self.app_share
+
+
+Api = Literal["vulkan", "opencl", "metal", "coreml", "qnn", "nnapi", "directml", "openvino"]
+
+
+class Accelerator(Strict):
+    kind: Literal["gpu", "npu", "neural-engine"]
+    name: str
+    apis: list[Api]
+    peak_gops: dict[DtypeKey, float]
+
+
+class Os(Strict):
+    name: Literal["android", "ios", "macos", "linux", "windows"]
+    min_version: str
+
+
+class DeviceProfile(Strict):
+    """What a device is: facts only, each with a source comment in its YAML."""
+
+    schema_version: Literal[1]
+    name: str
+    display_name: str
+    family: Literal["snapdragon", "apple", "raspberry-pi", "x86"]
+    vendor: str
+    cpu: Cpu
+    memory: Memory
+    accelerators: list[Accelerator] = []
+    os: Os
+    notes: str = ""
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+class Budgets(Strict):
+    runtime_memory_mb: float = Field(gt=0)
+    storage_mb: float = Field(gt=0)
+    latency_ms: float | None = Field(default=None, gt=0)
+
+
+class Quantization(Strict):
+    int4_group_size: Literal[32, 64, 128] = 32
+    # Layers matching these regexes keep full precision (e.g. a classifier head).
+    keep_fp32: list[str] = []
+
+
+class Runtime(Strict):
+    threads: int = Field(default=0, ge=0, description="0 = let the runtime decide")
+
+
+class Target(Strict):
+    """How to deploy onto a device: format, delegate chain, precisions, budgets."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    description: str = ""
+    device: str
+    format: Format
+    delegates: list[str] = Field(min_length=1)
+    precisions: list[Precision] = Field(min_length=1)
+    default_precision: Precision
+    budgets: Budgets
+    quantization: Quantization = Quantization()
+    runtime: Runtime = Runtime()
+    seq_len: int = Field(default=128, gt=0, description="static sequence length for text models")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Target":
+        from edgeq.errors import did_you_mean
+
+        allowed = EXECUTORCH_DELEGATES if self.format == "executorch" else tuple(ONNX_EXECUTION_PROVIDERS)
+        for d in self.delegates:
+            if d not in allowed:
+                raise ValueError(
+                    f"unknown {self.format} delegate '{d}'{did_you_mean(d, allowed)} "
+                    f"(choose from {', '.join(allowed)})"
+                )
+        if len(set(self.delegates)) != len(self.delegates):
+            raise ValueError("delegates lists a delegate twice")
+        if self.default_precision not in self.precisions:
+            raise ValueError(
+                f"default_precision '{self.default_precision}' is not in precisions {self.precisions}"
+            )
+        return self
+
+    @property
+    def fallback(self) -> str:
+        """The last delegate in the chain: what runs when the preferred ones cannot."""
+        return self.delegates[-1]
