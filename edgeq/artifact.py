@@ -31,6 +31,8 @@ def check_output(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output {out_dir} exists and is not a directory", "remove it or choose another --output")
     parent = _existing_ancestor(out_dir.parent)
+    if not parent.is_dir():
+        raise OutputError(f"cannot create {out_dir}: {parent} is a file, not a directory", "choose another --output")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to {parent} (permission denied)", "choose a writable --output location")
 

@@ -109,7 +109,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
     if task == "sentence-embedding":
         pooling, normalize = _pooling(model_dir)
         wrapper = _Embedding(module, pooling, normalize).eval()
-        outputs = ["embedding"]
+        outputs = ["sentence_embedding"]
     else:
         wrapper = _Logits(module).eval()
         outputs = ["logits"]

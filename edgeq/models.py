@@ -47,7 +47,7 @@ class LoadedModel:
     # Make ``n`` input tuples from the built-in (or user) data of a split.
     make_inputs: Callable[[str, int], list[tuple[Any, ...]]]
     inputs_description: str = ""
-    exported: Any = None  # torch.export.ExportedProgram when loaded from .pt2
+    exported: Any = None  # the ExportedProgram when loaded from .pt2 (``module`` is its modularized copy)
     support_files: dict[str, Path] = field(default_factory=dict)  # copied into the artifact
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -57,9 +57,9 @@ class LoadedModel:
 
     def eager(self, *inputs: Any) -> Any:
         """Run the FP32 reference on one input tuple."""
-        if self.module is not None:
-            return self.module(*inputs)
-        return self.exported.module()(*inputs)
+        if self.exported is not None:  # the saved program itself, not edgeq's rewrite of it
+            return self.exported.module()(*inputs)
+        return self.module(*inputs)
 
 
 def load_model(
@@ -145,15 +145,18 @@ def _load_factory(spec: str, task: str | None) -> LoadedModel:
 
 
 def _load_pt2(path: Path, task: str | None) -> LoadedModel:
-    ep = safe_export_load(path)
+    from edgeq.pt2 import modularize, safe_load
+
+    ep = safe_load(path)
     example = ep.example_inputs[0] if ep.example_inputs else None
     if not example:
-        raise ModelLoadError(f"{path} has no example inputs saved", "save it with torch.export.save after torch.export.export(model, args)")
+        raise ModelLoadError(f"{path} has no example inputs saved",
+                             "save it with torch.export.save after torch.export.export(model, args)")
     example = tuple(example)
     return LoadedModel(
         name=path.stem,
         task=task or "custom",
-        module=None,
+        module=modularize(ep),
         exported=ep,
         example_inputs=example,
         input_names=[s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"],
@@ -163,44 +166,6 @@ def _load_pt2(path: Path, task: str | None) -> LoadedModel:
         make_inputs=lambda split, n: synthetic_inputs(example, split, n),
         inputs_description="synthetic inputs shaped like the program's example inputs",
     )
-
-
-def safe_export_load(path: Path) -> Any:
-    """``torch.export.load`` with pickle restricted to tensors (no fallback to full pickle)."""
-    import zipfile
-
-    import torch
-    import torch._export.serde.serialize as serde
-
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a valid .pt2 file (not a zip archive)", "re-save it with torch.export.save")
-
-    def tensors_only(serialized: Any) -> Any:
-        import io
-
-        if isinstance(serialized, (dict, tuple)) or len(serialized) == 0:
-            return serialized or {}
-        try:
-            return torch.load(io.BytesIO(serialized), weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError or RuntimeError
-            raise ModelLoadError(
-                f"{path} holds objects other than tensors ({str(exc).splitlines()[0][:120]})",
-                "edgeq does not unpickle arbitrary objects; re-export the program with plain tensor constants",
-            ) from None
-
-    original = serde.deserialize_torch_artifact
-    serde.deserialize_torch_artifact = tensors_only
-    try:
-        return torch.export.load(str(path))
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path} is not a readable ExportedProgram ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
-            "re-save it with torch.export.save from the same torch version",
-        ) from None
-    finally:
-        serde.deserialize_torch_artifact = original
 
 
 def synthetic_inputs(example: tuple[Any, ...], split: str, n: int) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ def print_export_summary(result: Any) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("target", f"{m['target']['name']} ({m['target']['device']}, {m['target']['format']})")
-    table.add_row("model", f"{m['model']['name']} [{m['model']['task']}]")
+    table.add_row("model", f"{m['model']['name']} ({m['model']['task']})")
     table.add_row("precision", f"{m['precision']['requested']}  ({_counts(m['precision']['layer_counts'])})")
     table.add_row("FP32 weights", human_bytes(sizes["fp32_weight_bytes"]))
     cut = 1 - sizes["artifact_bytes"] / sizes["fp32_weight_bytes"]

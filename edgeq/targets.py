@@ -141,7 +141,9 @@ def _validate(model: type[BaseModel], data: Any, lines: LineMap, path: Path) -> 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # A misspelt key shows up as both "unknown" and "missing": report the typo.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
         loc = tuple(err["loc"])
         where = f"{path}:{line_of(lines, loc) or 1}"
         dotted = ".".join(str(p) for p in loc) or "(top level)"
@@ -159,7 +161,7 @@ def _validate(model: type[BaseModel], data: Any, lines: LineMap, path: Path) -> 
             hint = "fix the value"
             if "input" in err and not isinstance(err["input"], (dict, list)):
                 msg += f" (got {err['input']!r})"
-        extra = len(exc.errors()) - 1
+        extra = len(errors) - 1
         if extra:
             hint += f"; {extra} more problem{'s' if extra > 1 else ''} in this file"
         raise ConfigError(msg, hint) from None

@@ -1,0 +1,130 @@
+"""ONNX graph surgery edgeq needs around ONNX Runtime's quantizers.
+
+- ``gemm_to_matmul``: ORT's 4-bit MatMulNBits quantizer ignores Gemm (torch exports a
+  linear on 2-D input as Gemm), so Gemms with constant weights become MatMul + Add.
+- ``layer_nodes``: map weight-bearing nodes back to PyTorch module names through the
+  ``pkg.torch.onnx.name_scopes`` metadata the dynamo exporter writes (quantized nodes
+  lose it, so the map is built from the FP32 graph).
+- ``dedupe_nodes``: the float16 converter can emit the same Cast twice.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Gather": 0, "Conv": 1}  # op → index of its weight input
+
+
+def gemm_to_matmul(model: Any) -> list[str]:
+    """Rewrite ``Gemm(A, B_const, C)`` as ``MatMul(A, B') [+ Add(C')]`` in place.
+
+    The MatMul keeps the Gemm's name and metadata, so name-based node lists still apply.
+    Returns the names of the rewritten nodes.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    taken = set(inits) | {i.name for i in g.input} | {o for n in g.node for o in n.output} | {n.name for n in g.node}
+
+    def unique(name: str) -> str:
+        base, i = name, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    new_nodes, new_inits, done = [], [], []
+    for n in g.node:
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits:
+            new_nodes.append(n)
+            continue
+        at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+        b = numpy_helper.to_array(inits[n.input[1]])
+        if int(at.get("transB", 0)):
+            b = b.T
+        if alpha != 1.0:
+            b = b * np.asarray(alpha, dtype=b.dtype)
+        b_name = unique(n.input[1] + "_matmul_b")
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b), b_name))
+        a_name, pre, post = n.input[0], [], []
+        if int(at.get("transA", 0)):
+            t_out = unique(n.name + "_transA_out")
+            pre.append(helper.make_node("Transpose", [a_name], [t_out], name=unique(n.name + "/transA"), perm=[1, 0]))
+            a_name = t_out
+        has_c = len(n.input) > 2 and n.input[2] != ""
+        mm_out = unique(n.output[0] + "_matmul") if has_c else n.output[0]
+        mm = helper.make_node("MatMul", [a_name, b_name], [mm_out], name=n.name)
+        if has_c:
+            c_name = n.input[2]
+            if beta != 1.0:
+                if c_name in inits:
+                    c = numpy_helper.to_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
+                    c_name = unique(n.input[2] + "_beta")
+                    new_inits.append(numpy_helper.from_array(c, c_name))
+                else:
+                    beta_name = unique(n.name + "_beta")
+                    new_inits.append(numpy_helper.from_array(np.asarray(beta, dtype=b.dtype), beta_name))
+                    scaled = unique(n.name + "_beta_c")
+                    post.append(helper.make_node("Mul", [c_name, beta_name], [scaled], name=unique(n.name + "/beta")))
+                    c_name = scaled
+            post.append(helper.make_node("Add", [mm_out, c_name], [n.output[0]], name=unique(n.name + "/bias_add")))
+        for node in pre + [mm] + post:
+            for p in n.metadata_props:
+                node.metadata_props.add(key=p.key, value=p.value)
+        new_nodes.extend(pre + [mm] + post)
+        done.append(n.name)
+    g.ClearField("node")
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(keep)
+    g.ClearField("value_info")  # stale shapes after the rewrite break ORT's shape inference
+    return done
+
+
+def layer_nodes(model: Any) -> dict[str, list[tuple[str, str]]]:
+    """``{module fqn: [(node name, op type), ...]}`` for nodes whose weight is a constant."""
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for n in model.graph.node:
+        idx = WEIGHT_OPS.get(n.op_type)
+        if idx is None or len(n.input) <= idx or n.input[idx] not in inits:
+            continue
+        meta = {p.key: p.value for p in n.metadata_props}
+        scopes = meta.get("pkg.torch.onnx.name_scopes")
+        if scopes is None:
+            continue
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        if len(names) >= 2:
+            out.setdefault(names[-2], []).append((n.name, n.op_type))
+    return out
+
+
+def dedupe_nodes(model: Any) -> None:
+    """Drop exact duplicate nodes (same op, inputs, outputs, attributes)."""
+    seen, keep = set(), []
+    for n in model.graph.node:
+        key = (n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
+        if key not in seen:
+            seen.add(key)
+            keep.append(n)
+    model.graph.ClearField("node")
+    model.graph.node.extend(keep)
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,216 @@
+"""``export``: from a model source and a target to a verified artifact directory.
+
+>>> from edgeq.export import export
+>>> result = export("tests.tiny_models:tiny_mlp", "x86", output="dist/mlp-x86")  # doctest: +SKIP
+>>> result.manifest["numerics"]["cosine_min"] > 0.99  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq import __version__
+from edgeq.artifact import MANIFEST_SCHEMA_VERSION, check_output, file_table, staged_dir, write_manifest
+from edgeq.errors import ExportError
+from edgeq.progress import Steps
+from edgeq.schema import PRECISIONS
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    artifact_dir: Path
+    manifest: dict[str, Any]
+
+
+def export(
+    model: str | Path,
+    target: str | Path,
+    *,
+    precision: str | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+    task: str | None = None,
+    strict: bool = False,
+    seq_len: int | None = None,
+    samples: int = 32,
+    trust_remote_code: bool = False,
+    show_progress: bool = False,
+) -> ExportResult:
+    """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact."""
+    from edgeq.targets import load_target
+
+    steps = Steps(show=show_progress)
+    resolved = load_target(target)
+    tgt = resolved.target
+    precision = _check_precision(precision, tgt)
+    out_dir = Path(output) if output is not None else None
+    if out_dir is not None:
+        check_output(out_dir, force)  # fail before the slow steps
+
+    from edgeq.models import load_model
+
+    with steps.step("Loading model") as info:
+        loaded = load_model(model, task, seq_len=seq_len or tgt.seq_len, trust_remote_code=trust_remote_code)
+        info.detail = f"{loaded.name} ({loaded.task}, from {loaded.source_kind})"
+    if out_dir is None:
+        out_dir = Path("dist") / f"{loaded.name}-{tgt.name}"
+        check_output(out_dir, force)
+
+    from edgeq.backends import backend
+    from edgeq.inventory import fp32_bytes, layer_inventory
+    from edgeq.plan import uniform_plan
+
+    layers = layer_inventory(loaded.module)
+    plan = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
+                        keep_fp32=tgt.quantization.keep_fp32)
+    fp32_size = fp32_bytes(loaded.module)
+    for fqn, why in plan.reasons.items():
+        steps.note(f"{fqn}: {why}")
+
+    with steps.step("Preparing held-out inputs") as info:
+        heldout = loaded.make_inputs("heldout", samples)
+        reference = _eager_outputs(loaded, heldout)
+        info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
+
+    be = backend(tgt.format)
+    with staged_dir(out_dir, force) as work:
+        scratch = work / ".work"
+        scratch.mkdir()
+        lowered = be.lower(loaded, tgt, plan, scratch, steps, strict)
+        numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
+        model_file = work / lowered.model_file.name
+        shutil.move(str(lowered.model_file), model_file)
+        shutil.rmtree(scratch)
+        _copy_support_files(loaded, work)
+        manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, fp32_size, model_file,
+                             work, steps)
+        _check_storage_budget(manifest, tgt)
+        write_manifest(work, manifest)
+    return ExportResult(artifact_dir=out_dir, manifest=manifest)
+
+
+def _check_precision(precision: str | None, tgt: Any) -> str:
+    from edgeq.errors import ConfigError, did_you_mean
+
+    if precision is None:
+        return tgt.default_precision
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'{did_you_mean(precision, PRECISIONS)}",
+                          f"choose one of: {', '.join(PRECISIONS)}")
+    if precision not in tgt.precisions:
+        raise ConfigError(
+            f"target '{tgt.name}' does not allow precision {precision} (allowed: {', '.join(tgt.precisions)})",
+            "pick an allowed precision, or a target that allows it",
+        )
+    return precision
+
+
+def _eager_outputs(loaded: Any, inputs: list[tuple[Any, ...]]) -> list[Any]:
+    import torch
+
+    with torch.no_grad():
+        return [_first(loaded.eager(*row)).float().numpy() for row in inputs]
+
+
+def _first(out: Any) -> Any:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _verify(be: Any, lowered: Any, heldout: list, reference: list, loaded: Any, tgt: Any, steps: Steps) -> Any:
+    from edgeq.numerics import compare
+
+    with_top1 = loaded.metric == "top1"
+    if lowered.runnable_here:
+        path, runtime = lowered.model_file, lowered.runtime
+    elif lowered.reference_file is not None:
+        path, runtime = lowered.reference_file, lowered.reference_runtime
+        steps.note(f"{lowered.not_runnable_reason}; numerics were measured on {runtime}")
+    else:
+        steps.note(f"numerics not verified: {lowered.not_runnable_reason}")
+        return None
+    with steps.step(f"Verifying numerics ({len(heldout)} inputs)") as info:
+        outputs = be.run(path, heldout, tgt.runtime.threads)
+        result = compare(reference, outputs, with_top1=with_top1, inputs=loaded.inputs_description, runtime=runtime)
+        info.detail = result.short()
+    return result
+
+
+def _copy_support_files(loaded: Any, work: Path) -> None:
+    for rel, src in loaded.support_files.items():
+        dst = work / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: Any, numerics: Any,
+              fp32_size: int, model_file: Path, work: Path, steps: Steps) -> dict[str, Any]:
+    tgt, profile = resolved.target, resolved.profile
+    files = file_table(work)
+    counts: dict[str, int] = {}
+    for s in lowered.layer_schemes.values():
+        counts[s] = counts.get(s, 0) + 1
+    artifact_bytes = model_file.stat().st_size
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_file": model_file.name,
+        "target": {
+            "name": tgt.name, "device": profile.name, "device_name": profile.display_name,
+            "format": tgt.format, "delegates": tgt.delegates, "threads": tgt.runtime.threads,
+        },
+        "model": {
+            "name": loaded.name, "source": loaded.source, "source_kind": loaded.source_kind, "task": loaded.task,
+            "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                       for n, t in zip(loaded.input_names, loaded.example_inputs)],
+            "outputs": loaded.output_names,
+        },
+        "precision": {
+            "requested": precision,
+            "layer_counts": counts,
+            "layers": lowered.layer_schemes,
+            "notes": plan.reasons,
+        },
+        "sizes": {
+            "fp32_weight_bytes": fp32_size,
+            "artifact_bytes": artifact_bytes,
+            "ratio_to_fp32": round(artifact_bytes / fp32_size, 4) if fp32_size else None,
+        },
+        "budgets": tgt.budgets.model_dump(),
+        "delegation": {"used": lowered.delegates_used, **lowered.delegation},
+        "numerics": numerics.to_dict() if numerics else None,
+        "numerics_skipped": "" if numerics else lowered.not_runnable_reason,
+        "files": files,
+        "versions": _versions(),
+        "timings_s": steps.timings,
+        "notes": steps.notes,
+    }
+
+
+def _check_storage_budget(manifest: dict[str, Any], tgt: Any) -> None:
+    size = manifest["sizes"]["artifact_bytes"]
+    budget = tgt.budgets.storage_mb * 1e6
+    if size > budget:
+        raise ExportError(
+            f"the artifact is {size / 1e6:.1f} MB, over target '{tgt.name}' storage budget of {tgt.budgets.storage_mb:g} MB",
+            "choose a lower --precision, or a target (or 'extends:' override) with a larger budgets.storage_mb",
+        )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"edgeq": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "executorch", "torchao", "onnx", "onnxruntime", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -1,0 +1,77 @@
+"""Tiny models built in code, loaded by tests as ``tests.tiny_models:<factory>``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyText(nn.Module):
+    """Embedding → two linears → mean: the shape of a text encoder, 64-dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, 64)
+        self.fc1 = nn.Linear(64, 128)
+        self.fc2 = nn.Linear(128, 64)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        return self.fc2(torch.relu(self.fc1(h))).mean(dim=1)
+
+
+def tiny_text():
+    torch.manual_seed(0)
+    return TinyText().eval(), (torch.randint(0, 256, (1, 16)),)
+
+
+def tiny_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
+    return model, (torch.randn(1, 64),)
+
+
+def tiny_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+    return model, (torch.randn(1, 3, 32, 32),)
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value: torch.export cannot capture this."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def not_exportable():
+    return DataDependent().eval(), (torch.randn(1, 8),)
+
+
+def not_a_module():
+    return "nope", (1,)
+
+
+def save_tiny_bert(path, *, task: str = "sentence-embedding"):
+    """A BERT with random weights from a small config, saved as a Hugging Face directory."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=64)
+    if task == "sequence-classification":
+        cfg.num_labels = 3
+        model = BertForSequenceClassification(cfg)
+    else:
+        model = BertModel(cfg)
+    model.save_pretrained(path)
+    return path
