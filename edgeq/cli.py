@@ -141,7 +141,11 @@ def targets_validate(files: Annotated[list[Path], typer.Argument(help="Target or
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    if not debug:
+    if debug:
+        import os
+
+        os.environ["EDGEQ_DEBUG"] = "1"
+    else:
         _quiet_libraries()
     try:
         app(args=argv, prog_name="edgeq", standalone_mode=False)

@@ -82,7 +82,7 @@ def export(
     with staged_dir(out_dir, force) as work:
         scratch = work / ".work"
         scratch.mkdir()
-        lowered = be.lower(loaded, tgt, plan, scratch, steps, strict)
+        lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
         numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
         model_file = work / lowered.model_file.name
         shutil.move(str(lowered.model_file), model_file)
@@ -185,6 +185,7 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
         },
         "budgets": tgt.budgets.model_dump(),
         "delegation": {"used": lowered.delegates_used, **lowered.delegation},
+        "memory": {k: v for k, v in lowered.extras.items() if k.endswith("_bytes")},
         "numerics": numerics.to_dict() if numerics else None,
         "numerics_skipped": "" if numerics else lowered.not_runnable_reason,
         "files": files,

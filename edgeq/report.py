@@ -28,7 +28,8 @@ def print_export_summary(result: Any) -> None:
     table.add_row("precision", f"{m['precision']['requested']}  ({_counts(m['precision']['layer_counts'])})")
     table.add_row("FP32 weights", human_bytes(sizes["fp32_weight_bytes"]))
     cut = 1 - sizes["artifact_bytes"] / sizes["fp32_weight_bytes"]
-    table.add_row("artifact", f"{human_bytes(sizes['artifact_bytes'])}  ({cut:.1%} smaller than FP32 weights)")
+    change = f"{cut:.1%} smaller" if cut >= 0 else f"{-cut:.1%} larger"
+    table.add_row("artifact", f"{human_bytes(sizes['artifact_bytes'])}  ({change} than the FP32 weights)")
     deleg = m["delegation"]
     used = ", ".join(f"{d} ({n} ops)" for d, n in deleg["delegated_ops"].items()) or "none"
     table.add_row("delegates", f"{used}; portable CPU path: {deleg['portable_op_count']} ops")

@@ -35,3 +35,32 @@ class Lowered:
 def backend(fmt: str) -> Any:
     """The backend module for an artifact format (``executorch`` or ``onnx``)."""
     return importlib.import_module(f"edgeq.backends.{'executorch' if fmt == 'executorch' else 'onnx'}")
+
+
+def silence_native_stderr():
+    """Hide what native runtimes print straight to fd 2 (e.g. XNNPACK's cpuinfo probing).
+
+    Python-level errors still surface as exceptions; with ``EDGEQ_DEBUG=1`` (set by
+    ``--debug``) nothing is hidden.
+    """
+    import contextlib
+    import os
+    import sys
+
+    @contextlib.contextmanager
+    def _silenced():
+        if os.environ.get("EDGEQ_DEBUG") == "1":
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+    return _silenced()

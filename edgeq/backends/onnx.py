@@ -28,7 +28,7 @@ OPSET = 21  # GatherBlockQuantized needs 21; exporting at 21 avoids an opset bum
 INT8_BLOCK = 128
 
 
-def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool) -> Lowered:
+def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Lowered:
     import onnx
     import onnxruntime as ort
 

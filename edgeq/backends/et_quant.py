@@ -1,0 +1,133 @@
+"""Apply a quantization plan to a PyTorch module before ExecuTorch lowering.
+
+- Linear: torchao ``Int8DynamicActivationIntxWeightConfig`` (int8 per-channel or int4
+  group-wise weights, int8 dynamic activations: XNNPACK's qd8 kernels), or
+  ``IntxWeightOnlyConfig`` when the delegate wants weight-only (Core ML, Vulkan int8).
+- Embedding: ``IntxWeightOnlyConfig``; ``to_executorch`` fuses dequantize + embedding
+  into ``quantized_decomposed.embedding_byte/4bit`` (needs ``padding_idx`` cleared,
+  which only matters for training).
+- Conv: static int8 per-channel through PT2E with XNNPACK's quantizer, calibrated on
+  the calibration inputs (XNNPACK has no dynamic-activation conv with int8 weights).
+- fp16: the whole model in half precision with LayerNorm kept in fp32 (the portable
+  fp16 layer_norm kernel in this ExecuTorch build returns NaN), fp32 in and out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+WEIGHT_ONLY_DELEGATES = {"coreml"}
+
+
+def quantized_module(module: Any, schemes: dict[str, str], delegate: str) -> Any:
+    """A quantized deep copy of ``module`` (the original stays FP32 for reference)."""
+    import torch
+    from torch import nn
+
+    model = copy.deepcopy(module)
+    if set(schemes.values()) == {"fp16"}:
+        return _Fp16(model)
+    if "fp16" in schemes.values():
+        from edgeq.errors import ExportError
+
+        raise ExportError("fp16 cannot be mixed with other schemes in ExecuTorch artifacts yet",
+                          "use fp16 for every layer, or only fp32/int8/int4")
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    modules = dict(model.named_modules())
+    groups: dict[tuple[str, str], set[str]] = {}
+    for fqn, scheme in schemes.items():
+        mod = modules.get(fqn)
+        if mod is None or scheme == "fp32":
+            continue
+        kind = "embedding" if isinstance(mod, nn.Embedding) else "conv" if isinstance(mod, nn.Conv2d | nn.Conv1d) else "linear"
+        if kind == "embedding":
+            mod.padding_idx = None
+        groups.setdefault((kind, scheme), set()).add(fqn)
+
+    for (kind, scheme), fqns in sorted(groups.items()):
+        if kind == "conv":
+            continue  # PT2E, after capture: see quantize_convs
+        dtype = torch.int8 if scheme == "int8" else torch.int4
+        granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
+        weight_only = kind == "embedding" or delegate in WEIGHT_ONLY_DELEGATES or (delegate == "vulkan" and scheme == "int8")
+        if weight_only:
+            config = IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
+        else:
+            config = Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
+        quantize_(model, config, filter_fn=lambda m, fqn, names=fqns: fqn in names)
+    return model
+
+
+def conv_layers(schemes: dict[str, str], module: Any) -> list[str]:
+    from torch import nn
+
+    modules = dict(module.named_modules())
+    return [f for f, s in schemes.items() if s == "int8" and isinstance(modules.get(f), nn.Conv1d | nn.Conv2d)]
+
+
+def quantize_convs(program: Any, convs: list[str], calib: list[tuple[Any, ...]]) -> Any:
+    """Static int8 PT2E quantization of the named conv layers of a captured program."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    wanted = set(convs)
+
+    def in_wanted_conv(node: Any) -> bool:
+        # The quantizer checks every node of a pattern (conv → relu, weights as get_attr
+        # nodes without module metadata), so reject only ops inside other weighted layers.
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        if node.op != "call_function" or not stack:
+            return True
+        path, kind = stack[-1]
+        kind = str(kind)
+        if "Conv" in kind:
+            return path.removeprefix("L['self'].") in wanted
+        return not ("Linear" in kind or "Embedding" in kind)
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    quantizer.set_filter_function(in_wanted_conv)
+    prepared = prepare_pt2e(program.module(), quantizer)
+    for row in calib:
+        prepared(*row)
+    return convert_pt2e(prepared)
+
+
+def _Fp16(model: Any) -> Any:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class FP32LayerNorm(nn.Module):
+        def __init__(self, ln: nn.LayerNorm):
+            super().__init__()
+            self.shape, self.eps = ln.normalized_shape, ln.eps
+            self.weight = nn.Parameter(ln.weight.detach().float()) if ln.weight is not None else None
+            self.bias = nn.Parameter(ln.bias.detach().float()) if ln.bias is not None else None
+
+        def forward(self, x):
+            return F.layer_norm(x.float(), self.shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+    class Half(nn.Module):
+        """fp16 inside, fp32 at the boundary (float inputs cast in, outputs cast out)."""
+
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            args = tuple(a.half() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+            out = self.inner(*args)
+            return out.float() if torch.is_tensor(out) else out
+
+    model = model.half()
+    for name, sub in list(model.named_modules()):
+        if isinstance(sub, nn.LayerNorm):
+            model.set_submodule(name, FP32LayerNorm(sub)) if name else None
+    return Half(model).eval()
