@@ -114,7 +114,7 @@ def _usable_chain(target: Any, precision: str, steps: Any, strict: bool) -> list
         if strict or not rest:
             raise BackendUnavailableError(
                 f"delegate {delegate} cannot be used: {reason}",
-                "install what it needs" + ("" if strict else "") + (", or drop --strict to use the target's fallback" if strict and rest else ""),
+                "drop --strict to use the target's fallback" if strict and rest else "install what the delegate needs, or pick another target",
             )
         steps.note(f"{delegate} skipped: {reason}; ops go to {' → '.join(d for d in target.delegates if d != delegate)}")
     return chain
@@ -140,6 +140,9 @@ def _lower(program: Any, partitioners: list[Any], out: Path) -> tuple[Any, dict[
         manager = edge.to_executorch(
             ExecutorchBackendConfig(extract_delegate_segments=True, do_quant_fusion_and_const_prop=True)
         )
+        # Portable ops are read from the final program: quant fusion rewrites them there.
+        portable = _portable_ops(manager.exported_program().graph_module)
+        summary["portable_op_count"], summary["portable_ops"] = sum(portable.values()), dict(portable.most_common())
     except Exception as exc:
         from edgeq.capture import _first_line
 
@@ -157,7 +160,6 @@ def _delegation_summary(gm: Any) -> dict[str, Any]:
     """Ops per delegate (from each lowered module's original graph) and portable ops."""
     delegated: dict[str, int] = {}
     by_delegate: dict[str, Counter] = {}
-    portable: Counter = Counter()
     subgraphs: Counter = Counter()
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
@@ -171,20 +173,28 @@ def _delegation_summary(gm: Any) -> dict[str, Any]:
             delegated[backend] = delegated.get(backend, 0) + sum(ops.values())
             by_delegate.setdefault(backend, Counter()).update(ops)
             subgraphs[backend] += 1
-        elif name != "getitem":
-            portable[_op_name(node.target)] += 1
     return {
         "delegated_ops": delegated,
         "delegated_subgraphs": dict(subgraphs),
         "delegated_op_types": {d: dict(c.most_common()) for d, c in by_delegate.items()},
-        "portable_op_count": sum(portable.values()),
-        "portable_ops": dict(portable.most_common()),
     }
 
 
+def _portable_ops(gm: Any) -> Counter:
+    ops: Counter = Counter()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") not in (
+            "alloc", "getitem", "executorch_call_delegate",
+        ):
+            ops[_op_name(node.target)] += 1
+    return ops
+
+
 def _op_name(target: Any) -> str:
-    text = str(target)
-    return re.sub(r"^(aten|quantized_decomposed|dim_order_ops|torchao)[._]", r"\1.", text.split("::")[-1])
+    """``aten::mean.out`` / ``quantized_decomposed::embedding_byte.out`` → ``aten.mean`` …"""
+    name = getattr(target, "_name", None) or getattr(target, "__name__", None) or str(target)
+    name = name.replace("::", ".")
+    return re.sub(r"\.(out|default|Tensor_out|int_out)$", "", name)
 
 
 def _describe(summary: dict[str, Any]) -> str:

@@ -1,0 +1,49 @@
+"""Run artifacts in their real runtimes directly (not through edgeq) and compare with eager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def run_pte(path: Path, rows: list[tuple]) -> list[np.ndarray]:
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return [method.execute(list(r))[0].float().numpy() for r in rows]
+
+
+def run_onnx(path: Path, rows: list[tuple]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in s.get_inputs()]
+    return [s.run(None, {n: t.numpy() for n, t in zip(names, r)})[0] for r in rows]
+
+
+def cosines(model, rows: list[tuple], outs: list[np.ndarray]) -> list[float]:
+    result = []
+    with torch.no_grad():
+        for r, o in zip(rows, outs):
+            ref = model(*r)
+            ref = ref[0] if isinstance(ref, tuple) else ref
+            a, b = ref.flatten().double().numpy(), np.asarray(o, dtype=np.float64).flatten()
+            result.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return result
+
+
+def random_rows(example: tuple, n: int, seed: int = 7) -> list[tuple]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        row = []
+        for x in example:
+            if x.is_floating_point():
+                row.append(torch.randn(x.shape, generator=g))
+            else:
+                row.append(torch.randint(0, int(x.max()) + 1, x.shape, generator=g, dtype=x.dtype))
+        rows.append(tuple(row))
+    return rows
