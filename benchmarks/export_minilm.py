@@ -90,6 +90,30 @@ def quiet_native():
         logging.disable(logging.WARNING)  # some libraries reset logging on import
 
 
+class OtherLoad:
+    """CPU used by *other* processes on the host while this block runs, in cores (from /proc/stat)."""
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        t = os.times()
+        return busy, t.user + t.system, time.perf_counter()
+
+    def __enter__(self):
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._sample()
+        wall = end[2] - self.start[2]
+        self.cores = max(0.0, ((end[0] - self.start[0]) - (end[1] - self.start[1])) / wall) if wall > 0 else 0.0
+        return False
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -151,7 +175,7 @@ def tokenize(model_dir: Path, sentences: list[str]):
 
 
 # ------------------------------------------------------------------------- producers
-# Each returns (artifact path, seconds, note). Timed from loading the HF model from disk
+# Each returns (artifact path, seconds, note, extra info). Timed from loading the HF model from disk
 # to the artifact written, so it is comparable with edgeq's whole export() call.
 
 
@@ -164,7 +188,10 @@ def make_edgeq(model_dir: Path, target: str, precision: str, work: Path) -> tupl
         result = export(str(model_dir), target, precision=precision, output=out, force=True, samples=8,
                         show_progress=False)
     dt = time.perf_counter() - t0
-    return result.artifact_dir / result.manifest["model_file"], dt, "whole export() call (incl. its 8-sample check)"
+    m = result.manifest
+    info = {"layer_counts": m["precision"]["layer_counts"],
+            "portable_ops": (m.get("delegation") or {}).get("portable_op_count")}
+    return result.artifact_dir / m["model_file"], dt, "whole export() call (incl. its 8-sample check)", info
 
 
 def make_torchao_et(model_dir: Path, precision: str, example: tuple, work: Path) -> tuple[Path, float, str]:
@@ -189,10 +216,13 @@ def make_torchao_et(model_dir: Path, precision: str, example: tuple, work: Path)
         with torch.no_grad():
             program = torch.export.export(model, example)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        portable = sum(1 for n in edge.exported_program().graph.nodes if n.op == "call_function"
+                       and getattr(n.target, "__name__", "") not in ("executorch_call_delegate", "getitem"))
         et_program = edge.to_executorch()
         with out.open("wb") as f:
             et_program.write_to_file(f)
-    return out, time.perf_counter() - t0, "load + quantize_ + torch.export + lower + to_executorch"
+    return (out, time.perf_counter() - t0, "load + quantize_ + torch.export + lower + to_executorch",
+            {"portable_ops": portable})
 
 
 def make_onnx_fp32(model_dir: Path, example: tuple, work: Path) -> tuple[Path, float, str]:
@@ -206,7 +236,7 @@ def make_onnx_fp32(model_dir: Path, example: tuple, work: Path) -> tuple[Path, f
             torch.onnx.export(model, example, str(out), dynamo=True, external_data=False,
                               input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
                               verbose=False)
-    return out, time.perf_counter() - t0, "load + torch.onnx.export(dynamo=True)"
+    return out, time.perf_counter() - t0, "load + torch.onnx.export(dynamo=True)", {}
 
 
 def _fp32_proto(fp32: Path):
@@ -230,7 +260,7 @@ def make_ort_dynamic(fp32: Path, fp32_seconds: float, work: Path) -> tuple[Path,
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
     dt = time.perf_counter() - t0
     src.unlink()
-    return out, fp32_seconds + dt, f"FP32 ONNX export ({fp32_seconds:.1f} s) + quantize_dynamic ({dt:.1f} s)"
+    return out, fp32_seconds + dt, f"FP32 ONNX export ({fp32_seconds:.1f} s) + quantize_dynamic ({dt:.1f} s)", {}
 
 
 def make_ort_nbits(fp32: Path, fp32_seconds: float, work: Path) -> tuple[Path, float, str]:
@@ -243,7 +273,7 @@ def make_ort_nbits(fp32: Path, fp32_seconds: float, work: Path) -> tuple[Path, f
         quantizer.process()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
     dt = time.perf_counter() - t0
-    return out, fp32_seconds + dt, f"FP32 ONNX export ({fp32_seconds:.1f} s) + MatMulNBits ({dt:.1f} s)"
+    return out, fp32_seconds + dt, f"FP32 ONNX export ({fp32_seconds:.1f} s) + MatMulNBits ({dt:.1f} s)", {}
 
 
 # ------------------------------------------------------------------------- runners
@@ -282,24 +312,12 @@ def ort_runner(path: Path) -> Callable[[Any, Any], Any]:
     return run
 
 
-def measure(row: Row, runner_factory, path: Path, inputs_torch, inputs_np, reference, warmup: int, runs: int) -> None:
+def fidelity(row: Row, run: Callable[[Any, Any], Any], inputs, reference) -> None:
+    """Cosine of each held-out output against eager FP32 (also warms the runtime up)."""
     import numpy as np
 
-    is_et = runner_factory is et_runner
-    inputs = inputs_torch if is_et else inputs_np
-    run = runner_factory(path)
-    ids, mask = inputs[0]
     with quiet_native():
-        for _ in range(warmup):
-            run(ids, mask)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            run(ids, mask)
-            times.append((time.perf_counter() - t0) * 1e3)
         outs = [run(i, m) for i, m in inputs]
-    row.latency_p50_ms = statistics.median(times)
-    row.latency_p90_ms = float(np.percentile(times, 90))
     cos, max_abs = [], 0.0
     for ref, out in zip(reference, outs):
         a = np.asarray(ref, dtype=np.float64).ravel()
@@ -312,6 +330,33 @@ def measure(row: Row, runner_factory, path: Path, inputs_torch, inputs_np, refer
     row.cosine_mean = float(np.mean(cos))
     row.cosine_min = float(np.min(cos))
     row.max_abs = max_abs
+
+
+def latencies(jobs: list[tuple[Row, Callable[[Any, Any], Any], tuple]], warmup: int, runs: int, rounds: int) -> None:
+    """Per row: ``warmup`` untimed runs, then ``runs`` timed runs of one sentence.
+
+    The timed runs are spread over ``rounds`` round-robin passes over all rows, so a burst
+    of load from something else on the host does not land on one row only.
+    """
+    import numpy as np
+
+    times: dict[int, list[float]] = {id(r): [] for r, _, _ in jobs}
+    per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    with quiet_native():
+        for _, run, (ids, mask) in jobs:
+            for _ in range(warmup):
+                run(ids, mask)
+        for k in per_round:
+            for row, run, (ids, mask) in jobs:
+                for _ in range(k):
+                    t0 = time.perf_counter()
+                    run(ids, mask)
+                    times[id(row)].append((time.perf_counter() - t0) * 1e3)
+    for row, _, _ in jobs:
+        t = times[id(row)]
+        row.latency_p50_ms = statistics.median(t)
+        row.latency_p90_ms = float(np.percentile(t, 90))
+        row.extra["timed_runs"] = len(t)
 
 
 # ------------------------------------------------------------------------- host info
@@ -444,6 +489,7 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=None, help="held-out sentences (default 200, quick 50)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row (default 30, quick 10)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="round-robin passes the timed runs are spread over")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument("--keep-artifacts", type=Path, default=None, help="write artifacts here instead of a temp dir")
     args = parser.parse_args()
@@ -451,6 +497,7 @@ def main() -> int:
     runs = args.runs or (10 if args.quick else 30)
     out_json = args.out or HERE / "results" / ("export_minilm-quick.json" if args.quick else "export_minilm.json")
     started = time.perf_counter()
+    whole = OtherLoad().__enter__()
 
     with quiet_native():
         import numpy as np
@@ -489,9 +536,9 @@ def main() -> int:
         onnx_fp32: dict[str, Any] = {}
 
         def onnx_fp32_producer(w: Path):
-            path, dt, note = make_onnx_fp32(model_dir, example, w)
-            onnx_fp32.update(path=path, seconds=dt)
-            return path, dt, note
+            made = make_onnx_fp32(model_dir, example, w)
+            onnx_fp32.update(path=made[0], seconds=made[1])
+            return made
 
         def needs_fp32(fn):
             def produce(w: Path):
@@ -521,16 +568,23 @@ def main() -> int:
             (Row("ORT MatMulNBits", ORT_FORMAT, "INT4", group="peer-ort"), needs_fp32(make_ort_nbits), ort_runner),
         ]
 
+        jobs = []  # (row, loaded runner, one-sentence input) for the latency phase
         for row, produce, runner in plan:
             label = f"{row.method} | {row.format} | {row.precision}"
             log(f"{label}: producing artifact")
             try:
-                path, seconds, note = produce(work)
+                with OtherLoad() as other:
+                    path, seconds, note, info = produce(work)
+                row.extra["other_processes_cpus_during_export"] = round(other.cores, 2)
+                row.extra.update(info)
                 row.artifact, row.artifact_bytes = path.name, path.stat().st_size
                 row.export_s, row.export_note = seconds, note
-                log(f"{label}: {row.artifact_bytes / 1e6:.1f} MB in {seconds:.1f} s; measuring")
-                measure(row, runner, path, inputs_torch, inputs_np, reference, args.warmup, runs)
-                log(f"{label}: cos mean {row.cosine_mean:.5f} min {row.cosine_min:.5f}, p50 {row.latency_p50_ms:.2f} ms")
+                inputs = inputs_torch if runner is et_runner else inputs_np
+                run = runner(path)  # loaded once, used for fidelity and latency
+                fidelity(row, run, inputs, reference)
+                jobs.append((row, run, inputs[0]))
+                log(f"{label}: {row.artifact_bytes / 1e6:.1f} MB in {seconds:.1f} s; "
+                    f"cos mean {row.cosine_mean:.5f} min {row.cosine_min:.5f}")
             except Exception as exc:  # keep going: one broken row should not hide the others
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 row.error = f"{type(exc).__name__}: {first}"
@@ -538,6 +592,12 @@ def main() -> int:
                 if os.environ.get("BENCH_DEBUG") == "1":
                     traceback.print_exc()
             rows.append(row)
+
+        log(f"latency: {len(jobs)} artifacts, {args.warmup} warm-up + {runs} timed runs each, "
+            f"interleaved over {min(args.rounds, runs)} rounds")
+        with OtherLoad() as during_latency:
+            latencies(jobs, args.warmup, runs, min(args.rounds, runs))
+        del jobs
 
     # Ratios: against the FP32 artifact of the same method family and format.
     base = {r.group: r for r in rows if r.precision == "FP32" and r.artifact_bytes}
@@ -549,9 +609,15 @@ def main() -> int:
 
     elapsed = time.perf_counter() - started
     notes = findings(rows)
+    whole.__exit__(None, None, None)
+    if max(whole.cores, during_latency.cores) > 0.2:
+        notes.append(f"host was shared: other processes used {whole.cores:.2f} of {os.cpu_count()} CPUs on average "
+                     f"during the run ({during_latency.cores:.2f} during the latency phase); latencies and export "
+                     f"times carry that noise")
     settings = (f"{len(sentences)} held-out sentences (edgeq.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; "
                 f"cosine vs eager FP32 PyTorch; latency: load once, {args.warmup} warm-up, median of {runs} runs "
-                f"of one sentence, runtime-default threads; ratio vs the FP32 artifact of the same method and format")
+                f"of one sentence (interleaved across rows in {min(args.rounds, runs)} rounds), runtime-default "
+                f"threads; ratio vs the FP32 artifact of the same method and format")
     print(header)
     print(settings)
     print()
@@ -569,10 +635,12 @@ def main() -> int:
         "host": host,
         "settings": {
             "heldout_sentences": len(sentences), "seq_len": SEQ_LEN, "batch": 1, "warmup": args.warmup,
-            "timed_runs": runs, "threads": "runtime defaults", "quick": args.quick, "int4_group": INT4_GROUP,
+            "timed_runs": runs, "timing_rounds": min(args.rounds, runs), "threads": "runtime defaults",
+            "other_processes_cpus": {"whole_run": round(whole.cores, 2),
+                                     "latency_phase": round(during_latency.cores, 2)}, "quick": args.quick, "int4_group": INT4_GROUP,
             "edgeq_targets": {ET_FORMAT: "x86-executorch", ORT_FORMAT: "x86"},
         },
-        "rows": [{k: v for k, v in asdict(r).items() if k not in ("extra", "group")} for r in rows],
+        "rows": [{k: v for k, v in asdict(r).items() if k != "group"} for r in rows],
         "findings": notes,
         "total_seconds": round(elapsed, 1),
     }, indent=2) + "\n")

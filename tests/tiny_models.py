@@ -75,3 +75,28 @@ def save_tiny_bert(path, *, task: str = "sentence-embedding"):
         model = BertModel(cfg)
     model.save_pretrained(path)
     return path
+
+
+def save_tiny_vit(path):
+    """A ViT image classifier with random weights, saved with its preprocessor config."""
+    import json
+
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=128, num_labels=5)
+    ViTForImageClassification(cfg).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 32, "width": 32}}))
+    return path
+
+
+def save_tiny_llama(path):
+    """A Llama-architecture causal LM with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
