@@ -105,7 +105,7 @@ def targets_list(as_json: Json = False) -> None:
         accel = ", ".join(a.name for a in p.accelerators) or "-"
         devices.add_row(p.name, p.display_name, cpu, f"{p.memory.ram_gb:g}", f"{p.memory.app_share:.0%}",
                         f"{p.memory.bandwidth_gbps:g}", accel)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     console.print(devices)
 

@@ -92,7 +92,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
 
     module = _load_module(model_dir, task, trust_remote_code)
     support = {rel: model_dir / rel for rel in _SUPPORT_FILES if (model_dir / rel).exists()}
-    name = model_dir.name if model_dir.name not in ("model", "snapshot") else model_dir.parent.name
+    name = _model_name(model_dir)
     if task == "image-classification":
         size = _image_size(model_dir, config)
         example = (torch.zeros(1, 3, size, size),)
@@ -124,6 +124,19 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
         ),
         support_files=support, config=config | {"seq_len": seq_len},
     )
+
+
+def _model_name(model_dir: Path) -> str:
+    """The model card's title when it is a plain name (``# all-MiniLM-L6-v2``), else the dir name."""
+    import re
+
+    card = model_dir / "README.md"
+    if card.exists():
+        for line in card.read_text(errors="replace").splitlines()[:200]:
+            found = re.fullmatch(r"#\s+([\w.\-]{2,80})\s*", line)
+            if found:
+                return found.group(1)
+    return model_dir.name
 
 
 def _load_module(model_dir: Path, task: str, trust_remote_code: bool) -> Any:
