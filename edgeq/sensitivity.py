@@ -1,0 +1,199 @@
+"""Per-layer sensitivity: model-level output error when only one layer is quantized.
+
+For every quantizable layer and every scheme it can take, the layer alone is quantized
+(the same torchao configs the ExecuTorch backend lowers, run in eager PyTorch), the
+model is run on calibration inputs, and its output is compared with FP32: mean
+``1 − cosine`` for embeddings, mean KL(FP32 ‖ quantized) of the softmax for logits.
+``proxy="sqnr"`` instead scores the weight alone (quantization noise power relative to
+the weight's), which needs no forward passes.
+
+Results are cached on disk keyed by the model's weights, the calibration inputs, the
+schemes, the metric and edgeq's version, so a second ``plan`` is fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeq import __version__
+from edgeq.errors import ConfigError
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEQ_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeq"
+    )
+    return Path(root) / "sensitivity"
+
+
+def measure(
+    module: Any,
+    layers: list[Any],
+    schemes: dict[str, list[str]],
+    calib: list[tuple[Any, ...]],
+    metric: str,
+    *,
+    proxy: str | None = None,
+    use_cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{layer fqn: {scheme: error}}`` for the given candidate ``schemes`` per layer."""
+    import torch
+
+    key = _cache_key(module, calib, schemes, metric, proxy)
+    path = cache_dir() / f"{key}.json"
+    if use_cache and path.exists():
+        return _read_cache(path)
+    if proxy == "sqnr":
+        result = _sqnr(module, schemes)
+    else:
+        batch = _batch(calib)
+        with torch.no_grad():
+            reference = _output(module, batch)
+            result = {}
+            total = sum(len(v) for v in schemes.values())
+            done = 0
+            modules = dict(module.named_modules())
+            for fqn, candidates in schemes.items():
+                result[fqn] = {}
+                for scheme in candidates:
+                    if scheme == "fp32":
+                        result[fqn][scheme] = 0.0
+                    else:
+                        with _swapped(module, fqn, quantized_layer(modules[fqn], scheme)):
+                            result[fqn][scheme] = _error(reference, _output(module, batch), metric)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    if use_cache:
+        from edgeq.yamlio import write_text_atomic
+
+        write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def quantized_layer(layer: Any, scheme: str) -> Any:
+    """A quantized copy of one layer, as the ExecuTorch backend would quantize it."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    q = copy.deepcopy(layer)
+    if scheme == "fp16":
+        return _CastFp16(q)
+    dtype = torch.int8 if scheme == "int8" else torch.int4
+    granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
+    if isinstance(q, torch.nn.Embedding):
+        config = IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
+        quantize_(q, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
+    elif isinstance(q, torch.nn.Linear):
+        quantize_(q, Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity))
+    else:  # conv: weight-only fake quantization of the per-channel int8 weight
+        w = q.weight.detach()
+        scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        q.weight = torch.nn.Parameter((w / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape))
+    return q
+
+
+def _CastFp16(layer: Any) -> Any:
+    import torch
+
+    layer.weight = torch.nn.Parameter(layer.weight.detach().half().float())
+    return layer
+
+
+class _swapped:
+    def __init__(self, root: Any, fqn: str, replacement: Any) -> None:
+        self.root, self.fqn, self.new = root, fqn, replacement
+
+    def __enter__(self) -> None:
+        self.old = self.root.get_submodule(self.fqn)
+        self.root.set_submodule(self.fqn, self.new)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.root.set_submodule(self.fqn, self.old)
+
+
+def _batch(calib: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Stack calibration rows into one batch; trim right padding of text inputs."""
+    import torch
+
+    cols = [torch.cat([row[i] for row in calib], dim=0) for i in range(len(calib[0]))]
+    if len(cols) == 2 and cols[1].dtype in (torch.int64, torch.int32) and cols[1].dim() == 2:
+        length = int(cols[1].sum(dim=1).max())  # attention_mask: keep only real tokens
+        if torch.all(cols[1][:, :length].sum(dim=1) == cols[1].sum(dim=1)):
+            cols = [c[:, :length] for c in cols]
+    return tuple(cols)
+
+
+def _output(module: Any, batch: tuple[Any, ...]) -> Any:
+    out = module(*batch)
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.float()
+
+
+def _error(reference: Any, actual: Any, metric: str) -> float:
+    import torch
+
+    if metric == "cosine":
+        ref, act = reference.flatten(1), actual.flatten(1)
+        return float((1 - torch.nn.functional.cosine_similarity(ref, act, dim=1)).mean())
+    logp = torch.log_softmax(reference, dim=-1)
+    logq = torch.log_softmax(actual, dim=-1)
+    return float((logp.exp() * (logp - logq)).sum(-1).mean())
+
+
+def _sqnr(module: Any, schemes: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Weight-only proxy: noise-to-signal power ratio of the dequantized weight."""
+    modules = dict(module.named_modules())
+    out: dict[str, dict[str, float]] = {}
+    for fqn, candidates in schemes.items():
+        w = modules[fqn].weight.detach().float()
+        out[fqn] = {}
+        for scheme in candidates:
+            if scheme == "fp32":
+                out[fqn][scheme] = 0.0
+                continue
+            deq = _dequantized_weight(quantized_layer(modules[fqn], scheme))
+            noise = float(((deq - w) ** 2).sum())
+            out[fqn][scheme] = noise / max(float((w**2).sum()), 1e-30) * (w.numel() / 1e6)
+    return out
+
+
+def _dequantized_weight(layer: Any) -> Any:
+    w = layer.weight
+    return (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()
+
+
+def _cache_key(module: Any, calib: list, schemes: dict[str, list[str]], metric: str, proxy: str | None) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    h.update(f"{__version__}|{metric}|{proxy}|{json.dumps(schemes, sort_keys=True)}".encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        if torch.is_tensor(t):
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    for row in calib:
+        for t in row:
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        data = json.loads(path.read_text())
+        if not all(isinstance(v, dict) and all(isinstance(e, (int, float)) for e in v.values()) for v in data.values()):
+            raise ValueError("unexpected structure")
+        return data
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"sensitivity cache {path} is corrupt ({exc})", f"delete it (or the folder {path.parent}) and re-run"
+        ) from None
