@@ -17,12 +17,6 @@ class QuantPlan:
     schemes: dict[str, str]
     reasons: dict[str, str] = field(default_factory=dict)  # why a layer differs from the request
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.schemes.values():
-            out[s] = out.get(s, 0) + 1
-        return out
-
 
 def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, keep_fp32: list[str]) -> QuantPlan:
     """Every layer at ``precision``; where a layer's shape cannot take it, say so per layer."""
@@ -33,7 +27,7 @@ def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, ke
         if any(p.search(layer.fqn) for p in keep):
             schemes[layer.fqn] = "fp32"
             reasons[layer.fqn] = "kept fp32 by the target's quantization.keep_fp32"
-        elif precision in ("int8", "int4") and layer.kind == "conv" and precision == "int4":
+        elif precision == "int4" and layer.kind == "conv":
             schemes[layer.fqn] = "int8"
             reasons[layer.fqn] = "convolutions have no int4 kernel in the backends; int8 instead"
         elif not layer.fits(wanted):
