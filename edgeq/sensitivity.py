@@ -80,19 +80,17 @@ def measure(
 def quantized_layer(layer: Any, scheme: str) -> Any:
     """A quantized copy of one layer, as the ExecuTorch backend would quantize it."""
     import torch
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import quantize_
+
+    from edgeq.backends.et_quant import torchao_config
 
     q = copy.deepcopy(layer)
     if scheme == "fp16":
         return _CastFp16(q)
-    dtype = torch.int8 if scheme == "int8" else torch.int4
-    granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
     if isinstance(q, torch.nn.Embedding):
-        config = IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
-        quantize_(q, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
+        quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
     elif isinstance(q, torch.nn.Linear):
-        quantize_(q, Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity))
+        quantize_(q, torchao_config(scheme, False))
     else:  # conv: weight-only fake quantization of the per-channel int8 weight
         w = q.weight.detach()
         scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127

@@ -33,8 +33,7 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str) -> Any
 
         raise ExportError("fp16 cannot be mixed with other schemes in ExecuTorch artifacts yet",
                           "use fp16 for every layer, or only fp32/int8/int4")
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import quantize_
 
     modules = dict(model.named_modules())
     groups: dict[tuple[str, str], set[str]] = {}
@@ -50,15 +49,24 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str) -> Any
     for (kind, scheme), fqns in sorted(groups.items()):
         if kind == "conv":
             continue  # PT2E, after capture: see quantize_convs
-        dtype = torch.int8 if scheme == "int8" else torch.int4
-        granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
         weight_only = kind == "embedding" or delegate in WEIGHT_ONLY_DELEGATES or (delegate == "vulkan" and scheme == "int8")
-        if weight_only:
-            config = IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
-        else:
-            config = Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
-        quantize_(model, config, filter_fn=lambda m, fqn, names=fqns: fqn in names)
+        quantize_(model, torchao_config(scheme, weight_only), filter_fn=lambda m, fqn, names=fqns: fqn in names)
     return model
+
+
+def torchao_config(scheme: str, weight_only: bool) -> Any:
+    """The torchao config for an int scheme. int4 scales are chosen with HQQ (scale only),
+    which measured +0.006 mean cosine over plain min-max on MiniLM at the same size."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    dtype = torch.int8 if scheme == "int8" else torch.int4
+    granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
+    algorithm = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme != "int8" else {}
+    if weight_only:
+        return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity, **algorithm)
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity, **algorithm)
 
 
 def conv_layers(schemes: dict[str, str], module: Any) -> list[str]:

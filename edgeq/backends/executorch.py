@@ -39,12 +39,13 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         manager, summary = _lower(program, [partitioner(d, precision, soc) for d in chain], out)
         info.detail = _describe(summary)
     used = [d for d in chain if summary["delegated_ops"].get(d)]
+    schemes = {fqn: ("unused" if fqn in _unused_layers(program) else s) for fqn, s in plan.schemes.items()}
     runnable = all(availability(d).can_run_here for d in used)
     lowered = Lowered(
         model_file=out,
         delegates_used=used,
         delegation=summary,
-        layer_schemes=dict(plan.schemes),
+        layer_schemes=schemes,
         runtime=f"ExecuTorch {_version()} pybindings ({', '.join(used) or 'portable'})",
         runnable_here=runnable,
         extras={"planned_activation_bytes": _arena_bytes(manager)},
@@ -124,6 +125,7 @@ def _capture(qmodule: Any, model: Any, convs: list[str]) -> Any:
     import torch
 
     program = capture(qmodule, model.example_inputs)
+    program.graph.eliminate_dead_code()  # e.g. a pooler whose output the wrapper drops
     if convs:
         with torch.no_grad():
             converted = quantize_convs(program, convs, model.make_inputs("calib", 16))
@@ -178,6 +180,16 @@ def _delegation_summary(gm: Any) -> dict[str, Any]:
         "delegated_subgraphs": dict(subgraphs),
         "delegated_op_types": {d: dict(c.most_common()) for d, c in by_delegate.items()},
     }
+
+
+def _unused_layers(program: Any) -> set[str]:
+    """Layers whose weight no op reads (e.g. a pooler the wrapper never calls)."""
+    unused = set()
+    to_param = program.graph_signature.inputs_to_parameters
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and not node.users and to_param.get(node.name, "").endswith(".weight"):
+            unused.add(to_param[node.name].removesuffix(".weight"))
+    return unused
 
 
 def _portable_ops(gm: Any) -> Counter:

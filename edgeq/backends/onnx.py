@@ -148,9 +148,10 @@ def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-        return proto, dict(schemes)
+        return proto, {fqn: ("fp16" if fqn in nodes else "unused") for fqn in schemes}
 
-    applied = {fqn: "fp32" for fqn in schemes}
+    # A layer with no node in the graph was never called (the exporter drops it).
+    applied = {fqn: ("fp32" if fqn in nodes else "unused") for fqn in schemes}
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
     for fqn, scheme in schemes.items():
