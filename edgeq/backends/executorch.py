@@ -31,7 +31,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         convs = conv_layers(plan.schemes, model.module)
         info.detail = ", ".join(f"{n} {s}" for s, n in Counter(plan.schemes.values()).items()) or "no quantizable layers"
     with steps.step("Capturing with torch.export") as info:
-        program = _capture(qmodule, model, convs)
+        program, unused = _capture(qmodule, model, convs)
         info.detail = f"{sum(1 for n in program.graph.nodes if n.op == 'call_function')} ops"
     soc = _soc(profile)
     out = workdir / "model.pte"
@@ -39,7 +39,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         manager, summary = _lower(program, [partitioner(d, precision, soc) for d in chain], out)
         info.detail = _describe(summary)
     used = [d for d in chain if summary["delegated_ops"].get(d)]
-    schemes = {fqn: ("unused" if fqn in _unused_layers(program) else s) for fqn, s in plan.schemes.items()}
+    schemes = {fqn: ("unused" if fqn in unused else s) for fqn, s in plan.schemes.items()}
     runnable = all(availability(d).can_run_here for d in used)
     lowered = Lowered(
         model_file=out,
@@ -55,7 +55,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         lowered.not_runnable_reason = "; ".join(f"{d}: {availability(d).reason}" for d in blockers)
         with steps.step("Lowering an XNNPACK reference for verification") as info:
             ref = workdir / "reference-xnnpack.pte"
-            ref_program = _capture(quantized_module(model.module, plan.schemes, primary), model, convs)
+            ref_program, _ = _capture(quantized_module(model.module, plan.schemes, primary), model, convs)
             _lower(ref_program, [partitioner("xnnpack", precision)], ref)
             lowered.reference_file = ref
             lowered.reference_runtime = (
@@ -121,16 +121,18 @@ def _usable_chain(target: Any, precision: str, steps: Any, strict: bool) -> list
     return chain
 
 
-def _capture(qmodule: Any, model: Any, convs: list[str]) -> Any:
+def _capture(qmodule: Any, model: Any, convs: list[str]) -> tuple[Any, set[str]]:
+    """The captured program and the layers it never uses."""
     import torch
 
     program = capture(qmodule, model.example_inputs)
     program.graph.eliminate_dead_code()  # e.g. a pooler whose output the wrapper drops
+    unused = _unused_layers(program)
     if convs:
         with torch.no_grad():
             converted = quantize_convs(program, convs, model.make_inputs("calib", 16))
         program = capture(converted, model.example_inputs, "the conv-quantized model")
-    return program
+    return program, unused
 
 
 def _lower(program: Any, partitioners: list[Any], out: Path) -> tuple[Any, dict[str, Any]]:
