@@ -78,7 +78,12 @@ def measure(
 
 
 def quantized_layer(layer: Any, scheme: str) -> Any:
-    """A quantized copy of one layer, as the ExecuTorch backend would quantize it."""
+    """A stand-in for one layer with the numerics the ExecuTorch backend gives it.
+
+    Weights are quantized with the same torchao configs and stored dequantized, so the
+    forward is a plain fp32 op (torchao's eager subclass dispatch is ~5× slower); linears
+    also round their input per token to int8, as XNNPACK's dynamic quantization does.
+    """
     import torch
     from torchao.quantization import quantize_
 
@@ -86,24 +91,41 @@ def quantized_layer(layer: Any, scheme: str) -> Any:
 
     q = copy.deepcopy(layer)
     if scheme == "fp16":
-        return _CastFp16(q)
+        q.weight = torch.nn.Parameter(q.weight.detach().half().float(), requires_grad=False)
+        return q
     if isinstance(q, torch.nn.Embedding):
         quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
-    elif isinstance(q, torch.nn.Linear):
-        quantize_(q, torchao_config(scheme, False))
-    else:  # conv: weight-only fake quantization of the per-channel int8 weight
-        w = q.weight.detach()
-        scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
-        shape = (-1,) + (1,) * (w.dim() - 1)
-        q.weight = torch.nn.Parameter((w / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape))
+        q.weight = torch.nn.Parameter(_dequantized_weight(q), requires_grad=False)
+        return q
+    if isinstance(q, torch.nn.Linear):
+        quantize_(q, torchao_config(scheme, True))
+        q.weight = torch.nn.Parameter(_dequantized_weight(q), requires_grad=False)
+        return _DynamicInt8Input(q)
+    # conv: static int8 per-channel weights (activation scales are calibrated; not simulated)
+    w = q.weight.detach()
+    scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    q.weight = torch.nn.Parameter((w / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape))
     return q
 
 
-def _CastFp16(layer: Any) -> Any:
+def _DynamicInt8Input(linear: Any) -> Any:
     import torch
 
-    layer.weight = torch.nn.Parameter(layer.weight.detach().half().float())
-    return layer
+    class DynamicInt8Input(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lo = x.amin(dim=-1, keepdim=True).clamp(max=0)
+            hi = x.amax(dim=-1, keepdim=True).clamp(min=0)
+            scale = ((hi - lo) / 255).clamp(min=1e-12)
+            zero = (-128 - lo / scale).round()
+            xq = ((x / scale).round() + zero).clamp(-128, 127)
+            return self.inner((xq - zero) * scale)
+
+    return DynamicInt8Input(linear)
 
 
 class _swapped:
