@@ -28,6 +28,22 @@ app.add_typer(targets_app, name="targets")
 Target = Annotated[str, typer.Option("--target", "-t", help="Built-in target name (see 'edgeq targets list') or path to a target YAML.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+Budget = Annotated[Optional[str], typer.Option("--budget", help="Size budget for the planned model, e.g. 20MB (overrides the target's).")]
+MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0)]
+Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
+
+
+def parse_size(text: str) -> int:
+    """``48MB`` / ``1.5GB`` / ``300KB`` / ``1000000`` → bytes (decimal units)."""
+    import re
+
+    from edgeq.errors import ConfigError
+
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMG]?B?)\s*", text.upper())
+    if not found or float(found.group(1)) <= 0:
+        raise ConfigError(f"cannot read budget '{text}'", "write it like 48MB, 1.5GB or 300KB")
+    scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[found.group(2)]
+    return int(float(found.group(1)) * scale)
 
 
 @app.callback()
@@ -54,6 +70,10 @@ def export(
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
     samples: Annotated[int, typer.Option("--samples", help="Held-out inputs to verify numerics on.", min=1)] = 32,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code from its directory or the hub.")] = False,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Use a per-layer plan YAML written by 'edgeq plan'.")] = None,
+    budget: Budget = None,
+    max_drop: MaxDrop = None,
+    rule: Rules = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -63,7 +83,8 @@ def export(
     result = run_export(
         model, target, precision=precision, output=output, force=force, task=task, strict=strict,
         seq_len=seq_len, samples=samples, trust_remote_code=trust_remote_code,
-        show_progress=not (quiet or as_json),
+        show_progress=not (quiet or as_json), plan_file=plan_file,
+        budget_bytes=parse_size(budget) if budget else None, max_drop=max_drop, rules=rule or None,
     )
     if as_json:
         print(json.dumps(result.manifest, indent=2))
@@ -71,6 +92,47 @@ def export(
         from edgeq.report import print_export_summary
 
         print_export_summary(result)
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[str, typer.Argument(help="Model source, as for 'edgeq export'.")],
+    target: Target,
+    budget: Budget = None,
+    max_drop: MaxDrop = None,
+    rule: Rules = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the plan YAML here.")] = None,
+    proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Calibration inputs for sensitivity.", min=1)] = 32,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure sensitivity even if cached.")] = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Show the per-layer plan that fits TARGET's budget; optionally write it as YAML."""
+    from edgeq.planner import plan as make_plan
+    from edgeq.progress import Steps
+
+    if proxy not in (None, "sqnr"):
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"unknown proxy '{proxy}'", "the only proxy is 'sqnr'")
+    result = make_plan(
+        model, target, budget_bytes=parse_size(budget) if budget else None, max_drop=max_drop,
+        rules=rule or None, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
+        steps=Steps(show=not (quiet or as_json)),
+    )
+    if output is not None:
+        from edgeq.yamlio import write_text_atomic
+
+        write_text_atomic(output, result.to_yaml())
+    if as_json:
+        import yaml
+
+        print(json.dumps(yaml.safe_load(result.to_yaml()), indent=2))
+    elif not quiet:
+        from edgeq.report import print_plan
+
+        print_plan(result, output)
 
 
 @targets_app.command("list")

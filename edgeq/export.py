@@ -41,14 +41,29 @@ def export(
     samples: int = 32,
     trust_remote_code: bool = False,
     show_progress: bool = False,
+    plan_file: str | Path | None = None,
+    budget_bytes: int | None = None,
+    max_drop: float | None = None,
+    rules: list[str] | None = None,
 ) -> ExportResult:
-    """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact."""
+    """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
+
+    Precision comes from, in order: ``plan_file`` (a plan YAML), a planned mix when
+    ``budget_bytes``, ``max_drop`` or ``rules`` are given, else ``precision`` (default:
+    the target's) for every layer.
+    """
     from edgeq.targets import load_target
 
     steps = Steps(show=show_progress)
     resolved = load_target(target)
     tgt = resolved.target
-    precision = _check_precision(precision, tgt)
+    planned = plan_file is not None or budget_bytes is not None or max_drop is not None or bool(rules)
+    if planned and precision is not None:
+        from edgeq.errors import ConfigError
+
+        raise ConfigError("--precision cannot be combined with --plan, --budget, --max-drop or --rule",
+                          "use --precision for one precision everywhere, or the others for a per-layer plan")
+    precision = "planned" if planned else _check_precision(precision, tgt)
     out_dir = Path(output) if output is not None else None
     if out_dir is not None:
         check_output(out_dir, force)  # fail before the slow steps
@@ -67,8 +82,19 @@ def export(
     from edgeq.plan import uniform_plan
 
     layers = layer_inventory(loaded.module)
-    plan = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
-                        keep_fp32=tgt.quantization.keep_fp32)
+    predicted = None
+    if plan_file is not None:
+        from edgeq.planner import load_plan_file
+
+        plan = load_plan_file(Path(plan_file), layers)
+    elif planned:
+        from edgeq.planner import plan as make_plan
+
+        result = make_plan(loaded, resolved, budget_bytes=budget_bytes, max_drop=max_drop, rules=rules, steps=steps)
+        plan, predicted = result.plan, result
+    else:
+        plan = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
+                            keep_fp32=tgt.quantization.keep_fp32)
     fp32_size = fp32_bytes(loaded.module)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
@@ -90,6 +116,14 @@ def export(
         _copy_support_files(loaded, work)
         manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, fp32_size, model_file,
                              work, steps)
+        if predicted is not None:
+            manifest["plan"] = {
+                "budget_bytes": predicted.budget_bytes,
+                "predicted_bytes": predicted.predicted_bytes,
+                "predicted_error": predicted.predicted_error,
+                "verified_error": numerics.error(loaded.metric) if numerics else None,
+                "error_metric": "1 - cosine" if loaded.metric == "cosine" else "KL(fp32 || artifact)",
+            }
         _check_storage_budget(manifest, tgt)
         write_manifest(work, manifest)
     return ExportResult(artifact_dir=out_dir, manifest=manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,37 @@ class LayerInfo:
             reduce_dim = self.shape[1] if self.kind != "conv" else _prod(self.shape[1:])
             return self.kind in ("linear", "embedding") and reduce_dim % group == 0
         return True
+
+
+def stored_bytes(layer: LayerInfo, scheme: str, fmt: str) -> int:
+    """Bytes ``layer``'s weight takes in an artifact of format ``fmt`` under ``scheme``.
+
+    Measured on single-layer exports (Linear 512→1024, Embedding 4096×256), exact to
+    the byte for the weight payload: ExecuTorch stores int8 per-channel with fp32 scales,
+    XNNPACK int4 linears with 2-byte group scales and embedding_4bit with fp32 ones; ONNX
+    Runtime's 8-bit MatMulNBits keeps an fp32 scale per 128-block, its asymmetric 4-bit
+    MatMulNBits / GatherBlockQuantized an fp32 scale and a 4-bit zero point per group,
+    and quantize_dynamic's Gather one per-tensor uint8 scale.
+    """
+    p = layer.params
+    rows = layer.shape[0]
+    reduce_dim = p // rows
+    if scheme == "fp32":
+        return p * 4
+    if scheme == "fp16":
+        return p * 2
+    if scheme == "int8":
+        if fmt == "onnx" and layer.kind == "linear":
+            return p + rows * math.ceil(reduce_dim / 128) * 4
+        if fmt == "onnx" and layer.kind == "embedding":
+            return p + 8
+        return p + rows * 4
+    group = int(scheme.removeprefix("int4-g"))
+    groups = rows * math.ceil(reduce_dim / group)
+    packed = rows * math.ceil(reduce_dim / 2)
+    if fmt == "onnx":
+        return packed + groups * 4 + math.ceil(groups / 2)
+    return packed + groups * (2 if layer.kind == "linear" else 4)
 
 
 def layer_inventory(module: Any) -> list[LayerInfo]:

@@ -29,6 +29,19 @@ def _status() -> dict[str, int]:
     return out
 
 
+def _settle() -> None:
+    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``), so
+    the baseline counts only memory in use and the model's allocations are all new pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak() -> bool:
     """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where not allowed."""
     try:
@@ -41,8 +54,6 @@ def _reset_peak() -> bool:
 
 def _run_child(artifact_dir: str, runs: int) -> dict[str, Any]:
     """Body of the fresh measuring process (``python -m edgeq.memory DIR RUNS``)."""
-    import gc
-
     manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
     model = Path(artifact_dir) / manifest["model_file"]
     inputs = manifest["model"]["inputs"]
@@ -54,7 +65,7 @@ def _run_child(artifact_dir: str, runs: int) -> dict[str, Any]:
 
         runtime = Runtime.get()
         feeds: Any = [torch.full(i["shape"], v, dtype=getattr(torch, i["dtype"])) for i, v in zip(inputs, fill)]
-        gc.collect()
+        _settle()
         reset = _reset_peak()
         base = _status()
         method = runtime.load_program(str(model)).load_method("forward")
@@ -69,7 +80,7 @@ def _run_child(artifact_dir: str, runs: int) -> dict[str, Any]:
         opts.intra_op_num_threads = int(manifest["target"].get("threads") or 0)
         opts.log_severity_level = 3
         feeds = {i["name"]: np.full(i["shape"], v, dtype=i["dtype"]) for i, v in zip(inputs, fill)}
-        gc.collect()
+        _settle()
         reset = _reset_peak()
         base = _status()
         session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])

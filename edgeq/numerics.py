@@ -19,6 +19,11 @@ class Numerics:
     cosine_min: float
     max_abs: float
     top1_agreement: float | None  # for logits; None for embeddings
+    kl_mean: float | None = None  # mean KL(FP32 ‖ artifact) of the softmax, for logits
+
+    def error(self, metric: str) -> float:
+        """The error in the metric sensitivity uses: 1 − mean cosine, or mean KL."""
+        return self.kl_mean if metric == "top1" and self.kl_mean is not None else 1.0 - self.cosine_mean
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,7 +40,7 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, wi
     """Per-sample cosine of flattened outputs, worst absolute error, argmax agreement."""
     if len(reference) != len(actual) or not reference:
         raise ValueError("reference and actual must be non-empty and of equal length")
-    cosines, max_abs, agree, total = [], 0.0, 0, 0
+    cosines, max_abs, agree, total, kls = [], 0.0, 0, 0, []
     for ref, out in zip(reference, actual):
         ref = np.asarray(ref, dtype=np.float64)
         out = np.asarray(out, dtype=np.float64).reshape(ref.shape)
@@ -45,6 +50,7 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, wi
             a, b = ref.argmax(axis=-1), out.argmax(axis=-1)
             agree += int(np.sum(a == b))
             total += a.size
+            kls.append(_kl(ref, out))
     return Numerics(
         samples=len(reference),
         inputs=inputs,
@@ -53,7 +59,17 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, wi
         cosine_min=float(np.min(cosines)),
         max_abs=max_abs,
         top1_agreement=(agree / total) if with_top1 and total else None,
+        kl_mean=float(np.mean(kls)) if kls else None,
     )
+
+
+def _kl(ref: np.ndarray, out: np.ndarray) -> float:
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(out)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

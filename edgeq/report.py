@@ -57,3 +57,26 @@ def _budget(actual_bytes: float, budget_mb: float) -> str:
     share = actual_bytes / (budget_mb * 1e6)
     mark = "[green]fits[/]" if share <= 1 else "[red]over[/]"
     return f"{mark}: {human_bytes(actual_bytes)} of {budget_mb:g} MB ({share:.0%})"
+
+
+def print_plan(result: Any, written_to: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Plan for {result.model} on {result.target} ({result.fmt})", title_justify="left")
+    for col in ("layer", "scheme", "bytes", "sensitivity", "cumulative"):
+        table.add_column(col, justify="right" if col != "layer" else "left")
+    total = result.other_bytes
+    for layer in result.layers:
+        scheme = result.plan.schemes[layer.fqn]
+        total += result.layer_bytes[layer.fqn]
+        pinned = " (pinned)" if layer.fqn in result.pinned else ""
+        table.add_row(layer.fqn, scheme + pinned, human_bytes(result.layer_bytes[layer.fqn]),
+                      f"{result.sensitivity[layer.fqn][scheme]:.2e}", human_bytes(total))
+    console = Console()
+    console.print(table)
+    budget = f" of a {human_bytes(result.budget_bytes)} budget" if result.budget_bytes else ""
+    console.print(f"predicted size {human_bytes(result.predicted_bytes)}{budget} "
+                  f"(other constants {human_bytes(result.other_bytes)}); predicted error {result.predicted_error:.4g}")
+    if written_to:
+        console.print(f"plan written to {written_to}; use it with 'edgeq export --plan {written_to}'")
