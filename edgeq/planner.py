@@ -158,8 +158,10 @@ def plan(
             try:
                 solution = solver.solve(options, int(budget - other - reserve_bytes))
             except solver.Infeasible as exc:
+                held = f" after {reserve_bytes / 1e3:.0f} KB held back for measured file overhead" if reserve_bytes else ""
                 raise BudgetError(
-                    f"budget {budget / 1e6:.2f} MB is below the smallest achievable {(exc.minimum_bytes + other) / 1e6:.2f} MB",
+                    f"budget {budget / 1e6:.3f} MB{held} is below the smallest achievable plan "
+                    f"({(exc.minimum_bytes + other + reserve_bytes) / 1e6:.3f} MB)",
                     "raise --budget, or allow int4 on the target",
                 ) from None
         info.detail = f"{solution.bytes / 1e6:.2f} MB of layers, predicted error {solution.error:.4g}"

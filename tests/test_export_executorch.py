@@ -81,13 +81,15 @@ def test_coreml_lowers_and_is_verified_on_a_labelled_reference(tmp_path: Path):
     assert m["delegation"]["used"] == ["coreml"]
     assert m["delegation"]["delegated_ops"]["coreml"] > 0
     assert "XNNPACK reference" in m["numerics"]["runtime"] and "not coreml" in m["numerics"]["runtime"]
+    assert m["numerics"]["cosine_min"] > 0.999  # weight-only int8: tiny error, not XNNPACK's garbage
     assert not (tmp_path / "out" / "reference-xnnpack.pte").exists()  # the reference is not shipped
     with pytest.raises(RuntimeError):  # the Core ML runtime is not in Linux pybindings
         run_pte(tmp_path / "out" / "model.pte", [tiny_models.tiny_mlp()[1]])
 
 
-def test_vulkan_lowers_with_xnnpack_reference(tmp_path: Path):
-    result = export("tests.tiny_models:tiny_mlp", "snapdragon8-gpu", precision="fp16", output=tmp_path / "out")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_vulkan_lowers_with_xnnpack_reference(tmp_path: Path, precision):
+    result = export("tests.tiny_models:tiny_mlp", "snapdragon8-gpu", precision=precision, output=tmp_path / "out")
     m = result.manifest
     assert m["delegation"]["delegated_ops"].get("vulkan", 0) > 0
     assert m["numerics"]["cosine_min"] > 0.999

@@ -27,7 +27,7 @@ def test_budget_is_met_and_more_budget_means_less_error():
 
 
 def test_infeasible_budget_names_the_smallest_achievable():
-    with pytest.raises(BudgetError, match=r"below the smallest achievable 0\.0\d MB"):
+    with pytest.raises(BudgetError, match=r"below the smallest achievable plan \(0\.0\d+ MB\)"):
         plan("tests.tiny_models:tiny_text", "rpi5", budget_bytes=1_000)
 
 

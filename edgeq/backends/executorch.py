@@ -55,7 +55,8 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         lowered.not_runnable_reason = "; ".join(f"{d}: {availability(d).reason}" for d in blockers)
         with steps.step("Lowering an XNNPACK reference for verification") as info:
             ref = workdir / "reference-xnnpack.pte"
-            ref_program, _ = _capture(quantized_module(model.module, plan.schemes, primary), model, convs)
+            ref_module = quantized_module(model.module, plan.schemes, primary, xnnpack_reference=True)
+            ref_program, _ = _capture(ref_module, model, convs)
             _lower(ref_program, [partitioner("xnnpack", precision)], ref)
             lowered.reference_file = ref
             lowered.reference_runtime = (
