@@ -39,11 +39,9 @@ import os
 
 # Quiet third-party libraries before they are imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+from edgeq.progress import quiet_libraries  # noqa: E402
+
+quiet_libraries()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -56,13 +54,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-import warnings  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
-
-warnings.filterwarnings("ignore")
-logging.disable(logging.WARNING)
 
 SEQ_LEN = 128
 INT4_GROUP = 32

@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
 
         os.environ["EDGEQ_DEBUG"] = "1"
     else:
-        _quiet_libraries()
+        from edgeq.progress import quiet_libraries
+
+        quiet_libraries()
     try:
         app(args=argv, prog_name="edgeq", standalone_mode=False)
     except EdgeqError as exc:
@@ -234,20 +236,6 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(1)
 
-
-def _quiet_libraries() -> None:
-    """Keep third-party warnings and progress bars out of the user's terminal."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
 
 
 if __name__ == "__main__":

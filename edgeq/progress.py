@@ -50,3 +50,18 @@ class StepInfo:
     """Filled in by the step's body: a short detail shown after the timing."""
 
     detail: str = ""
+
+
+def quiet_libraries() -> None:
+    """Keep third-party warnings and progress bars out of the user's terminal."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
