@@ -91,12 +91,13 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
     import torch
 
     module = _load_module(model_dir, task, trust_remote_code)
+    Embedding, Logits, ImageLogits = _wrappers()  # defined lazily: they subclass torch.nn.Module
     support = {rel: model_dir / rel for rel in _SUPPORT_FILES if (model_dir / rel).exists()}
     name = _model_name(model_dir)
     if task == "image-classification":
         size = _image_size(model_dir, config)
         example = (torch.zeros(1, 3, size, size),)
-        wrapper = _ImageLogits(module).eval()
+        wrapper = ImageLogits(module).eval()
         return LoadedModel(
             name=name, task=task, module=wrapper, example_inputs=example, input_names=["pixel_values"],
             output_names=["logits"], source=source, source_kind=kind,
@@ -108,10 +109,10 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
     vocab = int(config.get("vocab_size") or 1000)
     if task == "sentence-embedding":
         pooling, normalize = _pooling(model_dir)
-        wrapper = _Embedding(module, pooling, normalize).eval()
+        wrapper = Embedding(module, pooling, normalize).eval()
         outputs = ["sentence_embedding"]
     else:
-        wrapper = _Logits(module).eval()
+        wrapper = Logits(module).eval()
         outputs = ["logits"]
     make = _text_inputs(tokenizer, seq_len, vocab)
     return LoadedModel(
@@ -262,15 +263,3 @@ def _wrappers():
             return self.model(pixel_values=pixel_values).logits
 
     return Embedding, Logits, ImageLogits
-
-
-def _Embedding(model, pooling, normalize):
-    return _wrappers()[0](model, pooling, normalize)
-
-
-def _Logits(model):
-    return _wrappers()[1](model)
-
-
-def _ImageLogits(model):
-    return _wrappers()[2](model)

@@ -22,9 +22,6 @@ from typing import Any
 
 from edgeq.errors import ModelLoadError
 
-_UNSAFE = ModelLoadError  # alias for readability below
-
-
 def safe_load(path: Path) -> Any:
     import torch
     import torch._export.serde.serialize as serde
@@ -39,7 +36,7 @@ def safe_load(path: Path) -> Any:
         try:
             return torch.load(io.BytesIO(serialized), weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError…
-            raise _UNSAFE(
+            raise ModelLoadError(
                 f"{path} holds objects other than tensors ({str(exc).strip().splitlines()[0][:100]})",
                 "edgeq does not unpickle arbitrary objects; re-export the program with plain tensors",
             ) from None
@@ -68,7 +65,7 @@ def _refuse_pickled_payloads(path: Path) -> None:
                 for fqn, meta in config.items():
                     plain = meta.get("path_name", "").startswith(("weight_", "tensor_"))
                     if meta.get("use_pickle") or not plain:
-                        raise _UNSAFE(
+                        raise ModelLoadError(
                             f"{path}: payload '{fqn}' is a pickled object",
                             "edgeq does not unpickle arbitrary objects; re-export the program with plain tensors",
                         )
