@@ -16,6 +16,7 @@ class LayerInfo:
     kind: str  # linear | conv | embedding
     shape: tuple[int, ...]
     params: int
+    bias: bool = False  # a linear/conv with a bias (ONNX Runtime then runs it as Gemm / Conv+bias)
 
     @property
     def fp32_bytes(self) -> int:
@@ -80,9 +81,20 @@ def layer_inventory(module: Any) -> list[LayerInfo]:
                 if id(weight) in seen:  # tied weights (e.g. an LM head sharing embeddings)
                     break
                 seen.add(id(weight))
-                layers.append(LayerInfo(fqn=fqn, kind=kind, shape=tuple(weight.shape), params=weight.numel()))
+                layers.append(LayerInfo(fqn=fqn, kind=kind, shape=tuple(weight.shape), params=weight.numel(),
+                                        bias=getattr(sub, "bias", None) is not None))
                 break
     return layers
+
+
+def layers_to_json(layers: list[LayerInfo]) -> list[dict[str, Any]]:
+    """The inventory as the manifest records it (so memory can be predicted from an artifact alone)."""
+    return [{"fqn": x.fqn, "kind": x.kind, "shape": list(x.shape), "params": x.params, "bias": x.bias} for x in layers]
+
+
+def layers_from_json(rows: list[dict[str, Any]]) -> list[LayerInfo]:
+    return [LayerInfo(r["fqn"], r["kind"], tuple(r["shape"]), int(r["params"]), bool(r.get("bias", False)))
+            for r in rows]
 
 
 def fp32_bytes(module: Any) -> int:

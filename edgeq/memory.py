@@ -56,21 +56,30 @@ class MemoryEstimate:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
 
-def layer_bytes(fmt: str, kind: str, shape: tuple[int, ...], params: int, scheme: str) -> int:
-    """Bytes of one layer's weight as stored for ``fmt`` (before any runtime repacking)."""
-    rows = shape[0] if shape else 1
+def runtime_bytes(layer: Any, scheme: str, fmt: str) -> int:
+    """Bytes of one layer's weight as the runtime loads it, before any repacking: the
+    stored bytes (``edgeq.inventory.stored_bytes``), except fp16 linears on ONNX Runtime,
+    whose CPU EP has no fp16 GEMM (a Cast + constant folding turn them into fp32)."""
+    from edgeq.inventory import stored_bytes
+
     if scheme == "unused":
         return 0
-    if scheme == "fp32":
-        return 4 * params
-    if scheme == "fp16":  # ORT's CPU EP has no fp16 GEMM: Cast + constant folding make linears fp32
-        return 4 * params if fmt == "onnx" and kind != "embedding" else 2 * params
-    if scheme == "int8":  # int8 + an fp32 scale per row (ET) / per block of 128 (ORT MatMulNBits)
-        return params + (4 * params // 128 if fmt == "onnx" and kind != "embedding" else 4 * rows)
-    group = int(scheme.removeprefix("int4-g"))
-    if fmt == "onnx":  # 4-bit + fp32 scale + 4-bit zero point per block
-        return params // 2 + 4 * params // group + params // (2 * group)
-    return params // 2 + (2 if kind != "embedding" else 4) * params // group  # XNNPACK: bf16 scales
+    if fmt == "onnx" and scheme == "fp16" and layer.kind != "embedding":
+        return 4 * layer.params
+    return stored_bytes(layer, scheme, fmt)
+
+
+def held_bytes(layer: Any, scheme: str, fmt: str, bias: bool | None = None) -> int:
+    """Bytes of one layer's weight as the runtime holds it while running: ``runtime_bytes``
+    times ONNX Runtime's fitted prepacking factor for linears (``ORT_LINEAR_HELD``; ``bias``:
+    whether the linear has one, default ``layer.bias``). ExecuTorch holds the stored bytes."""
+    held = runtime_bytes(layer, scheme, fmt)
+    if fmt == "onnx" and layer.kind != "embedding" and scheme != "unused":
+        key = "int4" if scheme.startswith("int4") else "int8" if scheme == "int8" else "fp32"
+        if key == "fp32" and (getattr(layer, "bias", True) if bias is None else bias):
+            key = "fp32-bias"
+        held = int(held * ORT_LINEAR_HELD[key])
+    return held
 
 
 # --- coefficients ---------------------------------------------------------------------
@@ -122,58 +131,80 @@ def predict_peak(fmt: str, layers: Sequence[tuple[Any, str]], *, nonlayer_bytes:
     """
     if fmt not in OVERHEAD:
         raise ValueError(f"unknown format {fmt!r}")
-    weights, stored_total, transient, widest = float(nonlayer_bytes), nonlayer_bytes, 0, 0
+    weights, stored_total, transient, widest = nonlayer_bytes, nonlayer_bytes, 0, 0
     for layer, scheme in layers:
-        stored = layer_bytes(fmt, layer.kind, tuple(layer.shape), layer.params, scheme)
-        held = float(stored)
-        if fmt == "onnx" and layer.kind != "embedding" and scheme != "unused":
-            key = "int4" if scheme.startswith("int4") else "int8" if scheme == "int8" else "fp32"
-            if key == "fp32" and (biased is None or layer.fqn in biased):
-                key = "fp32-bias"
-            held *= ORT_LINEAR_HELD[key]
-        weights += held
+        stored = runtime_bytes(layer, scheme, fmt)
+        weights += held_bytes(layer, scheme, fmt, None if biased is None else layer.fqn in biased)
         stored_total += stored
         if fmt == "onnx" or layer.kind != "embedding":  # ET maps embedding tables; no copy
             transient = max(transient, stored)
         if layer.kind == "linear" and scheme != "unused":
             widest = max(widest, layer.shape[0])
-    activations = (planned_activation_bytes + ACT_WIDE[fmt] * tokens * widest * 4
-                   + ACT_ATTN[fmt] * attention_heads * tokens * tokens * 4)
+    activations = activation_bytes(fmt, tokens=tokens, widest=widest, attention_heads=attention_heads,
+                                   planned_activation_bytes=planned_activation_bytes)
     # ExecuTorch's planned arena is allocated (and zeroed) when the method loads, before packing.
     load = stored_total + transient + (planned_activation_bytes if fmt == "executorch" else 0)
     return MemoryEstimate(fmt, int(weights), int(activations), load, OVERHEAD[fmt])
+
+
+def activation_bytes(fmt: str, *, tokens: int, widest: int, attention_heads: int,
+                     planned_activation_bytes: int = 0) -> int:
+    """Activations at the peak: ExecuTorch's planned arena plus the fitted terms in
+    tokens x widest linear output and heads x tokens^2 (see ``ACT_WIDE``, ``ACT_ATTN``)."""
+    return int(planned_activation_bytes + ACT_WIDE[fmt] * tokens * widest * 4
+               + ACT_ATTN[fmt] * attention_heads * tokens * tokens * 4)
 
 
 def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None = None,
                           biased: Collection[str] | None = None) -> MemoryEstimate:
     """``predict_peak`` for an artifact directory, from its ``manifest.json``.
 
-    Layer shapes are not in the manifest: pass ``layers`` (``LayerInfo`` list of the
-    source model), or they are read by loading ``model.source`` (slow, needs the source).
+    Layer shapes come from the manifest (``precision.inventory``); for artifacts written
+    before edgeq recorded it, pass ``layers`` (``LayerInfo`` list of the source model), or
+    they are read by loading ``model.source`` (slow, needs the source).
     """
     root = Path(artifact_dir)
     manifest = json.loads((root / "manifest.json").read_text())
     model = manifest["model"]
+    if layers is None and manifest["precision"].get("inventory") is not None:
+        from edgeq.inventory import layers_from_json
+
+        layers = layers_from_json(manifest["precision"]["inventory"])
+        biased = {x.fqn for x in layers if x.bias} if biased is None else biased
     if layers is None:
         from edgeq.inventory import layer_inventory
         from edgeq.models import load_model
 
         seq = model["inputs"][0]["shape"][-1] if model["inputs"] and model["inputs"][0]["shape"] else 128
         module = load_model(model["source"], model["task"], seq_len=seq).module
-        layers, modules = layer_inventory(module), dict(module.named_modules())
-        biased = {x.fqn for x in layers if getattr(modules.get(x.fqn), "bias", None) is not None}
+        layers = layer_inventory(module)
+        biased = {x.fqn for x in layers if x.bias}
     schemes = manifest["precision"]["layers"]
     pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
     nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers))
-    first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
-    tokens = _prod(first["shape"]) if first["dtype"].startswith(("int", "uint")) else 0
-    heads = 0
-    if (root / "config.json").exists():
-        config = json.loads((root / "config.json").read_text())
-        heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
+    recorded = manifest.get("memory", {})
+    if "tokens" in recorded:
+        tokens, heads = int(recorded["tokens"]), int(recorded.get("attention_heads", 0))
+    else:
+        first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
+        config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
+        tokens = _prod(first["shape"]) if first["dtype"].startswith(("int", "uint")) else 0
+        heads = attention_heads(config)
     return predict_peak(manifest["target"]["format"], pairs, nonlayer_bytes=nonlayer, tokens=tokens,
                         attention_heads=heads, biased=biased,
                         planned_activation_bytes=int(manifest.get("memory", {}).get("planned_activation_bytes", 0)))
+
+
+def workload(example_inputs: Sequence[Any], config: dict[str, Any]) -> tuple[int, int]:
+    """``(tokens, attention_heads)`` the activation terms need: the element count of the
+    first integer input (token ids; 0 for float inputs such as images) and the config's heads."""
+    first = example_inputs[0] if example_inputs else None
+    is_int = first is not None and not first.is_floating_point()
+    return (int(first.numel()) if is_int else 0), attention_heads(config)
+
+
+def attention_heads(config: dict[str, Any]) -> int:
+    return int(config.get("num_attention_heads") or config.get("n_head") or 0)
 
 
 def _prod(xs: Sequence[int]) -> int:

@@ -79,16 +79,22 @@ def test_prediction_grows_with_precision(fmt):
     assert predict("int4-g128").weights_bytes < int4.weights_bytes  # fewer scales
 
 
-def test_layer_bytes_follow_the_formats():
+def test_runtime_and_held_bytes_follow_the_formats():
     p, rows = FC.params, FC.shape[0]
-    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "fp32") == 4 * p
-    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "fp16") == 2 * p
-    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "int8") == p + 4 * rows
-    assert memory.layer_bytes("executorch", "linear", FC.shape, p, "int4-g32") == p // 2 + 2 * p // 32
-    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "int8") == p + 4 * p // 128
-    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "fp16") == 4 * p  # ORT CPU upcasts to fp32
-    assert memory.layer_bytes("onnx", "embedding", EMBED.shape, EMBED.params, "fp16") == 2 * EMBED.params
-    assert memory.layer_bytes("onnx", "linear", FC.shape, p, "unused") == 0
+    assert memory.runtime_bytes(FC, "fp32", "executorch") == 4 * p
+    assert memory.runtime_bytes(FC, "fp16", "executorch") == 2 * p
+    assert memory.runtime_bytes(FC, "int8", "executorch") == p + 4 * rows
+    assert memory.runtime_bytes(FC, "int4-g32", "executorch") == p // 2 + 2 * p // 32
+    assert memory.runtime_bytes(FC, "int8", "onnx") == p + 4 * p // 128
+    assert memory.runtime_bytes(FC, "fp16", "onnx") == 4 * p  # ORT CPU upcasts to fp32
+    assert memory.runtime_bytes(EMBED, "fp16", "onnx") == 2 * EMBED.params
+    assert memory.runtime_bytes(FC, "unused", "onnx") == 0
+    # ExecuTorch holds what it stores; ORT keeps MLAS's prepacked copy of linears beside it
+    assert memory.held_bytes(FC, "int8", "executorch") == memory.runtime_bytes(FC, "int8", "executorch")
+    assert memory.held_bytes(FC, "int8", "onnx") == int((p + 4 * p // 128) * memory.ORT_LINEAR_HELD["int8"])
+    assert memory.held_bytes(FC, "fp32", "onnx", bias=False) == 4 * p
+    assert memory.held_bytes(FC, "fp32", "onnx", bias=True) == int(4 * p * memory.ORT_LINEAR_HELD["fp32-bias"])
+    assert memory.held_bytes(EMBED, "int8", "onnx") == memory.runtime_bytes(EMBED, "int8", "onnx")
 
 
 def test_activations_grow_with_tokens_heads_and_the_plan():
