@@ -135,6 +135,77 @@ def plan_cmd(
         print_plan(result, output)
 
 
+@app.command("profile")
+def profile_cmd(
+    artifacts: Annotated[list[Path], typer.Argument(metavar="ARTIFACT...", help="Artifact directories (two or more: compared side by side).")],
+    mode: Annotated[Optional[str], typer.Option("--mode", "-m", help="host (measure here; default), emulated (ESTIMATE for a device profile), device (measure on --device).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Measure on a device: ssh://user@host[:port] (Linux board) or adb:SERIAL (Android); implies --mode device.")] = None,
+    runs: Annotated[int, typer.Option("--runs", "-n", help="Timed runs after the warm-up.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before the timed ones.")] = 3,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for the runtime (default: the target's, at most this machine's cores).")] = None,
+    no_ops: Annotated[bool, typer.Option("--no-ops", help="Skip the per-op profiling pass.")] = False,
+    device_profile: Annotated[Optional[str], typer.Option("--device-profile", help="Device profile for --mode emulated / --with-estimate (default: the artifact target's device; for --with-estimate in host mode: this machine's CPU class).")] = None,
+    with_estimate: Annotated[bool, typer.Option("--with-estimate", help="Beside each measurement, the emulated ESTIMATE for the same device class (estimated vs measured).")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots here.")] = None,
+    as_json: Json = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (same as 'edgeq --debug profile').")] = False,
+) -> None:
+    """Measure latency, load time, peak memory and per-op time of artifacts (or estimate them for a device)."""
+    from edgeq.errors import ConfigError
+    from edgeq.profiling import check_artifact, complete_ops, emulate, host_class_profile, profile_host, validate_counts
+
+    if mode not in (None, "host", "emulated", "device"):
+        raise ConfigError(f"unknown --mode '{mode}'", "use host, emulated or device")
+    if device and mode not in (None, "device"):
+        raise ConfigError(f"--device measures on a device, but --mode is {mode}", "drop --mode, or drop --device")
+    mode = "device" if device else (mode or "host")
+    if mode == "device" and not device:
+        raise ConfigError("--mode device needs --device", "pass --device ssh://user@host or --device adb:SERIAL")
+    validate_counts(runs, warmup, threads)
+    if html is not None:
+        from edgeq.profile_report import check_html_path
+
+        check_html_path(html)
+    for artifact in artifacts:  # every artifact is checked before any is measured
+        check_artifact(artifact)
+    reports = []
+    for artifact in artifacts:
+        if mode == "emulated":
+            reports.append(emulate(artifact, device_profile, threads=threads))
+            continue
+        if mode == "device":
+            from edgeq.remote import run_on_device
+
+            report = run_on_device(artifact, device, runs=runs, warmup=warmup, threads=threads, ops=not no_ops)
+            report = complete_ops({**report, "mode": "device", "estimate": False})
+        else:
+            report = profile_host(artifact, runs=runs, warmup=warmup, threads=threads, ops=not no_ops)
+        if with_estimate:
+            name = device_profile or (host_class_profile() if mode == "host" else None)
+            if name is None:
+                raise ConfigError("--with-estimate needs a device profile for this device", "pass --device-profile NAME")
+            used = (report.get("threads") or {}).get("used")
+            report["emulated"] = emulate(artifact, name, threads=used)
+        reports.append(report)
+    if html is not None:
+        from edgeq.profile_report import write_html
+
+        write_html(reports, html)
+    if as_json:
+        if len(reports) == 1:
+            print(json.dumps(reports[0], indent=2))
+        else:
+            from edgeq.profiling import compare
+
+            print(json.dumps({"reports": reports, "comparison": compare(reports)}, indent=2))
+        return
+    from edgeq.profile_report import print_profiles
+
+    print_profiles(reports)
+    if html is not None:
+        print(f"HTML report: {html}")
+
+
 @targets_app.command("list")
 def targets_list(as_json: Json = False) -> None:
     """List built-in targets and device profiles."""

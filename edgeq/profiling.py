@@ -1,0 +1,237 @@
+"""Profiling an artifact on this machine, and comparing profiles.
+
+``profile_host`` validates the artifact, then runs edgeq's standalone runner
+(``edgeq/runner.py``: the same file ``--device ssh://`` copies onto a board) in a fresh
+Python process, so the numbers are those of a clean process: load time, latency over
+``runs`` timed runs after ``warmup`` untimed ones, peak RSS, and (``ops=True``) a
+separate per-op pass (ExecuTorch ETDump + Inspector, ONNX Runtime's profiler).
+
+>>> report = profile_host("dist/all-MiniLM-L6-v2-x86", runs=20)  # doctest: +SKIP
+>>> report["latency_ms"]["p50"], report["memory"]["peak_rss_bytes"]  # doctest: +SKIP
+>>> compare([report, profile_host("dist/all-MiniLM-L6-v2-x86-fp32")])["rows"][0]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeqError
+
+RUNNER = Path(__file__).with_name("runner.py")
+RUNTIME_MODULES = {"executorch": "executorch", "onnx": "onnxruntime"}
+RUNTIME_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime"}
+
+
+def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """Validate an artifact for profiling: manifest, hashes, and that the model file is of
+    the kind the manifest says (an ONNX model in a .pte artifact and vice versa)."""
+    from edgeq.artifact import read_artifact
+    from edgeq.runner import RunnerError, check_model_file
+
+    path = Path(artifact_dir)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        try:  # the wrong-kind check first: it says more than a hash mismatch
+            manifest = json.loads((path / "manifest.json").read_text())
+            if isinstance(manifest, dict) and manifest.get("model_file") in ("model.pte", "model.onnx"):
+                check_model_file(path, {**manifest, "files": {}})
+        except RunnerError as exc:
+            raise ArtifactError(*_split_hint(str(exc))) from None
+        except (ValueError, UnicodeDecodeError, OSError):
+            pass  # read_artifact reports an unreadable manifest
+    manifest, model = read_artifact(path)
+    return manifest, model
+
+
+def require_runtime(manifest: dict[str, Any]) -> str:
+    """The artifact's format; raises if its runtime is not installed in this Python."""
+    fmt = manifest.get("target", {}).get("format") or ("onnx" if manifest["model_file"].endswith(".onnx") else "executorch")
+    if importlib.util.find_spec(RUNTIME_MODULES[fmt]) is None:
+        want = manifest.get("versions", {}).get(RUNTIME_PACKAGES[fmt])
+        pin = f"=={want}" if want else ""
+        raise BackendUnavailableError(f"{RUNTIME_PACKAGES[fmt]} is not installed here, and the artifact needs it",
+                                      f"pip install {RUNTIME_PACKAGES[fmt]}{pin}")
+    return fmt
+
+
+def profile_host(artifact_dir: str | Path, *, runs: int = 20, warmup: int = 3, threads: int | None = None,
+                 ops: bool = True, timeout: float = 1800) -> dict[str, Any]:
+    """Measure ``artifact_dir`` on this machine in a fresh process; the runner's report
+    plus ``"mode": "host"``. Raises ``ArtifactError`` for a corrupt, truncated or
+    wrong-kind artifact and ``BackendUnavailableError`` if its runtime is missing."""
+    validate_counts(runs, warmup, threads)
+    manifest, model = check_artifact(artifact_dir)
+    require_runtime(manifest)
+    root = model.parent.resolve()
+    fd, out = tempfile.mkstemp(prefix="edgeq-profile-", suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, str(RUNNER), str(root), "--runs", str(runs), "--warmup", str(warmup), "--json-out", out]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    if ops:
+        cmd.append("--ops")
+    try:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeqError(f"profiling {root} took longer than {timeout:.0f} s", "use fewer --runs") from None
+        if proc.returncode == 2:
+            line = _last_error_line(proc.stderr)
+            raise ArtifactError(*_split_hint(line or f"the runner rejected {root}"))
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.strip().splitlines()[-2:])[-300:]
+            raise ArtifactError(f"the runtime failed on {root} (exit {proc.returncode}): {tail or 'no message'}",
+                                "the model file may be corrupt; re-run 'edgeq export' (or report it with --debug)")
+        report = json.loads(Path(out).read_text())
+    finally:
+        Path(out).unlink(missing_ok=True)
+    report["mode"] = "host"
+    report["estimate"] = False
+    complete_ops(report)
+    return report
+
+
+def complete_ops(report: dict[str, Any]) -> dict[str, Any]:
+    """Parse an ETDump the runner shipped raw (its machine lacked executorch.devtools) here."""
+    ops = report.get("ops")
+    if not isinstance(ops, dict) or "etdump_b64" not in ops:
+        return report
+    import base64
+
+    from edgeq.runner import etdump_events, summarize_etdump
+
+    try:
+        events = etdump_events(base64.b64decode(ops["etdump_b64"]))
+    except ImportError as exc:
+        report["ops"] = {"error": f"cannot read the ETDump: executorch.devtools is not importable here ({exc})"}
+        return report
+    report["ops"] = {**summarize_etdump(events, ops.get("delegates_used") or []), "parsed_on": "host"}
+    return report
+
+
+def validate_counts(runs: int, warmup: int, threads: int | None) -> None:
+    if not isinstance(runs, int) or runs < 1:
+        raise ConfigError(f"--runs must be at least 1, got {runs}", "pass e.g. --runs 20")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {warmup}", "pass e.g. --warmup 3")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads must be at least 1, got {threads}", "leave it out to use the target's")
+
+
+def host_class_profile() -> str | None:
+    """The built-in device profile of this machine's CPU class, if there is one."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return "x86-avx2-laptop"
+    return None
+
+
+def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, threads: int | None = None) -> dict[str, Any]:
+    """The emulated (estimated) latency of an artifact on ``device_profile`` (default: its
+    target's device), from ``edgeq.emulate.estimate``; always marked as an estimate."""
+    manifest, model = check_artifact(artifact_dir)
+    name = device_profile or manifest.get("target", {}).get("device")
+    if not name:
+        raise ConfigError(f"{artifact_dir}: the manifest names no device", "pass --device-profile NAME")
+    from edgeq.targets import load_profile
+
+    profile = load_profile(name)
+    try:
+        from edgeq.emulate import estimate
+    except ImportError as exc:
+        raise BackendUnavailableError(f"emulated profiling is not available in this edgeq ({exc})",
+                                      "use --mode host or --device") from None
+    result = dict(estimate(model.parent, profile, threads=threads))
+    result.setdefault("mode", "emulated")
+    result["estimate"] = True
+    result.setdefault("artifact", str(model.parent))
+    result.setdefault("model_file", model.name)
+    result.setdefault("format", manifest.get("target", {}).get("format"))
+    result.setdefault("precision", manifest.get("precision", {}).get("requested"))
+    result.setdefault("target", manifest.get("target", {}).get("name"))
+    return result
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def p50_ms(report: dict[str, Any]) -> float | None:
+    lat = report.get("latency_ms")
+    if isinstance(lat, dict):
+        return lat.get("p50")
+    return float(lat) if isinstance(lat, (int, float)) else None
+
+
+def label(report: dict[str, Any]) -> str:
+    name = Path(str(report.get("artifact", "?"))).name
+    return f"{name} (estimate)" if report.get("estimate") else name
+
+
+def _metric(report: dict[str, Any], key: str) -> float | None:
+    lat = report.get("latency_ms")
+    mem = report.get("memory") or {}
+    ops = report.get("ops") or {}
+    if key in ("min", "p50", "p90", "max", "mean"):
+        if isinstance(lat, dict):
+            return lat.get(key)
+        return float(lat) if key == "p50" and isinstance(lat, (int, float)) else None
+    if key == "load_ms":
+        return report.get("load_ms")
+    if key == "peak_rss_bytes":
+        return mem.get("peak_rss_bytes")
+    if key == "model_attributable_bytes":
+        return mem.get("model_attributable_bytes")
+    if key == "delegate_share":
+        return ops.get("delegate_share") if "error" not in ops else None
+    if key == "file_bytes":
+        path = Path(str(report.get("artifact", ""))) / str(report.get("model_file", ""))
+        return path.stat().st_size if path.is_file() else None
+    return None
+
+
+COMPARE_METRICS = [
+    ("p50", "latency p50 (ms)"), ("p90", "latency p90 (ms)"), ("min", "latency min (ms)"),
+    ("max", "latency max (ms)"), ("load_ms", "load (ms)"), ("peak_rss_bytes", "peak RSS"),
+    ("model_attributable_bytes", "peak RSS over baseline"), ("delegate_share", "share in delegates"),
+    ("file_bytes", "model file"),
+]
+
+
+def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Side-by-side metrics of two or more reports, with each one's ratio to the first."""
+    if len(reports) < 2:
+        raise ValueError("compare needs at least two reports")
+    rows = []
+    for key, title in COMPARE_METRICS:
+        values = [_metric(r, key) for r in reports]
+        if all(v is None for v in values):
+            continue
+        base = values[0]
+        ratios = [(v / base) if (v is not None and base) else None for v in values]
+        rows.append({"metric": key, "title": title, "values": values, "ratios": ratios})
+    return {"baseline": label(reports[0]), "labels": [label(r) for r in reports], "rows": rows}
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip().startswith("error:")]
+    return lines[-1][len("error:"):].strip() if lines else ""
+
+
+def _split_hint(text: str) -> tuple[str, str]:
+    """``"msg (hint)"`` → ``("msg", "hint")``: the runner prints one line with its hint in
+    parentheses; EdgeqError puts it back the same way."""
+    text = text.strip()
+    if text.endswith(")") and " (" in text:
+        head, _, hint = text[:-1].rpartition(" (")
+        if head and "(" not in hint:
+            return head, hint
+    return text, ""
