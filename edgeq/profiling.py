@@ -38,10 +38,10 @@ def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
 
     path = Path(artifact_dir)
     if path.is_dir() and (path / "manifest.json").is_file():
-        try:  # the wrong-kind check first: it says more than a hash mismatch
+        try:  # the model file first: wrong kind, truncated or corrupt say more than read_artifact's hash check
             manifest = json.loads((path / "manifest.json").read_text())
             if isinstance(manifest, dict) and manifest.get("model_file") in ("model.pte", "model.onnx"):
-                check_model_file(path, {**manifest, "files": {}})
+                check_model_file(path, manifest)
         except RunnerError as exc:
             raise ArtifactError(*_split_hint(str(exc))) from None
         except (ValueError, UnicodeDecodeError, OSError):
