@@ -39,13 +39,13 @@ ELF_MACHINE = {"arm64-v8a": 183, "armeabi-v7a": 40, "x86_64": 62, "x86": 3}
 def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
         threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
     fmt = manifest["target"]["format"]
-    runner = _check_runner(runner, fmt)
     adb = shutil.which("adb")
     if adb is None:
         raise DeviceSetupError("adb not found",
                                "install Android platform-tools (https://developer.android.com/tools/releases/platform-tools) "
                                "and put adb on PATH")
     serial = pick_device(adb, dev.serial)
+    runner = _check_runner(runner, fmt)
     shell = [adb, "-s", serial, "shell"]
     props = _adb(shell + ["getprop ro.product.manufacturer; getprop ro.product.model; getprop ro.soc.model; "
                           "getprop ro.product.cpu.abi; getprop ro.build.version.release; date +%m-%d\\ %H:%M:%S"],
@@ -159,7 +159,8 @@ def pick_device(adb: str, serial: str | None) -> str:
                               "unlock the device and accept the 'Allow USB debugging?' prompt, then retry")
     if state.startswith("no permissions"):
         raise DeviceAuthError(f"no permission to use Android device {serial} ({state})",
-                              "add a udev rule for the device (see the Android docs on USB debugging) or run adb as its owner")
+                              "add a udev rule for the device, as the Android docs on USB debugging say, "
+                              "or run adb as its owner")
     if state == "offline":
         raise DeviceUnreachableError(f"Android device {serial} is offline",
                                      "reconnect the cable or run 'adb reconnect', and unlock the device")

@@ -124,15 +124,18 @@ def parse_device(device: str) -> SshDevice | AdbDevice:
     if text in ("adb", "adb:") or text.startswith("adb:"):
         serial = text[4:] or None
         if serial is not None and not re.fullmatch(r"[A-Za-z0-9._:\-\[\]]+", serial):
-            raise DeviceError(f"'{device}' is not a valid adb serial", "use adb:SERIAL as listed by 'adb devices', or adb: for the only device")
+            raise DeviceError(f"'{device}' is not a valid adb serial",
+                              "use adb:SERIAL as listed by 'adb devices', or adb: for the only device")
         return AdbDevice(url=text, serial=serial)
     if not text.startswith("ssh://"):
         raise DeviceError(f"unknown device '{device}'",
-                          "use ssh://[user@]host[:port] for a Linux board, or adb:SERIAL (adb: for the only one) for Android")
+                          "use ssh://[user@]host[:port] for a Linux board, or adb:SERIAL for Android "
+                          "(adb: alone picks the only attached device)")
     parts = urlsplit(text)
     found = _NETLOC.fullmatch(parts.netloc)
     if not found or found.group("host").startswith("-") or parts.path not in ("", "/") or parts.fragment:
-        raise DeviceError(f"cannot read ssh device '{device}'", "write it as ssh://[user@]host[:port][?python=/path/to/python3]")
+        raise DeviceError(f"cannot read ssh device '{device}'",
+                          "write it as ssh://[user@]host[:port][?python=/path/to/python3]")
     port = int(found.group("port")) if found.group("port") else None
     if port is not None and not 0 < port < 65536:
         raise DeviceError(f"port {port} in '{device}' is out of range", "use a port from 1 to 65535")
@@ -170,7 +173,8 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
         try:
             ssh_options = shlex.split(os.environ.get(SSH_OPTS_ENV, ""))
         except ValueError as exc:
-            raise DeviceSetupError(f"cannot read {SSH_OPTS_ENV} ({exc})", "quote it as you would on a shell command line") from None
+            raise DeviceSetupError(f"cannot read {SSH_OPTS_ENV} ({exc})",
+                                   "quote it as you would on a shell command line") from None
     return _run_ssh(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup, threads=threads,
                     ops=ops, options=list(ssh_options))
 
@@ -273,15 +277,16 @@ class _Ssh:
         """The error for an ssh-level failure (exit 255), from ssh's message."""
         last = _last_line(stderr)
         denied = re.search(r"Permission denied \(([^)]*)\)", stderr)
+        port = "" if self.port == "22" else f"-p {self.port} "
         if denied:
             return DeviceAuthError(
                 f"ssh to {self.dest} failed: Permission denied ({denied.group(1)})",
-                f"set up key auth (ssh-copy-id {'' if self.port == '22' else f'-p {self.port} '}{self.login}); edgeq runs ssh with BatchMode=yes and cannot type a "
-                f"password; a key that is not the default one goes in ~/.ssh/config or {SSH_OPTS_ENV}='-i KEY'")
+                f"set up key auth with 'ssh-copy-id {port}{self.login}': edgeq runs ssh with BatchMode=yes and cannot "
+                f"type a password; a key that is not the default one goes in ~/.ssh/config or {SSH_OPTS_ENV}='-i KEY'")
         if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
             return DeviceAuthError(f"ssh to {self.dest} failed: host key verification failed",
-                                   f"connect once by hand ('ssh {'' if self.port == '22' else f'-p {self.port} '}{self.login}') to check and accept the board's host key, "
-                                   "or fix its line in ~/.ssh/known_hosts")
+                                   f"connect once by hand ('ssh {port}{self.login}') to check and accept the board's "
+                                   "host key, or fix its line in ~/.ssh/known_hosts")
         hint = "check the board is powered on and on the network, and the host name and port (ssh://user@host:port)"
         if "Could not resolve hostname" in stderr:
             return DeviceUnreachableError(f"cannot reach {self.dest}: unknown host name '{self.dev.host}'",
@@ -322,11 +327,12 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
         "transport": "ssh", "destination": ssh.dest, "python": info.get("python"),
         "python_version": info.get("python_version"), "runtime_version": info.get("runtime_version"),
         "release": info.get("release"), "mem_total_bytes": info.get("mem_total_bytes"), "workdir": workdir,
+        **({"et_backends": info["backends"]} if "backends" in info else {}),
+        **({"ort_providers": info["providers"]} if "providers" in info else {}),
     }
     report["transfer"] = {"bytes": sent, "seconds": round(uploaded - checked, 3), "files": files}
     report["device_timings_s"] = {"connect_and_check": round(checked - started, 3),
                                   "transfer": round(uploaded - checked, 3), "run": round(finished - uploaded, 3)}
-    _parse_etdump_here(report)
     if notes:
         report["notes"] = [*report.get("notes", []), *notes]
     return report
@@ -335,26 +341,28 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
 def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Run ``_PROBE`` with the board's Python: what the board is, and a temp dir if all is there."""
     python = ssh.dev.python
-    proc = ssh.run(f"{_remote_path(python)} -c {shlex.quote(_PROBE)} {fmt} {shlex.quote(json.dumps(RUNTIME_MODULES[fmt]))}",
-                   timeout=300)
+    modules = shlex.quote(json.dumps(RUNTIME_MODULES[fmt]))
+    proc = ssh.run(f"{_remote_path(python)} -c {shlex.quote(_PROBE)} {fmt} {modules}", timeout=300)
     if proc.returncode == 255:
         raise ssh.failure(proc.stderr)
     where = f"{ssh.dev.base_url}?python=/path/to/python3"
     if proc.returncode == 127:
         raise DeviceSetupError(f"no Python at '{python}' on {ssh.dest}",
-                               f"install Python 3 on the board (sudo apt install python3) or point at it: {where}")
+                               f"install Python 3 on the board with 'sudo apt install python3', or point at it: {where}")
     if proc.returncode == 126:
         raise DeviceSetupError(f"'{python}' on {ssh.dest} cannot be executed", f"point at the board's Python 3: {where}")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@edgeq-probe@@")), None)
     if proc.returncode != 0 or line is None:
-        raise DeviceSetupError(f"'{python}' on {ssh.dest} failed to run edgeq's check: {_last_line(proc.stderr) or 'no output'}",
-                               f"point at a working Python 3: {where}")
+        raise DeviceSetupError(
+            f"'{python}' on {ssh.dest} failed to run edgeq's check: {_last_line(proc.stderr) or 'no output'}",
+            f"point at a working Python 3: {where}")
     info = json.loads(line[len("@@edgeq-probe@@"):])
     label = f"{ssh.dest}'s Python ({info['python']}, {info['python_version']})"
     problem: DeviceError | None = None
     version = tuple(int(x) for x in re.findall(r"\d+", info["python_version"])[:2])
     if version < MIN_PYTHON:
-        problem = DeviceSetupError(f"{label} is too old for edgeq's runner (needs {'.'.join(map(str, MIN_PYTHON))} or newer)",
+        needed = ".".join(map(str, MIN_PYTHON))
+        problem = DeviceSetupError(f"{label} is too old for edgeq's runner (needs {needed} or newer)",
                                    f"install a newer Python on the board and point at it: {where}")
     elif info["missing"]:
         versions = manifest.get("versions", {})
@@ -384,29 +392,10 @@ def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def _parse_etdump_here(report: dict[str, Any]) -> None:
-    """The board's ExecuTorch may lack the devtools' Python dependencies: then the runner
-    sends the raw ETDump back, and it is read here with the same code."""
-    ops = report.get("ops")
-    if not isinstance(ops, dict) or "etdump_b64" not in ops:
-        return
-    import base64
-
-    from edgeq import runner
-
-    try:
-        events = runner.etdump_events(base64.b64decode(ops["etdump_b64"]))
-    except Exception as exc:  # keep the timings; say why per-op times are missing
-        report["ops"] = {"error": f"per-op profiling failed: the ETDump from the device cannot be read here "
-                                  f"({type(exc).__name__}: {str(exc)[:200]})"}
-        return
-    report["ops"] = {**runner.summarize_etdump(events, ops.get("delegates_used") or []), "parsed_on": "host"}
-
-
 def _artifact_files(root: Path, manifest: dict[str, Any], model: Path) -> list[str]:
     """What the runner needs: the manifest, the model and its external data (``model.onnx.data``)."""
     names = {"manifest.json", model.name}
-    names |= {rel for rel in manifest.get("files", {}) if rel.startswith(model.name + ".") or rel.startswith(model.stem + ".data")}
+    names |= {rel for rel in manifest.get("files", {}) if rel.startswith((model.name + ".", model.stem + ".data"))}
     return sorted(n for n in names if (root / n).is_file())
 
 

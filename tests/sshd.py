@@ -35,6 +35,8 @@ def _keygen(path: Path) -> Path:
 class LoopbackSshd:
     """``with LoopbackSshd(tmp) as sshd: ... sshd.url(python=...)``."""
 
+    free_port = staticmethod(_free_port)
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.user = getpass.getuser()
