@@ -43,6 +43,9 @@ class CpuCluster(Strict):
     name: str
     count: int = Field(gt=0)
     max_ghz: float = Field(gt=0)
+    # Per core: splits peak_gops among clusters when fewer threads than cores run
+    # (big cores first). Optional; without it the split goes by clock alone.
+    fp32_flops_per_cycle: float | None = Field(default=None, gt=0)
 
 
 Isa = Literal[
