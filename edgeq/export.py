@@ -131,6 +131,8 @@ def export(
         numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
         model_file = work / lowered.model_file.name
         shutil.move(str(lowered.model_file), model_file)
+        for extra in lowered.extra_files:  # e.g. ops.json: the per-op graph emulated profiling reads
+            shutil.move(str(extra), work / extra.name)
         shutil.rmtree(scratch)
         _copy_support_files(loaded, work)
         manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, fp32_size, model_file,

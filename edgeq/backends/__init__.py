@@ -30,6 +30,7 @@ class Lowered:
     reference_file: Path | None = None  # an equivalent artifact that does run here
     reference_runtime: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    extra_files: list[Path] = field(default_factory=list)  # shipped beside the model file (e.g. ops.json)
 
 
 def backend(fmt: str) -> Any:

@@ -50,6 +50,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         runnable_here=runnable,
         extras={"planned_activation_bytes": _arena_bytes(manager)},
     )
+    _write_ops(manager, workdir, lowered, steps)
     if not runnable:
         blockers = [d for d in used if not availability(d).can_run_here]
         lowered.not_runnable_reason = "; ".join(f"{d}: {availability(d).reason}" for d in blockers)
@@ -159,6 +160,24 @@ def _lower(program: Any, partitioners: list[Any], out: Path) -> tuple[Any, dict[
 
 
 _NAME_OF = {v: k for k, v in BACKEND_IDS.items()}
+
+
+def _write_ops(manager: Any, workdir: Path, lowered: Lowered, steps: Any) -> None:
+    """``ops.json``: every op with its shapes and delegate (delegated subgraphs are opaque
+    in the .pte), for emulated profiling."""
+    import json
+
+    from edgeq.opgraph import OPS_FILE, executorch_ops
+
+    try:
+        data = executorch_ops(manager.exported_program())
+    except Exception as exc:  # noqa: BLE001 - the artifact is still good; only emulation needs this file
+        steps.note(f"{OPS_FILE} not written ({type(exc).__name__}: {exc}); emulated profiling will not work "
+                   "on this artifact")
+        return
+    path = workdir / OPS_FILE
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    lowered.extra_files.append(path)
 
 
 def _delegation_summary(gm: Any) -> dict[str, Any]:

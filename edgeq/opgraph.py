@@ -1,0 +1,642 @@
+"""The ops an artifact runs, with the work each does: FLOPs, bytes moved, dtype, runtime.
+
+Two sources, one result (a list of ``Op``):
+
+- ExecuTorch: the exporter writes ``ops.json`` into the artifact (``executorch_ops``),
+  because delegated subgraphs are opaque blobs inside the .pte. It lists every node of
+  the final program, with the nodes of each delegated subgraph taken from the lowered
+  module's original graph: op, argument references, output shapes and dtypes, which
+  delegate runs it. ``ops_from_executorch`` turns that into costed ops.
+- ONNX: the ops come from the .onnx file itself (``ops_from_onnx``), after ONNX
+  Runtime's host-independent graph fusions (the graph its CPU provider runs) and shape
+  inference.
+
+Costs are counted, not timed: a linear ``y = x W^T`` with ``x`` of M x K and ``W`` of
+N x K is ``2 M N K`` FLOPs; a convolution ``2 x output elements x (C_in / groups) x
+kernel area``; bytes are weights as stored (int8 / int4 plus their scales) plus the
+activations read and written. Weight dequantization and activation dequantization are
+folded into the op that consumes them (runtimes fuse them); dynamic activation
+quantization is an op of its own (one pass over the activation).
+
+>>> ops = ops_from_artifact("dist/all-MiniLM-L6-v2-x86")  # doctest: +SKIP
+>>> sum(o.flops for o in ops) / 1e9  # doctest: +SKIP
+2.9
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ArtifactError
+
+OPS_FILE = "ops.json"
+OPS_FORMAT_VERSION = 1
+
+# kind: gemm (matrix products, convolutions, attention), elementwise, copy (layout
+# changes, gathers), quantize (dynamic activation quantization), view (no work).
+KINDS = ("gemm", "elementwise", "copy", "quantize")
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    op: str  # e.g. aten.linear, MatMulNBits
+    kind: str  # one of KINDS
+    dtype: str  # the dtype it computes in: fp32 | fp16 | int8
+    weights: str  # dtype of its constant weights as stored: fp32 | fp16 | int8 | int4 | "" (none)
+    runtime: str  # xnnpack | portable | coreml | vulkan | qnn (ExecuTorch); onnx (ONNX Runtime)
+    flops: float
+    bytes: float
+    weight_bytes: float = 0.0
+    subgraph: int = -1  # ExecuTorch delegate call it belongs to; -1 when not delegated
+    domain: str = ""  # ONNX: op domain ("" standard, "com.microsoft" contrib)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ops_from_artifact(artifact_dir: str | Path) -> list[Op]:
+    """The costed ops of an artifact directory (validated against its manifest)."""
+    from edgeq.artifact import read_artifact
+
+    manifest, model_file = read_artifact(Path(artifact_dir))
+    if model_file.suffix == ".onnx":
+        return ops_from_onnx(model_file)
+    path = model_file.parent / OPS_FILE
+    if not path.exists():
+        raise ArtifactError(f"{model_file.parent} has no {OPS_FILE} (the per-op graph emulated profiling needs)",
+                            "re-export with this edgeq: 'edgeq export' writes it into ExecuTorch artifacts")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is corrupt ({exc})", "re-export with this edgeq") from None
+    if not isinstance(data, dict) or data.get("format_version") != OPS_FORMAT_VERSION:
+        raise ArtifactError(f"{path} has an unknown format version", "re-export with this edgeq")
+    return ops_from_executorch(data)
+
+
+# ------------------------------------------------------------------ sizes and dtypes
+
+_ITEMSIZE = {
+    "float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8, "double": 8,
+    "int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "long": 8, "bool": 1, "int4": 0.5, "uint4": 0.5,
+}
+_FLOAT = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "fp16"}
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _nbytes(shape: list[int], dtype: str) -> float:
+    return _numel(shape) * _ITEMSIZE.get(dtype, 4)
+
+
+# Elementwise ops with more than one FLOP per output element (transcendentals, norms).
+_FLOPS_PER_ELEMENT = {
+    "gelu": 8, "softmax": 5, "_softmax": 5, "log_softmax": 5, "layer_norm": 8, "native_layer_norm": 8,
+    "exp": 4, "tanh": 4, "sigmoid": 4, "silu": 5, "erf": 4, "rsqrt": 2, "sqrt": 2, "pow": 2,
+    "LayerNormalization": 8, "SkipLayerNormalization": 9, "SimplifiedLayerNormalization": 6,
+    "SkipSimplifiedLayerNormalization": 7, "Softmax": 5, "Gelu": 8, "BiasGelu": 9, "FastGelu": 8,
+    "QuickGelu": 5, "Sigmoid": 4, "Tanh": 4, "Exp": 4, "Erf": 4, "Sqrt": 2, "Pow": 2, "ReduceL2": 2,
+}
+
+
+# ------------------------------------------------------------ ExecuTorch: ops.json
+
+
+def executorch_ops(program: Any) -> dict[str, Any]:
+    """The ``ops.json`` content of a final ExecuTorch program (after ``to_executorch``).
+
+    Top-level nodes run on the portable CPU kernels; the nodes of each delegated
+    subgraph come from its lowered module's original graph, prefixed ``d<i>/``.
+    """
+    from edgeq.backends.delegates import BACKEND_IDS
+
+    names = {v: k for k, v in BACKEND_IDS.items()}
+    gm = program.graph_module
+    nodes: list[dict[str, Any]] = []
+    subgraphs: list[dict[str, Any]] = []
+    _graph_nodes(program, "", "portable", -1, nodes)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "executorch_call_delegate":
+            lowered = getattr(gm, node.args[0].target)
+            delegate = names.get(lowered.backend_id, lowered.backend_id)
+            index = len(subgraphs)
+            subgraphs.append({"index": index, "delegate": delegate, "node": node.name})
+            _graph_nodes(lowered.original_module, f"d{index}/", delegate, index, nodes)
+    return {"format_version": OPS_FORMAT_VERSION,
+            "source": "ExecuTorch program after to_executorch; delegated subgraphs from each lowered module's "
+                      "original graph",
+            "subgraphs": subgraphs, "nodes": nodes}
+
+
+def _graph_nodes(program: Any, prefix: str, runtime: str, subgraph: int, out: list[dict[str, Any]]) -> None:
+    import torch
+
+    sig = program.graph_signature
+    consts = set(sig.inputs_to_parameters) | set(sig.inputs_to_buffers) | set(sig.inputs_to_lifted_tensor_constants)
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, torch.fx.Node):
+            return {"ref": prefix + value.name}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if isinstance(value, torch.dtype):
+            return str(value).removeprefix("torch.")
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    def outputs(val: Any) -> list[dict[str, Any]]:
+        vals = val if isinstance(val, (list, tuple)) else [val]
+        return [{"shape": [int(d) for d in v.shape], "dtype": str(v.dtype).removeprefix("torch.")}
+                if isinstance(v, torch.Tensor) else {} for v in vals]
+
+    for node in program.graph_module.graph.nodes:
+        if node.op == "output":
+            continue
+        if node.op == "call_function":
+            target = getattr(node.target, "__name__", "")
+            if target in ("alloc", "executorch_call_delegate"):
+                continue
+            op = _op_name(node.target)
+        elif node.op in ("placeholder", "get_attr"):
+            op = "const" if (node.op == "get_attr" or node.name in consts) else "input"
+        else:
+            continue
+        entry = {"name": prefix + node.name, "op": op, "runtime": runtime, "subgraph": subgraph,
+                 "out": outputs(node.meta.get("val"))}
+        if node.op == "call_function":
+            entry["args"] = encode(list(node.args))
+            kwargs = {k: encode(v) for k, v in node.kwargs.items() if k != "out"}
+            if kwargs:
+                entry["kwargs"] = kwargs
+        out.append(entry)
+
+
+def _op_name(target: Any) -> str:
+    import re
+
+    name = getattr(target, "_name", None) or getattr(target, "__name__", None) or str(target)
+    name = name.replace("::", ".")
+    return re.sub(r"\.(out|default|Tensor_out|int_out|Tensor|Scalar_out|Scalar|self_out|IntList_out|dim)$", "", name)
+
+
+_ET_VIEWS = {
+    "getitem", "aten.view_copy", "aten.view", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.squeeze",
+    "aten.unsqueeze", "aten.alias_copy", "aten.detach_copy", "aten._unsafe_view", "executorch_prim.et_view",
+    "aten.sym_size", "aten.lift_fresh_copy", "aten.choose_qparams_affine", "torchao.choose_qparams_affine",
+    "quantized_decomposed.choose_qparams", "quantized_decomposed.choose_qparams_per_token_asymmetric",
+}
+_ET_DEQUANT = {
+    "torchao.dequantize_affine", "quantized_decomposed.dequantize_per_tensor",
+    "quantized_decomposed.dequantize_per_channel", "quantized_decomposed.dequantize_per_token",
+    "quantized_decomposed.dequantize_per_channel_group", "quantized_decomposed.dequantize_per_tensor.tensor",
+}
+_ET_QUANT = {
+    "torchao.quantize_affine", "quantized_decomposed.quantize_per_tensor", "quantized_decomposed.quantize_per_token",
+    "quantized_decomposed.quantize_per_channel", "quantized_decomposed.quantize_per_tensor.tensor",
+}
+_ET_GEMM = {"aten.linear", "aten.mm", "aten.bmm", "aten.addmm", "aten.matmul", "aten.convolution",
+            "aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu"}
+_ET_COPY = {"aten.permute_copy", "aten.permute", "aten.transpose_copy", "aten.t_copy", "aten.clone",
+            "dim_order_ops._clone_dim_order", "aten.expand_copy", "aten.cat", "aten.slice_copy",
+            "aten.select_copy", "aten.index", "aten.embedding", "quantized_decomposed.embedding_byte",
+            "quantized_decomposed.embedding_4bit", "quantized_decomposed.embedding_2bit", "aten.repeat",
+            "aten.constant_pad_nd", "aten.split_with_sizes_copy", "aten.split_copy", "aten.full", "aten.arange",
+            "aten.scalar_tensor", "aten.zeros", "aten.ones", "aten.full_like", "aten.index_select", "aten.gather",
+            "dim_order_ops._to_dim_order_copy", "aten._to_copy", "aten.pixel_shuffle", "aten.unbind_copy"}
+_ET_GATHERS = {"aten.embedding", "quantized_decomposed.embedding_byte", "quantized_decomposed.embedding_4bit",
+               "quantized_decomposed.embedding_2bit", "aten.index", "aten.index_select", "aten.gather"}
+
+
+def ops_from_executorch(data: dict[str, Any]) -> list[Op]:
+    """Costed ops from the content of an artifact's ``ops.json``."""
+    nodes = {n["name"]: n for n in data["nodes"]}
+    consumers: dict[str, list[dict[str, Any]]] = {}
+    for n in data["nodes"]:
+        for ref in _refs(n.get("args", [])) + _refs(list(n.get("kwargs", {}).values())):
+            consumers.setdefault(ref, []).append(n)
+
+    def val(ref: str) -> dict[str, Any]:
+        outs = nodes.get(ref, {}).get("out", [])
+        return outs[0] if outs else {}
+
+    def weight_of(ref: str) -> tuple[str, float] | None:
+        """(stored dtype, stored bytes incl. scales) if ``ref`` is a constant or a dequantized one."""
+        node = nodes.get(ref)
+        if node is None:
+            return None
+        if node["op"] == "const":
+            v = val(ref)
+            return (_FLOAT.get(v.get("dtype", ""), v.get("dtype", "")), _nbytes(v.get("shape", []), v.get("dtype", "")))
+        if node["op"] in _ET_DEQUANT:
+            args = node["args"]
+            src = args[0]["ref"] if isinstance(args[0], dict) else None
+            if src is None or nodes.get(src, {}).get("op") != "const":
+                return None
+            stored = "int4" if _qrange(node) == (-8, 7) else "int8"
+            v = val(src)
+            total = _numel(v.get("shape", [])) * (0.5 if stored == "int4" else 1)
+            for a in args[1:]:
+                if isinstance(a, dict) and nodes.get(a["ref"], {}).get("op") == "const":
+                    sv = val(a["ref"])
+                    total += _nbytes(sv.get("shape", []), sv.get("dtype", ""))
+            return stored, total
+        return None
+
+    def quantized_activation(ref: str) -> bool:
+        node = nodes.get(ref, {})
+        if node.get("op") not in _ET_DEQUANT:
+            return False
+        src = node["args"][0]
+        return isinstance(src, dict) and nodes.get(src["ref"], {}).get("op") in _ET_QUANT
+
+    def tensor_bytes(ref: str) -> float:
+        v = val(ref)
+        return _nbytes(v.get("shape", []), v.get("dtype", "float32")) if v else 0.0
+
+    ops: list[Op] = []
+    for n in data["nodes"]:
+        op = n["op"]
+        if op in ("const", "input") or op in _ET_VIEWS:
+            continue
+        if op in _ET_DEQUANT and (weight_of(n["name"]) is not None or _feeds_only_compute(n, consumers)):
+            continue  # folded into the consumer
+        refs = _refs(n.get("args", []))
+        outs = [o for o in n.get("out", []) if o]
+        out_bytes = sum(_nbytes(o["shape"], o["dtype"]) for o in outs)
+        out_elems = _numel(outs[0]["shape"]) if outs else 0
+        out_dtype = outs[0]["dtype"] if outs else "float32"
+        dtype = _FLOAT.get(out_dtype, "fp32")
+        if op in _ET_QUANT:
+            if _static_requant(n, nodes):
+                continue  # requantization at the output of a static int8 op: fused into it
+            ops.append(_et_op(n, "quantize", "fp32", "", 0.0, tensor_bytes(refs[0]) + out_bytes, 0.0, out_elems))
+            continue
+        if op in _ET_GEMM:
+            users = consumers.get(n["name"], [])
+            if len(users) == 1 and _static_requant(users[0], nodes):
+                out_bytes = out_elems  # a static int8 op writes int8
+            ops.append(_et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype))
+            continue
+        if op in _ET_COPY:
+            if op in _ET_GATHERS:
+                # A gather reads the rows it picks, not the whole table.
+                table = weight_of(refs[0]) if refs else None
+                packed = {"embedding_byte": ("int8", 1.0), "embedding_4bit": ("int4", 0.5),
+                          "embedding_2bit": ("int2", 0.25)}.get(op.split(".")[-1])
+                stored, per = packed or (table[0] if table else "", _ITEMSIZE.get(out_dtype, 4))
+                if table is not None and not packed and table[0] in ("int8", "int4"):
+                    per = 1.0 if table[0] == "int8" else 0.5
+                index_bytes = sum(tensor_bytes(r) for r in refs[1:] if weight_of(r) is None)
+                ops.append(_et_op(n, "copy", dtype, stored if table else "", 0.0,
+                                  out_elems * per + index_bytes + out_bytes, 0.0, out_elems))
+            else:
+                moved = sum(tensor_bytes(r) for r in refs) if op not in ("aten.full", "aten.arange", "aten.zeros",
+                                                                        "aten.ones", "aten.scalar_tensor") else 0
+                ops.append(_et_op(n, "copy", dtype, "", 0.0, moved + out_bytes, 0.0, out_elems))
+            continue
+        short = op.split(".")[-1]
+        if short in _FUSED_ACTIVATIONS and refs and _after_gemm(refs[0], nodes, consumers):
+            continue  # runtimes fuse an activation into the matrix product before it
+        in_bytes = sum(tensor_bytes(r) for r in refs)
+        elems = max([out_elems] + [_numel(val(r).get("shape", [])) for r in refs])  # reductions read more
+        flops = elems * _FLOPS_PER_ELEMENT.get(short, 1)
+        ops.append(_et_op(n, "elementwise", dtype, "", flops, in_bytes + out_bytes, 0.0, out_elems))
+    return ops
+
+
+_FUSED_ACTIVATIONS = {"relu", "hardtanh", "clamp", "relu6"}
+
+
+def _after_gemm(ref: str, nodes: dict[str, dict[str, Any]], consumers: dict[str, list[dict[str, Any]]]) -> bool:
+    """``ref`` is the only use of a matrix product's output (looking through static int8 q/dq)."""
+    for _ in range(3):
+        node = nodes.get(ref)
+        if node is None or len(consumers.get(ref, [])) != 1:
+            return False
+        if node["op"] in _ET_GEMM:
+            return True
+        if node["op"] not in _ET_DEQUANT | _ET_QUANT:
+            return False
+        args = node.get("args", [])
+        if not args or not isinstance(args[0], dict):
+            return False
+        ref = args[0]["ref"]
+    return False
+
+
+def _et_op(n: dict[str, Any], kind: str, dtype: str, weights: str, flops: float, nbytes: float,
+           weight_bytes: float, _elems: int) -> Op:
+    return Op(name=n["name"], op=n["op"], kind=kind, dtype=dtype, weights=weights, runtime=n["runtime"],
+              flops=float(flops), bytes=float(nbytes), weight_bytes=float(weight_bytes), subgraph=n["subgraph"])
+
+
+def _et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype) -> Op:
+    out = val(n["name"]) if n.get("out") else {}
+    out_elems = _numel(out.get("shape", []))
+    weights, wbytes, act_bytes, int8_act = "", 0.0, 0.0, False
+    if op == "aten.convolution":
+        w = val(refs[1])
+        k = _numel(w.get("shape", [1, 1])[1:])
+        flops = 2.0 * out_elems * k
+        operands = refs[:2]
+    elif op in ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu"):
+        q, kk = val(refs[0]).get("shape", []), val(refs[1]).get("shape", [])
+        flops = 4.0 * _numel(q) * (kk[-2] if len(kk) >= 2 else 1)
+        operands = refs[:3]
+    elif op == "aten.addmm":  # addmm(bias, a, b)
+        a = val(refs[1]).get("shape", [1])
+        flops = 2.0 * out_elems * a[-1]
+        operands = refs[1:3]
+    else:  # linear(x, W[N, K], b), mm, bmm, matmul: K is the activation's last dim
+        a = val(refs[0]).get("shape", [1])
+        flops = 2.0 * out_elems * a[-1]
+        operands = refs[:2]
+    for r in refs:
+        w = weight_of(r)
+        if w is not None:
+            if w[0] in ("int8", "int4") or not weights:
+                weights = w[0]
+            wbytes += w[1]
+        elif r in operands:
+            if quantized_activation(r):
+                int8_act = True
+                act_bytes += tensor_bytes(r) / _ITEMSIZE.get(val(r).get("dtype", "float32"), 4)
+            else:
+                act_bytes += tensor_bytes(r)
+    compute = "int8" if int8_act else dtype
+    return Op(name=n["name"], op=op, kind="gemm", dtype=compute, weights=weights, runtime=n["runtime"],
+              flops=flops, bytes=wbytes + act_bytes + out_bytes, weight_bytes=wbytes, subgraph=n["subgraph"])
+
+
+def _refs(args: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(args, dict) and "ref" in args:
+        found.append(args["ref"])
+    elif isinstance(args, (list, tuple)):
+        for a in args:
+            found.extend(_refs(a))
+    return found
+
+
+def _qrange(node: dict[str, Any]) -> tuple[Any, Any]:
+    """(quant_min, quant_max) of a (de)quantize node, from its positional args or kwargs."""
+    args, kwargs = node.get("args", []), node.get("kwargs", {})
+    ints = [a for a in args[2:] if isinstance(a, int) and not isinstance(a, bool)]
+    if "quant_min" in kwargs:
+        return kwargs.get("quant_min"), kwargs.get("quant_max")
+    if any(isinstance(a, str) and a == "int4" for a in args):
+        return (-8, 7)
+    return (ints[-2], ints[-1]) if len(ints) >= 2 else (None, None)
+
+
+def _feeds_only_compute(node: dict[str, Any], consumers: dict[str, list[dict[str, Any]]]) -> bool:
+    """An activation dequantize whose consumers are all compute ops: fused into them."""
+    users = consumers.get(node["name"], [])
+    return bool(users) and all(u["op"] in _ET_GEMM or u["op"] not in _ET_COPY for u in users)
+
+
+def _static_requant(node: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> bool:
+    """A static (PT2E, constant scale) quantize of an op's output: the int8 op writes int8 itself.
+    Quantizing a graph input is a real conversion pass and is kept."""
+    args = node.get("args", [])
+    if not node["op"].startswith("quantized_decomposed.quantize_per_tensor") or len(args) < 2:
+        return False
+    if not isinstance(args[1], float):
+        return False
+    src = nodes.get(args[0]["ref"]) if isinstance(args[0], dict) else None
+    return src is not None and src["op"] not in ("input", "const")
+
+
+# ------------------------------------------------------------------------------ ONNX
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+                11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16", 21: "uint4", 22: "int4"}
+_ONNX_VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant",
+               "ConstantOfShape", "Dropout"}
+_ONNX_COPY = {"Transpose", "Expand", "Concat", "Slice", "Split", "Tile", "Pad", "Cast", "Gather", "GatherND",
+              "GatherElements", "GatherBlockQuantized", "ScatterND", "Range", "Trilu", "CastLike"}
+_ONNX_GATHERS = {"Gather", "GatherND", "GatherElements", "GatherBlockQuantized"}
+_ONNX_GEMM = {"MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "MatMulInteger", "MatMulIntegerToFloat",
+              "DynamicQuantizeMatMul", "FusedGemm", "Conv", "FusedConv", "ConvInteger", "QLinearConv",
+              "QLinearMatMul", "Attention", "MultiHeadAttention", "GroupQueryAttention", "ConvTranspose"}
+_ONNX_QUANT = {"DynamicQuantizeLinear", "QuantizeLinear"}
+
+
+def ops_from_onnx(model_file: str | Path) -> list[Op]:
+    """Costed ops of an ONNX model, as ONNX Runtime's CPU provider runs it.
+
+    The graph is first optimized by ONNX Runtime at the ``extended`` level (fusions such
+    as LayerNorm + residual, bias + GELU, bias into MatMulNBits; no host-specific layouts),
+    so the op count and memory passes are the ones a session runs.
+    """
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgeq-ops-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        _ort_optimize(Path(model_file), optimized)
+        model = onnx.load(str(optimized), load_external_data=False)
+    shapes = _onnx_shapes(model)
+    return _onnx_costs(model, shapes)
+
+
+def _ort_optimize(src: Path, dst: Path) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    # Weights go to a side file that is never read back: only their shapes are needed.
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ArtifactError(f"ONNX Runtime cannot load {src}: {str(exc).splitlines()[0][:200]}",
+                            "the file is corrupt or not an ONNX model; re-run 'edgeq export'") from None
+
+
+def _onnx_shapes(model: Any) -> dict[str, tuple[list[int], str]]:
+    """name → (shape, dtype) for every value, in one pass over the (topologically sorted)
+    graph: ONNX's per-node shape inference for standard ops, the rules in
+    ``_contrib_shape`` for ONNX Runtime's contrib ops. Unknown values are left out."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    known: dict[str, tuple[list[int], str]] = {}
+    data: dict[str, Any] = {}  # small constant tensors (shapes, axes) for Reshape and friends
+    for t in model.graph.initializer:
+        known[t.name] = (list(t.dims), _ONNX_DTYPES.get(t.data_type, "float32"))
+        if t.data_type == 7 and t.HasField("raw_data") or (t.data_type == 7 and len(t.int64_data)):
+            data[t.name] = t
+    for v in model.graph.input:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if None not in dims:
+            known[v.name] = (dims, _ONNX_DTYPES.get(tt.elem_type, "float32"))
+    codes = {v: k for k, v in _ONNX_DTYPES.items()}
+    opsets = list(model.opset_import)
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx"):
+            if node.op_type == "Constant":
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    known[node.output[0]] = (list(value.dims), _ONNX_DTYPES.get(value.data_type, "float32"))
+                    data[node.output[0]] = value
+                continue
+            if node.op_type == "Shape" and node.input[0] in known:
+                arr = numpy_helper.from_array(__import__("numpy").array(known[node.input[0]][0], dtype="int64"))
+                known[node.output[0]] = ([len(known[node.input[0]][0])], "int64")
+                data[node.output[0]] = arr
+                continue
+            if any(i and i not in known for i in node.input):
+                continue
+            try:
+                schema = onnx.defs.get_schema(node.op_type, max(o.version for o in opsets if o.domain in ("", "ai.onnx")))
+                types = {i: helper.make_tensor_type_proto(codes[known[i][1]], known[i][0]) for i in node.input if i}
+                outs = onnx.shape_inference.infer_node_outputs(
+                    schema, node, types, {i: data[i] for i in node.input if i in data}, opset_imports=opsets)
+            except Exception:  # noqa: BLE001 - an op ONNX cannot infer here: its outputs stay unknown
+                continue
+            for name, tp in outs.items():
+                tt = tp.tensor_type
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+                if tt.HasField("shape") and None not in dims:
+                    known[name] = (dims, _ONNX_DTYPES.get(tt.elem_type, "float32"))
+        else:
+            known.update({k: v for k, v in _contrib_shape(node, known).items() if k})
+    return known
+
+
+def _contrib_shape(node: Any, known: dict[str, tuple[list[int], str]]) -> dict[str, tuple[list[int], str]]:
+    """Output shapes of ONNX Runtime contrib ops from their inputs' shapes and attributes."""
+    import onnx
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    ins = [known.get(i) for i in node.input]
+    if not ins or ins[0] is None:
+        return {}
+    shape, dtype = ins[0]
+    op = node.op_type
+    if op == "MatMulNBits":
+        return {node.output[0]: (shape[:-1] + [int(attrs["N"])], dtype)}
+    if op in ("FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul") and len(ins) > 1 and ins[1]:
+        a, b = list(shape), list(ins[1][0])
+        if attrs.get("transA"):
+            a[-2:] = a[-2:][::-1]
+        if attrs.get("transB"):
+            b[-2:] = b[-2:][::-1]
+        batch = a[:-2] if len(a) >= len(b) else b[:-2]
+        out_dtype = "float32" if op != "FusedMatMul" else dtype
+        return {node.output[0]: (batch + [a[-2], b[-1]], out_dtype)}
+    if op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu", "QuickGelu",
+              "Gelu", "BiasAdd", "BiasSoftmax", "LayerNormalization", "SimplifiedLayerNormalization",
+              "RotaryEmbedding", "FusedConv", "NhwcConv"):
+        out = {node.output[0]: (shape, dtype)}
+        if op.startswith("Skip") and len(node.output) > 3 and node.output[3]:
+            out[node.output[3]] = (shape, dtype)  # input + skip (+ bias), kept for the next residual
+        return out
+    if op == "GatherBlockQuantized" and len(ins) > 1 and ins[1]:
+        data, idx = list(shape), ins[1][0]
+        axis = int(attrs.get("gather_axis", 0))
+        bits = int(attrs.get("bits", 4))
+        if dtype == "uint8":  # packed: two 4-bit values per byte along the last axis
+            data[-1] = data[-1] * (8 // bits)
+        out_dtype = known.get(node.input[2], (None, "float32"))[1] if len(node.input) > 2 else "float32"
+        return {node.output[0]: (data[:axis] + list(idx) + data[axis + 1:], out_dtype)}
+    if op == "DynamicQuantizeLinear":
+        return {node.output[0]: (shape, "uint8"), node.output[1]: ([], "float32"), node.output[2]: ([], "uint8")}
+    if op in ("Attention", "MultiHeadAttention"):
+        return {node.output[0]: (shape, dtype)}
+    return {}
+
+
+def _onnx_costs(model: Any, shapes: dict[str, tuple[list[int], str]]) -> list[Op]:
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    ops: list[Op] = []
+
+    def nbytes(name: str) -> float:
+        if not name or name not in shapes:
+            return 0.0
+        s, d = shapes[name]
+        return _nbytes(s, d)
+
+    for i, node in enumerate(model.graph.node):
+        op = node.op_type
+        if op in _ONNX_VIEWS:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        name = node.name or f"{op}_{i}"
+        outs = [shapes.get(o) for o in node.output if o]
+        out_shape, out_dtype = outs[0] if outs and outs[0] else ([], "float32")
+        out_elems = _numel(out_shape)
+        out_bytes = sum(_nbytes(s, d) for s, d in (o for o in outs if o))
+        weight_bytes = sum(nbytes(x) for x in node.input if x in inits)
+        act_bytes = sum(nbytes(x) for x in node.input if x and x not in inits)
+        dtype = _FLOAT.get(out_dtype, "fp32")
+        weights = ""
+        if op in _ONNX_GEMM:
+            a = shapes.get(node.input[0], ([1], "float32"))[0]
+            if op == "MatMulNBits":
+                k = int(attrs["K"])
+                flops = 2.0 * out_elems * k
+                weights = f"int{int(attrs.get('bits', 4))}"
+                # accuracy_level 4: activations quantized to int8 per block, int8 dot products.
+                dtype = "int8" if int(attrs.get("accuracy_level", 0)) == 4 else dtype
+            elif op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose"):
+                w_in = node.input[3] if op == "QLinearConv" else node.input[1]
+                w = shapes.get(w_in, ([1, 1], "float32"))[0]
+                flops = 2.0 * out_elems * _numel(w[1:]) if op != "ConvTranspose" else 2.0 * _numel(a) * _numel(w[1:])
+                weights = _FLOAT.get(shapes.get(w_in, ([], ""))[1], "int8") if w_in in inits else ""
+                dtype = "int8" if op in ("ConvInteger", "QLinearConv") else dtype
+            elif op in ("Attention", "MultiHeadAttention", "GroupQueryAttention"):
+                seq, hidden = (a[-2], a[-1]) if len(a) >= 2 else (1, 1)
+                flops = 4.0 * _numel(a[:-1]) * seq * hidden
+                if op == "Attention" and len(node.input) > 1:
+                    w = shapes.get(node.input[1], ([hidden, hidden], ""))[0]
+                    flops += 2.0 * _numel(a[:-1]) * _numel(w)
+            else:
+                if attrs.get("transA") and len(a) >= 2:
+                    a = a[:-2] + a[-2:][::-1]
+                flops = 2.0 * out_elems * (a[-1] if a else 1)
+                if op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"):
+                    dtype = "int8"
+                weights = next((_FLOAT.get(shapes[x][1], "int8") for x in node.input[1:2] if x in inits), "")
+            ops.append(Op(name, op, "gemm", dtype, weights, "onnx", flops, weight_bytes + act_bytes + out_bytes,
+                          weight_bytes, domain=node.domain))
+        elif op in _ONNX_QUANT:
+            ops.append(Op(name, op, "quantize", "fp32", "", "onnx", float(out_elems), act_bytes + out_bytes,
+                          domain=node.domain))
+        elif op in _ONNX_GATHERS:
+            data = shapes.get(node.input[0], ([], "float32"))
+            per = _ITEMSIZE.get(data[1], 4) * (0.5 if op == "GatherBlockQuantized" and attrs.get("bits", 4) == 4 else 1)
+            if op == "GatherBlockQuantized" and data[1] == "uint8":
+                per = 0.5
+            idx = sum(nbytes(x) for x in node.input[1:2])
+            stored = ("int4" if op == "GatherBlockQuantized" else _FLOAT.get(data[1], data[1])) if node.input[0] in inits else ""
+            ops.append(Op(name, op, "copy", dtype, stored, "onnx", 0.0, out_elems * per + idx + out_bytes,
+                          domain=node.domain))
+        elif op in _ONNX_COPY:
+            moved = act_bytes + (weight_bytes if op not in ("Expand", "Range") else 0)
+            ops.append(Op(name, op, "copy", dtype, "", "onnx", 0.0, moved + out_bytes, domain=node.domain))
+        else:
+            elems = max([out_elems] + [_numel(shapes[x][0]) for x in node.input if x in shapes])
+            flops = elems * _FLOPS_PER_ELEMENT.get(op, 1)
+            stored = ""
+            if op == "DequantizeLinear" and node.input[0] in inits:
+                stored = _FLOAT.get(shapes.get(node.input[0], ([], "int8"))[1], "int8")
+            ops.append(Op(name, op, "elementwise", dtype, stored, "onnx", float(flops),
+                          act_bytes + weight_bytes + out_bytes, weight_bytes, domain=node.domain))
+    return ops
