@@ -58,13 +58,11 @@ ANDROID_DIR = "/data/local/tmp/edgeq"
 _MARK = "@@edgeq-report@@"
 _SSH_DEFAULTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15",
                  "-o", "ServerAliveCountMax=4"]
-# What the runner imports on the board, per artifact format (checked before copying anything).
-RUNTIME_MODULES = {"executorch": ["numpy", "executorch.runtime", "executorch.kernels.quantized"],
+# What the runner imports on the board, per artifact format: looked up (not imported: torch
+# alone takes seconds to import on a board) before anything is copied.
+RUNTIME_MODULES = {"executorch": ["numpy", "torch", "executorch.runtime", "executorch.kernels.quantized"],
                    "onnx": ["numpy", "onnxruntime"]}
 MIN_PYTHON = (3, 9)  # runner.py uses str.removesuffix
-# ExecuTorch delegate names in the manifest -> the backend ids the runtime registers.
-ET_BACKENDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend", "vulkan": "VulkanBackend",
-               "qnn": "QnnBackend", "mps": "MPSBackend"}
 
 
 class DeviceError(EdgeqError):
@@ -181,10 +179,10 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
 
 # --- ssh ---------------------------------------------------------------------------------
 
-# Runs on the board (Python >= 3.6, stdlib only): what the board is, whether the runtime
-# imports, and (if it does) a fresh temporary directory for the run.
+# Runs on the board (Python >= 3.6, stdlib only): what the board is, whether the runtime's
+# modules are installed, and (if they are) a fresh temporary directory for the run.
 _PROBE = r"""
-import json, os, platform, sys, tempfile
+import importlib.util, json, os, platform, sys, tempfile
 fmt = sys.argv[1]
 info = {"python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine(),
         "system": platform.system(), "release": platform.release(), "hostname": platform.node(),
@@ -201,28 +199,20 @@ try:
             info["mem_total_bytes"] = int(line.split()[1]) * 1024
 except (OSError, ValueError):
     pass
-info["missing"], info["import_errors"] = [], []
+info["missing"] = []
 for mod in json.loads(sys.argv[2]):
     try:
-        __import__(mod)
-    except BaseException as exc:
+        found = importlib.util.find_spec(mod) is not None
+    except Exception:  # a parent package is missing or broken
+        found = False
+    if not found:
         info["missing"].append(mod)
-        info["import_errors"].append("%s: %s" % (type(exc).__name__, exc))
 if not info["missing"]:
     try:
         from importlib.metadata import version
         info["runtime_version"] = version("executorch" if fmt == "executorch" else "onnxruntime")
     except Exception:
         pass
-    if fmt == "executorch":
-        try:
-            from executorch.extension.pybindings import portable_lib
-            info["backends"] = list(portable_lib._get_registered_backend_names())
-        except Exception:
-            pass
-    else:
-        import onnxruntime
-        info["providers"] = onnxruntime.get_available_providers()
     info["workdir"] = tempfile.mkdtemp(prefix="edgeq-")
 print("@@edgeq-probe@@" + json.dumps(info))
 """
@@ -327,8 +317,6 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
         "transport": "ssh", "destination": ssh.dest, "python": info.get("python"),
         "python_version": info.get("python_version"), "runtime_version": info.get("runtime_version"),
         "release": info.get("release"), "mem_total_bytes": info.get("mem_total_bytes"), "workdir": workdir,
-        **({"et_backends": info["backends"]} if "backends" in info else {}),
-        **({"ort_providers": info["providers"]} if "providers" in info else {}),
     }
     report["transfer"] = {"bytes": sent, "seconds": round(uploaded - checked, 3), "files": files}
     report["device_timings_s"] = {"connect_and_check": round(checked - started, 3),
@@ -369,22 +357,14 @@ def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
         packages = []
         for mod in info["missing"]:
             package = mod.split(".")[0]
-            pinned = f"{package}=={versions[package]}" if package in versions and package != "numpy" else package
+            pin = str(versions.get(package, "")).split("+")[0]  # no local label: 2.13.0+cpu -> 2.13.0
+            pinned = f"{package}=={pin}" if pin and package != "numpy" else package
             if pinned not in packages:
                 packages.append(pinned)
         problem = DeviceSetupError(
-            f"{label} cannot import {', '.join(info['missing'])} ({info['import_errors'][0]}), needed to run this "
-            f"{fmt} artifact",
+            f"{label} has no {', '.join(info['missing'])}, needed to run this {fmt} artifact",
             f"install on the board: {info['python']} -m pip install {' '.join(packages)}; "
             "or install into a venv there and pass ?python=/path/to/venv/bin/python")
-    elif fmt == "executorch" and info.get("backends") is not None:
-        used = manifest.get("delegation", {}).get("used", [])
-        lacking = [d for d in used if ET_BACKENDS.get(d, d) not in info["backends"]]
-        if lacking:
-            problem = DeviceSetupError(
-                f"{label}: ExecuTorch {info.get('runtime_version', '')} has no {', '.join(lacking)} delegate, which this "
-                f"artifact uses (it has: {', '.join(info['backends']) or 'none'})",
-                "install an ExecuTorch build with that delegate on the board, or export for a target without it")
     if problem is not None:
         if "workdir" in info:
             _cleanup(ssh, info["workdir"])
