@@ -12,14 +12,16 @@ Devices are named by a string:
     (e.g. ``-i ~/.ssh/pi_key -J bastion``) or the ``ssh_options`` argument. ssh runs with
     ``BatchMode=yes``: key authentication only, never a password prompt.
 
-    Steps: check the board and its Python + runtime (one connection), make a temporary
-    directory there, stream edgeq's runner (``edgeq/runner.py``, stdlib + the runtime) and
-    the model file + manifest as a tar over ssh, run the runner, read its JSON report,
-    and always remove the directory.
+    Steps: check the board's Python and that the runtime is installed (one connection; the
+    board's ``/tmp`` gets a fresh ``edgeq-*`` directory), stream edgeq's runner
+    (``edgeq/runner.py``, stdlib + the runtime) and the model file + manifest into it as a
+    tar over ssh, run the runner, read its JSON report, and always remove the directory.
+    The report adds ``remote`` (destination, Python, runtime version) and ``transfer``
+    (bytes, seconds: copying is never part of a latency); ``host`` is what the runner saw.
 
 ``adb:SERIAL`` / ``adb:`` (the only attached device)
     An Android device. No Python runs there: a native benchmark binary built for the
-    device does, given with ``android_runner`` (``--runner PATH``) or ``EDGEQ_ANDROID_RUNNER``:
+    device does, given with the ``android_runner`` argument or ``EDGEQ_ANDROID_RUNNER``:
     ExecuTorch's ``executor_runner`` for ``.pte`` or ONNX Runtime's ``onnxruntime_perf_test``
     for ``.onnx``. It is pushed with the model to ``/data/local/tmp/edgeq/<name>/``, run, its
     output parsed, and the directory removed.
@@ -29,7 +31,7 @@ or the call fails with a ``DeviceError`` saying what is missing and what to do.
 
 >>> report = run_on_device(Path("dist/m-rpi5"), "ssh://pi@raspberrypi.local", runs=20, warmup=3,
 ...                        threads=None, ops=False)  # doctest: +SKIP
->>> report["mode"], report["remote"]["machine"], report["transfer"]["seconds"]  # doctest: +SKIP
+>>> report["latency_ms"]["p50"], report["host"]["cpu_model"], report["transfer"]["seconds"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
