@@ -114,12 +114,11 @@ def _print_estimate(console: Any, r: dict[str, Any]) -> None:
     ops = sorted(r.get("ops") or [], key=lambda o: -float(o.get("ms") or 0))
     if ops:
         table = Table(title="top ops (estimate)", title_justify="left")
-        for col in ("name", "op", "dtype", "unit", "GFLOP", "MB moved", "bound", "ms"):
-            table.add_column(col, justify="right" if col in ("GFLOP", "MB moved", "ms") else "left")
+        for col in ("name", "op", "dtype", "unit", "FLOPs", "bytes moved", "bound", "ms"):
+            table.add_column(col, justify="right" if col in ("FLOPs", "bytes moved", "ms") else "left")
         for o in ops[:TOP_OPS]:
             table.add_row(str(o.get("name")), str(o.get("op")), str(o.get("dtype")), str(o.get("unit")),
-                          f"{(o.get('flops') or 0) / 1e9:.3f}", f"{(o.get('bytes') or 0) / 1e6:.2f}",
-                          str(o.get("bound")), _ms(o.get("ms") or 0))
+                          _si(o.get("flops")), _si(o.get("bytes")), str(o.get("bound")), _ms(o.get("ms") or 0))
         console.print(table)
 
 
@@ -150,6 +149,16 @@ def _fmt_metric(key: str, v: Any) -> str:
     if key == "delegate_share":
         return f"{v:.1%}"
     return _ms(v)
+
+
+def _si(v: Any) -> str:
+    """1.2e9 → '1.2 G' (FLOPs, bytes)."""
+    v = float(v or 0)
+    for unit in ("", " k", " M", " G", " T"):
+        if abs(v) < 1000 or unit == " T":
+            return f"{v:.3g}{unit}"
+        v /= 1000
+    return f"{v:.3g}"
 
 
 def _ms(v: float) -> str:
@@ -236,9 +245,9 @@ def _html_report(r: dict[str, Any]) -> str:
         ops = sorted(r.get("ops") or [], key=lambda o: -float(o.get("ms") or 0))
         if ops:
             body += _img(_estimate_ops_figure(ops)) + _html_table(
-                ["name", "op", "dtype", "unit", "GFLOP", "MB", "bound", "ms"],
-                [[o.get("name"), o.get("op"), o.get("dtype"), o.get("unit"), f"{(o.get('flops') or 0) / 1e9:.3f}",
-                  f"{(o.get('bytes') or 0) / 1e6:.2f}", o.get("bound"), _ms(o.get("ms") or 0)] for o in ops[:TOP_OPS]])
+                ["name", "op", "dtype", "unit", "FLOPs", "bytes moved", "bound", "ms"],
+                [[o.get("name"), o.get("op"), o.get("dtype"), o.get("unit"), _si(o.get("flops")), _si(o.get("bytes")),
+                  o.get("bound"), _ms(o.get("ms") or 0)] for o in ops[:TOP_OPS]])
         return head + body
     lat, mem, h = r["latency_ms"], r.get("memory") or {}, r.get("host") or {}
     rows = [("artifact", r["artifact"]), ("runtime", r.get("runtime")), ("precision", r.get("precision")),

@@ -176,7 +176,7 @@ def label(report: dict[str, Any]) -> str:
 def _metric(report: dict[str, Any], key: str) -> float | None:
     lat = report.get("latency_ms")
     mem = report.get("memory") or {}
-    ops = report.get("ops") or {}
+    ops = report.get("ops") if isinstance(report.get("ops"), dict) else {}  # an estimate's ops are a list
     if key in ("min", "p50", "p90", "max", "mean"):
         if isinstance(lat, dict):
             return lat.get(key)
@@ -188,7 +188,7 @@ def _metric(report: dict[str, Any], key: str) -> float | None:
     if key == "model_attributable_bytes":
         return mem.get("model_attributable_bytes")
     if key == "delegate_share":
-        return ops.get("delegate_share") if "error" not in ops else None
+        return ops.get("delegate_share")
     if key == "file_bytes":
         path = Path(str(report.get("artifact", ""))) / str(report.get("model_file", ""))
         return path.stat().st_size if path.is_file() else None

@@ -210,6 +210,26 @@ def test_cli_compare_json_and_html(tiny_artifacts, tmp_path):
     assert not [p for p in html.parent.iterdir() if p.name != "profile.html"]  # no temp file left
 
 
+def test_estimate_beside_measurement_renders(onnx_report):
+    """Estimated vs measured: compare and the HTML accept an estimate (shape of
+    edgeq.emulate.estimate's result, numbers made up here) beside a real measurement."""
+    from edgeq.profile_report import render_html
+    from edgeq.profiling import compare
+
+    estimate = {"mode": "emulated", "estimate": True, "device": "x86-avx2-laptop", "latency_ms": 0.5,
+                "artifact": onnx_report["artifact"], "model_file": "model.onnx", "bound_share": {"compute": 0.7, "memory": 0.3},
+                "ops": [{"name": "fc1", "op": "linear", "dtype": "int8", "unit": "cpu", "flops": 2e5, "bytes": 1e4,
+                         "bound": "compute", "ms": 0.4}]}
+    cmp = compare([onnx_report, estimate])
+    assert cmp["labels"] == ["onnx", "onnx (estimate)"]
+    p50 = cmp["rows"][0]
+    assert p50["metric"] == "p50" and p50["values"] == [onnx_report["latency_ms"]["p50"], 0.5]
+    assert not any(row["metric"] == "delegate_share" and row["values"][1] is not None for row in cmp["rows"])
+    page = render_html([{**onnx_report, "emulated": estimate}])
+    assert "Estimated vs measured" in page and "ESTIMATE" in page
+    assert page.count("data:image/png;base64,") == 3  # latency, estimated vs measured, per-op bars
+
+
 def test_cli_table(tiny_artifacts):
     proc = run_cli("profile", str(tiny_artifacts["onnx"]), "--runs", "5", "--warmup", "1", "--no-ops")
     assert proc.returncode == 0, proc.stderr
