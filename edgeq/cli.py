@@ -28,7 +28,8 @@ app.add_typer(targets_app, name="targets")
 Target = Annotated[str, typer.Option("--target", "-t", help="Built-in target name (see 'edgeq targets list') or path to a target YAML.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-Budget = Annotated[Optional[str], typer.Option("--budget", help="Size budget for the planned model, e.g. 20MB (overrides the target's).")]
+Budget = Annotated[Optional[str], typer.Option("--budget", help="Storage budget: the artifact's size, e.g. 20MB (overrides the target's budgets.storage_mb).")]
+MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
 MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0)]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
 
@@ -72,6 +73,7 @@ def export(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code from its directory or the hub.")] = False,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Use a per-layer plan YAML written by 'edgeq plan'.")] = None,
     budget: Budget = None,
+    memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
     rule: Rules = None,
     quiet: Quiet = False,
@@ -84,7 +86,9 @@ def export(
         model, target, precision=precision, output=output, force=force, task=task, strict=strict,
         seq_len=seq_len, samples=samples, trust_remote_code=trust_remote_code,
         show_progress=not (quiet or as_json), plan_file=plan_file,
-        budget_bytes=parse_size(budget) if budget else None, max_drop=max_drop, rules=rule or None,
+        budget_bytes=parse_size(budget) if budget else None,
+        memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
+        rules=rule or None,
     )
     if as_json:
         print(json.dumps(result.manifest, indent=2))
@@ -99,9 +103,11 @@ def plan_cmd(
     model: Annotated[str, typer.Argument(help="Model source, as for 'edgeq export'.")],
     target: Target,
     budget: Budget = None,
+    memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
     rule: Rules = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the plan YAML here.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Calibration inputs for sensitivity.", min=1)] = 32,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure sensitivity even if cached.")] = False,
@@ -117,8 +123,9 @@ def plan_cmd(
 
         raise ConfigError(f"unknown proxy '{proxy}'", "the only proxy is 'sqnr'")
     result = make_plan(
-        model, target, budget_bytes=parse_size(budget) if budget else None, max_drop=max_drop,
-        rules=rule or None, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
+        model, target, budget_bytes=parse_size(budget) if budget else None,
+        memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
+        rules=rule or None, seq_len=seq_len, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
         steps=Steps(show=not (quiet or as_json)),
     )
     if output is not None:

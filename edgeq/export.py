@@ -18,6 +18,9 @@ from typing import Any
 from edgeq import __version__
 from edgeq.artifact import MANIFEST_SCHEMA_VERSION, check_output, file_table, staged_dir, write_manifest
 from edgeq.errors import ExportError
+from edgeq.inventory import layers_to_json
+from edgeq.memory import workload
+from edgeq.planner import BudgetError
 from edgeq.progress import Steps
 from edgeq.schema import PRECISIONS
 
@@ -43,6 +46,7 @@ def export(
     show_progress: bool = False,
     plan_file: str | Path | None = None,
     budget_bytes: int | None = None,
+    memory_budget_bytes: int | None = None,
     max_drop: float | None = None,
     rules: list[str] | None = None,
 ) -> ExportResult:
@@ -57,11 +61,12 @@ def export(
     steps = Steps(show=show_progress)
     resolved = load_target(target)
     tgt = resolved.target
-    planned = plan_file is not None or budget_bytes is not None or max_drop is not None or bool(rules)
+    planned = (plan_file is not None or budget_bytes is not None or memory_budget_bytes is not None
+               or max_drop is not None or bool(rules))
     if planned and precision is not None:
         from edgeq.errors import ConfigError
 
-        raise ConfigError("--precision cannot be combined with --plan, --budget, --max-drop or --rule",
+        raise ConfigError("--precision cannot be combined with --plan, --budget, --memory-budget, --max-drop or --rule",
                           "use --precision for one precision everywhere, or the others for a per-layer plan")
     precision = "planned" if planned else _check_precision(precision, tgt)
     out_dir = Path(output) if output is not None else None
@@ -86,11 +91,12 @@ def export(
     if plan_file is not None:
         from edgeq.planner import load_plan_file
 
-        plan = load_plan_file(Path(plan_file), layers)
+        plan = load_plan_file(Path(plan_file), layers, tgt)
     elif planned:
         from edgeq.planner import plan as make_plan
 
-        result = make_plan(loaded, resolved, budget_bytes=budget_bytes, max_drop=max_drop, rules=rules, steps=steps)
+        plan_args = dict(budget_bytes=budget_bytes, memory_budget_bytes=memory_budget_bytes, rules=rules, steps=steps)
+        result = make_plan(loaded, resolved, max_drop=max_drop, **plan_args)
         plan, predicted = result.plan, result
     else:
         plan = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
@@ -109,17 +115,30 @@ def export(
         scratch = work / ".work"
         scratch.mkdir()
         lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
-        for _ in range(2):  # the plan predicts weight bytes; file overhead can push it over
+        memory_budget = (memory_budget_bytes if memory_budget_bytes is not None
+                         else int(tgt.budgets.runtime_memory_mb * 1e6))
+        for _ in range(3):
+            # The plan predicts weight bytes and, for ExecuTorch, plans activations on an fp32
+            # lowering; re-plan if the real artifact's file overhead or arena pushes it over.
             size = lowered.model_file.stat().st_size
-            if predicted is None or predicted.budget_bytes is None or size <= predicted.budget_bytes:
+            estimate = _predict_memory(loaded, layers, lowered, tgt, fp32_bytes(loaded.module))
+            over_size = predicted is not None and predicted.budget_bytes is not None and size > predicted.budget_bytes
+            over_memory = predicted is not None and estimate.total_bytes > memory_budget
+            if not (over_size or over_memory) or max_drop is not None:
                 break
-            over = size - predicted.budget_bytes
-            steps.note(f"the planned artifact is {over / 1e3:.0f} KB over the {predicted.budget_bytes / 1e6:g} MB "
-                       f"budget (file overhead the plan does not predict); re-planning with that much less")
-            # Ask for a plan whose layers are smaller than this one's by the overshoot (+5%).
-            reserve = predicted.budget_bytes - (predicted.predicted_bytes - over * 1.05)
-            predicted = make_plan(loaded, resolved, budget_bytes=predicted.budget_bytes, rules=rules, steps=steps,
-                                  reserve_bytes=reserve)
+            reserve = predicted.reserve_bytes
+            if over_size:
+                over = size - predicted.budget_bytes
+                steps.note(f"the planned artifact is {over / 1e3:.0f} KB over the {predicted.budget_bytes / 1e6:g} MB "
+                           f"budget (file overhead the plan does not predict); re-planning with that much less")
+                # Ask for a plan whose layers are smaller than this one's by the overshoot (+5%).
+                reserve = predicted.budget_bytes - (predicted.predicted_bytes - over * 1.05)
+            if over_memory:
+                steps.note(f"the lowered artifact's predicted peak memory ({estimate.total_bytes / 1e6:.1f} MB) is over "
+                           f"the {memory_budget / 1e6:g} MB memory budget; re-planning with its activation arena")
+            predicted = make_plan(loaded, resolved, reserve_bytes=reserve,
+                                  planned_activation_bytes=int(lowered.extras.get("planned_activation_bytes", 0)),
+                                  **plan_args)
             plan = predicted.plan
             shutil.rmtree(scratch)
             scratch.mkdir()
@@ -128,6 +147,15 @@ def export(
         if predicted is not None and predicted.budget_bytes is not None and size > predicted.budget_bytes:
             raise ExportError(f"the artifact is {size / 1e6:.2f} MB, over the {predicted.budget_bytes / 1e6:g} MB budget",
                               "raise --budget a little; the smallest plan's size is printed by 'edgeq plan'")
+        estimate = _predict_memory(loaded, layers, lowered, tgt, fp32_bytes(loaded.module))
+        if estimate.total_bytes > memory_budget:
+            source = "--memory-budget" if memory_budget_bytes is not None else f"target '{tgt.name}' budgets.runtime_memory_mb"
+            raise BudgetError(
+                f"predicted peak memory {estimate.total_bytes / 1e6:.1f} MB (weights {estimate.weights_bytes / 1e6:.1f} + "
+                f"activations {estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f})"
+                f" is over the {memory_budget / 1e6:g} MB memory budget ({source})",
+                "plan to the budget with --budget/--memory-budget (or a lower --precision), or shorten --seq-len",
+            )
         numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
         model_file = work / lowered.model_file.name
         shutil.move(str(lowered.model_file), model_file)
@@ -137,10 +165,21 @@ def export(
         _copy_support_files(loaded, work)
         manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, fp32_size, model_file,
                              work, steps)
+        manifest["precision"]["inventory"] = layers_to_json(layers)
+        tokens, heads = workload(loaded.example_inputs, loaded.config)
+        manifest["memory"].update({
+            "tokens": tokens, "attention_heads": heads,
+            "budget_bytes": memory_budget,
+            "predicted": {**estimate.to_dict(), "estimate": True,
+                          "peak_rss_with_python_runtime_bytes": estimate.peak_rss_bytes()},
+        })
         if predicted is not None:
             manifest["plan"] = {
                 "budget_bytes": predicted.budget_bytes,
+                "memory_budget_bytes": predicted.memory_budget_bytes,
+                "binding": predicted.binding,
                 "predicted_bytes": predicted.predicted_bytes,
+                "predicted_peak_memory_bytes": predicted.memory.total_bytes if predicted.memory else None,
                 "predicted_error": predicted.predicted_error,
                 "verified_error": numerics.error(loaded.metric) if numerics else None,
                 "error_metric": "1 - cosine" if loaded.metric == "cosine" else "KL(fp32 || artifact)",
@@ -148,6 +187,17 @@ def export(
         _check_storage_budget(manifest, tgt)
         write_manifest(work, manifest)
     return ExportResult(artifact_dir=out_dir, manifest=manifest)
+
+
+def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size: int) -> Any:
+    """The memory model's prediction for the lowered artifact (its real schemes and arena)."""
+    from edgeq.memory import predict_peak, workload
+
+    tokens, heads = workload(loaded.example_inputs, loaded.config)
+    pairs = [(x, lowered.layer_schemes.get(x.fqn, "fp32")) for x in layers]
+    return predict_peak(tgt.format, pairs, nonlayer_bytes=fp32_size - sum(x.fp32_bytes for x in layers),
+                        tokens=tokens, attention_heads=heads,
+                        planned_activation_bytes=int(lowered.extras.get("planned_activation_bytes", 0)))
 
 
 def _check_precision(precision: str | None, tgt: Any) -> str:

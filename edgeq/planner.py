@@ -33,13 +33,17 @@ class PlanResult:
     sensitivity: dict[str, dict[str, float]]
     layer_bytes: dict[str, int]  # bytes of each layer's weight under its chosen scheme
     other_bytes: int  # constants outside the planned layers (biases, norms), fp32
-    budget_bytes: int | None
+    budget_bytes: int | None  # storage budget (artifact bytes); None with --max-drop
     predicted_error: float
     target: str
     model: str
     fmt: str
     pinned: dict[str, str] = field(default_factory=dict)
     reserve_bytes: float = 0  # held back from the budget for file overhead (after a measured overshoot)
+    memory_budget_bytes: int | None = None  # runtime-memory budget (predicted peak)
+    memory: Any = None  # edgeq.memory.MemoryEstimate of the plan
+    binding: str = ""  # which limit decided the plan: storage | memory | max-drop | none
+    budget_sources: dict[str, str] = field(default_factory=dict)  # storage/memory → "--budget" or "target NAME"
 
     @property
     def predicted_bytes(self) -> int:
@@ -54,7 +58,10 @@ class PlanResult:
             "target": self.target,
             "format": self.fmt,
             "budget_bytes": self.budget_bytes,
-            "predicted": {"bytes": self.predicted_bytes, "error": round(self.predicted_error, 8)},
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "binding": self.binding,
+            "predicted": {"bytes": self.predicted_bytes, "error": round(self.predicted_error, 8),
+                          "peak_memory_bytes": self.memory.total_bytes if self.memory else None},
             "layers": dict(self.plan.schemes),
         }
         return "# edgeq quantization plan: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(
@@ -105,6 +112,7 @@ def plan(
     target: Any,
     *,
     budget_bytes: int | None = None,
+    memory_budget_bytes: int | None = None,
     max_drop: float | None = None,
     rules: list[str] | None = None,
     proxy: str | None = None,
@@ -112,9 +120,20 @@ def plan(
     use_cache: bool = True,
     steps: Steps | None = None,
     reserve_bytes: float = 0,
+    planned_activation_bytes: int | None = None,
+    seq_len: int | None = None,
 ) -> PlanResult:
-    """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``."""
-    from edgeq import sensitivity, solver
+    """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``.
+
+    Two limits apply, each the target's unless overridden: the artifact's size
+    (``budget_bytes``, else ``budgets.storage_mb``) and its predicted peak runtime memory
+    (``memory_budget_bytes``, else ``budgets.runtime_memory_mb``; ``edgeq.memory``'s model:
+    weights as the runtime holds them + activations + runtime overhead). With ``max_drop``
+    the plan is the smallest whose predicted error stays within it, and must still fit both.
+    ``planned_activation_bytes``: ExecuTorch's activation arena if known (else it is
+    planned once by an fp32 lowering and cached).
+    """
+    from edgeq import memory, sensitivity, solver
     from edgeq.models import LoadedModel, load_model
     from edgeq.targets import ResolvedTarget, load_target
 
@@ -122,7 +141,7 @@ def plan(
     resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
     tgt = resolved.target
     fmt = tgt.format
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=tgt.seq_len)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
     layers = layer_inventory(loaded.module)
     pinned = parse_rules(rules or [], layers)
     for fqn, scheme in pinned.items():
@@ -143,28 +162,38 @@ def plan(
                                    proxy=proxy, use_cache=use_cache)
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
     other = fp32_bytes(loaded.module) - sum(x.fp32_bytes for x in layers)
-    options = {
-        x.fqn: [solver.Choice(s, stored_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]
-        for x in layers
-    }
+    storage_budget = budget_bytes if budget_bytes is not None else int(tgt.budgets.storage_mb * 1e6)
+    memory_budget = (memory_budget_bytes if memory_budget_bytes is not None
+                     else int(tgt.budgets.runtime_memory_mb * 1e6))
+    sources = {"storage": "--budget" if budget_bytes is not None else f"target {tgt.name}",
+               "memory": "--memory-budget" if memory_budget_bytes is not None else f"target {tgt.name}"}
+    if planned_activation_bytes is None:
+        planned_activation_bytes = planned_arena(loaded, resolved, steps, use_cache) if fmt == "executorch" else 0
+    tokens, heads = memory.workload(loaded.example_inputs, loaded.config)
+
+    def predict(schemes: dict[str, str]) -> Any:
+        return memory.predict_peak(fmt, [(x, schemes[x.fqn]) for x in layers], nonlayer_bytes=other, tokens=tokens,
+                                   attention_heads=heads, planned_activation_bytes=planned_activation_bytes)
+
+    stored = {x.fqn: [solver.Choice(s, stored_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]
+              for x in layers}
+    held = {x.fqn: [solver.Choice(s, memory.held_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]
+            for x in layers}
     with steps.step("Solving the plan") as info:
         if max_drop is not None:
             try:
-                solution = solver.smallest_within(options, max_drop)
+                solution = solver.smallest_within(stored, max_drop)
             except ValueError as exc:
                 raise BudgetError(str(exc), "raise --max-drop or allow more precisions") from None
+            binding = "max-drop"
+            _check_fits(solution, predict(solution.schemes), other, storage_budget, memory_budget, sources)
         else:
-            budget = budget_bytes if budget_bytes is not None else int(tgt.budgets.storage_mb * 1e6)
-            try:
-                solution = solver.solve(options, int(budget - other - reserve_bytes))
-            except solver.Infeasible as exc:
-                held = f" after {reserve_bytes / 1e3:.0f} KB held back for measured file overhead" if reserve_bytes else ""
-                raise BudgetError(
-                    f"budget {budget / 1e6:.3f} MB{held} is below the smallest achievable plan "
-                    f"({(exc.minimum_bytes + other + reserve_bytes) / 1e6:.3f} MB)",
-                    "raise --budget, or allow int4 on the target",
-                ) from None
-        info.detail = f"{solution.bytes / 1e6:.2f} MB of layers, predicted error {solution.error:.4g}"
+            solution, binding = _solve_budgets(stored, held, storage_budget - other - reserve_bytes, memory_budget,
+                                               predict, other, reserve_bytes, sources)
+        estimate = predict(solution.schemes)
+        layer_total = sum(stored_bytes(x, solution.schemes[x.fqn], fmt) for x in layers)
+        info.detail = (f"{layer_total / 1e6:.2f} MB of layers, predicted peak memory "
+                       f"{estimate.total_bytes / 1e6:.1f} MB, predicted error {solution.error:.4g}")
     schemes = solution.schemes
     return PlanResult(
         plan=QuantPlan(schemes=schemes, reasons={f: "pinned by a rule" for f in pinned}),
@@ -172,18 +201,129 @@ def plan(
         sensitivity=sens,
         layer_bytes={x.fqn: stored_bytes(x, schemes[x.fqn], fmt) for x in layers},
         other_bytes=other,
-        budget_bytes=budget_bytes if max_drop is None else None,
+        budget_bytes=storage_budget if max_drop is None else None,
         predicted_error=solution.error,
         target=tgt.name,
         model=loaded.name,
         fmt=fmt,
         pinned=pinned,
         reserve_bytes=reserve_bytes,
+        memory_budget_bytes=memory_budget,
+        memory=estimate,
+        binding=binding,
+        budget_sources=sources,
     )
 
 
-def load_plan_file(path: Path, layers: list[LayerInfo]) -> QuantPlan:
-    """Read a plan YAML; every layer must exist, every scheme must be known."""
+def _solve_budgets(stored: dict, held: dict, storage_cap: float, memory_budget: int, predict: Any, other: int,
+                   reserve: float, sources: dict[str, str]) -> tuple[Any, str]:
+    """Least predicted error within both limits.
+
+    Exact when one limit binds: first the storage knapsack (layer costs = stored bytes);
+    if that plan's predicted peak memory fits, it is optimal. Otherwise the memory
+    knapsack (costs = bytes as the runtime holds them; the cap = budget − activations −
+    runtime overhead − other constants); if that plan also fits storage, it is optimal.
+    Should the load-time peak (stored weights + one transient copy) or storage still be
+    over, the memory cap is tightened by the overshoot and the knapsack re-solved.
+    """
+    from edgeq import solver
+
+    try:
+        solution = solver.solve(stored, int(storage_cap))
+    except solver.Infeasible as exc:
+        held_back = f" after {reserve / 1e3:.0f} KB held back for measured file overhead" if reserve else ""
+        raise BudgetError(
+            f"storage budget {(storage_cap + other + reserve) / 1e6:.3f} MB ({sources['storage']}){held_back} is below "
+            f"the smallest achievable plan ({(exc.minimum_bytes + other + reserve) / 1e6:.3f} MB)",
+            "raise --budget, or allow int4 on the target",
+        ) from None
+    estimate = predict(solution.schemes)
+    if estimate.total_bytes <= memory_budget:
+        return solution, "storage" if _tight(stored, solution, storage_cap) else "none"
+    cap = memory_budget - estimate.runtime_overhead_bytes - estimate.activation_bytes - other
+    for _ in range(16):
+        try:
+            solution = solver.solve(held, int(cap))
+        except solver.Infeasible:
+            smallest = predict({fqn: min(c, key=lambda x: x.bytes).scheme for fqn, c in held.items()})
+            raise BudgetError(
+                f"memory budget {memory_budget / 1e6:.1f} MB ({sources['memory']}) is below the smallest achievable "
+                f"predicted peak memory ({_describe_memory(smallest)})",
+                "raise --memory-budget (or the target's budgets.runtime_memory_mb), or shorten --seq-len",
+            ) from None
+        estimate = predict(solution.schemes)
+        stored_total = sum(next(c.bytes for c in stored[f] if c.scheme == s) for f, s in solution.schemes.items())
+        over = max(estimate.total_bytes - memory_budget, stored_total - storage_cap)
+        if over <= 0:
+            return solution, "memory"
+        cap -= max(over, 1024)
+    raise BudgetError("no plan found that fits both the storage and the memory budget",
+                      "raise --budget or --memory-budget")
+
+
+def _tight(options: dict, solution: Any, cap: float) -> bool:
+    """Whether the plan is held back by the cap (not every layer at its most accurate scheme)."""
+    return any(min(c, key=lambda x: (x.error, x.bytes)).scheme != solution.schemes[f] for f, c in options.items())
+
+
+def _check_fits(solution: Any, estimate: Any, other: int, storage_budget: int, memory_budget: int,
+                sources: dict[str, str]) -> None:
+    if solution.bytes + other > storage_budget:
+        raise BudgetError(f"the smallest plan within --max-drop is {(solution.bytes + other) / 1e6:.2f} MB, over the "
+                          f"storage budget of {storage_budget / 1e6:g} MB ({sources['storage']})",
+                          "raise --max-drop or --budget")
+    if estimate.total_bytes > memory_budget:
+        raise BudgetError(f"the smallest plan within --max-drop needs {_describe_memory(estimate)}, over the memory "
+                          f"budget of {memory_budget / 1e6:g} MB ({sources['memory']})",
+                          "raise --max-drop or --memory-budget")
+
+
+def _describe_memory(estimate: Any) -> str:
+    return (f"{estimate.total_bytes / 1e6:.1f} MB: weights {estimate.weights_bytes / 1e6:.1f} + activations "
+            f"{estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f}")
+
+
+def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = True) -> int:
+    """ExecuTorch's planned activation arena for ``loaded`` on ``resolved``'s delegate chain.
+
+    The arena holds the tensors passed between delegated subgraphs and portable ops; it
+    does not depend on the weights' schemes (equal, to the byte, for MiniLM at fp32, int8
+    and int4), so an fp32 lowering plans it. Cached on disk beside the sensitivity results.
+    """
+    import hashlib
+    import json
+
+    from edgeq import __version__, sensitivity
+    from edgeq.backends import backend
+    from edgeq.plan import QuantPlan
+    from edgeq.yamlio import write_text_atomic
+
+    tgt = resolved.target
+    h = hashlib.sha256(f"arena|{__version__}|{tgt.delegates}|{resolved.profile.name}".encode())
+    h.update(sensitivity.cache_key(loaded.module, [tuple(loaded.example_inputs)], {}, "arena", None).encode())
+    path = sensitivity.cache_dir() / f"arena-{h.hexdigest()[:32]}.json"
+    if use_cache and path.exists():
+        try:
+            return int(json.loads(path.read_text())["planned_activation_bytes"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cache file {path} is corrupt ({exc})", f"delete it and re-run") from None
+    import tempfile
+
+    with steps.step("Planning ExecuTorch's activation memory (fp32 lowering)") as info:
+        quiet = Steps(show=False)
+        plan = QuantPlan(schemes={x: "fp32" for x in (f.fqn for f in layer_inventory(loaded.module))})
+        with tempfile.TemporaryDirectory(prefix="edgeq-arena-") as tmp:
+            lowered = backend("executorch").lower(loaded, tgt, plan, Path(tmp), quiet, False, resolved.profile)
+        arena = int(lowered.extras.get("planned_activation_bytes", 0))
+        info.detail = f"{arena / 1e6:.2f} MB"
+    if use_cache:
+        write_text_atomic(path, json.dumps({"planned_activation_bytes": arena}))
+    return arena
+
+
+def load_plan_file(path: Path, layers: list[LayerInfo], target: Any = None) -> QuantPlan:
+    """Read a plan YAML; every layer must exist, every scheme must be known, fit the
+    layer's shape, and (given ``target``) be one of the target's precisions."""
     from edgeq.errors import did_you_mean
     from edgeq.yamlio import read_yaml
 
@@ -200,6 +340,11 @@ def load_plan_file(path: Path, layers: list[LayerInfo]) -> QuantPlan:
         if scheme not in SCHEMES:
             raise ConfigError(f"{where}: unknown scheme '{scheme}'{did_you_mean(str(scheme), SCHEMES)}",
                               f"schemes: {', '.join(SCHEMES)}")
+        base = "int4" if str(scheme).startswith("int4") else scheme
+        if target is not None and base != "fp32" and base not in target.precisions:
+            raise ConfigError(f"{where}: layer '{fqn}' is planned as {scheme}, which target '{target.name}' does not "
+                              f"allow (precisions: {', '.join(target.precisions)})",
+                              "edit the plan, or re-plan for this target with 'edgeq plan'")
         if not names[fqn].fits(scheme):
             raise ConfigError(f"{where}: layer '{fqn}' (shape {list(names[fqn].shape)}) cannot take {scheme}",
                               "pick a scheme its shape fits, e.g. int8")

@@ -41,7 +41,19 @@ def print_export_summary(result: Any) -> None:
     else:
         table.add_row("fidelity", "[yellow]not verified[/] (" + m.get("numerics_skipped", "") + ")")
     b = m["budgets"]
-    table.add_row("storage budget", _budget(sizes["artifact_bytes"], b["storage_mb"]))
+    plan = m.get("plan") or {}
+    storage_mb = plan["budget_bytes"] / 1e6 if plan.get("budget_bytes") else b["storage_mb"]
+    table.add_row("storage budget", _budget(sizes["artifact_bytes"], storage_mb))
+    mem = m.get("memory", {})
+    if mem.get("predicted"):
+        p = mem["predicted"]
+        table.add_row("memory budget", _budget(p["total_bytes"], mem["budget_bytes"] / 1e6) + (
+            f"\n[dim]predicted peak (estimate): weights as held {human_bytes(p['weights_bytes'])} + activations "
+            f"{human_bytes(p['activation_bytes'])} + runtime {human_bytes(p['runtime_overhead_bytes'])}[/]"))
+    if plan:
+        table.add_row("plan", f"predicted error {plan['predicted_error']:.4g}, verified "
+                      + (f"{plan['verified_error']:.4g}" if plan.get("verified_error") is not None else "n/a")
+                      + f" ({plan['error_metric']}); decided by: {plan.get('binding') or 'n/a'}")
     table.add_row("written to", str(result.artifact_dir))
     console = Console()
     console.print(table)
@@ -75,8 +87,21 @@ def print_plan(result: Any, written_to: Any = None) -> None:
                       f"{result.sensitivity[layer.fqn][scheme]:.2e}", human_bytes(total))
     console = Console()
     console.print(table)
-    budget = f" of a {human_bytes(result.budget_bytes)} budget" if result.budget_bytes else ""
+    src = result.budget_sources
+    budget = f" of a {human_bytes(result.budget_bytes)} budget ({src.get('storage', '')})" if result.budget_bytes else ""
     console.print(f"predicted size {human_bytes(result.predicted_bytes)}{budget} "
                   f"(other constants {human_bytes(result.other_bytes)}); predicted error {result.predicted_error:.4g}")
+    if result.memory is not None:
+        m = result.memory
+        budget = (f" of a {human_bytes(result.memory_budget_bytes)} budget ({src.get('memory', '')})"
+                  if result.memory_budget_bytes else "")
+        console.print(f"predicted peak memory {human_bytes(m.total_bytes)}{budget} \\[estimate: weights as held "
+                      f"{human_bytes(m.weights_bytes)} + activations {human_bytes(m.activation_bytes)} + runtime "
+                      f"{human_bytes(m.runtime_overhead_bytes)}; beyond the runtime's own baseline]")
+    if result.binding:
+        console.print({"storage": "the storage budget decided the plan",
+                       "memory": "the memory budget decided the plan",
+                       "max-drop": "--max-drop decided the plan (smallest within the error bound)",
+                       "none": "neither budget binds: every layer has its most accurate scheme"}[result.binding])
     if written_to:
         console.print(f"plan written to {written_to}; use it with 'edgeq export --plan {written_to}'")

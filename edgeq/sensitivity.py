@@ -45,7 +45,7 @@ def measure(
     """``{layer fqn: {scheme: error}}`` for the given candidate ``schemes`` per layer."""
     import torch
 
-    key = _cache_key(module, calib, schemes, metric, proxy)
+    key = cache_key(module, calib, schemes, metric, proxy)
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
         return _read_cache(path)
@@ -192,7 +192,7 @@ def _dequantized_weight(layer: Any) -> Any:
     return (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()
 
 
-def _cache_key(module: Any, calib: list, schemes: dict[str, list[str]], metric: str, proxy: str | None) -> str:
+def cache_key(module: Any, calib: list, schemes: dict[str, list[str]], metric: str, proxy: str | None) -> str:
     import torch
 
     h = hashlib.sha256()

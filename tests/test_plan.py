@@ -89,3 +89,79 @@ def test_plan_cli_prints_table_and_writes_yaml(tmp_path: Path):
     assert json.loads(js.stdout)["predicted"]["bytes"] <= 30_000
     bad = run_cli("plan", "tests.tiny_models:tiny_text", "-t", "rpi5", "--budget", "lots")
     assert bad.returncode == 2 and "cannot read budget 'lots'" in bad.stderr
+
+
+def test_memory_budget_binds_and_the_plan_fits_it():
+    free = plan("tests.tiny_models:tiny_text", "rpi5")
+    assert free.binding == "none" and set(free.plan.schemes.values()) == {"fp32"}
+    assert free.memory is not None and free.memory.total_bytes > free.predicted_bytes  # + activations + runtime
+    budget = free.memory.total_bytes - 50_000
+    tight = plan("tests.tiny_models:tiny_text", "rpi5", memory_budget_bytes=budget)
+    assert tight.binding == "memory" and tight.memory.total_bytes <= budget
+    assert tight.memory.activation_bytes == free.memory.activation_bytes  # arena does not depend on the schemes
+    assert tight.predicted_error > 0 and set(tight.plan.schemes.values()) != {"fp32"}
+
+
+def test_onnx_memory_budget_uses_bytes_as_held():
+    from edgeq import memory
+
+    free = plan("tests.tiny_models:tiny_text", "x86")
+    budget = free.memory.total_bytes - 60_000
+    tight = plan("tests.tiny_models:tiny_text", "x86", memory_budget_bytes=budget)
+    assert tight.memory.total_bytes <= budget < free.memory.total_bytes
+    held = sum(memory.held_bytes(x, tight.plan.schemes[x.fqn], "onnx") for x in tight.layers)
+    assert tight.memory.weights_bytes == held + tight.other_bytes
+
+
+def test_memory_budget_below_the_minimum_names_the_smallest():
+    with pytest.raises(BudgetError, match=r"memory budget 1\.0 MB \(--memory-budget\) is below the smallest "
+                                          r"achievable predicted peak memory \(\d+\.\d MB: weights"):
+        plan("tests.tiny_models:tiny_text", "rpi5", memory_budget_bytes=1_000_000)
+
+
+TARGETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "targets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_builtin_target_honours_a_budget(tmp_path: Path, target: str):
+    # Core ML's file overhead (the mlpackage inside the .pte) is ~35 KB on this 132 KB model
+    budget = 80_000 if target.startswith("apple") and target != "apple-onnx" else 45_000
+    exported = export("tests.tiny_models:tiny_text", target, budget_bytes=budget, output=tmp_path / "a", samples=4)
+    m = exported.manifest
+    assert m["sizes"]["artifact_bytes"] <= budget and m["plan"]["predicted_bytes"] <= budget
+    assert m["memory"]["predicted"]["total_bytes"] <= m["memory"]["budget_bytes"]
+    assert m["plan"]["predicted_peak_memory_bytes"] <= m["memory"]["budget_bytes"]
+    assert set(m["precision"]["layers"].values()) - {"fp32", "unused"}  # something was quantized
+
+
+def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path):
+    from edgeq import memory
+
+    free = plan("tests.tiny_models:tiny_text", "x86-executorch")
+    budget = free.memory.total_bytes - 50_000
+    exported = export("tests.tiny_models:tiny_text", "x86-executorch", memory_budget_bytes=budget,
+                      output=tmp_path / "a", samples=4)
+    m = exported.manifest
+    assert m["plan"]["binding"] == "memory" and m["plan"]["memory_budget_bytes"] == budget
+    again = memory.predict_from_artifact(tmp_path / "a")  # from the manifest's inventory alone
+    assert again.total_bytes == m["memory"]["predicted"]["total_bytes"] <= budget
+    # the arena planned on an fp32 lowering is the lowered artifact's own
+    assert m["memory"]["predicted"]["activation_bytes"] == free.memory.activation_bytes
+
+
+def test_uniform_export_over_the_target_memory_budget_is_refused(tmp_path: Path):
+    tgt = tmp_path / "small.yaml"
+    tgt.write_text("extends: x86\nname: small\nbudgets:\n  runtime_memory_mb: 1\n  storage_mb: 100\n")
+    r = run_cli("export", "tests.tiny_models:tiny_text", "--target", str(tgt), "--precision", "int8",
+                "-o", str(tmp_path / "a"))
+    assert r.returncode == 2 and "over the 1 MB memory budget (target 'small'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()[-1]) > 0
+    assert not (tmp_path / "a").exists()
+
+
+def test_plan_file_with_a_precision_the_target_disallows(tmp_path: Path):
+    f = tmp_path / "plan.yaml"
+    f.write_text("layers:\n  fc1: fp16\n")
+    with pytest.raises(ConfigError, match="does not allow"):
+        export("tests.tiny_models:tiny_text", "rpi4", plan_file=f, output=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
