@@ -29,6 +29,7 @@ Target = Annotated[str, typer.Option("--target", "-t", help="Built-in target nam
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 Budget = Annotated[Optional[str], typer.Option("--budget", help="Storage budget: the artifact's size, e.g. 20MB (overrides the target's budgets.storage_mb).")]
+Calib = Annotated[Optional[Path], typer.Option("--calib", help="Your calibration data: a .txt (one sample per line), a directory of .txt files or images, or a .npz of model inputs.")]
 MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
 MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0)]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
@@ -76,6 +77,7 @@ def export(
     memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
     rule: Rules = None,
+    calib: Calib = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -88,7 +90,7 @@ def export(
         show_progress=not (quiet or as_json), plan_file=plan_file,
         budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
-        rules=rule or None,
+        rules=rule or None, calib=calib,
     )
     if as_json:
         print(json.dumps(result.manifest, indent=2))
@@ -106,6 +108,7 @@ def plan_cmd(
     memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
     rule: Rules = None,
+    calib: Calib = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the plan YAML here.")] = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
@@ -125,7 +128,7 @@ def plan_cmd(
     result = make_plan(
         model, target, budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
-        rules=rule or None, seq_len=seq_len, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
+        rules=rule or None, seq_len=seq_len, calib=calib, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
         steps=Steps(show=not (quiet or as_json)),
     )
     if output is not None:

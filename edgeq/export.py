@@ -49,6 +49,7 @@ def export(
     memory_budget_bytes: int | None = None,
     max_drop: float | None = None,
     rules: list[str] | None = None,
+    calib: str | Path | None = None,
 ) -> ExportResult:
     """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
 
@@ -78,6 +79,11 @@ def export(
     with steps.step("Loading model") as info:
         loaded = load_model(model, task, seq_len=seq_len or tgt.seq_len, trust_remote_code=trust_remote_code)
         info.detail = f"{loaded.name} ({loaded.task}, from {loaded.source_kind})"
+        if calib is not None:
+            from edgeq.calib import with_calibration
+
+            loaded = with_calibration(loaded, calib)
+            info.detail += f"; calibration: {loaded.config['calibration']}"
     if out_dir is None:
         out_dir = Path("dist") / f"{loaded.name}-{tgt.name}"
         check_output(out_dir, force)

@@ -104,6 +104,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
             make_inputs=lambda split, n: synthetic_inputs(example, split, n),
             inputs_description="synthetic images (no image data set ships offline)",
             support_files=support, config=config,
+            encode_images=_image_encoder(model_dir, size) if (model_dir / "preprocessor_config.json").exists() else None,
         )
     tokenizer = _load_tokenizer(model_dir)
     vocab = int(config.get("vocab_size") or 1000)
@@ -115,6 +116,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
         wrapper = Logits(module).eval()
         outputs = ["logits"]
     make = _text_inputs(tokenizer, seq_len, vocab)
+    encode = None if tokenizer is None else (lambda texts: [_encode(tokenizer, t, seq_len) for t in texts])
     return LoadedModel(
         name=name, task=task, module=wrapper, example_inputs=make("calib", 1)[0],
         input_names=["input_ids", "attention_mask"], output_names=outputs, source=source, source_kind=kind,
@@ -123,7 +125,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
             "sentences from Python standard-library docstrings" if tokenizer is not None
             else "random token ids (the model has no tokenizer)"
         ),
-        support_files=support, config=config | {"seq_len": seq_len},
+        support_files=support, config=config | {"seq_len": seq_len}, encode_text=encode,
     )
 
 
@@ -216,13 +218,40 @@ def _text_inputs(tokenizer: Any, seq_len: int, vocab: int):
                 (torch.randint(0, vocab, (1, seq_len), generator=gen), torch.ones(1, seq_len, dtype=torch.long))
                 for _ in range(n)
             ]
-        out = []
-        for sentence in textdata.sentences(split, n):
-            enc = tokenizer(sentence, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-            out.append((enc["input_ids"].to(torch.long), enc["attention_mask"].to(torch.long)))
-        return out
+        return [_encode(tokenizer, sentence, seq_len) for sentence in textdata.sentences(split, n)]
 
     return make
+
+
+def _encode(tokenizer: Any, text: str, seq_len: int) -> tuple[Any, Any]:
+    import torch
+
+    enc = tokenizer(text, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    return enc["input_ids"].to(torch.long), enc["attention_mask"].to(torch.long)
+
+
+def _image_encoder(model_dir: Path, size: int):
+    def encode(files: list[Path]) -> list[tuple[Any, ...]]:
+        from PIL import Image, UnidentifiedImageError
+        from transformers import AutoImageProcessor
+
+        from edgeq.errors import ConfigError
+
+        processor = AutoImageProcessor.from_pretrained(str(model_dir))
+        out = []
+        for f in files:
+            try:
+                image = Image.open(f).convert("RGB")
+            except (OSError, UnidentifiedImageError) as exc:
+                raise ConfigError(f"--calib {f} is not a readable image ({exc})", "remove or replace it") from None
+            pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+            if pixels.shape[-1] != size or pixels.shape[-2] != size:
+                raise ConfigError(f"--calib: the image processor made {list(pixels.shape)} inputs, the model takes "
+                                  f"{size}x{size}", "check preprocessor_config.json")
+            out.append((pixels.float(),))
+        return out
+
+    return encode
 
 
 def _wrappers():

@@ -50,6 +50,8 @@ class LoadedModel:
     exported: Any = None  # the ExportedProgram when loaded from .pt2 (``module`` is its modularized copy)
     support_files: dict[str, Path] = field(default_factory=dict)  # copied into the artifact
     config: dict[str, Any] = field(default_factory=dict)
+    encode_text: Callable[[list[str]], list[tuple[Any, ...]]] | None = None  # text → input tuples (tokenizer)
+    encode_images: Callable[[list[Path]], list[tuple[Any, ...]]] | None = None  # image files → input tuples
 
     @property
     def metric(self) -> str:

@@ -122,6 +122,7 @@ def plan(
     reserve_bytes: float = 0,
     planned_activation_bytes: int | None = None,
     seq_len: int | None = None,
+    calib: str | Path | None = None,
 ) -> PlanResult:
     """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``.
 
@@ -131,7 +132,8 @@ def plan(
     weights as the runtime holds them + activations + runtime overhead). With ``max_drop``
     the plan is the smallest whose predicted error stays within it, and must still fit both.
     ``planned_activation_bytes``: ExecuTorch's activation arena if known (else it is
-    planned once by an fp32 lowering and cached).
+    planned once by an fp32 lowering and cached). ``calib``: the user's calibration data
+    (see ``edgeq.calib``) instead of the built-in split.
     """
     from edgeq import memory, sensitivity, solver
     from edgeq.models import LoadedModel, load_model
@@ -142,6 +144,10 @@ def plan(
     tgt = resolved.target
     fmt = tgt.format
     loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
+    if calib is not None:
+        from edgeq.calib import with_calibration
+
+        loaded = with_calibration(loaded, calib)
     layers = layer_inventory(loaded.module)
     pinned = parse_rules(rules or [], layers)
     for fqn, scheme in pinned.items():
