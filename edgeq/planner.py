@@ -44,6 +44,7 @@ class PlanResult:
     memory: Any = None  # edgeq.memory.MemoryEstimate of the plan
     binding: str = ""  # which limit decided the plan: storage | memory | max-drop | none
     budget_sources: dict[str, str] = field(default_factory=dict)  # storage/memory → "--budget" or "target NAME"
+    excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # fqn → {scheme: why it cannot take it}
 
     @property
     def predicted_bytes(self) -> int:
@@ -64,6 +65,8 @@ class PlanResult:
                           "peak_memory_bytes": self.memory.total_bytes if self.memory else None},
             "layers": dict(self.plan.schemes),
         }
+        if self.excluded:
+            doc["cannot_take"] = self.excluded
         return "# edgeq quantization plan: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(
             doc, sort_keys=False
         )
@@ -76,6 +79,20 @@ def candidate_schemes(layer: LayerInfo, allowed: list[str], fmt: str) -> list[st
         base = "int4" if scheme.startswith("int4") else scheme
         if base in allowed and layer.fits(scheme) and not (layer.kind == "conv" and base == "int4"):
             out.append(scheme)
+    return out
+
+
+def excluded_schemes(layer: LayerInfo, allowed: list[str]) -> dict[str, str]:
+    """Schemes the target allows that ``layer`` cannot take, with the reason."""
+    out = {}
+    for scheme in ("int8", "int4-g32", "int4-g64", "int4-g128"):
+        base = "int4" if scheme.startswith("int4") else scheme
+        if base not in allowed:
+            continue
+        if layer.kind == "conv" and base == "int4":
+            out[scheme] = "no int4 convolution kernels in the backends"
+        elif not layer.fits(scheme):
+            out[scheme] = f"reduction dim {layer.params // layer.shape[0]} is not a multiple of {scheme.removeprefix('int4-g')}"
     return out
 
 
@@ -216,6 +233,7 @@ def plan(
         reserve_bytes=reserve_bytes,
         memory_budget_bytes=memory_budget,
         memory=estimate,
+        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, list(tgt.precisions)))},
         binding=binding,
         budget_sources=sources,
     )

@@ -98,6 +98,10 @@ def print_plan(result: Any, written_to: Any = None) -> None:
         console.print(f"predicted peak memory {human_bytes(m.total_bytes)}{budget} \\[estimate: weights as held "
                       f"{human_bytes(m.weights_bytes)} + activations {human_bytes(m.activation_bytes)} + runtime "
                       f"{human_bytes(m.runtime_overhead_bytes)}; beyond the runtime's own baseline]")
+    if result.excluded:
+        console.print(f"{len(result.excluded)} layer(s) cannot take every scheme the target allows:")
+        for fqn, why in result.excluded.items():
+            console.print("  " + fqn + ": " + "; ".join(f"{s} ({r})" for s, r in why.items()))
     if result.binding:
         console.print({"storage": "the storage budget decided the plan",
                        "memory": "the memory budget decided the plan",

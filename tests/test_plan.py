@@ -165,3 +165,10 @@ def test_plan_file_with_a_precision_the_target_disallows(tmp_path: Path):
     with pytest.raises(ConfigError, match="does not allow"):
         export("tests.tiny_models:tiny_text", "rpi4", plan_file=f, output=tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_layers_that_cannot_take_a_scheme_are_marked():
+    result = plan("tests.tiny_models:tiny_mlp", "x86", budget_bytes=20_000)
+    assert result.excluded == {"0": {"int4-g128": "reduction dim 64 is not a multiple of 128"}}
+    assert "int4-g128" not in result.sensitivity["0"] and "int4-g128" in result.sensitivity["2"]
+    assert "cannot_take" in result.to_yaml()
