@@ -290,13 +290,17 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
         raise RunnerError(f"ExecuTorch cannot load {model} ({_first_line(exc)}) "
                           "(the file is corrupt or needs a delegate this runtime lacks; re-run 'edgeq export')") from None
     load_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        method.execute(feeds)
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        method.execute(feeds)
-        samples.append((time.perf_counter() - t) * 1e3)
+    try:
+        for _ in range(warmup):
+            method.execute(feeds)
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            method.execute(feeds)
+            samples.append((time.perf_counter() - t) * 1e3)
+    except Exception as exc:
+        raise RunnerError(f"ExecuTorch failed running {model} on the manifest's inputs ({_first_line(exc)}) "
+                          "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": used,
             "memory": _memory(base, end, reset)}
@@ -450,13 +454,17 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
     session = _ort_session(model, threads)
     load_ms = (time.perf_counter() - t0) * 1e3
     feeds = _ort_feeds(session, names, arrays)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        samples.append((time.perf_counter() - t) * 1e3)
+    try:
+        for _ in range(warmup):
+            session.run(None, feeds)
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            session.run(None, feeds)
+            samples.append((time.perf_counter() - t) * 1e3)
+    except Exception as exc:
+        raise RunnerError(f"ONNX Runtime failed running {model} on the manifest's inputs ({_first_line(exc)}) "
+                          "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": threads,
             "memory": _memory(base, end, reset)}
