@@ -29,7 +29,7 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for key, target in (("executorch", "x86-executorch"), ("onnx", "x86")):
         out[key] = root / key
-        export("tests.tiny_models:tiny_text", target, precision="int8", output=out[key])
+        export("tests.tiny_models:tiny_text", target, precision="int8", output=out[key], samples=4)
     return out
 
 
