@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 from edgeq import memory  # noqa: E402
 
 FORMATS = {"et": "x86-executorch", "onnx": "x86"}
-# name: (source kind, seq len, precisions)
+# name: (source kind, seq len, precisions). The fit set: the coefficients of edgeq.memory are
+# fitted to these rows only.
 MODELS = {
     "minilm": ("minilm", 128, ("fp32", "fp16", "int8", "int4")),
     "minilm512": ("minilm", 512, ("fp32", "int8")),
@@ -59,6 +60,17 @@ MODELS = {
     "llama": ("llama", 128, ("fp32", "int8", "int4")),
     "tiny": ("tiny", 16, ("fp32", "int8")),  # tests.tiny_models:tiny_text, 40 KB: the overhead alone
 }
+# The held-out set: never used for fitting, the out-of-sample check. A ViT-base-like image
+# classifier (float pixels: no token terms, activations only from the ExecuTorch arena), a
+# Qwen2-style causal LM with dims unlike the Llama's (hidden 384, 6 layers, vocab 50257, tied
+# head), and MiniLM mixed-precision plans exported against a runtime-memory budget ("plan@N"
+# precisions: --memory-budget N MB, as the CLI parses it).
+HELD_OUT = {
+    "vit": ("vit", 0, ("fp32", "int8")),
+    "qwen2": ("qwen2", 128, ("fp32", "int8", "int4")),
+    "minilm-plan": ("minilm", 128, ("plan@28MB:et", "plan@45MB:onnx")),
+}
+ALL_MODELS = {**MODELS, **HELD_OUT}
 MIB = 2**20
 GOAL = 10.0  # percent
 
@@ -82,6 +94,18 @@ def model_source(kind: str, work: Path) -> str:
 
         BertModel(BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                              intermediate_size=3072, max_position_embeddings=512)).save_pretrained(path)
+    elif kind == "vit":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        ViTForImageClassification(ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                             intermediate_size=3072, image_size=224, patch_size=16,
+                                             num_labels=1000)).save_pretrained(path)
+    elif kind == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        Qwen2ForCausalLM(Qwen2Config(vocab_size=50257, hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+                                     num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                                     tie_word_embeddings=True)).save_pretrained(path)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -94,10 +118,16 @@ def model_source(kind: str, work: Path) -> str:
 def ensure_artifact(out: Path, source: str, fmt: str, precision: str, seq: int) -> None:
     if (out / "manifest.json").exists():
         return
+    from edgeq.cli import parse_size
     from edgeq.export import export
 
     print(f"exporting {out.name} ...", file=sys.stderr, flush=True)
-    export(source, FORMATS[fmt], precision=precision, output=out, force=True, seq_len=seq, samples=4)
+    if precision.startswith("plan@"):  # a mixed-precision plan against a runtime-memory budget
+        budget = precision.split("@", 1)[1].split(":")[0]
+        export(source, FORMATS[fmt], output=out, force=True, seq_len=seq or None, samples=4,
+               memory_budget_bytes=parse_size(budget))
+    else:
+        export(source, FORMATS[fmt], precision=precision, output=out, force=True, seq_len=seq or None, samples=4)
 
 
 def layers_of(source: str, seq: int) -> tuple[list, set[str]]:
@@ -116,33 +146,46 @@ def err(pred: float, meas: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", type=Path, help="directory of artifacts to reuse (missing ones are exported)")
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--models", nargs="+", choices=list(ALL_MODELS), default=list(ALL_MODELS))
     ap.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     ap.add_argument("--runs", type=int, default=3, help="inference runs per measurement")
     ap.add_argument("--repeats", type=int, default=5, help="fresh processes per artifact (the median is reported)")
+    ap.add_argument("--repredict", type=Path, nargs="+", metavar="JSON",
+                    help="re-predict the rows of earlier results with the current edgeq.memory (artifacts from "
+                         "--artifacts), keeping their measurements: for checking a refit without re-measuring")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory_model.json")
     args = ap.parse_args()
     work = args.artifacts or Path(tempfile.mkdtemp(prefix="edgeq-memory-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.repredict:
+        old = [json.loads(f.read_text()) for f in args.repredict]
+        rows = [repredict(r, work) for d in old for r in d["rows"]]
+        meta = {k: old[0][k] for k in ("host", "versions", "runs_per_measurement", "processes_per_artifact")}
+        meta["measured_at"] = sorted({d.get("measured_at", "") for d in old})
+        write(args.out, rows, meta)
+        return
 
     rows, cache = [], {}
     for name in args.models:
-        kind, seq, precisions = MODELS[name]
+        kind, seq, precisions = ALL_MODELS[name]
         source = model_source(kind, work)
         for fmt in args.formats:
             for precision in precisions:
-                art = work / f"{name}-{fmt}-{precision}"
-                ensure_artifact(art, source, fmt, precision, seq)
-                if (source, seq) not in cache:
-                    cache[(source, seq)] = layers_of(source, seq)
-                layers, biased = cache[(source, seq)]
-                est = memory.predict_from_artifact(art, layers, biased)
+                if ":" in precision and precision.split(":")[1] != fmt:
+                    continue
+                label = precision.split(":")[0]
+                art = work / f"{name}-{fmt}-{label.replace('@', '-')}"
+                ensure_artifact(art, source, fmt, label, seq)
+                manifest = json.loads((art / "manifest.json").read_text())
+                est = predict(art, source, seq, cache)
                 t0 = time.perf_counter()
                 meas = memory.measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
-                manifest = json.loads((art / "manifest.json").read_text())
                 attrib = meas["model_attributable_bytes"]
                 row = {
-                    "model": name, "format": fmt, "precision": precision, "seq_len": seq,
+                    "model": name, "set": "held-out" if name in HELD_OUT else "fit", "format": fmt,
+                    "precision": label, "seq_len": seq,
+                    "memory_budget_bytes": (manifest.get("memory") or {}).get("budget_bytes"),
+                    "manifest_predicted_bytes": (manifest.get("memory") or {}).get("predicted"),
                     "artifact_bytes": manifest["sizes"]["artifact_bytes"],
                     "predicted": est.to_dict(), "measured": meas,
                     "predicted_attributable_bytes": est.total_bytes, "measured_attributable_bytes": attrib,
@@ -156,40 +199,84 @@ def main() -> None:
                 print(f"  {art.name}: predicted {est.total_bytes / MIB:.1f} MiB, measured {attrib / MIB:.1f} MiB "
                       f"({row['attributable_error_pct']:+.1f}%)", file=sys.stderr, flush=True)
 
-    print_table(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "what": "edgeq.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
+    write(args.out, rows, {
         "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "versions": _versions(), "runs_per_measurement": args.runs, "processes_per_artifact": args.repeats,
+        "measured_at": [time.strftime("%Y-%m-%d", time.gmtime())],
+    })
+
+
+def predict(art: Path, source: str | None, seq: int, cache: dict) -> memory.MemoryEstimate:
+    """The prediction for ``art``: from its manifest alone when it records the layer
+    inventory (as the planner predicts), else with the layers read from ``source``."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    if manifest["precision"].get("inventory") is not None or source is None:
+        return memory.predict_from_artifact(art)
+    if (source, seq) not in cache:
+        cache[(source, seq)] = layers_of(source, seq)
+    layers, biased = cache[(source, seq)]
+    return memory.predict_from_artifact(art, layers, biased)
+
+
+_CACHE: dict = {}
+
+
+def repredict(row: dict, work: Path) -> dict:
+    """``row`` with its prediction redone by the current ``edgeq.memory``."""
+    name, fmt, label = row["model"], row["format"], row["precision"]
+    kind, seq, _ = ALL_MODELS[name]
+    art = work / f"{name}-{fmt}-{label.replace('@', '-')}"
+    est = predict(art, model_source(kind, work), seq, _CACHE)
+    return fill({"set": "held-out" if name in HELD_OUT else "fit", **row}, est)
+
+
+def fill(row: dict, est: memory.MemoryEstimate) -> dict:
+    attrib, peak = row["measured"]["model_attributable_bytes"], row["measured"]["peak_rss_bytes"]
+    return {**row, "predicted": est.to_dict(), "predicted_attributable_bytes": est.total_bytes,
+            "attributable_error_pct": round(err(est.total_bytes, attrib), 2),
+            "predicted_peak_rss_bytes": est.peak_rss_bytes(),
+            "peak_rss_error_pct": round(err(est.peak_rss_bytes(), peak), 2)}
+
+
+def write(out: Path, rows: list[dict], meta: dict) -> None:
+    print_table(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "what": "edgeq.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
+        **meta,
         "coefficients": {"ORT_LINEAR_HELD": memory.ORT_LINEAR_HELD, "ACT_WIDE": memory.ACT_WIDE,
                          "ACT_ATTN": memory.ACT_ATTN, "OVERHEAD": memory.OVERHEAD,
                          "RUNTIME_BASELINE": memory.RUNTIME_BASELINE},
         "rows": rows,
     }, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    tmp.replace(out)
+    print(f"\nwrote {out}")
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("model", "format", "prec", "artifact", "pred attrib", "meas attrib", "err", "pred peak", "meas peak", "err",
+    head = ("set", "model", "format", "prec", "artifact", "pred attrib", "meas attrib", "err", "pred peak", "meas peak", "err",
             "meas attrib range")
     print("\nsizes in MiB; attrib = peak RSS - baseline RSS (runtime imported); peak = process peak RSS (VmHWM);")
     print("measured = median of fresh processes, range = their min-max; ✗ = outside ±10% on attrib")
     print("| " + " | ".join(head) + " |")
-    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|")
+    print("|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|")
     for r in rows:
         flag = " ✗" if abs(r["attributable_error_pct"]) > GOAL else ""
         lo, hi = r["measured"]["attributable_range_bytes"]
-        print(f"| {r['model']} | {'ExecuTorch' if r['format'] == 'et' else 'ONNX'} | {r['precision']} "
+        print(f"| {r.get('set', 'fit')} | {r['model']} | {'ExecuTorch' if r['format'] == 'et' else 'ONNX'} | {r['precision']} "
               f"| {r['artifact_bytes'] / MIB:.1f} | {r['predicted_attributable_bytes'] / MIB:.1f} "
               f"| {r['measured_attributable_bytes'] / MIB:.1f} | {r['attributable_error_pct']:+.1f}%{flag} "
               f"| {r['predicted_peak_rss_bytes'] / MIB:.1f} | {r['measured_peak_rss_bytes'] / MIB:.1f} "
               f"| {r['peak_rss_error_pct']:+.1f}% | {lo / MIB:.1f}–{hi / MIB:.1f} |")
-    real = [r for r in rows if r["model"] != "tiny"] or rows
-    within = sum(abs(r["attributable_error_pct"]) <= GOAL for r in real)
-    worst = max(real, key=lambda r: abs(r["attributable_error_pct"]))
-    print(f"\n{within}/{len(real)} rows (tiny excluded) within ±{GOAL:g}% on model-attributable bytes; worst: "
-          f"{worst['model']} {worst['format']} {worst['precision']} {worst['attributable_error_pct']:+.1f}%")
+    for which in ("fit", "held-out"):
+        real = [r for r in rows if r["model"] != "tiny" and r.get("set", "fit") == which]
+        if not real:
+            continue
+        within = sum(abs(r["attributable_error_pct"]) <= GOAL for r in real)
+        worst = max(real, key=lambda r: abs(r["attributable_error_pct"]))
+        print(f"{which}: {within}/{len(real)} rows (tiny excluded) within ±{GOAL:g}% on model-attributable bytes; "
+              f"worst: {worst['model']} {worst['format']} {worst['precision']} {worst['attributable_error_pct']:+.1f}%")
 
 
 def _versions() -> dict[str, str]:

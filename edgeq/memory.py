@@ -180,27 +180,96 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
         layers = layer_inventory(module)
         biased = {x.fqn for x in layers if x.bias}
     schemes = manifest["precision"]["layers"]
-    pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
     nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers))
+    head = tied_head(layers, config, model.get("task"))
+    pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
+    if head is not None:
+        # The lowered program names the shared weight after the head, so the embedding can be
+        # recorded as "unused" although its gather reads it: it is stored at the precision asked.
+        requested = manifest["precision"].get("requested")
+        pairs = [(x, (requested if requested in _SCHEME_NAMES else "fp32") if s == "unused" and x.fqn == head.fqn
+                  else s) for x, s in pairs]
+        pairs.append((LayerHead(head), "fp32"))
     recorded = manifest.get("memory", {})
-    if "tokens" in recorded:
+    first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
+    is_int = first["dtype"].startswith(("int", "uint"))
+    if "tokens" in recorded and (is_int or recorded["tokens"]):
         tokens, heads = int(recorded["tokens"]), int(recorded.get("attention_heads", 0))
-    else:
-        first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
-        config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
-        tokens = _prod(first["shape"]) if first["dtype"].startswith(("int", "uint")) else 0
+    else:  # not recorded, or 0 for float inputs (manifests before edgeq counted patch tokens)
+        tokens = _prod(first["shape"]) if is_int else patch_tokens(config, first["shape"])
         heads = attention_heads(config)
     return predict_peak(manifest["target"]["format"], pairs, nonlayer_bytes=nonlayer, tokens=tokens,
                         attention_heads=heads, biased=biased,
                         planned_activation_bytes=int(manifest.get("memory", {}).get("planned_activation_bytes", 0)))
 
 
+_SCHEME_NAMES = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class LayerHead:
+    """A tied LM head as a layer of its own: the linear whose weight is the embedding's."""
+
+    embedding: Any
+
+    @property
+    def fqn(self) -> str:
+        return f"{self.embedding.fqn}#tied-head"
+
+    kind = "linear"
+    bias = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.embedding.shape)
+
+    @property
+    def params(self) -> int:
+        return int(self.embedding.params)
+
+
+def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -> Any | None:
+    """The embedding a causal LM's output head shares its weight with, or None.
+
+    ``edgeq.inventory`` counts a shared weight once (under the embedding), but both
+    formats keep two tensors: the table the token gather reads and the head's matrix for
+    the GEMM (ExecuTorch: a portable/quantized embedding plus an XNNPACK linear; ONNX: a
+    Gather initializer plus the transposed MatMul initializer). The plan has no entry for
+    the head, so it is lowered at fp32 whatever the embedding's scheme. A head is tied
+    when the config says ``tie_word_embeddings`` and no linear produces the vocabulary.
+    """
+    if task != "causal-lm" or not config.get("tie_word_embeddings", False):
+        return None
+    vocab = int(config.get("vocab_size") or 0)
+    embeds = [x for x in layers if x.kind == "embedding" and x.shape and x.shape[0] == vocab]
+    if not embeds or any(x.kind == "linear" and x.shape[0] == vocab for x in layers):
+        return None
+    return embeds[0]
+
+
 def workload(example_inputs: Sequence[Any], config: dict[str, Any]) -> tuple[int, int]:
-    """``(tokens, attention_heads)`` the activation terms need: the element count of the
-    first integer input (token ids; 0 for float inputs such as images) and the config's heads."""
+    """``(tokens, attention_heads)`` the activation terms need: the positions the model's
+    transformer runs on (the element count of the first integer input, token ids; for
+    float inputs, a vision transformer's patches plus its class token, from the input's
+    height and width and the config's ``patch_size``; else 0, e.g. a CNN) and the config's heads."""
     first = example_inputs[0] if example_inputs else None
-    is_int = first is not None and not first.is_floating_point()
-    return (int(first.numel()) if is_int else 0), attention_heads(config)
+    if first is None:
+        return 0, attention_heads(config)
+    if not first.is_floating_point():
+        return int(first.numel()), attention_heads(config)
+    return patch_tokens(config, tuple(first.shape)), attention_heads(config)
+
+
+def patch_tokens(config: dict[str, Any], shape: Sequence[int]) -> int:
+    """Positions a ViT-style model runs on for an image input of ``shape`` (N, C, H, W):
+    ``N x ((H/patch) x (W/patch) + 1)`` (patch grid plus class token; a DeiT's distillation
+    token is not counted); 0 without a ``patch_size`` in the config or a 4-D input."""
+    patch = config.get("patch_size")
+    if not patch or len(shape) != 4:
+        return 0
+    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[-1]))
+    return int(shape[0]) * ((int(shape[2]) // ph) * (int(shape[3]) // pw) + 1)
 
 
 def attention_heads(config: dict[str, Any]) -> int:

@@ -111,3 +111,30 @@ def test_activations_grow_with_tokens_heads_and_the_plan():
 def test_unknown_format_is_an_error():
     with pytest.raises(ValueError, match="format"):
         memory.predict_peak("tflite", [], nonlayer_bytes=0)
+
+
+def test_workload_counts_a_vits_patches_as_tokens():
+    import torch
+
+    config = {"patch_size": 16, "num_attention_heads": 12}
+    assert memory.workload([torch.zeros(1, 3, 224, 224)], config) == (14 * 14 + 1, 12)  # patches + class token
+    assert memory.workload([torch.zeros(2, 3, 224, 160)], config) == (2 * (14 * 10 + 1), 12)
+    assert memory.workload([torch.zeros(1, 3, 224, 224)], {"num_attention_heads": 12}) == (0, 12)  # a CNN
+    assert memory.workload([torch.zeros(1, 128, dtype=torch.long)], config) == (128, 12)  # token ids
+    assert memory.patch_tokens({"patch_size": [16, 8]}, [1, 3, 32, 32]) == 2 * 4 + 1
+
+
+def test_a_tied_lm_head_is_found_and_costs_an_fp32_linear():
+    embed = LayerInfo("model.embed_tokens", "embedding", (1000, 64), 64_000)
+    fc = LayerInfo("model.layers.0.mlp", "linear", (256, 64), 256 * 64)
+    tied = {"tie_word_embeddings": True, "vocab_size": 1000}
+    assert memory.tied_head([embed, fc], tied, "causal-lm") is embed
+    assert memory.tied_head([embed, fc], {**tied, "tie_word_embeddings": False}, "causal-lm") is None
+    assert memory.tied_head([embed, fc], tied, "sentence-embedding") is None  # no LM head
+    untied_head = LayerInfo("lm_head", "linear", (1000, 64), 64_000)
+    assert memory.tied_head([embed, fc, untied_head], tied, "causal-lm") is None
+    head = memory.LayerHead(embed)
+    assert (head.kind, head.shape, head.params) == ("linear", (1000, 64), 64_000)
+    with_head = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8"), (head, "fp32")], nonlayer_bytes=0)
+    without = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8")], nonlayer_bytes=0)
+    assert with_head.weights_bytes - without.weights_bytes == 4 * 64_000
