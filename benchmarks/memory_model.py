@@ -161,7 +161,8 @@ def main() -> None:
         old = [json.loads(f.read_text()) for f in args.repredict]
         rows = [repredict(r, work) for d in old for r in d["rows"]]
         meta = {k: old[0][k] for k in ("host", "versions", "runs_per_measurement", "processes_per_artifact")}
-        meta["measured_at"] = sorted({d.get("measured_at", "") for d in old})
+        # when each input file was measured (as it recorded)
+        meta["measured_at"] = [d.get("measured_at") for d in old]
         write(args.out, rows, meta)
         return
 

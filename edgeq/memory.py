@@ -192,20 +192,15 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
     schemes = manifest["precision"]["layers"]
     config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
     nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers))
-    head = tied_head(layers, config, model.get("task"))
     pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
-    if head is not None:
+    tied = tied_head(layers, config, model.get("task"))
+    if tied is not None:
         # The lowered program names the shared weight after the head, so the embedding can be
         # recorded as "unused" although its gather reads it: it is stored at the precision asked.
         requested = manifest["precision"].get("requested")
-        pairs = [(x, (requested if requested in _SCHEME_NAMES else "fp32") if s == "unused" and x.fqn == head.fqn
+        pairs = [(x, (requested if requested in _SCHEME_NAMES else "fp32") if s == "unused" and x.fqn == tied.fqn
                   else s) for x, s in pairs]
-        pairs.append((LayerHead(head), "fp32"))
-        if manifest["target"]["format"] == "onnx" and dict(pairs).get(head, "fp32") != "fp32":
-            # A quantized table cannot feed the head's Transpose: the int8 graph dequantizes
-            # it to fp32 at every run (DequantizeLinear, not constant-folded, then Transpose),
-            # the int4 one keeps an fp32 original beside the 4-bit table; a second fp32 copy.
-            pairs.append((LayerHead(head), "fp32"))
+    pairs = with_tied_head(manifest["target"]["format"], pairs, config, model.get("task"))
     recorded = manifest.get("memory", {})
     first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
     is_int = first["dtype"].startswith(("int", "uint"))
@@ -254,9 +249,9 @@ def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -
     ONNX Runtime constant-folds into a second, fp32 initializer when the session loads.
     The plan has no entry for the head, so it is an fp32 linear whatever the embedding's
     scheme (in the .pte files and ONNX graphs of a 50257 x 384 tied head at fp32, int8
-    and int4; ONNX with a quantized table holds a second fp32 copy, see
-    ``predict_from_artifact``). A head is tied when the config says ``tie_word_embeddings`` and no linear
-    produces the vocabulary.
+    and int4; ONNX with a quantized table holds a second fp32 copy). ``with_tied_head``
+    adds these tensors to a plan. A head is tied when the config says
+    ``tie_word_embeddings`` and no linear produces the vocabulary.
     """
     if task != "causal-lm" or not config.get("tie_word_embeddings", False):
         return None
@@ -265,6 +260,23 @@ def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -
     if not embeds or any(x.kind == "linear" and x.shape[0] == vocab for x in layers):
         return None
     return embeds[0]
+
+
+def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, str]], config: dict[str, Any],
+                   task: str | None) -> list[tuple[Any, str]]:
+    """``pairs`` (``(layer, scheme)``, as ``predict_peak`` takes them) plus the tensors a tied
+    LM head adds (``tied_head``): one fp32 linear; on ONNX with a quantized table, two (a
+    quantized table cannot feed the head's Transpose: the int8 graph dequantizes it to fp32
+    at every run, DequantizeLinear being left unfolded, and the int4 one keeps an fp32
+    original beside the 4-bit table). Other models: ``pairs`` unchanged."""
+    out = list(pairs)
+    head = tied_head([layer for layer, _ in pairs], config, task)
+    if head is None:
+        return out
+    out.append((LayerHead(head), "fp32"))
+    if fmt == "onnx" and dict(pairs).get(head, "fp32") != "fp32":
+        out.append((LayerHead(head), "fp32"))
+    return out
 
 
 def workload(example_inputs: Sequence[Any], config: dict[str, Any]) -> tuple[int, int]:

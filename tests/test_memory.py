@@ -138,3 +138,14 @@ def test_a_tied_lm_head_is_found_and_costs_an_fp32_linear():
     with_head = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8"), (head, "fp32")], nonlayer_bytes=0)
     without = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8")], nonlayer_bytes=0)
     assert with_head.weights_bytes - without.weights_bytes == 4 * 64_000
+
+
+def test_with_tied_head_adds_one_fp32_head_or_two_on_onnx_with_a_quantized_table():
+    embed = LayerInfo("embed", "embedding", (1000, 64), 64_000)
+    tied = {"tie_word_embeddings": True, "vocab_size": 1000}
+    for fmt, scheme, copies in (("executorch", "int8", 1), ("onnx", "fp32", 1), ("onnx", "int8", 2),
+                                ("onnx", "int4-g32", 2)):
+        pairs = memory.with_tied_head(fmt, [(embed, scheme), (FC, scheme)], tied, "causal-lm")
+        heads = [(x, s) for x, s in pairs if isinstance(x, memory.LayerHead)]
+        assert len(heads) == copies and all(s == "fp32" and x.embedding is embed for x, s in heads)
+    assert memory.with_tied_head("onnx", [(embed, "int8")], tied, "sentence-embedding") == [(embed, "int8")]
