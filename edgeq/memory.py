@@ -300,9 +300,10 @@ def workload(example_inputs: Sequence[Any], config: dict[str, Any]) -> tuple[int
 def patch_tokens(config: dict[str, Any], shape: Sequence[int]) -> int:
     """Positions a ViT-style model runs on for an image input of ``shape`` (N, C, H, W):
     ``N x ((H/patch) x (W/patch) + 1)`` (patch grid plus class token; a DeiT's distillation
-    token is not counted); 0 without a ``patch_size`` in the config or a 4-D input."""
+    token is not counted); 0 without a 4-D input, a ``patch_size`` or attention heads in the
+    config (ConvNeXt-style CNNs have a ``patch_size`` too: their stem's stride)."""
     patch = config.get("patch_size")
-    if not patch or len(shape) != 4:
+    if not patch or len(shape) != 4 or not attention_heads(config):
         return 0
     ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[-1]))
     return int(shape[0]) * ((int(shape[2]) // ph) * (int(shape[3]) // pw) + 1)

@@ -121,7 +121,8 @@ def test_workload_counts_a_vits_patches_as_tokens():
     assert memory.workload([torch.zeros(2, 3, 224, 160)], config) == (2 * (14 * 10 + 1), 12)
     assert memory.workload([torch.zeros(1, 3, 224, 224)], {"num_attention_heads": 12}) == (0, 12)  # a CNN
     assert memory.workload([torch.zeros(1, 128, dtype=torch.long)], config) == (128, 12)  # token ids
-    assert memory.patch_tokens({"patch_size": [16, 8]}, [1, 3, 32, 32]) == 2 * 4 + 1
+    assert memory.patch_tokens({"patch_size": [16, 8], "n_head": 2}, [1, 3, 32, 32]) == 2 * 4 + 1
+    assert memory.patch_tokens({"patch_size": 4}, [1, 3, 224, 224]) == 0  # a ConvNeXt: a stem stride, no attention
 
 
 def test_a_tied_lm_head_is_found_and_costs_an_fp32_linear():
