@@ -195,7 +195,8 @@ def plan(
     tokens, heads = memory.workload(loaded.example_inputs, loaded.config)
 
     def predict(schemes: dict[str, str]) -> Any:
-        return memory.predict_peak(fmt, [(x, schemes[x.fqn]) for x in layers], nonlayer_bytes=other, tokens=tokens,
+        pairs = memory.with_tied_head(fmt, [(x, schemes[x.fqn]) for x in layers], loaded.config, loaded.task)
+        return memory.predict_peak(fmt, pairs, nonlayer_bytes=other, tokens=tokens,
                                    attention_heads=heads, planned_activation_bytes=planned_activation_bytes)
 
     stored = {x.fqn: [solver.Choice(s, stored_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]

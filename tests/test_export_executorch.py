@@ -119,3 +119,22 @@ def test_minilm_snapdragon8_int8_meets_size_and_fidelity(tmp_path: Path, minilm_
     assert len(rows) == 64 and textdata.sentences("heldout", 1)
     cos = cosines(loaded.module, rows, run_pte(out / "model.pte", rows))
     assert sum(cos) / len(cos) >= 0.995 and min(cos) >= 0.99, (sum(cos) / len(cos), min(cos))
+
+
+def test_tied_embedding_is_not_reported_unused(tmp_path):
+    """torch.export gives a tied LM head's shared weight two placeholders; the embedding's
+    has no users, but the gather reads the same tensor: the layer is used."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    from edgeq.export import export
+
+    m = export(str(tmp_path / "m"), "x86-executorch", precision="fp32", output=tmp_path / "a", samples=2,
+               seq_len=16).manifest
+    assert m["precision"]["layers"]["model.model.embed_tokens"] == "fp32"
+    assert "unused" not in m["precision"]["layers"].values()

@@ -208,9 +208,18 @@ def _unused_layers(program: Any) -> set[str]:
     """Layers whose weight no op reads (e.g. a pooler the wrapper never calls)."""
     unused = set()
     to_param = program.graph_signature.inputs_to_parameters
+    state = program.state_dict
+
+    def storage(name: str) -> int | None:  # tied weights (an LM head sharing the embedding) share it
+        t = state.get(name)
+        return t.untyped_storage().data_ptr() if t is not None else None
+
+    read = {storage(to_param[n.name]) for n in program.graph.nodes
+            if n.op == "placeholder" and n.users and n.name in to_param}
     for node in program.graph.nodes:
-        if node.op == "placeholder" and not node.users and to_param.get(node.name, "").endswith(".weight"):
-            unused.add(to_param[node.name].removesuffix(".weight"))
+        name = to_param.get(node.name, "")
+        if node.op == "placeholder" and not node.users and name.endswith(".weight") and storage(name) not in read:
+            unused.add(name.removesuffix(".weight"))
     return unused
 
 
