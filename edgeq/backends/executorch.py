@@ -210,9 +210,9 @@ def _unused_layers(program: Any) -> set[str]:
     to_param = program.graph_signature.inputs_to_parameters
     state = program.state_dict
 
-    def storage(name: str) -> int | None:  # tied weights (an LM head sharing the embedding) share it
+    def storage(name: str) -> int | None:  # tied weights (an LM head sharing the embedding): one tensor
         t = state.get(name)
-        return t.untyped_storage().data_ptr() if t is not None else None
+        return id(t) if t is not None else None
 
     read = {storage(to_param[n.name]) for n in program.graph.nodes
             if n.op == "placeholder" and n.users and n.name in to_param}
