@@ -153,7 +153,8 @@ def time_cold_sensitivity(model_dir: Path, cache: Path, budget: int) -> dict[str
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"sensitivity child failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
     out = json.loads(lines[-1])
-    out.update(wall_s=wall, child_cpu_s=cpu, other_processes_cpus=round(other.cores, 2), cache_files=len(list(cache.rglob("*.json"))),
+    # OtherLoad counts this process's children as "other": take the timed child's CPU back out.
+    out.update(wall_s=wall, child_cpu_s=cpu, other_processes_cpus=round(max(0.0, other.cores - cpu / wall), 2), cache_files=len(list(cache.rglob("*.json"))),
                loadavg_after=os.getloadavg())
     return out
 
@@ -253,7 +254,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS), help="fractions of FP32 weight bytes")
     ap.add_argument("--sentences", type=int, default=200, help="held-out sentences (same for every row)")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per peak-RSS measurement (median)")
+    ap.add_argument("--repeats", type=int, default=5, help="fresh processes per peak-RSS measurement (median)")
     ap.add_argument("--runs", type=int, default=3, help="inference runs per peak-RSS measurement")
     ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                     help="also plan for x86 (ONNX Runtime) and add the ONNX peers")
@@ -488,7 +489,7 @@ def main() -> int:
     print(f"{len(sentences)} held-out sentences (edgeq.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; cosine vs "
           f"eager FP32 PyTorch; % of FP32 = artifact bytes / {fp32:,} (FP32 weight bytes); memory in MiB: "
           f"attrib = peak RSS - baseline RSS of a fresh process with the runtime imported (median of "
-          f"{args.repeats}), peak = the process's VmHWM; pred = edgeq.memory")
+          f"{args.repeats}; range = min-max over them), peak = the process's VmHWM; pred = edgeq.memory")
     print()
     print(render(rows))
     print()
@@ -551,6 +552,11 @@ def judge(rows: list[Row]) -> list[str]:
             misses.append(f"min cosine {r.cosine_min:.5f} < {MIN_COS_GOAL[1]}")
         r.extra["peers_within_budget"] = [f"{p.method} [{p.format}]" for p in fits]
         r.goal = f"met ({len(fits)} peers fit)" if not misses else f"MISSED ({len(misses)})"
+        if fits:
+            best = max(fits, key=lambda p: (p.cosine_mean, p.cosine_min))
+            notes.append(f"{r.method} {r.format}: most accurate peer within the budget: {best.method} [{best.format}, "
+                         f"{best.pct_fp32:.1f}%], mean {best.cosine_mean:.5f} / min {best.cosine_min:.5f}; plan margin "
+                         f"{r.cosine_mean - best.cosine_mean:+.5f} / {r.cosine_min - best.cosine_min:+.5f}")
         for m in misses:
             notes.append(f"{r.method} {r.format}: goal missed: {m}")
         if r.artifact_bytes > r.budget_bytes:
@@ -586,7 +592,7 @@ def plan_summary(r: Row) -> str:
 
 COLUMNS = (
     ("method", "<"), ("format", "<"), ("bytes", ">"), ("% FP32", ">"), ("pred attrib", ">"), ("pred peak", ">"),
-    ("meas attrib", ">"), ("meas peak", ">"), ("cos mean", ">"), ("cos min", ">"), ("goal", "<"),
+    ("meas attrib", ">"), ("(range)", "<"), ("meas peak", ">"), ("cos mean", ">"), ("cos min", ">"), ("goal", "<"),
 )
 
 
@@ -595,11 +601,12 @@ def _cells(r: Row) -> list[str]:
         return "-" if v is None else f"{v / MIB:.1f}"
 
     if r.error and r.artifact_bytes is None:
-        return [r.method, r.format, "error", "-", "-", "-", "-", "-", "-", "-", r.goal or "-"]
+        return [r.method, r.format, "error", "-", "-", "-", "-", "-", "-", "-", "-", r.goal or "-"]
     return [
         r.method, r.format, f"{r.artifact_bytes:,}" if r.artifact_bytes else "-",
         f"{r.pct_fp32:.1f}" if r.pct_fp32 is not None else "-",
         mib(r.predicted_attrib_bytes), mib(r.predicted_peak_bytes), mib(r.measured_attrib_bytes),
+        "-" if not r.measured_attrib_range else f"{r.measured_attrib_range[0] / MIB:.1f}-{r.measured_attrib_range[1] / MIB:.1f}",
         mib(r.measured_peak_bytes),
         "-" if r.cosine_mean is None else f"{r.cosine_mean:.5f}", "-" if r.cosine_min is None else f"{r.cosine_min:.5f}",
         r.goal or "-",
