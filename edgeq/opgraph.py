@@ -7,9 +7,9 @@ Two sources, one result (a list of ``Op``):
   the final program, with the nodes of each delegated subgraph taken from the lowered
   module's original graph: op, argument references, output shapes and dtypes, which
   delegate runs it. ``ops_from_executorch`` turns that into costed ops.
-- ONNX: the ops come from the .onnx file itself (``ops_from_onnx``), after ONNX
-  Runtime's host-independent graph fusions (the graph its CPU provider runs) and shape
-  inference.
+- ONNX: the ops come from the .onnx file itself (``ops_from_onnx``, in
+  ``edgeq.opgraph_onnx``), after ONNX Runtime's host-independent graph fusions (the
+  graph its CPU provider runs) and shape inference.
 
 Costs are counted, not timed: a linear ``y = x W^T`` with ``x`` of M x K and ``W`` of
 N x K is ``2 M N K`` FLOPs; a convolution ``2 x output elements x (C_in / groups) x
@@ -37,8 +37,9 @@ OPS_FILE = "ops.json"
 OPS_FORMAT_VERSION = 1
 
 # kind: gemm (matrix products, convolutions, attention), elementwise, copy (layout
-# changes, gathers), quantize (dynamic activation quantization), view (no work).
-KINDS = ("gemm", "elementwise", "copy", "quantize")
+# changes, gathers), quantize (dynamic activation quantization), view (a reshape the
+# runtime still dispatches as an op, moving no data).
+KINDS = ("gemm", "elementwise", "copy", "quantize", "view")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Op:
     weight_bytes: float = 0.0
     subgraph: int = -1  # ExecuTorch delegate call it belongs to; -1 when not delegated
     domain: str = ""  # ONNX: op domain ("" standard, "com.microsoft" contrib)
+    shaped: bool = True  # False: an output shape could not be inferred, so the cost is undercounted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,12 +189,16 @@ def _op_name(target: Any) -> str:
     return re.sub(r"\.(out|default|Tensor_out|int_out|Tensor|Scalar_out|Scalar|self_out|IntList_out|dim)$", "", name)
 
 
-_ET_VIEWS = {
-    "getitem", "aten.view_copy", "aten.view", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.squeeze",
-    "aten.unsqueeze", "aten.alias_copy", "aten.detach_copy", "aten._unsafe_view", "executorch_prim.et_view",
-    "aten.sym_size", "aten.lift_fresh_copy", "aten.choose_qparams_affine", "torchao.choose_qparams_affine",
-    "quantized_decomposed.choose_qparams", "quantized_decomposed.choose_qparams_per_token_asymmetric",
+# No work at all (tuple access, memory-planned views, scale computation fused into quantize).
+_ET_FREE = {
+    "getitem", "executorch_prim.et_view", "aten.sym_size", "aten.lift_fresh_copy", "aten.choose_qparams_affine",
+    "torchao.choose_qparams_affine", "quantized_decomposed.choose_qparams",
+    "quantized_decomposed.choose_qparams_per_token_asymmetric",
 }
+# Reshapes: inside a delegate an op with no data movement (XNNPACK's static reshape), a
+# copy when a portable kernel runs them.
+_ET_VIEWS = {"aten.view_copy", "aten.view", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.squeeze",
+             "aten.unsqueeze", "aten.alias_copy", "aten.detach_copy", "aten._unsafe_view"}
 _ET_DEQUANT = {
     "torchao.dequantize_affine", "quantized_decomposed.dequantize_per_tensor",
     "quantized_decomposed.dequantize_per_channel", "quantized_decomposed.dequantize_per_token",
@@ -257,6 +263,11 @@ def ops_from_executorch(data: dict[str, Any]) -> list[Op]:
         src = node["args"][0]
         return isinstance(src, dict) and nodes.get(src["ref"], {}).get("op") in _ET_QUANT
 
+    def _quant_source_op(ref: str) -> str:
+        """The op of the quantize node behind the activation dequantize ``ref``."""
+        args = nodes.get(ref, {}).get("args", [])
+        return nodes.get(args[0]["ref"], {}).get("op", "") if args and isinstance(args[0], dict) else ""
+
     def tensor_bytes(ref: str) -> float:
         v = val(ref)
         return _nbytes(v.get("shape", []), v.get("dtype", "float32")) if v else 0.0
@@ -264,7 +275,7 @@ def ops_from_executorch(data: dict[str, Any]) -> list[Op]:
     ops: list[Op] = []
     for n in data["nodes"]:
         op = n["op"]
-        if op in ("const", "input") or op in _ET_VIEWS:
+        if op in ("const", "input") or op in _ET_FREE:
             continue
         if op in _ET_DEQUANT and (weight_of(n["name"]) is not None or _feeds_only_compute(n, consumers)):
             continue  # folded into the consumer
@@ -274,16 +285,22 @@ def ops_from_executorch(data: dict[str, Any]) -> list[Op]:
         out_elems = _numel(outs[0]["shape"]) if outs else 0
         out_dtype = outs[0]["dtype"] if outs else "float32"
         dtype = _FLOAT.get(out_dtype, "fp32")
+        if op in _ET_VIEWS and n["subgraph"] >= 0:
+            ops.append(_et_op(n, "view", dtype, "", 0.0, 0.0, 0.0, out_elems))
+            continue
         if op in _ET_QUANT:
             if _static_requant(n, nodes):
                 continue  # requantization at the output of a static int8 op: fused into it
+            if n["runtime"] == "xnnpack" and not op.startswith("quantized_decomposed.quantize_per_tensor"):
+                continue  # XNNPACK's dynamically quantized GEMMs quantize their input themselves
             ops.append(_et_op(n, "quantize", "fp32", "", 0.0, tensor_bytes(refs[0]) + out_bytes, 0.0, out_elems))
             continue
         if op in _ET_GEMM:
             users = consumers.get(n["name"], [])
             if len(users) == 1 and _static_requant(users[0], nodes):
                 out_bytes = out_elems  # a static int8 op writes int8
-            ops.append(_et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype))
+            ops.append(_et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype,
+                                _quant_source_op))
             continue
         if op in _ET_COPY:
             if op in _ET_GATHERS:
@@ -338,7 +355,7 @@ def _et_op(n: dict[str, Any], kind: str, dtype: str, weights: str, flops: float,
               flops=float(flops), bytes=float(nbytes), weight_bytes=float(weight_bytes), subgraph=n["subgraph"])
 
 
-def _et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype) -> Op:
+def _et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, out_bytes, dtype, nodes_op) -> Op:
     out = val(n["name"]) if n.get("out") else {}
     out_elems = _numel(out.get("shape", []))
     weights, wbytes, act_bytes, int8_act = "", 0.0, 0.0, False
@@ -368,7 +385,9 @@ def _et_gemm(n, op, refs, val, weight_of, quantized_activation, tensor_bytes, ou
         elif r in operands:
             if quantized_activation(r):
                 int8_act = True
-                act_bytes += tensor_bytes(r) / _ITEMSIZE.get(val(r).get("dtype", "float32"), 4)
+                fused = n["runtime"] == "xnnpack" and "quantize_per_tensor" not in str(nodes_op(r))
+                # XNNPACK reads the fp32 activation and quantizes it inside the GEMM
+                act_bytes += tensor_bytes(r) / (1 if fused else _ITEMSIZE.get(val(r).get("dtype", "float32"), 4))
             else:
                 act_bytes += tensor_bytes(r)
     compute = "int8" if int8_act else dtype
@@ -415,228 +434,8 @@ def _static_requant(node: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> b
     return src is not None and src["op"] not in ("input", "const")
 
 
-# ------------------------------------------------------------------------------ ONNX
-
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16", 21: "uint4", 22: "int4"}
-_ONNX_VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant",
-               "ConstantOfShape", "Dropout"}
-_ONNX_COPY = {"Transpose", "Expand", "Concat", "Slice", "Split", "Tile", "Pad", "Cast", "Gather", "GatherND",
-              "GatherElements", "GatherBlockQuantized", "ScatterND", "Range", "Trilu", "CastLike"}
-_ONNX_GATHERS = {"Gather", "GatherND", "GatherElements", "GatherBlockQuantized"}
-_ONNX_GEMM = {"MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "MatMulInteger", "MatMulIntegerToFloat",
-              "DynamicQuantizeMatMul", "FusedGemm", "Conv", "FusedConv", "ConvInteger", "QLinearConv",
-              "QLinearMatMul", "Attention", "MultiHeadAttention", "GroupQueryAttention", "ConvTranspose"}
-_ONNX_QUANT = {"DynamicQuantizeLinear", "QuantizeLinear"}
-
-
 def ops_from_onnx(model_file: str | Path) -> list[Op]:
-    """Costed ops of an ONNX model, as ONNX Runtime's CPU provider runs it.
+    """Costed ops of an ONNX model (see ``edgeq.opgraph_onnx``)."""
+    from edgeq.opgraph_onnx import ops_from_onnx as from_onnx
 
-    The graph is first optimized by ONNX Runtime at the ``extended`` level (fusions such
-    as LayerNorm + residual, bias + GELU, bias into MatMulNBits; no host-specific layouts),
-    so the op count and memory passes are the ones a session runs.
-    """
-    import tempfile
-
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="edgeq-ops-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        _ort_optimize(Path(model_file), optimized)
-        model = onnx.load(str(optimized), load_external_data=False)
-    shapes = _onnx_shapes(model)
-    return _onnx_costs(model, shapes)
-
-
-def _ort_optimize(src: Path, dst: Path) -> None:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
-    # Weights go to a side file that is never read back: only their shapes are needed.
-    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
-    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    try:
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ArtifactError(f"ONNX Runtime cannot load {src}: {str(exc).splitlines()[0][:200]}",
-                            "the file is corrupt or not an ONNX model; re-run 'edgeq export'") from None
-
-
-def _onnx_shapes(model: Any) -> dict[str, tuple[list[int], str]]:
-    """name → (shape, dtype) for every value, in one pass over the (topologically sorted)
-    graph: ONNX's per-node shape inference for standard ops, the rules in
-    ``_contrib_shape`` for ONNX Runtime's contrib ops. Unknown values are left out."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    known: dict[str, tuple[list[int], str]] = {}
-    data: dict[str, Any] = {}  # small constant tensors (shapes, axes) for Reshape and friends
-    for t in model.graph.initializer:
-        known[t.name] = (list(t.dims), _ONNX_DTYPES.get(t.data_type, "float32"))
-        if t.data_type == 7 and t.HasField("raw_data") or (t.data_type == 7 and len(t.int64_data)):
-            data[t.name] = t
-    for v in model.graph.input:
-        tt = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if None not in dims:
-            known[v.name] = (dims, _ONNX_DTYPES.get(tt.elem_type, "float32"))
-    codes = {v: k for k, v in _ONNX_DTYPES.items()}
-    opsets = list(model.opset_import)
-    for node in model.graph.node:
-        if node.domain in ("", "ai.onnx"):
-            if node.op_type == "Constant":
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    known[node.output[0]] = (list(value.dims), _ONNX_DTYPES.get(value.data_type, "float32"))
-                    data[node.output[0]] = value
-                continue
-            if node.op_type == "Shape" and node.input[0] in known:
-                arr = numpy_helper.from_array(__import__("numpy").array(known[node.input[0]][0], dtype="int64"))
-                known[node.output[0]] = ([len(known[node.input[0]][0])], "int64")
-                data[node.output[0]] = arr
-                continue
-            if any(i and i not in known for i in node.input):
-                continue
-            try:
-                schema = onnx.defs.get_schema(node.op_type, max(o.version for o in opsets if o.domain in ("", "ai.onnx")))
-                types = {i: helper.make_tensor_type_proto(codes[known[i][1]], known[i][0]) for i in node.input if i}
-                outs = onnx.shape_inference.infer_node_outputs(
-                    schema, node, types, {i: data[i] for i in node.input if i in data}, opset_imports=opsets)
-            except Exception:  # noqa: BLE001 - an op ONNX cannot infer here: its outputs stay unknown
-                continue
-            for name, tp in outs.items():
-                tt = tp.tensor_type
-                dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-                if tt.HasField("shape") and None not in dims:
-                    known[name] = (dims, _ONNX_DTYPES.get(tt.elem_type, "float32"))
-        else:
-            known.update({k: v for k, v in _contrib_shape(node, known).items() if k})
-    return known
-
-
-def _contrib_shape(node: Any, known: dict[str, tuple[list[int], str]]) -> dict[str, tuple[list[int], str]]:
-    """Output shapes of ONNX Runtime contrib ops from their inputs' shapes and attributes."""
-    import onnx
-
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    ins = [known.get(i) for i in node.input]
-    if not ins or ins[0] is None:
-        return {}
-    shape, dtype = ins[0]
-    op = node.op_type
-    if op == "MatMulNBits":
-        return {node.output[0]: (shape[:-1] + [int(attrs["N"])], dtype)}
-    if op in ("FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul") and len(ins) > 1 and ins[1]:
-        a, b = list(shape), list(ins[1][0])
-        if attrs.get("transA"):
-            a[-2:] = a[-2:][::-1]
-        if attrs.get("transB"):
-            b[-2:] = b[-2:][::-1]
-        batch = a[:-2] if len(a) >= len(b) else b[:-2]
-        out_dtype = "float32" if op != "FusedMatMul" else dtype
-        return {node.output[0]: (batch + [a[-2], b[-1]], out_dtype)}
-    if op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu", "QuickGelu",
-              "Gelu", "BiasAdd", "BiasSoftmax", "LayerNormalization", "SimplifiedLayerNormalization",
-              "RotaryEmbedding", "FusedConv", "NhwcConv"):
-        out = {node.output[0]: (shape, dtype)}
-        if op.startswith("Skip") and len(node.output) > 3 and node.output[3]:
-            out[node.output[3]] = (shape, dtype)  # input + skip (+ bias), kept for the next residual
-        return out
-    if op == "GatherBlockQuantized" and len(ins) > 1 and ins[1]:
-        data, idx = list(shape), ins[1][0]
-        axis = int(attrs.get("gather_axis", 0))
-        bits = int(attrs.get("bits", 4))
-        if dtype == "uint8":  # packed: two 4-bit values per byte along the last axis
-            data[-1] = data[-1] * (8 // bits)
-        out_dtype = known.get(node.input[2], (None, "float32"))[1] if len(node.input) > 2 else "float32"
-        return {node.output[0]: (data[:axis] + list(idx) + data[axis + 1:], out_dtype)}
-    if op == "DynamicQuantizeLinear":
-        return {node.output[0]: (shape, "uint8"), node.output[1]: ([], "float32"), node.output[2]: ([], "uint8")}
-    if op in ("Attention", "MultiHeadAttention"):
-        return {node.output[0]: (shape, dtype)}
-    return {}
-
-
-def _onnx_costs(model: Any, shapes: dict[str, tuple[list[int], str]]) -> list[Op]:
-    import onnx
-
-    inits = {t.name for t in model.graph.initializer}
-    ops: list[Op] = []
-
-    def nbytes(name: str) -> float:
-        if not name or name not in shapes:
-            return 0.0
-        s, d = shapes[name]
-        return _nbytes(s, d)
-
-    for i, node in enumerate(model.graph.node):
-        op = node.op_type
-        if op in _ONNX_VIEWS:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        name = node.name or f"{op}_{i}"
-        outs = [shapes.get(o) for o in node.output if o]
-        out_shape, out_dtype = outs[0] if outs and outs[0] else ([], "float32")
-        out_elems = _numel(out_shape)
-        out_bytes = sum(_nbytes(s, d) for s, d in (o for o in outs if o))
-        weight_bytes = sum(nbytes(x) for x in node.input if x in inits)
-        act_bytes = sum(nbytes(x) for x in node.input if x and x not in inits)
-        dtype = _FLOAT.get(out_dtype, "fp32")
-        weights = ""
-        if op in _ONNX_GEMM:
-            a = shapes.get(node.input[0], ([1], "float32"))[0]
-            if op == "MatMulNBits":
-                k = int(attrs["K"])
-                flops = 2.0 * out_elems * k
-                weights = f"int{int(attrs.get('bits', 4))}"
-                # accuracy_level 4: activations quantized to int8 per block, int8 dot products.
-                dtype = "int8" if int(attrs.get("accuracy_level", 0)) == 4 else dtype
-            elif op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose"):
-                w_in = node.input[3] if op == "QLinearConv" else node.input[1]
-                w = shapes.get(w_in, ([1, 1], "float32"))[0]
-                flops = 2.0 * out_elems * _numel(w[1:]) if op != "ConvTranspose" else 2.0 * _numel(a) * _numel(w[1:])
-                weights = _FLOAT.get(shapes.get(w_in, ([], ""))[1], "int8") if w_in in inits else ""
-                dtype = "int8" if op in ("ConvInteger", "QLinearConv") else dtype
-            elif op in ("Attention", "MultiHeadAttention", "GroupQueryAttention"):
-                seq, hidden = (a[-2], a[-1]) if len(a) >= 2 else (1, 1)
-                flops = 4.0 * _numel(a[:-1]) * seq * hidden
-                if op == "Attention" and len(node.input) > 1:
-                    w = shapes.get(node.input[1], ([hidden, hidden], ""))[0]
-                    flops += 2.0 * _numel(a[:-1]) * _numel(w)
-            else:
-                if attrs.get("transA") and len(a) >= 2:
-                    a = a[:-2] + a[-2:][::-1]
-                flops = 2.0 * out_elems * (a[-1] if a else 1)
-                if op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"):
-                    dtype = "int8"
-                weights = next((_FLOAT.get(shapes[x][1], "int8") for x in node.input[1:2] if x in inits), "")
-            ops.append(Op(name, op, "gemm", dtype, weights, "onnx", flops, weight_bytes + act_bytes + out_bytes,
-                          weight_bytes, domain=node.domain))
-        elif op in _ONNX_QUANT:
-            ops.append(Op(name, op, "quantize", "fp32", "", "onnx", float(out_elems), act_bytes + out_bytes,
-                          domain=node.domain))
-        elif op in _ONNX_GATHERS:
-            data = shapes.get(node.input[0], ([], "float32"))
-            per = _ITEMSIZE.get(data[1], 4) * (0.5 if op == "GatherBlockQuantized" and attrs.get("bits", 4) == 4 else 1)
-            if op == "GatherBlockQuantized" and data[1] == "uint8":
-                per = 0.5
-            idx = sum(nbytes(x) for x in node.input[1:2])
-            stored = ("int4" if op == "GatherBlockQuantized" else _FLOAT.get(data[1], data[1])) if node.input[0] in inits else ""
-            ops.append(Op(name, op, "copy", dtype, stored, "onnx", 0.0, out_elems * per + idx + out_bytes,
-                          domain=node.domain))
-        elif op in _ONNX_COPY:
-            moved = act_bytes + (weight_bytes if op not in ("Expand", "Range") else 0)
-            ops.append(Op(name, op, "copy", dtype, "", "onnx", 0.0, moved + out_bytes, domain=node.domain))
-        else:
-            elems = max([out_elems] + [_numel(shapes[x][0]) for x in node.input if x in shapes])
-            flops = elems * _FLOPS_PER_ELEMENT.get(op, 1)
-            stored = ""
-            if op == "DequantizeLinear" and node.input[0] in inits:
-                stored = _FLOAT.get(shapes.get(node.input[0], ([], "int8"))[1], "int8")
-            ops.append(Op(name, op, "elementwise", dtype, stored, "onnx", float(flops),
-                          act_bytes + weight_bytes + out_bytes, weight_bytes, domain=node.domain))
-    return ops
+    return from_onnx(model_file)
