@@ -45,6 +45,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The ExecuTorch pybindings load torch, whose OpenMP pool (a thread per core) spins beside
+# XNNPACK's threads after each parallel region: on a 2-core host that halves XNNPACK's
+# two-thread speed. No ExecuTorch app on a device has that pool, so every run here (and
+# the runner processes edgeq's host profiler starts, which inherit it) limits it to one.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -520,7 +525,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--idle-wait", type=float, default=30.0, help="seconds to wait for a quiet host per measurement")
     ap.add_argument("--bandwidth", type=float, help="host bandwidth GB/s (default: measured now)")
-    ap.add_argument("--refit", action="store_true", help="reuse the measurements in --work; only fit")
+    ap.add_argument("--refit", nargs="*", type=Path, metavar="MEASUREMENTS",
+                    help="only fit, on measurements saved by earlier runs (default: --work's measurements.json; "
+                         "several files are pooled, the bandwidth is the first one's)")
     ap.add_argument("--no-write", action="store_true", help="do not write edgeq/efficiency_fitted.json")
     args = ap.parse_args()
     quiet()
@@ -529,9 +536,11 @@ def main() -> None:
 
     from edgeq.emulate import host_profile
 
-    if args.refit:
-        stored = json.loads(raw.read_text())
-        measurements, bandwidth = stored["measurements"], stored["bandwidth_gbps"]
+    if args.refit is not None:
+        files = args.refit or [raw]
+        stored = [json.loads(f.read_text()) for f in files]
+        measurements = [m for st in stored for m in st["measurements"]]
+        bandwidth = stored[0]["bandwidth_gbps"]
     else:
         models = {k: FIT_MODELS[k] for k in args.models}
         arts = artifacts_for(models, args.work, list(FORMATS), list(PRECISIONS))

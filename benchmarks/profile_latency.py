@@ -35,6 +35,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The ExecuTorch pybindings load torch, whose OpenMP pool (a thread per core) spins beside
+# XNNPACK's threads after each parallel region: on a 2-core host that halves XNNPACK's
+# two-thread speed. No ExecuTorch app on a device has that pool, so every run here (and
+# the runner processes edgeq's host profiler starts, which inherit it) limits it to one.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -91,6 +96,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--idle-wait", type=float, default=30.0)
     ap.add_argument("--per-target", action="store_true", help="also MiniLM for every built-in target")
+    ap.add_argument("--export-only", action="store_true", help="export the artifacts into --work, measure nothing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     quiet()
@@ -100,6 +106,17 @@ def main() -> None:
     from edgeq.emulate import estimate, host_profile
     from edgeq.targets import builtin_names, load_profile
 
+    arts = []
+    for name in args.models:  # every export first: measuring runs on a host no export is loading
+        kind, config, seq = BENCH_MODELS[name]
+        source = model_source(kind, config, name, args.work)
+        for fmt in args.formats:
+            for precision in args.precisions:
+                arts.append((name, fmt, precision,
+                             ensure_artifact(args.work / f"{name}-{fmt}-{precision}", source, fmt, precision, seq)))
+    per_target_arts = export_per_target(args.work) if args.per_target else []
+    if args.export_only:
+        return
     if not fitted():
         sys.exit("edgeq/efficiency_fitted.json is missing: run benchmarks/fit_emulation.py first")
     devices = builtin_names("profiles")
@@ -111,41 +128,35 @@ def main() -> None:
     laptop = load_profile("x86-avx2-laptop")
 
     rows = []
-    for name in args.models:
-        kind, config, seq = BENCH_MODELS[name]
-        source = model_source(kind, config, name, args.work)
-        for fmt in args.formats:
-            for precision in args.precisions:
-                art = ensure_artifact(args.work / f"{name}-{fmt}-{precision}", source, fmt, precision, seq)
-                m = measure_row(art, args.runs, args.warmup, args.threads, args.idle_wait)
-                t = m["threads"]
-                est_host = estimate(art, host, threads=t)
-                est_host1 = estimate(art, host, threads=1)
-                est_laptop = estimate(art, laptop, threads=t)
-                cpu1 = m["cpu_1thread_ms"]["cpu_p50"]
-                row = {
-                    "model": name, "format": fmt, "precision": precision, "threads": t,
-                    "measured": m, "measured_p50_ms": m["latency_ms"]["p50"],
-                    "estimate_host_ms": est_host["latency_ms"],
-                    "error_host_pct": round(err(est_host["latency_ms"], m["latency_ms"]["p50"]), 1),
-                    "cpu_1thread_ms": cpu1, "estimate_host_1thread_ms": est_host1["latency_ms"],
-                    "error_host_1thread_pct": round(err(est_host1["latency_ms"], cpu1), 1),
-                    "estimate_x86_laptop_ms": est_laptop["latency_ms"],
-                    "error_x86_laptop_pct": round(err(est_laptop["latency_ms"], m["latency_ms"]["p50"]), 1),
-                    "bound_share_host": est_host["bound_share"], "gflop": est_host["totals"]["gflop"],
-                    "mb_moved": est_host["totals"]["mb_moved"],
-                    "devices_ms": {d: estimate(art, load_profile(d))["latency_ms"] for d in devices},
-                    "device_threads": {d: estimate(art, load_profile(d))["threads"]["used"] for d in devices},
-                }
-                rows.append(row)
-                log(f"{art.name}: measured p50 {row['measured_p50_ms']:.2f} ms (t={t}), estimate "
-                    f"{row['estimate_host_ms']:.2f} ms ({row['error_host_pct']:+.1f}%); 1-thread CPU time "
-                    f"{cpu1:.2f} ms, estimate {row['estimate_host_1thread_ms']:.2f} ms "
-                    f"({row['error_host_1thread_pct']:+.1f}%); others used {m['other_load_cores']:.2f} cores")
+    for name, fmt, precision, art in arts:
+        m = measure_row(art, args.runs, args.warmup, args.threads, args.idle_wait)
+        t = m["threads"]
+        est_host = estimate(art, host, threads=t)
+        est_host1 = estimate(art, host, threads=1)
+        est_laptop = estimate(art, laptop, threads=t)
+        cpu1 = m["cpu_1thread_ms"]["cpu_p50"]
+        device_est = {d: estimate(art, load_profile(d)) for d in devices}
+        row = {
+            "model": name, "format": fmt, "precision": precision, "threads": t,
+            "measured": m, "measured_p50_ms": m["latency_ms"]["p50"],
+            "estimate_host_ms": est_host["latency_ms"],
+            "error_host_pct": round(err(est_host["latency_ms"], m["latency_ms"]["p50"]), 1),
+            "cpu_1thread_ms": cpu1, "estimate_host_1thread_ms": est_host1["latency_ms"],
+            "error_host_1thread_pct": round(err(est_host1["latency_ms"], cpu1), 1),
+            "estimate_x86_laptop_ms": est_laptop["latency_ms"],
+            "error_x86_laptop_pct": round(err(est_laptop["latency_ms"], m["latency_ms"]["p50"]), 1),
+            "bound_share_host": est_host["bound_share"], "gflop": est_host["totals"]["gflop"],
+            "mb_moved": est_host["totals"]["mb_moved"],
+            "devices_ms": {d: estimate(art, load_profile(d))["latency_ms"] for d in devices},
+            "device_threads": {d: estimate(art, load_profile(d))["threads"]["used"] for d in devices},
+        }
+        rows.append(row)
+        log(f"{art.name}: measured p50 {row['measured_p50_ms']:.2f} ms (t={t}), estimate "
+            f"{row['estimate_host_ms']:.2f} ms ({row['error_host_pct']:+.1f}%); 1-thread CPU time "
+            f"{cpu1:.2f} ms, estimate {row['estimate_host_1thread_ms']:.2f} ms "
+            f"({row['error_host_1thread_pct']:+.1f}%); others used {m['other_load_cores']:.2f} cores")
 
-    per_target = []
-    if args.per_target:
-        per_target = run_per_target(args.work, estimate, load_profile)
+    per_target = estimate_per_target(per_target_arts, estimate, load_profile)
 
     print_tables(rows, devices, per_target, host)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,26 +170,39 @@ def main() -> None:
     print(f"\nwrote {args.out}")
 
 
-def run_per_target(work: Path, estimate: Any, load_profile: Any) -> list[dict[str, Any]]:
-    """MiniLM exported for each built-in target at its default precision, estimated on its device."""
+def export_per_target(work: Path) -> list[tuple[str, str, Path | str]]:
+    """MiniLM exported for each built-in target at its default precision: (target, device,
+    artifact dir or the export's error)."""
     from edgeq.export import export
     from edgeq.targets import builtin_names, load_target
 
     source = model_source("minilm", {}, "minilm", work)
-    out = []
+    out: list[tuple[str, str, Path | str]] = []
     for tname in builtin_names("targets"):
-        target = load_target(tname).target
+        device = load_target(tname).target.device
         art = work / "targets" / f"minilm-{tname}"
-        if not (art / "manifest.json").exists():
+        if not (art / "manifest.json").exists() or not any(art.glob("model.*")):
             log(f"exporting {art.name}")
             try:
                 export(source, tname, output=art, force=True, samples=4)
             except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
-                out.append({"target": tname, "device": target.device, "error": str(exc).splitlines()[0][:160]})
+                out.append((tname, device, str(exc).splitlines()[0][:160]))
                 continue
+        out.append((tname, device, art))
+    return out
+
+
+def estimate_per_target(arts: list[tuple[str, str, Path | str]], estimate: Any, load_profile: Any
+                        ) -> list[dict[str, Any]]:
+    """Each per-target artifact estimated on its target's device."""
+    out = []
+    for tname, device, art in arts:
+        if not isinstance(art, Path):
+            out.append({"target": tname, "device": device, "error": art})
+            continue
         manifest = json.loads((art / "manifest.json").read_text())
-        est = estimate(art, load_profile(target.device))
-        out.append({"target": tname, "device": target.device, "format": target.format,
+        est = estimate(art, load_profile(device))
+        out.append({"target": tname, "device": device, "format": manifest["target"]["format"],
                     "precision": manifest["precision"]["requested"], "delegates_used": manifest["delegation"]["used"],
                     "estimate_ms": est["latency_ms"], "by_unit_ms": est["by_unit_ms"],
                     "bound_share": est["bound_share"], "threads": est["threads"]["used"],
