@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ def ops_from_artifact(artifact_dir: str | Path) -> list[Op]:
 
     manifest, model_file = read_artifact(Path(artifact_dir))
     if model_file.suffix == ".onnx":
-        return ops_from_onnx(model_file)
+        st = model_file.stat()  # optimizing a large graph takes seconds: estimates for several devices share it
+        return list(_onnx_ops_cached(str(model_file.resolve()), st.st_mtime_ns, st.st_size))
     path = model_file.parent / OPS_FILE
     if not path.exists():
         raise ArtifactError(f"{model_file.parent} has no {OPS_FILE} (the per-op graph emulated profiling needs)",
@@ -432,6 +434,11 @@ def _static_requant(node: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> b
         return False
     src = nodes.get(args[0]["ref"]) if isinstance(args[0], dict) else None
     return src is not None and src["op"] not in ("input", "const")
+
+
+@lru_cache(maxsize=8)
+def _onnx_ops_cached(path: str, mtime_ns: int, size: int) -> tuple[Op, ...]:
+    return tuple(ops_from_onnx(path))
 
 
 def ops_from_onnx(model_file: str | Path) -> list[Op]:
