@@ -394,8 +394,9 @@ def _least_squares(samples: list[dict[str, Any]], profile: Any, keys: list[tuple
         v = np.concatenate([np.exp(x), const_values])
         res = []
         for s, c in zip(samples, compiled):
-            peak = c["peak1"] + v[c["p"]] * (c["peakT"] - c["peak1"])
-            t_op = np.maximum(c["flops"] / (peak * v[c["c"]]), c["bytes"] / (c["bw"] * v[c["m"]]))
+            speedup = 1.0 + v[c["p"]] * (c["peakT"] / c["peak1"] - 1.0)
+            t_op = np.maximum(c["flops"] / (c["peak1"] * speedup * v[c["c"]]),
+                              c["bytes"] / (c["bw"] * v[c["m"]] * speedup))
             t_op = t_op + v[c["o"]] * 1e-6
             fixed_s = sum(n * v[i] for n, i in c["calls"]) * 1e-6 + v[c["run"]] * 1e-6
             res.append(2.0 * math.log((t_op.sum() + fixed_s) * 1e3 / s["target"]))
@@ -541,6 +542,7 @@ def main() -> None:
         stored = [json.loads(f.read_text()) for f in files]
         measurements = [m for st in stored for m in st["measurements"]]
         bandwidth = stored[0]["bandwidth_gbps"]
+        measured_at = ", ".join(st.get("measured_at", "?") for st in stored)
     else:
         models = {k: FIT_MODELS[k] for k in args.models}
         arts = artifacts_for(models, args.work, list(FORMATS), list(PRECISIONS))
@@ -554,8 +556,9 @@ def main() -> None:
             log(f"{Path(art['path']).name}: CPU time {m['cpu_ms']['cpu_p50']:.3f} ms at 1 thread; wall p50 "
                 f"{m['latency_ms_1thread']['p50']:.3f} / {m['latency_ms_2threads']['p50']:.3f} ms at 1 / 2 threads "
                 f"(others used {m['other_load_cores']:.2f} cores)")
-        raw.write_text(json.dumps({"bandwidth_gbps": bandwidth, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                   time.gmtime()), "measurements": measurements}, indent=1))
+        measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        raw.write_text(json.dumps({"bandwidth_gbps": bandwidth, "measured_at": measured_at,
+                                   "measurements": measurements}, indent=1))
     profile = host_profile(bandwidth_gbps=bandwidth)
     samples = load_samples(measurements, profile)
     log(f"fitting {len(samples)} measurements")
@@ -565,6 +568,7 @@ def main() -> None:
                "within_25pct": f"{sum(e <= 25 for e in errors)}/{len(errors)}"}
     provenance = {
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "measured_at": measured_at,
         "script": "benchmarks/fit_emulation.py",
         "host": {"cpu": profile.display_name, "cores": profile.cpu.cores, "ghz": profile.cpu.clusters[0].max_ghz,
                  "fp32_flops_per_cycle": profile.cpu.clusters[0].fp32_flops_per_cycle,
@@ -576,6 +580,14 @@ def main() -> None:
                 f"'parallel' from {detail['parallel']['samples']} two-thread wall-clock medians taken while other "
                 "processes were quiet" + (f" ({detail['parallel']['note']})" if "note" in detail["parallel"] else ""),
         "excluded": "the models of benchmarks/profile_latency.py (MiniLM, its BERT and Llama) are not in the fit set",
+        "notes": [
+            "peaks are at the clock /proc/cpuinfo reports; a GEMM factor above 1 means the cores ran faster than that "
+            "(turbo), so on profiles whose peaks are at max clock the CPU estimates lean optimistic by that ratio",
+            "memory is a fraction of a one-thread copy of a buffer far larger than the caches; factors above 1 mean "
+            "the ops' traffic stayed in cache (activations of these models fit in L2/L3)",
+            "ExecuTorch runs had OMP_NUM_THREADS=1: torch's OpenMP pool, loaded by the pybindings, otherwise "
+            "spins beside XNNPACK's threads",
+        ],
         "versions": _versions(),
         "residuals": summary,
     }

@@ -151,13 +151,17 @@ def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: Dev
         table, source = lookup(runtime, unit)
         used.setdefault(f"{runtime}/{unit}", {"source": source, **table})
         peak_dtype, peak = _peak(profile, unit, dtype, 1 if op.runtime == "portable" else threads)
+        speedup = 1.0
         if unit == "cpu" and op.runtime != "portable" and threads > 1:
-            # Threads beyond the first add their cores' peak times the parallel factor.
+            # Threads beyond the first add their cores' share times the parallel factor, to
+            # compute and to memory-bound ops alike (the fitted memory factor is mostly
+            # cache-resident traffic, which each core brings its own bandwidth for).
             one = _peak(profile, unit, dtype, 1)[1]
-            peak = one + table.get("parallel", 1.0) * (peak - one)
+            speedup = 1.0 + table.get("parallel", 1.0) * (peak / one - 1.0)
+            peak = one * speedup
         eff_c = _compute_factor(table, op.kind, dtype, op.weights, op.op)
         t_compute = op.flops / (peak * eff_c) if op.flops else 0.0
-        t_memory = op.bytes / (bandwidth * table["memory"]) if op.bytes else 0.0
+        t_memory = op.bytes / (bandwidth * table["memory"] * speedup) if op.bytes else 0.0
         t_fixed = table["op_us"] * 1e-6 * (clock_scale if unit == "cpu" else 1.0)
         bound = "compute" if t_compute >= t_memory else "memory"
         if bound == "compute":
