@@ -72,16 +72,25 @@ def err(estimate: float, measured: float) -> float:
     return 100.0 * (estimate - measured) / measured
 
 
-def measure_row(path: Path, runs: int, warmup: int, threads: int | None, idle_wait: float) -> dict[str, Any]:
+def measure_row(path: Path, runs: int, warmup: int, threads: int | None, idle_wait: float,
+                processes: int) -> dict[str, Any]:
     """edgeq's host profile (wall clock, the target's threads) and the one-thread CPU time
-    per run (timed with the runtime directly; unaffected by other processes taking the core)."""
+    per run (timed with the runtime directly; unaffected by other processes taking the
+    core), each the median over ``processes`` fresh processes (one process's speed varies
+    by 10-20% with where its memory lands)."""
+    import statistics
+
     from edgeq.profiling import profile_host
 
     waited, _ = wait_for_idle(idle_wait)
     with OtherLoad() as load:
-        report = profile_host(path, runs=runs, warmup=warmup, threads=threads, ops=False)
-        cpu = time_cpu(path, runs, warmup)
-    return {"latency_ms": report["latency_ms"], "threads": report["threads"]["used"], "cpu_1thread_ms": cpu,
+        reports = [profile_host(path, runs=runs, warmup=warmup, threads=threads, ops=False) for _ in range(processes)]
+        cpus = [time_cpu(path, runs, warmup) for _ in range(processes)]
+    latency = {k: statistics.median(r["latency_ms"][k] for r in reports) for k in reports[0]["latency_ms"]}
+    cpu = {k: statistics.median(c[k] for c in cpus) for k in cpus[0]}
+    return {"latency_ms": latency, "p50_ms_per_process": [r["latency_ms"]["p50"] for r in reports],
+            "threads": reports[0]["threads"]["used"], "cpu_1thread_ms": cpu,
+            "cpu_1thread_ms_per_process": [c["cpu_p50"] for c in cpus], "processes": processes,
             "other_load_cores": round(load.cores, 2), "waited_s": waited}
 
 
@@ -94,9 +103,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="threads for the host measurement (default: the target's, capped)")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--processes", type=int, default=3, help="fresh processes per measurement (the median is kept)")
     ap.add_argument("--idle-wait", type=float, default=30.0)
     ap.add_argument("--per-target", action="store_true", help="also MiniLM for every built-in target")
     ap.add_argument("--export-only", action="store_true", help="export the artifacts into --work, measure nothing")
+    ap.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
+                    help="take the measurements from an earlier run's results; only estimate again")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     quiet()
@@ -127,9 +139,14 @@ def main() -> None:
         f"bandwidth {host.memory.bandwidth_gbps:g} GB/s (measured when the factors were fitted)")
     laptop = load_profile("x86-avx2-laptop")
 
+    earlier = {}
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        earlier = {(r["model"], r["format"], r["precision"]): r["measured"] for r in old["rows"]}
     rows = []
     for name, fmt, precision, art in arts:
-        m = measure_row(art, args.runs, args.warmup, args.threads, args.idle_wait)
+        m = earlier.get((name, fmt, precision)) or measure_row(art, args.runs, args.warmup, args.threads,
+                                                               args.idle_wait, args.processes)
         t = m["threads"]
         est_host = estimate(art, host, threads=t)
         est_host1 = estimate(art, host, threads=1)
@@ -163,6 +180,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "what": "host-measured p50 (edgeq.profiling.profile_host) vs edgeq.emulate estimates; held-out models",
         "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "measurements_from": str(args.reuse) if args.reuse else "this run",
         "host_profile": host.model_dump(), "efficiency_fitted_at": fitted().get("fitted_at"),
         "goal_pct": GOAL, "versions": _versions(), "runs": args.runs, "warmup": args.warmup,
         "rows": rows, "per_target": per_target,
@@ -214,7 +232,8 @@ def print_tables(rows: list[dict[str, Any]], devices: list[str], per_target: lis
     print(f"\nMeasured on this host vs emulated ESTIMATES (ms). Host: {host.display_name}. Estimates use factors "
           f"fitted on other models (held out). ✗ = outside ±{GOAL:g}%.")
     print("p50: edgeq's host profiler, wall clock, the target's threads (capped at this host's cores); CPU 1t: "
-          "median CPU time per run at one thread, timed with the runtime directly (what a quiet core would take).")
+          "median CPU time per run at one thread, timed with the runtime directly (what a quiet core would take); "
+          "each the median over fresh processes.")
     head = ("model", "format", "prec", "GFLOP", "thr", "p50", "est. host", "err", "CPU 1t", "est. host 1t", "err",
             "est. x86 laptop", "err vs p50", "others (cores)")
     print("| " + " | ".join(head) + " |")

@@ -16,7 +16,8 @@ Keys per runtime: ``gemm.<dtype>`` / ``gemm`` / ``compute`` (fraction of one cor
 FLOPs for matrix products, then for everything else), ``parallel`` (what each further
 thread adds, as a fraction of its core's peak), ``memory`` (fraction of memory
 bandwidth), ``op_us`` (fixed cost per op), ``call_us`` (per delegate call), ``run_us`` (per
-inference).
+inference), ``slowdown.<op>`` (a multiplier on one op type's roofline time, for a kernel
+far slower than the rest of its kind).
 """
 
 from __future__ import annotations

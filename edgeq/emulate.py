@@ -162,6 +162,8 @@ def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: Dev
         eff_c = _compute_factor(table, op.kind, dtype, op.weights, op.op)
         t_compute = op.flops / (peak * eff_c) if op.flops else 0.0
         t_memory = op.bytes / (bandwidth * table["memory"] * speedup) if op.bytes else 0.0
+        slowdown = table.get(f"slowdown.{op.op}", 1.0)  # a kernel far slower than its kind (fitted)
+        t_compute, t_memory = t_compute * slowdown, t_memory * slowdown
         t_fixed = table["op_us"] * 1e-6 * (clock_scale if unit == "cpu" else 1.0)
         bound = "compute" if t_compute >= t_memory else "memory"
         if bound == "compute":

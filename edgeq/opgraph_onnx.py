@@ -130,8 +130,9 @@ def _contrib_shape(node: Any, known: dict[str, tuple[list[int], str]]) -> dict[s
     if op == "MatMulNBits":
         return {node.output[0]: (shape[:-1] + [int(attrs["N"])], dtype)}
     if op == "FusedConv":  # Conv + activation: a Conv's output shape
-        conv = onnx.helper.make_node("Conv", list(node.input[:3]), [node.output[0]], **{
-            k: v for k, v in attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")})
+        keep = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+        conv = onnx.helper.make_node("Conv", list(node.input[:3]), [node.output[0]],
+                                     **{k: v for k, v in attrs.items() if k in keep})
         types = {i: onnx.helper.make_tensor_type_proto(_CODES[known[i][1]], known[i][0])
                  for i in conv.input if i in known}
         try:
