@@ -140,9 +140,11 @@ def main() -> None:
     laptop = load_profile("x86-avx2-laptop")
 
     earlier = {}
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if args.reuse:
         old = json.loads(args.reuse.read_text())
         earlier = {(r["model"], r["format"], r["precision"]): r["measured"] for r in old["rows"]}
+        measured_at = old.get("measured_at") or old.get("ran_at")
     rows = []
     for name, fmt, precision, art in arts:
         m = earlier.get((name, fmt, precision)) or measure_row(art, args.runs, args.warmup, args.threads,
@@ -180,7 +182,8 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "what": "host-measured p50 (edgeq.profiling.profile_host) vs edgeq.emulate estimates; held-out models",
         "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "measurements_from": str(args.reuse) if args.reuse else "this run",
+        "measurements_from": f"{args.reuse}, measured {measured_at}" if args.reuse else "this run",
+        "measured_at": measured_at,
         "host_profile": host.model_dump(), "efficiency_fitted_at": fitted().get("fitted_at"),
         "goal_pct": GOAL, "versions": _versions(), "runs": args.runs, "warmup": args.warmup,
         "rows": rows, "per_target": per_target,
@@ -223,6 +226,7 @@ def estimate_per_target(arts: list[tuple[str, str, Path | str]], estimate: Any, 
         out.append({"target": tname, "device": device, "format": manifest["target"]["format"],
                     "precision": manifest["precision"]["requested"], "delegates_used": manifest["delegation"]["used"],
                     "estimate_ms": est["latency_ms"], "by_unit_ms": est["by_unit_ms"],
+                    "delegate_calls": est["totals"]["delegate_calls"], "fixed_ms": est["totals"]["fixed_ms"],
                     "bound_share": est["bound_share"], "threads": est["threads"]["used"],
                     "assumptions": est["assumptions"]})
     return out
@@ -263,15 +267,17 @@ def print_tables(rows: list[dict[str, Any]], devices: list[str], per_target: lis
               + " | ".join(f"{r['devices_ms'][d]:.1f}" for d in devices) + " |")
     if per_target:
         print("\nMiniLM exported for each built-in target, ESTIMATED on its device (accelerator factors assumed):")
-        print("| target | device | format | prec | delegates used | est. ms | time by unit (ms) |")
-        print("|---|---|---|---|---|---:|---|")
+        print("| target | device | format | prec | delegates used | est. ms | ops by unit (ms) | delegate calls "
+              "(ms with per-run cost) |")
+        print("|---|---|---|---|---|---:|---|---|")
         for t in per_target:
             if "error" in t:
-                print(f"| {t['target']} | {t['device']} | | | export failed: {t['error']} | | |")
+                print(f"| {t['target']} | {t['device']} | | | export failed: {t['error']} | | | |")
                 continue
             units = ", ".join(f"{u} {ms:.1f}" for u, ms in t["by_unit_ms"].items())
             print(f"| {t['target']} | {t['device']} | {t['format']} | {t['precision']} | "
-                  f"{', '.join(t['delegates_used']) or 'portable'} | {t['estimate_ms']:.2f} | {units} |")
+                  f"{', '.join(t['delegates_used']) or 'portable'} | {t['estimate_ms']:.2f} | {units} "
+                  f"| {t['delegate_calls']} ({t['fixed_ms']:.1f}) |")
 
 
 if __name__ == "__main__":
