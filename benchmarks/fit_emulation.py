@@ -10,19 +10,23 @@ measures each one
 - at ONE thread, timing the runtime directly in a fresh process: the CPU time of each
   run (``time.thread_time``; with one thread the runtime computes on the calling thread,
   so this is the work itself, not the time other processes held the core — this host is
-  shared) — the fit's target, the median over ``--runs``;
+  shared) — the fit's target: the median over ``--runs``, then over ``--processes`` (3)
+  fresh processes, since one process's speed varies by 10-20% with where its memory lands;
 - with edgeq's host profiler (``edgeq.profiling.profile_host``) at one thread with its
   per-op pass (ETDump for ExecuTorch, ONNX Runtime's profiler), for how the time splits
   between op groups (GEMMs, other XNNPACK ops, portable kernels, XNNPACK delegate-call
   gaps; rescaled to the CPU time, since preemption stretches the wall-clock pass);
-- with edgeq's host profiler at two threads (wall clock; recorded, not fitted).
+- with edgeq's host profiler at two threads (wall clock, median of ``--processes``): the
+  ``parallel`` factor (what a second thread adds) is fitted on the runs taken while other
+  processes were quiet, after the rest.
 
 Then, per runtime (XNNPACK, ExecuTorch portable kernels, ONNX Runtime CPU), a least-
 squares fit (scipy) of ``gemm.fp32``, ``gemm.int8`` (fraction of the host's one-core
 peak FLOPs reached by matrix products and convolutions; ONNX Runtime's ConvInteger gets
 its own), ``compute`` (the same for other ops), ``memory`` (fraction of the host's
 measured copy bandwidth), ``op_us`` per op, ``call_us`` per XNNPACK delegate call and
-``run_us`` per inference: log errors of the predicted vs measured total (weight 2) and of
+``run_us`` per inference, ``slowdown.SkipLayerNormalization`` (an ONNX Runtime kernel far
+slower than its bytes say): log errors of the predicted vs measured total (weight 2) and of
 the group sums (weight sqrt(share)), with a weak pull (0.05) toward
 ``edgeq.efficiency``'s defaults so unidentified factors stay put. The host's peak comes
 from its CPU flags and clock (``edgeq.emulate.host_profile``); its bandwidth is measured
@@ -31,7 +35,8 @@ once, at the start, and stored with the factors.
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fit_emulation.py --work /tmp/edgeq-fit
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fit_emulation.py --work /tmp/edgeq-fit --refit  # reuse measurements
 
-Exports take ~15 min on 2 cores (kept in ``--work``), measuring ~15 min. Each
+Exports take ~15 min on 2 cores (kept in ``--work``), measuring ~15 min, with
+``OMP_NUM_THREADS=1`` (see below). Each
 measurement first waits (``--idle-wait`` seconds at most) for other processes to go
 quiet and records how busy they were. Writes ``edgeq/efficiency_fitted.json`` (unless
 ``--no-write``) and ``benchmarks/results/fit_emulation.json``.
