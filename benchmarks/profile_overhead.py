@@ -125,7 +125,9 @@ def direct(artifact: Path, threads: int, warmup: int, runs: int) -> list[float]:
     script = DIRECT_EXECUTORCH if manifest["model_file"].endswith(".pte") else DIRECT_ONNX
     proc = subprocess.run([sys.executable, "-c", script, str(artifact / manifest["model_file"]),
                            json.dumps(manifest["model"]["inputs"]), str(threads), str(warmup), str(runs)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False,
+                          # the OpenMP pool size edgeq's runner sets for ExecuTorch (torch's pool, unused)
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if proc.returncode != 0:
         raise RuntimeError(f"direct timing of {artifact} failed: {proc.stderr.strip()[-400:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

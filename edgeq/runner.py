@@ -533,12 +533,19 @@ def profile(artifact: Path, runs: int, warmup: int, threads: int | None, ops: bo
     """Measure one artifact in this process; the report as a JSON-able dict."""
     manifest = read_manifest(artifact)
     model, fmt = check_model_file(artifact, manifest)
+    host = host_info()
+    thread_cfg = choose_threads(threads, manifest, host["usable_cores"])
+    if fmt == "executorch" and "OMP_NUM_THREADS" not in os.environ:
+        # The ExecuTorch pybindings import torch, whose OpenMP pool (a thread per core) would
+        # spin beside XNNPACK's threads and slow the timed runs; the runtime never uses it (it
+        # has its own thread pool), and an app linking the runtime alone has no such pool.
+        # One thread, set before torch is imported.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        thread_cfg["omp_num_threads"] = os.environ["OMP_NUM_THREADS"]
     runtime = require_runtime(fmt, manifest)
     specs = (manifest.get("model") or {}).get("inputs") or []
     if not specs:
         raise RunnerError(f"{artifact}/manifest.json lists no model inputs (re-run 'edgeq export')")
-    host = host_info()
-    thread_cfg = choose_threads(threads, manifest, host["usable_cores"])
     arrays = make_inputs(specs)
     names = [s["name"] for s in specs]
     if fmt == "executorch":
