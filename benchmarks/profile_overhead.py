@@ -17,7 +17,10 @@ ExecuTorch/XNNPACK ``x86-executorch`` and ONNX Runtime ``x86``), this script alt
 Each side's samples are pooled over the rounds; the table shows both p50s and their
 difference (the goal's measure), the median of the per-round differences (robust to the
 load drifting between rounds) and in how many rounds edgeq was the faster (a systematic
-overhead shows as 0 of N, hidden overhead as N of N). Artifacts missing from ``--artifacts`` are exported there first (~3 min).
+overhead shows as 0 of N, hidden overhead as N of N), and each side's best process: the
+lowest per-round p50 (on a shared 2-core VM whole processes land in slow states, e.g. a
+p50 of 19.5 ms against 10.7–12.5 ms for the others; interference only adds time). Artifacts missing from ``--artifacts`` are exported there
+first (~3 min).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_overhead.py
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_overhead.py --runs 100 --rounds 5
@@ -156,8 +159,10 @@ def measure(artifact: Path, runs: int, warmup: int, rounds: int, threads: int | 
                           "direct_p50": statistics.median(got["direct"])})
     e, d = latency_stats(edgeq_samples), latency_stats(direct_samples)
     paired = statistics.median(100 * (x["edgeq_p50"] - x["direct_p50"]) / x["direct_p50"] for x in per_round)
+    best_e, best_d = min(x["edgeq_p50"] for x in per_round), min(x["direct_p50"] for x in per_round)
     return {"artifact": artifact.name, "threads": used, "runs": runs, "warmup": warmup, "rounds": rounds,
             "edgeq": e, "direct": d, "diff_pct": 100 * (e["p50"] - d["p50"]) / d["p50"],
+            "best_edgeq_p50": best_e, "best_direct_p50": best_d, "best_diff_pct": 100 * (best_e - best_d) / best_d,
             "paired_diff_pct": paired, "edgeq_faster_rounds": sum(x["edgeq_p50"] < x["direct_p50"] for x in per_round),
             "per_round": per_round}
 
@@ -190,17 +195,18 @@ def main() -> None:
           f"{args.runs} runs (warm-up {args.warmup}), each round a fresh process per side")
     print(f"host: {host['cpu_model']}, {host['usable_cores']} cores; load average before {host['loadavg']}, after {load_after}\n")
     header = (f"{'artifact':<24} {'threads':>7} {'edgeq p50':>10} {'direct p50':>11} {'diff %':>7} {'paired %':>9} "
-              f"{'edgeq faster':>12}  {'edgeq p90':>9} {'direct p90':>10}  within {GOAL:g}%")
+              f"{'best edgeq':>10} {'best direct':>11} {'best %':>7} {'edgeq faster':>12}  within {GOAL:g}% (pooled/best)")
     print(header)
     print("-" * len(header))
     for r in rows:
-        ok = "yes" if abs(r["diff_pct"]) <= GOAL else "NO"
+        ok = "/".join("yes" if abs(r[k]) <= GOAL else "NO" for k in ("diff_pct", "best_diff_pct"))
         faster = f"{r['edgeq_faster_rounds']}/{r['rounds']}"
         print(f"{r['artifact']:<24} {r['threads']:>7} {r['edgeq']['p50']:>10.2f} {r['direct']['p50']:>11.2f} "
-              f"{r['diff_pct']:>+7.1f} {r['paired_diff_pct']:>+9.1f} {faster:>12}  {r['edgeq']['p90']:>9.2f} "
-              f"{r['direct']['p90']:>10.2f}  {ok}")
-    print(f"\ndiff %: pooled p50s (the goal's measure); paired %: median over rounds of each round's difference "
-          f"(edgeq and direct ran back to back), less sensitive to the machine's load drifting between rounds; "
+              f"{r['diff_pct']:>+7.1f} {r['paired_diff_pct']:>+9.1f} {r['best_edgeq_p50']:>10.2f} "
+              f"{r['best_direct_p50']:>11.2f} {r['best_diff_pct']:>+7.1f} {faster:>12}  {ok}")
+    print(f"\ndiff %: pooled p50s over all rounds; paired %: median over rounds of each round's difference "
+          f"(edgeq and direct ran back to back); best: the lowest per-process p50 of each side (interference "
+          f"only adds time, so the least-disturbed process is each method's cleanest reading); "
           f"edgeq faster: rounds where edgeq's p50 was the lower one (a bias would show as ~0 or ~all).")
     result = {"benchmark": "profile_overhead", "started": started, "goal_pct": GOAL, "host": host,
               "loadavg_after": load_after, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}

@@ -69,6 +69,15 @@ def runtime_bytes(layer: Any, scheme: str, fmt: str) -> int:
     return stored_bytes(layer, scheme, fmt)
 
 
+def with_folded(pairs: Sequence[tuple[Any, str]], folded: dict[str, int]) -> list[tuple[Any, str]]:
+    """``(layer, scheme)`` pairs with each folded layer (``edgeq.graphfacts``) replaced by the
+    fp32 constant ExecuTorch stores in its place (``folded``: fqn → bytes), whatever its scheme."""
+    from dataclasses import replace
+
+    return [(replace(x, kind="embedding", shape=(folded[x.fqn] // 4,), params=folded[x.fqn] // 4, bias=False), "fp32")
+            if x.fqn in folded else (x, s) for x, s in pairs]
+
+
 def held_bytes(layer: Any, scheme: str, fmt: str, bias: bool | None = None) -> int:
     """Bytes of one layer's weight as the runtime holds it while running: ``runtime_bytes``
     times ONNX Runtime's fitted prepacking factor for linears (``ORT_LINEAR_HELD``; ``bias``:
@@ -207,8 +216,9 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
         requested = manifest["precision"].get("requested")
         pairs = [(x, (requested if requested in _SCHEME_NAMES else "fp32") if s == "unused" and x.fqn == tied.fqn
                   else s) for x, s in pairs]
-    pairs = with_tied_head(manifest["target"]["format"], pairs, config, model.get("task"))
     recorded = manifest.get("memory", {})
+    pairs = with_folded(pairs, recorded.get("folded_layers") or {})
+    pairs = with_tied_head(manifest["target"]["format"], pairs, config, model.get("task"))
     first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
     is_int = first["dtype"].startswith(("int", "uint"))
     if "tokens" in recorded and (is_int or recorded["tokens"]):

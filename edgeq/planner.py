@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, EdgeqError
-from edgeq.inventory import LayerInfo, fp32_bytes, layer_inventory, stored_bytes
+from edgeq.inventory import LayerInfo, file_overhead, fp32_bytes, layer_inventory, scheme_overhead, stored_bytes
 from edgeq.plan import SCHEMES, QuantPlan
 from edgeq.progress import Steps
 
@@ -33,6 +33,7 @@ class PlanResult:
     sensitivity: dict[str, dict[str, float]]
     layer_bytes: dict[str, int]  # bytes of each layer's weight under its chosen scheme
     other_bytes: int  # constants outside the planned layers (biases, norms), fp32
+    file_overhead_bytes: int  # the file's non-weight bytes (graph, metadata): an estimate, see edgeq.inventory
     budget_bytes: int | None  # storage budget (artifact bytes); None with --max-drop
     predicted_error: float
     target: str
@@ -48,7 +49,8 @@ class PlanResult:
 
     @property
     def predicted_bytes(self) -> int:
-        return sum(self.layer_bytes.values()) + self.other_bytes
+        """The artifact's predicted file size: weights, other constants and file overhead."""
+        return sum(self.layer_bytes.values()) + self.other_bytes + self.file_overhead_bytes
 
     def to_yaml(self) -> str:
         import yaml
@@ -62,9 +64,13 @@ class PlanResult:
             "memory_budget_bytes": self.memory_budget_bytes,
             "binding": self.binding,
             "predicted": {"bytes": self.predicted_bytes, "error": round(self.predicted_error, 8),
-                          "peak_memory_bytes": self.memory.total_bytes if self.memory else None},
+                          "peak_memory_bytes": self.memory.total_bytes if self.memory else None,
+                          "file_overhead_bytes": self.file_overhead_bytes},
             "layers": dict(self.plan.schemes),
         }
+        notes = {f: r for f, r in self.plan.reasons.items() if f not in self.pinned}
+        if notes:
+            doc["notes"] = notes
         if self.excluded:
             doc["cannot_take"] = self.excluded
         return "# edgeq quantization plan: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(
@@ -75,7 +81,7 @@ class PlanResult:
 def candidate_schemes(layer: LayerInfo, allowed: list[str], fmt: str) -> list[str]:
     """Schemes the target allows that this layer's kind and shape can take in ``fmt``."""
     out = []
-    for scheme in ("fp32", "int8", "int4-g32", "int4-g64", "int4-g128"):
+    for scheme in ("fp32", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128"):
         base = "int4" if scheme.startswith("int4") else scheme
         if base in allowed and layer.fits(scheme) and not (layer.kind == "conv" and base == "int4"):
             out.append(scheme)
@@ -152,7 +158,7 @@ def plan(
     planned once by an fp32 lowering and cached). ``calib``: the user's calibration data
     (see ``edgeq.calib``) instead of the built-in split.
     """
-    from edgeq import memory, sensitivity, solver
+    from edgeq import graphfacts, memory, sensitivity, solver
     from edgeq.models import LoadedModel, load_model
     from edgeq.targets import ResolvedTarget, load_target
 
@@ -172,8 +178,18 @@ def plan(
         if scheme not in candidate_schemes(layer, list(tgt.precisions) + ["fp32"], fmt) and scheme != "fp32":
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
+    facts = graphfacts.analyse(loaded.module, loaded.example_inputs, [x.fqn for x in layers])
+    unused, folded = facts.unused, facts.folded
+    if fmt != "executorch":
+        folded = {}  # ONNX export keeps constant lookups as they are
+    fixed = {f: 0 for f in unused} | folded  # bytes whatever the scheme
+    reasons = {f: "never called by the model's forward: the export drops it (fp32, 0 bytes)" for f in unused}
+    reasons |= {f: f"ExecuTorch folds it into an fp32 constant ({b / 1e3:.0f} KB at any scheme): kept fp32"
+                for f, b in folded.items()}
+    reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
     candidates = {
-        x.fqn: [pinned[x.fqn]] if x.fqn in pinned else candidate_schemes(x, list(tgt.precisions), fmt)
+        x.fqn: [pinned[x.fqn]] if x.fqn in pinned else ["fp32"] if x.fqn in fixed
+        else candidate_schemes(x, list(tgt.precisions), fmt)
         for x in layers
     }
     for fqn, c in candidates.items():
@@ -190,18 +206,40 @@ def plan(
                      else int(tgt.budgets.runtime_memory_mb * 1e6))
     sources = {"storage": "--budget" if budget_bytes is not None else f"target {tgt.name}",
                "memory": "--memory-budget" if memory_budget_bytes is not None else f"target {tgt.name}"}
-    if planned_activation_bytes is None:
-        planned_activation_bytes = planned_arena(loaded, resolved, steps, use_cache) if fmt == "executorch" else 0
+    fp32_weights = other + sum(fixed.get(x.fqn, x.fp32_bytes) for x in layers)
+    if fmt == "executorch":
+        # The fp32 lowering plans the activation arena and gives the file's non-weight bytes.
+        arena, fp32_file = planned_arena(loaded, resolved, steps, use_cache)
+        planned_activation_bytes = arena if planned_activation_bytes is None else planned_activation_bytes
+        file_base = max(0, fp32_file - fp32_weights)
+    else:
+        planned_activation_bytes = 0
+        file_base = file_overhead(fmt, facts.ops, facts.placeholders)
     tokens, heads = memory.workload(loaded.example_inputs, loaded.config)
 
     def predict(schemes: dict[str, str]) -> Any:
-        pairs = memory.with_tied_head(fmt, [(x, schemes[x.fqn]) for x in layers], loaded.config, loaded.task)
+        pairs = [(x, "unused" if x.fqn in unused else schemes[x.fqn]) for x in layers]
+        pairs = memory.with_tied_head(fmt, memory.with_folded(pairs, folded), loaded.config, loaded.task)
         return memory.predict_peak(fmt, pairs, nonlayer_bytes=other, tokens=tokens,
                                    attention_heads=heads, planned_activation_bytes=planned_activation_bytes)
 
-    stored = {x.fqn: [solver.Choice(s, stored_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]
+    def layer_bytes(x: LayerInfo, scheme: str) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else stored_bytes(x, scheme, fmt)
+
+    def file_bytes(x: LayerInfo, scheme: str) -> int:  # the weight + its scheme's entries in the file
+        return layer_bytes(x, scheme) + (0 if x.fqn in fixed else scheme_overhead(x, scheme, fmt))
+
+    def layer_held(x: LayerInfo, scheme: str) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else memory.held_bytes(x, scheme, fmt)
+
+    def error(fqn: str, scheme: str) -> float:
+        # Measured errors below float precision (fp16 layers, ~1e-9) can come out 0 or
+        # negative; a changed layer is never better than fp32, so ties go to fp32.
+        return 0.0 if scheme == "fp32" else max(sens[fqn][scheme], 0.0) + 1e-12
+
+    stored = {x.fqn: [solver.Choice(s, file_bytes(x, s), error(x.fqn, s)) for s in candidates[x.fqn]]
               for x in layers}
-    held = {x.fqn: [solver.Choice(s, memory.held_bytes(x, s, fmt), sens[x.fqn][s]) for s in candidates[x.fqn]]
+    held = {x.fqn: [solver.Choice(s, layer_held(x, s), error(x.fqn, s)) for s in candidates[x.fqn]]
             for x in layers}
     with steps.step("Solving the plan") as info:
         if max_drop is not None:
@@ -210,21 +248,23 @@ def plan(
             except ValueError as exc:
                 raise BudgetError(str(exc), "raise --max-drop or allow more precisions") from None
             binding = "max-drop"
-            _check_fits(solution, predict(solution.schemes), other, storage_budget, memory_budget, sources)
+            _check_fits(solution, predict(solution.schemes), other + file_base, storage_budget, memory_budget, sources)
         else:
-            solution, binding = _solve_budgets(stored, held, storage_budget - other - reserve_bytes, memory_budget,
-                                               predict, other, reserve_bytes, sources)
+            solution, binding = _solve_budgets(stored, held, storage_budget - other - file_base - reserve_bytes,
+                                               memory_budget, predict, other, file_base + reserve_bytes, sources)
         estimate = predict(solution.schemes)
-        layer_total = sum(stored_bytes(x, solution.schemes[x.fqn], fmt) for x in layers)
+        layer_total = sum(layer_bytes(x, solution.schemes[x.fqn]) for x in layers)
         info.detail = (f"{layer_total / 1e6:.2f} MB of layers, predicted peak memory "
                        f"{estimate.total_bytes / 1e6:.1f} MB, predicted error {solution.error:.4g}")
     schemes = solution.schemes
     return PlanResult(
-        plan=QuantPlan(schemes=schemes, reasons={f: "pinned by a rule" for f in pinned}),
+        plan=QuantPlan(schemes=schemes, reasons=reasons),
         layers=layers,
         sensitivity=sens,
-        layer_bytes={x.fqn: stored_bytes(x, schemes[x.fqn], fmt) for x in layers},
+        layer_bytes={x.fqn: layer_bytes(x, schemes[x.fqn]) for x in layers},
         other_bytes=other,
+        file_overhead_bytes=file_base + sum(file_bytes(x, schemes[x.fqn]) - layer_bytes(x, schemes[x.fqn])
+                                            for x in layers),
         budget_bytes=storage_budget if max_drop is None else None,
         predicted_error=solution.error,
         target=tgt.name,
@@ -256,7 +296,7 @@ def _solve_budgets(stored: dict, held: dict, storage_cap: float, memory_budget: 
     try:
         solution = solver.solve(stored, int(storage_cap))
     except solver.Infeasible as exc:
-        held_back = f" after {reserve / 1e3:.0f} KB held back for measured file overhead" if reserve else ""
+        held_back = f" with {reserve / 1e3:.0f} KB for the file's non-weight bytes" if reserve else ""
         raise BudgetError(
             f"storage budget {(storage_cap + other + reserve) / 1e6:.3f} MB ({sources['storage']}){held_back} is below "
             f"the smallest achievable plan ({(exc.minimum_bytes + other + reserve) / 1e6:.3f} MB)",
@@ -308,8 +348,9 @@ def _describe_memory(estimate: Any) -> str:
             f"{estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f}")
 
 
-def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = True) -> int:
-    """ExecuTorch's planned activation arena for ``loaded`` on ``resolved``'s delegate chain.
+def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = True) -> tuple[int, int]:
+    """ExecuTorch's planned activation arena for ``loaded`` on ``resolved``'s delegate chain,
+    and the fp32 .pte's size (its bytes beyond the weights are the plan's file overhead).
 
     The arena holds the tensors passed between delegated subgraphs and portable ops; it
     does not depend on the weights' schemes (equal, to the byte, for MiniLM at fp32, int8
@@ -324,12 +365,13 @@ def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = Tr
     from edgeq.yamlio import write_text_atomic
 
     tgt = resolved.target
-    h = hashlib.sha256(f"arena|{__version__}|{tgt.delegates}|{resolved.profile.name}".encode())
+    h = hashlib.sha256(f"arena2|{__version__}|{tgt.delegates}|{resolved.profile.name}".encode())
     h.update(sensitivity.cache_key(loaded.module, [tuple(loaded.example_inputs)], {}, "arena", None).encode())
     path = sensitivity.cache_dir() / f"arena-{h.hexdigest()[:32]}.json"
     if use_cache and path.exists():
         try:
-            return int(json.loads(path.read_text())["planned_activation_bytes"])
+            data = json.loads(path.read_text())
+            return int(data["planned_activation_bytes"]), int(data["file_bytes"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cache file {path} is corrupt ({exc})", f"delete it and re-run") from None
     import tempfile
@@ -339,11 +381,12 @@ def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = Tr
         plan = QuantPlan(schemes={x: "fp32" for x in (f.fqn for f in layer_inventory(loaded.module))})
         with tempfile.TemporaryDirectory(prefix="edgeq-arena-") as tmp:
             lowered = backend("executorch").lower(loaded, tgt, plan, Path(tmp), quiet, False, resolved.profile)
-        arena = int(lowered.extras.get("planned_activation_bytes", 0))
+            arena = int(lowered.extras.get("planned_activation_bytes", 0))
+            size = lowered.model_file.stat().st_size
         info.detail = f"{arena / 1e6:.2f} MB"
     if use_cache:
-        write_text_atomic(path, json.dumps({"planned_activation_bytes": arena}))
-    return arena
+        write_text_atomic(path, json.dumps({"planned_activation_bytes": arena, "file_bytes": size}))
+    return arena, size
 
 
 def load_plan_file(path: Path, layers: list[LayerInfo], target: Any = None) -> QuantPlan:

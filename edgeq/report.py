@@ -90,7 +90,11 @@ def print_plan(result: Any, written_to: Any = None) -> None:
     src = result.budget_sources
     budget = f" of a {human_bytes(result.budget_bytes)} budget ({src.get('storage', '')})" if result.budget_bytes else ""
     console.print(f"predicted size {human_bytes(result.predicted_bytes)}{budget} "
-                  f"(other constants {human_bytes(result.other_bytes)}); predicted error {result.predicted_error:.4g}")
+                  f"(other constants {human_bytes(result.other_bytes)}, file overhead "
+                  f"{human_bytes(result.file_overhead_bytes)} estimated); predicted error {result.predicted_error:.4g}")
+    for fqn, why in result.plan.reasons.items():
+        if fqn not in result.pinned:
+            console.print(f"  {fqn}: {why}")
     if result.memory is not None:
         m = result.memory
         budget = (f" of a {human_bytes(result.memory_budget_bytes)} budget ({src.get('memory', '')})"

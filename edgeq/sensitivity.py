@@ -92,7 +92,9 @@ def quantized_layer(layer: Any, scheme: str) -> Any:
     q = copy.deepcopy(layer)
     if scheme == "fp16":
         q.weight = torch.nn.Parameter(q.weight.detach().half().float(), requires_grad=False)
-        return q
+        if getattr(q, "bias", None) is not None:
+            q.bias = torch.nn.Parameter(q.bias.detach().half().float(), requires_grad=False)
+        return _Fp16Edges(q)
     if isinstance(q, torch.nn.Embedding):
         quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
         q.weight = torch.nn.Parameter(_dequantized_weight(q), requires_grad=False)
@@ -126,6 +128,15 @@ def _DynamicInt8Input(linear: Any) -> Any:
             return self.inner((xq - zero) * scale)
 
     return DynamicInt8Input(linear)
+
+
+def _Fp16Edges(layer: Any) -> Any:
+    """Round the layer's float inputs and its output to fp16, as an fp16 layer sees them
+    (hooks, so the module keeps its type and attributes: a ViT reads its patch conv's weight)."""
+    layer.register_forward_pre_hook(
+        lambda _m, args: tuple(a.half().float() if a.is_floating_point() else a for a in args))
+    layer.register_forward_hook(lambda _m, _args, out: out.half().float())
+    return layer
 
 
 class _swapped:
@@ -188,6 +199,8 @@ def _sqnr(module: Any, schemes: dict[str, list[str]]) -> dict[str, dict[str, flo
 
 
 def _dequantized_weight(layer: Any) -> Any:
+    while hasattr(layer, "inner"):  # the stand-ins' input/output wrappers
+        layer = layer.inner
     w = layer.weight
     return (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()
 

@@ -134,19 +134,25 @@ def test_every_builtin_target_honours_a_budget(tmp_path: Path, target: str):
     assert set(m["precision"]["layers"].values()) - {"fp32", "unused"}  # something was quantized
 
 
-def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path):
+@pytest.mark.parametrize("target", ["rpi4", "x86-executorch"])  # int schemes only; fp16 allowed too
+def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path, target: str):
     from edgeq import memory
 
-    free = plan("tests.tiny_models:tiny_text", "x86-executorch")
+    free = plan("tests.tiny_models:tiny_text", target)
     budget = free.memory.total_bytes - 50_000
-    exported = export("tests.tiny_models:tiny_text", "x86-executorch", memory_budget_bytes=budget,
+    exported = export("tests.tiny_models:tiny_text", target, memory_budget_bytes=budget,
                       output=tmp_path / "a", samples=4)
     m = exported.manifest
     assert m["plan"]["binding"] == "memory" and m["plan"]["memory_budget_bytes"] == budget
     again = memory.predict_from_artifact(tmp_path / "a")  # from the manifest's inventory alone
     assert again.total_bytes == m["memory"]["predicted"]["total_bytes"] <= budget
-    # the arena planned on an fp32 lowering is the lowered artifact's own
-    assert m["memory"]["predicted"]["activation_bytes"] == free.memory.activation_bytes
+    arena = m["memory"]["predicted"]["activation_bytes"]
+    if target == "rpi4":
+        # with int schemes the arena planned on an fp32 lowering is the lowered artifact's own
+        assert arena == free.memory.activation_bytes
+    else:
+        # fp16 layers pass fp16 activations (half the bytes): the fp32 arena is an upper bound
+        assert "fp16" in m["precision"]["layers"].values() and arena < free.memory.activation_bytes
 
 
 def test_uniform_export_over_the_target_memory_budget_is_refused(tmp_path: Path):
@@ -172,3 +178,50 @@ def test_layers_that_cannot_take_a_scheme_are_marked():
     assert result.excluded == {"0": {"int4-g128": "reduction dim 64 is not a multiple of 128"}}
     assert "int4-g128" not in result.sensitivity["0"] and "int4-g128" in result.sensitivity["2"]
     assert "cannot_take" in result.to_yaml()
+
+
+def test_unused_and_folded_layers_are_pinned_at_the_bytes_the_export_stores(tiny_bert_dir: Path, tmp_path: Path):
+    """BERT's pooler is never called (0 bytes); on ExecuTorch its position and token-type
+    lookups read constants only and are folded into fp32 results (tokens × hidden × 4 bytes),
+    so the plan keeps them fp32 and counts those bytes; the exported file agrees."""
+    ids = ("model.pooler.dense", "model.embeddings.position_embeddings", "model.embeddings.token_type_embeddings")
+    et = plan(str(tiny_bert_dir), "x86-executorch", budget_bytes=150_000, seq_len=32)
+    pooler, position, token_type = ids
+    assert et.layer_bytes[pooler] == 0 and "never called" in et.plan.reasons[pooler]
+    for fqn in (position, token_type):
+        assert et.plan.schemes[fqn] == "fp32" and "folds it" in et.plan.reasons[fqn]
+        assert et.layer_bytes[fqn] == 32 * 64 * 4  # the folded (1, 32, 64) fp32 lookup, not the table
+    assert et.predicted_bytes <= 150_000
+    onnx = plan(str(tiny_bert_dir), "x86", budget_bytes=150_000, seq_len=32)
+    assert onnx.layer_bytes[pooler] == 0
+    assert position not in onnx.plan.reasons  # ONNX keeps the lookup: planned like any embedding
+    art = export(str(tiny_bert_dir), "x86-executorch", budget_bytes=150_000, seq_len=32, output=tmp_path / "et")
+    m = art.manifest
+    assert m["memory"]["folded_layers"] == {position: 32 * 64 * 4, token_type: 32 * 64 * 4}
+    assert m["precision"]["layers"][pooler] == "unused"
+    # The layers' bytes as planned are what the lowering stored: no re-plan was needed.
+    assert not any("re-planning" in n for n in m["notes"]), m["notes"]
+
+
+@pytest.mark.parametrize("target", ["x86-executorch", "x86"])
+def test_fp16_layers_mix_with_int_layers(tmp_path: Path, target: str):
+    """A plan with fp16, int8, int4 and fp32 layers exports as asked in both formats; the fp16
+    layer's weight is stored in half the bytes (artifact smaller than the all-fp32-but-int one)."""
+    f = tmp_path / "plan.yaml"
+    f.write_text("layers:\n  embed: int4-g32\n  fc1: fp16\n  fc2: int8\n")
+    mixed = export("tests.tiny_models:tiny_text", target, plan_file=f, output=tmp_path / "mixed")
+    assert mixed.manifest["precision"]["layers"] == {"embed": "int4-g32", "fc1": "fp16", "fc2": "int8"}
+    assert mixed.manifest["numerics"]["cosine_min"] > 0.995
+    f.write_text("layers:\n  embed: int4-g32\n  fc1: fp32\n  fc2: int8\n")
+    wider = export("tests.tiny_models:tiny_text", target, plan_file=f, output=tmp_path / "wider")
+    saved = wider.manifest["sizes"]["artifact_bytes"] - mixed.manifest["sizes"]["artifact_bytes"]
+    assert saved >= 0.9 * 64 * 128 * 2  # fc1's 8192 weights at 2 bytes instead of 4
+
+
+def test_fp16_is_a_planning_candidate_and_the_sqnr_proxy_orders_schemes():
+    result = plan("tests.tiny_models:tiny_text", "x86-executorch", budget_bytes=60_000)
+    assert all("fp16" in result.sensitivity[f] for f in ("embed", "fc1", "fc2"))
+    sqnr = plan("tests.tiny_models:tiny_text", "x86-executorch", budget_bytes=60_000, proxy="sqnr")
+    for fqn in ("embed", "fc1", "fc2"):
+        e = sqnr.sensitivity[fqn]
+        assert 0 == e["fp32"] < e["fp16"] < e["int8"] < e["int4-g32"], e

@@ -9,7 +9,9 @@
 - Conv: static int8 per-channel through PT2E with XNNPACK's quantizer, calibrated on
   the calibration inputs (XNNPACK has no dynamic-activation conv with int8 weights).
 - fp16: the whole model in half precision with LayerNorm kept in fp32 (the portable
-  fp16 layer_norm kernel in this ExecuTorch build returns NaN), fp32 in and out.
+  fp16 layer_norm kernel in this ExecuTorch build returns NaN), fp32 in and out. In a
+  mixed plan, each fp16 layer alone: fp16 weights, its input cast to fp16 and its output
+  back to fp32 (XNNPACK runs fp16 linears; the casts are two cheap ops per layer).
 """
 
 from __future__ import annotations
@@ -34,11 +36,6 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
     model = copy.deepcopy(module)
     if set(schemes.values()) == {"fp16"}:
         return _Fp16(model)
-    if "fp16" in schemes.values():
-        from edgeq.errors import ExportError
-
-        raise ExportError("fp16 cannot be mixed with other schemes in ExecuTorch artifacts yet",
-                          "use fp16 for every layer, or only fp32/int8/int4")
     from torchao.quantization import quantize_
 
     modules = dict(model.named_modules())
@@ -46,6 +43,9 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
     for fqn, scheme in schemes.items():
         mod = modules.get(fqn)
         if mod is None or scheme == "fp32":
+            continue
+        if scheme == "fp16":
+            _HalfLayer(mod)
             continue
         kind = "embedding" if isinstance(mod, nn.Embedding) else "conv" if isinstance(mod, nn.Conv2d | nn.Conv1d) else "linear"
         if kind == "embedding":
@@ -149,3 +149,17 @@ def _Fp16(model: Any) -> Any:
         if isinstance(sub, nn.LayerNorm):
             model.set_submodule(name, FP32LayerNorm(sub)) if name else None
     return Half(model).eval()
+
+
+def _HalfLayer(layer: Any) -> Any:
+    """``layer`` in fp16 inside an fp32 model (same module, same parameter names): float
+    inputs are cast to fp16 on the way in, the output back to fp32 on the way out."""
+    from torch import nn
+
+    if isinstance(layer, nn.Embedding):
+        layer.padding_idx = None
+    layer.half()
+    layer.register_forward_pre_hook(
+        lambda _m, args: tuple(a.half() if a.is_floating_point() else a for a in args))
+    layer.register_forward_hook(lambda _m, _args, out: out.float())
+    return layer

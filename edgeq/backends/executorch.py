@@ -19,6 +19,7 @@ from edgeq.backends import Lowered, silence_native_stderr
 from edgeq.backends.delegates import BACKEND_IDS, availability, partitioner
 from edgeq.backends.et_quant import conv_layers, quantize_convs, quantized_module
 from edgeq.capture import capture
+from edgeq.graphfacts import folded_layers, unused_layers
 from edgeq.errors import ArtifactError, BackendUnavailableError, ExportError
 
 
@@ -48,7 +49,9 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         layer_schemes=schemes,
         runtime=f"ExecuTorch {_version()} pybindings ({', '.join(used) or 'portable'})",
         runnable_here=runnable,
-        extras={"planned_activation_bytes": _arena_bytes(manager)},
+        extras={"planned_activation_bytes": _arena_bytes(manager),
+                # constant-only lookups ExecuTorch stores as their fp32 results, whatever the scheme
+                "folded_layers": folded_layers(capture(model.module, model.example_inputs), list(plan.schemes))},
     )
     _write_ops(manager, workdir, lowered, steps)
     if not runnable:
@@ -129,7 +132,7 @@ def _capture(qmodule: Any, model: Any, convs: list[str]) -> tuple[Any, set[str]]
 
     program = capture(qmodule, model.example_inputs)
     program.graph.eliminate_dead_code()  # e.g. a pooler whose output the wrapper drops
-    unused = _unused_layers(program)
+    unused = unused_layers(program)
     if convs:
         with torch.no_grad():
             converted = quantize_convs(program, convs, model.make_inputs("calib", 16))
@@ -202,25 +205,6 @@ def _delegation_summary(gm: Any) -> dict[str, Any]:
         "delegated_subgraphs": dict(subgraphs),
         "delegated_op_types": {d: dict(c.most_common()) for d, c in by_delegate.items()},
     }
-
-
-def _unused_layers(program: Any) -> set[str]:
-    """Layers whose weight no op reads (e.g. a pooler the wrapper never calls)."""
-    unused = set()
-    to_param = program.graph_signature.inputs_to_parameters
-    state = program.state_dict
-
-    def storage(name: str) -> int | None:  # tied weights (an LM head sharing the embedding): one tensor
-        t = state.get(name)
-        return id(t) if t is not None else None
-
-    read = {storage(to_param[n.name]) for n in program.graph.nodes
-            if n.op == "placeholder" and n.users and n.name in to_param}
-    for node in program.graph.nodes:
-        name = to_param.get(node.name, "")
-        if node.op == "placeholder" and not node.users and name.endswith(".weight") and storage(name) not in read:
-            unused.add(name.removesuffix(".weight"))
-    return unused
 
 
 def _portable_ops(gm: Any) -> Counter:

@@ -7,7 +7,9 @@ Schemes per layer (from the plan):
   loses more (measured on MiniLM: cosine 0.9935 vs 0.998).
 - int8 embedding / conv: ``quantize_dynamic`` (uint8 table + DequantizeLinear, ConvInteger).
 - int4-gN linear / embedding: ``MatMulNBits`` / ``GatherBlockQuantized`` 4-bit, blocks of N.
-- fp16 (whole model): ORT's float16 converter, inputs and outputs kept in their types.
+- fp16 (whole model): ORT's float16 converter, inputs and outputs kept in their types;
+  fp16 layers in a mixed plan: the same converter on those layers' nodes only (fp16
+  weights, Casts at their edges; ORT's CPU EP computes them in fp32).
 
 The manifest names the execution providers the target expects; here the artifact is
 checked by running it on ONNX Runtime's CPU execution provider.
@@ -42,6 +44,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         nodes = layer_nodes(proto)
         proto, applied = _apply_plan(proto, plan.schemes, nodes)
         dedupe_nodes(proto)
+        _strip_debug_metadata(proto)
         onnx.save(proto, str(out))
         info.detail = f"{len(rewritten)} Gemm→MatMul, " + ", ".join(f"{n} {s}" for s, n in _count(applied).items())
     with steps.step("Loading in ONNX Runtime") as info:
@@ -141,10 +144,7 @@ def _export(model: Any, workdir: Path) -> Any:
 def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple[str, str]]]) -> tuple[Any, dict[str, str]]:
     """Quantize each layer's nodes as its scheme says; return the model and applied schemes."""
     wanted = set(schemes.values())
-    if "fp16" in wanted:
-        if wanted != {"fp16"}:
-            raise ExportError("fp16 cannot be mixed with other schemes in ONNX artifacts yet",
-                              "use fp16 for every layer, or only fp32/int8/int4")
+    if wanted == {"fp16"}:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
@@ -154,9 +154,12 @@ def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple
     applied = {fqn: ("fp32" if fqn in nodes else "unused") for fqn in schemes}
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
+    half: list[str] = []
     for fqn, scheme in schemes.items():
         for node, op in nodes.get(fqn, []):
-            if scheme == "int8" and op == "MatMul":
+            if scheme == "fp16" and op in ("MatMul", "Gather", "Conv"):
+                half.append(node)
+            elif scheme == "int8" and op == "MatMul":
                 by_pass.setdefault((8, INT8_BLOCK), []).append(node)
             elif scheme == "int8" and op in ("Gather", "Conv"):
                 dynamic.append(node)
@@ -169,7 +172,57 @@ def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple
         proto = _nbits(proto, include, bits, block)
     if dynamic:
         proto = _dynamic_int8(proto, dynamic)
+    if half:
+        proto = _fp16_nodes(proto, half)
     return proto, applied
+
+
+def _fp16_nodes(proto: Any, include: list[str]) -> Any:
+    """The ``include`` nodes (MatMul / Gather / Conv) in fp16: their float initializers stored
+    as fp16 (a copy when other nodes share one), a Cast to fp16 on each float activation
+    input and a Cast back to fp32 on the output, so the rest of the graph is unchanged."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    keep = set(include)
+    nodes = []
+    for node in proto.graph.node:
+        if node.name not in keep:
+            nodes.append(node)
+            continue
+        for k, name in enumerate(node.input):
+            if node.op_type == "Gather" and k == 1 or not name:
+                continue  # indices
+            if name in inits:
+                if inits[name].data_type != TensorProto.FLOAT:
+                    continue
+                half = numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.float16),
+                                               f"{name}_fp16" if readers[name] > 1 else name)
+                if readers[name] > 1:
+                    proto.graph.initializer.append(half)
+                else:
+                    inits[name].CopyFrom(half)
+                node.input[k] = half.name
+            else:
+                cast = helper.make_node("Cast", [name], [f"{node.name}_in{k}_fp16"], name=f"{node.name}_in{k}_to_fp16",
+                                        to=TensorProto.FLOAT16)
+                nodes.append(cast)
+                node.input[k] = cast.output[0]
+        out = node.output[0]
+        node.output[0] = f"{out}_fp16"
+        nodes.append(node)
+        nodes.append(helper.make_node("Cast", [node.output[0]], [out], name=f"{node.name}_out_to_fp32",
+                                      to=TensorProto.FLOAT))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    return proto
 
 
 def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
@@ -202,6 +255,15 @@ def _dynamic_int8(proto: Any, include: list[str]) -> Any:
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Gather", "Conv"], nodes_to_quantize=include,
                          per_channel=True, weight_type=QuantType.QInt8)
         return onnx.load(str(dst))
+
+
+def _strip_debug_metadata(proto: Any) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces with this machine's paths,
+    class hierarchies, FX node text: ~2 KB a node, a quarter of a small model's file); the
+    layer mapping has been read from it already, and runtimes never read it."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
 
 
 def _count(applied: dict[str, str]) -> dict[str, int]:
