@@ -198,13 +198,14 @@ def export(
 
 def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size: int) -> Any:
     """The memory model's prediction for the lowered artifact (its real schemes and arena)."""
+    from edgeq.inventory import nonlayer_bytes
     from edgeq.memory import predict_peak, with_folded, with_tied_head, workload
 
     tokens, heads = workload(loaded.example_inputs, loaded.config)
     pairs = with_folded([(x, lowered.layer_schemes.get(x.fqn, "fp32")) for x in layers],
                         lowered.extras.get("folded_layers") or {})
     pairs = with_tied_head(tgt.format, pairs, loaded.config, loaded.task)
-    return predict_peak(tgt.format, pairs, nonlayer_bytes=fp32_size - sum(x.fp32_bytes for x in layers),
+    return predict_peak(tgt.format, pairs, nonlayer_bytes=nonlayer_bytes(fp32_size, layers),
                         tokens=tokens, attention_heads=heads,
                         planned_activation_bytes=int(lowered.extras.get("planned_activation_bytes", 0)))
 

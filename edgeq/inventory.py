@@ -17,6 +17,7 @@ class LayerInfo:
     shape: tuple[int, ...]
     params: int
     bias: bool = False  # a linear/conv with a bias (ONNX Runtime then runs it as Gemm / Conv+bias)
+    tied: str = ""  # an LM head sharing this embedding's weight (fqn of the embedding): its own layer
 
     @property
     def fp32_bytes(self) -> int:
@@ -100,29 +101,43 @@ def layer_inventory(module: Any) -> list[LayerInfo]:
         (torch.nn.Conv1d, "conv"),
         (torch.nn.Conv2d, "conv"),
     )
-    seen: set[int] = set()
+    seen: dict[int, LayerInfo] = {}
     layers = []
     for fqn, sub in module.named_modules():
         for cls, kind in kinds:
             if type(sub) is cls:
                 weight = sub.weight
-                if id(weight) in seen:  # tied weights (e.g. an LM head sharing embeddings)
+                bias = getattr(sub, "bias", None) is not None
+                first = seen.get(id(weight))
+                if first is not None:
+                    # An LM head sharing the embedding's table: the runtimes hold it as a
+                    # second tensor (the GEMM's matrix), so it is planned as a layer of its own.
+                    if kind == "linear" and first.kind == "embedding" and not first.tied:
+                        layers.append(LayerInfo(fqn=fqn, kind=kind, shape=tuple(weight.shape),
+                                                params=weight.numel(), bias=bias, tied=first.fqn))
                     break
-                seen.add(id(weight))
-                layers.append(LayerInfo(fqn=fqn, kind=kind, shape=tuple(weight.shape), params=weight.numel(),
-                                        bias=getattr(sub, "bias", None) is not None))
+                layer = LayerInfo(fqn=fqn, kind=kind, shape=tuple(weight.shape), params=weight.numel(), bias=bias)
+                seen[id(weight)] = layer
+                layers.append(layer)
                 break
     return layers
 
 
+def nonlayer_bytes(total_fp32_bytes: int, layers: list[LayerInfo]) -> int:
+    """fp32 bytes of the constants outside the planned layers, given all parameters' and
+    buffers' fp32 bytes with shared tensors once (``fp32_bytes``): a tied head is not among them."""
+    return total_fp32_bytes - sum(x.fp32_bytes for x in layers if not x.tied)
+
+
 def layers_to_json(layers: list[LayerInfo]) -> list[dict[str, Any]]:
     """The inventory as the manifest records it (so memory can be predicted from an artifact alone)."""
-    return [{"fqn": x.fqn, "kind": x.kind, "shape": list(x.shape), "params": x.params, "bias": x.bias} for x in layers]
+    return [{"fqn": x.fqn, "kind": x.kind, "shape": list(x.shape), "params": x.params, "bias": x.bias,
+             **({"tied": x.tied} if x.tied else {})} for x in layers]
 
 
 def layers_from_json(rows: list[dict[str, Any]]) -> list[LayerInfo]:
-    return [LayerInfo(r["fqn"], r["kind"], tuple(r["shape"]), int(r["params"]), bool(r.get("bias", False)))
-            for r in rows]
+    return [LayerInfo(r["fqn"], r["kind"], tuple(r["shape"]), int(r["params"]), bool(r.get("bias", False)),
+                      str(r.get("tied", ""))) for r in rows]
 
 
 def fp32_bytes(module: Any) -> int:

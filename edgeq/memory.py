@@ -207,7 +207,8 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
         biased = {x.fqn for x in layers if x.bias}
     schemes = manifest["precision"]["layers"]
     config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
-    nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers))
+    nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers
+                                                                       if not getattr(layer, "tied", "")))
     pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
     tied = tied_head(layers, config, model.get("task"))
     if tied is not None:
@@ -264,11 +265,12 @@ def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -
     the GEMM. ExecuTorch stores both in the .pte (a portable/quantized embedding and an
     XNNPACK linear); ONNX stores one initializer, read by a Gather and by a Transpose that
     ONNX Runtime constant-folds into a second, fp32 initializer when the session loads.
-    The plan has no entry for the head, so it is an fp32 linear whatever the embedding's
-    scheme (in the .pte files and ONNX graphs of a 50257 x 384 tied head at fp32, int8
-    and int4; ONNX with a quantized table holds a second fp32 copy). ``with_tied_head``
-    adds these tensors to a plan. A head is tied when the config says
-    ``tie_word_embeddings`` and no linear produces the vocabulary.
+    Artifacts edgeq exported before it planned tied heads as layers of their own
+    (``LayerInfo.tied``) have no entry for the head: it is an fp32 linear whatever the
+    embedding's scheme (in the .pte files and ONNX graphs of a 50257 x 384 tied head at
+    fp32, int8 and int4; ONNX with a quantized table holds a second fp32 copy).
+    ``with_tied_head`` adds these tensors for such inventories. A head is tied when the
+    config says ``tie_word_embeddings`` and no linear produces the vocabulary.
     """
     if task != "causal-lm" or not config.get("tie_word_embeddings", False):
         return None
@@ -287,6 +289,11 @@ def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, str]], config: dict[str,
     at every run, DequantizeLinear being left unfolded, and the int4 one keeps an fp32
     original beside the 4-bit table). Other models: ``pairs`` unchanged."""
     out = list(pairs)
+    if any(getattr(x, "tied", "") for x, _ in pairs):
+        # The head is planned as a layer of its own (edgeq.inventory); edgeq's ONNX export
+        # gives it its own initializer unless it shares the table's float scheme, in which
+        # case ONNX Runtime folds the Transpose into a second copy at load: two tensors either way.
+        return out
     head = tied_head([layer for layer, _ in pairs], config, task)
     if head is None:
         return out

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, EdgeqError
-from edgeq.inventory import LayerInfo, file_overhead, fp32_bytes, layer_inventory, scheme_overhead, stored_bytes
+from edgeq.inventory import (
+    LayerInfo,
+    file_overhead,
+    fp32_bytes,
+    layer_inventory,
+    nonlayer_bytes,
+    scheme_overhead,
+    stored_bytes,
+)
 from edgeq.plan import SCHEMES, QuantPlan
 from edgeq.progress import Steps
 
@@ -200,7 +208,7 @@ def plan(
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache)
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
-    other = fp32_bytes(loaded.module) - sum(x.fp32_bytes for x in layers)
+    other = nonlayer_bytes(fp32_bytes(loaded.module), layers)
     storage_budget = budget_bytes if budget_bytes is not None else int(tgt.budgets.storage_mb * 1e6)
     memory_budget = (memory_budget_bytes if memory_budget_bytes is not None
                      else int(tgt.budgets.runtime_memory_mb * 1e6))

@@ -225,3 +225,41 @@ def test_fp16_is_a_planning_candidate_and_the_sqnr_proxy_orders_schemes():
     for fqn in ("embed", "fc1", "fc2"):
         e = sqnr.sensitivity[fqn]
         assert 0 == e["fp32"] < e["fp16"] < e["int8"] < e["int4-g32"], e
+
+
+@pytest.fixture(scope="module")
+def tied_lm_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("tied-lm")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("target", ["x86-executorch", "x86"])
+def test_a_tied_lm_head_is_planned_and_quantized_as_its_own_layer(tied_lm_dir: Path, tmp_path: Path, target: str):
+    """The head shares the embedding's table, but the runtimes hold it as a second matrix:
+    it is a layer of the inventory and of plans, and an int8 head is stored as int8."""
+    from edgeq.inventory import layer_inventory
+    from edgeq.models import load_model
+
+    layers = {x.fqn: x for x in layer_inventory(load_model(str(tied_lm_dir), seq_len=16).module)}
+    head = layers["model.lm_head"]
+    assert head.tied == "model.model.embed_tokens" and head.shape == (512, 64)
+    f = tmp_path / "plan.yaml"
+    sizes = {}
+    for scheme in ("int8", "fp32"):
+        f.write_text(f"layers:\n  model.model.embed_tokens: int8\n  model.lm_head: {scheme}\n")
+        art = export(str(tied_lm_dir), target, plan_file=f, seq_len=16, output=tmp_path / scheme, samples=4)
+        assert art.manifest["precision"]["layers"]["model.lm_head"] == scheme
+        assert art.manifest["numerics"]["top1_agreement"] >= 0.9
+        sizes[scheme] = art.manifest["sizes"]["artifact_bytes"]
+    # 512 x 64 fp32 (131 KB) vs int8 (33-68 KB with scales / ONNX's 128-blocks padding K=64)
+    assert sizes["fp32"] - sizes["int8"] > 60_000, sizes
+    planned = plan(str(tied_lm_dir), target, budget_bytes=sizes["int8"], seq_len=16)
+    assert planned.plan.schemes["model.lm_head"] != "fp32"

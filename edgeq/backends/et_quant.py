@@ -158,6 +158,8 @@ def _HalfLayer(layer: Any) -> Any:
 
     if isinstance(layer, nn.Embedding):
         layer.padding_idx = None
+    # A tied LM head shares its weight with the embedding: half a copy, not the shared tensor.
+    layer.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
     layer.half()
     layer.register_forward_pre_hook(
         lambda _m, args: tuple(a.half() if a.is_floating_point() else a for a in args))

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends import Lowered
-from edgeq.backends.onnx_graph import dedupe_nodes, gemm_to_matmul, layer_nodes, op_counts
+from edgeq.backends.onnx_graph import (
+    called_layers,
+    dedupe_nodes,
+    fold_weight_transposes,
+    gemm_to_matmul,
+    layer_nodes,
+    op_counts,
+)
 from edgeq.errors import ArtifactError, ExportError
 from edgeq.schema import ONNX_EXECUTION_PROVIDERS
 
@@ -41,8 +48,10 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         info.detail = f"{len(proto.graph.node)} nodes"
     with steps.step("Quantizing with ONNX Runtime") as info:
         rewritten = gemm_to_matmul(proto)
+        fold_weight_transposes(proto, _untied_heads(model, plan.schemes))
         nodes = layer_nodes(proto)
-        proto, applied = _apply_plan(proto, plan.schemes, nodes)
+        called = called_layers(proto)
+        proto, applied = _apply_plan(proto, plan.schemes, nodes, called)
         dedupe_nodes(proto)
         _strip_debug_metadata(proto)
         onnx.save(proto, str(out))
@@ -141,17 +150,32 @@ def _export(model: Any, workdir: Path) -> Any:
     return proto
 
 
-def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple[str, str]]]) -> tuple[Any, dict[str, str]]:
-    """Quantize each layer's nodes as its scheme says; return the model and applied schemes."""
+def _untied_heads(model: Any, schemes: dict[str, str]) -> set[str]:
+    """Tied LM heads that get a weight of their own: those whose scheme differs from the
+    table's or is an int scheme. (Sharing the table through its Transpose would run the
+    head on the table's quantized values, or keep an fp32 original beside a 4-bit table.)
+    A head at the table's float scheme keeps sharing it: one copy in the file."""
+    from edgeq.inventory import layer_inventory
+
+    heads = {x.fqn: x.tied for x in layer_inventory(model.module) if x.tied}
+    return {h for h, table in heads.items()
+            if schemes.get(h) != schemes.get(table) or schemes.get(h, "fp32").startswith("int")}
+
+
+def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple[str, str]]],
+                called: set[str] | None = None) -> tuple[Any, dict[str, str]]:
+    """Quantize each layer's nodes as its scheme says; return the model and applied schemes
+    (``called``: layers with any node, e.g. a tied head reading the table through a Transpose)."""
+    called = set(nodes) | (called or set())
     wanted = set(schemes.values())
     if wanted == {"fp16"}:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-        return proto, {fqn: ("fp16" if fqn in nodes else "unused") for fqn in schemes}
+        return proto, {fqn: ("fp16" if fqn in called else "unused") for fqn in schemes}
 
     # A layer with no node in the graph was never called (the exporter drops it).
-    applied = {fqn: ("fp32" if fqn in nodes else "unused") for fqn in schemes}
+    applied = {fqn: ("fp32" if fqn in called else "unused") for fqn in schemes}
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
     half: list[str] = []

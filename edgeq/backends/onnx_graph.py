@@ -5,6 +5,8 @@
 - ``layer_nodes``: map weight-bearing nodes back to PyTorch module names through the
   ``pkg.torch.onnx.name_scopes`` metadata the dynamo exporter writes (quantized nodes
   lose it, so the map is built from the FP32 graph).
+- ``fold_weight_transposes``: a tied LM head reads ``Transpose(embedding table)``; a head
+  planned below fp32 gets the transposed table as its own initializer to quantize.
 - ``dedupe_nodes``: the float16 converter can emit the same Cast twice.
 """
 
@@ -89,6 +91,54 @@ def gemm_to_matmul(model: Any) -> list[str]:
     return done
 
 
+def fold_weight_transposes(model: Any, layers: set[str]) -> list[str]:
+    """For MatMuls of ``layers`` whose weight is ``Transpose(initializer)`` (a tied LM head
+    reading the embedding table), store the transposed weight as an initializer of its own,
+    so the quantizers see a constant weight. Returns the MatMuls' names."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    done, drop = [], set()
+    for n in g.node:
+        if n.op_type != "MatMul" or len(n.input) < 2 or _scope(n) not in layers:
+            continue
+        t = producer.get(n.input[1])
+        if t is None or t.op_type != "Transpose" or t.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[t.input[0]])
+        perm = {a.name: helper.get_attribute_value(a) for a in t.attribute}.get("perm") or list(range(w.ndim))[::-1]
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(perm)), t.output[0]))
+        if readers.get(t.output[0], 0) == 1:
+            drop.add(t.name)
+        done.append(n.name)
+    if drop:
+        keep = [n for n in g.node if n.name not in drop]
+        g.ClearField("node")
+        g.node.extend(keep)
+    return done
+
+
+def _scope(node: Any) -> str | None:
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        names = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", ""))
+    except (ValueError, SyntaxError):
+        return None
+    return names[-2] if len(names) >= 2 else None
+
+
+def called_layers(model: Any) -> set[str]:
+    """Module names with a node in the graph (whatever feeds their weight)."""
+    return {scope for n in model.graph.node if (scope := _scope(n)) is not None}
+
+
 def layer_nodes(model: Any) -> dict[str, list[tuple[str, str]]]:
     """``{module fqn: [(node name, op type), ...]}`` for nodes whose weight is a constant."""
     inits = {t.name for t in model.graph.initializer}
@@ -97,16 +147,9 @@ def layer_nodes(model: Any) -> dict[str, list[tuple[str, str]]]:
         idx = WEIGHT_OPS.get(n.op_type)
         if idx is None or len(n.input) <= idx or n.input[idx] not in inits:
             continue
-        meta = {p.key: p.value for p in n.metadata_props}
-        scopes = meta.get("pkg.torch.onnx.name_scopes")
-        if scopes is None:
-            continue
-        try:
-            names = ast.literal_eval(scopes)
-        except (ValueError, SyntaxError):
-            continue
-        if len(names) >= 2:
-            out.setdefault(names[-2], []).append((n.name, n.op_type))
+        scope = _scope(n)
+        if scope is not None:
+            out.setdefault(scope, []).append((n.name, n.op_type))
     return out
 
 
