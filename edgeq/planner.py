@@ -206,7 +206,7 @@ def plan(
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
-                                   proxy=proxy, use_cache=use_cache)
+                                   proxy=proxy, use_cache=use_cache, fmt=fmt)
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
     other = nonlayer_bytes(fp32_bytes(loaded.module), layers)
     storage_budget = budget_bytes if budget_bytes is not None else int(tgt.budgets.storage_mb * 1e6)

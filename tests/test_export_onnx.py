@@ -65,3 +65,34 @@ def test_minilm_onnx_int8_meets_size_and_fidelity(tmp_path: Path, minilm_dir: Pa
     rows = loaded.make_inputs("heldout", 64)
     cos = cosines(loaded.module, rows, run_onnx(out / "model.onnx", rows))
     assert sum(cos) / len(cos) >= 0.995 and min(cos) >= 0.99
+
+
+@pytest.mark.parametrize("factory, layer, plan_yaml, scheme", [
+    ("tiny_mlp", "0", "{'0': int8, '2': fp32}", "int8"),  # 8-bit MatMulNBits, int8 compute
+    ("tiny_mlp", "0", "{'0': int4-g32, '2': fp32}", "int4-g32"),  # 4-bit MatMulNBits
+    ("tiny_text", "embed", "{embed: int8, fc1: fp32, fc2: fp32}", "int8"),  # quantize_dynamic Gather
+    ("tiny_text", "embed", "{embed: int4-g32, fc1: fp32, fc2: fp32}", "int4-g32"),  # GatherBlockQuantized
+    ("tiny_conv", "0", "{'0': int8, '2': fp32, '6': fp32}", "int8"),  # ConvInteger
+])
+def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, factory, layer, plan_yaml, scheme):
+    """The eager stand-in the planner measures ONNX sensitivity with computes the artifact's
+    numbers: its distance to ONNX Runtime's output is a tiny part of the quantization error
+    (the ExecuTorch stand-in's is about all of it)."""
+    import numpy as np
+    import torch
+
+    from edgeq.sensitivity import _swapped, onnx_quantized_layer
+
+    f = tmp_path / "plan.yaml"
+    f.write_text(f"layers: {plan_yaml}\n")
+    export(f"tests.tiny_models:{factory}", "x86", plan_file=f, output=tmp_path / "a")
+    model, example = getattr(tiny_models, factory)()
+    rows = random_rows(example, 8)
+    ort = np.stack(run_onnx(tmp_path / "a" / "model.onnx", rows))
+    with torch.no_grad():
+        fp32 = np.stack([model(*r).numpy() for r in rows])
+        with _swapped(model, layer, onnx_quantized_layer(model.get_submodule(layer), scheme)):
+            stand_in = np.stack([model(*r).numpy() for r in rows])
+    quant_error = np.abs(ort - fp32).max()
+    assert quant_error > 0
+    assert np.abs(ort - stand_in).max() < 0.02 * quant_error, (np.abs(ort - stand_in).max(), quant_error)
