@@ -142,6 +142,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def record_failure(row: Any, label: str, exc: BaseException, limit: int = 200) -> None:
+    """Mark ``row`` failed with the exception's first line (the traceback with BENCH_DEBUG=1),
+    so one broken row does not hide the others."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+    row.error = f"{type(exc).__name__}: {first}"
+    log(f"{label}: FAILED {row.error}")
+    if os.environ.get("BENCH_DEBUG") == "1":
+        traceback.print_exc()
+
+
 @dataclass
 class Row:
     method: str
@@ -622,11 +632,7 @@ def main() -> int:
                 log(f"{label}: {row.artifact_bytes / 1e6:.1f} MB in {seconds:.1f} s; p50 {row.latency_p50_ms:.2f} ms; "
                     f"cos mean {row.cosine_mean:.5f} min {row.cosine_min:.5f}")
             except Exception as exc:  # keep going: one broken row should not hide the others
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                row.error = f"{type(exc).__name__}: {first}"
-                log(f"{label}: FAILED {row.error}")
-                if os.environ.get("BENCH_DEBUG") == "1":
-                    traceback.print_exc()
+                record_failure(row, label, exc)
             rows.append(row)
 
     # Ratios: against the FP32 artifact of the same method family and format.

@@ -71,6 +71,7 @@ from export_minilm import (  # noqa: E402
     make_torchao_et,
     ort_runner,
     quiet_native,
+    record_failure,
     tokenize,
 )
 
@@ -82,7 +83,6 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -473,11 +473,7 @@ def main() -> int:
                     f"min {row.cosine_min:.5f}, RSS attrib pred {row.predicted_attrib_bytes / MIB:.1f} / meas "
                     f"{row.measured_attrib_bytes / MIB:.1f} MiB ({row.export_s:.0f} s)")
             except Exception as exc:  # keep going: one broken row must not hide the others
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                row.error = f"{type(exc).__name__}: {first}"
-                log(f"{label}: FAILED {row.error}")
-                if os.environ.get("BENCH_DEBUG") == "1":
-                    traceback.print_exc()
+                record_failure(row, label, exc, limit=300)
             rows.append(row)
 
     notes = judge(rows)

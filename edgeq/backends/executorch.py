@@ -50,7 +50,9 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         runtime=f"ExecuTorch {_version()} pybindings ({', '.join(used) or 'portable'})",
         runnable_here=runnable,
         extras={"planned_activation_bytes": _arena_bytes(manager),
-                # constant-only lookups ExecuTorch stores as their fp32 results, whatever the scheme
+                # constant-only lookups ExecuTorch stores as their fp32 results, whatever the scheme;
+                # read from the fp32 module: in the quantized program every weight's dequantize is
+                # constant-only, so it would call every layer folded
                 "folded_layers": folded_layers(capture(model.module, model.example_inputs), list(plan.schemes))},
     )
     _write_ops(manager, workdir, lowered, steps)
