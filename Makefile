@@ -21,9 +21,11 @@ demo: $(STAMP)
 	  --output dist/all-MiniLM-L6-v2-snapdragon8
 
 test: $(STAMP)
+	bash tests/system_deps.sh
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
+	bash tests/system_deps.sh
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

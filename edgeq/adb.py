@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeq.errors import clip
 from edgeq.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
                           DeviceRunError, DeviceSetupError, DeviceUnreachableError)
 
@@ -184,7 +185,7 @@ def _adb(cmd: list[str], serial: str, check: bool = True) -> subprocess.Complete
 
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no output"
+    return clip(lines[-1]) if lines else "no output"
 
 
 def parse_executor_runner(text: str, warmup: int) -> dict[str, Any] | None:

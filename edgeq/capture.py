@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeq.errors import ExportError
+from edgeq.errors import ExportError, describe
 
 
 def capture(module: Any, example_inputs: tuple[Any, ...], what: str = "the model") -> Any:
@@ -16,16 +16,7 @@ def capture(module: Any, example_inputs: tuple[Any, ...], what: str = "the model
             return torch.export.export(module, example_inputs, strict=False)
     except Exception as exc:  # torch raises many types (UserError, GuardOnDataDependent…, RuntimeError)
         raise ExportError(
-            f"torch.export cannot capture {what}: {_first_line(exc)}",
+            f"torch.export cannot capture {what}: {describe(exc)}",
             "make forward() free of data-dependent Python control flow and non-tensor side effects "
             "(see https://pytorch.org/docs/stable/export.html), or re-run with --debug for details",
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return f"{type(exc).__name__}: {line[:240]}"
-    return type(exc).__name__

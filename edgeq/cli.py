@@ -7,7 +7,9 @@ is shown only with ``--debug``.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,13 +27,21 @@ app = typer.Typer(
 targets_app = typer.Typer(help="List, show and validate deployment targets and device profiles.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")
 
+def _finite(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 Target = Annotated[str, typer.Option("--target", "-t", help="Built-in target name (see 'edgeq targets list') or path to a target YAML.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 Budget = Annotated[Optional[str], typer.Option("--budget", help="Storage budget: the artifact's size, e.g. 20MB (overrides the target's budgets.storage_mb).")]
 Calib = Annotated[Optional[Path], typer.Option("--calib", help="Your calibration data: a .txt (one sample per line), a directory of .txt files or images, or a .npz of model inputs.")]
 MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
-MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0)]
+MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0, callback=_finite)]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
 
 
@@ -48,21 +58,26 @@ def parse_size(text: str) -> int:
     return int(float(found.group(1)) * scale)
 
 
-@app.callback()
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from edgeq import __version__
 
         print(f"edgeq {__version__}")
         raise typer.Exit()
 
 
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings (any position).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Quantize, lower, verify and profile PyTorch models for edge devices."""
+
+
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Hugging Face model dir, hub id (org/name), package.module:factory, or a .pt2 file.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Hugging Face model dir, hub id (org/name), package.module:factory, or a .pt2 file.")],
     target: Target,
     precision: Annotated[Optional[str], typer.Option("--precision", "-p", help="fp32|fp16|int8|int4 for every layer (default: the target's).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory (default: dist/<model>-<target>).")] = None,
@@ -102,7 +117,7 @@ def export(
 
 @app.command("plan")
 def plan_cmd(
-    model: Annotated[str, typer.Argument(help="Model source, as for 'edgeq export'.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model source, as for 'edgeq export'.")],
     target: Target,
     budget: Budget = None,
     memory_budget: MemoryBudget = None,
@@ -114,10 +129,12 @@ def plan_cmd(
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Calibration inputs for sensitivity.", min=1)] = 32,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure sensitivity even if cached.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing plan file (only one edgeq wrote).")] = False,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
     """Show the per-layer plan that fits TARGET's budget; optionally write it as YAML."""
+    from edgeq.planner import check_plan_output
     from edgeq.planner import plan as make_plan
     from edgeq.progress import Steps
 
@@ -125,6 +142,8 @@ def plan_cmd(
         from edgeq.errors import ConfigError
 
         raise ConfigError(f"unknown proxy '{proxy}'", "the only proxy is 'sqnr'")
+    if output is not None:
+        check_plan_output(output, force)  # before the slow part
     result = make_plan(
         model, target, budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
@@ -158,7 +177,6 @@ def profile_cmd(
     with_estimate: Annotated[bool, typer.Option("--with-estimate", help="Beside each measurement, the emulated ESTIMATE for the same device class (estimated vs measured).")] = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots here.")] = None,
     as_json: Json = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (same as 'edgeq --debug profile').")] = False,
 ) -> None:
     """Measure latency, load time, peak memory and per-op time of artifacts (or estimate them for a device)."""
     from edgeq.errors import ConfigError
@@ -254,7 +272,7 @@ def targets_list(as_json: Json = False) -> None:
 
 
 @targets_app.command("show")
-def targets_show(name: Annotated[str, typer.Argument(help="Target name or YAML path.")], as_json: Json = False) -> None:
+def targets_show(name: Annotated[str, typer.Argument(metavar="NAME", help="Target name or YAML path.")], as_json: Json = False) -> None:
     """Show a target, resolved through 'extends:', with its device profile."""
     from edgeq.targets import load_target
 
@@ -272,7 +290,7 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name or YAML p
 
 
 @targets_app.command("validate")
-def targets_validate(files: Annotated[list[Path], typer.Argument(help="Target or device-profile YAML files.")]) -> None:
+def targets_validate(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Target or device-profile YAML files.")]) -> None:
     """Validate target or device-profile YAML files (exit 2 on the first problem)."""
     from edgeq.targets import validate_file
 
@@ -282,8 +300,12 @@ def targets_validate(files: Annotated[list[Path], typer.Argument(help="Target or
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exit 0 on success, 2 for bad input or usage, 1 for an internal error,
+    130 / 143 when interrupted by SIGINT / SIGTERM (never 0 for a failed or interrupted command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for i, a in enumerate(argv) if not (i < end and a == "--debug")]  # accepted in any position
     if debug:
         import os
 
@@ -292,31 +314,90 @@ def main(argv: list[str] | None = None) -> None:
         from edgeq.progress import quiet_libraries
 
         quiet_libraries()
+    _handle_signals()
+    code = _run(argv, debug)
+    sys.exit(code)
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    import errno
+
+    from typer._click import exceptions as click_exc
+
+    from edgeq.errors import Interrupted
+
     try:
-        app(args=argv, prog_name="edgeq", standalone_mode=False)
+        returned = app(args=argv, prog_name="edgeq", standalone_mode=False)
+    except Interrupted as exc:
+        return _fail("interrupted" if exc.signum == signal.SIGINT else "terminated", exc.exit_code,
+                     "partial output was removed")
     except EdgeqError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"error: {exc.one_line()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code)
+        return exc.exit_code
+    except click_exc.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help(), file=sys.stderr)
+        return _fail("missing command", 2, "pick one of the commands listed above")
+    except click_exc.UsageError as exc:
+        if exc.ctx is not None:
+            print(exc.ctx.get_usage(), file=sys.stderr)
+        where = exc.ctx.command_path if exc.ctx is not None else "edgeq"
+        return _fail(exc.format_message(), 2, f"run '{where} --help' for usage")
+    except click_exc.ClickException as exc:
+        return _fail(exc.format_message(), 2, "run 'edgeq --help' for usage")
+    except (KeyboardInterrupt, typer.Abort):
+        return _fail("interrupted", 130, "partial output was removed")
+    except SystemExit as exc:  # our commands never raise it: user code (a factory, remote model code) did
+        return _fail(f"the model's code called sys.exit({exc.code!r})", 2,
+                     "edgeq stopped there; fix the model code so it returns instead of exiting")
+    except MemoryError:
         if debug:
-            raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"error: internal error {type(exc).__name__}: {first} (re-run with --debug for the traceback and report it)",
-              file=sys.stderr)
-        sys.exit(1)
+            traceback.print_exc()
+        return _fail("out of memory", 2, "use a smaller model, --seq-len or --samples, or a machine with more RAM")
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return _fail(f"no space left on device{where}", 2, "free some disk space, or write elsewhere")
+        return _internal(exc)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        return _internal(exc)
+    if isinstance(returned, int) and returned != 0:  # typer turns a KeyboardInterrupt into a returned 130
+        if returned == 130:
+            return _fail("interrupted", 130, "partial output was removed")
+        return returned
+    return 0
 
+
+def _fail(message: str, code: int, hint: str = "") -> int:
+    text = " ".join(message.rstrip(".").split())
+    print(f"error: {text}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+    return code
+
+
+def _internal(exc: BaseException) -> int:
+    from edgeq.errors import describe
+
+    return _fail(f"internal error {describe(exc, 300)}", 1, "re-run with --debug for the traceback and report it")
+
+
+def _handle_signals() -> None:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so every ``finally``
+    (staging directories, temporary files) runs; a second signal during that clean-up is
+    ignored so the clean-up finishes."""
+    from edgeq.errors import Interrupted
+
+    def handler(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

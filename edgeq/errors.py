@@ -49,9 +49,38 @@ class ArtifactError(EdgeqError):
     """An artifact directory is missing, corrupt or of an unexpected kind."""
 
 
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM arrived: unwind (staging directories are removed on the way out)
+    and exit 128 + the signal number. A ``BaseException`` so no ``except Exception``
+    in edgeq or a library can swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def describe(exc: BaseException, limit: int = 240) -> str:
+    """``"TypeName: first line of the message"``, cut at a word boundary with an ellipsis
+    when longer than ``limit`` characters (never mid-word, never several lines)."""
+    text = clip(next((line.strip() for line in str(exc).splitlines() if line.strip()), ""), limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` if it fits in ``limit`` characters, else cut at a word boundary + " …"."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+
+
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
     import difflib
 
-    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    by_lower = {c.lower(): c for c in sorted(choices, reverse=True)}
+    close = difflib.get_close_matches(str(name).lower(), sorted(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else ""

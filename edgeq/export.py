@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeq import __version__
-from edgeq.artifact import MANIFEST_SCHEMA_VERSION, check_output, file_table, staged_dir, write_manifest
+from edgeq.artifact import (
+    MANIFEST_SCHEMA_VERSION,
+    check_output,
+    clean_stale_staging,
+    file_table,
+    staged_dir,
+    write_manifest,
+)
 from edgeq.errors import ExportError
 from edgeq.inventory import layers_to_json
 from edgeq.memory import workload
@@ -70,9 +77,24 @@ def export(
         raise ConfigError("--precision cannot be combined with --plan, --budget, --memory-budget, --max-drop or --rule",
                           "use --precision for one precision everywhere, or the others for a per-layer plan")
     precision = "planned" if planned else _check_precision(precision, tgt)
+    # Everything that can be checked without the model is checked before it loads.
+    plan_input = None
+    if plan_file is not None:
+        from edgeq.planner import read_plan_file
+
+        plan_input = read_plan_file(Path(plan_file), tgt)
+    if rules:
+        from edgeq.planner import check_rules
+
+        check_rules(rules)
+    if calib is not None and not Path(calib).exists():
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
+    protected = [Path(str(model)).expanduser()] if Path(str(model)).expanduser().exists() else []
     out_dir = Path(output) if output is not None else None
     if out_dir is not None:
-        check_output(out_dir, force)  # fail before the slow steps
+        check_output(out_dir, force, protected)  # fail before the slow steps
 
     from edgeq.models import load_model
 
@@ -85,8 +107,10 @@ def export(
             loaded = with_calibration(loaded, calib)
             info.detail += f"; calibration: {loaded.config['calibration']}"
     if out_dir is None:
-        out_dir = Path("dist") / f"{loaded.name}-{tgt.name}"
-        check_output(out_dir, force)
+        out_dir = Path("dist") / _safe_name(f"{loaded.name}-{tgt.name}")
+        check_output(out_dir, force, protected)
+    for line in clean_stale_staging(out_dir):
+        steps.note(line)
 
     from edgeq.backends import backend
     from edgeq.inventory import fp32_bytes, layer_inventory
@@ -94,10 +118,10 @@ def export(
 
     layers = layer_inventory(loaded.module)
     predicted = None
-    if plan_file is not None:
-        from edgeq.planner import load_plan_file
+    if plan_input is not None:
+        from edgeq.planner import plan_from_file
 
-        plan = load_plan_file(Path(plan_file), layers, tgt)
+        plan = plan_from_file(plan_input, layers)
     elif planned:
         from edgeq.planner import plan as make_plan
 
@@ -117,7 +141,7 @@ def export(
         info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
 
     be = backend(tgt.format)
-    with staged_dir(out_dir, force) as work:
+    with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
         scratch.mkdir()
         lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
@@ -215,6 +239,7 @@ def _check_precision(precision: str | None, tgt: Any) -> str:
 
     if precision is None:
         return tgt.default_precision
+    precision = precision.lower()  # INT8 means int8
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'{did_you_mean(precision, PRECISIONS)}",
                           f"choose one of: {', '.join(PRECISIONS)}")
@@ -224,6 +249,13 @@ def _check_precision(precision: str | None, tgt: Any) -> str:
             "pick an allowed precision, or a target that allows it",
         )
     return precision
+
+
+def _safe_name(name: str) -> str:
+    """A directory name from a model and target name (no path separators, no leading dot)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip(".-")[:120] or "artifact"
 
 
 def _eager_outputs(loaded: Any, inputs: list[tuple[Any, ...]]) -> list[Any]:

@@ -189,8 +189,10 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
     before edgeq recorded it, pass ``layers`` (``LayerInfo`` list of the source model), or
     they are read by loading ``model.source`` (slow, needs the source).
     """
+    from edgeq.artifact import load_manifest
+
     root = Path(artifact_dir)
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = load_manifest(root)
     model = manifest["model"]
     if layers is None and manifest["precision"].get("inventory") is not None:
         from edgeq.inventory import layers_from_json
@@ -206,7 +208,7 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
         layers = layer_inventory(module)
         biased = {x.fqn for x in layers if x.bias}
     schemes = manifest["precision"]["layers"]
-    config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
+    config = _artifact_config(root, manifest)
     nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers
                                                                        if not getattr(layer, "tied", "")))
     pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
@@ -233,6 +235,23 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
 
 
 _SCHEME_NAMES = ("fp32", "fp16", "int8")
+
+
+def _artifact_config(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model's ``config.json`` shipped in the artifact (a listed, regular, small file), or {}."""
+    from edgeq.artifact import member
+    from edgeq.errors import ArtifactError
+
+    if "config.json" not in manifest.get("files", {}):
+        return {}
+    path = member(root, "config.json")
+    if path.stat().st_size > 4 * 2**20:
+        raise ArtifactError(f"{path} is too large to be a model config", "re-run 'edgeq export'")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({type(exc).__name__})", "re-run 'edgeq export'") from None
+    return config if isinstance(config, dict) else {}
 
 
 @dataclass(frozen=True)

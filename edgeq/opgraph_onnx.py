@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import ArtifactError
+from edgeq.errors import ArtifactError, describe
 from edgeq.opgraph import _FLOAT, _FLOPS_PER_ELEMENT, _ITEMSIZE, Op, _nbytes, _numel
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
@@ -61,7 +61,7 @@ def _ort_optimize(src: Path, dst: Path) -> None:
     try:
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ArtifactError(f"ONNX Runtime cannot load {src}: {str(exc).splitlines()[0][:200]}",
+        raise ArtifactError(f"ONNX Runtime cannot load {src}: {describe(exc, 200)}",
                             "the file is corrupt or not an ONNX model; re-run 'edgeq export'") from None
 
 

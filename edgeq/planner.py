@@ -9,6 +9,7 @@ within a byte budget (or the fewest bytes within an error bound).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ class PlanResult:
             doc["notes"] = notes
         if self.excluded:
             doc["cannot_take"] = self.excluded
-        return "# edgeq quantization plan: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(
+        return f"{PLAN_HEADER}: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(
             doc, sort_keys=False
         )
 
@@ -110,28 +111,38 @@ def excluded_schemes(layer: LayerInfo, allowed: list[str]) -> dict[str, str]:
     return out
 
 
-def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, str]:
-    """``["regex=scheme", ...]`` → pinned ``{fqn: scheme}``; every rule must match a layer."""
-    pinned: dict[str, str] = {}
-    names = [layer.fqn for layer in layers]
+def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", str]]:
+    """Parse ``["regex=scheme", ...]`` without the model: ``(rule, regex, scheme)`` each."""
+    from edgeq.errors import did_you_mean
+
+    parsed = []
     for rule in rules:
         if "=" not in rule:
             raise ConfigError(f"rule '{rule}' is not of the form REGEX=SCHEME", "e.g. --rule 'attention.output=int8'")
         pattern, scheme = rule.rsplit("=", 1)
         if scheme not in SCHEMES:
-            from edgeq.errors import did_you_mean
-
             raise ConfigError(f"rule '{rule}': unknown scheme '{scheme}'{did_you_mean(scheme, SCHEMES)}",
                               f"schemes: {', '.join(SCHEMES)}")
+        if len(pattern) > 500:
+            raise ConfigError(f"rule '{rule[:40]}…': the pattern is longer than 500 characters", "shorten it")
         try:
             regex = re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"rule '{rule}': bad regular expression ({exc})", "fix the pattern") from None
+        parsed.append((rule, regex, scheme))
+    return parsed
+
+
+def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, str]:
+    """``["regex=scheme", ...]`` → pinned ``{fqn: scheme}``; every rule must match a layer."""
+    pinned: dict[str, str] = {}
+    names = [layer.fqn for layer in layers]
+    for rule, regex, scheme in check_rules(rules):
         matched = [n for n in names if regex.search(n)]
         if not matched:
             from edgeq.errors import did_you_mean
 
-            raise ConfigError(f"rule '{rule}' matches no layer{did_you_mean(pattern, names)}",
+            raise ConfigError(f"rule '{rule}' matches no layer{did_you_mean(rule.rsplit('=', 1)[0], names)}",
                               "run 'edgeq plan' to see the layer names")
         for n in matched:
             pinned[n] = scheme
@@ -174,6 +185,9 @@ def plan(
     resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
     tgt = resolved.target
     fmt = tgt.format
+    check_rules(rules or [])  # before the (slow) model load
+    if calib is not None and not Path(calib).exists():
+        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
     if calib is not None:
         from edgeq.calib import with_calibration
@@ -397,22 +411,44 @@ def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = Tr
     return arena, size
 
 
-def load_plan_file(path: Path, layers: list[LayerInfo], target: Any = None) -> QuantPlan:
-    """Read a plan YAML; every layer must exist, every scheme must be known, fit the
-    layer's shape, and (given ``target``) be one of the target's precisions."""
+@dataclass(frozen=True)
+class PlanFile:
+    """A plan YAML read and checked against the target, before the model is loaded."""
+
+    path: Path
+    schemes: dict[str, str]
+    lines: dict[Any, int]
+
+
+def read_plan_file(path: Path, target: Any = None) -> PlanFile:
+    """Read a plan YAML and check what needs no model: its schema version, that it was made
+    for ``target``'s format and target, and that every scheme is known and allowed there."""
     from edgeq.errors import did_you_mean
     from edgeq.yamlio import read_yaml
 
-    data, lines = read_yaml(Path(path))
+    path = Path(path)
+    data, lines = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
         raise ConfigError(f"{path}: a plan needs a 'layers:' mapping of layer → scheme", "write one with 'edgeq plan -o FILE'")
-    names = {x.fqn: x for x in layers}
+    version = data.get("schema_version", PLAN_SCHEMA_VERSION)  # hand-written plans may leave it out
+    if version != PLAN_SCHEMA_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > PLAN_SCHEMA_VERSION
+        raise ConfigError(f"{path}:{lines.get(('schema_version',), 1)}: plan schema_version {version!r} "
+                          f"{'is from a newer edgeq' if newer else 'is unknown'} (this edgeq reads {PLAN_SCHEMA_VERSION})",
+                          "upgrade edgeq" if newer else "re-plan with 'edgeq plan -o FILE'")
+    if target is not None:
+        for key, mine in (("format", target.format), ("target", target.name)):
+            theirs = data.get(key)
+            if theirs is not None and theirs != mine:
+                raise ConfigError(f"{path}:{lines.get((key,), 1)}: the plan was made for {key} {theirs!r}, "
+                                  f"this export is for {key} {mine!r}",
+                                  f"re-plan with 'edgeq plan MODEL -t {target.name} -o FILE' (or edit '{key}:' "
+                                  "in the file if you mean to reuse it)")
     schemes: dict[str, str] = {}
     for fqn, scheme in data["layers"].items():
         where = f"{path}:{lines.get(('layers', fqn), 1)}"
-        if fqn not in names:
-            raise ConfigError(f"{where}: unknown layer '{fqn}'{did_you_mean(str(fqn), list(names))}",
-                              "the plan was made for another model, or the name is misspelt")
+        if not isinstance(fqn, str):
+            raise ConfigError(f"{where}: layer name {fqn!r} is not a string", "quote it")
         if scheme not in SCHEMES:
             raise ConfigError(f"{where}: unknown scheme '{scheme}'{did_you_mean(str(scheme), SCHEMES)}",
                               f"schemes: {', '.join(SCHEMES)}")
@@ -421,10 +457,59 @@ def load_plan_file(path: Path, layers: list[LayerInfo], target: Any = None) -> Q
             raise ConfigError(f"{where}: layer '{fqn}' is planned as {scheme}, which target '{target.name}' does not "
                               f"allow (precisions: {', '.join(target.precisions)})",
                               "edit the plan, or re-plan for this target with 'edgeq plan'")
+        schemes[fqn] = scheme
+    return PlanFile(path, schemes, lines)
+
+
+def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
+    """The plan for ``layers``: every planned layer must exist and its shape take its scheme;
+    layers the file leaves out stay fp32 (and the plan says so)."""
+    from edgeq.errors import did_you_mean
+
+    names = {x.fqn: x for x in layers}
+    path, lines = plan_file.path, plan_file.lines
+    for fqn, scheme in plan_file.schemes.items():
+        where = f"{path}:{lines.get(('layers', fqn), 1)}"
+        if fqn not in names:
+            raise ConfigError(f"{where}: unknown layer '{fqn}'{did_you_mean(str(fqn), list(names))}",
+                              "the plan was made for another model, or the name is misspelt")
         if not names[fqn].fits(scheme):
             raise ConfigError(f"{where}: layer '{fqn}' (shape {list(names[fqn].shape)}) cannot take {scheme}",
                               "pick a scheme its shape fits, e.g. int8")
-        schemes[fqn] = scheme
-    for fqn in names:
-        schemes.setdefault(fqn, "fp32")
-    return QuantPlan(schemes=schemes, reasons={f: "not in the plan file: fp32" for f in names if f not in data["layers"]})
+    schemes = {fqn: plan_file.schemes.get(fqn, "fp32") for fqn in names}
+    return QuantPlan(schemes=schemes, reasons={f: "not in the plan file: fp32" for f in names if f not in plan_file.schemes})
+
+
+def load_plan_file(path: Path, layers: list[LayerInfo], target: Any = None) -> QuantPlan:
+    """``read_plan_file`` then ``plan_from_file``."""
+    return plan_from_file(read_plan_file(path, target), layers)
+
+
+PLAN_HEADER = "# edgeq quantization plan"
+
+
+def check_plan_output(path: Path, force: bool) -> None:
+    """Fail before planning if ``path`` cannot take the plan YAML; ``force`` replaces only
+    a plan edgeq wrote."""
+    from edgeq.errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"plan output {path} is a directory", "pass a file name, e.g. plan.yaml")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise OutputError(f"plan output {path} already exists", "pass --force to replace it, or choose another -o")
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(PLAN_HEADER))
+        except OSError:
+            head = b""
+        if path.is_symlink() or not path.is_file() or head != PLAN_HEADER.encode():
+            raise OutputError(f"plan output {path} exists and is not a plan edgeq wrote",
+                              "--force only replaces an edgeq plan; choose another -o")
+    parent = path.parent if path.parent != Path("") else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the plan to {path} ({probe} is not a writable directory)", "choose another -o")

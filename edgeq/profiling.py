@@ -33,19 +33,18 @@ RUNTIME_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime"}
 def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
     """Validate an artifact for profiling: manifest, hashes, and that the model file is of
     the kind the manifest says (an ONNX model in a .pte artifact and vice versa)."""
-    from edgeq.artifact import read_artifact
+    from edgeq.artifact import load_manifest, member, read_artifact
     from edgeq.runner import RunnerError, check_model_file
 
     path = Path(artifact_dir)
-    if path.is_dir() and (path / "manifest.json").is_file():
+    if path.is_dir():
         try:  # the model file first: wrong kind, truncated or corrupt say more than read_artifact's hash check
-            manifest = json.loads((path / "manifest.json").read_text())
-            if isinstance(manifest, dict) and manifest.get("model_file") in ("model.pte", "model.onnx"):
+            manifest = load_manifest(path)
+            if manifest.get("model_file") in ("model.pte", "model.onnx") and (path / manifest["model_file"]).exists():
+                member(path, manifest["model_file"])  # a regular file inside the artifact, before it is read
                 check_model_file(path, manifest)
         except RunnerError as exc:
             raise ArtifactError(*_split_hint(str(exc))) from None
-        except (ValueError, UnicodeDecodeError, OSError):
-            pass  # read_artifact reports an unreadable manifest
     manifest, model = read_artifact(path)
     return manifest, model
 

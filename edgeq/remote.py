@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from edgeq.errors import EdgeqError, did_you_mean
+from edgeq.errors import EdgeqError, clip, did_you_mean
 
 RUNNER = Path(__file__).with_name("runner.py")
 SSH_OPTS_ENV = "EDGEQ_SSH_OPTS"
@@ -471,7 +471,7 @@ def _cleanup(ssh: _Ssh, workdir: str) -> bool:
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and not ln.startswith("Warning: Permanently added")]
-    return lines[-1][:300] if lines else ""
+    return clip(lines[-1]) if lines else ""
 
 
 def _ssh_reason(line: str) -> str:

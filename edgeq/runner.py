@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 RUNNER_VERSION = 1
+MAX_MANIFEST_BYTES = 16 * 2**20  # as edgeq.artifact (this file imports nothing from edgeq)
 PROFILED_RUNS = 6  # ops pass: the first is dropped as a warm-up, the median of the rest is kept
 TOP_NODES = 40
 
@@ -56,8 +57,15 @@ class RunnerError(Exception):
 def read_manifest(artifact: Path) -> dict[str, Any]:
     if not artifact.is_dir():
         raise RunnerError(f"{artifact} is not an artifact directory (pass a directory written by 'edgeq export')")
+    mpath = artifact / "manifest.json"
+    if mpath.is_symlink() or (mpath.exists() and not mpath.is_file()):
+        raise RunnerError(f"{mpath} is not a regular file (re-run 'edgeq export')")
+    if mpath.exists() and mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise RunnerError(f"{mpath} is too large to be a manifest (re-run 'edgeq export')")
     try:
-        manifest = json.loads((artifact / "manifest.json").read_text())
+        manifest = json.loads(mpath.read_text())
+    except RecursionError:
+        raise RunnerError(f"{mpath} is nested too deeply to be a manifest (re-run 'edgeq export')") from None
     except FileNotFoundError:
         raise RunnerError(f"{artifact} has no manifest.json (re-run 'edgeq export')") from None
     except ValueError as exc:
@@ -88,13 +96,16 @@ def check_model_file(artifact: Path, manifest: dict[str, Any]) -> tuple[Path, st
     path = artifact / name
     if not path.is_file():
         raise RunnerError(f"{artifact} is missing its model file {name} (re-run 'edgeq export')")
+    if path.is_symlink():  # an artifact holds regular files; a link could point at anything on the machine
+        raise RunnerError(f"{path} is a symbolic link, not the model file (re-run 'edgeq export')")
     found = sniff_format(path)
     kinds = {"executorch": "an ExecuTorch program", "onnx": "an ONNX model"}
     if found is not None and found != fmt:
         raise RunnerError(f"{path} is {kinds[found]}, but the artifact is for "
                           f"{'ExecuTorch' if fmt == 'executorch' else 'ONNX Runtime'} (re-run 'edgeq export')")
-    info = (manifest.get("files") or {}).get(name)
-    if info:
+    files = manifest.get("files")
+    info = files.get(name) if isinstance(files, dict) else None
+    if isinstance(info, dict) and info:
         size = path.stat().st_size
         if size != info.get("bytes") or _sha256(path) != info.get("sha256"):
             what = "truncated" if size < int(info.get("bytes") or 0) else "corrupt or modified"
@@ -524,9 +535,13 @@ def _memory(base: dict[str, int], end: dict[str, int], reset: bool) -> dict[str,
             "peak_reset": reset}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """The message's first line, cut at a word boundary (edgeq.errors.describe's rule;
+    this file imports nothing from edgeq)."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return text or type(exc).__name__
 
 
 def profile(artifact: Path, runs: int, warmup: int, threads: int | None, ops: bool) -> dict[str, Any]:

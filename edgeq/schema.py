@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -32,8 +32,12 @@ ONNX_EXECUTION_PROVIDERS: dict[str, str] = {
 DtypeKey = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # names become parts of output paths
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (`true` is not a number, "12" is not an int); no inf / nan anywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -103,7 +107,7 @@ class DeviceProfile(Strict):
     """What a device is: facts only, each with a source comment in its YAML."""
 
     schema_version: Literal[1]
-    name: str
+    name: str = Field(pattern=NAME_PATTERN)
     display_name: str
     family: Literal["snapdragon", "apple", "raspberry-pi", "x86"]
     vendor: str
@@ -117,27 +121,44 @@ class DeviceProfile(Strict):
 # ---------------------------------------------------------------------------- targets
 
 
+MAX_BUDGET_MB = 1e9  # a petabyte: anything above is a typo, and would overflow byte arithmetic
+
+
 class Budgets(Strict):
-    runtime_memory_mb: float = Field(gt=0)
-    storage_mb: float = Field(gt=0)
-    latency_ms: float | None = Field(default=None, gt=0)
+    runtime_memory_mb: float = Field(gt=0, le=MAX_BUDGET_MB)
+    storage_mb: float = Field(gt=0, le=MAX_BUDGET_MB)
+    latency_ms: float | None = Field(default=None, gt=0, le=1e9)
 
 
 class Quantization(Strict):
     int4_group_size: Literal[32, 64, 128] = 32
     # Layers matching these regexes keep full precision (e.g. a classifier head).
-    keep_fp32: list[str] = []
+    keep_fp32: list[str] = Field(default=[], max_length=1000)
+
+    @field_validator("keep_fp32")
+    @classmethod
+    def _regexes_compile(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            if len(pattern) > 500:
+                raise ValueError(f"pattern '{pattern[:40]}…' is longer than 500 characters")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a valid regular expression ({exc})") from None
+        return patterns
 
 
 class Runtime(Strict):
-    threads: int = Field(default=0, ge=0, description="0 = let the runtime decide")
+    threads: int = Field(default=0, ge=0, le=1024, description="0 = let the runtime decide")
 
 
 class Target(Strict):
     """How to deploy onto a device: format, delegate chain, precisions, budgets."""
 
     schema_version: Literal[1] = 1
-    name: str
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     device: str
     format: Format
@@ -147,7 +168,7 @@ class Target(Strict):
     budgets: Budgets
     quantization: Quantization = Quantization()
     runtime: Runtime = Runtime()
-    seq_len: int = Field(default=128, gt=0, description="static sequence length for text models")
+    seq_len: int = Field(default=128, gt=0, le=1_048_576, description="static sequence length for text models")
 
     @model_validator(mode="after")
     def _check(self) -> "Target":

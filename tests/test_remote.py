@@ -17,7 +17,6 @@ import json
 import os
 import re
 import platform
-import shutil
 import stat
 import sys
 from pathlib import Path
@@ -25,17 +24,14 @@ from pathlib import Path
 import pytest
 
 from edgeq.remote import AdbDevice, DeviceError, SshDevice, parse_device
-from tests.conftest import run_cli
+from tests.conftest import require_system_tool, run_cli
 from tests.sshd import SSHD, LoopbackSshd
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if not SSHD.exists():
-        pytest.fail(f"{SSHD} not found: install openssh-server (apt-get install openssh-server); "
-                    "the ssh:// profiling tests need a real sshd")
-    if shutil.which("ssh") is None:
-        pytest.fail("ssh not found: install openssh-client")
+    require_system_tool(str(SSHD), "openssh-server", "the ssh:// profiling tests need a real sshd")
+    require_system_tool("ssh", "openssh-client", "the ssh:// profiling tests need the ssh client")
     with LoopbackSshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
 

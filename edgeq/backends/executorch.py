@@ -20,7 +20,7 @@ from edgeq.backends.delegates import BACKEND_IDS, availability, partitioner
 from edgeq.backends.et_quant import conv_layers, quantize_convs, quantized_module
 from edgeq.capture import capture
 from edgeq.graphfacts import folded_layers, unused_layers
-from edgeq.errors import ArtifactError, BackendUnavailableError, ExportError
+from edgeq.errors import ArtifactError, BackendUnavailableError, ExportError, describe
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Lowered:
@@ -85,7 +85,7 @@ def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> li
             method = program.load_method("forward")
     except Exception as exc:
         raise ArtifactError(
-            f"ExecuTorch cannot load {model_file} ({str(exc).strip().splitlines()[0][:160]})",
+            f"ExecuTorch cannot load {model_file} ({describe(exc, 160)})",
             "the file is corrupt, not a .pte, or needs a delegate this runtime lacks; re-run 'edgeq export'",
         ) from None
     outs = []
@@ -155,9 +155,7 @@ def _lower(program: Any, partitioners: list[Any], out: Path) -> tuple[Any, dict[
         portable = _portable_ops(manager.exported_program().graph_module)
         summary["portable_op_count"], summary["portable_ops"] = sum(portable.values()), dict(portable.most_common())
     except Exception as exc:
-        from edgeq.capture import _first_line
-
-        raise ExportError(f"ExecuTorch lowering failed: {_first_line(exc)}",
+        raise ExportError(f"ExecuTorch lowering failed: {describe(exc)}",
                           "try another --precision or target, or re-run with --debug for details") from exc
     with out.open("wb") as f:
         manager.write_to_file(f)

@@ -30,7 +30,7 @@ from edgeq.backends.onnx_graph import (
     layer_nodes,
     op_counts,
 )
-from edgeq.errors import ArtifactError, ExportError
+from edgeq.errors import ArtifactError, ExportError, describe
 from edgeq.schema import ONNX_EXECUTION_PROVIDERS
 
 OPSET = 21  # GatherBlockQuantized needs 21; exporting at 21 avoids an opset bump later
@@ -60,7 +60,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         try:
             ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ExportError(f"ONNX Runtime cannot load the exported model: {str(exc).splitlines()[0][:200]}",
+            raise ExportError(f"ONNX Runtime cannot load the exported model: {describe(exc, 200)}",
                               "re-run with --debug and report it") from exc
         info.detail = f"{out.stat().st_size / 1e6:.1f} MB"
     counts = op_counts(proto)
@@ -93,7 +93,7 @@ def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> li
     try:
         session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ArtifactError(f"ONNX Runtime cannot load {model_file}: {str(exc).splitlines()[0][:200]}",
+        raise ArtifactError(f"ONNX Runtime cannot load {model_file}: {describe(exc, 200)}",
                             "the file is corrupt or not an ONNX model; re-run 'edgeq export'") from None
     names = [i.name for i in session.get_inputs()]
     outs = []
@@ -138,10 +138,8 @@ def _export(model: Any, workdir: Path) -> Any:
                 verbose=False,
             )
     except Exception as exc:
-        from edgeq.capture import _first_line
-
         raise ExportError(
-            f"torch.onnx.export cannot export the model: {_first_line(exc)}",
+            f"torch.onnx.export cannot export the model: {describe(exc)}",
             "make forward() free of data-dependent control flow, or re-run with --debug for details",
         ) from exc
     proto = onnx.load(str(tmp))
