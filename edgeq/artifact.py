@@ -17,7 +17,6 @@ paths, no symlinks, devices or FIFOs) before it is hashed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
-from edgeq.errors import ArtifactError, OutputError
+from edgeq.errors import ArtifactError, OutputError, disk_full
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -140,8 +139,8 @@ def staged_dir(out_dir: Path, force: bool, protected: Sequence[str | Path] = ())
             yield tmp
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the artifact from other users
             _replace(tmp, out_dir, force)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        except Exception as exc:
+            if disk_full(exc):  # also when a library wrapped the OSError in its own error
                 raise OutputError(f"no space left on device while writing {out_dir}",
                                   "free some disk space, or choose another --output") from None
             raise
@@ -264,7 +263,7 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_SCHEMA_VERSION:
         raise ArtifactError(f"{mpath} was written by a newer edgeq (manifest schema {version}; this edgeq reads "
                             f"{MANIFEST_SCHEMA_VERSION})", "upgrade edgeq")
-    if version != MANIFEST_SCHEMA_VERSION:
+    if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:  # True == 1 in Python
         raise ArtifactError(f"{mpath} has an unknown schema version", "re-export with this edgeq version")
     files = manifest.get("files", {})
     if not isinstance(files, dict) or not all(

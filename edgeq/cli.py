@@ -320,11 +320,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str], debug: bool) -> int:
-    import errno
-
     from typer._click import exceptions as click_exc
 
-    from edgeq.errors import Interrupted
+    from edgeq.errors import Interrupted, OutputError, disk_full
 
     try:
         returned = app(args=argv, prog_name="edgeq", standalone_mode=False)
@@ -334,6 +332,8 @@ def _run(argv: list[str], debug: bool) -> int:
     except EdgeqError as exc:
         if debug:
             traceback.print_exc()
+        if disk_full(exc) and not isinstance(exc, OutputError):
+            return _fail("no space left on device", 2, "free some disk space, or write elsewhere")
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except click_exc.NoArgsIsHelpError as exc:
@@ -355,16 +355,12 @@ def _run(argv: list[str], debug: bool) -> int:
         if debug:
             traceback.print_exc()
         return _fail("out of memory", 2, "use a smaller model, --seq-len or --samples, or a machine with more RAM")
-    except OSError as exc:
-        if debug:
-            traceback.print_exc()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return _fail(f"no space left on device{where}", 2, "free some disk space, or write elsewhere")
-        return _internal(exc)
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        if disk_full(exc):
+            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            return _fail(f"no space left on device{where}", 2, "free some disk space, or write elsewhere")
         return _internal(exc)
     if isinstance(returned, int) and returned != 0:  # typer turns a KeyboardInterrupt into a returned 130
         if returned == 130:

@@ -63,6 +63,20 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or anything in its chain (a library re-raising it as its own error)
+    is the disk running out of space."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def describe(exc: BaseException, limit: int = 240) -> str:
     """``"TypeName: first line of the message"``, cut at a word boundary with an ellipsis
     when longer than ``limit`` characters (never mid-word, never several lines)."""

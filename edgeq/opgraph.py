@@ -70,17 +70,23 @@ def ops_from_artifact(artifact_dir: str | Path) -> list[Op]:
     if model_file.suffix == ".onnx":
         st = model_file.stat()  # optimizing a large graph takes seconds: estimates for several devices share it
         return list(_onnx_ops_cached(str(model_file.resolve()), st.st_mtime_ns, st.st_size))
-    path = model_file.parent / OPS_FILE
-    if not path.exists():
+    from edgeq.artifact import member
+
+    if OPS_FILE not in manifest.get("files", {}):
         raise ArtifactError(f"{model_file.parent} has no {OPS_FILE} (the per-op graph emulated profiling needs)",
                             "re-export with this edgeq: 'edgeq export' writes it into ExecuTorch artifacts")
+    path = member(model_file.parent, OPS_FILE)  # listed, hashed, a regular file inside the artifact
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is corrupt ({exc})", "re-export with this edgeq") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is corrupt ({type(exc).__name__})", "re-export with this edgeq") from None
     if not isinstance(data, dict) or data.get("format_version") != OPS_FORMAT_VERSION:
         raise ArtifactError(f"{path} has an unknown format version", "re-export with this edgeq")
-    return ops_from_executorch(data)
+    try:
+        return ops_from_executorch(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ArtifactError(f"{path} is malformed ({type(exc).__name__}: {str(exc)[:80]})",
+                            "re-export with this edgeq") from None
 
 
 # ------------------------------------------------------------------ sizes and dtypes

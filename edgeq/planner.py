@@ -431,7 +431,7 @@ def read_plan_file(path: Path, target: Any = None) -> PlanFile:
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
         raise ConfigError(f"{path}: a plan needs a 'layers:' mapping of layer → scheme", "write one with 'edgeq plan -o FILE'")
     version = data.get("schema_version", PLAN_SCHEMA_VERSION)  # hand-written plans may leave it out
-    if version != PLAN_SCHEMA_VERSION:
+    if type(version) is not int or version != PLAN_SCHEMA_VERSION:  # True == 1 in Python
         newer = isinstance(version, int) and not isinstance(version, bool) and version > PLAN_SCHEMA_VERSION
         raise ConfigError(f"{path}:{lines.get(('schema_version',), 1)}: plan schema_version {version!r} "
                           f"{'is from a newer edgeq' if newer else 'is unknown'} (this edgeq reads {PLAN_SCHEMA_VERSION})",
