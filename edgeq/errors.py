@@ -80,7 +80,15 @@ def disk_full(exc: BaseException | None) -> bool:
 def describe(exc: BaseException, limit: int = 240) -> str:
     """``"TypeName: first line of the message"``, cut at a word boundary with an ellipsis
     when longer than ``limit`` characters (never mid-word, never several lines)."""
-    text = clip(next((line.strip() for line in str(exc).splitlines() if line.strip()), ""), limit)
+    import re
+
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    # Libraries point at log output edgeq hides ("see the warnings above"): drop those
+    # sentences and say where the details are instead.
+    kept = [s for s in re.split(r"(?<=[.!?])\s+", text) if not re.search(r"\babove\b", s, re.I)]
+    if len(kept) < len(re.split(r"(?<=[.!?])\s+", text)):
+        text = " ".join(kept + ["Details are in the log shown with --debug."])
+    text = clip(text, limit)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
