@@ -168,6 +168,9 @@ def _ms(v: float) -> str:
 # -------------------------------------------------------------------------------- HTML
 
 
+HTML_GENERATOR = "<meta name='generator' content='edgeq profile'>"
+
+
 def check_html_path(path: str | Path) -> None:
     """Fail before any measuring if ``path`` cannot be written."""
     import os
@@ -177,6 +180,15 @@ def check_html_path(path: str | Path) -> None:
     path = Path(path).absolute()
     if path.is_dir():
         raise OutputError(f"--html {path} is a directory", "pass a file name, e.g. profile.html")
+    if path.exists() or path.is_symlink():  # replace only a report edgeq wrote
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except OSError:
+            head = b""
+        if path.is_symlink() or not path.is_file() or HTML_GENERATOR.encode() not in head:
+            raise OutputError(f"--html {path} exists and is not an edgeq profile report",
+                              "choose another file name; edgeq replaces only its own reports")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -231,7 +243,7 @@ def render_html(reports: list[dict[str, Any]]) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left}td.n{text-align:right}.est{color:#b35900;font-weight:bold}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgeq profile</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{HTML_GENERATOR}<title>edgeq profile</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 

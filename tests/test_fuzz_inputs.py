@@ -142,3 +142,38 @@ def test_command_lines(argv):
     if code == 2:
         errors = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
         assert len(errors) == 1, (argv, err.getvalue()[-500:])
+
+
+parts = st.sampled_from(["a", "b", "art", "model", "..", ".", "link", "home", ""])
+
+
+@FUZZ
+@given(out=st.lists(parts, min_size=1, max_size=5), cwd=st.sampled_from([".", "a", "a/b", "model", "model/sub", "art"]))
+def test_force_never_allows_replacing_what_edgeq_did_not_write(tmp_path_factory, monkeypatch, out, cwd):
+    """Whatever the output path, ``--force`` is allowed only where nothing exists yet or an
+    edgeq artifact is, and never over the input model, the working or home directory."""
+    import os
+
+    from edgeq.artifact import check_output, is_artifact_dir
+
+    root = tmp_path_factory.mktemp("t")
+    for d in ("a/b", "model/sub", "art", "home"):
+        (root / d).mkdir(parents=True)
+    (root / "a" / "file.txt").write_text("mine")
+    (root / "model" / "config.json").write_text("{}")
+    (root / "art" / "manifest.json").write_text('{"schema_version": 1, "model_file": "model.onnx"}')
+    (root / "a" / "link").symlink_to(root / "art")
+    work = root / cwd
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(root / "home"))
+    path = Path(*out)
+    try:
+        check_output(path, True, [root / "model"])
+    except EdgeqError:
+        return
+    real = path.resolve()
+    assert not path.is_symlink()
+    assert not path.exists() or is_artifact_dir(path)
+    for precious in (root / "model", work, root / "home"):
+        assert real != precious.resolve() and real not in precious.resolve().parents
+    assert os.path.commonpath([real, root]) == str(root) or not path.exists()

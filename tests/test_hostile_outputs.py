@@ -56,6 +56,8 @@ CASES = [
     ("plan-output-exists", lambda t: (["plan", MLP, "-t", "x86", "-o", str(_file(t))], None, None), "already exists"),
     ("plan-force-over-other-file", lambda t: (["plan", MLP, "-t", "x86", "-o", str(_file(t)), "--force"], None, None),
      "is not a plan edgeq wrote"),
+    ("html-over-user-file", lambda t: (["profile", "nowhere", "--html", str(_file(t))], None, None),
+     "is not an edgeq profile report"),
 ]
 
 
