@@ -267,6 +267,16 @@ def fill(row: dict, est: memory.MemoryEstimate) -> dict:
             "peak_rss_error_pct": round(err(est.peak_rss_bytes(), peak), 2)}
 
 
+def coefficients() -> dict:
+    """The memory model's terms per format, as the backends hold them."""
+    from dataclasses import asdict
+
+    from edgeq.backends import FORMATS, get_backend
+    from edgeq.backends.onnx.costs import LINEAR_HELD
+
+    return {"ORT_LINEAR_HELD": LINEAR_HELD, **{fmt: asdict(get_backend(fmt).MEMORY) for fmt in FORMATS}}
+
+
 def write(out: Path, rows: list[dict], meta: dict) -> None:
     print_table(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -274,9 +284,7 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     tmp.write_text(json.dumps({
         "what": "edgeq.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
         **meta,
-        "coefficients": {"ORT_LINEAR_HELD": memory.ORT_LINEAR_HELD, "ACT_WIDE": memory.ACT_WIDE,
-                         "ACT_ATTN": memory.ACT_ATTN, "OVERHEAD": memory.OVERHEAD,
-                         "RUNTIME_BASELINE": memory.RUNTIME_BASELINE},
+        "coefficients": coefficients(),
         "rows": rows,
     }, indent=1) + "\n")
     tmp.replace(out)

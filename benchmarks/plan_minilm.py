@@ -86,6 +86,8 @@ import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
+from edgeq.schemes import parse  # noqa: E402
+
 BUDGETS = (0.30, 0.25, 0.20, 0.17)
 MIN_COS_GOAL = (0.20, 0.99)  # at this budget fraction, min cosine must reach this
 SENSITIVITY_GOAL_S = 120.0
@@ -377,7 +379,7 @@ def main() -> int:
             pte, _, _, info = make_torchao_et(model_dir, "int4", example, work)
             art = peer_dir(pte, work / "torchao-et-int4", "executorch", 4)
             schemes = {x.fqn: (f"int4-g{INT4_GROUP}" if x.kind == "linear" else "fp32") for x in layers}
-            est = memory.predict_peak("executorch", [(x, schemes[x.fqn]) for x in layers],
+            est = memory.predict_peak("executorch", [(x, parse(schemes[x.fqn])) for x in layers],
                                       nonlayer_bytes=fp32 - sum(x.fp32_bytes for x in layers), tokens=SEQ_LEN,
                                       attention_heads=heads, biased=biased,
                                       planned_activation_bytes=pte_arena_bytes(art / "model.pte"))
@@ -398,7 +400,7 @@ def main() -> int:
                     path = make_ort_nbits(ort_fp32(), 0.0, work)[0]
                 art = peer_dir(path, work / path.stem, "onnx", 4)
                 schemes = {x.fqn: (f"int4-g{INT4_GROUP}" if x.kind == "linear" or gather else "fp32") for x in layers}
-                est = memory.predict_peak("onnx", [(x, schemes[x.fqn]) for x in layers],
+                est = memory.predict_peak("onnx", [(x, parse(schemes[x.fqn])) for x in layers],
                                           nonlayer_bytes=fp32 - sum(x.fp32_bytes for x in layers), tokens=SEQ_LEN,
                                           attention_heads=heads, biased=biased)
                 what = "linears + embeddings" if gather else "linears; embeddings fp32"

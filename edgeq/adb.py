@@ -32,21 +32,23 @@ from edgeq.errors import clip
 from edgeq.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
                           DeviceRunError, DeviceSetupError, DeviceUnreachableError)
 
-RUNNERS = {"executorch": "ExecuTorch's executor_runner", "onnx": "ONNX Runtime's onnxruntime_perf_test"}
 # ELF e_machine values for the Android ABIs.
 ELF_MACHINE = {"arm64-v8a": 183, "armeabi-v7a": 40, "x86_64": 62, "x86": 3}
 
 
 def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
         threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
+    from edgeq.backends import get_backend
+
     fmt = manifest["target"]["format"]
+    be = get_backend(fmt)
     adb = shutil.which("adb")
     if adb is None:
         raise DeviceSetupError("adb not found",
                                "install Android platform-tools (https://developer.android.com/tools/releases/platform-tools) "
                                "and put adb on PATH")
     serial = pick_device(adb, dev.serial)
-    runner = _check_runner(runner, fmt)
+    runner = _check_runner(runner, be)
     shell = [adb, "-s", serial, "shell"]
     props = _adb(shell + ["getprop ro.product.manufacturer; getprop ro.product.model; getprop ro.soc.model; "
                           "getprop ro.product.cpu.abi; getprop ro.build.version.release; date +%m-%d\\ %H:%M:%S"],
@@ -55,7 +57,7 @@ def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, ru
     machine = _elf_machine(runner)
     if abi in ELF_MACHINE and machine is not None and machine != ELF_MACHINE[abi]:
         raise DeviceSetupError(f"runner {runner} is not built for {serial}'s ABI ({abi})",
-                               f"build {RUNNERS[fmt]} for {abi} with the Android NDK")
+                               f"build {be.ANDROID_RUNNER} for {abi} with the Android NDK")
     workdir = f"{ANDROID_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', root.name)}"
     try:
         _adb(shell + [f"rm -rf {workdir} && mkdir -p {workdir}"], serial)
@@ -65,25 +67,19 @@ def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, ru
         sent = time.perf_counter() - t0
         exe = f"{workdir}/{runner.name}"
         _adb(shell + [f"chmod 755 {exe}"], serial)
-        if fmt == "executorch":
-            cmd = f"cd {workdir} && ./{runner.name} --model_path={model.name} --num_executions={warmup + runs}"
-            cmd += f" --cpu_threads={threads}" if threads else ""
-        else:
-            cmd = f"cd {workdir} && LD_LIBRARY_PATH={workdir} ./{runner.name} -I -m times -r {runs} -s"
-            cmd += f" -x {threads}" if threads else ""
-            cmd += f" {model.name}"
+        cmd = be.android_command(workdir, runner.name, model.name, runs, warmup, threads)
         proc = subprocess.run(shell + [cmd], capture_output=True, text=True, errors="replace")
         output = proc.stdout + "\n" + proc.stderr
         if proc.returncode != 0:
             raise DeviceRunError(f"{runner.name} failed on {serial} (exit {proc.returncode}): {_last_line(output)}",
-                                 f"check it is {RUNNERS[fmt]} built with the delegates this artifact uses", output[-4000:])
-        if fmt == "executorch" and "Model executed successfully" not in output:  # Android PAL: logcat
-            output += "\n" + _adb([adb, "-s", serial, "logcat", "-d", "-v", "brief", "-s", "ExecuTorch",
+                                 f"check it is {be.ANDROID_RUNNER} built with the delegates this artifact uses", output[-4000:])
+        if not be.android_output_complete(output):  # the runtime logged to logcat
+            output += "\n" + _adb([adb, "-s", serial, "logcat", "-d", "-v", "brief", "-s", be.ANDROID_LOG_TAG,
                                    "-T", f"{started_at}.000"], serial, check=False).stdout
-        measured = parse_executor_runner(output, warmup) if fmt == "executorch" else parse_perf_test(output)
+        measured = be.parse_android_output(output, warmup)
         if measured is None:
             raise DeviceRunError(f"found no timings in {runner.name}'s output on {serial}: {_last_line(output)}",
-                                 f"pass {RUNNERS[fmt]} as the runner", output[-4000:])
+                                 f"pass {be.ANDROID_RUNNER} as the runner", output[-4000:])
     finally:
         _adb(shell + [f"rm -rf {workdir}"], serial, check=False)
     notes = [measured.pop("note")] if measured.get("note") else []
@@ -107,18 +103,18 @@ def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, ru
     }
 
 
-def _check_runner(runner: Path | None, fmt: str) -> Path:
+def _check_runner(runner: Path | None, be: Any) -> Path:
     if runner is None:
         raise DeviceSetupError(
             "no runner binary for the Android device (edgeq ships none)",
-            f"build {RUNNERS[fmt]} for the device with the Android NDK and pass it with --runner PATH "
+            f"build {be.ANDROID_RUNNER} for the device with the Android NDK and pass it with --runner PATH "
             f"or {ANDROID_RUNNER_ENV}=PATH")
     runner = Path(runner).expanduser()
     if not runner.is_file():
-        raise DeviceSetupError(f"runner {runner} not found", f"pass the path to {RUNNERS[fmt]} built for the device")
+        raise DeviceSetupError(f"runner {runner} not found", f"pass the path to {be.ANDROID_RUNNER} built for the device")
     if _elf_machine(runner) is None:
         raise DeviceSetupError(f"runner {runner} is not a native executable (ELF)",
-                               f"pass {RUNNERS[fmt]} built for the device with the Android NDK")
+                               f"pass {be.ANDROID_RUNNER} built for the device with the Android NDK")
     return runner
 
 
@@ -186,47 +182,3 @@ def _adb(cmd: list[str], serial: str, check: bool = True) -> subprocess.Complete
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return clip(lines[-1]) if lines else "no output"
-
-
-def parse_executor_runner(text: str, warmup: int) -> dict[str, Any] | None:
-    """Timings from ``executor_runner``'s log lines; None if it printed none."""
-    from edgeq.runner import latency_stats
-
-    total = re.findall(r"Model executed successfully (\d+) time\(s\) in ([0-9.]+) ms", text)
-    if not total:
-        return None
-    count, total_ms = int(total[-1][0]), float(total[-1][1])
-    loaded = re.findall(r"Model loaded in ([0-9.]+) ms", text)
-    iters = [float(ms) for _, ms in re.findall(r"Iteration (\d+) of \d+: ([0-9.]+) ms", text)]
-    out: dict[str, Any] = {"load_ms": float(loaded[-1]) if loaded else None, "memory": {"available": False}}
-    if len(iters) == count and count > warmup:
-        samples = iters[warmup:]
-        out.update(warmup=warmup, runs=len(samples), latency_ms=latency_stats(samples), samples_ms=samples)
-    else:
-        mean = total_ms / max(count, 1)
-        out.update(warmup=0, runs=count, samples_ms=[],
-                   latency_ms={"min": None, "p50": None, "p90": None, "max": None, "mean": mean, "stdev": None},
-                   note=f"this executor_runner prints only its total time: the mean over all {count} iterations "
-                        "(warm-up included) is reported; a newer build prints each iteration")
-    return out
-
-
-def parse_perf_test(text: str) -> dict[str, Any] | None:
-    """Timings from ``onnxruntime_perf_test -s``; None if it printed none."""
-    def seconds(label: str) -> float | None:
-        found = re.findall(rf"^{label}: ([0-9.eE+-]+) s\s*$", text, re.MULTILINE)
-        return float(found[-1]) * 1e3 if found else None
-
-    mean = re.findall(r"Average inference time cost(?: total)?: ([0-9.eE+-]+) ms", text)
-    requests = re.findall(r"Total inference requests: (\d+)", text)
-    if not mean or not requests:
-        return None
-    peak = re.findall(r"Peak working set size: (\d+) bytes", text)
-    latency = {"min": seconds("Min Latency"), "p50": seconds("P50 Latency"), "p90": seconds("P90 Latency"),
-               "max": seconds("Max Latency"), "mean": float(mean[-1]), "stdev": None}
-    return {
-        "warmup": 1, "runs": int(requests[-1]), "load_ms": seconds("Session creation time cost"),
-        "latency_ms": latency, "samples_ms": [],
-        "memory": {"available": True, "peak_rss_bytes": int(peak[-1])} if peak else {"available": False},
-        "note": "onnxruntime_perf_test runs one warm-up of its own and feeds random inputs",
-    }

@@ -35,11 +35,6 @@ _PEAK_FALLBACK = {"fp32": ("fp32", "fp16"), "fp16": ("fp16", "fp32"), "int8": ("
 # ExecuTorch delegates and ONNX Runtime execution providers → (unit kind, profile API).
 _ACCEL = {"coreml": (("neural-engine", "coreml"), ("gpu", "coreml")), "vulkan": (("gpu", "vulkan"),),
           "qnn": (("npu", "qnn"),), "nnapi": (("npu", "nnapi"),)}
-# ONNX Runtime contrib ops that are CPU-provider fusions of standard ops: another provider
-# runs the standard ops instead, at about the same cost. Quantized contrib ops
-# (MatMulNBits, GatherBlockQuantized, ...) have no kernels outside the CPU provider.
-_FUSIONS = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu",
-            "FastGelu", "Gelu", "QuickGelu", "FusedMatMul", "BiasSoftmax", "BiasAdd", "FusedGemm", "FusedConv"}
 
 
 def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int | None = None) -> dict[str, Any]:
@@ -55,7 +50,7 @@ def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int |
 
     manifest, model_file = read_artifact(Path(artifact_dir))
     target = manifest.get("target") or {}
-    fmt = target.get("format") or ("onnx" if model_file.suffix == ".onnx" else "executorch")
+    fmt = target["format"]
     ops = ops_from_artifact(model_file.parent)
     cores = profile.cpu.cores
     wanted = threads if threads is not None else int(target.get("threads") or 0) or cores
@@ -136,8 +131,10 @@ def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: Dev
             lookup: Lookup | None = None, clock_scale: float = 1.0) -> Prediction:
     """The roofline per op and the fixed costs, with factors from ``lookup(runtime, unit)``
     (default ``edgeq.efficiency.factors``); CPU fixed costs are multiplied by ``clock_scale``."""
+    from edgeq.backends import get_backend
     from edgeq.efficiency import factors
 
+    be = get_backend(fmt)
     lookup = lookup or factors
     bandwidth = profile.memory.bandwidth_gbps * 1e9
     rows: list[dict[str, Any]] = []
@@ -147,7 +144,7 @@ def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: Dev
         if unit == "cpu":
             runtime = _cpu_runtime(op.runtime)
         else:
-            runtime = f"onnx-{unit}" if op.runtime == "onnx" else op.runtime
+            runtime = be.accelerated_runtime(op, unit)
         table, source = lookup(runtime, unit)
         used.setdefault(f"{runtime}/{unit}", {"source": source, **table})
         peak_dtype, peak = _peak(profile, unit, dtype, 1 if op.runtime == "portable" else threads)
@@ -181,7 +178,7 @@ def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: Dev
     for (runtime, unit), count in calls.items():
         table, _ = lookup(runtime, unit)
         fixed_s += count * table["call_us"] * 1e-6 * (clock_scale if unit == "cpu" else 1.0)
-    run_table, _ = lookup("onnx" if fmt == "onnx" else "portable", "cpu")
+    run_table, _ = lookup(be.EMULATION_RUNTIME, "cpu")
     fixed_s += run_table["run_us"] * 1e-6 * clock_scale
     return Prediction(rows, compute_s, memory_s, overhead_s + fixed_s, fixed_s, calls, used)
 
@@ -248,24 +245,11 @@ def assign_units(ops: list[Any], fmt: str, delegates: list[str], profile: Device
             missing.add(name)
         return None
 
-    out: list[tuple[str, str]] = []
-    if fmt == "executorch":
-        for op in ops:
-            unit = accel_for(op.runtime) if op.runtime in _ACCEL else None
-            out.append((unit or "cpu", _accel_dtype(op, unit, op.runtime)))
-    else:
-        chain = [d for d in delegates if d in _ACCEL]
-        for op in ops:
-            unit = None
-            if op.domain in ("", "ai.onnx") or op.op in _FUSIONS:
-                unit = next((u for u in (accel_for(d) for d in chain) if u), None)
-            provider = next((d for d in chain if accel_for(d) == unit), "") if unit else ""
-            out.append((unit or "cpu", _accel_dtype(op, unit, provider)))
-        if chain:
-            assumptions.append("ONNX Runtime assigns nodes to providers on the device; assumed: "
-                               f"{', '.join(chain)} take "
-                               "every standard-domain node they can place on their unit, quantized contrib ops "
-                               "(MatMulNBits, ...) stay on the CPU provider")
+    from edgeq.backends import get_backend
+
+    placed, notes = get_backend(fmt).op_units(ops, [d for d in delegates if d in _ACCEL], accel_for)
+    out = [(unit or "cpu", _accel_dtype(op, unit, delegate)) for op, (unit, delegate) in zip(ops, placed)]
+    assumptions.extend(notes)
     for name in sorted(missing):
         assumptions.append(f"{profile.name} has no unit for the {name} delegate/provider: its ops are estimated on "
                            "the CPU")
@@ -284,23 +268,10 @@ def _accel_dtype(op: Any, unit: str | None, delegate: str) -> str:
 
 
 def _delegate_calls(ops: list[Any], units: list[tuple[str, str]], fmt: str) -> dict[tuple[str, str], int]:
-    """Delegate calls per (runtime, unit): ExecuTorch subgraphs; ONNX runs of consecutive
-    nodes on one accelerator (a provider hand-off each)."""
-    calls: dict[tuple[str, str], int] = {}
-    if fmt == "executorch":
-        seen: set[int] = set()
-        for op, (unit, _) in zip(ops, units):
-            if op.subgraph >= 0 and op.subgraph not in seen:
-                seen.add(op.subgraph)
-                key = (_cpu_runtime(op.runtime) if unit == "cpu" else op.runtime, unit)
-                calls[key] = calls.get(key, 0) + 1
-        return calls
-    previous = "cpu"
-    for unit, _ in units:
-        if unit != "cpu" and unit != previous:
-            calls[(f"onnx-{unit}", unit)] = calls.get((f"onnx-{unit}", unit), 0) + 1
-        previous = unit
-    return calls
+    """Delegate calls per (runtime, unit), as the format's runtime makes them (its backend's ``delegate_calls``)."""
+    from edgeq.backends import get_backend
+
+    return get_backend(fmt).delegate_calls(ops, [u for u, _ in units], _cpu_runtime)
 
 
 def _cpu_runtime(runtime: str) -> str:

@@ -112,7 +112,7 @@ def export(
     for line in clean_stale_staging(out_dir):
         steps.note(line)
 
-    from edgeq.backends import backend
+    from edgeq.backends import get_backend
     from edgeq.inventory import fp32_bytes, layer_inventory
     from edgeq.plan import uniform_plan
 
@@ -140,7 +140,7 @@ def export(
         reference = _eager_outputs(loaded, heldout)
         info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
 
-    be = backend(tgt.format)
+    be = get_backend(tgt.format)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
         scratch.mkdir()
@@ -167,8 +167,7 @@ def export(
                 steps.note(f"the lowered artifact's predicted peak memory ({estimate.total_bytes / 1e6:.1f} MB) is over "
                            f"the {memory_budget / 1e6:g} MB memory budget; re-planning with its activation arena")
             predicted = make_plan(loaded, resolved, reserve_bytes=reserve,
-                                  planned_activation_bytes=int(lowered.extras.get("planned_activation_bytes", 0)),
-                                  **plan_args)
+                                  planned_activation_bytes=lowered.planned_activation_bytes, **plan_args)
             plan = predicted.plan
             shutil.rmtree(scratch)
             scratch.mkdir()
@@ -199,7 +198,7 @@ def export(
         tokens, heads = workload(loaded.example_inputs, loaded.config)
         manifest["memory"].update({
             "tokens": tokens, "attention_heads": heads,
-            "folded_layers": lowered.extras.get("folded_layers") or {},
+            "folded_layers": lowered.folded_layers,
             "budget_bytes": memory_budget,
             "predicted": {**estimate.to_dict(), "estimate": True,
                           "peak_rss_with_python_runtime_bytes": estimate.peak_rss_bytes()},
@@ -225,13 +224,15 @@ def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size
     from edgeq.inventory import nonlayer_bytes
     from edgeq.memory import predict_peak, with_folded, with_tied_head, workload
 
+    from edgeq.schemes import applied
+
     tokens, heads = workload(loaded.example_inputs, loaded.config)
-    pairs = with_folded([(x, lowered.layer_schemes.get(x.fqn, "fp32")) for x in layers],
-                        lowered.extras.get("folded_layers") or {})
+    pairs = with_folded([(x, applied(lowered.layer_schemes.get(x.fqn, "fp32"))) for x in layers],
+                        lowered.folded_layers)
     pairs = with_tied_head(tgt.format, pairs, loaded.config, loaded.task)
     return predict_peak(tgt.format, pairs, nonlayer_bytes=nonlayer_bytes(fp32_size, layers),
                         tokens=tokens, attention_heads=heads,
-                        planned_activation_bytes=int(lowered.extras.get("planned_activation_bytes", 0)))
+                        planned_activation_bytes=lowered.planned_activation_bytes)
 
 
 def _check_precision(precision: str | None, tgt: Any) -> str:
@@ -332,7 +333,7 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
         },
         "budgets": tgt.budgets.model_dump(),
         "delegation": {"used": lowered.delegates_used, **lowered.delegation},
-        "memory": {k: v for k, v in lowered.extras.items() if k.endswith("_bytes")},
+        "memory": {"planned_activation_bytes": lowered.planned_activation_bytes},
         "numerics": numerics.to_dict() if numerics else None,
         "numerics_skipped": "" if numerics else lowered.not_runnable_reason,
         "files": files,

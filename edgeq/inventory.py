@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-# Scheme names used everywhere (plans, manifests): fp32, fp16, int8, int4-g32/64/128.
-INT4_GROUPS = (32, 64, 128)
+from edgeq.schemes import Scheme
+
 
 
 @dataclass(frozen=True)
@@ -23,72 +22,12 @@ class LayerInfo:
     def fp32_bytes(self) -> int:
         return self.params * 4
 
-    def fits(self, scheme: str) -> bool:
-        """Whether this layer's shape can take ``scheme`` (int4 groups must divide rows)."""
-        if scheme.startswith("int4-g"):
-            group = int(scheme.removeprefix("int4-g"))
+    def fits(self, scheme: Scheme) -> bool:
+        """Whether this layer's shape can take ``scheme`` (groups must divide the reduction dim)."""
+        if scheme.group:
             reduce_dim = self.shape[1] if self.kind != "conv" else _prod(self.shape[1:])
-            return self.kind in ("linear", "embedding") and reduce_dim % group == 0
+            return self.kind in ("linear", "embedding") and reduce_dim % scheme.group == 0
         return True
-
-
-def stored_bytes(layer: LayerInfo, scheme: str, fmt: str) -> int:
-    """Bytes ``layer``'s weight takes in an artifact of format ``fmt`` under ``scheme``.
-
-    Measured on single-layer exports (Linear 512→1024, Embedding 4096×256), exact to
-    the byte for the weight payload: ExecuTorch stores int8 per-channel with fp32 scales,
-    XNNPACK int4 linears with 2-byte group scales and embedding_4bit with fp32 ones; ONNX
-    Runtime's 8-bit MatMulNBits keeps an fp32 scale per 128-block (K padded to whole blocks), its asymmetric 4-bit
-    MatMulNBits / GatherBlockQuantized an fp32 scale and a 4-bit zero point per group,
-    and quantize_dynamic's Gather one per-tensor uint8 scale.
-    """
-    p = layer.params
-    rows = layer.shape[0]
-    reduce_dim = p // rows
-    if scheme == "fp32":
-        return p * 4
-    if scheme == "fp16":
-        return p * 2
-    if scheme == "int8":
-        if fmt == "onnx" and layer.kind == "linear":  # blocks of 128 along K, the last one zero-padded
-            blocks = rows * math.ceil(reduce_dim / 128)
-            return blocks * 128 + blocks * 4
-        if fmt == "onnx" and layer.kind == "embedding":
-            return p + 8
-        return p + rows * 4
-    group = int(scheme.removeprefix("int4-g"))
-    groups = rows * math.ceil(reduce_dim / group)
-    packed = rows * math.ceil(reduce_dim / 2)
-    if fmt == "onnx":
-        return packed + groups * 4 + math.ceil(groups / 2)
-    return packed + groups * (2 if layer.kind == "linear" else 4)
-
-
-# --- file overhead: what an artifact holds beyond its weights (graph, tensor metadata, names)
-# Measured (2026-11-22) as file size − stored weight bytes on 7 models (tiny text/MLP/conv
-# modules, random tiny BERT/Llama/ViT, all-MiniLM-L6-v2) at fp32, int8 and int4, after edgeq
-# strips ONNX's per-node debug metadata. At fp32 it grows with the captured program's ops and
-# placeholders (ONNX: node protos and initializer names; ExecuTorch: flatbuffer tensor and
-# instruction tables): fitted through MiniLM and the Llama, it over-predicts the others by at
-# most 9 KB (ONNX ViT) and under-predicts the tiny MLP by 0.2 KB. Each layer at a non-fp32
-# scheme adds its scale tensors' and dequantizing ops' entries (median per layer over the 7).
-FILE_OVERHEAD_PER_OP = {"executorch": 153, "onnx": 50}
-FILE_OVERHEAD_PER_PLACEHOLDER = {"executorch": 434, "onnx": 268}
-FILE_OVERHEAD_PER_QUANTIZED_LAYER = {"executorch": 400, "onnx": 230}
-FILE_OVERHEAD_PER_QUANTIZED_CONV = {"executorch": 780, "onnx": 650}
-
-
-def file_overhead(fmt: str, ops: int, placeholders: int) -> int:
-    """Estimated bytes of an fp32 artifact beyond its weights, from the captured program's size."""
-    return FILE_OVERHEAD_PER_OP[fmt] * ops + FILE_OVERHEAD_PER_PLACEHOLDER[fmt] * placeholders
-
-
-def scheme_overhead(layer: LayerInfo, scheme: str, fmt: str) -> int:
-    """Estimated extra file bytes (beyond the weight) of ``layer`` at a non-fp32 ``scheme``."""
-    if scheme in ("fp32", "unused"):
-        return 0
-    table = FILE_OVERHEAD_PER_QUANTIZED_CONV if layer.kind == "conv" else FILE_OVERHEAD_PER_QUANTIZED_LAYER
-    return table[fmt]
 
 
 def layer_inventory(module: Any) -> list[LayerInfo]:

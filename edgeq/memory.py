@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
+from edgeq.schemes import FP32, Scheme, applied, for_precision
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -49,136 +51,95 @@ class MemoryEstimate:
 
     def peak_rss_bytes(self, baseline_bytes: int | None = None) -> int:
         """The process's predicted peak RSS: ``baseline_bytes`` (default: the runtime's
-        measured baseline here, ``RUNTIME_BASELINE``) plus ``total_bytes``."""
-        return (RUNTIME_BASELINE[self.format] if baseline_bytes is None else baseline_bytes) + self.total_bytes
+        measured baseline here, its backend's ``MEMORY.baseline_bytes``) plus ``total_bytes``."""
+        if baseline_bytes is None:
+            from edgeq.backends import get_backend
+
+            baseline_bytes = get_backend(self.format).MEMORY.baseline_bytes
+        return baseline_bytes + self.total_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
 
-def runtime_bytes(layer: Any, scheme: str, fmt: str) -> int:
-    """Bytes of one layer's weight as the runtime loads it, before any repacking: the
-    stored bytes (``edgeq.inventory.stored_bytes``), except fp16 linears on ONNX Runtime,
-    whose CPU EP has no fp16 GEMM (a Cast + constant folding turn them into fp32)."""
-    from edgeq.inventory import stored_bytes
-
-    if scheme == "unused":
-        return 0
-    if fmt == "onnx" and scheme == "fp16" and layer.kind != "embedding":
-        return 4 * layer.params
-    return stored_bytes(layer, scheme, fmt)
-
-
-def with_folded(pairs: Sequence[tuple[Any, str]], folded: dict[str, int]) -> list[tuple[Any, str]]:
+def with_folded(pairs: Sequence[tuple[Any, Scheme | None]], folded: dict[str, int]) -> list[tuple[Any, Scheme | None]]:
     """``(layer, scheme)`` pairs with each folded layer (``edgeq.graphfacts``) replaced by the
     fp32 constant ExecuTorch stores in its place (``folded``: fqn → bytes), whatever its scheme."""
     from dataclasses import replace
 
-    return [(replace(x, kind="embedding", shape=(folded[x.fqn] // 4,), params=folded[x.fqn] // 4, bias=False), "fp32")
+    return [(replace(x, kind="embedding", shape=(folded[x.fqn] // 4,), params=folded[x.fqn] // 4, bias=False), FP32)
             if x.fqn in folded else (x, s) for x, s in pairs]
 
 
-def held_bytes(layer: Any, scheme: str, fmt: str, bias: bool | None = None) -> int:
-    """Bytes of one layer's weight as the runtime holds it while running: ``runtime_bytes``
-    times ONNX Runtime's fitted prepacking factor for linears (``ORT_LINEAR_HELD``; ``bias``:
-    whether the linear has one, default ``layer.bias``). ExecuTorch holds the stored bytes."""
-    held = runtime_bytes(layer, scheme, fmt)
-    if fmt == "onnx" and layer.kind != "embedding" and scheme != "unused":
-        key = "int4" if scheme.startswith("int4") else "int8" if scheme == "int8" else "fp32"
-        if key == "fp32" and (getattr(layer, "bias", True) if bias is None else bias):
-            key = "fp32-bias"
-        held = int(held * ORT_LINEAR_HELD[key])
-    return held
-
-
 # --- coefficients ---------------------------------------------------------------------
-# Fitted (scipy least_squares on the relative error of model_attributable_bytes, one format
-# at a time, intercept free) to the medians of measure_peak_rss over fresh processes (5 per
+# Each runtime's terms are its backend's (``edgeq.backends.<format>.costs.MEMORY``), fitted
+# (scipy least_squares on the relative error of model_attributable_bytes, one format at a
+# time, intercept free) to the medians of measure_peak_rss over fresh processes (5 per
 # ExecuTorch artifact, 9 per ONNX one) of the 24 artifacts of benchmarks/memory_model.py, on
 # this host (x86-64, glibc, 2 cores; ExecuTorch 1.5.1 pybindings, ONNX Runtime 1.31.1 CPU
 # EP, 4 intra-op threads): all-MiniLM-L6-v2 fp32/fp16/int8/int4 at seq 128 and fp32/int8
 # at seq 512; a random BERT-base (110M) and a random Llama (58M) fp32/int8/int4 at seq 128.
-# Nothing below is fitted to the held-out rows of that benchmark (a random ViT-base, a
-# random tied-head Qwen2-style LM, MiniLM memory-budget plans). Two structural terms were
-# added after those rows missed, without new constants: a ViT's patches are its tokens
+# Nothing is fitted to the held-out rows of that benchmark (a random ViT-base, a random
+# tied-head Qwen2-style LM, MiniLM memory-budget plans). Two structural terms were added
+# after those rows missed, without new constants: a ViT's patches are its tokens
 # (``patch_tokens``) and a tied LM head is a second, fp32 tensor (``tied_head``).
 #
-# ExecuTorch needs no weight factor: RSS holds each weight once (XNNPACK's packed copy
-# replaces the delegate's bytes, unmapped after packing; portable ops read the embedding
-# tables from the mmapped .pte), so ET weights are the stored bytes.
-#
-# ORT: bytes held per byte stored, for linears (embedding tables: 1.0). Measured with and
-# without session.disable_prepacking, the excess is MLAS's prepacked copy beside the
-# original initializer (which ORT frees, but glibc mostly keeps). Linears with a bias
-# (fused to Gemm) and MatMulNBits keep ~0.6x more; fp32 MatMul without bias (the Llama)
-# kept almost nothing (its peak is at load, so 1.0 is not fitted, but measured +3%).
-# Under ASLR, ORT's peak is bimodal: ~1 fresh process in 9 lands in a low mode with none
-# of that excess (e.g. BERT fp32 515 vs 637 MiB; deterministic low mode with setarch -R);
-# these factors describe the common mode.
-# Known weak term, "fp32-bias": the excess is glibc keeping freed initializers, not the
-# model. Held-out ViT-base fp32 (same linears as BERT-base, no large table) keeps only
-# ~0.26x (436 MiB measured, 382 in its low mode, vs 564 predicted: +29%). With glibc's
-# dynamic mmap threshold off (MALLOC_MMAP_THRESHOLD_=131072) the excess vanishes and a
-# factor of 1.0 lands within ±7% of MiniLM, BERT and ViT fp32 alike (+6.5/+1.6/-1.8% of
-# 140/515/370 MiB measured that way, single processes).
-ORT_LINEAR_HELD = {"fp32": 1.00, "fp32-bias": 1.61, "int8": 1.71, "int4": 1.64}
-# Activations beyond ExecuTorch's planned arena: ACT_WIDE x (tokens x widest linear output
-# x 4 B), e.g. LM-head logits in the XNNPACK workspace / ORT arena plus the copy handed to
-# Python (identified by the Llama rows alone); ACT_ATTN x (heads x tokens^2 x 4 B),
-# attention scores (identified by MiniLM at seq 512 vs 128 alone).
-# Held out, ACT_WIDE on ExecuTorch is the weak term: a small tied LM (seq 256, vocab 32000,
-# 31 MiB of logits) measures 116 MiB in 8 fresh processes of 9 and 147 in the other, vs
-# 150 predicted (+29%); the Llama int8 is the mirror image (111 usually, 97 once). Whether
-# glibc keeps the logits-sized buffers freed between runs depends on the heap's layout,
-# and these factors sit on the high mode (conservative for a budget). After 1, 2, 3 runs
-# the Llama int8 measures 96.6, 96.6, 111.2 MiB (the third run keeps one more logits copy),
-# the small tied LM 116.0, 116.1, 116.1: after one run both need ~1.2-1.3x logits, not 2.27.
-ACT_WIDE = {"executorch": 2.27, "onnx": 1.75}
-ACT_ATTN = {"executorch": 0.94, "onnx": 5.86}
-# Model-independent growth past the baseline: kernel code paged in, thread pools, the ORT
-# session and arena slack; the fitted intercept. A 40 KB model measures 2.4 MiB (ET) and
-# 10.3 MiB (ORT): for ORT the rest is run-time workspace that the terms above miss.
-OVERHEAD = {"executorch": int(3.72 * 2**20), "onnx": int(18.7 * 2**20)}
-# The baseline itself (not fitted: the median measured here): a Python process with the
-# runtime imported. The ExecuTorch pybindings import torch; a C++ app's baseline is far smaller.
-RUNTIME_BASELINE = {"executorch": int(355.6 * 2**20), "onnx": int(45.5 * 2**20)}
+# act_wide x (tokens x widest linear output x 4 B): e.g. LM-head logits in the XNNPACK
+# workspace / ORT arena plus the copy handed to Python (identified by the Llama rows alone);
+# act_attn x (heads x tokens^2 x 4 B): attention scores (identified by MiniLM at seq 512 vs
+# 128 alone). Held out, act_wide on ExecuTorch is the weak term: a small tied LM (seq 256,
+# vocab 32000, 31 MiB of logits) measures 116 MiB in 8 fresh processes of 9 and 147 in the
+# other, vs 150 predicted (+29%); the Llama int8 is the mirror image (111 usually, 97 once).
+# Whether glibc keeps the logits-sized buffers freed between runs depends on the heap's
+# layout, and these factors sit on the high mode (conservative for a budget). After 1, 2, 3
+# runs the Llama int8 measures 96.6, 96.6, 111.2 MiB, the small tied LM 116.0, 116.1, 116.1:
+# after one run both need ~1.2-1.3x logits, not 2.27. The overhead is the fitted intercept
+# (kernel code paged in, thread pools, ORT's session and arena slack).
 
 
-def predict_peak(fmt: str, layers: Sequence[tuple[Any, str]], *, nonlayer_bytes: int, tokens: int = 0,
+def predict_peak(fmt: str, layers: Sequence[tuple[Any, Scheme | None]], *, nonlayer_bytes: int, tokens: int = 0,
                  attention_heads: int = 0, planned_activation_bytes: int = 0,
                  biased: Collection[str] | None = None) -> MemoryEstimate:
     """Predict the peak memory an artifact adds to its runtime's process.
 
     ``layers``: ``(layer, scheme)`` pairs, ``layer`` with ``fqn``, ``kind``, ``shape``,
-    ``params`` (an ``edgeq.inventory.LayerInfo``); ``nonlayer_bytes``: the fp32 bytes of
-    all other constants (biases, norms); ``tokens``/``attention_heads``: the sequence the
-    model runs on; ``planned_activation_bytes``: ExecuTorch's memory plan (manifest);
-    ``biased``: names of the linears with a bias (ORT runs them as Gemm; None: all).
+    ``params`` (an ``edgeq.inventory.LayerInfo``), ``scheme`` a ``Scheme`` or None for a
+    layer the artifact does not use; ``nonlayer_bytes``: the fp32 bytes of all other
+    constants (biases, norms); ``tokens``/``attention_heads``: the sequence the model runs
+    on; ``planned_activation_bytes``: the runtime's planned arena (manifest); ``biased``:
+    names of the linears with a bias (ORT runs them as Gemm; None: all).
     """
-    if fmt not in OVERHEAD:
-        raise ValueError(f"unknown format {fmt!r}")
+    from edgeq.backends import get_backend
+
+    be = get_backend(fmt)
+    terms = be.MEMORY
     weights, stored_total, transient, widest = nonlayer_bytes, nonlayer_bytes, 0, 0
     for layer, scheme in layers:
-        stored = runtime_bytes(layer, scheme, fmt)
-        weights += held_bytes(layer, scheme, fmt, None if biased is None else layer.fqn in biased)
+        if scheme is None:
+            continue
+        stored = be.runtime_bytes(layer, scheme)
+        weights += be.held_bytes(layer, scheme, None if biased is None else layer.fqn in biased)
         stored_total += stored
-        if fmt == "onnx" or layer.kind != "embedding":  # ET maps embedding tables; no copy
+        if not (terms.maps_embedding_tables and layer.kind == "embedding"):  # a mapped table is not copied
             transient = max(transient, stored)
-        if layer.kind == "linear" and scheme != "unused":
+        if layer.kind == "linear":
             widest = max(widest, layer.shape[0])
     activations = activation_bytes(fmt, tokens=tokens, widest=widest, attention_heads=attention_heads,
                                    planned_activation_bytes=planned_activation_bytes)
-    # ExecuTorch's planned arena is allocated (and zeroed) when the method loads, before packing.
-    load = stored_total + transient + (planned_activation_bytes if fmt == "executorch" else 0)
-    return MemoryEstimate(fmt, int(weights), int(activations), load, OVERHEAD[fmt])
+    # An arena allocated (and zeroed) when the method loads is there before weights are packed.
+    load = stored_total + transient + (planned_activation_bytes if terms.arena_at_load else 0)
+    return MemoryEstimate(fmt, int(weights), int(activations), load, terms.overhead_bytes)
 
 
 def activation_bytes(fmt: str, *, tokens: int, widest: int, attention_heads: int,
                      planned_activation_bytes: int = 0) -> int:
-    """Activations at the peak: ExecuTorch's planned arena plus the fitted terms in
-    tokens x widest linear output and heads x tokens^2 (see ``ACT_WIDE``, ``ACT_ATTN``)."""
-    return int(planned_activation_bytes + ACT_WIDE[fmt] * tokens * widest * 4
-               + ACT_ATTN[fmt] * attention_heads * tokens * tokens * 4)
+    """Activations at the peak: the runtime's planned arena plus the fitted terms in
+    tokens x widest linear output and heads x tokens^2 (the backend's ``MEMORY``)."""
+    from edgeq.backends import get_backend
+
+    terms = get_backend(fmt).MEMORY
+    return int(planned_activation_bytes + terms.act_wide * tokens * widest * 4
+               + terms.act_attn * attention_heads * tokens * tokens * 4)
 
 
 def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None = None,
@@ -211,14 +172,14 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
     config = _artifact_config(root, manifest)
     nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers
                                                                        if not getattr(layer, "tied", "")))
-    pairs = [(layer, schemes.get(layer.fqn, "fp32")) for layer in layers]
+    pairs = [(layer, applied(schemes.get(layer.fqn, "fp32"))) for layer in layers]
     tied = tied_head(layers, config, model.get("task"))
     if tied is not None:
         # The lowered program names the shared weight after the head, so the embedding can be
         # recorded as "unused" although its gather reads it: it is stored at the precision asked.
         requested = manifest["precision"].get("requested")
-        pairs = [(x, (requested if requested in _SCHEME_NAMES else "fp32") if s == "unused" and x.fqn == tied.fqn
-                  else s) for x, s in pairs]
+        asked = for_precision(requested) if requested in ("fp32", "fp16", "int8") else FP32
+        pairs = [(x, asked if s is None and x.fqn == tied.fqn else s) for x, s in pairs]
     recorded = manifest.get("memory", {})
     pairs = with_folded(pairs, recorded.get("folded_layers") or {})
     pairs = with_tied_head(manifest["target"]["format"], pairs, config, model.get("task"))
@@ -232,9 +193,6 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
     return predict_peak(manifest["target"]["format"], pairs, nonlayer_bytes=nonlayer, tokens=tokens,
                         attention_heads=heads, biased=biased,
                         planned_activation_bytes=int(manifest.get("memory", {}).get("planned_activation_bytes", 0)))
-
-
-_SCHEME_NAMES = ("fp32", "fp16", "int8")
 
 
 def _artifact_config(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -300,13 +258,12 @@ def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -
     return embeds[0]
 
 
-def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, str]], config: dict[str, Any],
-                   task: str | None) -> list[tuple[Any, str]]:
+def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, Scheme | None]], config: dict[str, Any],
+                   task: str | None) -> list[tuple[Any, Scheme | None]]:
     """``pairs`` (``(layer, scheme)``, as ``predict_peak`` takes them) plus the tensors a tied
-    LM head adds (``tied_head``): one fp32 linear; on ONNX with a quantized table, two (a
-    quantized table cannot feed the head's Transpose: the int8 graph dequantizes it to fp32
-    at every run, DequantizeLinear being left unfolded, and the int4 one keeps an fp32
-    original beside the 4-bit table). Other models: ``pairs`` unchanged."""
+    LM head adds (``tied_head``): one fp32 linear, plus the backend's
+    ``tied_head_quantized_copies`` when the table is quantized (ONNX: a quantized table
+    cannot feed the head's Transpose). Other models: ``pairs`` unchanged."""
     out = list(pairs)
     if any(getattr(x, "tied", "") for x, _ in pairs):
         # The head is planned as a layer of its own (edgeq.inventory); edgeq's ONNX export
@@ -316,9 +273,11 @@ def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, str]], config: dict[str,
     head = tied_head([layer for layer, _ in pairs], config, task)
     if head is None:
         return out
-    out.append((LayerHead(head), "fp32"))
-    if fmt == "onnx" and dict(pairs).get(head, "fp32") != "fp32":
-        out.append((LayerHead(head), "fp32"))
+    from edgeq.backends import get_backend
+
+    out.append((LayerHead(head), FP32))
+    if dict(pairs).get(head, FP32) not in (FP32, None):
+        out += [(LayerHead(head), FP32)] * get_backend(fmt).MEMORY.tied_head_quantized_copies
     return out
 
 

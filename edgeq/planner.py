@@ -16,17 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, EdgeqError
-from edgeq.inventory import (
-    LayerInfo,
-    file_overhead,
-    fp32_bytes,
-    layer_inventory,
-    nonlayer_bytes,
-    scheme_overhead,
-    stored_bytes,
-)
-from edgeq.plan import SCHEMES, QuantPlan
+from edgeq.inventory import LayerInfo, fp32_bytes, layer_inventory, nonlayer_bytes
+from edgeq.plan import QuantPlan
 from edgeq.progress import Steps
+from edgeq.schemes import FP32, Scheme, allowed, parse
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -75,7 +68,7 @@ class PlanResult:
             "predicted": {"bytes": self.predicted_bytes, "error": round(self.predicted_error, 8),
                           "peak_memory_bytes": self.memory.total_bytes if self.memory else None,
                           "file_overhead_bytes": self.file_overhead_bytes},
-            "layers": dict(self.plan.schemes),
+            "layers": self.plan.names(),
         }
         notes = {f: r for f, r in self.plan.reasons.items() if f not in self.pinned}
         if notes:
@@ -87,42 +80,32 @@ class PlanResult:
         )
 
 
-def candidate_schemes(layer: LayerInfo, allowed: list[str], fmt: str) -> list[str]:
-    """Schemes the target allows that this layer's kind and shape can take in ``fmt``."""
-    out = []
-    for scheme in ("fp32", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128"):
-        base = "int4" if scheme.startswith("int4") else scheme
-        if base in allowed and layer.fits(scheme) and not (layer.kind == "conv" and base == "int4"):
-            out.append(scheme)
-    return out
+def candidate_schemes(layer: LayerInfo, precisions: list[str]) -> list[Scheme]:
+    """Schemes the target's ``precisions`` allow that this layer's kind and shape can take."""
+    return [s for s in allowed(precisions) if layer.fits(s) and not (layer.kind == "conv" and s.bits == 4)]
 
 
-def excluded_schemes(layer: LayerInfo, allowed: list[str]) -> dict[str, str]:
+def excluded_schemes(layer: LayerInfo, precisions: list[str]) -> dict[str, str]:
     """Schemes the target allows that ``layer`` cannot take, with the reason."""
     out = {}
-    for scheme in ("int8", "int4-g32", "int4-g64", "int4-g128"):
-        base = "int4" if scheme.startswith("int4") else scheme
-        if base not in allowed:
+    for scheme in allowed(precisions):
+        if scheme.is_float:
             continue
-        if layer.kind == "conv" and base == "int4":
-            out[scheme] = "no int4 convolution kernels in the backends"
+        if layer.kind == "conv" and scheme.bits == 4:
+            out[scheme.name] = "no int4 convolution kernels in the backends"
         elif not layer.fits(scheme):
-            out[scheme] = f"reduction dim {layer.params // layer.shape[0]} is not a multiple of {scheme.removeprefix('int4-g')}"
+            out[scheme.name] = f"reduction dim {layer.params // layer.shape[0]} is not a multiple of {scheme.group}"
     return out
 
 
-def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", str]]:
+def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", Scheme]]:
     """Parse ``["regex=scheme", ...]`` without the model: ``(rule, regex, scheme)`` each."""
-    from edgeq.errors import did_you_mean
-
     parsed = []
     for rule in rules:
         if "=" not in rule:
             raise ConfigError(f"rule '{rule}' is not of the form REGEX=SCHEME", "e.g. --rule 'attention.output=int8'")
-        pattern, scheme = rule.rsplit("=", 1)
-        if scheme not in SCHEMES:
-            raise ConfigError(f"rule '{rule}': unknown scheme '{scheme}'{did_you_mean(scheme, SCHEMES)}",
-                              f"schemes: {', '.join(SCHEMES)}")
+        pattern, name = rule.rsplit("=", 1)
+        scheme = parse(name, f"rule '{rule}'")
         if len(pattern) > 500:
             raise ConfigError(f"rule '{rule[:40]}…': the pattern is longer than 500 characters", "shorten it")
         try:
@@ -133,9 +116,9 @@ def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", str]]:
     return parsed
 
 
-def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, str]:
+def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, Scheme]:
     """``["regex=scheme", ...]`` → pinned ``{fqn: scheme}``; every rule must match a layer."""
-    pinned: dict[str, str] = {}
+    pinned: dict[str, Scheme] = {}
     names = [layer.fqn for layer in layers]
     for rule, regex, scheme in check_rules(rules):
         matched = [n for n in names if regex.search(n)]
@@ -178,6 +161,7 @@ def plan(
     (see ``edgeq.calib``) instead of the built-in split.
     """
     from edgeq import graphfacts, memory, sensitivity, solver
+    from edgeq.backends import get_backend
     from edgeq.models import LoadedModel, load_model
     from edgeq.targets import ResolvedTarget, load_target
 
@@ -185,6 +169,7 @@ def plan(
     resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
     tgt = resolved.target
     fmt = tgt.format
+    be = get_backend(fmt)
     check_rules(rules or [])  # before the (slow) model load
     if calib is not None and not Path(calib).exists():
         raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
@@ -197,26 +182,24 @@ def plan(
     pinned = parse_rules(rules or [], layers)
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
-        if scheme not in candidate_schemes(layer, list(tgt.precisions) + ["fp32"], fmt) and scheme != "fp32":
+        if scheme not in candidate_schemes(layer, list(tgt.precisions) + ["fp32"]) and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
     facts = graphfacts.analyse(loaded.module, loaded.example_inputs, [x.fqn for x in layers])
-    unused, folded = facts.unused, facts.folded
-    if fmt != "executorch":
-        folded = {}  # ONNX export keeps constant lookups as they are
+    unused, folded = facts.unused, (facts.folded if be.FOLDS_CONSTANT_LOOKUPS else {})
     fixed = {f: 0 for f in unused} | folded  # bytes whatever the scheme
     reasons = {f: "never called by the model's forward: the export drops it (fp32, 0 bytes)" for f in unused}
-    reasons |= {f: f"ExecuTorch folds it into an fp32 constant ({b / 1e3:.0f} KB at any scheme): kept fp32"
+    reasons |= {f: f"the {fmt} lowering folds it into an fp32 constant ({b / 1e3:.0f} KB at any scheme): kept fp32"
                 for f, b in folded.items()}
     reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
     candidates = {
-        x.fqn: [pinned[x.fqn]] if x.fqn in pinned else ["fp32"] if x.fqn in fixed
-        else candidate_schemes(x, list(tgt.precisions), fmt)
+        x.fqn: [pinned[x.fqn]] if x.fqn in pinned else [FP32] if x.fqn in fixed
+        else candidate_schemes(x, list(tgt.precisions))
         for x in layers
     }
     for fqn, c in candidates.items():
         if not c:
-            candidates[fqn] = ["fp32"]
+            candidates[fqn] = [FP32]
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
@@ -229,35 +212,33 @@ def plan(
     sources = {"storage": "--budget" if budget_bytes is not None else f"target {tgt.name}",
                "memory": "--memory-budget" if memory_budget_bytes is not None else f"target {tgt.name}"}
     fp32_weights = other + sum(fixed.get(x.fqn, x.fp32_bytes) for x in layers)
-    if fmt == "executorch":
-        # The fp32 lowering plans the activation arena and gives the file's non-weight bytes.
-        arena, fp32_file = planned_arena(loaded, resolved, steps, use_cache)
-        planned_activation_bytes = arena if planned_activation_bytes is None else planned_activation_bytes
-        file_base = max(0, fp32_file - fp32_weights)
-    else:
-        planned_activation_bytes = 0
-        file_base = file_overhead(fmt, facts.ops, facts.placeholders)
+    # What the backend knows before planning: its planned activation arena (ExecuTorch reads
+    # it from an fp32 lowering; cached) and the file's non-weight bytes.
+    probe = be.fp32_probe(loaded, resolved, facts, fp32_weights, steps, use_cache)
+    if planned_activation_bytes is None:
+        planned_activation_bytes = probe.activation_bytes
+    file_base = probe.file_overhead_bytes
     tokens, heads = memory.workload(loaded.example_inputs, loaded.config)
 
-    def predict(schemes: dict[str, str]) -> Any:
-        pairs = [(x, "unused" if x.fqn in unused else schemes[x.fqn]) for x in layers]
+    def predict(schemes: dict[str, Scheme]) -> Any:
+        pairs = [(x, None if x.fqn in unused else schemes[x.fqn]) for x in layers]
         pairs = memory.with_tied_head(fmt, memory.with_folded(pairs, folded), loaded.config, loaded.task)
         return memory.predict_peak(fmt, pairs, nonlayer_bytes=other, tokens=tokens,
                                    attention_heads=heads, planned_activation_bytes=planned_activation_bytes)
 
-    def layer_bytes(x: LayerInfo, scheme: str) -> int:
-        return fixed[x.fqn] if x.fqn in fixed else stored_bytes(x, scheme, fmt)
+    def layer_bytes(x: LayerInfo, scheme: Scheme) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme)
 
-    def file_bytes(x: LayerInfo, scheme: str) -> int:  # the weight + its scheme's entries in the file
-        return layer_bytes(x, scheme) + (0 if x.fqn in fixed else scheme_overhead(x, scheme, fmt))
+    def file_bytes(x: LayerInfo, scheme: Scheme) -> int:  # the weight + its scheme's entries in the file
+        return layer_bytes(x, scheme) + (0 if x.fqn in fixed else be.scheme_overhead(x, scheme))
 
-    def layer_held(x: LayerInfo, scheme: str) -> int:
-        return fixed[x.fqn] if x.fqn in fixed else memory.held_bytes(x, scheme, fmt)
+    def layer_held(x: LayerInfo, scheme: Scheme) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else be.held_bytes(x, scheme)
 
-    def error(fqn: str, scheme: str) -> float:
+    def error(fqn: str, scheme: Scheme) -> float:
         # Measured errors below float precision (fp16 layers, ~1e-9) can come out 0 or
         # negative; a changed layer is never better than fp32, so ties go to fp32.
-        return 0.0 if scheme == "fp32" else max(sens[fqn][scheme], 0.0) + 1e-12
+        return 0.0 if scheme == FP32 else max(sens[fqn][scheme.name], 0.0) + 1e-12
 
     stored = {x.fqn: [solver.Choice(s, file_bytes(x, s), error(x.fqn, s)) for s in candidates[x.fqn]]
               for x in layers}
@@ -370,60 +351,18 @@ def _describe_memory(estimate: Any) -> str:
             f"{estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f}")
 
 
-def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = True) -> tuple[int, int]:
-    """ExecuTorch's planned activation arena for ``loaded`` on ``resolved``'s delegate chain,
-    and the fp32 .pte's size (its bytes beyond the weights are the plan's file overhead).
-
-    The arena holds the tensors passed between delegated subgraphs and portable ops; it
-    does not depend on the weights' schemes (equal, to the byte, for MiniLM at fp32, int8
-    and int4), so an fp32 lowering plans it. Cached on disk beside the sensitivity results.
-    """
-    import hashlib
-    import json
-
-    from edgeq import __version__, sensitivity
-    from edgeq.backends import backend
-    from edgeq.plan import QuantPlan
-    from edgeq.yamlio import write_text_atomic
-
-    tgt = resolved.target
-    h = hashlib.sha256(f"arena2|{__version__}|{tgt.delegates}|{resolved.profile.name}".encode())
-    h.update(sensitivity.cache_key(loaded.module, [tuple(loaded.example_inputs)], {}, "arena", None).encode())
-    path = sensitivity.cache_dir() / f"arena-{h.hexdigest()[:32]}.json"
-    if use_cache and path.exists():
-        try:
-            data = json.loads(path.read_text())
-            return int(data["planned_activation_bytes"]), int(data["file_bytes"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cache file {path} is corrupt ({exc})", f"delete it and re-run") from None
-    import tempfile
-
-    with steps.step("Planning ExecuTorch's activation memory (fp32 lowering)") as info:
-        quiet = Steps(show=False)
-        plan = QuantPlan(schemes={x: "fp32" for x in (f.fqn for f in layer_inventory(loaded.module))})
-        with tempfile.TemporaryDirectory(prefix="edgeq-arena-") as tmp:
-            lowered = backend("executorch").lower(loaded, tgt, plan, Path(tmp), quiet, False, resolved.profile)
-            arena = int(lowered.extras.get("planned_activation_bytes", 0))
-            size = lowered.model_file.stat().st_size
-        info.detail = f"{arena / 1e6:.2f} MB"
-    if use_cache:
-        write_text_atomic(path, json.dumps({"planned_activation_bytes": arena, "file_bytes": size}))
-    return arena, size
-
-
 @dataclass(frozen=True)
 class PlanFile:
     """A plan YAML read and checked against the target, before the model is loaded."""
 
     path: Path
-    schemes: dict[str, str]
+    schemes: dict[str, Scheme]
     lines: dict[Any, int]
 
 
 def read_plan_file(path: Path, target: Any = None) -> PlanFile:
     """Read a plan YAML and check what needs no model: its schema version, that it was made
     for ``target``'s format and target, and that every scheme is known and allowed there."""
-    from edgeq.errors import did_you_mean
     from edgeq.yamlio import read_yaml
 
     path = Path(path)
@@ -444,16 +383,13 @@ def read_plan_file(path: Path, target: Any = None) -> PlanFile:
                                   f"this export is for {key} {mine!r}",
                                   f"re-plan with 'edgeq plan MODEL -t {target.name} -o FILE' (or edit '{key}:' "
                                   "in the file if you mean to reuse it)")
-    schemes: dict[str, str] = {}
+    schemes: dict[str, Scheme] = {}
     for fqn, scheme in data["layers"].items():
         where = f"{path}:{lines.get(('layers', fqn), 1)}"
         if not isinstance(fqn, str):
             raise ConfigError(f"{where}: layer name {fqn!r} is not a string", "quote it")
-        if scheme not in SCHEMES:
-            raise ConfigError(f"{where}: unknown scheme '{scheme}'{did_you_mean(str(scheme), SCHEMES)}",
-                              f"schemes: {', '.join(SCHEMES)}")
-        base = "int4" if str(scheme).startswith("int4") else scheme
-        if target is not None and base != "fp32" and base not in target.precisions:
+        scheme = parse(scheme, where)
+        if target is not None and scheme != FP32 and scheme.precision not in target.precisions:
             raise ConfigError(f"{where}: layer '{fqn}' is planned as {scheme}, which target '{target.name}' does not "
                               f"allow (precisions: {', '.join(target.precisions)})",
                               "edit the plan, or re-plan for this target with 'edgeq plan'")
@@ -476,7 +412,7 @@ def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
         if not names[fqn].fits(scheme):
             raise ConfigError(f"{where}: layer '{fqn}' (shape {list(names[fqn].shape)}) cannot take {scheme}",
                               "pick a scheme its shape fits, e.g. int8")
-    schemes = {fqn: plan_file.schemes.get(fqn, "fp32") for fqn in names}
+    schemes = {fqn: plan_file.schemes.get(fqn, FP32) for fqn in names}
     return QuantPlan(schemes=schemes, reasons={f: "not in the plan file: fp32" for f in names if f not in plan_file.schemes})
 
 

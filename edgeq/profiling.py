@@ -26,8 +26,6 @@ from typing import Any
 from edgeq.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeqError
 
 RUNNER = Path(__file__).with_name("runner.py")
-RUNTIME_MODULES = {"executorch": "executorch", "onnx": "onnxruntime"}
-RUNTIME_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime"}
 
 
 def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
@@ -51,12 +49,15 @@ def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
 
 def require_runtime(manifest: dict[str, Any]) -> str:
     """The artifact's format; raises if its runtime is not installed in this Python."""
-    fmt = manifest.get("target", {}).get("format") or ("onnx" if manifest["model_file"].endswith(".onnx") else "executorch")
-    if importlib.util.find_spec(RUNTIME_MODULES[fmt]) is None:
-        want = manifest.get("versions", {}).get(RUNTIME_PACKAGES[fmt])
+    from edgeq.backends import get_backend
+
+    fmt = manifest.get("target", {}).get("format")
+    package = get_backend(fmt).RUNTIME_PACKAGE
+    if importlib.util.find_spec(package) is None:
+        want = manifest.get("versions", {}).get(package)
         pin = f"=={want}" if want else ""
-        raise BackendUnavailableError(f"{RUNTIME_PACKAGES[fmt]} is not installed here, and the artifact needs it",
-                                      f"pip install {RUNTIME_PACKAGES[fmt]}{pin}")
+        raise BackendUnavailableError(f"{package} is not installed here, and the artifact needs it",
+                                      f"pip install {package}{pin}")
     return fmt
 
 

@@ -62,8 +62,6 @@ _SSH_DEFAULTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "Server
                  "-o", "ServerAliveCountMax=4"]
 # What the runner imports on the board, per artifact format: looked up (not imported: torch
 # alone takes seconds to import on a board) before anything is copied.
-RUNTIME_MODULES = {"executorch": ["numpy", "torch", "executorch.runtime", "executorch.kernels.quantized"],
-                   "onnx": ["numpy", "onnxruntime"]}
 MIN_PYTHON = (3, 9)  # runner.py uses str.removesuffix
 
 
@@ -212,7 +210,7 @@ for mod in json.loads(sys.argv[2]):
 if not info["missing"]:
     try:
         from importlib.metadata import version
-        info["runtime_version"] = version("executorch" if fmt == "executorch" else "onnxruntime")
+        info["runtime_version"] = version(sys.argv[3])
     except Exception:
         pass
     info["workdir"] = tempfile.mkdtemp(prefix="edgeq-")
@@ -311,7 +309,9 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
     finally:
         if not _cleanup(ssh, workdir):
             notes.append(f"could not remove {workdir} on {ssh.dest}; delete it by hand")
-    ours = manifest.get("versions", {}).get("executorch" if fmt == "executorch" else "onnxruntime")
+    from edgeq.backends import get_backend
+
+    ours = manifest.get("versions", {}).get(get_backend(fmt).RUNTIME_PACKAGE)
     if ours and info.get("runtime_version") and info["runtime_version"] != ours:
         notes.append(f"the board runs {fmt} {info['runtime_version']}; the artifact was exported with {ours}")
     report.update(mode="device", device=dev.url, artifact=str(root))
@@ -331,8 +331,12 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
 def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Run ``_PROBE`` with the board's Python: what the board is, and a temp dir if all is there."""
     python = ssh.dev.python
-    modules = shlex.quote(json.dumps(RUNTIME_MODULES[fmt]))
-    proc = ssh.run(f"{_remote_path(python)} -c {shlex.quote(_PROBE)} {fmt} {modules}", timeout=300)
+    from edgeq.backends import get_backend
+
+    be = get_backend(fmt)
+    modules = shlex.quote(json.dumps(list(be.RUNNER_MODULES)))
+    proc = ssh.run(f"{_remote_path(python)} -c {shlex.quote(_PROBE)} {fmt} {modules} {be.RUNTIME_PACKAGE}",
+                   timeout=300)
     if proc.returncode == 255:
         raise ssh.failure(proc.stderr)
     where = f"{ssh.dev.base_url}?python=/path/to/python3"

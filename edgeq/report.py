@@ -80,7 +80,7 @@ def print_plan(result: Any, written_to: Any = None) -> None:
         table.add_column(col, justify="right" if col != "layer" else "left")
     total = result.other_bytes
     for layer in result.layers:
-        scheme = result.plan.schemes[layer.fqn]
+        scheme = result.plan.schemes[layer.fqn].name
         total += result.layer_bytes[layer.fqn]
         pinned = " (pinned)" if layer.fqn in result.pinned else ""
         table.add_row(layer.fqn, scheme + pinned, human_bytes(result.layer_bytes[layer.fqn]),

@@ -14,20 +14,8 @@ SCHEMA_VERSION = 1
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
-Format = Literal["executorch", "onnx"]
-
-# Delegates a target may name, per artifact format. For ExecuTorch these are backend
-# delegates; for ONNX they are ONNX Runtime execution providers (short names).
-EXECUTORCH_DELEGATES: tuple[str, ...] = ("qnn", "coreml", "vulkan", "xnnpack")
-ONNX_EXECUTION_PROVIDERS: dict[str, str] = {
-    "qnn": "QNNExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "nnapi": "NnapiExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "dnnl": "DnnlExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+# The artifact formats and each one's delegates come from the backend registry (data only).
+Format = str
 
 DtypeKey = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 
@@ -174,7 +162,12 @@ class Target(Strict):
     def _check(self) -> "Target":
         from edgeq.errors import did_you_mean
 
-        allowed = EXECUTORCH_DELEGATES if self.format == "executorch" else tuple(ONNX_EXECUTION_PROVIDERS)
+        from edgeq.backends import FORMATS, delegates_for
+
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format '{self.format}'{did_you_mean(self.format, FORMATS)} "
+                             f"(choose from {', '.join(FORMATS)})")
+        allowed = delegates_for(self.format)
         for d in self.delegates:
             if d not in allowed:
                 raise ValueError(

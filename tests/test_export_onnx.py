@@ -81,7 +81,9 @@ def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, facto
     import numpy as np
     import torch
 
-    from edgeq.sensitivity import _swapped, onnx_quantized_layer
+    from edgeq.backends import get_backend
+    from edgeq.schemes import parse
+    from edgeq.sensitivity import _swapped
 
     f = tmp_path / "plan.yaml"
     f.write_text(f"layers: {plan_yaml}\n")
@@ -91,7 +93,7 @@ def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, facto
     ort = np.stack(run_onnx(tmp_path / "a" / "model.onnx", rows))
     with torch.no_grad():
         fp32 = np.stack([model(*r).numpy() for r in rows])
-        with _swapped(model, layer, onnx_quantized_layer(model.get_submodule(layer), scheme)):
+        with _swapped(model, layer, get_backend("onnx").stand_in(model.get_submodule(layer), parse(scheme))):
             stand_in = np.stack([model(*r).numpy() for r in rows])
     quant_error = np.abs(ort - fp32).max()
     assert quant_error > 0

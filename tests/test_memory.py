@@ -8,7 +8,9 @@ import pytest
 
 from edgeq import memory
 from edgeq.export import export
+from edgeq.backends import get_backend
 from edgeq.inventory import LayerInfo
+from edgeq.schemes import parse as S
 
 MIB = 2**20
 EMBED = LayerInfo("embed", "embedding", (30522, 384), 30522 * 384)
@@ -57,20 +59,20 @@ def test_predict_from_artifact_reads_the_manifest(artifacts, fmt):
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
 def test_components_add_up(fmt):
-    est = memory.predict_peak(fmt, [(EMBED, "int8"), (FC, "int4-g32")], nonlayer_bytes=10_000, tokens=128,
+    est = memory.predict_peak(fmt, [(EMBED, S("int8")), (FC, S("int4-g32"))], nonlayer_bytes=10_000, tokens=128,
                               attention_heads=12, planned_activation_bytes=1000 if fmt == "executorch" else 0)
     d = est.to_dict()
     assert d["total_bytes"] == est.total_bytes == max(
         est.weights_bytes + est.activation_bytes, est.load_bytes) + est.runtime_overhead_bytes
-    assert est.runtime_overhead_bytes == memory.OVERHEAD[fmt]
-    assert est.peak_rss_bytes() == memory.RUNTIME_BASELINE[fmt] + est.total_bytes
+    assert est.runtime_overhead_bytes == get_backend(fmt).MEMORY.overhead_bytes
+    assert est.peak_rss_bytes() == get_backend(fmt).MEMORY.baseline_bytes + est.total_bytes
     assert est.peak_rss_bytes(100) == 100 + est.total_bytes
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
 def test_prediction_grows_with_precision(fmt):
     def predict(scheme: str) -> memory.MemoryEstimate:
-        return memory.predict_peak(fmt, [(EMBED, scheme), (FC, scheme)], nonlayer_bytes=0, tokens=128)
+        return memory.predict_peak(fmt, [(EMBED, S(scheme)), (FC, S(scheme))], nonlayer_bytes=0, tokens=128)
 
     int4, int8, fp16, fp32 = (predict(s) for s in ("int4-g32", "int8", "fp16", "fp32"))
     assert int4.weights_bytes < int8.weights_bytes < fp16.weights_bytes <= fp32.weights_bytes
@@ -81,27 +83,30 @@ def test_prediction_grows_with_precision(fmt):
 
 def test_runtime_and_held_bytes_follow_the_formats():
     p, rows = FC.params, FC.shape[0]
-    assert memory.runtime_bytes(FC, "fp32", "executorch") == 4 * p
-    assert memory.runtime_bytes(FC, "fp16", "executorch") == 2 * p
-    assert memory.runtime_bytes(FC, "int8", "executorch") == p + 4 * rows
-    assert memory.runtime_bytes(FC, "int4-g32", "executorch") == p // 2 + 2 * p // 32
-    assert memory.runtime_bytes(FC, "int8", "onnx") == p + 4 * p // 128
-    assert memory.runtime_bytes(FC, "fp16", "onnx") == 4 * p  # ORT CPU upcasts to fp32
-    assert memory.runtime_bytes(EMBED, "fp16", "onnx") == 2 * EMBED.params
-    assert memory.runtime_bytes(FC, "unused", "onnx") == 0
+    et, ort = get_backend("executorch"), get_backend("onnx")
+    assert et.runtime_bytes(FC, S("fp32")) == 4 * p
+    assert et.runtime_bytes(FC, S("fp16")) == 2 * p
+    assert et.runtime_bytes(FC, S("int8")) == p + 4 * rows
+    assert et.runtime_bytes(FC, S("int4-g32")) == p // 2 + 2 * p // 32
+    assert ort.runtime_bytes(FC, S("int8")) == p + 4 * p // 128
+    assert ort.runtime_bytes(FC, S("fp16")) == 4 * p  # ORT CPU upcasts to fp32
+    assert ort.runtime_bytes(EMBED, S("fp16")) == 2 * EMBED.params
+    assert memory.predict_peak("onnx", [(FC, None)], nonlayer_bytes=0).weights_bytes == 0  # unused
     # ExecuTorch holds what it stores; ORT keeps MLAS's prepacked copy of linears beside it
-    assert memory.held_bytes(FC, "int8", "executorch") == memory.runtime_bytes(FC, "int8", "executorch")
-    assert memory.held_bytes(FC, "int8", "onnx") == int((p + 4 * p // 128) * memory.ORT_LINEAR_HELD["int8"])
-    assert memory.held_bytes(FC, "fp32", "onnx", bias=False) == 4 * p
-    assert memory.held_bytes(FC, "fp32", "onnx", bias=True) == int(4 * p * memory.ORT_LINEAR_HELD["fp32-bias"])
-    assert memory.held_bytes(EMBED, "int8", "onnx") == memory.runtime_bytes(EMBED, "int8", "onnx")
+    from edgeq.backends.onnx.costs import LINEAR_HELD
+
+    assert et.held_bytes(FC, S("int8")) == et.runtime_bytes(FC, S("int8"))
+    assert ort.held_bytes(FC, S("int8")) == int((p + 4 * p // 128) * LINEAR_HELD["int8"])
+    assert ort.held_bytes(FC, S("fp32"), bias=False) == 4 * p
+    assert ort.held_bytes(FC, S("fp32"), bias=True) == int(4 * p * LINEAR_HELD["fp32-bias"])
+    assert ort.held_bytes(EMBED, S("int8")) == ort.runtime_bytes(EMBED, S("int8"))
 
 
 def test_activations_grow_with_tokens_heads_and_the_plan():
-    base = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128)
-    longer = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=512)
-    heads = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128, attention_heads=12)
-    planned = memory.predict_peak("executorch", [(FC, "int8")], nonlayer_bytes=0, tokens=128,
+    base = memory.predict_peak("executorch", [(FC, S("int8"))], nonlayer_bytes=0, tokens=128)
+    longer = memory.predict_peak("executorch", [(FC, S("int8"))], nonlayer_bytes=0, tokens=512)
+    heads = memory.predict_peak("executorch", [(FC, S("int8"))], nonlayer_bytes=0, tokens=128, attention_heads=12)
+    planned = memory.predict_peak("executorch", [(FC, S("int8"))], nonlayer_bytes=0, tokens=128,
                                   planned_activation_bytes=5 * MIB)
     assert base.activation_bytes < longer.activation_bytes
     assert base.activation_bytes < heads.activation_bytes
@@ -109,7 +114,9 @@ def test_activations_grow_with_tokens_heads_and_the_plan():
 
 
 def test_unknown_format_is_an_error():
-    with pytest.raises(ValueError, match="format"):
+    from edgeq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="format"):
         memory.predict_peak("tflite", [], nonlayer_bytes=0)
 
 
@@ -136,8 +143,8 @@ def test_a_tied_lm_head_is_found_and_costs_an_fp32_linear():
     assert memory.tied_head([embed, fc, untied_head], tied, "causal-lm") is None
     head = memory.LayerHead(embed)
     assert (head.kind, head.shape, head.params) == ("linear", (1000, 64), 64_000)
-    with_head = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8"), (head, "fp32")], nonlayer_bytes=0)
-    without = memory.predict_peak("executorch", [(embed, "int8"), (fc, "int8")], nonlayer_bytes=0)
+    with_head = memory.predict_peak("executorch", [(embed, S("int8")), (fc, S("int8")), (head, S("fp32"))], nonlayer_bytes=0)
+    without = memory.predict_peak("executorch", [(embed, S("int8")), (fc, S("int8"))], nonlayer_bytes=0)
     assert with_head.weights_bytes - without.weights_bytes == 4 * 64_000
 
 
@@ -146,7 +153,7 @@ def test_with_tied_head_adds_one_fp32_head_or_two_on_onnx_with_a_quantized_table
     tied = {"tie_word_embeddings": True, "vocab_size": 1000}
     for fmt, scheme, copies in (("executorch", "int8", 1), ("onnx", "fp32", 1), ("onnx", "int8", 2),
                                 ("onnx", "int4-g32", 2)):
-        pairs = memory.with_tied_head(fmt, [(embed, scheme), (FC, scheme)], tied, "causal-lm")
+        pairs = memory.with_tied_head(fmt, [(embed, S(scheme)), (FC, S(scheme))], tied, "causal-lm")
         heads = [(x, s) for x, s in pairs if isinstance(x, memory.LayerHead)]
-        assert len(heads) == copies and all(s == "fp32" and x.embedding is embed for x, s in heads)
-    assert memory.with_tied_head("onnx", [(embed, "int8")], tied, "sentence-embedding") == [(embed, "int8")]
+        assert len(heads) == copies and all(s == S("fp32") and x.embedding is embed for x, s in heads)
+    assert memory.with_tied_head("onnx", [(embed, S("int8"))], tied, "sentence-embedding") == [(embed, S("int8"))]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeq.backends import get_backend
 from edgeq.errors import ConfigError
 from edgeq.export import export
 from edgeq.planner import BudgetError, plan
@@ -23,7 +24,7 @@ def test_budget_is_met_and_more_budget_means_less_error():
     loose = plan("tests.tiny_models:tiny_text", "rpi5", budget_bytes=60_000)
     assert tight.predicted_bytes <= 25_000 and loose.predicted_bytes <= 60_000
     assert loose.predicted_error <= tight.predicted_error
-    assert "int4-g32" in tight.plan.schemes.values()
+    assert "int4-g32" in tight.plan.names().values()
 
 
 def test_infeasible_budget_names_the_smallest_achievable():
@@ -33,7 +34,7 @@ def test_infeasible_budget_names_the_smallest_achievable():
 
 def test_rules_pin_layers_and_bad_rules_are_errors():
     result = plan("tests.tiny_models:tiny_text", "rpi5", budget_bytes=60_000, rules=["^fc2$=int4-g32"])
-    assert result.plan.schemes["fc2"] == "int4-g32" and result.pinned == {"fc2": "int4-g32"}
+    assert result.plan.names()["fc2"] == "int4-g32" and {f: s.name for f, s in result.pinned.items()} == {"fc2": "int4-g32"}
     with pytest.raises(ConfigError, match="matches no layer"):
         plan("tests.tiny_models:tiny_text", "rpi5", rules=["decoder=int8"])
     with pytest.raises(ConfigError, match="unknown scheme 'int3'"):
@@ -44,10 +45,15 @@ def test_plan_yaml_round_trip_through_export(tmp_path: Path):
     result = plan("tests.tiny_models:tiny_text", "x86", budget_bytes=25_000)
     f = tmp_path / "plan.yaml"
     f.write_text(result.to_yaml())
-    for target in ("x86", "rpi5"):
-        out = tmp_path / f"art-{target}"
-        exported = export("tests.tiny_models:tiny_text", target, plan_file=f, output=out)
-        assert exported.manifest["precision"]["layers"] == result.plan.schemes
+    exported = export("tests.tiny_models:tiny_text", "x86", plan_file=f, output=tmp_path / "art-x86")
+    assert exported.manifest["precision"]["layers"] == result.plan.names()
+    with pytest.raises(ConfigError, match="made for format 'onnx'"):  # another target's plan: refused...
+        export("tests.tiny_models:tiny_text", "rpi5", plan_file=f, output=tmp_path / "art-rpi5")
+    reuse = tmp_path / "reuse.yaml"  # ...unless the user removes what it was made for
+    reuse.write_text("\n".join(line for line in f.read_text().splitlines()
+                               if not line.startswith(("target:", "format:"))))
+    exported = export("tests.tiny_models:tiny_text", "rpi5", plan_file=reuse, output=tmp_path / "art-rpi5")
+    assert exported.manifest["precision"]["layers"] == result.plan.names()
 
 
 def test_export_with_budget_records_predicted_and_verified_error(tmp_path: Path):
@@ -93,13 +99,13 @@ def test_plan_cli_prints_table_and_writes_yaml(tmp_path: Path):
 
 def test_memory_budget_binds_and_the_plan_fits_it():
     free = plan("tests.tiny_models:tiny_text", "rpi5")
-    assert free.binding == "none" and set(free.plan.schemes.values()) == {"fp32"}
+    assert free.binding == "none" and set(free.plan.names().values()) == {"fp32"}
     assert free.memory is not None and free.memory.total_bytes > free.predicted_bytes  # + activations + runtime
     budget = free.memory.total_bytes - 50_000
     tight = plan("tests.tiny_models:tiny_text", "rpi5", memory_budget_bytes=budget)
     assert tight.binding == "memory" and tight.memory.total_bytes <= budget
     assert tight.memory.activation_bytes == free.memory.activation_bytes  # arena does not depend on the schemes
-    assert tight.predicted_error > 0 and set(tight.plan.schemes.values()) != {"fp32"}
+    assert tight.predicted_error > 0 and set(tight.plan.names().values()) != {"fp32"}
 
 
 def test_onnx_memory_budget_uses_bytes_as_held():
@@ -109,7 +115,7 @@ def test_onnx_memory_budget_uses_bytes_as_held():
     budget = free.memory.total_bytes - 60_000
     tight = plan("tests.tiny_models:tiny_text", "x86", memory_budget_bytes=budget)
     assert tight.memory.total_bytes <= budget < free.memory.total_bytes
-    held = sum(memory.held_bytes(x, tight.plan.schemes[x.fqn], "onnx") for x in tight.layers)
+    held = sum(get_backend("onnx").held_bytes(x, tight.plan.schemes[x.fqn]) for x in tight.layers)
     assert tight.memory.weights_bytes == held + tight.other_bytes
 
 
@@ -189,7 +195,7 @@ def test_unused_and_folded_layers_are_pinned_at_the_bytes_the_export_stores(tiny
     pooler, position, token_type = ids
     assert et.layer_bytes[pooler] == 0 and "never called" in et.plan.reasons[pooler]
     for fqn in (position, token_type):
-        assert et.plan.schemes[fqn] == "fp32" and "folds it" in et.plan.reasons[fqn]
+        assert et.plan.names()[fqn] == "fp32" and "folds it" in et.plan.reasons[fqn]
         assert et.layer_bytes[fqn] == 32 * 64 * 4  # the folded (1, 32, 64) fp32 lookup, not the table
     assert et.predicted_bytes <= 150_000
     onnx = plan(str(tiny_bert_dir), "x86", budget_bytes=150_000, seq_len=32)
@@ -262,4 +268,4 @@ def test_a_tied_lm_head_is_planned_and_quantized_as_its_own_layer(tied_lm_dir: P
     # 512 x 64 fp32 (131 KB) vs int8 (33-68 KB with scales / ONNX's 128-blocks padding K=64)
     assert sizes["fp32"] - sizes["int8"] > 60_000, sizes
     planned = plan(str(tied_lm_dir), target, budget_bytes=sizes["int8"], seq_len=16)
-    assert planned.plan.schemes["model.lm_head"] != "fp32"
+    assert planned.plan.names()["model.lm_head"] != "fp32"

@@ -254,7 +254,9 @@ def test_adb_without_a_runner_says_so(artifacts, tmp_path):
 
 
 def test_parse_executor_runner_output():
-    from edgeq.adb import parse_executor_runner
+    from edgeq.backends import get_backend
+
+    parse_executor_runner = get_backend("executorch").parse_android_output
 
     # examples/portable/executor_runner/executor_runner.cpp, posix PAL log lines
     log = "\n".join([
@@ -275,7 +277,9 @@ def test_parse_executor_runner_output():
 
 
 def test_parse_perf_test_output():
-    from edgeq.adb import parse_perf_test
+    from edgeq.backends import get_backend
+
+    parse_perf_test = get_backend("onnx").parse_android_output
 
     # onnxruntime/test/perftest/performance_runner.cc, with -s
     text = ("Session creation time cost: 0.217932 s\nFirst inference time cost: 196 ms\n"

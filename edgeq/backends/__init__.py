@@ -1,13 +1,21 @@
-"""Lowering backends: one module per artifact format.
+"""Backends: one subpackage per artifact format, behind one protocol.
 
-Each backend module provides::
+A backend owns everything that depends on its format, and nothing outside
+``edgeq/backends/`` asks which format it is: the planner, the memory model, sensitivity
+and export call the backend ``get_backend(target.format)`` returns. What a backend
+provides (``Backend``):
 
-    lower(model: LoadedModel, target: Target, plan: QuantPlan, workdir: Path,
-          steps: Steps, strict: bool) -> Lowered
-    run(model_file: Path, inputs: list[tuple], threads: int) -> list[np.ndarray]
+- what it can take, as data: ``delegates`` a target may name, ``model_file``, the
+  runtime package, whether its lowering folds constant-only lookups;
+- costs (``<format>/costs.py``): ``stored_bytes`` / ``runtime_bytes`` / ``held_bytes`` per
+  (layer, scheme), ``file_overhead`` and ``scheme_overhead``, and the memory model's
+  fitted terms (``MemoryTerms``);
+- ``fp32_probe``: what an fp32 lowering tells the planner (activation arena, file bytes);
+- ``stand_in``: one layer with the numerics the runtime gives it, for sensitivity;
+- ``lower`` (→ ``Lowered``) and ``run`` (the artifact in its real runtime).
 
-``run`` executes the artifact in its real runtime (ExecuTorch pybindings or ONNX
-Runtime). Backends are imported lazily, so choosing one costs nothing up front.
+Adding a format is adding a subpackage that provides these, and one line in ``_REGISTRY``.
+Backends are imported lazily; importing this package imports no runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +23,52 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from edgeq.errors import ConfigError, did_you_mean
+
+@dataclass(frozen=True)
+class Registered:
+    """A format's entry: the subpackage implementing it and, as data readable without
+    importing it, the delegates (or execution providers) a target may name for it."""
+
+    module: str
+    delegates: tuple[str, ...]
+
+
+_REGISTRY = {
+    "executorch": Registered("edgeq.backends.executorch", ("qnn", "coreml", "vulkan", "xnnpack")),
+    "onnx": Registered("edgeq.backends.onnx", ("qnn", "coreml", "nnapi", "xnnpack", "openvino", "dnnl", "cpu")),
+}
+FORMATS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def delegates_for(fmt: str) -> tuple[str, ...]:
+    """What a target of format ``fmt`` may list under ``delegates:`` (no backend import)."""
+    return _REGISTRY[fmt].delegates
+
+
+@dataclass(frozen=True)
+class MemoryTerms:
+    """A runtime's fitted memory-model terms (see ``edgeq.memory``; values and the
+    measurements behind them live in each backend's ``costs.py``)."""
+
+    act_wide: float  # x (tokens x widest linear output x 4 B)
+    act_attn: float  # x (heads x tokens^2 x 4 B)
+    overhead_bytes: int  # model-independent growth past the baseline
+    baseline_bytes: int  # a Python process with the runtime imported (measured, not fitted)
+    maps_embedding_tables: bool  # embedding tables read in place from the file: no load-time copy
+    arena_at_load: bool  # the planned activation arena is allocated before weights are packed
+    tied_head_quantized_copies: int  # extra fp32 copies of a tied LM head whose table is quantized
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the planner learns before planning: the activation arena the runtime plans
+    (0 where the format has none to read) and the file's non-weight bytes."""
+
+    activation_bytes: int
+    file_overhead_bytes: int
 
 
 @dataclass
@@ -23,19 +76,48 @@ class Lowered:
     model_file: Path
     delegates_used: list[str]  # delegates that took at least one op, in chain order
     delegation: dict[str, Any]  # delegated_ops, portable_op_count, portable_ops, ...
-    layer_schemes: dict[str, str]  # fqn → scheme actually applied
+    layer_schemes: dict[str, str]  # fqn → name of the scheme actually applied ("unused": never called)
     runtime: str  # e.g. "ExecuTorch 1.5.1 pybindings"
     runnable_here: bool = True  # False when the delegate needs hardware/OS not present
     not_runnable_reason: str = ""
     reference_file: Path | None = None  # an equivalent artifact that does run here
     reference_runtime: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
+    planned_activation_bytes: int = 0  # the runtime's planned activation arena, where the format has one
+    folded_layers: dict[str, int] = field(default_factory=dict)  # fqn → bytes of the constant stored instead
     extra_files: list[Path] = field(default_factory=list)  # shipped beside the model file (e.g. ops.json)
 
 
-def backend(fmt: str) -> Any:
-    """The backend module for an artifact format (``executorch`` or ``onnx``)."""
-    return importlib.import_module(f"edgeq.backends.{'executorch' if fmt == 'executorch' else 'onnx'}")
+class Backend(Protocol):
+    """What every format's subpackage provides (module-level names)."""
+
+    FORMAT: str
+    MODEL_FILE: str
+    RUNTIME_PACKAGE: str
+    DELEGATES: tuple[str, ...]
+    FOLDS_CONSTANT_LOOKUPS: bool
+    MEMORY: MemoryTerms
+
+    def stored_bytes(self, layer: Any, scheme: Any) -> int: ...
+    def runtime_bytes(self, layer: Any, scheme: Any) -> int: ...
+    def held_bytes(self, layer: Any, scheme: Any, bias: bool | None = None) -> int: ...
+    def file_overhead(self, ops: int, placeholders: int) -> int: ...
+    def scheme_overhead(self, layer: Any, scheme: Any) -> int: ...
+    def fp32_probe(self, loaded: Any, resolved: Any, facts: Any, steps: Any, use_cache: bool) -> Probe: ...
+    def stand_in(self, layer: Any, scheme: Any) -> Any: ...
+    def lower(self, model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool,
+              profile: Any = None) -> Lowered: ...
+    def run(self, model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]: ...
+
+
+def get_backend(fmt: str) -> Backend:
+    """The backend for artifact format ``fmt``; an unknown format is an error."""
+    if fmt not in _REGISTRY:
+        raise ConfigError(f"unknown artifact format '{fmt}'{did_you_mean(str(fmt), FORMATS)}",
+                          f"formats: {', '.join(FORMATS)}")
+    return importlib.import_module(_REGISTRY[fmt].module)  # type: ignore[return-value]
+
+
+backend = get_backend  # the name earlier code uses
 
 
 def silence_native_stderr():

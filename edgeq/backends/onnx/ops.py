@@ -4,11 +4,12 @@ The graph is optimized by ONNX Runtime first (``extended`` level: host-independe
 fusions), then every value's shape is inferred in one pass — ONNX's per-node inference
 for standard ops, the rules in ``_contrib_shape`` for ONNX Runtime's contrib ops
 (MatMulNBits, SkipLayerNormalization, ...) — and each node is costed like
-``edgeq.opgraph`` costs ExecuTorch ops.
+``edgeq.backends.executorch.ops`` costs ExecuTorch ops (shared tables in ``edgeq.opgraph``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,59 @@ _ONNX_GEMM = {"MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "MatMulInteger", "
               "DynamicQuantizeMatMul", "FusedGemm", "Conv", "FusedConv", "ConvInteger", "QLinearConv",
               "QLinearMatMul", "Attention", "MultiHeadAttention", "GroupQueryAttention", "ConvTranspose"}
 _ONNX_QUANT = {"DynamicQuantizeLinear", "QuantizeLinear"}
+
+
+EMULATION_RUNTIME = "onnx"  # the per-run costs of a session run
+# ONNX Runtime contrib ops that are CPU-provider fusions of standard ops: another provider
+# runs the standard ops instead, at about the same cost. Quantized contrib ops
+# (MatMulNBits, GatherBlockQuantized, ...) have no kernels outside the CPU provider.
+_FUSIONS = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu",
+            "FastGelu", "Gelu", "QuickGelu", "FusedMatMul", "BiasSoftmax", "BiasAdd", "FusedGemm", "FusedConv"}
+
+
+def op_units(ops: list[Op], chain: list[str], accel_for: Any) -> tuple[list[tuple[str | None, str]], list[str]]:
+    """ONNX Runtime places nodes on the device: assumed, the first provider in the chain with
+    a unit takes every standard-domain node (and fusions of them); the rest stay on the CPU."""
+    out: list[tuple[str | None, str]] = []
+    for op in ops:
+        unit = None
+        if op.domain in ("", "ai.onnx") or op.op in _FUSIONS:
+            unit = next((u for u in (accel_for(d) for d in chain) if u), None)
+        provider = next((d for d in chain if accel_for(d) == unit), "") if unit else ""
+        out.append((unit, provider))
+    notes = [] if not chain else [
+        "ONNX Runtime assigns nodes to providers on the device; assumed: "
+        f"{', '.join(chain)} take every standard-domain node they can place on their unit, quantized contrib "
+        "ops (MatMulNBits, ...) stay on the CPU provider"]
+    return out, notes
+
+
+def accelerated_runtime(op: Op, unit: str) -> str:
+    """The efficiency table an op on an accelerator uses: ONNX Runtime's provider for that unit."""
+    return f"onnx-{unit}"
+
+
+def delegate_calls(ops: list[Op], units: list[str], cpu_runtime: Any) -> dict[tuple[str, str], int]:
+    """A provider hand-off per run of consecutive nodes on one accelerator."""
+    calls: dict[tuple[str, str], int] = {}
+    previous = "cpu"
+    for unit in units:
+        if unit != "cpu" and unit != previous:
+            calls[(f"onnx-{unit}", unit)] = calls.get((f"onnx-{unit}", unit), 0) + 1
+        previous = unit
+    return calls
+
+
+def ops(model_file: Path, manifest: dict[str, Any]) -> list[Op]:
+    """Costed ops of an artifact's ONNX model; cached per file (optimizing a large graph takes
+    seconds, and estimates for several devices share it)."""
+    st = model_file.stat()
+    return list(_ops_cached(str(model_file.resolve()), st.st_mtime_ns, st.st_size))
+
+
+@lru_cache(maxsize=8)
+def _ops_cached(path: str, mtime_ns: int, size: int) -> tuple[Op, ...]:
+    return tuple(ops_from_onnx(path))
 
 
 def ops_from_onnx(model_file: str | Path) -> list[Op]:

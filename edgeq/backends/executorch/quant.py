@@ -19,10 +19,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from edgeq.schemes import FP16, FP32, INT8, Scheme
+
 WEIGHT_ONLY_DELEGATES = {"coreml"}
 
 
-def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnnpack_reference: bool = False) -> Any:
+def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, xnnpack_reference: bool = False) -> Any:
     """A quantized deep copy of ``module`` (the original stays FP32 for reference).
 
     With ``xnnpack_reference``, weight-only linears (Core ML, Vulkan int8) get their
@@ -34,7 +36,7 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
     from torch import nn
 
     model = copy.deepcopy(module)
-    if set(schemes.values()) == {"fp16"}:
+    if set(schemes.values()) == {FP16}:
         return _Fp16(model)
     from torchao.quantization import quantize_
 
@@ -42,9 +44,9 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
     groups: dict[tuple[str, str], set[str]] = {}
     for fqn, scheme in schemes.items():
         mod = modules.get(fqn)
-        if mod is None or scheme == "fp32":
+        if mod is None or scheme == FP32:
             continue
-        if scheme == "fp16":
+        if scheme == FP16:
             _HalfLayer(mod)
             continue
         kind = "embedding" if isinstance(mod, nn.Embedding) else "conv" if isinstance(mod, nn.Conv2d | nn.Conv1d) else "linear"
@@ -52,10 +54,10 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
             mod.padding_idx = None
         groups.setdefault((kind, scheme), set()).add(fqn)
 
-    for (kind, scheme), fqns in sorted(groups.items()):
+    for (kind, scheme), fqns in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1].name)):
         if kind == "conv":
             continue  # PT2E, after capture: see quantize_convs
-        weight_only = kind == "embedding" or delegate in WEIGHT_ONLY_DELEGATES or (delegate == "vulkan" and scheme == "int8")
+        weight_only = kind == "embedding" or delegate in WEIGHT_ONLY_DELEGATES or (delegate == "vulkan" and scheme == INT8)
         quantize_(model, torchao_config(scheme, weight_only), filter_fn=lambda m, fqn, names=fqns: fqn in names)
         if xnnpack_reference and weight_only and kind == "linear":
             for fqn in fqns:
@@ -64,26 +66,26 @@ def quantized_module(module: Any, schemes: dict[str, str], delegate: str, *, xnn
     return model
 
 
-def torchao_config(scheme: str, weight_only: bool) -> Any:
+def torchao_config(scheme: Scheme, weight_only: bool) -> Any:
     """The torchao config for an int scheme. int4 scales are chosen with HQQ (scale only),
     which measured +0.006 mean cosine over plain min-max on MiniLM at the same size."""
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    dtype = torch.int8 if scheme == "int8" else torch.int4
-    granularity = PerAxis(0) if scheme == "int8" else PerGroup(int(scheme.removeprefix("int4-g")))
-    algorithm = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme != "int8" else {}
+    dtype = torch.int8 if scheme.bits == 8 else torch.int4
+    granularity = PerAxis(0) if scheme.group is None else PerGroup(scheme.group)
+    algorithm = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.bits == 4 else {}
     if weight_only:
         return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity, **algorithm)
     return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity, **algorithm)
 
 
-def conv_layers(schemes: dict[str, str], module: Any) -> list[str]:
+def conv_layers(schemes: dict[str, Scheme], module: Any) -> list[str]:
     from torch import nn
 
     modules = dict(module.named_modules())
-    return [f for f, s in schemes.items() if s == "int8" and isinstance(modules.get(f), nn.Conv1d | nn.Conv2d)]
+    return [f for f, s in schemes.items() if s == INT8 and isinstance(modules.get(f), nn.Conv1d | nn.Conv2d)]
 
 
 def quantize_convs(program: Any, convs: list[str], calib: list[tuple[Any, ...]]) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends import Lowered
-from edgeq.backends.onnx_graph import (
+from edgeq.backends.onnx.graph import (
     called_layers,
     dedupe_nodes,
     fold_weight_transposes,
@@ -30,11 +30,12 @@ from edgeq.backends.onnx_graph import (
     layer_nodes,
     op_counts,
 )
+from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS as ONNX_EXECUTION_PROVIDERS
+from edgeq.backends.onnx.costs import INT8_BLOCK
 from edgeq.errors import ArtifactError, ExportError, describe
-from edgeq.schema import ONNX_EXECUTION_PROVIDERS
+from edgeq.schemes import FP16, FP32, INT8, UNUSED, Scheme
 
 OPSET = 21  # GatherBlockQuantized needs 21; exporting at 21 avoids an opset bump later
-INT8_BLOCK = 128
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Lowered:
@@ -148,7 +149,7 @@ def _export(model: Any, workdir: Path) -> Any:
     return proto
 
 
-def _untied_heads(model: Any, schemes: dict[str, str]) -> set[str]:
+def _untied_heads(model: Any, schemes: dict[str, Scheme]) -> set[str]:
     """Tied LM heads that get a weight of their own: those whose scheme differs from the
     table's or is an int scheme. (Sharing the table through its Transpose would run the
     head on the table's quantized values, or keep an fp32 original beside a 4-bit table.)
@@ -157,39 +158,39 @@ def _untied_heads(model: Any, schemes: dict[str, str]) -> set[str]:
 
     heads = {x.fqn: x.tied for x in layer_inventory(model.module) if x.tied}
     return {h for h, table in heads.items()
-            if schemes.get(h) != schemes.get(table) or schemes.get(h, "fp32").startswith("int")}
+            if schemes.get(h) != schemes.get(table) or schemes.get(h, FP32).is_quantized}
 
 
-def _apply_plan(proto: Any, schemes: dict[str, str], nodes: dict[str, list[tuple[str, str]]],
+def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tuple[str, str]]],
                 called: set[str] | None = None) -> tuple[Any, dict[str, str]]:
     """Quantize each layer's nodes as its scheme says; return the model and applied schemes
     (``called``: layers with any node, e.g. a tied head reading the table through a Transpose)."""
     called = set(nodes) | (called or set())
     wanted = set(schemes.values())
-    if wanted == {"fp16"}:
+    if wanted == {FP16}:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-        return proto, {fqn: ("fp16" if fqn in called else "unused") for fqn in schemes}
+        return proto, {fqn: (FP16.name if fqn in called else UNUSED) for fqn in schemes}
 
     # A layer with no node in the graph was never called (the exporter drops it).
-    applied = {fqn: ("fp32" if fqn in called else "unused") for fqn in schemes}
+    applied = {fqn: (FP32.name if fqn in called else UNUSED) for fqn in schemes}
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
     half: list[str] = []
     for fqn, scheme in schemes.items():
         for node, op in nodes.get(fqn, []):
-            if scheme == "fp16" and op in ("MatMul", "Gather", "Conv"):
+            if scheme == FP16 and op in ("MatMul", "Gather", "Conv"):
                 half.append(node)
-            elif scheme == "int8" and op == "MatMul":
+            elif scheme == INT8 and op == "MatMul":
                 by_pass.setdefault((8, INT8_BLOCK), []).append(node)
-            elif scheme == "int8" and op in ("Gather", "Conv"):
+            elif scheme == INT8 and op in ("Gather", "Conv"):
                 dynamic.append(node)
-            elif scheme.startswith("int4-g") and op in ("MatMul", "Gather"):
-                by_pass.setdefault((4, int(scheme.removeprefix("int4-g"))), []).append(node)
+            elif scheme.bits == 4 and op in ("MatMul", "Gather"):
+                by_pass.setdefault((4, scheme.group), []).append(node)
             else:
                 continue
-            applied[fqn] = scheme
+            applied[fqn] = scheme.name
     for (bits, block), include in sorted(by_pass.items()):
         proto = _nbits(proto, include, bits, block)
     if dynamic:

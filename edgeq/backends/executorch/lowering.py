@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends import Lowered, silence_native_stderr
-from edgeq.backends.delegates import BACKEND_IDS, availability, partitioner
-from edgeq.backends.et_quant import conv_layers, quantize_convs, quantized_module
+from edgeq.backends.executorch.delegates import BACKEND_IDS, availability, partitioner
+from edgeq.backends.executorch.quant import conv_layers, quantize_convs, quantized_module
 from edgeq.capture import capture
 from edgeq.graphfacts import folded_layers, unused_layers
 from edgeq.errors import ArtifactError, BackendUnavailableError, ExportError, describe
+from edgeq.schemes import FP16, FP32, UNUSED, Scheme
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Lowered:
@@ -30,7 +31,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     with steps.step(f"Quantizing ({precision})") as info:
         qmodule = quantized_module(model.module, plan.schemes, primary)
         convs = conv_layers(plan.schemes, model.module)
-        info.detail = ", ".join(f"{n} {s}" for s, n in Counter(plan.schemes.values()).items()) or "no quantizable layers"
+        info.detail = ", ".join(f"{n} {s.name}" for s, n in Counter(plan.schemes.values()).items()) or "no quantizable layers"
     with steps.step("Capturing with torch.export") as info:
         program, unused = _capture(qmodule, model, convs)
         info.detail = f"{sum(1 for n in program.graph.nodes if n.op == 'call_function')} ops"
@@ -40,7 +41,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         manager, summary = _lower(program, [partitioner(d, precision, soc) for d in chain], out)
         info.detail = _describe(summary)
     used = [d for d in chain if summary["delegated_ops"].get(d)]
-    schemes = {fqn: ("unused" if fqn in unused else s) for fqn, s in plan.schemes.items()}
+    schemes = {fqn: (UNUSED if fqn in unused else s.name) for fqn, s in plan.schemes.items()}
     runnable = all(availability(d).can_run_here for d in used)
     lowered = Lowered(
         model_file=out,
@@ -49,11 +50,11 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         layer_schemes=schemes,
         runtime=f"ExecuTorch {_version()} pybindings ({', '.join(used) or 'portable'})",
         runnable_here=runnable,
-        extras={"planned_activation_bytes": _arena_bytes(manager),
-                # constant-only lookups ExecuTorch stores as their fp32 results, whatever the scheme;
-                # read from the fp32 module: in the quantized program every weight's dequantize is
-                # constant-only, so it would call every layer folded
-                "folded_layers": folded_layers(capture(model.module, model.example_inputs), list(plan.schemes))},
+        planned_activation_bytes=_arena_bytes(manager),
+        # constant-only lookups ExecuTorch stores as their fp32 results, whatever the scheme;
+        # read from the fp32 module: in the quantized program every weight's dequantize is
+        # constant-only, so it would call every layer folded
+        folded_layers=folded_layers(capture(model.module, model.example_inputs), list(plan.schemes)),
     )
     _write_ops(manager, workdir, lowered, steps)
     if not runnable:
@@ -99,13 +100,14 @@ def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> li
 # ------------------------------------------------------------------------- internals
 
 
-def _uniform(schemes: dict[str, str]) -> str:
-    values = set(schemes.values()) - {"fp32"}
+def _uniform(schemes: dict[str, Scheme]) -> str:
+    """The precision family that decides the delegates' configuration: the lowest one planned."""
+    values = set(schemes.values()) - {FP32}
     if not values:
         return "fp32"
-    if values == {"fp16"}:
+    if values == {FP16}:
         return "fp16"
-    return "int4" if any(v.startswith("int4") for v in values) else "int8"
+    return "int4" if any(v.bits == 4 for v in values) else "int8"
 
 
 def _usable_chain(target: Any, precision: str, steps: Any, strict: bool) -> list[str]:
@@ -170,7 +172,7 @@ def _write_ops(manager: Any, workdir: Path, lowered: Lowered, steps: Any) -> Non
     in the .pte), for emulated profiling."""
     import json
 
-    from edgeq.opgraph import OPS_FILE, executorch_ops
+    from edgeq.backends.executorch.ops import OPS_FILE, executorch_ops
 
     try:
         data = executorch_ops(manager.exported_program())

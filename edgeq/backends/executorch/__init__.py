@@ -1,0 +1,72 @@
+"""ExecuTorch backend: ``.pte`` artifacts, lowered with the target's delegate chain
+(XNNPACK, Core ML, Vulkan, QNN) and run in the ExecuTorch pybindings.
+
+Modules: ``delegates`` (which delegate can lower / run here, partitioners), ``quant``
+(the plan applied with torchao / PT2E), ``lowering`` (capture, lower, serialize, run),
+``costs`` (bytes and memory terms), ``numerics`` (sensitivity's stand-in), ``probe``
+(the fp32 lowering the planner reads the activation arena from). May import edgeq's
+core modules; nothing outside ``edgeq.backends`` imports these modules directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeq.backends import delegates_for
+from edgeq.backends.executorch.android import (  # noqa: F401  a device runner's command line and output
+    ANDROID_LOG_TAG,
+    ANDROID_RUNNER,
+    android_command,
+    android_output_complete,
+    parse_android_output,
+)
+from edgeq.backends.executorch.ops import (  # noqa: F401  emulation
+    EMULATION_RUNTIME,
+    accelerated_runtime,
+    delegate_calls,
+    op_units,
+)
+from edgeq.backends.executorch.costs import (  # noqa: F401  the backend's cost table
+    MEMORY,
+    file_overhead,
+    held_bytes,
+    runtime_bytes,
+    scheme_overhead,
+    stored_bytes,
+)
+from edgeq.backends.executorch.probe import fp32_probe  # noqa: F401
+
+FORMAT = "executorch"
+MODEL_FILE = "model.pte"
+# what edgeq's standalone runner imports on a board (checked before profiling over ssh)
+RUNNER_MODULES: tuple[str, ...] = ("numpy", "torch", "executorch.runtime", "executorch.kernels.quantized")
+RUNTIME_PACKAGE = "executorch"
+DELEGATES: tuple[str, ...] = delegates_for(FORMAT)
+# to_executorch's constant propagation stores constant-only lookups as their fp32 results
+FOLDS_CONSTANT_LOOKUPS = True
+
+
+def stand_in(layer: Any, scheme: Any) -> Any:
+    from edgeq.backends.executorch.numerics import stand_in as make
+
+    return make(layer, scheme)
+
+
+def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:
+    from edgeq.backends.executorch.lowering import lower as run_lowering
+
+    return run_lowering(model, target, plan, workdir, steps, strict, profile)
+
+
+def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:
+    from edgeq.backends.executorch.lowering import run as run_program
+
+    return run_program(model_file, inputs, threads)
+
+
+def ops(model_file: Path, manifest: dict[str, Any]) -> list[Any]:
+    """The artifact's ops costed for emulation (``edgeq.opgraph.Op``)."""
+    from edgeq.backends.executorch.ops import ops as read_ops
+
+    return read_ops(model_file, manifest)

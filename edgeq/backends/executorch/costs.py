@@ -1,0 +1,67 @@
+"""What an ExecuTorch artifact costs: bytes per (layer, scheme) in the .pte and in the
+runtime, the file's own bytes, and the memory model's fitted terms for ExecuTorch.
+
+Stored bytes were measured on single-layer exports (Linear 512→1024, Embedding
+4096×256), exact to the byte for the weight payload: int8 per output channel with fp32
+scales; XNNPACK int4 linears with 2-byte group scales; ``embedding_4bit`` tables with fp32
+ones. RSS holds each weight once (XNNPACK's packed copy replaces the delegate's bytes,
+unmapped after packing; portable ops read embedding tables from the mmapped .pte), so the
+bytes held are the bytes stored. The fits behind the constants are described in
+``edgeq.memory`` (the model) and ``benchmarks/memory_model.py`` (the measurements).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgeq.backends import MemoryTerms
+from edgeq.schemes import Scheme
+
+
+def stored_bytes(layer: Any, scheme: Scheme) -> int:
+    p = layer.params
+    rows = layer.shape[0]
+    if scheme.is_float:
+        return p * scheme.bits // 8
+    if scheme.group is None:  # int8, one fp32 scale per output channel
+        return p + rows * 4
+    groups = rows * math.ceil(p // rows / scheme.group)
+    packed = rows * math.ceil(p // rows / 2)
+    return packed + groups * (2 if layer.kind == "linear" else 4)
+
+
+def runtime_bytes(layer: Any, scheme: Scheme) -> int:
+    return stored_bytes(layer, scheme)
+
+
+def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
+    return stored_bytes(layer, scheme)
+
+
+# File overhead: the .pte's bytes beyond its weights (flatbuffer tensor and instruction
+# tables). At fp32 the planner reads it from its fp32 lowering (fp32_probe); these fitted
+# constants (2026-11-22: file size − stored weights on 7 models at fp32/int8/int4) estimate
+# it from the captured program's size, and add each quantized layer's scale tensors and
+# dequantizing ops (median per layer over the 7).
+FILE_OVERHEAD_PER_OP = 153
+FILE_OVERHEAD_PER_PLACEHOLDER = 434
+FILE_OVERHEAD_PER_QUANTIZED_LAYER = 400
+FILE_OVERHEAD_PER_QUANTIZED_CONV = 780
+
+
+def file_overhead(ops: int, placeholders: int) -> int:
+    return FILE_OVERHEAD_PER_OP * ops + FILE_OVERHEAD_PER_PLACEHOLDER * placeholders
+
+
+def scheme_overhead(layer: Any, scheme: Scheme) -> int:
+    if scheme.is_float and scheme.bits == 32:
+        return 0
+    return FILE_OVERHEAD_PER_QUANTIZED_CONV if layer.kind == "conv" else FILE_OVERHEAD_PER_QUANTIZED_LAYER
+
+
+# act_wide / act_attn / overhead: fitted (see edgeq.memory's notes); baseline: measured here,
+# a Python process with the pybindings imported (they import torch; a C++ app's is far smaller).
+MEMORY = MemoryTerms(act_wide=2.27, act_attn=0.94, overhead_bytes=int(3.72 * 2**20),
+                     baseline_bytes=int(355.6 * 2**20), maps_embedding_tables=True, arena_at_load=True,
+                     tied_head_quantized_copies=0)

@@ -1,0 +1,61 @@
+"""One layer with the numerics ExecuTorch gives it, in eager PyTorch: sensitivity's stand-in.
+
+Weights are quantized with the same torchao configs the lowering uses and stored
+dequantized, so the forward is a plain fp32 op (torchao's eager subclass dispatch is ~5×
+slower); linears also round their input per token to int8, as XNNPACK's dynamic
+quantization does. Checked against the lowered artifacts (tests/test_plan.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from edgeq.backends.standins import dequantized_weight, fp16_layer
+from edgeq.schemes import Scheme
+
+
+def stand_in(layer: Any, scheme: Scheme) -> Any:
+    import torch
+    from torchao.quantization import quantize_
+
+    from edgeq.backends.executorch.quant import torchao_config
+
+    if scheme.is_float:
+        return fp16_layer(layer) if scheme.bits == 16 else copy.deepcopy(layer)
+    q = copy.deepcopy(layer)
+    if isinstance(q, torch.nn.Embedding):
+        quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
+        q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
+        return q
+    if isinstance(q, torch.nn.Linear):
+        quantize_(q, torchao_config(scheme, True))
+        q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
+        return _DynamicInt8Input(q)
+    # conv: static int8 per-channel weights (activation scales are calibrated; not simulated)
+    w = q.weight.detach()
+    scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    q.weight = torch.nn.Parameter((w / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape))
+    return q
+
+
+def _DynamicInt8Input(linear: Any) -> Any:
+    import torch
+
+    class DynamicInt8Input(torch.nn.Module):
+        """XNNPACK's qd8: the input rounded to asymmetric int8 per token."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lo = x.amin(dim=-1, keepdim=True).clamp(max=0)
+            hi = x.amax(dim=-1, keepdim=True).clamp(min=0)
+            scale = ((hi - lo) / 255).clamp(min=1e-12)
+            zero = (-128 - lo / scale).round()
+            xq = ((x / scale).round() + zero).clamp(-128, 127)
+            return self.inner((xq - zero) * scale)
+
+    return DynamicInt8Input(linear)

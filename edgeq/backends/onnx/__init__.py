@@ -1,0 +1,76 @@
+"""ONNX backend: ``.onnx`` artifacts exported with torch.onnx (dynamo), quantized per
+layer with ONNX Runtime's quantizers, and run in ONNX Runtime.
+
+Modules: ``graph`` (the exported graph: layer ↔ node mapping, rewrites), ``lowering``
+(export, quantize, check, run), ``costs`` (bytes and memory terms), ``numerics``
+(sensitivity's stand-in). Nothing outside ``edgeq.backends`` imports these modules directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeq.backends import Probe
+from edgeq.backends.onnx.costs import (  # noqa: F401  the backend's cost table
+    MEMORY,
+    file_overhead,
+    held_bytes,
+    runtime_bytes,
+    scheme_overhead,
+    stored_bytes,
+)
+from edgeq.backends import delegates_for
+from edgeq.backends.onnx.android import (  # noqa: F401  a device runner's command line and output
+    ANDROID_LOG_TAG,
+    ANDROID_RUNNER,
+    android_command,
+    android_output_complete,
+    parse_android_output,
+)
+from edgeq.backends.onnx.ops import (  # noqa: F401  emulation
+    EMULATION_RUNTIME,
+    accelerated_runtime,
+    delegate_calls,
+    op_units,
+)
+
+FORMAT = "onnx"
+MODEL_FILE = "model.onnx"
+# what edgeq's standalone runner imports on a board (checked before profiling over ssh)
+RUNNER_MODULES: tuple[str, ...] = ("numpy", "onnxruntime")
+RUNTIME_PACKAGE = "onnxruntime"
+DELEGATES: tuple[str, ...] = delegates_for(FORMAT)  # execution providers, short names (costs.EXECUTION_PROVIDERS)
+FOLDS_CONSTANT_LOOKUPS = False  # the export keeps constant lookups as they are
+
+
+def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int, steps: Any,
+               use_cache: bool = True) -> Probe:
+    """No lowering needed: ONNX Runtime plans its arena at run time (the fitted terms
+    cover it) and the file's own bytes are estimated from the captured program's size."""
+    return Probe(activation_bytes=0, file_overhead_bytes=file_overhead(facts.ops, facts.placeholders))
+
+
+def stand_in(layer: Any, scheme: Any) -> Any:
+    from edgeq.backends.onnx.numerics import stand_in as make
+
+    return make(layer, scheme)
+
+
+def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:
+    from edgeq.backends.onnx.lowering import lower as run_lowering
+
+    return run_lowering(model, target, plan, workdir, steps, strict, profile)
+
+
+def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:
+    from edgeq.backends.onnx.lowering import run as run_session
+
+    return run_session(model_file, inputs, threads)
+
+
+def ops(model_file: Path, manifest: dict[str, Any]) -> list[Any]:
+    """The artifact's ops costed for emulation (``edgeq.opgraph.Op``)."""
+    from edgeq.backends.onnx.ops import ops as read_ops
+
+    return read_ops(model_file, manifest)

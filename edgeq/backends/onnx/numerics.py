@@ -1,0 +1,84 @@
+"""One layer with the numerics edgeq's ONNX artifacts get in ONNX Runtime, written out in
+torch: sensitivity's stand-in. Checked against the exported artifacts for all five kinds
+(tests/test_export_onnx.py):
+
+- int8 linear: 8-bit MatMulNBits, symmetric blocks of 128 along K (zero-padded; the
+  block's extreme maps to -128), and ``accuracy_level=4``: the input is rounded to int8
+  per row and block of 128 as MLAS does;
+- int4-gN linear / embedding: MatMulNBits / GatherBlockQuantized, asymmetric per group of
+  N along the reduction dim, the range stretched to include 0 (MLAS's RTN);
+- int8 embedding: ``quantize_dynamic``'s Gather, the table as uint8 with one scale and zero point;
+- int8 conv: ConvInteger, symmetric int8 weights with one scale (absmax / 127), the input
+  rounded to uint8 with one dynamic scale and zero point;
+- fp16: weights, inputs and output rounded to fp16.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from edgeq.backends.onnx.costs import INT8_BLOCK
+from edgeq.backends.standins import fp16_layer
+from edgeq.schemes import Scheme
+
+
+def stand_in(layer: Any, scheme: Scheme) -> Any:
+    import torch
+
+    if scheme.is_float:
+        return fp16_layer(layer) if scheme.bits == 16 else copy.deepcopy(layer)
+    q = copy.deepcopy(layer)
+    w = q.weight.detach().float()
+    if isinstance(q, torch.nn.Conv1d | torch.nn.Conv2d):
+        q.weight = torch.nn.Parameter(_symmetric(w.reshape(1, -1), w.numel()).view_as(w), requires_grad=False)
+        q.register_forward_pre_hook(lambda _m, args: (_uint8_tensor(args[0]),) + tuple(args[1:]))
+        return q
+    if scheme.bits == 8 and isinstance(q, torch.nn.Embedding):
+        q.weight = torch.nn.Parameter(_uint8_tensor(w), requires_grad=False)
+        return q
+    if scheme.bits == 8:
+        q.weight = torch.nn.Parameter(_mlas_symmetric8(w, INT8_BLOCK), requires_grad=False)
+        q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], INT8_BLOCK),) + tuple(args[1:]))
+        return q
+    q.weight = torch.nn.Parameter(_asymmetric4(w, scheme.group), requires_grad=False)
+    return q
+
+
+def _symmetric(x: Any, block: int) -> Any:
+    """Round ``x`` (…, K) to int8 with one absmax scale per ``block`` along the last dim."""
+    import torch
+
+    k = x.shape[-1]
+    pad = (-k) % block
+    xb = torch.nn.functional.pad(x, (0, pad)).unflatten(-1, (-1, block))
+    scale = (xb.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
+    return ((xb / scale).round().clamp(-127, 127) * scale).flatten(-2)[..., :k]
+
+
+def _mlas_symmetric8(w: Any, block: int) -> Any:
+    """MLAS's symmetric 8-bit blocks: the block's largest-magnitude value m maps exactly to
+    -128 (scale = -m / 128), the rest round to [-128, 127]; K zero-padded to whole blocks."""
+    import torch
+
+    k = w.shape[-1]
+    wb = torch.nn.functional.pad(w, (0, (-k) % block)).unflatten(-1, (-1, block))
+    idx = wb.abs().argmax(-1, keepdim=True)
+    m = wb.gather(-1, idx)
+    scale = torch.where(m == 0, torch.ones_like(m), -m / 128)
+    return ((wb / scale).round().clamp(-128, 127) * scale).flatten(-2)[..., :k]
+
+
+def _asymmetric4(w: Any, group: int) -> Any:
+    wb = w.unflatten(-1, (-1, group))
+    lo, hi = wb.amin(-1, keepdim=True).clamp(max=0), wb.amax(-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    zero = (-lo / scale).round().clamp(0, 15)
+    return (((wb / scale).round() + zero).clamp(0, 15) - zero).mul(scale).flatten(-2)
+
+
+def _uint8_tensor(x: Any) -> Any:
+    lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
+    scale = ((hi - lo) / 255).clamp(min=1e-12)
+    zero = (-lo / scale).round()
+    return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale

@@ -1,0 +1,31 @@
+"""Format-independent pieces of the numerics stand-ins backends give sensitivity: a layer
+computing in fp16 inside an fp32 model, and a stand-in's effective fp32 weight."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def fp16_layer(layer: Any) -> Any:
+    """A copy of ``layer`` with fp16-rounded weights whose float inputs and output are
+    rounded to fp16, as an fp16 layer sees them (hooks, so the module keeps its type and
+    attributes: a ViT reads its patch conv's weight)."""
+    import torch
+
+    q = copy.deepcopy(layer)
+    q.weight = torch.nn.Parameter(q.weight.detach().half().float(), requires_grad=False)
+    if getattr(q, "bias", None) is not None:
+        q.bias = torch.nn.Parameter(q.bias.detach().half().float(), requires_grad=False)
+    q.register_forward_pre_hook(
+        lambda _m, args: tuple(a.half().float() if a.is_floating_point() else a for a in args))
+    q.register_forward_hook(lambda _m, _args, out: out.half().float())
+    return q
+
+
+def dequantized_weight(layer: Any) -> Any:
+    """The fp32 weight a stand-in computes with (through its input/output wrappers)."""
+    while hasattr(layer, "inner"):
+        layer = layer.inner
+    w = layer.weight
+    return (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()

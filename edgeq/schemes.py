@@ -1,0 +1,99 @@
+"""Quantization schemes: one value type, parsed once.
+
+A ``Scheme`` says how one layer's weight is stored: float (fp32, fp16) or integer (int8
+per output channel, int4 in groups along the reduction dimension), and by which
+algorithm its integer values are chosen. Plans, rules, plan files and manifests name
+schemes (``"int4-g32"``); ``parse`` turns a name into the value, once, at the boundary;
+everything inside edgeq asks the value (``scheme.bits``, ``scheme.group``), never the
+string. What a scheme costs in bytes is each backend's own table
+(``edgeq.backends.<format>.costs``).
+
+>>> parse("int4-g32").group, parse("INT8").bits
+(32, 8)
+>>> [s.name for s in allowed(["fp32", "int8"])]
+['fp32', 'int8']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+from edgeq.errors import ConfigError, did_you_mean
+
+INT4_GROUPS = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one layer's weight is stored. ``algorithm`` ``"rtn"`` means the backend's own
+    rounding (ExecuTorch: HQQ scale search for int4; ONNX Runtime: round to nearest)."""
+
+    kind: Literal["float", "int"]
+    bits: int
+    group: int | None = None  # int: None = one scale per output channel; N = groups of N along K
+    symmetric: bool = True
+    algorithm: str = "rtn"
+
+    @property
+    def name(self) -> str:
+        if self.kind == "float":
+            return f"fp{self.bits}"
+        base = f"int{self.bits}" + (f"-g{self.group}" if self.group else "")
+        return base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
+
+    @property
+    def precision(self) -> str:
+        """The precision family a target allows it under: fp32, fp16, int8 or int4."""
+        return f"{'fp' if self.kind == 'float' else 'int'}{self.bits}"
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "float"
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.kind == "int"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+FP32 = Scheme("float", 32)
+FP16 = Scheme("float", 16)
+INT8 = Scheme("int", 8)
+INT4 = {g: Scheme("int", 4, g) for g in INT4_GROUPS}
+SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
+NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES)
+_BY_NAME = {s.name: s for s in SCHEMES}
+
+
+def parse(text: object, where: str = "") -> Scheme:
+    """The scheme named ``text`` (case-insensitive); ``ConfigError`` naming ``where`` otherwise."""
+    if isinstance(text, Scheme):
+        return text
+    found = _BY_NAME.get(str(text).strip().lower()) if isinstance(text, str) else None
+    if found is None:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown scheme '{text}'{did_you_mean(str(text), NAMES)}",
+                          f"schemes: {', '.join(NAMES)}")
+    return found
+
+
+UNUSED = "unused"  # what manifests record for a layer the artifact never calls
+
+
+def applied(name: str) -> Scheme | None:
+    """A manifest's per-layer entry: the scheme, or None for ``"unused"``."""
+    return None if name == UNUSED else parse(name)
+
+
+def for_precision(precision: str, int4_group: int = 32) -> Scheme:
+    """The scheme a uniform ``--precision`` means (int4 at the target's group size)."""
+    return INT4[int4_group] if precision == "int4" else _BY_NAME[precision]
+
+
+def allowed(precisions: Iterable[str]) -> list[Scheme]:
+    """Every scheme whose precision family is in ``precisions``, in ``SCHEMES`` order."""
+    wanted = set(precisions)
+    return [s for s in SCHEMES if s.precision in wanted]

@@ -1,0 +1,72 @@
+"""The import rules that keep the layers apart, checked on the real modules."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+EDGEQ = ROOT / "edgeq"
+HEAVY = ("torch", "executorch", "onnxruntime", "onnx", "transformers", "torchao")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = (f"import sys\n{code}\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY!r} or m.startswith(('edgeq.backends.executorch', 'edgeq.backends.onnx'))))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return eval(proc.stdout.strip().splitlines()[-1])
+
+
+def test_schemas_and_solver_import_neither_torch_nor_a_backend():
+    loaded = _loaded_after("from edgeq.targets import load_target\nfrom edgeq import solver, schemes\n"
+                           "[load_target(n) for n in ('x86', 'rpi5', 'snapdragon8')]")
+    assert loaded == [], loaded
+
+
+def test_help_and_targets_list_import_no_runtime():
+    for argv in (["--help"], ["targets", "list", "--json"]):
+        loaded = _loaded_after(f"from edgeq.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+        assert loaded == [], (argv, loaded)
+
+
+def test_backends_never_import_the_cli_and_only_backends_import_their_modules():
+    for path in EDGEQ.rglob("*.py"):
+        imports = _imports(path)
+        inside = "backends" in path.relative_to(EDGEQ).parts
+        if inside:
+            assert not any(m.startswith("edgeq.cli") for m in imports), path
+        else:  # the rest of edgeq reaches a backend through edgeq.backends.get_backend
+            private = [m for m in imports if m.startswith(("edgeq.backends.executorch", "edgeq.backends.onnx"))]
+            assert not private, (path, private)
+
+
+def test_no_module_outside_the_backends_names_a_format():
+    """Format-specific behaviour belongs to a backend: outside it, no code compares a format
+    with a format's name (the standalone runner, copied alone onto boards, excepted)."""
+    offenders = []
+    for path in EDGEQ.rglob("*.py"):
+        rel = path.relative_to(EDGEQ)
+        if rel.parts[0] == "backends" or rel.name == "runner.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                if any(n in ("executorch", "onnx", "gguf") for n in names):
+                    offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, offenders
