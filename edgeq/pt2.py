@@ -231,8 +231,8 @@ def _load(path: Path, archive: zipfile.ZipFile, archive_bytes: int) -> Any:
         raise _bad(path, "big-endian weights", "re-save the program on a little-endian machine")
 
     read = lambda name, limit=MAX_JSON_BYTES: _read(path, archive, entries[name], limit)  # noqa: E731
-    weights, used = _payloads(path, _json(path, _WEIGHTS, read(_WEIGHTS)), "data/weights/weight_", read, entries)
-    constants, used_c = _payloads(path, _json(path, _CONSTANTS, read(_CONSTANTS)), "data/constants/tensor_", read,
+    weights, used = _payloads(path, _json(path, _WEIGHTS, read(_WEIGHTS)), "data/weights/", read, entries)
+    constants, used_c = _payloads(path, _json(path, _CONSTANTS, read(_CONSTANTS)), "data/constants/", read,
                                   entries)
     stray = sorted(n for n in entries if _PAYLOAD.fullmatch(n) and n not in used | used_c)
     if stray:
@@ -286,14 +286,14 @@ def _check_depth(path: Path, name: str, data: bytes | str) -> None:
             depth -= 1
 
 
-def _payloads(path: Path, doc: Any, prefix: str, read: Any, entries: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+def _payloads(path: Path, doc: Any, directory: str, read: Any, entries: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """Tensors named by a weights/constants config, built from raw bytes; and the entries used."""
     import torch
     from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
 
     config = doc.get("config") if isinstance(doc, dict) and set(doc) == {"config"} else None
     if not isinstance(config, dict):
-        raise _bad(path, f"{prefix.split('/')[1]} config is malformed")
+        raise _bad(path, f"{directory.split('/')[1]} config is malformed")
     flat: dict[str, Any] = {}
     out: dict[str, Any] = {}
     for fqn, meta in config.items():
@@ -301,7 +301,7 @@ def _payloads(path: Path, doc: Any, prefix: str, read: Any, entries: dict[str, A
             raise _bad(path, f"payload name '{fqn[:80]}' is not a parameter path")
         if not isinstance(meta, dict) or not set(meta) <= {"path_name", "is_param", "use_pickle", "tensor_meta"}:
             raise _bad(path, f"payload '{fqn}' is malformed")
-        entry = prefix + str(meta.get("path_name"))
+        entry = directory + str(meta.get("path_name"))
         if meta.get("use_pickle") is not False or not _PAYLOAD.fullmatch(entry):
             raise _bad(path, f"payload '{fqn}' is a pickled or custom object", NO_PICKLE)
         if entry not in entries:
@@ -323,7 +323,7 @@ def _payloads(path: Path, doc: Any, prefix: str, read: Any, entries: dict[str, A
             raise _bad(path, f"payload '{fqn}' reaches past the end of '{entry}'")
         tensor = torch.as_strided(base, sizes, strides, offset if all(sizes) else 0)
         out[fqn] = torch.nn.Parameter(tensor, requires_grad=requires_grad) if meta.get("is_param") is True else tensor
-    return out, {prefix + str(m["path_name"]) for m in config.values()}
+    return out, {directory + str(m["path_name"]) for m in config.values()}
 
 
 def _tensor_meta(path: Path, fqn: str, meta: Any) -> tuple[int, list[int], list[int], int, bool]:
@@ -503,6 +503,24 @@ def _check_expr(path: Path, expr: str) -> None:
             raise refuse(f"has '{text[:40]}'")
 
 
+_LOADING: list[Path] = []  # the file being deserialized, while torch's serde runs
+
+
+def _refuse_unpickling(*_: Any, **__: Any) -> Any:
+    raise _bad(_LOADING[-1], "torch tried to unpickle part of the file", NO_PICKLE)
+
+
+def _guarded(base: type) -> type:
+    """A subclass of ``base`` whose ``load`` refuses while a .pt2 is deserialized. A class, not a
+    function, because modules imported during that time may subclass ``pickle.Unpickler``."""
+    def load(self: Any) -> Any:
+        if _LOADING:
+            _refuse_unpickling()
+        return base.load(self)
+
+    return type(base.__name__, (base,), {"load": load, "__module__": "pickle"})
+
+
 @contextlib.contextmanager
 def _only_checked_deserialization(path: Path) -> Iterator[None]:
     """While torch's serde runs: every unpickler raises, sympy parses only checked strings.
@@ -515,13 +533,8 @@ def _only_checked_deserialization(path: Path) -> Iterator[None]:
     import torch
     import torch._export.serde.serialize as serde
 
-    def refuse(*_: Any, **__: Any) -> Any:
-        raise _bad(path, "torch tried to unpickle part of the file", NO_PICKLE)
-
     def artifact(serialized: Any) -> Any:  # serde is given tensors; bytes here mean a pickle
-        if isinstance(serialized, (dict, tuple)):
-            return serialized
-        return refuse()
+        return serialized if isinstance(serialized, (dict, tuple)) else _refuse_unpickling()
 
     original_parse = sympy_parser.parse_expr
 
@@ -529,10 +542,13 @@ def _only_checked_deserialization(path: Path) -> Iterator[None]:
         _check_expr(path, str(text))
         return original_parse(text, *args, **kwargs)
 
-    patches = [(pickle, n, refuse) for n in ("load", "loads", "Unpickler", "_load", "_loads", "_Unpickler")]
-    patches += [(torch, "load", refuse), (torch.serialization, "load", refuse), (torch._C, "_pickle_load_obj", refuse),
-                (serde, "deserialize_torch_artifact", artifact), (sympy_parser, "parse_expr", parse_checked)]
+    patches: list[tuple[Any, str, Any]] = [(pickle, n, _refuse_unpickling) for n in ("load", "loads", "_load", "_loads")]
+    patches += [(pickle, "Unpickler", _guarded(pickle.Unpickler)), (pickle, "_Unpickler", _guarded(pickle._Unpickler)),
+                (torch, "load", _refuse_unpickling), (torch.serialization, "load", _refuse_unpickling),
+                (torch._C, "_pickle_load_obj", _refuse_unpickling), (serde, "deserialize_torch_artifact", artifact),
+                (sympy_parser, "parse_expr", parse_checked)]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    _LOADING.append(path)
     try:
         for obj, name, replacement in patches:
             setattr(obj, name, replacement)
@@ -540,6 +556,7 @@ def _only_checked_deserialization(path: Path) -> Iterator[None]:
     finally:
         for obj, name, value in saved:
             setattr(obj, name, value)
+        _LOADING.pop()
 
 
 def _check_graph(path: Path, program: Any) -> None:
