@@ -302,8 +302,11 @@ def _payloads(path: Path, doc: Any, directory: str, read: Any, entries: dict[str
         if not isinstance(meta, dict) or not set(meta) <= {"path_name", "is_param", "use_pickle", "tensor_meta"}:
             raise _bad(path, f"payload '{fqn}' is malformed")
         entry = directory + str(meta.get("path_name"))
-        if meta.get("use_pickle") is not False or not _PAYLOAD.fullmatch(entry):
-            raise _bad(path, f"payload '{fqn}' is a pickled or custom object", NO_PICKLE)
+        if meta.get("use_pickle") is not False:
+            raise _bad(path, f"payload '{fqn}' is a pickled object", NO_PICKLE)
+        if not _PAYLOAD.fullmatch(entry):
+            raise _bad(path, f"payload '{fqn}' is stored at '{entry[:80]}', not as a plain tensor in {directory}",
+                       NO_PICKLE)
         if entry not in entries:
             raise _bad(path, f"payload '{fqn}' refers to missing entry '{entry}'")
         dtype_code, sizes, strides, offset, requires_grad = _tensor_meta(path, fqn, meta.get("tensor_meta"))
