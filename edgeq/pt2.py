@@ -35,6 +35,7 @@ import builtins
 import contextlib
 import io
 import json
+import keyword
 import pickletools
 import re
 import stat
@@ -194,6 +195,9 @@ def _entries(path: Path, archive: zipfile.ZipFile, archive_bytes: int, where: st
         declared += info.file_size
         compressed += info.compress_size
         out[rel] = info
+    if declared > MAX_RATIO * archive_bytes + (1 << 20):
+        raise _bad(path, f"{where}entries expand to {declared} bytes from {archive_bytes} (a zip bomb?); "
+                         f"edgeq allows {MAX_RATIO}x")
     if declared > MAX_TOTAL_BYTES:
         raise _bad(path, f"{where}entries expand to {declared} bytes, over edgeq's {MAX_TOTAL_BYTES >> 30} GiB limit")
     if compressed > archive_bytes:
@@ -457,7 +461,7 @@ def _check_values(path: Path, doc: Any) -> None:
                 stack.append(value)
             elif isinstance(value, str):
                 _check_text(path, value)
-                if key in ("name", "as_name") and not _IDENT.fullmatch(value):
+                if key in ("name", "as_name") and (not _IDENT.fullmatch(value) or keyword.iskeyword(value)):
                     raise _bad(path, f"node name '{value[:60]}' is not an identifier")
                 if key in ("parameter_name", "buffer_name", "tensor_constant_name") and not _FQN.fullmatch(value):
                     raise _bad(path, f"'{value[:60]}' is not a parameter path")
