@@ -36,6 +36,7 @@ import contextlib
 import io
 import json
 import keyword
+import math
 import pickletools
 import re
 import stat
@@ -60,6 +61,7 @@ MAX_RATIO = 64  # decompressed / compressed, for deflated entries over 1 MiB
 MAX_JSON_DEPTH = 64
 MAX_EXPR_CHARS = 1024
 MAX_DIMS = 16
+MAX_ELEMENTS = 1 << 34  # per tensor view; strides of 0 could otherwise claim any size
 
 RESAVE = "re-save the program with torch.export.save"
 NO_PICKLE = "edgeq does not unpickle arbitrary objects; re-export the program with plain tensors and torch.export.save"
@@ -326,6 +328,8 @@ def _payloads(path: Path, doc: Any, directory: str, read: Any, entries: dict[str
         base = flat[entry]
         if base.dtype != dtype:
             raise _bad(path, f"payload '{fqn}' reads '{entry}' as a second dtype")
+        if math.prod(sizes) > MAX_ELEMENTS:
+            raise _bad(path, f"payload '{fqn}' claims {math.prod(sizes)} elements")
         if all(sizes) and offset + sum((n - 1) * s for n, s in zip(sizes, strides)) >= base.numel():
             raise _bad(path, f"payload '{fqn}' reaches past the end of '{entry}'")
         tensor = torch.as_strided(base, sizes, strides, offset if all(sizes) else 0)

@@ -244,6 +244,9 @@ CASES: list[tuple[str, str, Callable, str]] = [
     ("duplicate-json-key", "mlp", lambda e, m: find(e, "model_weights_config.json").__setitem__(
         1, find(e, "model_weights_config.json")[1].replace(b'"use_pickle": false', b'"use_pickle": false, "use_pickle": true', 1)),
      "repeats a key"),
+    ("payload-claims-huge-size", "mlp", lambda e, m: edit_json(
+        e, "model_weights_config.json", lambda d: d["config"]["0.weight"]["tensor_meta"].update(
+            sizes=[{"as_int": 1 << 30}, {"as_int": 1 << 30}], strides=[{"as_int": 0}, {"as_int": 0}])), "elements"),
     ("payload-past-its-data", "mlp", lambda e, m: edit_json(
         e, "model_weights_config.json", lambda d: d["config"]["0.weight"]["tensor_meta"]["sizes"][0].update(as_int=4096)),
      "reaches past the end"),
@@ -334,6 +337,30 @@ def test_payloads_fire_when_unpickled_the_ordinary_way(saved, tmp_path, marker):
 
     sympy.sympify(f"__import__('pathlib').Path({str(marker)!r}).touch()")
     assert marker.exists(), "sympy.sympify evaluates what it parses"
+
+
+def test_unpickling_and_sympy_eval_refuse_during_deserialization(marker, tmp_path):
+    """Second line of defence: inside the window where torch's serde runs, the unpickling entry
+    points raise and sympy parses only checked expressions; outside it they work again."""
+    import sympy
+
+    from edgeq import pt2
+
+    attempts = [
+        lambda: pickle.loads(pickled(marker)),
+        lambda: pickle.Unpickler(io.BytesIO(pickled(marker))).load(),
+        lambda: torch.load(io.BytesIO(torch_saved(Touch(marker))), weights_only=False),
+        lambda: torch._C._pickle_load_obj(b"not used"),
+        lambda: sympy.sympify(f"__import__('pathlib').Path({str(marker)!r}).touch()"),
+    ]
+    with pt2._only_checked_deserialization(tmp_path / "x.pt2"):
+        for attempt in attempts:
+            with pytest.raises(ModelLoadError):
+                attempt()
+        assert sympy.sympify("Max(s0, 2*s1 + 1)") == sympy.Max(sympy.Symbol("s0"), 2 * sympy.Symbol("s1") + 1)
+    assert not marker.exists()
+    assert pickle.loads(pickle.dumps([1, 2])) == [1, 2]  # restored afterwards
+    assert torch.equal(torch.load(io.BytesIO(torch_saved(torch.ones(2))), weights_only=True), torch.ones(2))
 
 
 @pytest.mark.parametrize("case_id", ["case-variant-weights-config", "use-pickle-weights", "zip-bomb", "guard-code"])
