@@ -139,6 +139,8 @@ def safe_load(path: Path) -> Any:
         raise _bad(path, _first_line(exc) or "not a zip archive") from None
     except RecursionError:
         raise _bad(path, "structure nested too deeply") from None
+    except Exception as exc:  # torch rejecting a tensor or graph the checks let through: still the file's fault
+        raise _bad(path, f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -247,8 +249,8 @@ def _load(path: Path, archive: zipfile.ZipFile, archive_bytes: int) -> Any:
     doc = _json(path, _MODEL, read(_MODEL))
     _check_program(path, doc)
     try:
-        serialized = _dict_to_dataclass(schema.ExportedProgram, doc)
         with _only_checked_deserialization(path):
+            serialized = _dict_to_dataclass(schema.ExportedProgram, doc)
             program = ExportedProgramDeserializer().deserialize(serialized, weights, constants, example)
     except ModelLoadError:
         raise

@@ -416,7 +416,27 @@ def _mutations(marker: Path):
     def payload(entries: Entries, i: int, how: int) -> None:
         entries[i][1] = [pickled(marker), torch_saved(Touch(marker)), torch_saved(((Touch(marker),), {}))][how % 3]
 
-    return st.lists(st.tuples(st.sampled_from([rename, duplicate, drop, flip, payload]),
+    nasty = [None, -1, 1 << 70, "x; __import__('os')", "__import__('os').system('true')", "s0\r", [[[]]], {},
+             "torch.load", "custom_obj_0", "../weight_0", True, 1.5e308, "Symbol('s0') + eval('1')"]
+
+    def json_value(entries: Entries, i: int, how: int) -> None:
+        try:
+            doc = json.loads(entries[i][1])
+        except (UnicodeDecodeError, ValueError):
+            return
+        node, target = doc, None
+        for step in range(how + 3):  # walk down a path chosen by `i` and `how`
+            items = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+            if not items:
+                break
+            key, child = items[(i + step * 31 + how) % len(items)]
+            target = (node, key)
+            node = child
+        if target is not None:
+            target[0][target[1]] = nasty[(i + how) % len(nasty)]
+        entries[i][1] = json.dumps(doc).encode()
+
+    return st.lists(st.tuples(st.sampled_from([rename, duplicate, drop, flip, payload, json_value, json_value]),
                               st.integers(0, 1000), st.integers(0, 4)), min_size=1, max_size=4)
 
 
@@ -426,7 +446,7 @@ def test_random_mutations_never_run_anything(saved, tmp_path_factory):
     original = read_entries(saved["mlp"])
     raw_original = saved["mlp"].read_bytes()
 
-    @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
     @given(ops=_mutations(marker), archive_flips=st.lists(st.integers(0, len(raw_original) - 1), max_size=3))
     def check(ops, archive_flips):
         entries = [list(e) for e in original]
