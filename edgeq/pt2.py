@@ -452,8 +452,18 @@ def _check_program(path: Path, doc: Any) -> None:
     _check_values(path, doc)
 
 
+_IDENT_KEYS = {"name", "as_name", "user_input_name"}  # become Python identifiers in FX-generated source
+_FQN_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name"}
+_NAME_MAPS = {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"}
+_REFUSED_KEYS = {"as_graph": "subgraphs (control flow)", "as_operator": "operators passed as values",
+                 "as_custom_obj": "custom objects", "class_fqn": "custom objects",
+                 "as_string_to_argument": "dict arguments"}
+_TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
+
+
 def _check_values(path: Path, doc: Any) -> None:
-    """Every string clean, every name an identifier, every symbolic expression checked, no subgraph."""
+    """Every string clean; names that reach generated Python source are identifiers; symbolic
+    expressions and pytree specs checked; nothing that needs more than aten operators on tensors."""
     stack = [doc]
     while stack:
         item = stack.pop()
@@ -461,18 +471,49 @@ def _check_values(path: Path, doc: Any) -> None:
         for key, value in pairs:
             if isinstance(key, str):
                 _check_text(path, key)
-                if key == "as_graph":
-                    raise _bad(path, "the program has subgraphs (control flow); edgeq loads plain programs only")
+                if key in _REFUSED_KEYS:
+                    raise _bad(path, f"the program has {_REFUSED_KEYS[key]}; edgeq loads plain programs only")
+            if key in _NAME_MAPS and isinstance(value, dict) and not all(map(_is_ident, value)):
+                raise _bad(path, f"a {key} name is not an identifier")
+            if key == "forward_arg_names" and value is not None and not (
+                    isinstance(value, list) and all(isinstance(v, str) and _is_ident(v) for v in value)):
+                raise _bad(path, "an argument name is not an identifier")
             if isinstance(value, (dict, list)):
                 stack.append(value)
             elif isinstance(value, str):
                 _check_text(path, value)
-                if key in ("name", "as_name") and (not _IDENT.fullmatch(value) or keyword.iskeyword(value)):
+                if key in _IDENT_KEYS and not _is_ident(value):
                     raise _bad(path, f"node name '{value[:60]}' is not an identifier")
-                if key in ("parameter_name", "buffer_name", "tensor_constant_name") and not _FQN.fullmatch(value):
+                if key in _FQN_KEYS and not _FQN.fullmatch(value) or key == "fqn" and value and not _FQN.fullmatch(value):
                     raise _bad(path, f"'{value[:60]}' is not a parameter path")
                 if key == "expr_str":
                     _check_expr(path, value)
+                if key in ("in_spec", "out_spec"):
+                    _check_treespec(path, value)
+
+
+def _is_ident(name: str) -> bool:
+    return bool(_IDENT.fullmatch(name)) and not keyword.iskeyword(name)
+
+
+def _check_treespec(path: Path, text: str) -> None:
+    """A pytree spec: tuples, lists and dicts with identifier keys (FX writes dict keys into source)."""
+    _check_depth(path, "a pytree spec", text)
+    try:
+        spec = json.loads(text)
+        stack = [spec[1]] if isinstance(spec, list) and len(spec) == 2 else [None]
+        while stack:
+            node = stack.pop()
+            if not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"} or \
+                    node["type"] not in _TREESPEC_TYPES or not isinstance(node["children_spec"], list):
+                raise ValueError
+            context = json.loads(node["context"]) if isinstance(node["context"], str) else node["context"]
+            if context is not None and not (isinstance(context, list) and all(
+                    isinstance(k, int) or isinstance(k, str) and _is_ident(k) for k in context)):
+                raise ValueError
+            stack.extend(node["children_spec"])
+    except (ValueError, TypeError, IndexError, RecursionError):
+        raise _bad(path, "the program's input or output structure is not tuples, lists and dicts of tensors") from None
 
 
 def _check_text(path: Path, text: str) -> None:

@@ -261,6 +261,12 @@ CASES: list[tuple[str, str, Callable, str]] = [
         name="lambda"))(e), "not an identifier"),
     ("node-name-not-identifier", "mlp", lambda e, m: model_json(lambda d: first_node(d)["outputs"][0]["as_tensor"].update(
         name="x;__import__('os')"))(e), "not an identifier"),
+    ("forward-arg-name-injection", "mlp", lambda e, m: model_json(lambda d: d["graph_module"]["module_call_graph"][0][
+        "signature"].update(forward_arg_names=[f"input, _=__import__('pathlib').Path({str(m)!r}).touch()"]))(e),
+     "argument name"),
+    ("treespec-key-injection", "mlp", lambda e, m: model_json(lambda d: d["graph_module"]["module_call_graph"][0][
+        "signature"].update(in_spec=d["graph_module"]["module_call_graph"][0]["signature"]["in_spec"].replace(
+            '"context": "[]"', '"context": "[\\"k\': __import__(\'os\'), \'j\\"]"')))(e), "input or output structure"),
     ("op-target-torch-load", "mlp", lambda e, m: model_json(lambda d: first_node(d).update(target="torch.load"))(e),
      "aten operators only"),
     ("op-target-from-file", "mlp", lambda e, m: model_json(lambda d: first_node(d).update(
