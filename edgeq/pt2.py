@@ -431,9 +431,7 @@ def _check_program(path: Path, doc: Any) -> None:
     module = doc["graph_module"]
     if not isinstance(module, dict) or not isinstance(module.get("graph"), dict):
         raise _bad(path, "the program has no graph")
-    custom = (module.get("metadata") or {}).get("custom")
-    if custom is not None:
-        _check_depth(path, "graph metadata", str(custom))
+    module["metadata"] = {}  # free-form annotations (JSON inside a string); nothing edgeq needs
     signature = module.get("signature") or {}
     for specs, kinds in ((signature.get("input_specs"), _SPEC_IN), (signature.get("output_specs"), _SPEC_OUT)):
         for spec in specs or []:
@@ -447,8 +445,8 @@ def _check_program(path: Path, doc: Any) -> None:
         op = _ATEN.fullmatch(target) if isinstance(target, str) else None
         if not (op and not _ATEN_DENIED.fullmatch(op.group(1)) or target in _BUILTIN_TARGETS):
             raise _bad(path, f"the graph calls '{str(target)[:80]}'; edgeq loads programs of aten operators only")
-        if isinstance(node.get("metadata"), dict):
-            node["metadata"].pop("stack_trace", None)  # debug text only, and multi-line
+        if isinstance(node.get("metadata"), dict):  # the rest is debug text FX may copy into generated source
+            node["metadata"] = {k: v for k, v in node["metadata"].items() if k in _NODE_METADATA_KEPT}
     _check_values(path, doc)
 
 
@@ -458,6 +456,7 @@ _NAME_MAPS = {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_v
 _REFUSED_KEYS = {"as_graph": "subgraphs (control flow)", "as_operator": "operators passed as values",
                  "as_custom_obj": "custom objects", "class_fqn": "custom objects",
                  "as_string_to_argument": "dict arguments"}
+_NODE_METADATA_KEPT = {"nn_module_stack", "source_fn_stack", "torch_fn"}
 _TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
 
 

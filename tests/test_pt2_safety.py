@@ -393,6 +393,24 @@ def test_valid_archives_load_like_torch_does(saved):
     assert set(safe_load(saved["const"]).constants) == {"c", "shift"}
 
 
+def test_free_form_metadata_is_dropped_before_fx_generates_code(saved, tmp_path, marker):
+    """Node annotations (JSON inside a string) can hold newlines that FX would copy into source."""
+    from edgeq.pt2 import modularize
+
+    evil = json.dumps({"note": f"x\nimport pathlib; pathlib.Path({str(marker)!r}).touch()"})
+
+    def annotate(doc: dict) -> None:
+        for node in doc["graph_module"]["graph"]["nodes"]:
+            node["metadata"].update(custom=evil, from_node=evil)
+        doc["graph_module"]["metadata"] = {"custom": evil}
+
+    program = safe_load(build(saved["mlp"], tmp_path, lambda e, m: model_json(annotate)(e), marker))
+    assert all("custom" not in n.meta and "from_node" not in n.meta for n in program.graph.nodes)
+    assert any("nn_module_stack" in n.meta for n in program.graph.nodes)  # what edgeq uses is kept
+    modularize(program)(*program.example_inputs[0])
+    assert not marker.exists()
+
+
 def test_valid_pt2_exports_and_verifies_on_x86(saved, tmp_path):
     proc = run_cli("export", str(saved["mlp"]), "-t", "x86", "-o", str(tmp_path / "out"), "--json")
     assert proc.returncode == 0, proc.stderr
