@@ -263,7 +263,6 @@ def _load(path: Path, archive: zipfile.ZipFile, archive_bytes: int) -> Any:
 
 def _json(path: Path, name: str, data: bytes) -> Any:
     """Parsed JSON, refused if nested deeper than MAX_JSON_DEPTH or with repeated keys."""
-    _check_depth(path, name, data)
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(items)
@@ -272,26 +271,12 @@ def _json(path: Path, name: str, data: bytes) -> Any:
         return out
 
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
+        raise _bad(path, f"{name} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:  # ValueError: over-long numbers
         raise _bad(path, f"{name} is not valid JSON: {_first_line(exc)}") from None
-
-
-def _check_depth(path: Path, name: str, data: bytes | str) -> None:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    depth = 0
-    in_string = escaped = False
-    for c in text:  # brackets outside strings; the parser would recurse once per level
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise _bad(path, f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
-        elif c in "]}":
-            depth -= 1
+    return doc
 
 
 def _payloads(path: Path, doc: Any, directory: str, read: Any, entries: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -463,9 +448,11 @@ _TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "co
 def _check_values(path: Path, doc: Any) -> None:
     """Every string clean; names that reach generated Python source are identifiers; symbolic
     expressions and pytree specs checked; nothing that needs more than aten operators on tensors."""
-    stack = [doc]
+    stack = [(doc, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:  # torch's serde walks it recursively
+            raise _bad(path, f"models/model.json is nested more than {MAX_JSON_DEPTH} levels deep")
         pairs = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
         for key, value in pairs:
             if isinstance(key, str):
@@ -478,7 +465,7 @@ def _check_values(path: Path, doc: Any) -> None:
                     isinstance(value, list) and all(isinstance(v, str) and _is_ident(v) for v in value)):
                 raise _bad(path, "an argument name is not an identifier")
             if isinstance(value, (dict, list)):
-                stack.append(value)
+                stack.append((value, depth + 1))
             elif isinstance(value, str):
                 _check_text(path, value)
                 if key in _IDENT_KEYS and not _is_ident(value):
@@ -497,20 +484,19 @@ def _is_ident(name: str) -> bool:
 
 def _check_treespec(path: Path, text: str) -> None:
     """A pytree spec: tuples, lists and dicts with identifier keys (FX writes dict keys into source)."""
-    _check_depth(path, "a pytree spec", text)
     try:
         spec = json.loads(text)
-        stack = [spec[1]] if isinstance(spec, list) and len(spec) == 2 else [None]
+        stack = [(spec[1], 1)] if isinstance(spec, list) and len(spec) == 2 else [(None, 1)]
         while stack:
-            node = stack.pop()
-            if not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"} or \
+            node, depth = stack.pop()
+            if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"} or \
                     node["type"] not in _TREESPEC_TYPES or not isinstance(node["children_spec"], list):
                 raise ValueError
             context = json.loads(node["context"]) if isinstance(node["context"], str) else node["context"]
             if context is not None and not (isinstance(context, list) and all(
                     isinstance(k, int) or isinstance(k, str) and _is_ident(k) for k in context)):
                 raise ValueError
-            stack.extend(node["children_spec"])
+            stack.extend((child, depth + 1) for child in node["children_spec"])
     except (ValueError, TypeError, IndexError, RecursionError):
         raise _bad(path, "the program's input or output structure is not tuples, lists and dicts of tensors") from None
 
