@@ -83,6 +83,8 @@ _BUILTIN_TARGETS = {f"_operator.{n}" for n in (
     "getitem add sub mul floordiv truediv mod pow neg pos abs eq ne lt le gt ge and_ or_ not_".split())} | {
     f"torch.{n}" for n in "sym_float sym_int sym_max sym_min sym_not sym_ite sym_sqrt sym_sum".split()} | {
     f"math.{n}" for n in "ceil floor trunc sqrt".split()}
+# no_grad regions inside forward (e.g. rotary embeddings) export as this; its subgraph is checked like the graph
+_HOP_TARGETS = {"torch.ops.higher_order.wrap_with_set_grad_enabled"}
 _SYMBOL = re.compile(r"(?:s|u|zf|zuf)[0-9]{1,9}")
 _SYMPY_NAMES = {
     "Symbol", "Integer", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Abs",
@@ -103,7 +105,8 @@ _PICKLE_OPS = {
 _PICKLE_GLOBALS = {"torch._utils _rebuild_tensor_v2", "collections OrderedDict"} | {
     f"torch {n}Storage" for n in
     "Float Double Half BFloat16 Long Int Short Char Byte Bool ComplexFloat ComplexDouble".split()}
-_SPEC_IN = {"parameter", "buffer", "tensor_constant", "user_input"}
+_SPEC_IN = {"parameter", "buffer", "tensor_constant", "user_input", "constant_input"}
+_CONSTANT_KINDS = {"as_none", "as_int", "as_float", "as_bool"}
 _SPEC_OUT = {"user_output", "buffer_mutation", "user_input_mutation"}
 _TOP_KEYS = {"graph_module", "opset_version", "range_constraints", "schema_version", "verifiers", "torch_version",
              "guards_code"}
@@ -376,10 +379,10 @@ def _example_inputs(path: Path, data: bytes) -> tuple[tuple[Any, ...], dict[str,
         raise _bad(path, f"{where}{_first_line(exc)}", NO_PICKLE) from None
     ok = (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], tuple)
           and isinstance(loaded[1], dict) and len(loaded[0]) + len(loaded[1]) <= 1024
-          and all(type(t) is torch.Tensor for t in (*loaded[0], *loaded[1].values()))
+          and all(type(t) in (torch.Tensor, bool, int, float, type(None)) for t in (*loaded[0], *loaded[1].values()))
           and all(type(k) is str for k in loaded[1]))
     if not ok:
-        raise _bad(path, f"{where}not a tuple of plain tensors", NO_PICKLE)
+        raise _bad(path, f"{where}not tensors, numbers, booleans or None", NO_PICKLE)
     return loaded
 
 
@@ -423,26 +426,32 @@ def _check_program(path: Path, doc: Any) -> None:
             kind = next(iter(spec), None) if isinstance(spec, dict) and len(spec) == 1 else None
             if kind not in kinds:
                 raise _bad(path, f"the program's signature has a '{kind}' entry; edgeq loads tensors only", NO_PICKLE)
-            if kind == "user_input" and set((spec[kind].get("arg") or {})) != {"as_tensor"}:
-                raise _bad(path, "the program takes a non-tensor input; edgeq loads programs of tensors only")
-    for node in module["graph"].get("nodes") or []:
-        target = node.get("target") if isinstance(node, dict) else None
-        op = _ATEN.fullmatch(target) if isinstance(target, str) else None
-        if not (op and not _ATEN_DENIED.fullmatch(op.group(1)) or target in _BUILTIN_TARGETS):
-            raise _bad(path, f"the graph calls '{str(target)[:80]}'; edgeq loads programs of aten operators only")
-        if isinstance(node.get("metadata"), dict):  # the rest is debug text FX may copy into generated source
-            node["metadata"] = {k: v for k, v in node["metadata"].items() if k in _NODE_METADATA_KEPT}
+            if kind == "user_input" and set((spec[kind].get("arg") or {})) != {"as_tensor"} or \
+                    kind == "constant_input" and not set(spec[kind].get("value") or {"?": 0}) <= _CONSTANT_KINDS:
+                raise _bad(path, "the program takes an input that is not a tensor, number, boolean or None")
+    if not module["graph"].get("nodes"):
+        raise _bad(path, "the program's graph is empty")
     _check_values(path, doc)
+
+
+def _check_node(path: Path, node: dict[str, Any]) -> None:
+    target = node["target"]
+    op = _ATEN.fullmatch(target) if isinstance(target, str) else None
+    if not (op and not _ATEN_DENIED.fullmatch(op.group(1)) or target in _BUILTIN_TARGETS | _HOP_TARGETS):
+        raise _bad(path, f"the graph calls '{str(target)[:80]}'; edgeq loads programs of aten operators only")
+    if isinstance(node.get("metadata"), dict):  # the rest is debug text FX may copy into generated source
+        node["metadata"] = {k: v for k, v in node["metadata"].items() if k in _NODE_METADATA_KEPT}
 
 
 _IDENT_KEYS = {"name", "as_name", "user_input_name"}  # become Python identifiers in FX-generated source
 _FQN_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name"}
 _NAME_MAPS = {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"}
-_REFUSED_KEYS = {"as_graph": "subgraphs (control flow)", "as_operator": "operators passed as values",
+_REFUSED_KEYS = {"as_operator": "operators passed as values",
                  "as_custom_obj": "custom objects", "class_fqn": "custom objects",
                  "as_string_to_argument": "dict arguments"}
 _NODE_METADATA_KEPT = {"nn_module_stack", "source_fn_stack", "torch_fn"}
-_TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
+# pytree node types are looked up in torch's registry of registered types, never imported
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}(?:\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,15}")
 
 
 def _check_values(path: Path, doc: Any) -> None:
@@ -453,6 +462,8 @@ def _check_values(path: Path, doc: Any) -> None:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:  # torch's serde walks it recursively
             raise _bad(path, f"models/model.json is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(item, dict) and "target" in item:  # a graph node, at any depth (subgraphs too)
+            _check_node(path, item)
         pairs = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
         for key, value in pairs:
             if isinstance(key, str):
@@ -468,7 +479,7 @@ def _check_values(path: Path, doc: Any) -> None:
                 stack.append((value, depth + 1))
             elif isinstance(value, str):
                 _check_text(path, value)
-                if key in _IDENT_KEYS and not _is_ident(value):
+                if key in _IDENT_KEYS and not _is_ident(value) and not (key == "name" and value == ""):  # "": positional
                     raise _bad(path, f"node name '{value[:60]}' is not an identifier")
                 if key in _FQN_KEYS and not _FQN.fullmatch(value) or key == "fqn" and value and not _FQN.fullmatch(value):
                     raise _bad(path, f"'{value[:60]}' is not a parameter path")
@@ -489,8 +500,9 @@ def _check_treespec(path: Path, text: str) -> None:
         stack = [(spec[1], 1)] if isinstance(spec, list) and len(spec) == 2 else [(None, 1)]
         while stack:
             node, depth = stack.pop()
-            if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"} or \
-                    node["type"] not in _TREESPEC_TYPES or not isinstance(node["children_spec"], list):
+            if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"} \
+                    or not (node["type"] is None or isinstance(node["type"], str) and _DOTTED.fullmatch(node["type"])) \
+                    or not isinstance(node["children_spec"], list):
                 raise ValueError
             context = json.loads(node["context"]) if isinstance(node["context"], str) else node["context"]
             if context is not None and not (isinstance(context, list) and all(
@@ -599,20 +611,30 @@ def _only_checked_deserialization(path: Path) -> Iterator[None]:
 
 
 def _check_graph(path: Path, program: Any) -> None:
-    """The deserialized graph calls aten operators and pure builtins only (second check)."""
+    """The deserialized graphs (and subgraphs) call aten operators and pure builtins only (second check)."""
     import torch
 
-    allowed = _builtin_callables()
-    for node in program.graph.nodes:
-        if node.op == "call_module" or node.op == "get_attr" and not isinstance(
-                getattr(program.graph_module, str(node.target), None), torch.Tensor):
-            raise _bad(path, f"graph node '{node.name}' refers to a submodule")
-        if node.op != "call_function":
-            continue
-        target = node.target
-        aten = isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
-        if not (aten and not _ATEN_DENIED.fullmatch(target._schema.name.split("::")[1]) or target in allowed):
-            raise _bad(path, f"the graph calls '{str(target)[:80]}'; edgeq loads programs of aten operators only")
+    allowed = _builtin_callables() + [torch.ops.higher_order.wrap_with_set_grad_enabled]
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            raise _bad(path, f"the program holds a {type(module).__name__}, not only graphs")
+        for node in module.graph.nodes:
+            if node.op == "call_module" or node.op == "get_attr" and not isinstance(
+                    _attribute(module, str(node.target)), (torch.Tensor, torch.fx.GraphModule)):
+                raise _bad(path, f"graph node '{node.name}' refers to a module or non-tensor attribute")
+            if node.op != "call_function":
+                continue
+            target = node.target
+            aten = isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
+            if not (aten and not _ATEN_DENIED.fullmatch(target._schema.name.split("::")[1]) or target in allowed):
+                raise _bad(path, f"the graph calls '{str(target)[:80]}'; edgeq loads programs of aten operators only")
+
+
+def _attribute(module: Any, dotted: str) -> Any:
+    try:
+        return _fetch(module, dotted)
+    except AttributeError:
+        return None
 
 
 def _builtin_callables() -> list[Any]:

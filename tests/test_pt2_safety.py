@@ -56,12 +56,27 @@ class WithConstants(nn.Module):
         return self.fc(x) * self.scale + self.c + self.shift
 
 
+class NoGradInside(nn.Module):
+    """A no_grad region (exported as a wrap_with_set_grad_enabled subgraph) and a constant bool input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, twice: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            y = x * 2
+        return self.fc(y * 2 if twice else y)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
-    """Real archives from torch.export.save: a plain MLP, one with constants, one with a dynamic batch."""
+    """Real archives from torch.export.save: a plain MLP, one with constants, one with a dynamic
+    batch, one with a subgraph and a constant input."""
     root = tmp_path_factory.mktemp("pt2")
     model, example = tiny_mlp()
-    out = {"mlp": root / "mlp.pt2", "const": root / "const.pt2", "dyn": root / "dyn.pt2"}
+    out = {"mlp": root / "mlp.pt2", "const": root / "const.pt2", "dyn": root / "dyn.pt2", "nograd": root / "nograd.pt2"}
+    torch.export.save(torch.export.export(NoGradInside().eval(), (torch.randn(1, 8),), {"twice": False}), out["nograd"])
     torch.export.save(torch.export.export(model, example), out["mlp"])
     torch.export.save(torch.export.export(WithConstants().eval(), (torch.randn(2, 4),)), out["const"])
     batch = torch.export.Dim("batch", max=64)
@@ -271,8 +286,15 @@ CASES: list[tuple[str, str, Callable, str]] = [
      "aten operators only"),
     ("op-target-from-file", "mlp", lambda e, m: model_json(lambda d: first_node(d).update(
         target="torch.ops.aten.from_file.default"))(e), "aten operators only"),
-    ("subgraph", "mlp", lambda e, m: model_json(lambda d: first_node(d)["inputs"][0].update(
-        arg={"as_graph": {"name": "g", "graph": {}}}))(e), "subgraphs"),
+    ("call-inside-a-subgraph", "nograd", lambda e, m: model_json(lambda d: next(
+        n for n in d["graph_module"]["graph"]["nodes"] if "higher_order" in n["target"])["inputs"][1]["arg"][
+        "as_graph"]["graph"]["nodes"][0].update(target="torch.load"))(e), "aten operators only"),
+    ("control-flow-op", "nograd", lambda e, m: model_json(lambda d: next(
+        n for n in d["graph_module"]["graph"]["nodes"] if "higher_order" in n["target"]).update(
+        target="torch.ops.higher_order.cond"))(e), "aten operators only"),
+    ("string-constant-input", "nograd", lambda e, m: model_json(lambda d: next(
+        s for s in d["graph_module"]["signature"]["input_specs"] if "constant_input" in s)["constant_input"].update(
+        value={"as_string": "x' or __import__('os') or '"}))(e), "not a tensor, number"),
     ("custom-object-input", "mlp", lambda e, m: model_json(lambda d: d["graph_module"]["signature"]["input_specs"].append(
         {"custom_obj": {"arg": {"name": "obj", "class_fqn": "evil"}, "custom_obj_name": "obj"}}))(e), "tensors only"),
     ("sympy-eval", "dyn", lambda e, m: find(e, "models/model.json").__setitem__(1, find(e, "models/model.json")[1].replace(
@@ -388,9 +410,11 @@ def test_valid_archives_load_like_torch_does(saved):
         assert ours.constants.keys() == theirs.constants.keys()
         assert all(torch.equal(ours.constants[k], theirs.constants[k]) for k in theirs.constants)
         assert str(ours.graph) == str(theirs.graph)
-        args, _ = theirs.example_inputs
-        assert torch.equal(ours.module()(*ours.example_inputs[0]), theirs.module()(*args))
+        args, kwargs = theirs.example_inputs
+        assert torch.equal(ours.module()(*ours.example_inputs[0], **ours.example_inputs[1]),
+                           theirs.module()(*args, **kwargs))
     assert set(safe_load(saved["const"]).constants) == {"c", "shift"}
+    assert safe_load(saved["nograd"]).example_inputs[1] == {"twice": False}
 
 
 def test_free_form_metadata_is_dropped_before_fx_generates_code(saved, tmp_path, marker):
