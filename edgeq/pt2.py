@@ -18,10 +18,10 @@ zip reader also looks names up case-insensitively, so what a scan sees need not 
    must say so: no ``use_pickle``, no custom or opaque objects);
 4. the example inputs, the one pickle in a plain archive, are opcode-scanned (tensor rebuild
    globals only), re-zipped under canonical names and read with ``weights_only=True``;
-5. the program JSON is checked (depth, names, op targets, symbolic expressions, no guard code,
-   no subgraphs, tensor-only inputs) and then deserialized by torch's serde from those tensors,
-   while every unpickling entry point raises and sympy's string parser only accepts checked
-   expressions.
+5. the program JSON is checked (depth; aten targets, in subgraphs too; identifiers wherever FX
+   writes names into generated source; symbolic expressions; no guard code; inputs are tensors
+   or plain constants) and then deserialized by torch's serde from those tensors, while every
+   unpickling entry point raises and sympy's string parser only accepts checked expressions.
 
 Every refusal is a ``ModelLoadError`` naming what is wrong. ``modularize`` turns the program's
 ``aten.linear`` / ``aten.embedding`` / ``aten.conv2d`` calls on parameters back into
