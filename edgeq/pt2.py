@@ -53,6 +53,7 @@ from edgeq.errors import ModelLoadError
 # JSON is kilobytes to a few MB and about 10 levels deep.
 MAX_FILE_BYTES = 8 << 30
 MAX_ENTRIES = 16_384
+MAX_DIRECTORY_BYTES = 16 << 20  # 16,384 entries with names of up to ~1 KB
 MAX_TOTAL_BYTES = 8 << 30
 MAX_JSON_BYTES = 64 << 20
 MAX_SAMPLE_INPUTS_BYTES = 1 << 30
@@ -158,6 +159,9 @@ def _check_directory_size(path: Path, fh: Any) -> None:
         raise _bad(path, "not a zip archive")
     if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ENTRIES:
         raise _bad(path, f"{end[zipfile._ECD_ENTRIES_TOTAL]} entries, over edgeq's limit of {MAX_ENTRIES}")
+    if end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:  # zipfile reads the directory, whatever the count says
+        raise _bad(path, f"a {end[zipfile._ECD_SIZE]}-byte central directory, over edgeq's limit of "
+                         f"{MAX_DIRECTORY_BYTES}")
     fh.seek(0)
 
 

@@ -348,6 +348,22 @@ def test_too_many_entries_are_refused_before_reading(saved, tmp_path):
         safe_load(write_entries(tmp_path / "many.pt2", entries))
 
 
+def test_entry_count_that_lies_is_caught_by_the_directory_size(saved, tmp_path):
+    """The end record may understate the entry count; zipfile reads the whole directory anyway."""
+    from edgeq.pt2 import MAX_DIRECTORY_BYTES
+
+    entries = read_entries(saved["mlp"])
+    long_name = ROOT + "extra/" + "n" * 1000
+    entries += [[f"{long_name}{i}", b"", 0, 0, zipfile.ZIP_STORED] for i in range(MAX_DIRECTORY_BYTES // 1000)]
+    path = write_entries(tmp_path / "lying.pt2", entries)
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    data[end + 8:end + 12] = struct.pack("<HH", 13, 13)  # entries on this disk, entries in total
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="central directory"):
+        safe_load(path)
+
+
 def test_payloads_fire_when_unpickled_the_ordinary_way(saved, tmp_path, marker):
     """Controls: the payloads above are live, and torch's own loader runs them."""
     pickle.loads(pickled(marker))
