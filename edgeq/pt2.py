@@ -656,7 +656,8 @@ def modularize(program: Any) -> Any:
     import torch
     from torch import nn
 
-    gm = program.module()
+    with _only_checked_deserialization(Path("<the loaded program>")):  # module() generates and execs code
+        gm = program.module()
     graph = gm.graph
     made: dict[str, nn.Module] = {}
     for node in list(graph.nodes):
