@@ -85,6 +85,8 @@ def dir_mutations(draw):
     for _ in range(draw(st.integers(1, 3))):
         name = draw(st.sampled_from(_FILES))
         op = draw(st.sampled_from(["json-field"] * 5 + ["delete", "truncate", "junk", "flip", "json-whole", "deep"]))
+        if name == "model.safetensors" and draw(st.booleans()):
+            op = "st-header"
         if op == "truncate":
             arg = draw(st.floats(0, 0.999))
         elif op == "junk":
@@ -98,6 +100,9 @@ def dir_mutations(draw):
             arg = draw(json_values)
         elif op == "deep":
             arg = draw(st.integers(50, 100_000))
+        elif op == "st-header":
+            arg = (draw(st.integers(0, 38)), draw(st.sampled_from(["dtype", "shape", "data_offsets", "__metadata__"])),
+                   draw(json_values | st.sampled_from(["F16", "I8", "BOOL", "F64", [0, 0], [64], [1 << 40, 1]])))
         else:
             arg = None
         edits.append((name, op, arg))
@@ -134,8 +139,26 @@ def _apply(root: Path, edits) -> None:
             data = json.dumps(arg).encode()
         elif op == "deep":
             data = b"[" * arg + b"]" * arg
+        elif op == "st-header" and len(data) >= 8:
+            data = _edit_safetensors_header(data, *arg)
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(data)
+
+
+def _edit_safetensors_header(data: bytes, index: int, field: str, value) -> bytes:
+    """Set ``field`` of the ``index``-th tensor in the header, keeping the length prefix consistent."""
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8: 8 + n])
+    except ValueError:
+        return data
+    names = sorted(k for k in header if k != "__metadata__")
+    if field == "__metadata__":
+        header["__metadata__"] = value
+    elif names:
+        header[names[index % len(names)]][field] = value
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
 
 
 @settings(max_examples=40, **_SETTINGS)
@@ -161,6 +184,26 @@ def test_llama_config_fields_load_or_fail_cleanly(llama_dir, key, value, seq_len
         config[key] = value
         (root / "config.json").write_text(json.dumps(config))
         _works_or_edgeq_error(lambda: load_model(root, seq_len=seq_len))
+
+
+@settings(max_examples=2, **_SETTINGS)
+@given(edits=dir_mutations())
+def test_mutated_dir_through_the_cli_fails_cleanly(bert_dir, edits):
+    """A few mutations end to end: exit 0 with an artifact, or exactly one error line and exit 2."""
+    from tests.conftest import run_cli
+    from tests.hostile import assert_clean_failure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "model"
+        shutil.copytree(bert_dir, root)
+        _apply(root, edits)
+        proc = run_cli("export", str(root), "-t", "x86", "--seq-len", str(SEQ), "--samples", "2",
+                       "-o", str(Path(tmp) / "out"), env={"EDGEQ_CACHE_DIR": str(Path(tmp) / "cache")})
+        if proc.returncode == 0:
+            assert (Path(tmp) / "out").is_dir()
+        else:
+            assert_clean_failure(proc, "")
+            assert not (Path(tmp) / "out").exists()
 
 
 def test_seq_len_over_positions_is_refused_and_at_the_limit_works(llama_dir):
