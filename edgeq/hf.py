@@ -62,7 +62,7 @@ def load_hf_dir(model_dir: Path, task: str | None, *, seq_len: int, trust_remote
     positions = hf_checks.max_positions(config)
     if task != "image-classification" and positions is not None and seq_len > positions:
         raise ModelLoadError(
-            f"sequence length {seq_len} is more than {model_dir.name}'s {positions} positions",
+            f"sequence length {seq_len} is more than the model's {positions} positions ({model_dir})",
             f"pass --seq-len {positions} or less; without --seq-len the target's seq_len is used")
     return _build(str(model_dir), model_dir, task, config, seq_len, trust_remote_code, "hf-dir")
 

@@ -108,7 +108,7 @@ CASES = [
     ("pooling-config-wrong-type", lambda t, m: ["export", str(_write(m / "1_Pooling" / "config.json", '{"pooling_mode_cls_token": "yes"}').parent.parent), "-t", "x86"], "must be true or false"),
     ("pooling-config-not-json", lambda t, m: ["export", str(_write(m / "1_Pooling" / "config.json", "\x00\x01").parent.parent), "-t", "x86"], "config.json is not valid JSON"),
     ("tokenizer-broken", lambda t, m: ["export", str(_write(m / "tokenizer.json", '{"model": {"type": "Nope"}}').parent), "-t", "x86"], "tokenizer files in"),
-    ("seq-len-over-positions", lambda t, m: ["export", str(m), "-t", "x86", "--seq-len", "65"], "more than tiny-bert's 64 positions"),
+    ("seq-len-over-positions", lambda t, m: ["export", str(m), "-t", "x86", "--seq-len", "65"], "more than the model's 64 positions"),
     ("base-model-as-classifier", lambda t, m: ["export", str(m), "-t", "x86", "--task", "sequence-classification", "--seq-len", "16"], "has no weights for"),
     ("mistyped-local-dir", lambda t, m: ["export", str(m.parent / "tiny-bart"), "-t", "x86"], "did you mean"),
     ("org-slash-name-under-a-local-dir", lambda t, m: ["export", "models/bert", "-t", "x86"], "no such directory"),
