@@ -40,6 +40,8 @@ MAX_LINE_CHARS = 16 * 1024  # the tokenizer truncates to --seq-len tokens long b
 MAX_DIR_ENTRIES = 100_000
 MAX_NPZ_BYTES = 1024 * 1024 * 1024
 MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
+MAX_IMAGE_BYTES = 1024 * 1024 * 1024
+MAX_NPZ_ARRAYS = 1000
 _HINT = "pass a .txt, .npz or a directory of them / images"
 
 
@@ -154,9 +156,16 @@ def _images(loaded: Any, path: Path, files: list[Path]) -> tuple[list[tuple[Any,
     if len(files) > MAX_SAMPLES:
         note = f"; used the first {MAX_SAMPLES} of {len(files)} images"
         files = files[:MAX_SAMPLES]
-    for f in files:
-        if f.stat().st_size > MAX_IMAGE_FILE_BYTES:
+    total = 0
+    for i, f in enumerate(files):
+        size = f.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
             raise ConfigError(f"--calib {f} is larger than {MAX_IMAGE_FILE_BYTES >> 20} MB", "use smaller images")
+        total += size
+        if total > MAX_IMAGE_BYTES:
+            note = f"; used the first {i} of {len(files)} images (at most {MAX_IMAGE_BYTES >> 30} GB)"
+            files = files[:i]
+            break
     return loaded.encode_images(files), note
 
 
@@ -170,8 +179,8 @@ def _npz(loaded: Any, path: Path) -> tuple[list[tuple[Any, ...]], str]:
             shapes = _npz_headers(data)
             total = sum(nbytes for _, nbytes in shapes.values())
             if total > MAX_NPZ_BYTES:
-                raise ConfigError(f"--calib {path} holds {total / 1e9:.1f} GB of arrays, more than "
-                                  f"{MAX_NPZ_BYTES / 1e9:.0f} GB", f"keep at most {MAX_SAMPLES} samples")
+                raise ConfigError(f"--calib {path} holds {total / 1e6:,.1f} MB of arrays, more than "
+                                  f"{MAX_NPZ_BYTES / 1e6:,.1f} MB", f"keep at most {MAX_SAMPLES} samples")
             arrays = {k: data[k] for k in data.files}
     except EdgeqError:
         raise
@@ -210,9 +219,13 @@ def _npz_headers(data: Any) -> dict[str, tuple[tuple[int, ...], int]]:
     """Shape and byte size of every array, read from the .npy headers without loading the data."""
     import numpy as np
 
+    if len(data.files) > MAX_NPZ_ARRAYS:
+        raise ConfigError(f"--calib {data.zip.filename} holds {len(data.files)} arrays",
+                          "save one array per model input")
+    members = set(data.zip.namelist())
     out = {}
     for name in data.files:
-        with data.zip.open(name + ".npy" if name + ".npy" in data.zip.namelist() else name) as f:
+        with data.zip.open(name + ".npy" if name + ".npy" in members else name) as f:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f, max_header_size=10_000)

@@ -443,6 +443,15 @@ def test_calibration_reads_are_capped_and_reported(loaded_models, tmp_path, monk
     assert "left out" in cal.config["calibration"]
     assert len(cal.make_inputs("calib", 5000)) == 4096 // len("a line of calibration text\n")
 
+    npz = tmp_path / "c.npz"
+    np.savez(npz, arg0=np.zeros((50, 1, 16), dtype=np.int64))
+    monkeypatch.setattr(calib, "MAX_SAMPLES", 20)
+    cal = with_calibration(loaded_models["text"], npz)
+    assert "used the first 20 of 50" in cal.config["calibration"] and len(cal.make_inputs("calib", 100)) == 20
+    monkeypatch.setattr(calib, "MAX_NPZ_BYTES", 50 * 16 * 8 - 1)  # one byte less than the arrays declare
+    with pytest.raises(EdgeqError, match="MB of arrays, more than"):
+        with_calibration(loaded_models["text"], npz)
+
     monkeypatch.setattr(calib, "MAX_DIR_ENTRIES", 100)
     with pytest.raises(EdgeqError, match="more than 100 entries"):
         with_calibration(loaded_models["bert"], many)

@@ -48,6 +48,17 @@ def _truncated_npz(path: Path) -> Path:
     return _write(path, buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
 
 
+def _npz_bomb(path: Path) -> Path:
+    """A .npz whose header declares 12.8 GB of token ids but holds none: only the header may be read."""
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (100_000_000, 1, 16)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("arg0.npy", np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + buf.getvalue())
+    return path
+
+
 def _pickle_bin(m: Path) -> Path:
     import pickle
 
@@ -122,6 +133,7 @@ CASES = [
     ("factory-nan-inputs", lambda t, m: ["export", f"{M}:nan_inputs", "-t", "x86"], "holds NaN or infinity"),
     # (3) --calib data
     ("calib-truncated-npz", lambda t, m: _calib_export(t, f"{M}:tiny_text", _truncated_npz(t / "c.npz")), "not a readable .npz"),
+    ("calib-npz-declares-gigabytes", lambda t, m: _calib_export(t, f"{M}:tiny_text", _npz_bomb(t / "c.npz")), "MB of arrays, more than"),
     ("calib-ids-over-vocab", lambda t, m: ["export", str(m), "-t", "x86", "--seq-len", "16", "--calib", str(_npz(t / "c.npz", input_ids=np.full((4, 1, 16), 512), attention_mask=np.ones((4, 1, 16), dtype=np.int64)))], "outside the model's vocabulary 0..511"),
     ("calib-negative-ids", lambda t, m: _calib_export(t, f"{M}:tiny_text", _npz(t / "c.npz", arg0=np.full((4, 1, 16), -3))), "cannot run on sample"),
     ("calib-ids-over-factory-vocab", lambda t, m: _calib_export(t, f"{M}:tiny_text", _npz(t / "c.npz", arg0=np.concatenate([np.zeros((3, 1, 16), dtype=np.int64), np.full((1, 1, 16), 256)]))), "cannot run on sample 3"),
