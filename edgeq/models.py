@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeq.errors import ModelLoadError, did_you_mean
+from edgeq.errors import EdgeqError, ModelLoadError, did_you_mean
 
 TASKS = ("sentence-embedding", "sequence-classification", "image-classification", "causal-lm", "custom")
 
@@ -105,7 +105,8 @@ def load_model(
         return _load_factory(text, task)
     similar = _similar_path(path, text)
     if text.endswith(".pt2") or similar or _looks_like_path(text):
-        raise ModelLoadError(f"model path {text} does not exist: no such directory{similar}", "check the path")
+        kind = "file" if text.endswith(".pt2") else "directory"
+        raise ModelLoadError(f"model path {text} does not exist: no such {kind}{similar}", "check the path")
     if _HUB_ID.match(text):
         from edgeq.hf import load_hub
 
@@ -159,7 +160,7 @@ def _call_user_code(call: Callable[[], Any], what: str, hint: str) -> Any:
     """
     try:
         return call()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EdgeqError):
         raise
     except SystemExit as exc:
         raise ModelLoadError(f"{what} called sys.exit({exc.code!r})", hint) from None
@@ -177,14 +178,16 @@ def _load_factory(spec: str, task: str | None) -> LoadedModel:
     import torch
 
     module_name, func_name = spec.split(":")
-    try:
-        mod = _call_user_code(lambda: importlib.import_module(module_name), f"importing '{module_name}'",
-                              "fix the module")
-    except ModelLoadError as exc:
-        if "ModuleNotFoundError" in exc.message and f"'{module_name.split('.')[0]}'" in exc.message:
-            raise ModelLoadError(f"cannot import '{module_name}' (no module named '{module_name}')",
-                                 "check the module is on PYTHONPATH") from None
-        raise
+    def import_it() -> Any:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # the factory's own module, not one it imports
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                raise ModelLoadError(f"cannot import '{module_name}' (no module named '{exc.name}')",
+                                     "check the module is on PYTHONPATH") from None
+            raise
+
+    mod = _call_user_code(import_it, f"importing '{module_name}'", "fix the module or install what it imports")
     factory = getattr(mod, func_name, None)
     if not callable(factory):
         raise ModelLoadError(f"'{module_name}' has no callable '{func_name}'", "check the factory name")
