@@ -55,7 +55,7 @@ def _npz_bomb(path: Path) -> Path:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (100_000_000, 1, 16)})
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("arg0.npy", np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + buf.getvalue())
+        z.writestr("arg0.npy", buf.getvalue())  # magic, version and header: no data
     return path
 
 
