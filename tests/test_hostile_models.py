@@ -180,3 +180,17 @@ def test_plan_refuses_bad_calibration_too(tmp_path: Path):
                    "-o", str(tmp_path / "plan.yaml"), env={"EDGEQ_CACHE_DIR": str(tmp_path / "cache")})
     assert_clean_failure(proc, "the model takes integers")
     assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_remote_code_is_not_run_unless_asked(tmp_path: Path, base_bert: Path):
+    """A directory whose config points at its own Python: refused, and that code never runs."""
+    model = tmp_path / "evil"
+    shutil.copytree(base_bert, model)
+    marker = tmp_path / "code-ran"
+    for name in ("configuration_evil.py", "modeling_evil.py"):
+        _write(model / name, f"open({str(marker)!r}, 'w').write('ran')\n")
+    _edit_json(model / "config.json", model_type="evil",
+               auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"})
+    proc = run_cli("export", str(model), "-t", "x86", "--seq-len", "16", "-o", str(tmp_path / "out"))
+    assert_clean_failure(proc, "--trust-remote-code")
+    assert not marker.exists() and not (tmp_path / "out").exists()
