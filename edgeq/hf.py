@@ -11,12 +11,15 @@ Wrappers give every task a fixed, export-friendly signature:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from edgeq import hf_checks
 from edgeq.errors import ModelLoadError
+from edgeq.jsonio import read_json
 from edgeq.models import LoadedModel, synthetic_inputs
+
+_FIX = "fix or re-download the model"
 
 _SUPPORT_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
@@ -30,7 +33,7 @@ def detect_task(model_dir: Path, config: dict[str, Any]) -> str:
     """Guess the task from a model directory's files and ``config.json``."""
     if (model_dir / "modules.json").exists() or (model_dir / "config_sentence_transformers.json").exists():
         return "sentence-embedding"
-    archs = config.get("architectures") or []
+    archs = config.get("architectures") or []  # a list of strings (checked by read_config)
     for arch in archs:
         if arch.endswith("ForSequenceClassification"):
             return "sequence-classification"
@@ -53,11 +56,14 @@ def load_hf_dir(model_dir: Path, task: str | None, *, seq_len: int, trust_remote
             f"{model_dir} has no config.json, so it is not a Hugging Face model directory",
             "pass the directory that holds config.json and the weights",
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{config_path} is not valid JSON ({exc})", "fix or re-download the model") from None
+    config = hf_checks.read_config(model_dir)
+    hf_checks.check_files(model_dir)
     task = task or detect_task(model_dir, config)
+    positions = hf_checks.max_positions(config)
+    if task != "image-classification" and positions is not None and seq_len > positions:
+        raise ModelLoadError(
+            f"sequence length {seq_len} is more than the model's {positions} positions ({model_dir})",
+            f"pass --seq-len {positions} or less; without --seq-len the target's seq_len is used")
     return _build(str(model_dir), model_dir, task, config, seq_len, trust_remote_code, "hf-dir")
 
 
@@ -98,6 +104,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
         size = _image_size(model_dir, config)
         example = (torch.zeros(1, 3, size, size),)
         wrapper = ImageLogits(module).eval()
+        _probe(wrapper, example, model_dir, None)
         return LoadedModel(
             name=name, task=task, module=wrapper, example_inputs=example, input_names=["pixel_values"],
             output_names=["logits"], source=source, source_kind=kind,
@@ -107,7 +114,7 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
             encode_images=_image_encoder(model_dir, size) if (model_dir / "preprocessor_config.json").exists() else None,
         )
     tokenizer = _load_tokenizer(model_dir)
-    vocab = int(config.get("vocab_size") or 1000)
+    vocab = int(config.get("vocab_size") or 1000)  # checked a positive int by read_config
     if task == "sentence-embedding":
         pooling, normalize = _pooling(model_dir)
         wrapper = Embedding(module, pooling, normalize).eval()
@@ -117,8 +124,14 @@ def _build(source: str, model_dir: Path, task: str, config: dict[str, Any], seq_
         outputs = ["logits"]
     make = _text_inputs(tokenizer, seq_len, vocab)
     encode = None if tokenizer is None else (lambda texts: [_encode(tokenizer, t, seq_len) for t in texts])
+    example = make("calib", 1)[0]
+    top = int(example[0].max())
+    if top >= vocab:
+        raise ModelLoadError(f"the tokenizer in {model_dir} makes token id {top}, but the model's vocab_size is {vocab}",
+                             "the tokenizer files do not belong to these weights; fix or re-download the model")
+    _probe(wrapper, example, model_dir, seq_len)
     return LoadedModel(
-        name=name, task=task, module=wrapper, example_inputs=make("calib", 1)[0],
+        name=name, task=task, module=wrapper, example_inputs=example,
         input_names=["input_ids", "attention_mask"], output_names=outputs, source=source, source_kind=kind,
         make_inputs=make,
         inputs_description=(
@@ -134,8 +147,10 @@ def _model_name(model_dir: Path) -> str:
     import re
 
     card = model_dir / "README.md"
-    if card.exists():
-        for line in card.read_text(errors="replace").splitlines()[:200]:
+    if card.is_file():
+        with open(card, "rb") as f:
+            head = f.read(64 * 1024).decode("utf-8", errors="replace")  # the title is near the top
+        for line in head.splitlines()[:200]:
             found = re.fullmatch(r"#\s+([\w.\-]{2,80})\s*", line)
             if found:
                 return found.group(1)
@@ -153,17 +168,60 @@ def _load_module(model_dir: Path, task: str, trust_remote_code: bool) -> Any:
     }.get(task)
     if auto is None:
         raise ModelLoadError(f"task '{task}' does not apply to a Hugging Face directory", "drop --task or pick another")
+    # transformers raises whatever its code meets in a broken directory (OSError, ValueError,
+    # TypeError, RuntimeError, SafetensorError, UnpicklingError...): every one of them means
+    # "this directory cannot be loaded". KeyboardInterrupt is not an Exception and passes.
     try:
-        model = auto.from_pretrained(
+        import torch
+
+        config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):  # sizes only: nothing is allocated
+            on_meta = auto.from_config(config, trust_remote_code=trust_remote_code)
+        hf_checks.check_size_matches_weights(model_dir, on_meta)
+        del on_meta
+        model, info = auto.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code, attn_implementation="eager", dtype="float32",
+            output_loading_info=True,
         )
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        hint = "pass --trust-remote-code if you trust this model's code" if "trust_remote_code" in str(exc) else "check the model directory and --task"
-        raise ModelLoadError(f"transformers cannot load {model_dir} as {task}: {first}", hint) from None
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise _load_error(model_dir, task, exc) from None
+    hf_checks.check_loading_info(model_dir, task, info)
+    hf_checks.check_finite(model_dir, model)
     if task == "causal-lm":
         model.config.use_cache = False
     return model.eval()
+
+
+def _load_error(model_dir: Path, task: str, exc: Exception) -> ModelLoadError:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    if type(exc).__name__ == "UnpicklingError" or "weights_only" in text:
+        return ModelLoadError(f"{model_dir}: the pickled weights (pytorch_model.bin) hold Python objects beyond "
+                              "tensors, which edgeq does not unpickle", "use the model's model.safetensors instead")
+    if "trust_remote_code" in text:
+        return ModelLoadError(f"transformers cannot load {model_dir} as {task}: it needs the model's own code",
+                              "pass --trust-remote-code if you trust this model's code")
+    if isinstance(exc, MemoryError):
+        first = "out of memory"
+    return ModelLoadError(f"transformers cannot load {model_dir} as {task} ({type(exc).__name__}: {first})",
+                          "check config.json, the weight files and --task; fix or re-download the model")
+
+
+def _probe(wrapper: Any, example: tuple[Any, ...], model_dir: Path, seq_len: int | None) -> None:
+    """Run the model once: a directory whose parts disagree fails here, not deep inside an export."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            wrapper(*example)
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else ""
+        at = f" at sequence length {seq_len}" if seq_len else ""
+        hint = "try a smaller --seq-len, or fix or re-download the model" if seq_len else _FIX
+        raise ModelLoadError(f"{model_dir} does not run{at} ({type(exc).__name__}: {first})", hint) from None
 
 
 def _load_tokenizer(model_dir: Path) -> Any:
@@ -171,37 +229,58 @@ def _load_tokenizer(model_dir: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
+    # A broken tokenizer is an error, not a reason to calibrate on random ids: the user would
+    # get a plan measured on noise without knowing.
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except Exception:  # a broken tokenizer should not stop an export: fall back to ids
-        return None
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked out either way
+        tokenizer("probe", padding="max_length", truncation=True, max_length=8, return_tensors="pt")
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else ""
+        raise ModelLoadError(f"the tokenizer files in {model_dir} cannot be used ({type(exc).__name__}: {first})",
+                             "fix or re-download them, or remove every tokenizer file to calibrate on random "
+                             "token ids") from None
+    if isinstance(tokenizer, bool) or not callable(tokenizer):
+        raise ModelLoadError(f"the tokenizer files in {model_dir} cannot be used", _FIX)
+    return tokenizer
 
 
 def _pooling(model_dir: Path) -> tuple[str, bool]:
     mode = "mean"
     cfg = model_dir / "1_Pooling" / "config.json"
     if cfg.exists():
-        data = json.loads(cfg.read_text())
+        data = read_json(cfg, expect=dict, max_bytes=1 << 20, fix=_FIX)
         for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
                           ("pooling_mode_mean_tokens", "mean")):
+            if data.get(key) is not None and not isinstance(data[key], bool):
+                raise ModelLoadError(f"{cfg}: '{key}' must be true or false, not {data[key]!r:.60}", _FIX)
             if data.get(key):
                 mode = name
                 break
     normalize = False
     modules = model_dir / "modules.json"
     if modules.exists():
-        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+        entries = read_json(modules, expect=list, max_bytes=1 << 20, fix=_FIX)
+        if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) for m in entries):
+            raise ModelLoadError(f"{modules} must list objects with a string 'type'", _FIX)
+        normalize = any("Normalize" in m.get("type", "") for m in entries)
     return mode, normalize
 
 
 def _image_size(model_dir: Path, config: dict[str, Any]) -> int:
     size = config.get("image_size")
+    if isinstance(size, list):  # [height, width], checked by read_config
+        size = size[0]
     pre = model_dir / "preprocessor_config.json"
     if pre.exists():
-        data = json.loads(pre.read_text())
+        data = read_json(pre, expect=dict, max_bytes=1 << 20, fix=_FIX)
         s = data.get("crop_size") or data.get("size")
         if isinstance(s, dict):
             s = s.get("height") or s.get("shortest_edge")
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 < s <= 8192):
+            raise ModelLoadError(f"{pre}: the image size must be a whole number of pixels up to 8192, not {s!r:.60}", _FIX)
         size = s or size
     return int(size or 224)
 
@@ -232,19 +311,25 @@ def _encode(tokenizer: Any, text: str, seq_len: int) -> tuple[Any, Any]:
 
 def _image_encoder(model_dir: Path, size: int):
     def encode(files: list[Path]) -> list[tuple[Any, ...]]:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
         from transformers import AutoImageProcessor
 
         from edgeq.errors import ConfigError
 
-        processor = AutoImageProcessor.from_pretrained(str(model_dir))
+        try:
+            processor = AutoImageProcessor.from_pretrained(str(model_dir))
+        except Exception as exc:
+            raise ModelLoadError(f"{model_dir / 'preprocessor_config.json'} cannot be used ({type(exc).__name__}: "
+                                 f"{str(exc).strip()[:160]})", _FIX) from None
         out = []
         for f in files:
             try:
-                image = Image.open(f).convert("RGB")
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ConfigError(f"--calib {f} is not a readable image ({exc})", "remove or replace it") from None
-            pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+                with Image.open(f) as opened:  # PIL refuses decompression bombs (DecompressionBombError)
+                    image = opened.convert("RGB")
+                pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+            except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, processor errors
+                raise ConfigError(f"--calib {f} is not a readable image ({type(exc).__name__}: {str(exc)[:160]})",
+                                  "remove or replace it") from None
             if pixels.shape[-1] != size or pixels.shape[-2] != size:
                 raise ConfigError(f"--calib: the image processor made {list(pixels.shape)} inputs, the model takes "
                                   f"{size}x{size}", "check preprocessor_config.json")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeq.errors import ModelLoadError, did_you_mean
+from edgeq.errors import EdgeqError, ModelLoadError, did_you_mean
 
 TASKS = ("sentence-embedding", "sequence-classification", "image-classification", "causal-lm", "custom")
 
@@ -82,8 +82,15 @@ def load_model(
             f"unknown task '{task}'{did_you_mean(task, TASKS)}", f"choose one of: {', '.join(TASKS)}"
         )
     text = str(source)
+    if not text or "\0" in text or len(text) > 4096:
+        raise ModelLoadError(f"model source {text[:80]!r} is not a valid path or name", "check the model argument")
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name component too long: not a usable path
+        raise ModelLoadError(f"cannot use model path {text[:200]} ({exc.strerror or type(exc).__name__})",
+                             "check the path") from None
+    if exists:
         if path.is_dir():
             from edgeq.hf import load_hf_dir
 
@@ -96,8 +103,10 @@ def load_model(
         )
     if _FACTORY.match(text):
         return _load_factory(text, task)
-    if text.endswith(".pt2") or "/" in text and (text.startswith((".", "/", "~")) or not _HUB_ID.match(text)):
-        raise ModelLoadError(f"model path {text} does not exist", "check the path")
+    similar = _similar_path(path, text)
+    if text.endswith(".pt2") or similar or _looks_like_path(text):
+        kind = "file" if text.endswith(".pt2") else "directory"
+        raise ModelLoadError(f"model path {text} does not exist: no such {kind}{similar}", "check the path")
     if _HUB_ID.match(text):
         from edgeq.hf import load_hub
 
@@ -108,7 +117,59 @@ def load_model(
     )
 
 
+def _looks_like_path(text: str) -> bool:
+    """A string meant as a local path rather than a hub id (``org/name``)."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/"):
+        return True
+    if "/" in text:
+        if not _HUB_ID.match(text):
+            return True
+        first = Path(text.split("/")[0])
+        return first.is_dir()  # models/bert where ./models exists: a path, not the hub org "models"
+    return False
+
+
+def _similar_path(path: Path, text: str) -> str:
+    """``"; did you mean 'x'?"`` when the parent directory holds a close name, else ``""``."""
+    import itertools
+    import os
+
+    parent = path.parent
+    try:
+        if not path.name or not parent.is_dir():
+            return ""
+        with os.scandir(parent) as entries:  # bounded: a huge directory is not listed whole
+            names = [e.name for e in itertools.islice(entries, 10_000) if e.is_dir() or e.name.endswith(".pt2")]
+    except OSError:
+        return ""
+    close = did_you_mean(path.name, names).removeprefix("; did you mean '").removesuffix("'?")
+    if not close:
+        return ""
+    typed = str(text).rstrip("/")
+    return f"; did you mean '{typed[: len(typed) - len(path.name)]}{close}'?"
+
+
 # ------------------------------------------------------------------- factory and .pt2
+
+
+def _call_user_code(call: Callable[[], Any], what: str, hint: str) -> Any:
+    """Run the user's Python; whatever it raises becomes a ModelLoadError, except an interrupt.
+
+    ``SystemExit`` is caught too: a factory calling ``sys.exit(0)`` must not end a failed
+    export with exit code 0.
+    """
+    try:
+        return call()
+    except (KeyboardInterrupt, EdgeqError):
+        raise
+    except SystemExit as exc:
+        raise ModelLoadError(f"{what} called sys.exit({exc.code!r})", hint) from None
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else ""
+        raise ModelLoadError(f"{what} raised {type(exc).__name__}" + (f": {first}" if first else ""), hint) from None
 
 
 def _load_factory(spec: str, task: str | None) -> LoadedModel:
@@ -117,21 +178,39 @@ def _load_factory(spec: str, task: str | None) -> LoadedModel:
     import torch
 
     module_name, func_name = spec.split(":")
-    try:
-        mod = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(f"cannot import '{module_name}' ({exc})", "check the module is on PYTHONPATH") from None
+    def import_it() -> Any:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # the factory's own module, not one it imports
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                raise ModelLoadError(f"cannot import '{module_name}' (no module named '{exc.name}')",
+                                     "check the module is on PYTHONPATH") from None
+            raise
+
+    mod = _call_user_code(import_it, f"importing '{module_name}'", "fix the module or install what it imports")
     factory = getattr(mod, func_name, None)
     if not callable(factory):
         raise ModelLoadError(f"'{module_name}' has no callable '{func_name}'", "check the factory name")
-    made = factory()
+    fix = "a factory must return (torch.nn.Module, example_inputs_tuple)"
+    made = _call_user_code(factory, f"factory {spec}", fix)
     if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
         raise ModelLoadError(
             f"factory {spec} must return (torch.nn.Module, example_inputs_tuple)", "fix the factory's return value"
         )
     module, example = made
-    example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    module.eval()
+    example = _check_example(spec, example)
+    _call_user_code(module.eval, f"the module from {spec}: eval()", "fix the module")
+
+    def run() -> Any:
+        with torch.no_grad():
+            return module(*example)
+
+    out = _call_user_code(run, f"the module from {spec} run on its example inputs", "fix the factory's example inputs")
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.is_complex():
+        raise ModelLoadError(f"the module from {spec} returns {type(out).__name__}, not a real-valued tensor",
+                             "return a tensor (or a tuple whose first item is one) from forward()")
     return LoadedModel(
         name=func_name,
         task=task or "custom",
@@ -168,6 +247,31 @@ def _load_pt2(path: Path, task: str | None) -> LoadedModel:
         make_inputs=lambda split, n: synthetic_inputs(example, split, n),
         inputs_description="synthetic inputs shaped like the program's example inputs",
     )
+
+
+_EXAMPLE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+MAX_EXAMPLE_ELEMENTS = 1 << 28
+
+
+def _check_example(spec: str, example: Any) -> tuple[Any, ...]:
+    """The factory's example inputs as a tuple of plain CPU tensors, or a ModelLoadError."""
+    import torch
+
+    items = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    hint = "return a tuple of CPU tensors, one per forward() argument"
+    if not items:
+        raise ModelLoadError(f"factory {spec} returned no example inputs", hint)
+    for i, x in enumerate(items):
+        if not isinstance(x, torch.Tensor):
+            raise ModelLoadError(f"factory {spec}: example input {i} is {type(x).__name__}, not a tensor", hint)
+        if x.layout != torch.strided or x.device.type != "cpu" or str(x.dtype).removeprefix("torch.") not in _EXAMPLE_DTYPES:
+            raise ModelLoadError(f"factory {spec}: example input {i} is a {x.dtype} {x.layout} tensor on {x.device}",
+                                 f"{hint}, of dtype {', '.join(_EXAMPLE_DTYPES)}")
+        if x.numel() > MAX_EXAMPLE_ELEMENTS:
+            raise ModelLoadError(f"factory {spec}: example input {i} has {x.numel():,} elements", "use a smaller example")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ModelLoadError(f"factory {spec}: example input {i} holds NaN or infinity", "use finite example values")
+    return tuple(x.detach() for x in items)
 
 
 def synthetic_inputs(example: tuple[Any, ...], split: str, n: int) -> list[tuple[Any, ...]]:

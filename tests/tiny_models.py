@@ -100,3 +100,72 @@ def save_tiny_llama(path):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
+
+
+def save_tiny_sentence_bert(path):
+    """A tiny BERT sentence embedder laid out like sentence-transformers: WordPiece tokenizer,
+    ``modules.json`` (with Normalize) and ``1_Pooling/config.json`` (mean pooling)."""
+    import json
+    import string
+
+    from transformers import BertTokenizer
+
+    save_tiny_bert(path)
+    words = ["the", "of", "and", "to", "a", "in", "is", "it", "that", "for", "on", "with", "as", "be", "by", "this"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab += ["##" + c for c in string.ascii_lowercase + string.digits] + words
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64,
+                                                                 "pooling_mode_mean_tokens": True}))
+    return path
+
+
+# Factories that misbehave, for the hostile-input suites.
+
+def raises_error():
+    raise ValueError("the factory failed to build its model")
+
+
+def exits_zero():
+    import sys
+
+    sys.exit(0)
+
+
+def interrupts():
+    raise KeyboardInterrupt
+
+
+def dict_inputs():
+    model, _ = tiny_mlp()
+    return model, ({"x": torch.randn(1, 64)},)
+
+
+def float_ids():
+    """An embedding model handed float inputs it cannot index with."""
+    model, _ = tiny_text()
+    return model, (torch.randn(1, 16),)
+
+
+def nan_inputs():
+    model, _ = tiny_mlp()
+    return model, (torch.full((1, 64), float("nan")),)
+
+
+def wrong_shape_inputs():
+    model, _ = tiny_mlp()
+    return model, (torch.randn(1, 7),)
+
+
+# Set by the property tests: ``fuzz_factory`` returns (or raises) whatever it is given.
+FUZZ_FACTORY = None
+
+
+def fuzz_factory():
+    return FUZZ_FACTORY()
