@@ -11,7 +11,8 @@ import dev.edgeq.core.Vectors
 import java.io.File
 
 /**
- * Benchmark mode, for `edgeq profile --device adb:SERIAL`:
+ * Benchmark mode, driven over adb (meant for `edgeq profile --device adb:SERIAL`, which does
+ * not drive this app yet: today it runs a native runner named by EDGEQ_ANDROID_RUNNER):
  *
  *     adb shell am start -W -n dev.edgeq.demo/.BenchmarkActivity --es bundle <id> --ei runs 20 --ei warmup 3
  *
