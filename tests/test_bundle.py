@@ -134,7 +134,8 @@ def test_tampered_artifact_is_refused_and_nothing_written(artifacts, tmp_path):
     assert_tree_unchanged(app, before)
 
 
-@pytest.mark.parametrize("make_bad", ["empty_dir", "no_model", "escaping_path"])
+@pytest.mark.parametrize("make_bad", ["empty_dir", "no_model", "escaping_path", "model_not_a_dict", "unknown_format",
+                                      "huge_shape", "wrong_shape"])
 def test_not_an_artifact_is_refused(artifacts, tmp_path, make_bad):
     if make_bad == "empty_dir":
         art = tmp_path / "empty"
@@ -143,15 +144,26 @@ def test_not_an_artifact_is_refused(artifacts, tmp_path, make_bad):
         art = _copy(artifacts["onnx"], tmp_path)
         if make_bad == "no_model":
             (art / "model.onnx").unlink()
-        else:  # a manifest (hashes re-computed) that points outside the artifact
-            (tmp_path / "secret.txt").write_text("x")
+        else:  # manifest.json is not hashed: any edit to it passes the integrity check
             m = json.loads((art / "manifest.json").read_text())
-            m["files"]["../secret.txt"] = {"bytes": 1, "sha256": _sha(tmp_path / "secret.txt")}
+            if make_bad == "escaping_path":
+                (tmp_path / "secret.txt").write_text("x")
+                m["files"]["../secret.txt"] = {"bytes": 1, "sha256": _sha(tmp_path / "secret.txt")}
+            elif make_bad == "huge_shape":
+                m["model"]["inputs"][0]["shape"] = [1 << 20, 1 << 20]
+            elif make_bad == "wrong_shape":
+                m["model"]["inputs"][0]["shape"] = [3, 5]
+            elif make_bad == "model_not_a_dict":
+                m["model"] = ["not", "a", "dict"]
+            else:
+                m["target"]["format"] = "gguf"
             (art / "manifest.json").write_text(json.dumps(m))
     app = tmp_path / "app"
     app.mkdir()
     proc = run_cli("bundle", str(art), str(app))
-    assert_clean_failure(proc, ("not an artifact", "has no manifest", "missing its model file", "outside the artifact"))
+    assert_clean_failure(proc, ("not an artifact", "has no manifest", "missing its model file", "outside the artifact",
+                                "lacks what a bundle needs", "cannot be bundled yet", "has shape",
+                                "does not run on inputs shaped"))
     assert list(app.iterdir()) == []
 
 

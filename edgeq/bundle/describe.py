@@ -33,21 +33,32 @@ RUNTIME_ANDROID_PACKAGES = {
     "onnx": "com.microsoft.onnxruntime:onnxruntime-android",
 }
 RUNTIME_PIP_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime"}
+MAX_INPUT_ELEMENTS = 1 << 26  # 64 Mi elements per input: far above any edge model's input
 
 
 def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> dict[str, Any]:
     """The bundle description (without ``golden`` and ``files``) for an artifact's manifest."""
     try:
         target, model = manifest["target"], manifest["model"]
-        fmt = target["format"]
+        fmt = str(target["format"])
         inputs = [{"name": str(i["name"]), "shape": [int(s) for s in i["shape"]], "dtype": str(i["dtype"])}
                   for i in model["inputs"]]
         outputs = [str(o) for o in model.get("outputs") or []]
-        delegates = list((manifest.get("delegation") or {}).get("used") or [])
-        versions = manifest.get("versions") or {}
-    except (KeyError, TypeError, ValueError) as exc:
+        delegates = [str(d) for d in (manifest.get("delegation") or {}).get("used") or []]
+        versions = dict(manifest.get("versions") or {})
+        threads = int(target.get("threads") or 0)
+        task = str(model.get("task", "custom"))
+        precision = (manifest.get("precision") or {}).get("requested")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{artifact_dir}/manifest.json lacks what a bundle needs ({exc!r})",
                             "re-run 'edgeq export' with this edgeq version") from None
+    for spec in inputs:  # shapes come from a user-editable file: bound what they make us allocate
+        count = 1
+        for dim in spec["shape"]:
+            count *= dim
+        if any(d < 0 for d in spec["shape"]) or count > MAX_INPUT_ELEMENTS:
+            raise ArtifactError(f"{artifact_dir}/manifest.json: input {spec['name']} has shape {spec['shape']}",
+                                "re-run 'edgeq export'")
     if fmt not in RUNTIME_PIP_PACKAGES:
         raise ArtifactError(f"{artifact_dir}: format '{fmt}' cannot be bundled yet",
                             "bundle an ExecuTorch (.pte) or ONNX artifact")
@@ -55,7 +66,6 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
     release = runtime_version.split("+")[0]  # '1.5.1+cpu': the local label is the wheel's build, not the release
     seq_len = next((i["shape"][-1] for i in inputs if i["name"] == "input_ids" and i["shape"]), None)
     tokenizer = tokenizer_info(artifact_dir, manifest.get("files") or {}, seq_len)
-    task = str(model.get("task", "custom"))
     return {
         "schema_version": BUNDLE_SCHEMA_VERSION,
         "id": bundle_id,
@@ -64,7 +74,7 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
         "task": task,
         "format": fmt,
         "model_file": str(manifest["model_file"]),
-        "precision": (manifest.get("precision") or {}).get("requested"),
+        "precision": precision,
         "target": {"name": target.get("name"), "device": target.get("device")},
         "inputs": inputs,
         "outputs": [{"name": n} for n in outputs],  # shapes and dtypes filled from the golden run
@@ -73,7 +83,7 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
             "name": fmt, "version": runtime_version, "release": release,
             "android_package": f"{RUNTIME_ANDROID_PACKAGES[fmt]}:{release}",
         },
-        "threads": int(target.get("threads") or 0),
+        "threads": threads,
         "tokenizer": tokenizer,
         "postprocess": postprocess_info(task, artifact_dir),
         "android": {
@@ -163,22 +173,32 @@ def check_bundle_id(bundle_id: str) -> str:
 
 def default_bundle_id(manifest: dict[str, Any]) -> str:
     """``<model>-<target>`` with anything but [A-Za-z0-9._-] replaced by '-'."""
-    name = f"{(manifest.get('model') or {}).get('name', 'model')}-{(manifest.get('target') or {}).get('name', '')}"
+    model, target = manifest.get("model"), manifest.get("target")
+    model_name = model.get("name", "model") if isinstance(model, dict) else "model"
+    target_name = target.get("name", "") if isinstance(target, dict) else ""
+    name = f"{model_name}-{target_name}"
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:64] or "model"
     return clean.replace("..", "-")
 
 
 def token_id_bound(manifest: dict[str, Any]) -> int:
     """Upper bound for synthetic token ids: the smallest embedding table's row count (else 100)."""
-    rows = [int(layer["shape"][0]) for layer in (manifest.get("precision") or {}).get("inventory") or []
-            if isinstance(layer, dict) and layer.get("kind") == "embedding" and layer.get("shape")]
+    try:
+        rows = [int(layer["shape"][0]) for layer in (manifest.get("precision") or {}).get("inventory") or []
+                if isinstance(layer, dict) and layer.get("kind") == "embedding" and layer.get("shape")]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        raise ArtifactError("manifest.json has a malformed layer inventory", "re-run 'edgeq export'") from None
     return max(1, min(rows)) if rows else 100
 
 
 def export_numerics(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The export's artifact-vs-fp32 numerics (max_abs, cosine_min, runtime), or None if skipped."""
     numerics = manifest.get("numerics")
-    return numerics if isinstance(numerics, dict) else None
+    if not isinstance(numerics, dict):
+        return None
+    if not isinstance(numerics.get("max_abs"), (int, float)) or not 0 <= numerics["max_abs"] < float("inf"):
+        raise ArtifactError("manifest.json numerics.max_abs is not a finite number", "re-run 'edgeq export'")
+    return numerics
 
 
 def skipped_reason(manifest: dict[str, Any]) -> str:

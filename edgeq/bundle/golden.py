@@ -41,8 +41,15 @@ def make_golden(desc: dict[str, Any], manifest: dict[str, Any], bundle_dir: Path
     import torch
 
     threads = desc["threads"] or 0
-    outs = backend(desc["format"]).run(bundle_dir / desc["model_file"], [tuple(torch.from_numpy(a) for a in arrays)],
-                                       threads)
+    try:
+        outs = backend(desc["format"]).run(bundle_dir / desc["model_file"],
+                                           [tuple(torch.from_numpy(a) for a in arrays)], threads)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # the runtimes raise RuntimeError and friends for inputs the model rejects
+        raise ArtifactError(f"the artifact does not run on inputs shaped as its manifest says "
+                            f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})",
+                            "re-run 'edgeq export'") from None
     output = np.ascontiguousarray(np.asarray(outs[0], dtype=np.float32))
     if not np.all(np.isfinite(output)):
         raise ArtifactError("the artifact's output on the golden input is not finite", "re-run 'edgeq export'")

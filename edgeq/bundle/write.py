@@ -8,6 +8,7 @@ sees half a bundle. ``--force`` replaces only a directory that is itself an edge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,7 +47,19 @@ def bundle(artifact: str | Path, app_dir: str | Path, *, bundle_id: str | None =
     _check_destination(dest, force)
     desc = describe(manifest, artifact_dir, bundle_id)
     _check_paths(artifact_dir, manifest)
-    _make_assets_dir(assets)  # only now: a rejected input leaves the app untouched
+    created = _make_assets_dir(assets)  # only now: a rejected input leaves the app untouched
+    try:
+        _stage(artifact_dir, manifest, desc, dest, force)
+    except BaseException:
+        for d in created:  # directories this call made, deepest first, if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    index_path = write_index(assets)
+    return BundleResult(bundle_dir=dest, description=desc, index_path=index_path)
+
+
+def _stage(artifact_dir: Path, manifest: dict[str, Any], desc: dict[str, Any], dest: Path, force: bool) -> None:
     with staged_dir(dest, force) as work:
         _copy_verified(artifact_dir, manifest, work)
         from edgeq.bundle.golden import make_golden
@@ -59,8 +72,6 @@ def bundle(artifact: str | Path, app_dir: str | Path, *, bundle_id: str | None =
         desc["files"] = file_table(work) | {MANIFEST: {"bytes": (work / MANIFEST).stat().st_size,
                                                        "sha256": sha256(work / MANIFEST)}}
         (work / BUNDLE_FILE).write_text(json.dumps(desc, indent=2) + "\n")
-    index_path = write_index(assets)
-    return BundleResult(bundle_dir=dest, description=desc, index_path=index_path)
 
 
 def read_index(app_dir: str | Path) -> dict[str, Any]:
@@ -114,9 +125,16 @@ def _check_app_dir(app_dir: Path) -> Path:
     return assets
 
 
-def _make_assets_dir(assets: Path) -> None:
+def _make_assets_dir(assets: Path) -> list[Path]:
+    """Create ``assets``; return the directories that did not exist before, deepest first."""
+    created = []
+    d = assets
+    while not d.exists():
+        created.append(d)
+        d = d.parent
     try:
         assets.mkdir(parents=True, exist_ok=True)
+        return created
     except OSError as exc:
         raise OutputError(f"cannot create {assets} ({exc.strerror})", "check the app directory's permissions") from None
 

@@ -13,15 +13,19 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.util.stream.Stream;
+import org.junit.Rule;
 import org.junit.Test;
+import org.junit.rules.TemporaryFolder;
 
 public class BundleTest {
+  @Rule public TemporaryFolder tmp = new TemporaryFolder();
+
   private static Bundle bundle() throws Exception {
     return Bundle.read(new File(Fixtures.json("tokenizer_cases.json").getString("bundle_dir")));
   }
 
-  private static File copy(File src) throws IOException {
-    Path dst = Files.createTempDirectory("bundle");
+  private File copy(File src) throws IOException {
+    Path dst = tmp.newFolder("bundle").toPath();
     try (Stream<Path> walk = Files.walk(src.toPath())) {
       for (Path p : (Iterable<Path>) walk::iterator) {
         Path to = dst.resolve(src.toPath().relativize(p).toString());
