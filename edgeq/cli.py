@@ -234,6 +234,31 @@ def profile_cmd(
         print(f"HTML report: {html}")
 
 
+@app.command("bundle")
+def bundle_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by 'edgeq export' (.pte or ONNX).")],
+    app_dir: Annotated[Path, typer.Argument(help="Android app project root (e.g. android-demo); the bundle goes to app/src/main/assets/edgeq/<id>/.")],
+    bundle_id: Annotated[Optional[str], typer.Option("--id", help="Bundle name in the app (default: <model>-<target>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle with this id.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Copy a verified artifact into an app with edgeq_bundle.json and a golden check; list it in index.json."""
+    from edgeq.bundle import bundle
+
+    result = bundle(artifact, app_dir, bundle_id=bundle_id, force=force)
+    if as_json:
+        print(json.dumps({"bundle_dir": str(result.bundle_dir), "index": str(result.index_path),
+                          "bundle": result.description}, indent=2))
+        return
+    desc = result.description
+    golden = desc["golden"]
+    check = (f"golden output {golden['output']['shape']}, max_abs {golden['tolerance']['max_abs']:.3g}"
+             if "output" in golden else golden["skipped"])
+    print(f"bundled {desc['model_name']} ({desc['format']}, {desc['runtime']['android_package']}) into {result.bundle_dir}")
+    print(f"  {len(desc['files'])} files, {sum(f['bytes'] for f in desc['files'].values()) / 1e6:.2f} MB; {check}")
+    print(f"  listed in {result.index_path}")
+
+
 @targets_app.command("list")
 def targets_list(as_json: Json = False) -> None:
     """List built-in targets and device profiles."""
