@@ -257,7 +257,9 @@ def check_cmd(
                 write_github(results)
         else:
             write_github(results)
-    raise typer.Exit(exit_code(results))
+    code = exit_code(results)
+    if code:
+        sys.exit(code)  # SystemExit, not typer.Exit: click returns an Exit's code when not standalone
 
 
 @targets_app.command("list")
