@@ -34,6 +34,7 @@ class _Strict(BaseModel):
 
 class LatencySamples(_Strict):
     runs: int = Field(gt=0)
+    threads: int = Field(default=1, gt=0)
     process_medians_ms: list[float] = Field(min_length=2, max_length=1000)
     samples_ms: list[list[float]] = Field(default_factory=list, max_length=1000)
     host: dict[str, Any]
@@ -105,10 +106,10 @@ def write_baseline(path: Path, results: list[Any], roots: list[Path], opts: Any)
         if opts.measure:
             medians, samples = [], []
             for _ in range(opts.rounds):
-                median, raw = process_median(root, opts.runs)
+                median, raw = process_median(root, opts.regression_runs)
                 medians.append(median)
                 samples.append(raw)
-            latency = LatencySamples(runs=opts.runs, process_medians_ms=medians, samples_ms=samples, host=host_class())
+            latency = LatencySamples(runs=opts.regression_runs, process_medians_ms=medians, samples_ms=samples, host=host_class())
         entries[root.name] = BaselineEntry(
             artifact=str(root.resolve()), model_sha256=manifest["files"][manifest["model_file"]]["sha256"],
             target=result.target, file_bytes=model_file.stat().st_size,
@@ -184,7 +185,7 @@ def _latency_row(root: Path, entry: BaselineEntry, limit: Any, opts: Any) -> tup
     base_model = next((base_dir / n for n in ("model.pte", "model.onnx") if (base_dir / n).is_file()), None)
     tolerance = limit.value / 100
     if base_model is not None and sha256(base_model) == entry.model_sha256:
-        base, cand = alternating_rounds(base_dir, root, opts.rounds, opts.runs)
+        base, cand = alternating_rounds(base_dir, root, opts.rounds, entry.latency.runs)
         est: RatioEstimate = paired_ratio(base, cand)
     else:
         here = host_class()
@@ -196,4 +197,4 @@ def _latency_row(root: Path, entry: BaselineEntry, limit: Any, opts: Any) -> tup
     bad = est.regressed(tolerance)
     verdict = "slower beyond" if bad else "within"
     return (not bad, f"latency {est.describe()} {verdict} +{limit.value:g}% ({limit.source}; regression = estimate "
-                     f"above tolerance and CI above ×1)")
+                     f"above tolerance, CI low end above half of it; 1 thread)")

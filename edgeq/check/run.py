@@ -31,7 +31,8 @@ class CheckOptions:
     latency_budget_ms: float | None = None
     samples: int = 32
     runs: int = 20
-    rounds: int = 6  # fresh-process rounds per artifact for the latency regression rule
+    rounds: int = 8  # fresh-process rounds per artifact for the latency regression rule
+    regression_runs: int = 50  # timed runs per regression process (1 thread)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
