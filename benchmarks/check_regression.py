@@ -13,10 +13,11 @@ each comparison runs ``--rounds`` alternating fresh-process rounds, exactly as
 one thread, 50 timed runs per process). From the same measurements three rules decide
 "regressed" at a 10% tolerance:
 
-- edgeq paired: ``paired_ratio(...).regressed(0.10)`` (the rule used when the baseline
-  artifact is on disk);
+- edgeq paired: ``decide(..., paired_ratio, 0.10)`` — the rule used when the baseline
+  artifact is on disk, including its one extension by as many rounds again when the
+  first rounds are inconclusive;
 - edgeq unpaired: ``unpaired_ratio(...)`` on the same process medians without pairing
-  (the rule used when only the baseline file's stored samples exist);
+  (the rule used when only the baseline file's stored samples exist; no extension here);
 - naive: one process each (the first round), p50 ratio > 1.10 — what a single
   before/after measurement in CI does.
 
@@ -45,7 +46,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeq.check.latency_rule import alternating_rounds, paired_ratio, unpaired_ratio  # noqa: E402
+from edgeq.check.latency_rule import alternating_rounds, decide, paired_ratio, unpaired_ratio  # noqa: E402
 
 TOLERANCE = 0.10
 
@@ -72,10 +73,17 @@ def main() -> int:
         for kind, candidate in (("unchanged", same), ("slowdown 1.31x work", slower)):
             for i in range(args.comparisons):
                 t0 = time.perf_counter()
-                b, c = alternating_rounds(base, candidate, args.rounds, args.runs)
-                paired, unpaired = paired_ratio(b, c), unpaired_ratio(b, c)
+                looks: list[tuple[list[float], list[float]]] = []
+
+                def measure() -> tuple[list[float], list[float]]:
+                    looks.append(alternating_rounds(base, candidate, args.rounds, args.runs))
+                    return looks[-1]
+
+                paired = decide(measure, paired_ratio, TOLERANCE)  # exactly what edgeq check does
+                b, c = [x for lb, _ in looks for x in lb], [x for _, lc in looks for x in lc]
+                unpaired = unpaired_ratio(b, c)
                 rows.append({
-                    "kind": kind, "i": i, "seconds": time.perf_counter() - t0,
+                    "kind": kind, "i": i, "seconds": time.perf_counter() - t0, "rounds": len(b),
                     "baseline_medians_ms": b, "candidate_medians_ms": c,
                     "paired": {"ratio": paired.ratio, "low": paired.low, "high": paired.high,
                                "regressed": paired.regressed(TOLERANCE)},
@@ -87,7 +95,7 @@ def main() -> int:
                 print(f"{kind:20s} #{i:2d}  paired ×{paired.ratio:.3f} [{paired.low:.3f}, {paired.high:.3f}] "
                       f"{'REGRESSED' if r['paired']['regressed'] else 'ok':9s}  unpaired ×{unpaired.ratio:.3f} "
                       f"[{unpaired.low:.3f}, {unpaired.high:.3f}]  naive ×{r['naive']['ratio']:.3f}  "
-                      f"({r['seconds']:.1f} s)", flush=True)
+                      f"({r['rounds']} rounds, {r['seconds']:.1f} s)", flush=True)
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)

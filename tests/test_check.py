@@ -258,20 +258,56 @@ def test_the_xsd_rejects_what_jenkins_would_not_read():
     (["/nonexistent/artifact"], "is not an artifact directory"),
     (["{x86}", "--baseline", "/nonexistent.json"], "baseline /nonexistent.json not found"),
     (["{x86}", "--target", "no-such-target"], "unknown target"),
-    (["{x86}", "--model", "tests.tiny_models:no_such_factory"], "error:"),
+    (["{x86}", "--model", "tests.tiny_models:no_such_factory"], "no_such_factory"),
+    (["{x86}", "--junit", "{x86}"], "is not a file"),
+    (["{x86}", "--rounds", "1"], "--rounds must be between 2 and 100, got 1"),
 ])
-def test_bad_input_exits_2_with_one_line(artifacts, args, needle):
-    proc = run_cli("check", *[a.format(x86=artifacts["x86"]) for a in args])
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(artifacts, args, needle, tmp_path):
+    from tests.hostile import assert_clean_failure, assert_tree_unchanged, tree_state
+
+    before = tree_state(artifacts["x86"])
+    proc = run_cli("check", *[a.format(x86=artifacts["x86"]) for a in args], "--junit" if "--junit" not in args else
+                   "--json", *([str(tmp_path / "r.xml")] if "--junit" not in args else []))
+    assert_clean_failure(proc, needle)
+    assert not (tmp_path / "r.xml").exists()
+    assert_tree_unchanged(artifacts["x86"], before)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda m: [m], "unknown schema version"),
+    (lambda m: {**m, "schema_version": 99}, "unknown schema version"),
+    (lambda m: {**m, "target": "rpi5"}, "'target' is not a dict"),
+    (lambda m: {**m, "delegation": {**m["delegation"], "delegated_ops": {"cpu": "many"}}}, "wrong kind"),
+    (lambda m: {k: v for k, v in m.items() if k != "sizes"}, "no 'sizes'"),
+])
+def test_hostile_manifest_fails_integrity_not_the_process(artifacts, tmp_path, mutate, needle):
+    art = _copy(artifacts["x86"], tmp_path)
+    manifest = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps(mutate(manifest)))
+    [r] = _check([art])
+    assert _failing(r) == {"integrity"}, r.to_dict()
+    assert needle in r.gate("integrity").message
+
+
+def test_without_a_builtin_target_the_manifest_budgets_are_the_limits(artifacts, tmp_path):
+    art = _copy(artifacts["x86"], tmp_path)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["target"]["name"] = "my-own-target"
+    manifest["budgets"]["storage_mb"] = 0.002
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    [r] = _check([art])
+    assert _failing(r) == {"fit"}
+    assert "manifest budgets (target my-own-target at export) budgets.storage_mb" in r.gate("fit").message
 
 
 def test_bad_baseline_file_exits_2(artifacts, tmp_path):
+    from tests.hostile import assert_clean_failure
+
     bad = tmp_path / "b.json"
     bad.write_text(json.dumps({"edgeq_baseline_version": 9, "created": "x", "artifacts": {}}))
-    proc = run_cli("check", str(artifacts["x86"]), "--baseline", str(bad))
-    assert proc.returncode == 2 and "edgeq_baseline_version" in proc.stderr
+    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "edgeq_baseline_version")
     bad.write_text("{not json")
-    proc = run_cli("check", str(artifacts["x86"]), "--baseline", str(bad))
-    assert proc.returncode == 2 and "is not JSON" in proc.stderr
+    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "is not JSON")
+    entry = {"artifact": "/x", "model_sha256": "0", "target": "x86", "file_bytes": -5}
+    bad.write_text(json.dumps({"edgeq_baseline_version": 1, "created": "x", "artifacts": {"tiny-x86": entry}}))
+    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "file_bytes")

@@ -8,6 +8,7 @@ checking many artifacts shares one import (``SourceModels`` caches loaded models
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ def integrity(path: Path) -> tuple[GateResult, ManifestView | None, Path | None]
     from edgeq.profiling import check_artifact
 
     try:
+        try:  # the manifest's shape first: a field of the wrong kind is named, not met deep in a reader
+            raw = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            raw = None  # check_artifact says what is wrong with the file
+        if isinstance(raw, dict) and raw.get("schema_version") == 1:
+            view(raw)
         manifest, model_file = check_artifact(path)
         mv = view(manifest)
     except ArtifactError as exc:
@@ -33,6 +40,10 @@ def integrity(path: Path) -> tuple[GateResult, ManifestView | None, Path | None]
                           source="manifest files"), None, None
     except ManifestError as exc:
         return GateResult("integrity", "fail", f"{path}/manifest.json: {exc}", figure="invalid manifest",
+                          limit="manifest schema v1", source="manifest"), None, None
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a field of the wrong kind, met while reading
+        return GateResult("integrity", "fail", f"{path}/manifest.json: a field has the wrong kind "
+                          f"({type(exc).__name__}: {str(exc)[:120]})", figure="invalid manifest",
                           limit="manifest schema v1", source="manifest"), None, None
     if mv.model_file not in mv.files:
         return GateResult("integrity", "fail", f"{path}: the manifest records no sha256 for {mv.model_file}",
@@ -64,7 +75,8 @@ def fit(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[str, 
                                       f"{fmt_bytes(storage.value)} storage budget ({storage.source})")]
     details: dict[str, Any] = {"file_bytes": size, "storage_budget_bytes": storage.value,
                                "memory_budget_bytes": memory.value}
-    predicted = _predicted_peak(model_file.parent)
+    predicted = _predicted_peak(model_file.parent) if mv.has_layer_inventory else \
+        "the manifest records no layer inventory; re-export with this edgeq"
     if isinstance(predicted, str):
         parts.append((True, f"predicted peak memory not available ({predicted})"))
     else:
@@ -91,17 +103,12 @@ def fit(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[str, 
 
 
 def _predicted_peak(root: Path) -> tuple[int, int] | str:
-    import json
-
-    manifest = json.loads((root / "manifest.json").read_text())
-    if (manifest.get("precision") or {}).get("inventory") is None:
-        # Without the recorded layer inventory the prediction would import the model source.
-        return "the manifest records no layer inventory; re-export with this edgeq"
+    # Only with the recorded layer inventory: without it the prediction would import the model source.
     from edgeq.memory import predict_from_artifact
 
     try:
         est = predict_from_artifact(root)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return f"the manifest's memory fields are unreadable: {type(exc).__name__}"
     return int(est.total_bytes), int(est.peak_rss_bytes())
 
@@ -252,7 +259,7 @@ def latency(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[s
 
         try:
             p50 = float(estimate(model_file.parent, load_profile(limits.device))["latency_ms"])
-        except (EdgeqError, OSError, KeyError, ValueError) as exc:
+        except (EdgeqError, OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
             return GateResult("latency", "skipped", f"no emulated estimate for {limits.device} "
                               f"({str(exc).splitlines()[0][:160]}); pass --measure", source=budget.source)
         how = f"emulated p50 on {limits.device} (ESTIMATE)"

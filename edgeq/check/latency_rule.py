@@ -17,7 +17,10 @@ median latency. The rule then works on log ratios of those medians:
 
 A regression is declared only when the ratio estimate is beyond ``1 + tolerance`` **and**
 the 95% interval's lower end is beyond ``1 + tolerance / 2`` (the slowdown is large, and at
-least half of the tolerance is surely real, not noise).
+least half of the tolerance is surely real, not noise). When the first rounds are
+inconclusive — the estimate past half the tolerance, the interval reaching past all of it
+— as many rounds again are measured once and the rule decides on all of them
+(``decide``), so one disturbed round does not hide a real slowdown.
 
 Rounds run the runtime on **one thread**: on a shared runner a multi-threaded timing
 mostly measures the neighbours' load (on this 2-core machine shared with other jobs the
@@ -32,7 +35,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # Two-sided 95% Student t quantiles by degrees of freedom (1..30); above 30, 1.96 + a small term.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -60,6 +63,11 @@ class RatioEstimate:
 
     def regressed(self, tolerance: float) -> bool:
         return self.ratio > 1.0 + tolerance and self.low > 1.0 + tolerance / 2
+
+    def inconclusive(self, tolerance: float) -> bool:
+        """Not a regression, but the estimate is past half the tolerance and the interval
+        reaches beyond it: worth more rounds before saying "no"."""
+        return not self.regressed(tolerance) and self.ratio > 1.0 + tolerance / 2 and self.high > 1.0 + tolerance
 
     def describe(self) -> str:
         kind = "paired rounds" if self.paired else "unpaired, vs stored samples"
@@ -110,6 +118,17 @@ def alternating_rounds(baseline: Path, candidate: Path, rounds: int, runs: int,
         for root, sink in order if i % 2 == 0 else order[::-1]:
             sink.append(process_median(root, runs, threads)[0])
     return base, cand
+
+
+def decide(measure: Callable[[], tuple[list[float], list[float]]],
+           rule: Callable[[list[float], list[float]], RatioEstimate], tolerance: float) -> RatioEstimate:
+    """``rule`` on ``measure()``'s baseline and candidate medians; once more rounds when inconclusive."""
+    base, cand = measure()
+    est = rule(base, cand)
+    if est.inconclusive(tolerance):
+        more_base, more_cand = measure()
+        est = rule(base + more_base, cand + more_cand)
+    return est
 
 
 def host_class() -> dict[str, Any]:

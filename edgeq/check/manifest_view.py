@@ -37,6 +37,11 @@ class ManifestView:
     notes: list[str]
     recorded_numerics: dict[str, Any] | None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    has_layer_inventory: bool = False  # precision.inventory: lets memory be predicted without the source
+
+    @property
+    def model_sha256(self) -> str:
+        return str((self.files.get(self.model_file) or {}).get("sha256", ""))
 
     @property
     def seq_len(self) -> int | None:
@@ -46,6 +51,16 @@ class ManifestView:
 
 def view(manifest: Any) -> ManifestView:
     """A typed view of a manifest dict; raises ``ManifestError`` naming what is wrong."""
+    try:
+        return _view(manifest)
+    except (TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"the manifest has a field of the wrong kind ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+
+
+def _view(manifest: Any) -> ManifestView:
     if not isinstance(manifest, dict):
         raise ManifestError("the manifest is not a JSON object")
     target = _get(manifest, "target", dict)
@@ -79,6 +94,7 @@ def view(manifest: Any) -> ManifestView:
         notes=[str(n) for n in manifest.get("notes") or []],
         recorded_numerics=manifest.get("numerics") if isinstance(manifest.get("numerics"), dict) else None,
         files=dict(manifest.get("files") or {}),
+        has_layer_inventory=(manifest.get("precision") or {}).get("inventory") is not None,
     )
 
 

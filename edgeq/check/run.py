@@ -92,15 +92,27 @@ def _check_one(root: Path, target: Any, opts: CheckOptions, models: gates.Source
                                 limit="manifest schema v1", source="manifest")
         results += [_skipped(g, "integrity failed") for g in GATES[1:]]
         return CheckResult(str(root), mv.target_name, results, time.perf_counter() - t0)
-    measured = None
+    measured, failed_measure = None, None
     if opts.measure:
+        from edgeq.errors import BackendUnavailableError, EdgeqError
         from edgeq.profiling import profile_host
 
-        measured = profile_host(root, runs=opts.runs, warmup=3, ops=False)
-    results.append(gates.fit(mv, model_file, limits, measured))
+        try:
+            measured = profile_host(root, runs=opts.runs, warmup=3, ops=False)
+        except BackendUnavailableError:
+            raise  # this machine lacks the runtime: bad environment, not a bad artifact
+        except EdgeqError as exc:
+            failed_measure = f"the fresh-process measurement failed: {exc.one_line()}"
+    if failed_measure:
+        results.append(GateResult("fit", "fail", failed_measure, figure="not measurable", source="--measure"))
+    else:
+        results.append(gates.fit(mv, model_file, limits, measured))
     results.append(gates.fidelity(mv, model_file, limits, models, opts.model))
     results.append(gates.delegation(mv, limits))
-    results.append(gates.latency(mv, model_file, limits, measured))
+    if failed_measure:
+        results.append(GateResult("latency", "fail", failed_measure, figure="not measurable", source="--measure"))
+    else:
+        results.append(gates.latency(mv, model_file, limits, measured))
     if baseline is not None:
         from edgeq.check.baseline import regression
 
