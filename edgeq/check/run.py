@@ -84,6 +84,10 @@ def _check_one(root: Path, target: Any, opts: CheckOptions, models: gates.Source
     if integrity.failed or mv is None or model_file is None:
         results += [_skipped(g, "integrity failed") for g in GATES[1:]]
         return CheckResult(str(root), mv.target_name if mv else "?", results, time.perf_counter() - t0)
+    if target is not None and target.format != mv.format:
+        raise ConfigError(f"{root} is an {mv.format} artifact, but target {target.name} is for {target.format}",
+                          f"check it against a {mv.format} target, or leave out --target to use the one it was "
+                          "exported for")
     resolved = target if target is not None else _builtin_target(mv.target_name)
     try:
         limits = resolve(mv, resolved, latency_budget_ms=opts.latency_budget_ms)
