@@ -260,6 +260,7 @@ def test_the_xsd_rejects_what_jenkins_would_not_read():
     (["{x86}", "--target", "no-such-target"], "unknown target"),
     (["{x86}", "--model", "tests.tiny_models:no_such_factory"], "no_such_factory"),
     (["{x86}", "--junit", "{x86}"], "is not a file"),
+    (["{x86}", "--target", "rpi5"], "is an onnx artifact, but target rpi5 is for executorch"),
     (["{x86}", "--rounds", "1"], "--rounds must be between 2 and 100, got 1"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(artifacts, args, needle, tmp_path):
