@@ -318,3 +318,43 @@ def test_bad_baseline_file_exits_2(artifacts, tmp_path):
     entry = {"artifact": "/x", "model_sha256": "0", "target": "x86", "file_bytes": -5}
     bad.write_text(json.dumps({"edgeq_baseline_version": 1, "created": "x", "artifacts": {"tiny-x86": entry}}))
     assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "file_bytes")
+
+
+def test_regression_gate_on_size_memory_and_fidelity(artifacts, tmp_path):
+    """A baseline from the INT8 artifact; the same model re-exported at FP32 under the same
+    name is 3× larger: exactly the regression gate fails, naming the size, its change and limit."""
+    from edgeq.export import export
+
+    baseline = tmp_path / "baseline.json"
+    [first] = _check([artifacts["x86"]], model=TINY, update_baseline=baseline)
+    entry = json.loads(baseline.read_text())["artifacts"]["tiny-x86"]
+    assert entry["file_bytes"] == (artifacts["x86"] / "model.onnx").stat().st_size
+    assert entry["fidelity"] == first.gate("fidelity").details["cosine_min"] and entry["latency"] is None
+
+    [same] = _check([artifacts["x86"]], model=TINY, baseline=baseline)
+    assert same.gate("regression").status == "pass"
+    assert "latency not compared (the baseline has no latency samples" in same.gate("regression").message
+
+    fp32 = export(TINY, "x86", precision="fp32", output=tmp_path / "fp32" / "tiny-x86").artifact_dir
+    [r] = _check([fp32], model=TINY, baseline=baseline)
+    assert _failing(r) == {"regression"}
+    g = r.gate("regression")
+    before, after = entry["file_bytes"], (fp32 / "model.onnx").stat().st_size
+    change = (after - before) / before * 100
+    assert f"size {before / 1e3:.2f} KB → {after / 1e3:.2f} KB ({change:+.1f}% > +5%, edgeq default " \
+           "checks.regression.size_pct)" in g.message
+    # ONNX Runtime's fixed ~19.6 MB dominates the predicted peak: +90 KB of weights is within +10%.
+    memory = [t for t in g.details["compared"] if t.startswith("predicted peak memory")]
+    assert memory and "<= +10%" in memory[0]
+    assert not any(t.startswith("fidelity") for t in g.details["failed"])  # FP32 is closer to FP32, not further
+
+    # A stricter fidelity tolerance in the target: any drop at all fails.
+    strict = _target(tmp_path, "extends: x86\nchecks:\n  regression: {fidelity_drop: 0, size_pct: 1000, "
+                               "memory_pct: 1000}\n")
+    doc = json.loads(baseline.read_text())
+    doc["artifacts"]["tiny-x86"]["fidelity"] = 1.0  # as if the baseline had matched FP32 exactly
+    baseline.write_text(json.dumps(doc))
+    [r] = _check([artifacts["x86"]], model=TINY, baseline=baseline, target=str(strict))
+    assert _failing(r) == {"regression"}
+    assert "fidelity cosine_min 1.000000 →" in r.gate("regression").message
+    assert "> 0, target strict checks.regression.fidelity_drop" in r.gate("regression").message
