@@ -234,14 +234,16 @@ def check_cmd(
     from edgeq.check import CheckOptions, check_artifacts, exit_code, to_json
     from edgeq.check.render import junit_xml, print_table, write_github
 
-    if not 2 <= rounds <= 100:
-        from edgeq.errors import ConfigError
+    from edgeq.errors import ConfigError
 
+    if not 2 <= rounds <= 100:
         raise ConfigError(f"--rounds must be between 2 and 100, got {rounds}", "the default, 8, suits most runners")
+    if latency_budget is not None and not latency_budget > 0:
+        raise ConfigError(f"--latency-budget must be more than 0 ms, got {latency_budget:g}", "pass e.g. --latency-budget 20")
     if junit is not None:
         from edgeq.check.baseline import check_writable
 
-        check_writable(junit)
+        check_writable(junit, "--junit")
     options = CheckOptions(target=target, model=model, baseline=baseline, update_baseline=update_baseline,
                            measure=measure, latency_budget_ms=latency_budget, rounds=rounds)
     results = check_artifacts(list(artifacts), options)

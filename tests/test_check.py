@@ -265,7 +265,8 @@ def test_the_xsd_rejects_what_jenkins_would_not_read():
     (["{x86}", "--baseline", "/nonexistent.json"], "baseline /nonexistent.json not found"),
     (["{x86}", "--target", "no-such-target"], "unknown target"),
     (["{x86}", "--model", "tests.tiny_models:no_such_factory"], "no_such_factory"),
-    (["{x86}", "--junit", "{x86}"], "is not a file"),
+    (["{x86}", "--junit", "{x86}"], "--junit"),
+    (["{x86}", "--latency-budget", "0"], "--latency-budget must be more than 0 ms"),
     (["{x86}", "--target", "rpi5"], "is an onnx artifact, but target rpi5 is for executorch"),
     (["{x86}", "--rounds", "1"], "--rounds must be between 2 and 100, got 1"),
 ])

@@ -74,10 +74,11 @@ def read_baseline(path: Path) -> BaselineFile:
         raise ConfigError(f"baseline {path}: {where}: {err['msg']}", "re-write it with --update-baseline") from None
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, flag: str = "--update-baseline") -> None:
+    """Fail before any work if ``path`` (given with ``flag``) cannot be written as a file."""
     path = Path(path)
     if path.exists() and not path.is_file():
-        raise OutputError(f"--update-baseline {path} is not a file", "choose a file path")
+        raise OutputError(f"{flag} {path} is not a file", "choose a file path")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
