@@ -259,6 +259,58 @@ def bundle_cmd(
     print(f"  listed in {result.index_path}")
 
 
+@app.command("check")
+def check_cmd(
+    artifacts: Annotated[list[Path], typer.Argument(metavar="ARTIFACT...", help="Artifact directories, e.g. dist/*.")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Judge against this target (default: the one each artifact was exported for).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Source model to re-measure fidelity against (default: the manifest's, when it is a local path).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline file to check for regressions against.")] = None,
+    update_baseline: Annotated[Optional[Path], typer.Option("--update-baseline", help="Write (or update) a baseline file with these artifacts' figures.")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="Also measure peak RSS and latency in fresh processes here.")] = False,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (overrides the target's budgets.latency_ms).", callback=_finite)] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Fresh-process rounds for latency regression and baselines (2-100).")] = 8,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write a JUnit XML report here (one test case per gate per artifact).")] = None,
+    as_json: Json = False,
+    github: Annotated[bool, typer.Option("--github", help="Print GitHub Actions annotations; append a Markdown summary to $GITHUB_STEP_SUMMARY.")] = False,
+) -> None:
+    """Gate artifacts in CI: integrity, fit, fidelity, delegation, latency, regression (exit 1 if a gate fails)."""
+    from edgeq.check import CheckOptions, check_artifacts, exit_code, to_json
+    from edgeq.check.render import junit_xml, print_table, write_github
+
+    from edgeq.errors import ConfigError
+
+    if not 2 <= rounds <= 100:
+        raise ConfigError(f"--rounds must be between 2 and 100, got {rounds}", "the default, 8, suits most runners")
+    if latency_budget is not None and not latency_budget > 0:
+        raise ConfigError(f"--latency-budget must be more than 0 ms, got {latency_budget:g}", "pass e.g. --latency-budget 20")
+    if junit is not None:
+        from edgeq.check.baseline import check_writable
+
+        check_writable(junit, "--junit")
+    options = CheckOptions(target=target, model=model, baseline=baseline, update_baseline=update_baseline,
+                           measure=measure, latency_budget_ms=latency_budget, rounds=rounds)
+    results = check_artifacts(list(artifacts), options)
+    if junit is not None:
+        from edgeq.yamlio import write_text_atomic
+
+        write_text_atomic(junit, junit_xml(results))
+    if as_json:
+        print(json.dumps(to_json(results), indent=2))
+    else:
+        print_table(results)
+    if github:
+        if as_json:
+            import contextlib
+
+            with contextlib.redirect_stdout(sys.stderr):  # keep stdout parseable JSON
+                write_github(results)
+        else:
+            write_github(results)
+    code = exit_code(results)
+    if code:
+        raise typer.Exit(code)  # 1: a gate failed (main() passes the code on)
+
+
 @targets_app.command("list")
 def targets_list(as_json: Json = False) -> None:
     """List built-in targets and device profiles."""

@@ -142,6 +142,36 @@ class Runtime(Strict):
     threads: int = Field(default=0, ge=0, le=1024, description="0 = let the runtime decide")
 
 
+class FidelityChecks(Strict):
+    """Fidelity limits per metric; the gate applies those of the model's task."""
+
+    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="worst held-out cosine vs eager FP32")
+    top1_min: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement with eager FP32 (logits)")
+    kl_max: float | None = Field(default=None, ge=0, description="mean KL(FP32 || artifact) of the softmax (logits)")
+
+
+class DelegationChecks(Strict):
+    min_share: float | None = Field(default=None, ge=0, le=1, description="share of ops on the intended delegate")
+    delegate: str | None = Field(default=None, description="the intended delegate (default: first in the chain)")
+
+
+class RegressionChecks(Strict):
+    """How much worse than the baseline an artifact may be before the regression gate fails."""
+
+    size_pct: float | None = Field(default=None, ge=0)
+    memory_pct: float | None = Field(default=None, ge=0)
+    latency_pct: float | None = Field(default=None, ge=0)
+    fidelity_drop: float | None = Field(default=None, ge=0, description="absolute drop in the fidelity metric")
+
+
+class Checks(Strict):
+    """Thresholds per gate for ``edgeq check``; unset ones use edgeq's defaults."""
+
+    fidelity: FidelityChecks = FidelityChecks()
+    delegation: DelegationChecks = DelegationChecks()
+    regression: RegressionChecks = RegressionChecks()
+
+
 class Target(Strict):
     """How to deploy onto a device: format, delegate chain, precisions, budgets."""
 
@@ -157,6 +187,7 @@ class Target(Strict):
     quantization: Quantization = Quantization()
     runtime: Runtime = Runtime()
     seq_len: int = Field(default=128, gt=0, le=1_048_576, description="static sequence length for text models")
+    checks: Checks = Checks()
 
     @model_validator(mode="after")
     def _check(self) -> "Target":
@@ -176,6 +207,9 @@ class Target(Strict):
                 )
         if len(set(self.delegates)) != len(self.delegates):
             raise ValueError("delegates lists a delegate twice")
+        wanted = self.checks.delegation.delegate
+        if wanted is not None and wanted not in self.delegates:
+            raise ValueError(f"checks.delegation.delegate '{wanted}' is not in delegates {self.delegates}")
         if self.default_precision not in self.precisions:
             raise ValueError(
                 f"default_precision '{self.default_precision}' is not in precisions {self.precisions}"

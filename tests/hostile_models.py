@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,14 +27,6 @@ class SlowToExport(nn.Module):
 def slow_to_export():
     torch.manual_seed(0)
     return SlowToExport().eval(), (torch.randn(1, 8),)
-
-
-def exits_zero():
-    sys.exit(0)
-
-
-def raises_keyboard_interrupt():
-    raise KeyboardInterrupt
 
 
 def marks_loaded():

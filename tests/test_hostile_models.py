@@ -166,8 +166,6 @@ def test_the_unmutated_model_exports(tmp_path: Path, base_bert: Path):
     assert (tmp_path / "out").is_dir()
 
 
-@pytest.mark.xfail(reason="typer turns KeyboardInterrupt into a returned 130 that edgeq.cli.main ignores (exit 0); "
-                          "the library raises it (tests/test_fuzz_models.py), the CLI side is fixed in cli.py")
 def test_interrupt_in_a_factory_exits_130(tmp_path: Path):
     proc = run_cli("export", f"{M}:interrupts", "-t", "x86", "-o", str(tmp_path / "out"))
     assert_clean_failure(proc, "interrupted", code=130)

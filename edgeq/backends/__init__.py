@@ -117,9 +117,6 @@ def get_backend(fmt: str) -> Backend:
     return importlib.import_module(_REGISTRY[fmt].module)  # type: ignore[return-value]
 
 
-backend = get_backend  # the name earlier code uses
-
-
 def silence_native_stderr():
     """Hide what native runtimes print straight to fd 2 (e.g. XNNPACK's cpuinfo probing).
 

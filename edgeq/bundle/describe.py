@@ -28,11 +28,6 @@ BUNDLE_SCHEMA_VERSION = 1
 NO_COMPRESS_SUFFIXES = ("pte", "onnx", "data", "bin")
 ANDROID_ABIS = ["arm64-v8a", "x86_64"]  # the ABIs ExecuTorch's and ONNX Runtime's Android AARs ship
 ANDROID_MIN_SDK = 28  # android-demo's minSdk; not checked against the AARs' own minimum here
-RUNTIME_ANDROID_PACKAGES = {
-    "executorch": "org.pytorch:executorch-android",
-    "onnx": "com.microsoft.onnxruntime:onnxruntime-android",
-}
-RUNTIME_PIP_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime"}
 MAX_INPUT_ELEMENTS = 1 << 26  # 64 Mi elements per input: far above any edge model's input
 
 
@@ -59,10 +54,13 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
         if any(d < 0 for d in spec["shape"]) or count > MAX_INPUT_ELEMENTS:
             raise ArtifactError(f"{artifact_dir}/manifest.json: input {spec['name']} has shape {spec['shape']}",
                                 "re-run 'edgeq export'")
-    if fmt not in RUNTIME_PIP_PACKAGES:
+    from edgeq.backends import FORMATS, get_backend
+
+    if fmt not in FORMATS or not getattr(get_backend(fmt), "ANDROID_PACKAGE", ""):
         raise ArtifactError(f"{artifact_dir}: format '{fmt}' cannot be bundled yet",
                             "bundle an ExecuTorch (.pte) or ONNX artifact")
-    runtime_version = str(versions.get(RUNTIME_PIP_PACKAGES[fmt], "unknown"))
+    be = get_backend(fmt)
+    runtime_version = str(versions.get(be.RUNTIME_PACKAGE, "unknown"))
     release = runtime_version.split("+")[0]  # '1.5.1+cpu': the local label is the wheel's build, not the release
     seq_len = next((i["shape"][-1] for i in inputs if i["name"] == "input_ids" and i["shape"]), None)
     tokenizer = tokenizer_info(artifact_dir, manifest.get("files") or {}, seq_len)
@@ -81,7 +79,7 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
         "delegates": delegates,
         "runtime": {
             "name": fmt, "version": runtime_version, "release": release,
-            "android_package": f"{RUNTIME_ANDROID_PACKAGES[fmt]}:{release}",
+            "android_package": f"{be.ANDROID_PACKAGE}:{release}",
         },
         "threads": threads,
         "tokenizer": tokenizer,
@@ -90,7 +88,7 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
             "no_compress": list(NO_COMPRESS_SUFFIXES),
             "abis": ANDROID_ABIS,
             "min_sdk": ANDROID_MIN_SDK,
-            "copy_to_files_dir": fmt == "executorch",  # Module.load takes a file path, not an asset
+            "copy_to_files_dir": be.ANDROID_LOADS_FROM_PATH,
         },
         "source_manifest": "manifest.json",
     }

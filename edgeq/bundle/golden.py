@@ -31,7 +31,7 @@ def make_golden(desc: dict[str, Any], manifest: dict[str, Any], bundle_dir: Path
     the ``golden`` section (or a ``skipped`` reason when the artifact cannot run here)."""
     import numpy as np
 
-    from edgeq.backends import backend
+    from edgeq.backends import get_backend as backend
     from edgeq.bundle.describe import export_numerics, skipped_reason, token_id_bound
 
     numerics = export_numerics(manifest)

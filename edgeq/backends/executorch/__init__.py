@@ -46,6 +46,16 @@ DELEGATES: tuple[str, ...] = delegates_for(FORMAT)
 # to_executorch's constant propagation stores constant-only lookups as their fp32 results
 FOLDS_CONSTANT_LOOKUPS = True
 
+# In an app: the Maven package of the runtime, and whether it loads the model from a file
+# path (ExecuTorch's Module.load takes one, so the app copies the asset to filesDir once).
+ANDROID_PACKAGE = "org.pytorch:executorch-android"
+ANDROID_LOADS_FROM_PATH = True
+
+
+def delegation_key(delegate: str) -> str:
+    """The name the manifest's delegation summary counts ``delegate``'s ops under."""
+    return delegate
+
 
 def stand_in(layer: Any, scheme: Any) -> Any:
     from edgeq.backends.executorch.numerics import stand_in as make

@@ -43,6 +43,17 @@ RUNTIME_PACKAGE = "onnxruntime"
 DELEGATES: tuple[str, ...] = delegates_for(FORMAT)  # execution providers, short names (costs.EXECUTION_PROVIDERS)
 FOLDS_CONSTANT_LOOKUPS = False  # the export keeps constant lookups as they are
 
+# In an app: the Maven package of the runtime; ONNX Runtime reads the model from bytes.
+ANDROID_PACKAGE = "com.microsoft.onnxruntime:onnxruntime-android"
+ANDROID_LOADS_FROM_PATH = False
+
+
+def delegation_key(delegate: str) -> str:
+    """The name the manifest's delegation summary counts ``delegate``'s ops under (the EP's)."""
+    from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS
+
+    return EXECUTION_PROVIDERS.get(delegate, delegate)
+
 
 def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int, steps: Any,
                use_cache: bool = True) -> Probe:
