@@ -27,7 +27,8 @@ JARS = {
     "junit4": Path("/usr/share/java/junit4.jar"),
     "hamcrest": Path("/usr/share/java/hamcrest-core.jar"),
 }
-TEST_CLASSES = ["dev.edgeq.core.WordPieceTokenizerTest", "dev.edgeq.core.BundleTest", "dev.edgeq.core.ResultsTest"]
+TEST_CLASSES = ["dev.edgeq.core.WordPieceTokenizerTest", "dev.edgeq.core.BpeTokenizerTest", "dev.edgeq.core.BundleTest",
+                "dev.edgeq.core.ResultsTest"]
 EXTRA_TEXTS = [  # what docstrings lack: accents, CJK, symbols, odd whitespace, long words, truncation
     "Café déjà vu: naïve résumé, Ångström and Øresund!",
     "中文字符和English混合 text, with 日本語 too.",
@@ -74,6 +75,21 @@ def _tokenizer_bundle(tmp: Path, minilm_dir: Path) -> Path:
     return bundle(art, tmp / "app", bundle_id="bert").bundle_dir
 
 
+def write_bpe_fixture(fx: Path) -> None:
+    """A byte-level BPE tokenizer trained here with Hugging Face's tokenizers (no hub access),
+    and its ids on held-out sentences the Java BPE must reproduce."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from edgeq import textdata
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(textdata.sentences("calib"), vocab_size=800, min_frequency=2, show_progress=False)
+    tok.save(str(fx / "bpe_tokenizer.json"))
+    texts = textdata.sentences("heldout", 220) + EXTRA_TEXTS
+    cases = [{"text": t, "ids": tok.encode(t).ids} for t in texts]
+    (fx / "bpe_cases.json").write_text(json.dumps({"tokenizer_json": str(fx / "bpe_tokenizer.json"), "cases": cases}))
+
+
 def _write_fixtures(fx: Path, bundle_dir: Path, minilm_dir: Path) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -105,6 +121,7 @@ def _write_fixtures(fx: Path, bundle_dir: Path, minilm_dir: Path) -> int:
         "normalized": torch.nn.functional.normalize(pooled, dim=-1).tolist()}))
 
     (fx / "profile.json").write_text(json.dumps(profile_host(bundle_dir, runs=3, warmup=1, ops=False)))
+    write_bpe_fixture(fx)
     return len(cases)
 
 
@@ -124,4 +141,4 @@ def test_core_module_compiles_and_its_junit_tests_pass(tmp_path, minilm_dir):
     proc = subprocess.run(["java", f"-Dedgeq.fixtures={tmp_path / 'fixtures'}", "-cp", f"{out}{os.pathsep}{classpath}",
                            "org.junit.runner.JUnitCore", *TEST_CLASSES], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "OK (10 tests)" in proc.stdout, proc.stdout[-2000:]
+    assert "OK (11 tests)" in proc.stdout, proc.stdout[-2000:]

@@ -256,3 +256,17 @@ def test_minilm_bundle_has_wordpiece_tokenizer_and_text_golden(tmp_path, minilm_
     assert ids.ravel().tolist() == want
     out = _tensor(bdir, golden["output"])
     assert out.shape == (1, 384) and abs(float(np.linalg.norm(out)) - 1.0) < 1e-3  # normalised in the graph
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_bpe_tokenizer_is_described(tmp_path, prefix):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from edgeq.bundle.describe import tokenizer_info
+
+    tok = ByteLevelBPETokenizer(add_prefix_space=prefix)
+    tok.train_from_iterator(["a small corpus of words", "words and more words"], vocab_size=300, show_progress=False)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    info = tokenizer_info(tmp_path, {"tokenizer.json": {}, "vocab.json": {}, "ops.json": {}}, 32)
+    assert info == {"kind": "bpe", "files": ["tokenizer.json", "vocab.json"], "max_length": 32, "byte_level": True,
+                    "add_prefix_space": prefix, "special_ids": {"pad": None}}

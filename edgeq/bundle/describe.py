@@ -126,8 +126,13 @@ def tokenizer_info(artifact_dir: Path, files: dict[str, Any], max_length: int | 
                                                          ("unk", model.get("unk_token", "[UNK]")))},
         })
     elif kind == "bpe":
-        pad = (data.get("padding") or {}).get("pad_id")
-        info["special_ids"] = {"pad": pad}
+        pre = data.get("pre_tokenizer") or {}
+        info.update({
+            "byte_level": pre.get("type") == "ByteLevel" or any(
+                p.get("type") == "ByteLevel" for p in pre.get("pretokenizers") or [] if isinstance(p, dict)),
+            "add_prefix_space": bool(pre.get("add_prefix_space", False)),
+            "special_ids": {"pad": (data.get("padding") or {}).get("pad_id")},
+        })
     return info
 
 
