@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeq.errors import ModelLoadError
-from edgeq.pt2 import MAX_ENTRIES, safe_load
+from edgeq.pt2 import safe_load
+from edgeq.pt2.limits import MAX_ENTRIES
 from tests.conftest import run_cli
 from tests.hostile import assert_clean_failure
 from tests.tiny_models import tiny_mlp
@@ -350,7 +351,7 @@ def test_too_many_entries_are_refused_before_reading(saved, tmp_path):
 
 def test_entry_count_that_lies_is_caught_by_the_directory_size(saved, tmp_path):
     """The end record may understate the entry count; zipfile reads the whole directory anyway."""
-    from edgeq.pt2 import MAX_DIRECTORY_BYTES
+    from edgeq.pt2.limits import MAX_DIRECTORY_BYTES
 
     entries = read_entries(saved["mlp"])
     long_name = ROOT + "extra/" + "n" * 1000
@@ -388,7 +389,7 @@ def test_unpickling_and_sympy_eval_refuse_during_deserialization(marker, tmp_pat
     points raise and sympy parses only checked expressions; outside it they work again."""
     import sympy
 
-    from edgeq import pt2
+    from edgeq.pt2.guard import only_checked_deserialization
 
     attempts = [
         lambda: pickle.loads(pickled(marker)),
@@ -397,7 +398,7 @@ def test_unpickling_and_sympy_eval_refuse_during_deserialization(marker, tmp_pat
         lambda: torch._C._pickle_load_obj(b"not used"),
         lambda: sympy.sympify(f"__import__('pathlib').Path({str(marker)!r}).touch()"),
     ]
-    with pt2._only_checked_deserialization(tmp_path / "x.pt2"):
+    with only_checked_deserialization(tmp_path / "x.pt2"):
         for attempt in attempts:
             with pytest.raises(ModelLoadError):
                 attempt()
