@@ -131,8 +131,8 @@ def test_runner_is_executorch_only(runner, tiny_bundles):
 def test_minilm_bundle_golden_and_latency_agree_with_profile(runner, tmp_path, minilm_dir):
     """On the real int8 MiniLM: the golden check passes, and the runner's p50 agrees with
     ``edgeq profile``'s on the same .pte within 10%. One thread each, twelve short
-    alternating rounds, median of the rounds' p50s: other processes on this 2-core machine
-    slow whichever happens to be running, and many short alternations spread that evenly."""
+    alternating rounds, the median of each round's native/profile p50 ratio: other processes
+    on this 2-core machine slow whichever happens to be running, and pairing cancels that."""
     from edgeq.bundle.native import run_runner
     from edgeq.profiling import profile_host
 
@@ -145,5 +145,9 @@ def test_minilm_bundle_golden_and_latency_agree_with_profile(runner, tmp_path, m
         rounds["native"].append(native["latency_ms"]["p50"])
         rounds["profile"].append(profile_host(b, runs=6, warmup=2, threads=1, ops=False)["latency_ms"]["p50"])
     native_p50, profile_p50 = statistics.median(rounds["native"]), statistics.median(rounds["profile"])
-    print(f"MiniLM int8 p50 (1 thread): native {native_p50:.2f} ms, edgeq profile {profile_p50:.2f} ms; rounds {rounds}")
-    assert abs(native_p50 - profile_p50) / profile_p50 < 0.10, rounds
+    # Each round's two measurements run back to back, so their ratio cancels the machine-wide
+    # slowdowns that come and go over the test; the median of those ratios is the comparison.
+    ratio = statistics.median(n / p for n, p in zip(rounds["native"], rounds["profile"]))
+    print(f"MiniLM int8 p50 (1 thread): native {native_p50:.2f} ms, edgeq profile {profile_p50:.2f} ms; "
+          f"median paired ratio {ratio:.3f}; rounds {rounds}")
+    assert 0.9 < ratio < 1.1, rounds
