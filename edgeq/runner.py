@@ -43,6 +43,8 @@ from typing import Any
 
 RUNNER_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 2**20  # as edgeq.artifact (this file imports nothing from edgeq)
+MAX_INPUT_ELEMENTS = 1 << 26  # per input: far above any edge model's input, far below this machine's memory
+ALLOWED_DTYPES = ("bool", "float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8")
 PROFILED_RUNS = 6  # ops pass: the first is dropped as a warm-up, the median of the rest is kept
 TOP_NODES = 40
 
@@ -154,7 +156,16 @@ def make_inputs(specs: list[dict[str, Any]]) -> list[Any]:
     rng = np.random.default_rng(0)
     out = []
     for spec in specs:
-        name, shape, dtype = spec["name"].lower(), [int(s) for s in spec["shape"]], spec["dtype"]
+        name, shape, dtype = str(spec["name"]).lower(), [int(s) for s in spec["shape"]], str(spec["dtype"])
+        count = 1
+        for dim in shape:
+            count *= dim
+        # the shapes come from a file a user can edit: bound what they make this process allocate
+        if len(shape) > 8 or any(d < 0 for d in shape) or count > MAX_INPUT_ELEMENTS:
+            raise RunnerError(f"the manifest's input {name[:40]} has shape {shape[:8]}, not a model input "
+                              "(re-run 'edgeq export')")
+        if dtype not in ALLOWED_DTYPES:
+            raise RunnerError(f"the manifest's input {name[:40]} has dtype {dtype[:20]!r} (re-run 'edgeq export')")
         if dtype == "bool":
             arr = np.ones(shape, dtype=bool)
         elif dtype.startswith(("int", "uint")):

@@ -108,3 +108,18 @@ def test_crafted_artifacts_are_refused(tmp_path: Path, good: Path, case_id, muta
     mutate(art)
     proc = run_cli("profile", str(art), "--mode", mode, "--runs", "1", "--warmup", "0", "--no-ops")
     assert_clean_failure(proc, expected)
+
+
+@pytest.mark.parametrize("shape, dtype", [([1, 10**10], "float32"), ([-1, 64], "float32"), ([1] * 20, "float32"),
+                                          ([1, 64], "object")])
+def test_manifest_inputs_cannot_make_the_runner_allocate_anything(tmp_path: Path, good: Path, shape, dtype):
+    """The runner builds its inputs from the manifest's shapes: bounded before allocating."""
+    art = tmp_path / "art"
+    shutil.copytree(good, art)
+
+    def change(m):
+        m["model"]["inputs"][0].update(shape=shape, dtype=dtype)
+
+    _edit(art, change)
+    proc = run_cli("profile", str(art), "--runs", "1", "--warmup", "0", "--no-ops")
+    assert_clean_failure(proc, ("not a model input", "has dtype"))
