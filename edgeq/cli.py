@@ -179,42 +179,14 @@ def profile_cmd(
     as_json: Json = False,
 ) -> None:
     """Measure latency, load time, peak memory and per-op time of artifacts (or estimate them for a device)."""
-    from edgeq.errors import ConfigError
-    from edgeq.profiling import check_artifact, complete_ops, emulate, host_class_profile, profile_host, validate_counts
+    from edgeq.profiling import profile_artifacts
 
-    if mode not in (None, "host", "emulated", "device"):
-        raise ConfigError(f"unknown --mode '{mode}'", "use host, emulated or device")
-    if device and mode not in (None, "device"):
-        raise ConfigError(f"--device measures on a device, but --mode is {mode}", "drop --mode, or drop --device")
-    mode = "device" if device else (mode or "host")
-    if mode == "device" and not device:
-        raise ConfigError("--mode device needs --device", "pass --device ssh://user@host or --device adb:SERIAL")
-    validate_counts(runs, warmup, threads)
     if html is not None:
         from edgeq.profile_report import check_html_path
 
-        check_html_path(html)
-    for artifact in artifacts:  # every artifact is checked before any is measured
-        check_artifact(artifact)
-    reports = []
-    for artifact in artifacts:
-        if mode == "emulated":
-            reports.append(emulate(artifact, device_profile, threads=threads))
-            continue
-        if mode == "device":
-            from edgeq.remote import run_on_device
-
-            report = run_on_device(artifact, device, runs=runs, warmup=warmup, threads=threads, ops=not no_ops)
-            report = complete_ops({**report, "mode": "device", "estimate": False})
-        else:
-            report = profile_host(artifact, runs=runs, warmup=warmup, threads=threads, ops=not no_ops)
-        if with_estimate:
-            name = device_profile or (host_class_profile() if mode == "host" else None)
-            if name is None:
-                raise ConfigError("--with-estimate needs a device profile for this device", "pass --device-profile NAME")
-            used = (report.get("threads") or {}).get("used")
-            report["emulated"] = emulate(artifact, name, threads=used)
-        reports.append(report)
+        check_html_path(html)  # before anything is measured
+    reports = profile_artifacts(artifacts, mode=mode, device=device, runs=runs, warmup=warmup, threads=threads,
+                                ops=not no_ops, device_profile=device_profile, with_estimate=with_estimate)
     if html is not None:
         from edgeq.profile_report import write_html
 

@@ -61,6 +61,44 @@ def require_runtime(manifest: dict[str, Any]) -> str:
     return fmt
 
 
+def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, device: str | None = None,
+                      runs: int = 20, warmup: int = 3, threads: int | None = None, ops: bool = True,
+                      device_profile: str | None = None, with_estimate: bool = False) -> list[dict[str, Any]]:
+    """Profile each artifact in ``mode`` (host, emulated, or device with ``device``); every
+    artifact and argument is checked before anything is measured. With ``with_estimate``,
+    each measurement carries the emulated estimate for the same class of device."""
+    if mode not in (None, "host", "emulated", "device"):
+        raise ConfigError(f"unknown --mode '{mode}'", "use host, emulated or device")
+    if device and mode not in (None, "device"):
+        raise ConfigError(f"--device measures on a device, but --mode is {mode}", "drop --mode, or drop --device")
+    mode = "device" if device else (mode or "host")
+    if mode == "device" and not device:
+        raise ConfigError("--mode device needs --device", "pass --device ssh://user@host or --device adb:SERIAL")
+    validate_counts(runs, warmup, threads)
+    for artifact in artifacts:
+        check_artifact(artifact)
+    reports = []
+    for artifact in artifacts:
+        if mode == "emulated":
+            reports.append(emulate(artifact, device_profile, threads=threads))
+            continue
+        if mode == "device":
+            from edgeq.remote import run_on_device
+
+            report = run_on_device(artifact, device, runs=runs, warmup=warmup, threads=threads, ops=ops)
+            report = complete_ops({**report, "mode": "device", "estimate": False})
+        else:
+            report = profile_host(artifact, runs=runs, warmup=warmup, threads=threads, ops=ops)
+        if with_estimate:
+            name = device_profile or (host_class_profile() if mode == "host" else None)
+            if name is None:
+                raise ConfigError("--with-estimate needs a device profile for this device", "pass --device-profile NAME")
+            used = (report.get("threads") or {}).get("used")
+            report["emulated"] = emulate(artifact, name, threads=used)
+        reports.append(report)
+    return reports
+
+
 def profile_host(artifact_dir: str | Path, *, runs: int = 20, warmup: int = 3, threads: int | None = None,
                  ops: bool = True, timeout: float = 1800) -> dict[str, Any]:
     """Measure ``artifact_dir`` on this machine in a fresh process; the runner's report
