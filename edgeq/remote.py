@@ -190,8 +190,10 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     "device"``, ``device`` (the string given), ``remote`` (what the device is: host,
     machine, CPU, Python and runtime versions) and ``transfer`` (bytes and seconds spent
     copying, not part of any latency). ``ssh_options`` replaces ``EDGEQ_SSH_OPTS``;
-    ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``. Raises a ``DeviceError``
-    subclass when the device cannot be reached or used.
+    ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``; with neither, or with ``?app=``
+    in an ``adb:`` string, the android-demo app installed on the device is driven instead
+    (``edgeq.adb.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
+    reached or used.
     """
     from edgeq.artifact import read_artifact
 
