@@ -26,6 +26,12 @@ Devices are named by a string:
     for ``.onnx``. It is pushed with the model to ``/data/local/tmp/edgeq/<name>/``, run, its
     output parsed, and the directory removed.
 
+``adb:SERIAL?app=PKG[&bundle=ID]`` (or ``adb:SERIAL`` with no runner binary given)
+    The android-demo app (``PKG`` default ``dev.edgeq.demo``), installed as a debuggable
+    build whose APK holds this artifact's bundle (``edgeq bundle``; ``ID`` defaults to
+    ``<model>-<target>`` as there): its ``BenchmarkActivity`` is started with ``am start``
+    and its ``files/benchmark_results.json`` read back with ``run-as`` (see ``edgeq.adb``).
+
 Nothing is ever estimated here: every number in the report was measured on the device,
 or the call fails with a ``DeviceError`` saying what is missing and what to do.
 
@@ -109,22 +115,27 @@ class SshDevice:
 
 @dataclass(frozen=True)
 class AdbDevice:
+    """``app`` set: benchmark through that app's ``BenchmarkActivity`` (android-demo), not a runner binary."""
+
     url: str
     serial: str | None = None
+    app: str | None = None
+    bundle: str | None = None
+
+
+ANDROID_APP = "dev.edgeq.demo"  # android-demo's applicationId
+_PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as edgeq.bundle.describe.check_bundle_id
 
 
 _NETLOC = re.compile(r"(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.%-]+)(?::(?P<port>\d{1,5}))?")
 
 
 def parse_device(device: str) -> SshDevice | AdbDevice:
-    """``ssh://[user@]host[:port][?python=PATH]`` or ``adb:[SERIAL]`` → a device description."""
+    """``ssh://[user@]host[:port][?python=PATH]`` or ``adb:[SERIAL][?app=PKG][&bundle=ID]`` → a device."""
     text = device.strip()
     if text in ("adb", "adb:") or text.startswith("adb:"):
-        serial = text[4:] or None
-        if serial is not None and not re.fullmatch(r"[A-Za-z0-9._:\-\[\]]+", serial):
-            raise DeviceError(f"'{device}' is not a valid adb serial",
-                              "use adb:SERIAL as listed by 'adb devices', or adb: for the only device")
-        return AdbDevice(url=text, serial=serial)
+        return _parse_adb(device, text)
     if not text.startswith("ssh://"):
         raise DeviceError(f"unknown device '{device}'",
                           "use ssh://[user@]host[:port] for a Linux board, or adb:SERIAL for Android "
@@ -148,6 +159,29 @@ def parse_device(device: str) -> SshDevice | AdbDevice:
     return SshDevice(url=text, host=found.group("host").strip("[]"), user=found.group("user"), port=port, python=python)
 
 
+def _parse_adb(device: str, text: str) -> AdbDevice:
+    serial, mark, query_text = text[4:].partition("?")
+    if serial and not re.fullmatch(r"[A-Za-z0-9._:\-\[\]]+", serial):
+        raise DeviceError(f"'{device}' is not a valid adb serial",
+                          "use adb:SERIAL as listed by 'adb devices', or adb: for the only device")
+    query = parse_qs(query_text, keep_blank_values=True) if mark else {}
+    for key in query:
+        if key not in ("app", "bundle"):
+            raise DeviceError(f"unknown parameter '{key}' in '{device}'{did_you_mean(key, ['app', 'bundle'])}",
+                              f"the parameters are ?app={ANDROID_APP}&bundle=BUNDLE_ID")
+    app = query["app"][-1].strip() if "app" in query else None
+    bundle = query["bundle"][-1].strip() if "bundle" in query else None
+    if app is not None and not _PACKAGE.fullmatch(app):
+        raise DeviceError(f"app= in '{device}' is not an Android package name",
+                          f"give the app's applicationId, e.g. ?app={ANDROID_APP}")
+    if bundle is not None and (not _BUNDLE_ID.fullmatch(bundle) or ".." in bundle):
+        raise DeviceError(f"bundle= in '{device}' is not a bundle id",
+                          "give the id 'edgeq bundle' used: 1-64 letters, digits, '.', '_' or '-'")
+    if bundle is not None and app is None:
+        app = ANDROID_APP  # a bundle only exists inside an app
+    return AdbDevice(url=text, serial=serial or None, app=app, bundle=bundle)
+
+
 def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, threads: int | None, ops: bool,
                   ssh_options: Sequence[str] | None = None, android_runner: Path | None = None) -> dict[str, Any]:
     """Profile ``artifact_dir`` on ``device`` and return the runner's report.
@@ -156,8 +190,10 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     "device"``, ``device`` (the string given), ``remote`` (what the device is: host,
     machine, CPU, Python and runtime versions) and ``transfer`` (bytes and seconds spent
     copying, not part of any latency). ``ssh_options`` replaces ``EDGEQ_SSH_OPTS``;
-    ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``. Raises a ``DeviceError``
-    subclass when the device cannot be reached or used.
+    ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``; with neither, or with ``?app=``
+    in an ``adb:`` string, the android-demo app installed on the device is driven instead
+    (``edgeq.adb.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
+    reached or used.
     """
     from edgeq.artifact import read_artifact
 
@@ -165,6 +201,11 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     manifest, model = read_artifact(Path(artifact_dir))
     if isinstance(target, AdbDevice):
         runner = android_runner or os.environ.get(ANDROID_RUNNER_ENV) or None
+        if target.app is not None or runner is None:
+            from edgeq import adb
+
+            return adb.run_app(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup,
+                               threads=threads, ops=ops, explicit=target.app is not None)
         return _run_adb(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup, threads=threads,
                         ops=ops, runner=Path(runner) if runner else None)
     if ssh_options is None:

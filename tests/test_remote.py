@@ -6,7 +6,7 @@ ExecuTorch and ONNX Runtime), through the real ``edgeq profile --device`` comman
 errors a user meets (unreachable, wrong key, no Python, no runtime, runner killed).
 
 adb:: only what can be tested without an Android device: adb missing, a fake ``adb`` that
-lists no / an unauthorized / an offline device, no runner binary, and the parsers on the
+lists no / an unauthorized / an offline device, no runner binary (nor app), and the parsers on the
 output formats of executor_runner and onnxruntime_perf_test. Nothing here runs a model on
 Android: that path is not exercised by these tests.
 """
@@ -240,7 +240,9 @@ def test_adb_device_not_ready(artifacts, tmp_path, listing, device, expected):
 def test_adb_without_a_runner_says_so(artifacts, tmp_path):
     env = {**_fake_adb(tmp_path, "List of devices attached\nemulator-5554\tdevice\n\n"), "EDGEQ_ANDROID_RUNNER": ""}
     line = _one_error_line(run_cli("profile", str(artifacts["onnx"]), "--device", "adb:emulator-5554", env=env))
-    assert line.startswith("error: no runner binary for the Android device (edgeq ships none)")
+    # No runner: edgeq looks for the android-demo app (tests/test_adb_app.py), absent here.
+    assert line.startswith("error: no runner binary for the Android device, and the android-demo app "
+                           "(dev.edgeq.demo) is not installed on emulator-5554")
     assert "onnxruntime_perf_test" in line and "EDGEQ_ANDROID_RUNNER" in line
     not_elf = tmp_path / "runner.sh"
     not_elf.write_text("#!/bin/sh\necho 'Average inference time cost: 1 ms'\n")
