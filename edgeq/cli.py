@@ -168,7 +168,7 @@ def plan_cmd(
 def profile_cmd(
     artifacts: Annotated[list[Path], typer.Argument(metavar="ARTIFACT...", help="Artifact directories (two or more: compared side by side).")],
     mode: Annotated[Optional[str], typer.Option("--mode", "-m", help="host (measure here; default), emulated (ESTIMATE for a device profile), device (measure on --device).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="Measure on a device: ssh://user@host[:port] (Linux board) or adb:SERIAL (Android); implies --mode device.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Measure on a device: ssh://user@host[:port] (Linux board), adb:SERIAL (Android, with a runner binary) or 'adb:SERIAL?app=PKG[&bundle=ID]' (the android-demo app); implies --mode device.")] = None,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Timed runs after the warm-up.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before the timed ones.")] = 3,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for the runtime (default: the target's, at most this machine's cores).")] = None,

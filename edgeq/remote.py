@@ -192,7 +192,7 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     copying, not part of any latency). ``ssh_options`` replaces ``EDGEQ_SSH_OPTS``;
     ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``; with neither, or with ``?app=``
     in an ``adb:`` string, the android-demo app installed on the device is driven instead
-    (``edgeq.adb.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
+    (``edgeq.adb_app.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
     reached or used.
     """
     from edgeq.artifact import read_artifact
@@ -202,9 +202,9 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     if isinstance(target, AdbDevice):
         runner = android_runner or os.environ.get(ANDROID_RUNNER_ENV) or None
         if target.app is not None or runner is None:
-            from edgeq import adb
+            from edgeq import adb_app
 
-            return adb.run_app(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup,
+            return adb_app.run_app(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup,
                                threads=threads, ops=ops, explicit=target.app is not None)
         return _run_adb(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup, threads=threads,
                         ops=ops, runner=Path(runner) if runner else None)

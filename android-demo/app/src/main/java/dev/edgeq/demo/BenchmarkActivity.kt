@@ -11,8 +11,8 @@ import dev.edgeq.core.Vectors
 import java.io.File
 
 /**
- * Benchmark mode, driven over adb (meant for `edgeq profile --device adb:SERIAL`, which does
- * not drive this app yet: today it runs a native runner named by EDGEQ_ANDROID_RUNNER):
+ * Benchmark mode, driven over adb by `edgeq profile --device 'adb:SERIAL?app=dev.edgeq.demo'`
+ * (or by hand):
  *
  *     adb shell am start -W -n dev.edgeq.demo/.BenchmarkActivity --es bundle <id> --ei runs 20 --ei warmup 3
  *
