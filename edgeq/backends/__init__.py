@@ -63,6 +63,26 @@ class MemoryTerms:
 
 
 @dataclass(frozen=True)
+class FileOverhead:
+    """A format's file bytes beyond its weights (fitted per format, see its ``costs.py``):
+    at fp32, per op and per placeholder of the captured program; plus, for each layer
+    stored at another scheme, its scale tensors' and dequantizing ops' entries."""
+
+    per_op: int
+    per_placeholder: int
+    per_quantized_layer: int
+    per_quantized_conv: int
+
+    def fp32(self, ops: int, placeholders: int) -> int:
+        return self.per_op * ops + self.per_placeholder * placeholders
+
+    def of_scheme(self, layer: Any, scheme: Any) -> int:
+        if scheme.is_float and scheme.bits == 32:
+            return 0
+        return self.per_quantized_conv if layer.kind == "conv" else self.per_quantized_layer
+
+
+@dataclass(frozen=True)
 class Probe:
     """What the planner learns before planning: the activation arena the runtime plans
     (0 where the format has none to read) and the file's non-weight bytes."""

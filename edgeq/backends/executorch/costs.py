@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeq.backends import MemoryTerms
+from edgeq.backends import FileOverhead, MemoryTerms
 from edgeq.schemes import Scheme
 
 
@@ -44,20 +44,16 @@ def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
 # constants (2026-11-22: file size − stored weights on 7 models at fp32/int8/int4) estimate
 # it from the captured program's size, and add each quantized layer's scale tensors and
 # dequantizing ops (median per layer over the 7).
-FILE_OVERHEAD_PER_OP = 153
-FILE_OVERHEAD_PER_PLACEHOLDER = 434
-FILE_OVERHEAD_PER_QUANTIZED_LAYER = 400
-FILE_OVERHEAD_PER_QUANTIZED_CONV = 780
+FILE_OVERHEAD = FileOverhead(per_op=153, per_placeholder=434, per_quantized_layer=400,
+                             per_quantized_conv=780)
 
 
 def file_overhead(ops: int, placeholders: int) -> int:
-    return FILE_OVERHEAD_PER_OP * ops + FILE_OVERHEAD_PER_PLACEHOLDER * placeholders
+    return FILE_OVERHEAD.fp32(ops, placeholders)
 
 
 def scheme_overhead(layer: Any, scheme: Scheme) -> int:
-    if scheme.is_float and scheme.bits == 32:
-        return 0
-    return FILE_OVERHEAD_PER_QUANTIZED_CONV if layer.kind == "conv" else FILE_OVERHEAD_PER_QUANTIZED_LAYER
+    return FILE_OVERHEAD.of_scheme(layer, scheme)
 
 
 # act_wide / act_attn / overhead: fitted (see edgeq.memory's notes); baseline: measured here,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeq.backends import MemoryTerms
+from edgeq.backends import FileOverhead, MemoryTerms
 from edgeq.schemes import Scheme
 
 INT8_BLOCK = 128
@@ -72,20 +72,16 @@ def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
 # File overhead (2026-11-22, 7 models at fp32/int8/int4, after edgeq strips the exporter's
 # per-node debug metadata): node protos and initializer names grow with the captured
 # program's ops and placeholders; each quantized layer adds its scale / zero-point tensors.
-FILE_OVERHEAD_PER_OP = 50
-FILE_OVERHEAD_PER_PLACEHOLDER = 268
-FILE_OVERHEAD_PER_QUANTIZED_LAYER = 230
-FILE_OVERHEAD_PER_QUANTIZED_CONV = 650
+FILE_OVERHEAD = FileOverhead(per_op=50, per_placeholder=268, per_quantized_layer=230,
+                             per_quantized_conv=650)
 
 
 def file_overhead(ops: int, placeholders: int) -> int:
-    return FILE_OVERHEAD_PER_OP * ops + FILE_OVERHEAD_PER_PLACEHOLDER * placeholders
+    return FILE_OVERHEAD.fp32(ops, placeholders)
 
 
 def scheme_overhead(layer: Any, scheme: Scheme) -> int:
-    if scheme.is_float and scheme.bits == 32:
-        return 0
-    return FILE_OVERHEAD_PER_QUANTIZED_CONV if layer.kind == "conv" else FILE_OVERHEAD_PER_QUANTIZED_LAYER
+    return FILE_OVERHEAD.of_scheme(layer, scheme)
 
 
 # act_wide / act_attn / overhead: fitted (see edgeq.memory's notes); a 40 KB model measures
