@@ -29,21 +29,24 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import clip
 from edgeq.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
                           DeviceRunError, DeviceSetupError, DeviceUnreachableError)
 
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
+
 # ELF e_machine values for the Android ABIs.
 ELF_MACHINE = {"arm64-v8a": 183, "armeabi-v7a": 40, "x86_64": 62, "x86": 3}
 
 
-def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
+def run(dev: AdbDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
         threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
     from edgeq.backends import get_backend
 
-    fmt = manifest["target"]["format"]
+    fmt = manifest.target.format
     be = get_backend(fmt)
     adb = _adb_path()
     serial = pick_device(adb, dev.serial)
@@ -82,13 +85,13 @@ def run(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, ru
     notes = [measured.pop("note")] if measured.get("note") else []
     if ops:
         notes.append("per-op profiling is not available over adb; profile the same artifact with ssh:// or on the host")
-    target = manifest.get("target") or {}
+    target = manifest.target
     return {
-        "mode": "device", "device": dev.url, "artifact": str(root), "model": (manifest.get("model") or {}).get("name"),
+        "mode": "device", "device": dev.url, "artifact": str(root), "model": manifest.model.name,
         "model_file": model.name, "format": fmt, "runtime": f"{fmt} ({runner.name})",
-        "precision": (manifest.get("precision") or {}).get("requested"), "target": target.get("name"),
-        "target_device": target.get("device"), "delegates": (manifest.get("delegation") or {}).get("used") or [],
-        "inputs": (manifest.get("model") or {}).get("inputs") or [],
+        "precision": manifest.precision.requested, "target": target.name,
+        "target_device": target.device, "delegates": list(manifest.delegation.used),
+        "inputs": [spec.model_dump() for spec in manifest.model.inputs],
         "host": host,
         "threads": {"requested": threads, "used": threads, "source": "--threads" if threads else "runner default"},
         "warmup": measured.pop("warmup"), "runs": measured.pop("runs"), **measured,

@@ -30,6 +30,7 @@ from typing import Any
 
 from edgeq.adb import _adb, _adb_path, _device_info, _last_line, pick_device
 from edgeq.errors import clip
+from edgeq.manifest import Manifest
 from edgeq.remote import ANDROID_APP, ANDROID_RUNNER_ENV, AdbDevice, DeviceRunError, DeviceSetupError
 
 APP_TIMEOUT_ENV = "EDGEQ_ANDROID_APP_TIMEOUT"
@@ -43,7 +44,7 @@ MAX_DESCRIPTION_BYTES = 1 << 20
 STATS = ("min", "p50", "p90", "max", "mean", "stdev")
 
 
-def run_app(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
+def run_app(dev: AdbDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
             threads: int | None, ops: bool, explicit: bool) -> dict[str, Any]:
     """Benchmark ``root`` with the android-demo app already installed on the device.
 
@@ -52,7 +53,7 @@ def run_app(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *
     """
     from edgeq.bundle.describe import default_bundle_id
 
-    fmt = manifest["target"]["format"]
+    fmt = manifest.target.format
     adb = _adb_path()
     serial = pick_device(adb, dev.serial)
     pkg = dev.app or ANDROID_APP
@@ -96,14 +97,14 @@ def run_app(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *
                      f"cosine {golden.get('cosine')}): the latencies are of a model that computes wrong outputs there")
     if ops:
         notes.append("per-op profiling is not available over adb; profile the same artifact with ssh:// or on the host")
-    target = manifest.get("target") or {}
+    target = manifest.target
     used = (results.get("threads") or {}).get("used")
     return {
-        "mode": "device", "device": dev.url, "artifact": str(root), "model": (manifest.get("model") or {}).get("name"),
+        "mode": "device", "device": dev.url, "artifact": str(root), "model": manifest.model.name,
         "model_file": model.name, "format": fmt, "runtime": f"{fmt} ({pkg}: {results.get('runtime') or 'runtime not named'})",
-        "precision": (manifest.get("precision") or {}).get("requested"), "target": target.get("name"),
-        "target_device": target.get("device"), "delegates": (manifest.get("delegation") or {}).get("used") or [],
-        "inputs": (manifest.get("model") or {}).get("inputs") or [], "host": host,
+        "precision": manifest.precision.requested, "target": target.name,
+        "target_device": target.device, "delegates": list(manifest.delegation.used),
+        "inputs": [spec.model_dump() for spec in manifest.model.inputs], "host": host,
         "threads": {"requested": threads, "used": used if isinstance(used, int) and used > 0 else None,
                     "source": "--threads" if threads else "bundle (the target's threads)"},
         "warmup": results["warmup"], "runs": results["runs"], "load_ms": results["load_ms"],
@@ -209,7 +210,7 @@ def _bundle_in_apk(shell: list[str], serial: str, pkg: str, apk: str, bundle_id:
         "reinstall the app; or name the bundle the APK has with &bundle=ID")
 
 
-def _check_bundle(data: bytes, root: Path, manifest: dict[str, Any], model: Path, bundle_id: str, where: str) -> None:
+def _check_bundle(data: bytes, root: Path, manifest: Manifest, model: Path, bundle_id: str, where: str) -> None:
     """The bundle's model files (model + external data) have the artifact's sha256."""
     try:
         desc = json.loads(data)
@@ -219,7 +220,7 @@ def _check_bundle(data: bytes, root: Path, manifest: dict[str, Any], model: Path
     except (ValueError, KeyError, TypeError):
         raise DeviceRunError(f"edgeq_bundle.json of bundle '{bundle_id}' in {where} is not readable",
                              "re-run 'edgeq bundle', rebuild and reinstall the app") from None
-    ours = {rel: info.get("sha256") for rel, info in (manifest.get("files") or {}).items()
+    ours = {rel: info.sha256 for rel, info in manifest.files.items()
             if rel == model.name or rel.startswith((model.name + ".", model.stem + ".data"))}
     ours.setdefault(model.name, None)
     for rel, digest in sorted(ours.items()):

@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 from edgeq.errors import ArtifactError, OutputError, disk_full
+from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
 MODEL_FILES = ("model.pte", "model.onnx")
 MAX_MANIFEST_BYTES = 16 * 2**20  # a manifest is tens of KB; a bigger one is not ours
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
@@ -198,8 +198,9 @@ def file_table(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    data = manifest.model_dump(mode="json")
+    (root / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -253,8 +254,13 @@ def member(root: Path, rel: Any) -> Path:
     return path
 
 
-def load_manifest(path: Path) -> dict[str, Any]:
-    """An artifact directory's manifest, read under the bounds above and schema-checked."""
+def load_manifest(path: Path) -> Manifest:
+    """An artifact directory's manifest, read under the bounds above, brought to the current
+    schema by ``edgeq.manifest.upgrade`` and validated; ``ArtifactError`` names the first problem."""
+    from pydantic import ValidationError
+
+    from edgeq.manifest import first_problem, upgrade
+
     mpath = Path(path) / MANIFEST
     manifest = _read_manifest_json(mpath)
     if not isinstance(manifest, dict):
@@ -263,17 +269,20 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_SCHEMA_VERSION:
         raise ArtifactError(f"{mpath} was written by a newer edgeq (manifest schema {version}; this edgeq reads "
                             f"{MANIFEST_SCHEMA_VERSION})", "upgrade edgeq")
-    if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:  # True == 1 in Python
+    if type(version) is not int or not 1 <= version <= MANIFEST_SCHEMA_VERSION:  # True == 1 in Python
         raise ArtifactError(f"{mpath} has an unknown schema version", "re-export with this edgeq version")
     files = manifest.get("files", {})
     if not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
             for v in files.values()):
         raise ArtifactError(f"{mpath}: 'files' is not a table of {{path: {{bytes, sha256}}}}", "re-run 'edgeq export'")
-    return manifest
+    try:
+        return Manifest.model_validate(upgrade(manifest))
+    except ValidationError as exc:
+        raise ArtifactError(f"{mpath}: {first_problem(exc)}", "re-run 'edgeq export' with this edgeq") from None
 
 
-def read_artifact(path: Path, verify_hashes: bool = True) -> tuple[dict[str, Any], Path]:
+def read_artifact(path: Path, verify_hashes: bool = True) -> tuple[Manifest, Path]:
     """Load an artifact directory's manifest and model path; check files against hashes."""
     path = Path(path)
     if path.is_file() and path.name in MODEL_FILES:
@@ -281,7 +290,7 @@ def read_artifact(path: Path, verify_hashes: bool = True) -> tuple[dict[str, Any
     if not path.is_dir():
         raise ArtifactError(f"{path} is not an artifact directory", "pass a directory written by 'edgeq export'")
     manifest = load_manifest(path)
-    model_name = manifest.get("model_file")
+    model_name = manifest.model_file
     if model_name not in MODEL_FILES:
         raise ArtifactError(f"{path}/{MANIFEST} names no model file", "re-run 'edgeq export'")
     try:
@@ -291,9 +300,9 @@ def read_artifact(path: Path, verify_hashes: bool = True) -> tuple[dict[str, Any
             raise ArtifactError(f"{path} is missing its model file ({model_name})", "re-run 'edgeq export'") from None
         raise
     if verify_hashes:
-        for rel, info in manifest["files"].items():
+        for rel, info in manifest.files.items():
             f = member(path, rel)
-            if f.stat().st_size != info["bytes"] or sha256(f) != info["sha256"]:
+            if f.stat().st_size != info.bytes or sha256(f) != info.sha256:
                 raise ArtifactError(f"{path}: {rel} does not match its sha256 in the manifest (corrupt or modified)",
                                     "re-run 'edgeq export'")
     return manifest, model

@@ -108,7 +108,7 @@ def export(
         rules=rule or None, calib=calib,
     )
     if as_json:
-        print(json.dumps(result.manifest, indent=2))
+        print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
     elif not quiet:
         from edgeq.report import print_export_summary
 

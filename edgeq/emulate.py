@@ -49,11 +49,10 @@ def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int |
     from edgeq.opgraph import ops_from_artifact
 
     manifest, model_file = read_artifact(Path(artifact_dir))
-    target = manifest.get("target") or {}
-    fmt = target["format"]
+    fmt = manifest.target.format
     ops = ops_from_artifact(model_file.parent)
     cores = profile.cpu.cores
-    wanted = threads if threads is not None else int(target.get("threads") or 0) or cores
+    wanted = threads if threads is not None else manifest.target.threads or cores
     if wanted < 1:
         raise ConfigError(f"threads must be at least 1, got {wanted}", "leave it out to use the target's")
     used_threads = min(wanted, cores)
@@ -63,7 +62,7 @@ def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int |
     host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
     device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
     clock_scale = host_ghz / device_ghz if host_ghz else 1.0
-    units = assign_units(ops, fmt, target.get("delegates") or [], profile, assumptions)
+    units = assign_units(ops, fmt, list(manifest.target.delegates), profile, assumptions)
     pred = predict(ops, units, fmt, profile, used_threads, clock_scale=clock_scale)
     rows, total_s = pred.rows, pred.total_s
 

@@ -2,7 +2,7 @@
 
 >>> from edgeq.export import export
 >>> result = export("tests.tiny_models:tiny_mlp", "x86", output="dist/mlp-x86")  # doctest: +SKIP
->>> result.manifest["numerics"]["cosine_min"] > 0.99  # doctest: +SKIP
+>>> result.manifest.numerics.cosine_min > 0.99  # doctest: +SKIP
 True
 """
 
@@ -17,7 +17,6 @@ from typing import Any
 
 from edgeq import __version__
 from edgeq.artifact import (
-    MANIFEST_SCHEMA_VERSION,
     check_output,
     clean_stale_staging,
     file_table,
@@ -26,6 +25,7 @@ from edgeq.artifact import (
 )
 from edgeq.errors import ExportError
 from edgeq.inventory import layers_to_json
+from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
 from edgeq.memory import workload
 from edgeq.planner import BudgetError
 from edgeq.progress import Steps
@@ -35,7 +35,7 @@ from edgeq.schema import PRECISIONS
 @dataclass(frozen=True)
 class ExportResult:
     artifact_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def export(
@@ -214,9 +214,11 @@ def export(
                 "verified_error": numerics.error(loaded.metric) if numerics else None,
                 "error_metric": "1 - cosine" if loaded.metric == "cosine" else "KL(fp32 || artifact)",
             }
-        _check_storage_budget(manifest, tgt)
-        write_manifest(work, manifest)
-    return ExportResult(artifact_dir=out_dir, manifest=manifest)
+        # A field of the wrong type here is an edgeq bug; it fails before anything is written.
+        typed = Manifest.model_validate(manifest)
+        _check_storage_budget(typed, tgt)
+        write_manifest(work, typed)
+    return ExportResult(artifact_dir=out_dir, manifest=typed)
 
 
 def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size: int) -> Any:
@@ -300,6 +302,8 @@ def _copy_support_files(loaded: Any, work: Path) -> None:
 
 def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: Any, numerics: Any,
               fp32_size: int, model_file: Path, work: Path, steps: Steps) -> dict[str, Any]:
+    """The manifest's fields in JSON order; ``export`` adds the inventory, memory and plan
+    blocks and validates the whole as a ``Manifest``."""
     tgt, profile = resolved.target, resolved.profile
     files = file_table(work)
     counts: dict[str, int] = {}
@@ -343,8 +347,8 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
     }
 
 
-def _check_storage_budget(manifest: dict[str, Any], tgt: Any) -> None:
-    size = manifest["sizes"]["artifact_bytes"]
+def _check_storage_budget(manifest: Manifest, tgt: Any) -> None:
+    size = manifest.sizes.artifact_bytes
     budget = tgt.budgets.storage_mb * 1e6
     if size > budget:
         raise ExportError(

@@ -23,9 +23,12 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from edgeq.schemes import FP32, Scheme, applied, for_precision
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -143,64 +146,70 @@ def activation_bytes(fmt: str, *, tokens: int, widest: int, attention_heads: int
 
 
 def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None = None,
-                          biased: Collection[str] | None = None) -> MemoryEstimate:
+                          biased: Collection[str] | None = None, *, load_source: bool = False) -> MemoryEstimate:
     """``predict_peak`` for an artifact directory, from its ``manifest.json``.
 
-    Layer shapes come from the manifest (``precision.inventory``); for artifacts written
-    before edgeq recorded it, pass ``layers`` (``LayerInfo`` list of the source model), or
-    they are read by loading ``model.source`` (slow, needs the source).
+    Layer shapes come from the manifest (``precision.inventory``). Schema-1 artifacts written
+    before edgeq recorded it have none (``edgeq.manifest.upgrade`` cannot supply shapes): pass
+    ``layers`` (``LayerInfo`` list of the source model), or ``load_source=True`` to load
+    ``model.source`` (slow, needs the source, and imports it: only for sources you trust);
+    otherwise ``ArtifactError``.
     """
     from edgeq.artifact import load_manifest
 
     root = Path(artifact_dir)
     manifest = load_manifest(root)
-    model = manifest["model"]
-    if layers is None and manifest["precision"].get("inventory") is not None:
+    model = manifest.model
+    if layers is None and manifest.precision.inventory is not None:
         from edgeq.inventory import layers_from_json
 
-        layers = layers_from_json(manifest["precision"]["inventory"])
+        layers = layers_from_json([row.model_dump() for row in manifest.precision.inventory])
         biased = {x.fqn for x in layers if x.bias} if biased is None else biased
     if layers is None:
+        if not load_source:
+            from edgeq.errors import ArtifactError
+
+            raise ArtifactError(f"{root}/manifest.json records no layer inventory (written by an older edgeq)",
+                                "re-export it with this edgeq, or pass the source model's layers")
         from edgeq.inventory import layer_inventory
         from edgeq.models import load_model
 
-        seq = model["inputs"][0]["shape"][-1] if model["inputs"] and model["inputs"][0]["shape"] else 128
-        module = load_model(model["source"], model["task"], seq_len=seq).module
+        module = load_model(model.source, model.task, seq_len=manifest.seq_len or 128).module
         layers = layer_inventory(module)
         biased = {x.fqn for x in layers if x.bias}
-    schemes = manifest["precision"]["layers"]
+    schemes = manifest.precision.layers
     config = _artifact_config(root, manifest)
-    nonlayer = max(0, manifest["sizes"]["fp32_weight_bytes"] - sum(layer.params * 4 for layer in layers
-                                                                       if not getattr(layer, "tied", "")))
+    nonlayer = max(0, manifest.sizes.fp32_weight_bytes - sum(layer.params * 4 for layer in layers
+                                                             if not getattr(layer, "tied", "")))
     pairs = [(layer, applied(schemes.get(layer.fqn, "fp32"))) for layer in layers]
-    tied = tied_head(layers, config, model.get("task"))
+    tied = tied_head(layers, config, model.task)
     if tied is not None:
         # The lowered program names the shared weight after the head, so the embedding can be
         # recorded as "unused" although its gather reads it: it is stored at the precision asked.
-        requested = manifest["precision"].get("requested")
+        requested = manifest.precision.requested
         asked = for_precision(requested) if requested in ("fp32", "fp16", "int8") else FP32
         pairs = [(x, asked if s is None and x.fqn == tied.fqn else s) for x, s in pairs]
-    recorded = manifest.get("memory", {})
-    pairs = with_folded(pairs, recorded.get("folded_layers") or {})
-    pairs = with_tied_head(manifest["target"]["format"], pairs, config, model.get("task"))
-    first = model["inputs"][0] if model["inputs"] else {"dtype": "float32", "shape": []}
-    is_int = first["dtype"].startswith(("int", "uint"))
-    if "tokens" in recorded and (is_int or recorded["tokens"]):
-        tokens, heads = int(recorded["tokens"]), int(recorded.get("attention_heads", 0))
+    recorded = manifest.memory
+    pairs = with_folded(pairs, recorded.folded_layers)
+    pairs = with_tied_head(manifest.target.format, pairs, config, model.task)
+    first_dtype, first_shape = (model.inputs[0].dtype, model.inputs[0].shape) if model.inputs else ("float32", [])
+    is_int = first_dtype.startswith(("int", "uint"))
+    if recorded.tokens is not None and (is_int or recorded.tokens):
+        tokens, heads = recorded.tokens, recorded.attention_heads or 0
     else:  # not recorded, or 0 for float inputs (manifests before edgeq counted patch tokens)
-        tokens = _prod(first["shape"]) if is_int else patch_tokens(config, first["shape"])
+        tokens = _prod(first_shape) if is_int else patch_tokens(config, first_shape)
         heads = attention_heads(config)
-    return predict_peak(manifest["target"]["format"], pairs, nonlayer_bytes=nonlayer, tokens=tokens,
+    return predict_peak(manifest.target.format, pairs, nonlayer_bytes=nonlayer, tokens=tokens,
                         attention_heads=heads, biased=biased,
-                        planned_activation_bytes=int(manifest.get("memory", {}).get("planned_activation_bytes", 0)))
+                        planned_activation_bytes=recorded.planned_activation_bytes)
 
 
-def _artifact_config(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _artifact_config(root: Path, manifest: Manifest) -> dict[str, Any]:
     """The model's ``config.json`` shipped in the artifact (a listed, regular, small file), or {}."""
     from edgeq.artifact import member
     from edgeq.errors import ArtifactError
 
-    if "config.json" not in manifest.get("files", {}):
+    if "config.json" not in manifest.files:
         return {}
     path = member(root, "config.json")
     if path.stat().st_size > 4 * 2**20:

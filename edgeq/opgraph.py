@@ -55,7 +55,7 @@ def ops_from_artifact(artifact_dir: str | Path) -> list[Op]:
     from edgeq.backends import get_backend
 
     manifest, model_file = read_artifact(Path(artifact_dir))
-    return get_backend(manifest["target"]["format"]).ops(model_file, manifest)
+    return get_backend(manifest.target.format).ops(model_file, manifest)
 
 
 # ------------------------------------------------------------------ sizes and dtypes

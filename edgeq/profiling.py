@@ -21,14 +21,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeqError
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 RUNNER = Path(__file__).with_name("runner.py")
 
 
-def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
+def check_artifact(artifact_dir: str | Path) -> tuple[Manifest, Path]:
     """Validate an artifact for profiling: manifest, hashes, and that the model file is of
     the kind the manifest says (an ONNX model in a .pte artifact and vice versa)."""
     from edgeq.artifact import load_manifest, member, read_artifact
@@ -38,23 +41,23 @@ def check_artifact(artifact_dir: str | Path) -> tuple[dict[str, Any], Path]:
     if path.is_dir():
         try:  # the model file first: wrong kind, truncated or corrupt say more than read_artifact's hash check
             manifest = load_manifest(path)
-            if manifest.get("model_file") in ("model.pte", "model.onnx") and (path / manifest["model_file"]).exists():
-                member(path, manifest["model_file"])  # a regular file inside the artifact, before it is read
-                check_model_file(path, manifest)
+            if manifest.model_file in ("model.pte", "model.onnx") and (path / manifest.model_file).exists():
+                member(path, manifest.model_file)  # a regular file inside the artifact, before it is read
+                check_model_file(path, manifest.model_dump(mode="json"))  # the runner reads the JSON's dict
         except RunnerError as exc:
             raise ArtifactError(*_split_hint(str(exc))) from None
     manifest, model = read_artifact(path)
     return manifest, model
 
 
-def require_runtime(manifest: dict[str, Any]) -> str:
+def require_runtime(manifest: Manifest) -> str:
     """The artifact's format; raises if its runtime is not installed in this Python."""
     from edgeq.backends import get_backend
 
-    fmt = manifest.get("target", {}).get("format")
+    fmt = manifest.target.format
     package = get_backend(fmt).RUNTIME_PACKAGE
     if importlib.util.find_spec(package) is None:
-        want = manifest.get("versions", {}).get(package)
+        want = manifest.versions.get(package)
         pin = f"=={want}" if want else ""
         raise BackendUnavailableError(f"{package} is not installed here, and the artifact needs it",
                                       f"pip install {package}{pin}")
@@ -174,7 +177,7 @@ def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, thre
     """The emulated (estimated) latency of an artifact on ``device_profile`` (default: its
     target's device), from ``edgeq.emulate.estimate``; always marked as an estimate."""
     manifest, model = check_artifact(artifact_dir)
-    name = device_profile or manifest.get("target", {}).get("device")
+    name = device_profile or manifest.target.device
     if not name:
         raise ConfigError(f"{artifact_dir}: the manifest names no device", "pass --device-profile NAME")
     from edgeq.targets import load_profile
@@ -190,9 +193,9 @@ def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, thre
     result["estimate"] = True
     result.setdefault("artifact", str(model.parent))
     result.setdefault("model_file", model.name)
-    result.setdefault("format", manifest.get("target", {}).get("format"))
-    result.setdefault("precision", manifest.get("precision", {}).get("requested"))
-    result.setdefault("target", manifest.get("target", {}).get("name"))
+    result.setdefault("format", manifest.target.format)
+    result.setdefault("precision", manifest.precision.requested)
+    result.setdefault("target", manifest.target.name)
     return result
 
 

@@ -54,10 +54,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from edgeq.errors import EdgeqError, clip, did_you_mean
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 RUNNER = Path(__file__).with_name("runner.py")
 SSH_OPTS_ENV = "EDGEQ_SSH_OPTS"
@@ -330,12 +333,12 @@ class _Ssh:
         return DeviceUnreachableError(f"ssh to {self.dest} failed: {_ssh_reason(last) or 'no reason given'}", hint)
 
 
-def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
+def _run_ssh(dev: SshDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
              threads: int | None, ops: bool, options: list[str]) -> dict[str, Any]:
     if not RUNNER.exists():
         raise DeviceSetupError(f"edgeq's runner is missing ({RUNNER})", "reinstall edgeq")
     ssh = _Ssh(dev, options)
-    fmt = manifest["target"]["format"]
+    fmt = manifest.target.format
     started = time.perf_counter()
     info = _probe(ssh, fmt, manifest)
     checked = time.perf_counter()
@@ -352,7 +355,7 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
             notes.append(f"could not remove {workdir} on {ssh.dest}; delete it by hand")
     from edgeq.backends import get_backend
 
-    ours = manifest.get("versions", {}).get(get_backend(fmt).RUNTIME_PACKAGE)
+    ours = manifest.versions.get(get_backend(fmt).RUNTIME_PACKAGE)
     if ours and info.get("runtime_version") and info["runtime_version"] != ours:
         notes.append(f"the board runs {fmt} {info['runtime_version']}; the artifact was exported with {ours}")
     report.update(mode="device", device=dev.url, artifact=str(root))
@@ -369,7 +372,7 @@ def _run_ssh(dev: SshDevice, root: Path, manifest: dict[str, Any], model: Path, 
     return report
 
 
-def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _probe(ssh: _Ssh, fmt: str, manifest: Manifest) -> dict[str, Any]:
     """Run ``_PROBE`` with the board's Python: what the board is, and a temp dir if all is there."""
     python = ssh.dev.python
     from edgeq.backends import get_backend
@@ -400,7 +403,7 @@ def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
         problem = DeviceSetupError(f"{label} is too old for edgeq's runner (needs {needed} or newer)",
                                    f"install a newer Python on the board and point at it: {where}")
     elif info["missing"]:
-        versions = manifest.get("versions", {})
+        versions = manifest.versions
         packages = []
         for mod in info["missing"]:
             package = mod.split(".")[0]
@@ -419,10 +422,10 @@ def _probe(ssh: _Ssh, fmt: str, manifest: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def _artifact_files(root: Path, manifest: dict[str, Any], model: Path) -> list[str]:
+def _artifact_files(root: Path, manifest: Manifest, model: Path) -> list[str]:
     """What the runner needs: the manifest, the model and its external data (``model.onnx.data``)."""
     names = {"manifest.json", model.name}
-    names |= {rel for rel in manifest.get("files", {}) if rel.startswith((model.name + ".", model.stem + ".data"))}
+    names |= {rel for rel in manifest.files if rel.startswith((model.name + ".", model.stem + ".data"))}
     return sorted(n for n in names if (root / n).is_file())
 
 
@@ -532,7 +535,7 @@ def _is_ssh_message(stderr: str) -> bool:
 # --- adb ---------------------------------------------------------------------------------
 
 
-def _run_adb(dev: AdbDevice, root: Path, manifest: dict[str, Any], model: Path, *, runs: int, warmup: int,
+def _run_adb(dev: AdbDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
              threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
     from edgeq import adb
 

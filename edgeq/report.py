@@ -17,7 +17,7 @@ def print_export_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    m = result.manifest
+    m = result.manifest.model_dump(mode="json")  # the rows below read the JSON they describe
     sizes = m["sizes"]
     num = m.get("numerics") or {}
     table = Table(show_header=False, box=None, pad_edge=False)

@@ -163,7 +163,7 @@ def test_not_an_artifact_is_refused(artifacts, tmp_path, make_bad):
     proc = run_cli("bundle", str(art), str(app))
     assert_clean_failure(proc, ("not an artifact", "has no manifest", "missing its model file", "outside the artifact",
                                 "lacks what a bundle needs", "cannot be bundled yet", "has shape",
-                                "does not run on inputs shaped"))
+                                "does not run on inputs shaped", "manifest.json: model: Input should be a valid dictionary"))
     assert list(app.iterdir()) == []
 
 

@@ -282,8 +282,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(artifacts, args, nee
 
 
 @pytest.mark.parametrize("mutate, needle", [
-    (lambda m: [m], "not a JSON object"),
-    (lambda m: {**m, "schema_version": 99}, "written by a newer edgeq"),
+    (lambda m: [m], "is not a JSON object"),
+    (lambda m: {**m, "schema_version": 99}, "written by a newer edgeq (manifest schema 99"),
     (lambda m: {**m, "target": "rpi5"}, "'target' is not a dict"),
     (lambda m: {**m, "delegation": {**m["delegation"], "delegated_ops": {"cpu": "many"}}}, "wrong kind"),
     (lambda m: {k: v for k, v in m.items() if k != "sizes"}, "no 'sizes'"),

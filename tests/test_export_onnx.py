@@ -38,20 +38,20 @@ def test_onnx_export_runs_and_matches_eager(tmp_path: Path, factory, precision, 
     cos = cosines(model, rows, run_onnx(path, rows))
     assert min(cos) >= min_cos, cos
     m = result.manifest
-    assert m["delegation"]["expected_execution_providers"] == ["CPUExecutionProvider"]
-    assert m["numerics"]["cosine_min"] >= min_cos
+    assert m.delegation.expected_execution_providers == ["CPUExecutionProvider"]
+    assert m.numerics.cosine_min >= min_cos
 
 
 def test_onnx_target_names_its_execution_providers(tmp_path: Path):
     result = export("tests.tiny_models:tiny_mlp", "snapdragon8-onnx", output=tmp_path / "out")
-    d = result.manifest["delegation"]
-    assert d["expected_execution_providers"] == ["QNNExecutionProvider", "XnnpackExecutionProvider", "CPUExecutionProvider"]
-    assert any("QNNExecutionProvider" in n for n in result.manifest["notes"])
+    d = result.manifest.delegation
+    assert d.expected_execution_providers == ["QNNExecutionProvider", "XnnpackExecutionProvider", "CPUExecutionProvider"]
+    assert any("QNNExecutionProvider" in n for n in result.manifest.notes)
 
 
 def test_per_layer_schemes_follow_module_names(tmp_path: Path):
     result = export("tests.tiny_models:tiny_text", "x86", precision="int4", output=tmp_path / "out")
-    assert result.manifest["precision"]["layers"] == {"embed": "int4-g32", "fc1": "int4-g32", "fc2": "int4-g32"}
+    assert result.manifest.precision.layers == {"embed": "int4-g32", "fc1": "int4-g32", "fc2": "int4-g32"}
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_minilm_onnx_int8_meets_size_and_fidelity(tmp_path: Path, minilm_dir: Pa
 
     out = tmp_path / "minilm"
     result = export(str(minilm_dir), "x86", precision="int8", output=out, samples=8)
-    assert result.manifest["sizes"]["artifact_bytes"] <= 0.26 * result.manifest["sizes"]["fp32_weight_bytes"]
+    assert result.manifest.sizes.artifact_bytes <= 0.26 * result.manifest.sizes.fp32_weight_bytes
     loaded = load_model(minilm_dir)
     rows = loaded.make_inputs("heldout", 64)
     cos = cosines(loaded.module, rows, run_onnx(out / "model.onnx", rows))

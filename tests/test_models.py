@@ -66,5 +66,5 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("task", ["image-classification", "causal-lm"])
 def test_vision_and_lm_export_to_onnx(tmp_path, hf_dirs, task):
     result = export(str(hf_dirs[task]), "x86", precision="int8", output=tmp_path / "o", seq_len=16, samples=4)
-    assert result.manifest["model"]["task"] == task
-    assert result.manifest["numerics"]["top1_agreement"] >= 0.75
+    assert result.manifest.model.task == task
+    assert result.manifest.numerics.top1_agreement >= 0.75

@@ -46,22 +46,22 @@ def test_plan_yaml_round_trip_through_export(tmp_path: Path):
     f = tmp_path / "plan.yaml"
     f.write_text(result.to_yaml())
     exported = export("tests.tiny_models:tiny_text", "x86", plan_file=f, output=tmp_path / "art-x86")
-    assert exported.manifest["precision"]["layers"] == result.plan.names()
+    assert exported.manifest.precision.layers == result.plan.names()
     with pytest.raises(ConfigError, match="made for format 'onnx'"):  # another target's plan: refused...
         export("tests.tiny_models:tiny_text", "rpi5", plan_file=f, output=tmp_path / "art-rpi5")
     reuse = tmp_path / "reuse.yaml"  # ...unless the user removes what it was made for
     reuse.write_text("\n".join(line for line in f.read_text().splitlines()
                                if not line.startswith(("target:", "format:"))))
     exported = export("tests.tiny_models:tiny_text", "rpi5", plan_file=reuse, output=tmp_path / "art-rpi5")
-    assert exported.manifest["precision"]["layers"] == result.plan.names()
+    assert exported.manifest.precision.layers == result.plan.names()
 
 
 def test_export_with_budget_records_predicted_and_verified_error(tmp_path: Path):
     exported = export("tests.tiny_models:tiny_text", "rpi5", budget_bytes=25_000, output=tmp_path / "a")
-    p = exported.manifest["plan"]
-    assert p["budget_bytes"] == 25_000 and p["predicted_bytes"] <= 25_000
-    assert p["verified_error"] is not None and p["verified_error"] < 0.05
-    assert p["error_metric"] == "1 - cosine"
+    p = exported.manifest.plan
+    assert p.budget_bytes == 25_000 and p.predicted_bytes <= 25_000
+    assert p.verified_error is not None and p.verified_error < 0.05
+    assert p.error_metric == "1 - cosine"
 
 
 def test_bad_plan_files(tmp_path: Path):
@@ -134,10 +134,10 @@ def test_every_builtin_target_honours_a_budget(tmp_path: Path, target: str):
     budget = 80_000 if target.startswith("apple") and target != "apple-onnx" else 45_000
     exported = export("tests.tiny_models:tiny_text", target, budget_bytes=budget, output=tmp_path / "a", samples=4)
     m = exported.manifest
-    assert m["sizes"]["artifact_bytes"] <= budget and m["plan"]["predicted_bytes"] <= budget
-    assert m["memory"]["predicted"]["total_bytes"] <= m["memory"]["budget_bytes"]
-    assert m["plan"]["predicted_peak_memory_bytes"] <= m["memory"]["budget_bytes"]
-    assert set(m["precision"]["layers"].values()) - {"fp32", "unused"}  # something was quantized
+    assert m.sizes.artifact_bytes <= budget and m.plan.predicted_bytes <= budget
+    assert m.memory.predicted.total_bytes <= m.memory.budget_bytes
+    assert m.plan.predicted_peak_memory_bytes <= m.memory.budget_bytes
+    assert set(m.precision.layers.values()) - {"fp32", "unused"}  # something was quantized
 
 
 @pytest.mark.parametrize("target", ["rpi4", "x86-executorch"])  # int schemes only; fp16 allowed too
@@ -149,16 +149,16 @@ def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path, t
     exported = export("tests.tiny_models:tiny_text", target, memory_budget_bytes=budget,
                       output=tmp_path / "a", samples=4)
     m = exported.manifest
-    assert m["plan"]["binding"] == "memory" and m["plan"]["memory_budget_bytes"] == budget
+    assert m.plan.binding == "memory" and m.plan.memory_budget_bytes == budget
     again = memory.predict_from_artifact(tmp_path / "a")  # from the manifest's inventory alone
-    assert again.total_bytes == m["memory"]["predicted"]["total_bytes"] <= budget
-    arena = m["memory"]["predicted"]["activation_bytes"]
+    assert again.total_bytes == m.memory.predicted.total_bytes <= budget
+    arena = m.memory.predicted.activation_bytes
     if target == "rpi4":
         # with int schemes the arena planned on an fp32 lowering is the lowered artifact's own
         assert arena == free.memory.activation_bytes
     else:
         # fp16 layers pass fp16 activations (half the bytes): the fp32 arena is an upper bound
-        assert "fp16" in m["precision"]["layers"].values() and arena < free.memory.activation_bytes
+        assert "fp16" in m.precision.layers.values() and arena < free.memory.activation_bytes
 
 
 def test_uniform_export_over_the_target_memory_budget_is_refused(tmp_path: Path):
@@ -203,10 +203,10 @@ def test_unused_and_folded_layers_are_pinned_at_the_bytes_the_export_stores(tiny
     assert position not in onnx.plan.reasons  # ONNX keeps the lookup: planned like any embedding
     art = export(str(tiny_bert_dir), "x86-executorch", budget_bytes=150_000, seq_len=32, output=tmp_path / "et")
     m = art.manifest
-    assert m["memory"]["folded_layers"] == {position: 32 * 64 * 4, token_type: 32 * 64 * 4}
-    assert m["precision"]["layers"][pooler] == "unused"
+    assert m.memory.folded_layers == {position: 32 * 64 * 4, token_type: 32 * 64 * 4}
+    assert m.precision.layers[pooler] == "unused"
     # The layers' bytes as planned are what the lowering stored: no re-plan was needed.
-    assert not any("re-planning" in n for n in m["notes"]), m["notes"]
+    assert not any("re-planning" in n for n in m.notes), m.notes
 
 
 @pytest.mark.parametrize("target", ["x86-executorch", "x86"])
@@ -216,11 +216,11 @@ def test_fp16_layers_mix_with_int_layers(tmp_path: Path, target: str):
     f = tmp_path / "plan.yaml"
     f.write_text("layers:\n  embed: int4-g32\n  fc1: fp16\n  fc2: int8\n")
     mixed = export("tests.tiny_models:tiny_text", target, plan_file=f, output=tmp_path / "mixed")
-    assert mixed.manifest["precision"]["layers"] == {"embed": "int4-g32", "fc1": "fp16", "fc2": "int8"}
-    assert mixed.manifest["numerics"]["cosine_min"] > 0.995
+    assert mixed.manifest.precision.layers == {"embed": "int4-g32", "fc1": "fp16", "fc2": "int8"}
+    assert mixed.manifest.numerics.cosine_min > 0.995
     f.write_text("layers:\n  embed: int4-g32\n  fc1: fp32\n  fc2: int8\n")
     wider = export("tests.tiny_models:tiny_text", target, plan_file=f, output=tmp_path / "wider")
-    saved = wider.manifest["sizes"]["artifact_bytes"] - mixed.manifest["sizes"]["artifact_bytes"]
+    saved = wider.manifest.sizes.artifact_bytes - mixed.manifest.sizes.artifact_bytes
     assert saved >= 0.9 * 64 * 128 * 2  # fc1's 8192 weights at 2 bytes instead of 4
 
 
@@ -262,9 +262,9 @@ def test_a_tied_lm_head_is_planned_and_quantized_as_its_own_layer(tied_lm_dir: P
     for scheme in ("int8", "fp32"):
         f.write_text(f"layers:\n  model.model.embed_tokens: int8\n  model.lm_head: {scheme}\n")
         art = export(str(tied_lm_dir), target, plan_file=f, seq_len=16, output=tmp_path / scheme, samples=4)
-        assert art.manifest["precision"]["layers"]["model.lm_head"] == scheme
-        assert art.manifest["numerics"]["top1_agreement"] >= 0.9
-        sizes[scheme] = art.manifest["sizes"]["artifact_bytes"]
+        assert art.manifest.precision.layers["model.lm_head"] == scheme
+        assert art.manifest.numerics.top1_agreement >= 0.9
+        sizes[scheme] = art.manifest.sizes.artifact_bytes
     # 512 x 64 fp32 (131 KB) vs int8 (33-68 KB with scales / ONNX's 128-blocks padding K=64)
     assert sizes["fp32"] - sizes["int8"] > 60_000, sizes
     planned = plan(str(tied_lm_dir), target, budget_bytes=sizes["int8"], seq_len=16)

@@ -1,8 +1,7 @@
 """``edgeq_bundle.json`` (schema v1): the one file an app reads about a bundled model.
 
 Everything here is derived from the artifact's manifest and its tokenizer files; this
-module is the only place that reads the manifest for bundling, so that when the manifest
-becomes a typed model only :func:`describe` changes.
+module is the only place that reads the manifest (an ``edgeq.manifest.Manifest``) for bundling.
 
 The description holds: format, model file, task, inputs and outputs (name, shape,
 dtype), the delegates the artifact actually uses (from the manifest's delegation record,
@@ -17,9 +16,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 BUNDLE_FILE = "edgeq_bundle.json"
 BUNDLE_SCHEMA_VERSION = 1
@@ -31,22 +33,17 @@ ANDROID_MIN_SDK = 28  # android-demo's minSdk; not checked against the AARs' own
 MAX_INPUT_ELEMENTS = 1 << 26  # 64 Mi elements per input: far above any edge model's input
 
 
-def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> dict[str, Any]:
+def describe(manifest: Manifest, artifact_dir: Path, bundle_id: str) -> dict[str, Any]:
     """The bundle description (without ``golden`` and ``files``) for an artifact's manifest."""
-    try:
-        target, model = manifest["target"], manifest["model"]
-        fmt = str(target["format"])
-        inputs = [{"name": str(i["name"]), "shape": [int(s) for s in i["shape"]], "dtype": str(i["dtype"])}
-                  for i in model["inputs"]]
-        outputs = [str(o) for o in model.get("outputs") or []]
-        delegates = [str(d) for d in (manifest.get("delegation") or {}).get("used") or []]
-        versions = dict(manifest.get("versions") or {})
-        threads = int(target.get("threads") or 0)
-        task = str(model.get("task", "custom"))
-        precision = (manifest.get("precision") or {}).get("requested")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{artifact_dir}/manifest.json lacks what a bundle needs ({exc!r})",
-                            "re-run 'edgeq export' with this edgeq version") from None
+    target, model = manifest.target, manifest.model
+    fmt = target.format
+    inputs = [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in model.inputs]
+    outputs = list(model.outputs)
+    delegates = list(manifest.delegation.used)
+    versions = dict(manifest.versions)
+    threads = target.threads
+    task = model.task
+    precision = manifest.precision.requested
     for spec in inputs:  # shapes come from a user-editable file: bound what they make us allocate
         count = 1
         for dim in spec["shape"]:
@@ -63,17 +60,17 @@ def describe(manifest: dict[str, Any], artifact_dir: Path, bundle_id: str) -> di
     runtime_version = str(versions.get(be.RUNTIME_PACKAGE, "unknown"))
     release = runtime_version.split("+")[0]  # '1.5.1+cpu': the local label is the wheel's build, not the release
     seq_len = next((i["shape"][-1] for i in inputs if i["name"] == "input_ids" and i["shape"]), None)
-    tokenizer = tokenizer_info(artifact_dir, manifest.get("files") or {}, seq_len)
+    tokenizer = tokenizer_info(artifact_dir, manifest.files, seq_len)
     return {
         "schema_version": BUNDLE_SCHEMA_VERSION,
         "id": bundle_id,
         "created_by": f"edgeq {versions.get('edgeq', 'unknown')}",
-        "model_name": str(model.get("name", bundle_id)),
+        "model_name": model.name or bundle_id,
         "task": task,
         "format": fmt,
-        "model_file": str(manifest["model_file"]),
+        "model_file": manifest.model_file,
         "precision": precision,
-        "target": {"name": target.get("name"), "device": target.get("device")},
+        "target": {"name": target.name, "device": target.device},
         "inputs": inputs,
         "outputs": [{"name": n} for n in outputs],  # shapes and dtypes filled from the golden run
         "delegates": delegates,
@@ -174,35 +171,29 @@ def check_bundle_id(bundle_id: str) -> str:
     return bundle_id
 
 
-def default_bundle_id(manifest: dict[str, Any]) -> str:
+def default_bundle_id(manifest: Manifest) -> str:
     """``<model>-<target>`` with anything but [A-Za-z0-9._-] replaced by '-'."""
-    model, target = manifest.get("model"), manifest.get("target")
-    model_name = model.get("name", "model") if isinstance(model, dict) else "model"
-    target_name = target.get("name", "") if isinstance(target, dict) else ""
-    name = f"{model_name}-{target_name}"
+    name = f"{manifest.model.name or 'model'}-{manifest.target.name}"
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:64] or "model"
     return clean.replace("..", "-")
 
 
-def token_id_bound(manifest: dict[str, Any]) -> int:
+def token_id_bound(manifest: Manifest) -> int:
     """Upper bound for synthetic token ids: the smallest embedding table's row count (else 100)."""
-    try:
-        rows = [int(layer["shape"][0]) for layer in (manifest.get("precision") or {}).get("inventory") or []
-                if isinstance(layer, dict) and layer.get("kind") == "embedding" and layer.get("shape")]
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        raise ArtifactError("manifest.json has a malformed layer inventory", "re-run 'edgeq export'") from None
+    rows = [layer.shape[0] for layer in manifest.precision.inventory or []
+            if layer.kind == "embedding" and layer.shape]
     return max(1, min(rows)) if rows else 100
 
 
-def export_numerics(manifest: dict[str, Any]) -> dict[str, Any] | None:
+def export_numerics(manifest: Manifest) -> dict[str, Any] | None:
     """The export's artifact-vs-fp32 numerics (max_abs, cosine_min, runtime), or None if skipped."""
-    numerics = manifest.get("numerics")
-    if not isinstance(numerics, dict):
+    numerics = manifest.numerics
+    if numerics is None:
         return None
-    if not isinstance(numerics.get("max_abs"), (int, float)) or not 0 <= numerics["max_abs"] < float("inf"):
+    if not 0 <= numerics.max_abs < float("inf"):  # nan fails both
         raise ArtifactError("manifest.json numerics.max_abs is not a finite number", "re-run 'edgeq export'")
-    return numerics
+    return numerics.model_dump()
 
 
-def skipped_reason(manifest: dict[str, Any]) -> str:
-    return str(manifest.get("numerics_skipped") or "the artifact was not run at export")
+def skipped_reason(manifest: Manifest) -> str:
+    return manifest.numerics_skipped or "the artifact was not run at export"

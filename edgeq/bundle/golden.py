@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 GOLDEN_DIR = "golden"
 MIN_COSINE = 0.999
 RELATIVE_FLOOR = 1e-4
 
 
-def make_golden(desc: dict[str, Any], manifest: dict[str, Any], bundle_dir: Path) -> dict[str, Any]:
+def make_golden(desc: dict[str, Any], manifest: Manifest, bundle_dir: Path) -> dict[str, Any]:
     """Run the bundled model here on one held-out input; write the golden tensors; return
     the ``golden`` section (or a ``skipped`` reason when the artifact cannot run here)."""
     import numpy as np

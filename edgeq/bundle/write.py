@@ -15,11 +15,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.artifact import MANIFEST, file_table, read_artifact, sha256, staged_dir
 from edgeq.bundle.describe import BUNDLE_FILE, BUNDLE_SCHEMA_VERSION, check_bundle_id, default_bundle_id, describe
 from edgeq.errors import ArtifactError, OutputError
+
+if TYPE_CHECKING:
+    from edgeq.manifest import Manifest
 
 ASSETS = Path("app/src/main/assets/edgeq")
 INDEX = "index.json"
@@ -59,7 +62,7 @@ def bundle(artifact: str | Path, app_dir: str | Path, *, bundle_id: str | None =
     return BundleResult(bundle_dir=dest, description=desc, index_path=index_path)
 
 
-def _stage(artifact_dir: Path, manifest: dict[str, Any], desc: dict[str, Any], dest: Path, force: bool) -> None:
+def _stage(artifact_dir: Path, manifest: Manifest, desc: dict[str, Any], dest: Path, force: bool) -> None:
     with staged_dir(dest, force) as work:
         _copy_verified(artifact_dir, manifest, work)
         from edgeq.bundle.golden import make_golden
@@ -149,21 +152,21 @@ def _check_destination(dest: Path, force: bool) -> None:
                           "remove it yourself or choose another --id")
 
 
-def _check_paths(artifact_dir: Path, manifest: dict[str, Any]) -> None:
+def _check_paths(artifact_dir: Path, manifest: Manifest) -> None:
     """Every file the manifest lists is inside the artifact (a manifest is user input)."""
     root = artifact_dir.resolve()
-    for rel in manifest.get("files", {}):
+    for rel in manifest.files:
         if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or root not in (root / rel).resolve().parents:
             raise ArtifactError(f"{artifact_dir}/manifest.json lists a file outside the artifact ({rel})",
                                 "re-run 'edgeq export'; do not edit manifest.json")
 
 
-def _copy_verified(artifact_dir: Path, manifest: dict[str, Any], work: Path) -> None:
+def _copy_verified(artifact_dir: Path, manifest: Manifest, work: Path) -> None:
     """Copy the manifest's files and the manifest; hash each copy against the manifest."""
-    for rel, info in manifest.get("files", {}).items():
+    for rel, info in manifest.files.items():
         dst = work / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(artifact_dir / rel, dst)
-        if sha256(dst) != info["sha256"]:
+        if sha256(dst) != info.sha256:
             raise ArtifactError(f"{artifact_dir}: {rel} changed while it was being copied", "run 'edgeq bundle' again")
     shutil.copyfile(artifact_dir / MANIFEST, work / MANIFEST)

@@ -31,7 +31,7 @@ def integrity(path: Path) -> tuple[GateResult, ManifestView | None, Path | None]
             raw = json.loads((path / "manifest.json").read_text())
         except (OSError, ValueError):
             raw = None  # check_artifact says what is wrong with the file
-        if isinstance(raw, dict) and raw.get("schema_version") == 1:
+        if isinstance(raw, dict) and raw.get("schema_version") in (1, 2):
             view(raw)
         manifest, model_file = check_artifact(path)
         mv = view(manifest)
@@ -40,11 +40,11 @@ def integrity(path: Path) -> tuple[GateResult, ManifestView | None, Path | None]
                           source="manifest files"), None, None
     except ManifestError as exc:
         return GateResult("integrity", "fail", f"{path}/manifest.json: {exc}", figure="invalid manifest",
-                          limit="manifest schema v1", source="manifest"), None, None
+                          limit="manifest schema v2", source="manifest"), None, None
     except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a field of the wrong kind, met while reading
         return GateResult("integrity", "fail", f"{path}/manifest.json: a field has the wrong kind "
                           f"({type(exc).__name__}: {str(exc)[:120]})", figure="invalid manifest",
-                          limit="manifest schema v1", source="manifest"), None, None
+                          limit="manifest schema v2", source="manifest"), None, None
     if mv.model_file not in mv.files:
         return GateResult("integrity", "fail", f"{path}: the manifest records no sha256 for {mv.model_file}",
                           figure="unrecorded model file", limit="sha256 and size as recorded",

@@ -1,14 +1,17 @@
 """The one place ``edgeq check`` reads an artifact's manifest.
 
-Gates read a ``ManifestView`` (typed, with the fields they need), never the manifest's
-dict by string keys, so moving to a typed manifest model changes this module alone.
-A missing or mistyped field becomes ``ManifestError`` (reported by the integrity gate).
+Gates read a ``ManifestView`` (the fields they need, flattened) built from the typed
+``edgeq.manifest.Manifest``. ``view`` also takes the raw JSON dict (the integrity gate
+names a bad field before anything else reads the artifact): it is upgraded and validated
+by ``edgeq.manifest``, and the first problem becomes ``ManifestError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from edgeq.manifest import Manifest
 
 
 class ManifestError(ValueError):
@@ -49,59 +52,62 @@ class ManifestView:
         return shapes[0][-1] if shapes and shapes[0] else None
 
 
-def view(manifest: Any) -> ManifestView:
-    """A typed view of a manifest dict; raises ``ManifestError`` naming what is wrong."""
-    try:
-        return _view(manifest)
-    except (TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, ManifestError):
-            raise
-        raise ManifestError(f"the manifest has a field of the wrong kind ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-
-
-def _view(manifest: Any) -> ManifestView:
-    if not isinstance(manifest, dict):
-        raise ManifestError("the manifest is not a JSON object")
-    target = _get(manifest, "target", dict)
-    model = _get(manifest, "model", dict)
-    delegation = _get(manifest, "delegation", dict)
-    sizes = _get(manifest, "sizes", dict)
-    inputs = _get(model, "inputs", list, "model.")
-    shapes = []
-    for spec in inputs:
-        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
-            raise ManifestError("model.inputs has an entry without a shape")
-        shapes.append([int(d) for d in spec["shape"]])
+def view(manifest: Manifest | Any) -> ManifestView:
+    """A flat view of a ``Manifest`` (or of a manifest's JSON dict, validated first);
+    raises ``ManifestError`` naming what is wrong."""
+    typed = manifest if isinstance(manifest, Manifest) else parse(manifest)
+    target, model, delegation = typed.target, typed.model, typed.delegation
     return ManifestView(
-        model_file=_get(manifest, "model_file", str),
-        format=_get(target, "format", str, "target."),
-        target_name=_get(target, "name", str, "target."),
-        device=_get(target, "device", str, "target."),
-        delegates=[str(d) for d in _get(target, "delegates", list, "target.")],
-        threads=int(target.get("threads") or 0),
-        model_name=str(model.get("name", "")),
-        model_source=str(model.get("source", "")),
-        model_source_kind=str(model.get("source_kind", "")),
-        task=_get(model, "task", str, "model."),
-        input_shapes=shapes,
-        artifact_bytes=int(_get(sizes, "artifact_bytes", int, "sizes.")),
-        budgets=dict(manifest.get("budgets") or {}),
-        delegates_used=[str(d) for d in delegation.get("used") or []],
-        delegated_ops={str(k): int(v) for k, v in (delegation.get("delegated_ops") or {}).items()},
-        portable_ops={str(k): int(v) for k, v in (delegation.get("portable_ops") or {}).items()},
-        expected_execution_providers=[str(p) for p in delegation.get("expected_execution_providers") or []],
-        notes=[str(n) for n in manifest.get("notes") or []],
-        recorded_numerics=manifest.get("numerics") if isinstance(manifest.get("numerics"), dict) else None,
-        files=dict(manifest.get("files") or {}),
-        has_layer_inventory=(manifest.get("precision") or {}).get("inventory") is not None,
+        model_file=typed.model_file,
+        format=target.format,
+        target_name=target.name,
+        device=target.device,
+        delegates=list(target.delegates),
+        threads=target.threads,
+        model_name=model.name,
+        model_source=model.source,
+        model_source_kind=model.source_kind,
+        task=model.task,
+        input_shapes=[list(spec.shape) for spec in model.inputs],
+        artifact_bytes=typed.sizes.artifact_bytes,
+        budgets=typed.budgets.model_dump(),
+        delegates_used=list(delegation.used),
+        delegated_ops=dict(delegation.delegated_ops),
+        portable_ops=delegation.portable_ops,
+        expected_execution_providers=delegation.expected_execution_providers,
+        notes=list(typed.notes),
+        recorded_numerics=typed.numerics.model_dump() if typed.numerics is not None else None,
+        files={rel: info.model_dump() for rel, info in typed.files.items()},
+        has_layer_inventory=typed.precision.inventory is not None,
     )
 
 
-def _get(d: dict[str, Any], key: str, kind: type, prefix: str = "") -> Any:
-    if key not in d:
-        raise ManifestError(f"the manifest has no '{prefix}{key}'")
-    value = d[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ManifestError(f"the manifest's '{prefix}{key}' is not a {kind.__name__}")
-    return value
+def parse(data: Any) -> Manifest:
+    """A manifest's JSON dict as a ``Manifest`` (upgraded from an older schema); raises
+    ``ManifestError`` with its first problem in words a CI log reader can act on."""
+    from pydantic import ValidationError
+
+    from edgeq.manifest import upgrade
+
+    if not isinstance(data, dict):
+        raise ManifestError("unknown schema version (the manifest is not a JSON object)")
+    try:
+        return Manifest.model_validate(upgrade(data))
+    except ValidationError as exc:
+        raise ManifestError(_say(exc.errors()[0])) from None
+    except ValueError as exc:  # upgrade: a schema version edgeq does not read
+        raise ManifestError(f"unknown schema version ({exc})") from None
+
+
+def _say(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "missing":
+        return f"the manifest has no '{where}'"
+    if kind in ("model_type", "dict_type"):
+        return f"the manifest's '{where}' is not a dict"
+    if kind == "list_type":
+        return f"the manifest's '{where}' is not a list"
+    if kind == "extra_forbidden":
+        return f"the manifest has an unknown field '{where}'"
+    return f"the manifest has a field of the wrong kind ({where}: {err.get('msg', 'invalid')})"

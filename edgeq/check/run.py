@@ -93,7 +93,7 @@ def _check_one(root: Path, target: Any, opts: CheckOptions, models: gates.Source
         limits = resolve(mv, resolved, latency_budget_ms=opts.latency_budget_ms)
     except ManifestError as exc:
         results[0] = GateResult("integrity", "fail", f"{root}/manifest.json: {exc}", figure="invalid manifest",
-                                limit="manifest schema v1", source="manifest")
+                                limit="manifest schema v2", source="manifest")
         results += [_skipped(g, "integrity failed") for g in GATES[1:]]
         return CheckResult(str(root), mv.target_name, results, time.perf_counter() - t0)
     measured, failed_measure = None, None

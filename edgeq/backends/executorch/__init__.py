@@ -75,7 +75,7 @@ def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> li
     return run_program(model_file, inputs, threads)
 
 
-def ops(model_file: Path, manifest: dict[str, Any]) -> list[Any]:
+def ops(model_file: Path, manifest: Any) -> list[Any]:
     """The artifact's ops costed for emulation (``edgeq.opgraph.Op``)."""
     from edgeq.backends.executorch.ops import ops as read_ops
 

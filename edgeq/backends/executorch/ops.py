@@ -45,10 +45,11 @@ def delegate_calls(ops: list[Op], units: list[str], cpu_runtime: Any) -> dict[tu
     return calls
 
 
-def ops(model_file: Path, manifest: dict[str, Any]) -> list[Op]:
+def ops(model_file: Path, manifest: Any) -> list[Op]:
+    """The ops recorded in the artifact's ops.json (``manifest``: its ``edgeq.manifest.Manifest``)."""
     from edgeq.artifact import member
 
-    if OPS_FILE not in manifest.get("files", {}):
+    if OPS_FILE not in manifest.files:
         raise ArtifactError(f"{model_file.parent} has no {OPS_FILE} (the per-op graph emulated profiling needs)",
                             "re-export with this edgeq: 'edgeq export' writes it into ExecuTorch artifacts")
     path = member(model_file.parent, OPS_FILE)  # listed, hashed, a regular file inside the artifact

@@ -71,7 +71,7 @@ def delegate_calls(ops: list[Op], units: list[str], cpu_runtime: Any) -> dict[tu
     return calls
 
 
-def ops(model_file: Path, manifest: dict[str, Any]) -> list[Op]:
+def ops(model_file: Path, manifest: Any) -> list[Op]:
     """Costed ops of an artifact's ONNX model; cached per file (optimizing a large graph takes
     seconds, and estimates for several devices share it)."""
     st = model_file.stat()
