@@ -96,7 +96,7 @@ PLANS = [
     ("plan-no-layers", "schema_version: 1\n", "needs a 'layers:' mapping"),
     ("plan-layers-list", "layers: [int8]\n", "needs a 'layers:' mapping"),
     ("plan-unknown-scheme", "layers: {'0': int5}\n", "unknown scheme 'int5'"),
-    ("plan-scheme-case", "layers: {'0': INT8}\n", "did you mean 'int8'"),
+    ("plan-scheme-typo", "layers: {'0': int-8}\n", "did you mean 'int8'"),
     ("plan-scheme-not-allowed", None, "does not allow"),
     ("plan-bomb", "layers: {'0': int8}\n" + _laughs(), "expands to more than"),
 ]
