@@ -208,16 +208,12 @@ def _artifact_config(root: Path, manifest: Manifest) -> dict[str, Any]:
     """The model's ``config.json`` shipped in the artifact (a listed, regular, small file), or {}."""
     from edgeq.artifact import member
     from edgeq.errors import ArtifactError
+    from edgeq.jsonio import read_json
 
     if "config.json" not in manifest.files:
         return {}
-    path = member(root, "config.json")
-    if path.stat().st_size > 4 * 2**20:
-        raise ArtifactError(f"{path} is too large to be a model config", "re-run 'edgeq export'")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({type(exc).__name__})", "re-run 'edgeq export'") from None
+    config = read_json(member(root, "config.json"), expect=None, max_bytes=4 * 2**20, error=ArtifactError,
+                       fix="re-run 'edgeq export'")
     return config if isinstance(config, dict) else {}
 
 
