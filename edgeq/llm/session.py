@@ -1,0 +1,47 @@
+"""The contract between generation/perplexity and a format's LLM artifact.
+
+A backend's ``open_lm(artifact_dir, model_file)`` returns an ``LMSession``: a decoder
+holding its own KV cache, fed token ids and returning next-token logits. Generation,
+sampling, perplexity and profiling are written once against this protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class LMSession(Protocol):
+    """One conversation's decoder state in a real runtime.
+
+    ``prefill`` starts from an empty cache; ``decode`` appends one token. Both return
+    float32 logits of shape ``(vocab,)`` for the position after the last token fed
+    (``prefill(..., all_logits=True)`` returns ``(len(ids), vocab)``, for perplexity).
+    Feeding past ``max_context`` tokens in total is an error (``edgeq.errors.RunError``).
+    """
+
+    max_context: int
+    vocab_size: int
+    runtime: str  # e.g. "ExecuTorch 1.5.1 pybindings (XNNPACK)"
+
+    def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any: ...
+    def decode(self, token_id: int) -> Any: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class LoweredLM:
+    """What a backend's ``lower_lm`` wrote into ``workdir``: the model file plus files
+    that ship beside it, the schemes actually applied per layer, and the cache layout."""
+
+    model_file: Path
+    runtime: str
+    delegates_used: list[str]
+    layer_schemes: dict[str, str]  # fqn → applied scheme name
+    max_context: int
+    kv_cache_dtype: str  # "float32" | "float16" | "int8" ...
+    kv_cache_bytes: int  # bytes the runtime holds for the cache at max_context (all layers, K and V)
+    extra_files: list[Path] = field(default_factory=list)
+    delegation: dict[str, Any] = field(default_factory=dict)
