@@ -34,7 +34,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_schemas_and_solver_import_neither_torch_nor_a_backend():
-    loaded = _loaded_after("from edgeq.targets import load_target\nfrom edgeq import solver, schemes\n"
+    loaded = _loaded_after("from edgeq.targets import load_target\nfrom edgeq import schemes\nfrom edgeq.planning import solver\n"
                            "[load_target(n) for n in ('x86', 'rpi5', 'snapdragon8')]")
     assert loaded == [], loaded
 
@@ -69,4 +69,40 @@ def test_no_module_outside_the_backends_names_a_format():
                 names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
                 if any(n in ("executorch", "onnx", "gguf") for n in names):
                     offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, offenders
+
+
+# What each stage subpackage may import from edgeq (as its module docstring says).
+ALLOWED = {
+    "models": ("edgeq.models", "edgeq.errors", "edgeq.jsonio", "edgeq.yamlio"),
+    "targets": ("edgeq.targets", "edgeq.errors", "edgeq.yamlio", "edgeq.backends"),
+    "planning": ("edgeq.planning", "edgeq.errors", "edgeq.schemes", "edgeq.progress", "edgeq.yamlio",
+                 "edgeq.jsonio", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
+                 "edgeq.targets"),
+}
+
+
+def _edgeq_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgeq"):
+            out |= ({f"{node.module}.{a.name}" for a in node.names} if node.module == "edgeq" else {node.module})
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("edgeq")}
+    return out
+
+
+def test_stage_subpackages_import_only_what_their_docstrings_allow():
+    offenders = []
+    for package, allowed in ALLOWED.items():
+        for path in (EDGEQ / package).rglob("*.py"):
+            for module in _edgeq_imports(path):
+                if module != "edgeq.__version__" and not module.startswith(allowed):
+                    offenders.append(f"{path.relative_to(EDGEQ)} imports {module}")
+    assert not offenders, offenders
+
+
+def test_only_the_entry_points_import_the_cli():
+    offenders = [str(p.relative_to(EDGEQ)) for p in EDGEQ.rglob("*.py")
+                 if p.name not in ("cli.py", "__main__.py") and any(m.startswith("edgeq.cli") for m in _edgeq_imports(p))]
     assert not offenders, offenders

@@ -7,6 +7,11 @@ reads a user's file, which may ``extends:`` a built-in target and override field
 >>> t = load_target("rpi5")
 >>> t.target.format, t.profile.cpu.cores
 ('executorch', 4)
+
+This subpackage owns device profiles and targets: ``schema`` (their typed, strict
+models) and the loader here. It may import ``edgeq.errors``, ``edgeq.yamlio`` and
+``edgeq.backends`` (the registry's format and delegate names only); never torch, a
+runtime, or the CLI.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from edgeq.errors import ConfigError, did_you_mean
-from edgeq.schema import DeviceProfile, Target
+from edgeq.targets.schema import DeviceProfile, Target
 from edgeq.yamlio import LineMap, line_of, read_yaml
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # edgeq/
 
 
 def builtin_dir(kind: str) -> Path:
