@@ -134,7 +134,7 @@ def plan_cmd(
     as_json: Json = False,
 ) -> None:
     """Show the per-layer plan that fits TARGET's budget; optionally write it as YAML."""
-    from edgeq.planning.planner import check_plan_output
+    from edgeq.planning.planfile import check_plan_output
     from edgeq.planning.planner import plan as make_plan
     from edgeq.progress import Steps
 

@@ -26,8 +26,7 @@ from edgeq.artifact import (
 from edgeq.errors import ExportError
 from edgeq.planning.inventory import layers_to_json
 from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
-from edgeq.planning.memory import workload
-from edgeq.planning.planner import BudgetError
+from edgeq.planning.solve import BudgetError
 from edgeq.progress import Steps
 from edgeq.targets.schema import PRECISIONS
 
@@ -80,11 +79,11 @@ def export(
     # Everything that can be checked without the model is checked before it loads.
     plan_input = None
     if plan_file is not None:
-        from edgeq.planning.planner import read_plan_file
+        from edgeq.planning.planfile import read_plan_file
 
         plan_input = read_plan_file(Path(plan_file), tgt)
     if rules:
-        from edgeq.planning.planner import check_rules
+        from edgeq.planning.rules import check_rules
 
         check_rules(rules)
     if calib is not None and not Path(calib).exists():
@@ -96,16 +95,8 @@ def export(
     if out_dir is not None:
         check_output(out_dir, force, protected)  # fail before the slow steps
 
-    from edgeq.models import load_model
-
-    with steps.step("Loading model") as info:
-        loaded = load_model(model, task, seq_len=seq_len or tgt.seq_len, trust_remote_code=trust_remote_code)
-        info.detail = f"{loaded.name} ({loaded.task}, from {loaded.source_kind})"
-        if calib is not None:
-            from edgeq.models.calib import with_calibration
-
-            loaded = with_calibration(loaded, calib)
-            info.detail += f"; calibration: {loaded.config['calibration']}"
+    # Stage: load and prepare (layers, graph facts and the fp32 probe are taken once).
+    loaded = _load(model, task, seq_len or tgt.seq_len, trust_remote_code, calib, steps)
     if out_dir is None:
         out_dir = Path("dist") / _safe_name(f"{loaded.name}-{tgt.name}")
         check_output(out_dir, force, protected)
@@ -113,25 +104,29 @@ def export(
         steps.note(line)
 
     from edgeq.backends import get_backend
-    from edgeq.planning.inventory import fp32_bytes, layer_inventory
-    from edgeq.planning.plan import uniform_plan
+    from edgeq.planning.prepare import prepare
+    from edgeq.planning.solve import Budgets
 
-    layers = layer_inventory(loaded.module)
-    predicted = None
+    prepared = prepare(loaded, resolved)
+    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)
+    # Stage: plan (measured costs, then a pure solve) — or the plan file, or one precision.
+    costs = predicted = None
     if plan_input is not None:
-        from edgeq.planning.planner import plan_from_file
+        from edgeq.planning.planfile import plan_from_file
 
-        plan = plan_from_file(plan_input, layers)
+        plan = plan_from_file(plan_input, prepared.layers)
     elif planned:
-        from edgeq.planning.planner import plan as make_plan
+        from edgeq.planning.costs import measure_costs
+        from edgeq.planning.planner import solve_step
 
-        plan_args = dict(budget_bytes=budget_bytes, memory_budget_bytes=memory_budget_bytes, rules=rules, steps=steps)
-        result = make_plan(loaded, resolved, max_drop=max_drop, **plan_args)
-        plan, predicted = result.plan, result
+        costs = measure_costs(prepared, rules=rules, steps=steps)
+        predicted = solve_step(costs, budgets, steps)
+        plan = predicted.plan
     else:
-        plan = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
+        from edgeq.planning.plan import uniform_plan
+
+        plan = uniform_plan(prepared.layers, precision, int4_group=tgt.quantization.int4_group_size,
                             keep_fp32=tgt.quantization.keep_fp32)
-    fp32_size = fp32_bytes(loaded.module)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
 
@@ -143,63 +138,40 @@ def export(
     be = get_backend(tgt.format)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
-        scratch.mkdir()
-        lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
-        memory_budget = (memory_budget_bytes if memory_budget_bytes is not None
-                         else int(tgt.budgets.runtime_memory_mb * 1e6))
-        for _ in range(3):
-            # The plan predicts weight bytes and, for ExecuTorch, plans activations on an fp32
-            # lowering; re-plan if the real artifact's file overhead or arena pushes it over.
-            size = lowered.model_file.stat().st_size
-            estimate = _predict_memory(loaded, layers, lowered, tgt, fp32_bytes(loaded.module))
-            over_size = predicted is not None and predicted.budget_bytes is not None and size > predicted.budget_bytes
-            over_memory = predicted is not None and estimate.total_bytes > memory_budget
-            if not (over_size or over_memory) or max_drop is not None:
-                break
-            reserve = predicted.reserve_bytes
-            if over_size:
-                over = size - predicted.budget_bytes
-                steps.note(f"the planned artifact is {over / 1e3:.0f} KB over the {predicted.budget_bytes / 1e6:g} MB "
-                           f"budget (file overhead the plan does not predict); re-planning with that much less")
-                # Ask for a plan whose layers are smaller than this one's by the overshoot (+5%).
-                reserve = predicted.budget_bytes - (predicted.predicted_bytes - over * 1.05)
-            if over_memory:
-                steps.note(f"the lowered artifact's predicted peak memory ({estimate.total_bytes / 1e6:.1f} MB) is over "
-                           f"the {memory_budget / 1e6:g} MB memory budget; re-planning with its activation arena")
-            predicted = make_plan(loaded, resolved, reserve_bytes=reserve,
-                                  planned_activation_bytes=lowered.planned_activation_bytes, **plan_args)
-            plan = predicted.plan
-            shutil.rmtree(scratch)
+
+        def lower(plan: Any) -> Any:
+            shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            lowered = be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
-        size = lowered.model_file.stat().st_size
-        if predicted is not None and predicted.budget_bytes is not None and size > predicted.budget_bytes:
-            raise ExportError(f"the artifact is {size / 1e6:.2f} MB, over the {predicted.budget_bytes / 1e6:g} MB budget",
-                              "raise --budget a little; the smallest plan's size is printed by 'edgeq plan'")
-        estimate = _predict_memory(loaded, layers, lowered, tgt, fp32_bytes(loaded.module))
-        if estimate.total_bytes > memory_budget:
-            source = "--memory-budget" if memory_budget_bytes is not None else f"target '{tgt.name}' budgets.runtime_memory_mb"
-            raise BudgetError(
-                f"predicted peak memory {estimate.total_bytes / 1e6:.1f} MB (weights {estimate.weights_bytes / 1e6:.1f} + "
-                f"activations {estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f})"
-                f" is over the {memory_budget / 1e6:g} MB memory budget ({source})",
-                "plan to the budget with --budget/--memory-budget (or a lower --precision), or shorten --seq-len",
-            )
+            return be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
+
+        def measure(lowered: Any) -> tuple[int, int]:
+            return lowered.model_file.stat().st_size, _predict_memory(prepared, lowered).total_bytes
+
+        # Stage: lower — for a solved plan, inside the budget-fitting loop (edgeq.planning.fit).
+        if predicted is not None:
+            from edgeq.planning.fit import fit_to_budgets
+
+            lowered, predicted = fit_to_budgets(costs, budgets, predicted, lower, measure, steps)
+        else:
+            lowered = lower(plan)
+        estimate = _predict_memory(prepared, lowered)
+        _check_budgets(lowered, estimate, budgets, predicted is not None, memory_budget_bytes is not None, tgt)
+        # Stage: verify in the real runtime.
         numerics = _verify(be, lowered, heldout, reference, loaded, tgt, steps)
+        # Stage: write.
         model_file = work / lowered.model_file.name
         shutil.move(str(lowered.model_file), model_file)
         for extra in lowered.extra_files:  # e.g. ops.json: the per-op graph emulated profiling reads
             shutil.move(str(extra), work / extra.name)
         shutil.rmtree(scratch)
         _copy_support_files(loaded, work)
-        manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, fp32_size, model_file,
-                             work, steps)
-        manifest["precision"]["inventory"] = layers_to_json(layers)
-        tokens, heads = workload(loaded.example_inputs, loaded.config)
+        manifest = _manifest(loaded, resolved, precision, plan, lowered, numerics, prepared.fp32_weight_bytes,
+                             model_file, work, steps)
+        manifest["precision"]["inventory"] = layers_to_json(prepared.layers)
         manifest["memory"].update({
-            "tokens": tokens, "attention_heads": heads,
+            "tokens": prepared.tokens, "attention_heads": prepared.attention_heads,
             "folded_layers": lowered.folded_layers,
-            "budget_bytes": memory_budget,
+            "budget_bytes": budgets.memory_bytes,
             "predicted": {**estimate.to_dict(), "estimate": True,
                           "peak_rss_with_python_runtime_bytes": estimate.peak_rss_bytes()},
         })
@@ -221,19 +193,49 @@ def export(
     return ExportResult(artifact_dir=out_dir, manifest=typed)
 
 
-def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size: int) -> Any:
-    """The memory model's prediction for the lowered artifact (its real schemes and arena)."""
-    from edgeq.planning.inventory import nonlayer_bytes
-    from edgeq.planning.memory import predict_peak, with_folded, with_tied_head, workload
+def _load(model: str | Path, task: str | None, seq_len: int, trust_remote_code: bool, calib: Any,
+          steps: Steps) -> Any:
+    from edgeq.models import load_model
 
+    with steps.step("Loading model") as info:
+        loaded = load_model(model, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
+        info.detail = f"{loaded.name} ({loaded.task}, from {loaded.source_kind})"
+        if calib is not None:
+            from edgeq.models.calib import with_calibration
+
+            loaded = with_calibration(loaded, calib)
+            info.detail += f"; calibration: {loaded.config['calibration']}"
+    return loaded
+
+
+def _check_budgets(lowered: Any, estimate: Any, budgets: Any, solved: bool, memory_from_flag: bool, tgt: Any) -> None:
+    """The lowered artifact against the budgets it was planned for (and the memory budget
+    always: a uniform precision can be over it too)."""
+    size = lowered.model_file.stat().st_size
+    if solved and budgets.max_drop is None and size > budgets.storage_bytes:
+        raise ExportError(f"the artifact is {size / 1e6:.2f} MB, over the {budgets.storage_bytes / 1e6:g} MB budget",
+                          "raise --budget a little; the smallest plan's size is printed by 'edgeq plan'")
+    if estimate.total_bytes > budgets.memory_bytes:
+        source = "--memory-budget" if memory_from_flag else f"target '{tgt.name}' budgets.runtime_memory_mb"
+        raise BudgetError(
+            f"predicted peak memory {estimate.total_bytes / 1e6:.1f} MB (weights {estimate.weights_bytes / 1e6:.1f} + "
+            f"activations {estimate.activation_bytes / 1e6:.1f} + runtime {estimate.runtime_overhead_bytes / 1e6:.1f})"
+            f" is over the {budgets.memory_bytes / 1e6:g} MB memory budget ({source})",
+            "plan to the budget with --budget/--memory-budget (or a lower --precision), or shorten --seq-len",
+        )
+
+
+def _predict_memory(prepared: Any, lowered: Any) -> Any:
+    """The memory model's prediction for the lowered artifact (its real schemes and arena)."""
+    from edgeq.planning.memory import predict_peak, with_folded, with_tied_head
     from edgeq.schemes import applied
 
-    tokens, heads = workload(loaded.example_inputs, loaded.config)
-    pairs = with_folded([(x, applied(lowered.layer_schemes.get(x.fqn, "fp32"))) for x in layers],
+    loaded, fmt = prepared.loaded, prepared.fmt
+    pairs = with_folded([(x, applied(lowered.layer_schemes.get(x.fqn, "fp32"))) for x in prepared.layers],
                         lowered.folded_layers)
-    pairs = with_tied_head(tgt.format, pairs, loaded.config, loaded.task)
-    return predict_peak(tgt.format, pairs, nonlayer_bytes=nonlayer_bytes(fp32_size, layers),
-                        tokens=tokens, attention_heads=heads,
+    pairs = with_tied_head(fmt, pairs, loaded.config, loaded.task)
+    return predict_peak(fmt, pairs, nonlayer_bytes=prepared.other_bytes, tokens=prepared.tokens,
+                        attention_heads=prepared.attention_heads,
                         planned_activation_bytes=lowered.planned_activation_bytes)
 
 

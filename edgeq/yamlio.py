@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import ConfigError
+from pydantic import BaseModel, ValidationError
+
+from edgeq.errors import ConfigError, did_you_mean
 
 LineMap = dict[tuple[str | int, ...], int]
 
@@ -155,3 +158,62 @@ def _umask() -> int:
     current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+def validate_yaml(model: type[BaseModel], data: Any, lines: LineMap, path: Path) -> Any:
+    """``model`` validated from YAML ``data``; the first problem (a misspelt key first) as one
+    ``ConfigError`` naming the file and line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # A misspelt key shows up as both "unknown" and "missing": report the typo.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
+        loc = tuple(err["loc"])
+        where = f"{path}:{line_of(lines, loc) or 1}"
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            known = _fields_at(model, loc[:-1])
+            msg = f"{where}: unknown key '{dotted}'{did_you_mean(key, known)}"
+            hint = f"allowed keys here: {', '.join(sorted(known))}" if known else "remove it"
+        elif err["type"] == "missing":
+            msg = f"{where}: missing required key '{dotted}'"
+            hint = "add it"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+            msg = f"{where}: {dotted}: {text}"
+            hint = "fix the value"
+            if "input" in err and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {err['input']!r})"
+        extra = len(errors) - 1
+        if extra:
+            hint += f"; {extra} more problem{'s' if extra > 1 else ''} in this file"
+        raise ConfigError(msg, hint) from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model reached by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

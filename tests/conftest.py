@@ -20,6 +20,43 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def cli_here(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI's dispatcher (``edgeq.cli._run``, what ``main`` calls after setting up
+    signals) in this process, for the hostile-input tables: the same exit code and the same
+    stdout / stderr text as ``run_cli`` for anything that fails before a runtime prints to
+    the file descriptors directly, without paying a fresh interpreter per case. Cases that
+    need a process of their own (signals, crashes, native output) use ``run_cli``."""
+    import contextlib
+    import io
+
+    from edgeq.cli import _run
+
+    argv = [a for a in args if a != "--debug"]
+    debug = len(argv) != len(args)
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})})
+    if debug:
+        os.environ["EDGEQ_DEBUG"] = "1"
+    else:
+        from edgeq.progress import quiet_libraries
+
+        quiet_libraries()
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = _run(argv, debug)
+            except SystemExit as exc:  # pragma: no cover - _run turns these into codes
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["edgeq", *args], code, out.getvalue(), err.getvalue())
+
+
 def require_system_tool(path_or_name: str, package: str, why: str) -> None:
     """Skip (with the reason) when a system tool the test needs is missing; under CI
     (``CI=true``) fail instead, so a missing install step can never pass as a skip.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 
 
 def _write(path: Path, text: str) -> str:
@@ -106,7 +106,7 @@ def test_bad_input(tmp_path: Path, case_id: str, build, expected: str):
     if argv[0] == "export" and "-o" not in argv:
         argv += ["-o", str(tmp_path / "out")]
     before = set(tmp_path.rglob("*"))
-    proc = run_cli(*argv)
+    proc = cli_here(*argv)
     err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -16,9 +16,12 @@ from edgeq.planning.planner import plan
 from tests.conftest import run_cli
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """One cache for the module (keyed by the calibration inputs, so runs never mix)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEQ_CACHE_DIR", str(tmp_path_factory.mktemp("calib-cache")))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tests.hostile import assert_clean_failure
 
 
@@ -106,7 +106,7 @@ def test_crafted_artifacts_are_refused(tmp_path: Path, good: Path, case_id, muta
     art = tmp_path / "art"
     shutil.copytree(good, art, symlinks=True)
     mutate(art)
-    proc = run_cli("profile", str(art), "--mode", mode, "--runs", "1", "--warmup", "0", "--no-ops")
+    proc = cli_here("profile", str(art), "--mode", mode, "--runs", "1", "--warmup", "0", "--no-ops")
     assert_clean_failure(proc, expected)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tests.hostile import assert_clean_failure
 
 MLP = "tests.tiny_models:tiny_mlp"
@@ -49,7 +49,7 @@ CASES = [
 def test_usage_errors(tmp_path: Path, case_id: str, argv: list[str], expected):
     if argv and argv[0] == "export" and "-o" not in argv:
         argv = argv + ["-o", str(tmp_path / "out")]
-    proc = run_cli(*argv, env={"EDGEQ_CACHE_DIR": str(tmp_path / "cache")})
+    proc = cli_here(*argv, env={"EDGEQ_CACHE_DIR": str(tmp_path / "cache")})
     line = assert_clean_failure(proc, expected)
     assert "internal error" not in line
     assert not (tmp_path / "out").exists()

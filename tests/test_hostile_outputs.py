@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tests.hostile import assert_clean_failure, assert_tree_unchanged, tree_state
 
 MLP = "tests.tiny_models:tiny_mlp"
@@ -87,7 +87,7 @@ def test_outputs_refused(tmp_path: Path, case_id: str, build, expected):
     work.mkdir()
     argv, cwd, env = build(work)
     before = tree_state(work)
-    proc = run_cli(*argv, cwd=cwd, env=env)
+    proc = cli_here(*argv, cwd=cwd, env=env)
     assert_clean_failure(proc, expected)
     assert_tree_unchanged(work, before)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tests.hostile import assert_clean_failure
 
 MARKED = "tests.hostile_models:marks_loaded"
@@ -71,10 +71,10 @@ def _write(t: Path, text) -> Path:
 @pytest.mark.parametrize("case_id, text, expected", TARGETS, ids=[c[0] for c in TARGETS])
 def test_bad_target_yaml_is_refused_by_validate_and_by_export_before_loading(tmp_path: Path, case_id, text, expected):
     path = _write(tmp_path, text)
-    validated = run_cli("targets", "validate", str(path))
+    validated = cli_here("targets", "validate", str(path))
     assert_clean_failure(validated, expected)
     marker = tmp_path / "loaded"
-    exported = run_cli("export", MARKED, "-t", str(path), "-o", str(tmp_path / "out"),
+    exported = cli_here("export", MARKED, "-t", str(path), "-o", str(tmp_path / "out"),
                        env={"EDGEQ_TEST_MARKER": str(marker)})
     assert_clean_failure(exported, expected)
     assert not marker.exists(), "the model was loaded before the target was rejected"

@@ -57,16 +57,30 @@ def test_predict_from_artifact_reads_the_manifest(artifacts, fmt):
     assert est.total_bytes < 100 * MIB
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
-def test_components_add_up(fmt):
-    est = memory.predict_peak(fmt, [(EMBED, S("int8")), (FC, S("int4-g32"))], nonlayer_bytes=10_000, tokens=128,
-                              attention_heads=12, planned_activation_bytes=1000 if fmt == "executorch" else 0)
-    d = est.to_dict()
-    assert d["total_bytes"] == est.total_bytes == max(
-        est.weights_bytes + est.activation_bytes, est.load_bytes) + est.runtime_overhead_bytes
-    assert est.runtime_overhead_bytes == get_backend(fmt).MEMORY.overhead_bytes
-    assert est.peak_rss_bytes() == get_backend(fmt).MEMORY.baseline_bytes + est.total_bytes
-    assert est.peak_rss_bytes(100) == 100 + est.total_bytes
+@pytest.fixture(scope="module")
+def wide_artifacts(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("wide")
+    return {(fmt, precision): export("tests.tiny_models:wide_mlp", target, precision=precision,
+                                     output=root / f"{fmt}-{precision}", samples=2).artifact_dir
+            for fmt, target in (("onnx", "x86"), ("executorch", "x86-executorch"))
+            for precision in ("fp32", "int8")}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("executorch", marks=pytest.mark.xfail(strict=True, reason=(
+    "known defect of the ExecuTorch memory model: it counts one load-time copy of the largest *layer*; "
+    "measured here, XNNPACK holds the .pte bytes of a whole delegate partition (four fused 1024² fp32 "
+    "linears: 34.4 MB attributable, 24.9 MB predicted) while it packs them")))])
+def test_predicted_saving_matches_the_measured_rss_saving(wide_artifacts, fmt):
+    """What int8 saves over fp32 at run time, predicted from each manifest, against what a
+    fresh process running the artifact really holds (peak RSS above the runtime's baseline).
+    On 16.8 MB of fp32 weights the saving is ~12 MB, well above RSS noise (a few MB)."""
+    measured = {p: memory.measure_peak_rss(wide_artifacts[fmt, p], runs=2)["model_attributable_bytes"]
+                for p in ("fp32", "int8")}
+    predicted = {p: memory.predict_from_artifact(wide_artifacts[fmt, p]).total_bytes for p in ("fp32", "int8")}
+    saving_measured = measured["fp32"] - measured["int8"]
+    saving_predicted = predicted["fp32"] - predicted["int8"]
+    assert saving_predicted > 10 * MIB
+    assert abs(saving_measured - saving_predicted) <= 0.2 * saving_predicted + 2 * MIB, (measured, predicted)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])

@@ -14,9 +14,13 @@ from edgeq.planning.planner import BudgetError, plan
 from tests.conftest import run_cli
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """One sensitivity / fp32-probe cache for this module: each model's ExecuTorch probe
+    lowering runs once, and later tests plan from the cache (as a user's second plan does)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEQ_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))
+        yield
 
 
 def test_budget_is_met_and_more_budget_means_less_error():
@@ -75,7 +79,8 @@ def test_bad_plan_files(tmp_path: Path):
     assert not (tmp_path / "o").exists()
 
 
-def test_corrupt_cache_is_a_clear_error(tmp_path: Path):
+def test_corrupt_cache_is_a_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
     plan("tests.tiny_models:tiny_text", "rpi5", budget_bytes=60_000)
     for f in (tmp_path / "cache").rglob("*.json"):
         f.write_text("{not json")

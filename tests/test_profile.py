@@ -320,3 +320,23 @@ def test_bad_input(tiny_artifacts, tmp_path, case_id, build, expected):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert expected in lines[0], lines[0]
     assert proc.stdout == ""
+
+
+def test_profile_reports_are_typed_and_versioned(tiny_artifacts):
+    """What profile_artifacts returns is checked against edgeq.profiling.schema: a real host
+    measurement and a real emulation both pass and carry the schema version; a report a
+    device runner could send back malformed is refused, naming the field."""
+    from edgeq.errors import ArtifactError
+    from edgeq.profiling import _checked, profile_artifacts
+    from edgeq.profiling.schema import REPORT_SCHEMA_VERSION, typed_report
+
+    measured, = profile_artifacts([tiny_artifacts["onnx"]], runs=3, warmup=1, ops=False, with_estimate=True)
+    emulated, = profile_artifacts([tiny_artifacts["onnx"]], mode="emulated")
+    assert measured["schema_version"] == emulated["schema_version"] == REPORT_SCHEMA_VERSION
+    assert measured["latency_ms"]["p50"] > 0 and measured["emulated"]["estimate"] is True
+    assert typed_report(emulated).mode == "emulated" and emulated["latency_ms"] > 0
+    broken = {k: v for k, v in measured.items() if k != "samples_ms"}
+    with pytest.raises(ArtifactError, match="samples_ms"):
+        _checked(broken)
+    with pytest.raises(ArtifactError, match="latency_ms.p50"):
+        _checked({**measured, "latency_ms": {**measured["latency_ms"], "p50": -1.0}})

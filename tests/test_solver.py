@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 
 import pytest
 
@@ -67,10 +66,10 @@ def test_smallest_within_error():
             assert sum(c.error for c in combo) > 0.05
 
 
-def test_deterministic_and_fast_for_hundreds_of_layers():
+def test_deterministic_for_hundreds_of_layers():
+    """Same problem, same plan (its speed is a benchmark figure: benchmarks/solver_speed.py)."""
     options = _random_problem(3, 500)
     budget = int(sum(c.bytes for v in options.values() for c in v) / 4)
-    start = time.perf_counter()
     a = solve(options, budget)
-    assert time.perf_counter() - start < 1.0
+    assert a.bytes <= budget
     assert solve(_random_problem(3, 500), budget) == a

@@ -31,6 +31,16 @@ def tiny_mlp():
     return model, (torch.randn(1, 64),)
 
 
+def wide_mlp():
+    """Four 1024×1024 linears (16.8 MB at fp32): big enough that their weights stand out of
+    a runtime's RSS noise."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(4):
+        layers += [nn.Linear(1024, 1024), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval(), (torch.randn(1, 1024),)
+
+
 def tiny_conv():
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -106,7 +106,19 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
             used = (report.get("threads") or {}).get("used")
             report["emulated"] = emulate(artifact, name, threads=used)
         reports.append(report)
-    return reports
+    return [_checked(r) for r in reports]
+
+
+def _checked(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as ``edgeq.profiling.schema`` types it (a runner on a device is not
+    edgeq's process: what it sent back is checked like input)."""
+    from edgeq.profiling.schema import report_dict
+
+    try:
+        return report_dict(report)
+    except ValueError as exc:
+        raise ArtifactError(f"the profile report for {report.get('artifact', '?')} is malformed ({exc})",
+                            "re-run with --debug; if the runner is edgeq's own, report it") from None
 
 
 def profile_host(artifact_dir: str | Path, *, runs: int = 20, warmup: int = 3, threads: int | None = None,

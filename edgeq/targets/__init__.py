@@ -16,16 +16,13 @@ runtime, or the CLI.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from edgeq.errors import ConfigError, did_you_mean
 from edgeq.targets.schema import DeviceProfile, Target
-from edgeq.yamlio import LineMap, line_of, read_yaml
+from edgeq.yamlio import LineMap, line_of, read_yaml, validate_yaml
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # edgeq/
 
@@ -54,14 +51,14 @@ class ResolvedTarget:
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     path = _resolve("profiles", str(name_or_path))
     data, lines = read_yaml(path)
-    return _validate(DeviceProfile, data, lines, path)
+    return validate_yaml(DeviceProfile, data, lines, path)
 
 
 def load_target(name_or_path: str | Path) -> ResolvedTarget:
     """Resolve a target by built-in name or YAML path, apply ``extends:``, validate."""
     path = _resolve("targets", str(name_or_path))
     data, lines = _read_with_extends(path, seen=())
-    target = _validate(Target, data, lines, path)
+    target = validate_yaml(Target, data, lines, path)
     try:
         profile = load_profile(target.device)
     except ConfigError as exc:
@@ -147,60 +144,3 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
         else:
             out[key] = value  # lists and scalars replace
     return out
-
-
-def _validate(model: type[BaseModel], data: Any, lines: LineMap, path: Path) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        # A misspelt key shows up as both "unknown" and "missing": report the typo.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        err = errors[0]
-        loc = tuple(err["loc"])
-        where = f"{path}:{line_of(lines, loc) or 1}"
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            known = _fields_at(model, loc[:-1])
-            msg = f"{where}: unknown key '{dotted}'{did_you_mean(key, known)}"
-            hint = f"allowed keys here: {', '.join(sorted(known))}" if known else "remove it"
-        elif err["type"] == "missing":
-            msg = f"{where}: missing required key '{dotted}'"
-            hint = "add it"
-        else:
-            text = err["msg"].removeprefix("Value error, ")
-            msg = f"{where}: {dotted}: {text}"
-            hint = "fix the value"
-            if "input" in err and not isinstance(err["input"], (dict, list)):
-                msg += f" (got {err['input']!r})"
-        extra = len(errors) - 1
-        if extra:
-            hint += f"; {extra} more problem{'s' if extra > 1 else ''} in this file"
-        raise ConfigError(msg, hint) from None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model reached by following ``loc`` from ``model``."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

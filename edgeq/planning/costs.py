@@ -1,0 +1,129 @@
+"""Stage 2, ``measure_costs``: what each (layer, scheme) would cost and lose.
+
+From a ``Prepared`` model: the candidate schemes per layer (target precisions, layer shape,
+the user's rules), each candidate's measured error (``sensitivity``, cached on disk), its
+bytes in the file and as the runtime holds them (the backend's cost table), and the
+backend's fp32 probe. The result, ``PlanCosts``, is plain data: the solver needs nothing
+else, and re-solving it (another budget, a measured file overhead) never touches the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edgeq.errors import ConfigError
+from edgeq.planning.inventory import LayerInfo
+from edgeq.planning.rules import candidate_schemes, excluded_schemes, parse_rules
+from edgeq.planning.solver import Choice
+from edgeq.progress import Steps
+from edgeq.schemes import FP32, Scheme
+
+
+@dataclass(frozen=True)
+class PlanCosts:
+    layers: list[LayerInfo]
+    sensitivity: dict[str, dict[str, float]]  # fqn → {scheme name: measured error}
+    stored: dict[str, list[Choice]]  # fqn → choices costed in file bytes (weight + its scheme's entries)
+    held: dict[str, list[Choice]]  # fqn → choices costed in bytes the runtime holds
+    layer_bytes: dict[str, dict[str, int]]  # fqn → {scheme name: weight bytes in the file}
+    other_bytes: int  # constants outside the planned layers, fp32
+    file_base_bytes: int  # the file's non-weight bytes at fp32 (the backend's probe)
+    activation_bytes: int  # the runtime's planned activation arena (0 where it plans none)
+    pinned: dict[str, Scheme]
+    reasons: dict[str, str]  # fqn → why it has no choice
+    excluded: dict[str, dict[str, str]]  # fqn → {scheme: why the layer cannot take it}
+    unused: frozenset[str]
+    folded: dict[str, int]
+    fmt: str
+    config: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
+    tokens: int = 0
+    attention_heads: int = 0
+    target: str = ""
+    model: str = ""
+
+    def predict(self, schemes: dict[str, Scheme]) -> Any:
+        """The memory model's peak for a plan (``edgeq.planning.memory.MemoryEstimate``)."""
+        from edgeq.planning import memory
+
+        pairs = [(x, None if x.fqn in self.unused else schemes[x.fqn]) for x in self.layers]
+        pairs = memory.with_tied_head(self.fmt, memory.with_folded(pairs, self.folded), self.config, self.task)
+        return memory.predict_peak(self.fmt, pairs, nonlayer_bytes=self.other_bytes, tokens=self.tokens,
+                                   attention_heads=self.attention_heads,
+                                   planned_activation_bytes=self.activation_bytes)
+
+    def with_activation_bytes(self, activation_bytes: int) -> "PlanCosts":
+        """The same costs with the arena a real lowering planned (it replaces the probe's)."""
+        return replace(self, activation_bytes=activation_bytes)
+
+
+def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
+                  calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None) -> PlanCosts:
+    """Candidates, measured errors and bytes for every layer of ``prepared``."""
+    from edgeq.backends import get_backend
+    from edgeq.planning import sensitivity
+
+    steps = steps or Steps()
+    loaded, tgt, layers = prepared.loaded, prepared.resolved.target, prepared.layers
+    fmt = prepared.fmt
+    be = get_backend(fmt)
+    pinned = parse_rules(rules or [], layers)
+    for fqn, scheme in pinned.items():
+        layer = next(x for x in layers if x.fqn == fqn)
+        if scheme not in candidate_schemes(layer, list(tgt.precisions) + ["fp32"]) and scheme != FP32:
+            raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
+                              "its shape or kind does not fit the scheme, or the target does not allow it")
+    unused, folded, fixed = prepared.unused, prepared.folded, prepared.fixed
+    reasons = {f: "never called by the model's forward: the export drops it (fp32, 0 bytes)" for f in unused}
+    reasons |= {f: f"the {fmt} lowering folds it into an fp32 constant ({b / 1e3:.0f} KB at any scheme): kept fp32"
+                for f, b in folded.items()}
+    reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
+    candidates = {
+        x.fqn: [pinned[x.fqn]] if x.fqn in pinned else [FP32] if x.fqn in fixed
+        else candidate_schemes(x, list(tgt.precisions)) or [FP32]
+        for x in layers
+    }
+    with steps.step("Measuring sensitivity") as info:
+        calib = loaded.make_inputs("calib", calib_samples)
+        sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
+                                   proxy=proxy, use_cache=use_cache, fmt=fmt)
+        info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
+    probe = prepared.probe(steps, use_cache)
+
+    def weight(x: LayerInfo, scheme: Scheme) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme)
+
+    def in_file(x: LayerInfo, scheme: Scheme) -> int:  # the weight + its scheme's entries in the file
+        return weight(x, scheme) + (0 if x.fqn in fixed else be.scheme_overhead(x, scheme))
+
+    def held(x: LayerInfo, scheme: Scheme) -> int:
+        return fixed[x.fqn] if x.fqn in fixed else be.held_bytes(x, scheme)
+
+    def error(fqn: str, scheme: Scheme) -> float:
+        # Measured errors below float precision (fp16 layers, ~1e-9) can come out 0 or
+        # negative; a changed layer is never better than fp32, so ties go to fp32.
+        return 0.0 if scheme == FP32 else max(sens[fqn][scheme.name], 0.0) + 1e-12
+
+    return PlanCosts(
+        layers=layers,
+        sensitivity=sens,
+        stored={x.fqn: [Choice(s, in_file(x, s), error(x.fqn, s)) for s in candidates[x.fqn]] for x in layers},
+        held={x.fqn: [Choice(s, held(x, s), error(x.fqn, s)) for s in candidates[x.fqn]] for x in layers},
+        layer_bytes={x.fqn: {s.name: weight(x, s) for s in candidates[x.fqn]} for x in layers},
+        other_bytes=prepared.other_bytes,
+        file_base_bytes=probe.file_overhead_bytes,
+        activation_bytes=probe.activation_bytes,
+        pinned=pinned,
+        reasons=reasons,
+        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, list(tgt.precisions)))},
+        unused=frozenset(unused),
+        folded=folded,
+        fmt=fmt,
+        config=loaded.config,
+        task=loaded.task,
+        tokens=prepared.tokens,
+        attention_heads=prepared.attention_heads,
+        target=tgt.name,
+        model=loaded.name,
+    )

@@ -1,0 +1,64 @@
+"""Which schemes a layer may take: the target's precisions, the layer's shape, and the
+user's ``REGEX=SCHEME`` rules (checked without the model, applied to its layers)."""
+
+from __future__ import annotations
+
+import re
+
+from edgeq.errors import ConfigError
+from edgeq.planning.inventory import LayerInfo
+from edgeq.schemes import Scheme, allowed, parse
+
+MAX_RULE_PATTERN = 500  # characters: a rule is a layer-name pattern, not a program
+
+
+def candidate_schemes(layer: LayerInfo, precisions: list[str]) -> list[Scheme]:
+    """Schemes the target's ``precisions`` allow that this layer's kind and shape can take."""
+    return [s for s in allowed(precisions) if layer.fits(s) and not (layer.kind == "conv" and s.bits == 4)]
+
+
+def excluded_schemes(layer: LayerInfo, precisions: list[str]) -> dict[str, str]:
+    """Schemes the target allows that ``layer`` cannot take, with the reason."""
+    out = {}
+    for scheme in allowed(precisions):
+        if scheme.is_float:
+            continue
+        if layer.kind == "conv" and scheme.bits == 4:
+            out[scheme.name] = "no int4 convolution kernels in the backends"
+        elif not layer.fits(scheme):
+            out[scheme.name] = f"reduction dim {layer.params // layer.shape[0]} is not a multiple of {scheme.group}"
+    return out
+
+
+def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", Scheme]]:
+    """Parse ``["regex=scheme", ...]`` without the model: ``(rule, regex, scheme)`` each."""
+    parsed = []
+    for rule in rules:
+        if "=" not in rule:
+            raise ConfigError(f"rule '{rule}' is not of the form REGEX=SCHEME", "e.g. --rule 'attention.output=int8'")
+        pattern, name = rule.rsplit("=", 1)
+        scheme = parse(name, f"rule '{rule}'")
+        if len(pattern) > MAX_RULE_PATTERN:
+            raise ConfigError(f"rule '{rule[:40]}…': the pattern is longer than {MAX_RULE_PATTERN} characters", "shorten it")
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"rule '{rule}': bad regular expression ({exc})", "fix the pattern") from None
+        parsed.append((rule, regex, scheme))
+    return parsed
+
+
+def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, Scheme]:
+    """``["regex=scheme", ...]`` → pinned ``{fqn: scheme}``; every rule must match a layer."""
+    pinned: dict[str, Scheme] = {}
+    names = [layer.fqn for layer in layers]
+    for rule, regex, scheme in check_rules(rules):
+        matched = [n for n in names if regex.search(n)]
+        if not matched:
+            from edgeq.errors import did_you_mean
+
+            raise ConfigError(f"rule '{rule}' matches no layer{did_you_mean(rule.rsplit('=', 1)[0], names)}",
+                              "run 'edgeq plan' to see the layer names")
+        for n in matched:
+            pinned[n] = scheme
+    return pinned
