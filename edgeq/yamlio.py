@@ -126,40 +126,6 @@ def line_of(lines: LineMap, loc: tuple[str | int, ...]) -> int | None:
     return lines.get(())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    import os
-    import tempfile
-
-    import errno
-
-    from edgeq.errors import OutputError
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror})", "choose a writable location") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"no space left on device while writing {path}", "free some disk space") from None
-        raise
-
-
-def _umask() -> int:
-    import os
-
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
 def validate_yaml(model: type[BaseModel], data: Any, lines: LineMap, path: Path) -> Any:
     """``model`` validated from YAML ``data``; the first problem (a misspelt key first) as one
     ``ConfigError`` naming the file and line."""

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from edgeq.planning import memory
+
+from edgeq.profiling.rss import measure_peak_rss
 from edgeq.export import export
 from edgeq.backends import get_backend
 from edgeq.planning.inventory import LayerInfo
@@ -29,7 +31,7 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
 def test_measure_peak_rss_returns_sane_numbers(artifacts, fmt):
-    r = memory.measure_peak_rss(artifacts[fmt], runs=2)
+    r = measure_peak_rss(artifacts[fmt], runs=2)
     assert r["runs"] == 2 and r["peak_reset"] is True
     assert 10 * MIB < r["baseline_rss_bytes"] < 4096 * MIB  # a Python process with the runtime imported
     assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"]
@@ -40,7 +42,7 @@ def test_measure_peak_rss_returns_sane_numbers(artifacts, fmt):
 
 def test_measure_peak_rss_fails_clearly_on_a_missing_artifact(tmp_path):
     with pytest.raises(RuntimeError, match="measuring"):
-        memory.measure_peak_rss(tmp_path / "nope")
+        measure_peak_rss(tmp_path / "nope")
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
@@ -74,7 +76,7 @@ def test_predicted_saving_matches_the_measured_rss_saving(wide_artifacts, fmt):
     """What int8 saves over fp32 at run time, predicted from each manifest, against what a
     fresh process running the artifact really holds (peak RSS above the runtime's baseline).
     On 16.8 MB of fp32 weights the saving is ~12 MB, well above RSS noise (a few MB)."""
-    measured = {p: memory.measure_peak_rss(wide_artifacts[fmt, p], runs=2)["model_attributable_bytes"]
+    measured = {p: measure_peak_rss(wide_artifacts[fmt, p], runs=2)["model_attributable_bytes"]
                 for p in ("fp32", "int8")}
     predicted = {p: memory.predict_from_artifact(wide_artifacts[fmt, p]).total_bytes for p in ("fp32", "int8")}
     saving_measured = measured["fp32"] - measured["int8"]

@@ -12,11 +12,11 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from edgeq.atomic import write_text_atomic
 from edgeq.artifact import MANIFEST, file_table, read_artifact, sha256, staged_dir
 from edgeq.bundle.describe import BUNDLE_FILE, BUNDLE_SCHEMA_VERSION, check_bundle_id, default_bundle_id, describe
 from edgeq.errors import ArtifactError, OutputError
@@ -101,14 +101,7 @@ def write_index(assets: Path) -> Path:
             "bundle_file": f"{d.name}/{BUNDLE_FILE}", "runtime": (desc.get("runtime") or {}).get("android_package"),
         })
     index = {"schema_version": INDEX_SCHEMA_VERSION, "bundles": entries}
-    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", dir=assets)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp, assets / INDEX)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(assets / INDEX, json.dumps(index, indent=2) + "\n")
     return assets / INDEX
 
 

@@ -89,7 +89,7 @@ def check_writable(path: Path, flag: str = "--update-baseline") -> None:
 def write_baseline(path: Path, results: list[Any], roots: list[Path], opts: Any) -> None:
     """Record each artifact that passed integrity; entries of other artifacts in an existing file are kept."""
     from edgeq.check.gates import fidelity_figure
-    from edgeq.yamlio import write_text_atomic
+    from edgeq.atomic import write_text_atomic
 
     entries: dict[str, BaselineEntry] = {}
     if Path(path).is_file():

@@ -1,9 +1,8 @@
 """Runtime memory of an artifact: measured in a fresh process, and predicted from its plan.
 
-Measured (``measure_peak_rss``): a fresh Python process imports the runtime, resets the
-kernel's peak-RSS counter (``/proc/self/clear_refs``), records its resident set (the
-*baseline*), loads the artifact, runs it ``runs`` times on zeros (ones for ``*mask*``
-inputs) shaped as the manifest says, and reports the peak resident set (``VmHWM``).
+Measured (``edgeq.profiling.rss.measure_peak_rss``): edgeq's runner in a fresh process
+imports the runtime, resets the kernel's peak-RSS counter, records its resident set (the
+*baseline*), loads the artifact, runs it, and reports the peak resident set (``VmHWM``).
 
 Predicted (``predict_peak``, ``predict_from_artifact``): weights as the runtime holds
 them (per layer, from its shape and scheme), activations (ExecuTorch's planned arena plus
@@ -12,15 +11,12 @@ weight, and a per-runtime overhead; see ``MemoryEstimate``. The byte formulas pe
 follow the formats; the coefficients below are fitted to measurements, and say so.
 
 >>> est = predict_from_artifact("dist/all-MiniLM-L6-v2-x86")  # doctest: +SKIP
+>>> from edgeq.profiling.rss import measure_peak_rss  # doctest: +SKIP
 >>> est.total_bytes, measure_peak_rss("dist/all-MiniLM-L6-v2-x86")["model_attributable_bytes"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Sequence
@@ -320,126 +316,3 @@ def _prod(xs: Sequence[int]) -> int:
     for x in xs:
         out *= int(x)
     return out
-
-
-# --- measurement ----------------------------------------------------------------------
-
-
-def _status() -> dict[str, int]:
-    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile`` of this process, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def _settle() -> None:
-    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``), so
-    the baseline counts only memory in use and the model's allocations are all new pages."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _run_child(artifact_dir: str, runs: int) -> dict[str, Any]:
-    """Body of the fresh measuring process (``python -m edgeq.planning.memory DIR RUNS``)."""
-    manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
-    model = Path(artifact_dir) / manifest["model_file"]
-    inputs = manifest["model"]["inputs"]
-    fill = [1 if "mask" in i["name"] else 0 for i in inputs]
-    if model.suffix == ".pte":
-        import executorch.kernels.quantized  # noqa: F401  quantized embedding kernels
-        import torch
-        from executorch.runtime import Runtime
-
-        runtime = Runtime.get()
-        feeds: Any = [torch.full(i["shape"], v, dtype=getattr(torch, i["dtype"])) for i, v in zip(inputs, fill)]
-        _settle()
-        reset = _reset_peak()
-        base = _status()
-        method = runtime.load_program(str(model)).load_method("forward")
-        loaded = _status()
-        for _ in range(runs):
-            method.execute(feeds)
-    else:
-        import numpy as np
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(manifest["target"].get("threads") or 0)
-        opts.log_severity_level = 3
-        feeds = {i["name"]: np.full(i["shape"], v, dtype=i["dtype"]) for i, v in zip(inputs, fill)}
-        _settle()
-        reset = _reset_peak()
-        base = _status()
-        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        loaded = _status()
-        for _ in range(runs):
-            session.run(None, feeds)
-    end = _status()
-    return {
-        "baseline_rss_bytes": base["VmRSS"],
-        "baseline_hwm_bytes": base["VmHWM"],
-        "peak_rss_bytes": end["VmHWM"],
-        "model_attributable_bytes": end["VmHWM"] - base["VmRSS"],
-        "after_load_rss_bytes": loaded["VmRSS"],
-        "after_load_hwm_bytes": loaded["VmHWM"],
-        "final_rss_bytes": end["VmRSS"],
-        "final_anon_bytes": end["RssAnon"] - base["RssAnon"],
-        "final_file_bytes": end["RssFile"] - base["RssFile"],
-        "peak_reset": reset,
-        "runs": runs,
-    }
-
-
-def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 1,
-                     timeout: float = 900) -> dict[str, Any]:
-    """Peak RSS of loading and running ``artifact_dir`` ``runs`` times, in a fresh process.
-
-    Returns ``baseline_rss_bytes`` (runtime imported, nothing loaded), ``peak_rss_bytes``
-    (``VmHWM`` after the runs) and ``model_attributable_bytes`` (peak - baseline), plus
-    the RSS after loading and the final anonymous / file-backed growth, for diagnosis.
-    With ``repeats`` > 1, that many fresh processes are measured and the one with the
-    median attributable bytes is returned, with the range in ``attributable_range_bytes``.
-    """
-    root = Path(__file__).resolve().parents[2]  # the directory holding edgeq/
-    # A fixed, minimal environment: the environment's size shifts the process's memory
-    # layout, and with it how often ONNX Runtime lands in its low-RSS mode (see ORT_LINEAR_HELD).
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-    env.update(PYTHONPATH=str(root), LANG="C.UTF-8", HF_HUB_OFFLINE="1")
-    results = []
-    for _ in range(max(1, repeats)):
-        proc = subprocess.run([sys.executable, "-m", "edgeq.planning.memory", str(Path(artifact_dir).resolve()), str(runs)],
-                              env=env, capture_output=True, text=True, timeout=timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"measuring {artifact_dir} failed (exit {proc.returncode}): "
-                               f"{proc.stderr.strip()[-500:]}")
-        results.append(json.loads(lines[-1]))
-    results.sort(key=lambda r: r["model_attributable_bytes"])
-    out = results[len(results) // 2]
-    out["repeats"] = len(results)
-    out["attributable_range_bytes"] = [results[0]["model_attributable_bytes"], results[-1]["model_attributable_bytes"]]
-    return out
-
-
-if __name__ == "__main__":
-    print(json.dumps(_run_child(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3)), flush=True)

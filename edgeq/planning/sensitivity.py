@@ -78,7 +78,7 @@ def measure(
                     if progress:
                         progress(done, total)
     if use_cache:
-        from edgeq.yamlio import write_text_atomic
+        from edgeq.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True))
     return result

@@ -198,28 +198,11 @@ def check_html_path(path: str | Path) -> None:
 
 def write_html(reports: list[dict[str, Any]], path: str | Path) -> Path:
     """Write one self-contained HTML page for ``reports`` atomically (temp file + rename)."""
-    import os
-    import tempfile
-
-    from edgeq.errors import OutputError
+    from edgeq.atomic import write_text_atomic
 
     path = Path(path)
     text = render_html(reports)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror})", "choose another --html path") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a report to share, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text, hint="choose another --html path")
     return path
 
 

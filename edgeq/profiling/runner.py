@@ -192,7 +192,7 @@ def _status() -> dict[str, int]:
         with open("/proc/self/status") as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                     out[key] = int(rest.split()[0]) * 1024
     except OSError:
         pass
@@ -312,6 +312,7 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
         raise RunnerError(f"ExecuTorch cannot load {model} ({_first_line(exc)}) "
                           "(the file is corrupt or needs a delegate this runtime lacks; re-run 'edgeq export')") from None
     load_ms = (time.perf_counter() - t0) * 1e3
+    loaded = _status()
     try:
         for _ in range(warmup):
             method.execute(feeds)
@@ -325,7 +326,7 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": used,
-            "memory": _memory(base, end, reset)}
+            "memory": _memory(base, loaded, end, reset)}
 
 
 def ops_executorch(model: Path, arrays: list[Any], delegates_used: list[str]) -> dict[str, Any]:
@@ -475,6 +476,7 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
     t0 = time.perf_counter()
     session = _ort_session(model, threads)
     load_ms = (time.perf_counter() - t0) * 1e3
+    loaded = _status()
     feeds = _ort_feeds(session, names, arrays)
     try:
         for _ in range(warmup):
@@ -489,7 +491,7 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": threads,
-            "memory": _memory(base, end, reset)}
+            "memory": _memory(base, loaded, end, reset)}
 
 
 def ops_onnx(model: Path, arrays: list[Any], names: list[str], threads: int | None) -> dict[str, Any]:
@@ -538,12 +540,20 @@ def summarize_ort_trace(trace: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ main
 
 
-def _memory(base: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
+def _memory(base: dict[str, int], loaded: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
+    """Peak RSS (``VmHWM``) over load and runs, above the baseline taken with the runtime
+    imported; the RSS after loading and the final anonymous / file-backed growth, for
+    diagnosis (``edgeq.profiling.rss`` reads the same block)."""
     if not base or not end:
         return {"available": False}
-    return {"available": True, "baseline_rss_bytes": base["VmRSS"], "peak_rss_bytes": end["VmHWM"],
-            "model_attributable_bytes": end["VmHWM"] - base["VmRSS"], "final_rss_bytes": end["VmRSS"],
-            "peak_reset": reset}
+    out = {"available": True, "baseline_rss_bytes": base["VmRSS"], "peak_rss_bytes": end["VmHWM"],
+           "model_attributable_bytes": end["VmHWM"] - base["VmRSS"], "final_rss_bytes": end["VmRSS"],
+           "peak_reset": reset}
+    if loaded:
+        out.update(after_load_rss_bytes=loaded["VmRSS"], after_load_hwm_bytes=loaded["VmHWM"])
+    if "RssAnon" in base and "RssAnon" in end:
+        out.update(final_anon_bytes=end["RssAnon"] - base["RssAnon"], final_file_bytes=end["RssFile"] - base["RssFile"])
+    return out
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:

@@ -34,7 +34,7 @@ def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = Tr
     from edgeq.planning.inventory import layer_inventory
     from edgeq.planning.plan import QuantPlan
     from edgeq.schemes import FP32
-    from edgeq.yamlio import write_text_atomic
+    from edgeq.atomic import write_text_atomic
 
     tgt = resolved.target
     h = hashlib.sha256(f"arena2|{__version__}|{tgt.delegates}|{resolved.profile.name}".encode())
