@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests import tiny_models
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tests.hostile import assert_clean_failure
 
 
@@ -152,7 +152,7 @@ def test_hostile_model_input(tmp_path: Path, base_bert: Path, case_id: str, buil
     if "--seq-len" not in argv:  # the tiny BERT has 64 positions, the target's default is 128
         argv += ["--seq-len", "16"]
     argv += ["-o", str(tmp_path / "out")]
-    proc = run_cli(*argv, cwd=tmp_path, env={"EDGEQ_CACHE_DIR": str(tmp_path / "cache")})
+    proc = cli_here(*argv, cwd=tmp_path, env={"EDGEQ_CACHE_DIR": str(tmp_path / "cache")})
     assert_clean_failure(proc, expected)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

@@ -99,6 +99,9 @@ PLANS = [
     ("plan-scheme-typo", "layers: {'0': int-8}\n", "did you mean 'int8'"),
     ("plan-scheme-not-allowed", None, "does not allow"),
     ("plan-bomb", "layers: {'0': int8}\n" + _laughs(), "expands to more than"),
+    ("plan-unknown-key", "layers: {'0': int8}\nbudget_byte: 5\n", "unknown key 'budget_byte'; did you mean 'budget_bytes'"),
+    ("plan-layer-name-not-a-string", "layers: {1: int8}\n", "layers.1"),
+    ("plan-prediction-wrong-kind", "layers: {'0': int8}\npredicted: {bytes: lots}\n", "predicted.bytes"),
 ]
 
 
@@ -111,7 +114,7 @@ def test_bad_plan_file_is_refused_before_loading(tmp_path: Path, case_id, text, 
     plan = tmp_path / "plan.yaml"
     plan.write_text(text)
     marker = tmp_path / "loaded"
-    proc = run_cli("export", MARKED, "-t", target, "--plan", str(plan), "-o", str(tmp_path / "out"),
+    proc = cli_here("export", MARKED, "-t", target, "--plan", str(plan), "-o", str(tmp_path / "out"),
                    env={"EDGEQ_TEST_MARKER": str(marker)})
     assert_clean_failure(proc, expected)
     assert not marker.exists(), "the model was loaded before the plan was rejected"

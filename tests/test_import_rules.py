@@ -77,7 +77,7 @@ ALLOWED = {
     "models": ("edgeq.models", "edgeq.errors", "edgeq.jsonio", "edgeq.yamlio"),
     "targets": ("edgeq.targets", "edgeq.errors", "edgeq.yamlio", "edgeq.backends"),
     "planning": ("edgeq.planning", "edgeq.errors", "edgeq.schemes", "edgeq.progress", "edgeq.yamlio",
-                 "edgeq.jsonio", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
+                 "edgeq.jsonio", "edgeq.atomic", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
                  "edgeq.targets"),
 }
 

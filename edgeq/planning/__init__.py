@@ -6,7 +6,8 @@ them) → ``sensitivity`` (each layer × scheme's measured error) → ``memory``
 holds at run time) → ``solver`` (least error within the budgets, a pure function) →
 ``plan`` (the plan value) and ``planner`` (the orchestration, plan files and rules).
 
-May import: ``edgeq.errors``, ``edgeq.schemes``, ``edgeq.progress``, ``edgeq.yamlio``,
+May import: ``edgeq.errors``, ``edgeq.schemes``, ``edgeq.progress``, ``edgeq.yamlio``, ``edgeq.jsonio``,
+``edgeq.atomic``, ``edgeq.artifact`` / ``edgeq.manifest`` (reading an artifact's plan back),
 ``edgeq.backends`` (registry and per-format costs), ``edgeq.models``, ``edgeq.targets``.
 ``solver`` imports nothing from edgeq but the plan values; nothing here imports the CLI.
 """

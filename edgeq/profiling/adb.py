@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import clip
-from edgeq.profiling.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
+from edgeq.profiling.devices import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
                           DeviceRunError, DeviceSetupError, DeviceUnreachableError)
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from typing import Any
 from edgeq.profiling.adb import _adb, _adb_path, _device_info, _last_line, pick_device
 from edgeq.errors import clip
 from edgeq.manifest import Manifest
-from edgeq.profiling.remote import ANDROID_APP, ANDROID_RUNNER_ENV, AdbDevice, DeviceRunError, DeviceSetupError
+from edgeq.profiling.devices import ANDROID_APP, ANDROID_RUNNER_ENV, AdbDevice, DeviceRunError, DeviceSetupError
 
 APP_TIMEOUT_ENV = "EDGEQ_ANDROID_APP_TIMEOUT"
 APP_TIMEOUT_S = 900.0
