@@ -222,7 +222,7 @@ def make_edgeq(model_dir: Path, target: str, precision: str, work: Path) -> tupl
         result = export(str(model_dir), target, precision=precision, output=out, force=True, samples=8,
                         show_progress=False)
     dt = time.perf_counter() - t0
-    m = result.manifest
+    m = result.manifest.model_dump(mode="json")  # the typed manifest, as its JSON reads
     info = {"layer_counts": m["precision"]["layer_counts"],
             "portable_ops": (m.get("delegation") or {}).get("portable_op_count")}
     return result.artifact_dir / m["model_file"], dt, "whole export() call (incl. its 8-sample check)", info

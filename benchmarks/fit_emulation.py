@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit emulated profiling's CPU efficiency factors (``edgeq/efficiency_fitted.json``).
+"""Fit emulated profiling's CPU efficiency factors (``edgeq/profiling/efficiency_fitted.json``).
 
 Exports a fit set of models — MLPs, conv nets, small BERTs, a small Llama and a ViT at
 a few sizes, plus the 40 KB ``tiny_text`` test model for the fixed costs; never the
@@ -38,7 +38,7 @@ once, at the start, and stored with the factors.
 Exports take ~15 min on 2 cores (kept in ``--work``), measuring ~15 min, with
 ``OMP_NUM_THREADS=1`` (see below). Each
 measurement first waits (``--idle-wait`` seconds at most) for other processes to go
-quiet and records how busy they were. Writes ``edgeq/efficiency_fitted.json`` (unless
+quiet and records how busy they were. Writes ``edgeq/profiling/efficiency_fitted.json`` (unless
 ``--no-write``) and ``benchmarks/results/fit_emulation.json``.
 """
 
@@ -556,7 +556,7 @@ def main() -> None:
     ap.add_argument("--refit", nargs="*", type=Path, metavar="MEASUREMENTS",
                     help="only fit, on measurements saved by earlier runs (default: --work's measurements.json; "
                          "several files are pooled, the bandwidth is the first one's)")
-    ap.add_argument("--no-write", action="store_true", help="do not write edgeq/efficiency_fitted.json")
+    ap.add_argument("--no-write", action="store_true", help="do not write edgeq/profiling/efficiency_fitted.json")
     args = ap.parse_args()
     quiet()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -621,7 +621,7 @@ def main() -> None:
     out = {**provenance, "runtimes": factors}
     print_table(detail["rows"], factors, summary)
     if not args.no_write:
-        target = ROOT / "edgeq" / "efficiency_fitted.json"
+        target = ROOT / "edgeq" / "profiling" / "efficiency_fitted.json"
         tmp = target.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(out, indent=1) + "\n")
         tmp.replace(target)

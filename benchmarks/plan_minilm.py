@@ -171,7 +171,7 @@ def edgeq_artifact(model_dir: Path, target: str, out: Path, **kwargs: Any) -> tu
 
     with quiet_native():
         result = export(str(model_dir), target, output=out, force=True, samples=8, show_progress=False, **kwargs)
-    return result.artifact_dir, result.manifest
+    return result.artifact_dir, result.manifest.model_dump(mode="json")  # the typed manifest, as its JSON reads
 
 
 def peer_dir(model_file: Path, out: Path, fmt: str, threads: int) -> Path:

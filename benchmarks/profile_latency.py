@@ -130,7 +130,7 @@ def main() -> None:
     if args.export_only:
         return
     if not fitted():
-        sys.exit("edgeq/efficiency_fitted.json is missing: run benchmarks/fit_emulation.py first")
+        sys.exit("edgeq/profiling/efficiency_fitted.json is missing: run benchmarks/fit_emulation.py first")
     devices = builtin_names("profiles")
     # The bandwidth the factors were fitted against (measuring it again on a shared host
     # would move every memory-bound estimate with the neighbours' load).

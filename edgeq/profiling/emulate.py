@@ -77,7 +77,7 @@ def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int |
         assumptions.append(f"fixed per-op/per-call/per-run CPU costs fitted on a {host_ghz:g} GHz host, scaled by "
                            f"clock to {device_ghz:g} GHz")
     if not fitted():
-        assumptions.append("no fitted efficiency file (edgeq/efficiency_fitted.json): default CPU factors used")
+        assumptions.append("no fitted efficiency file (edgeq/profiling/efficiency_fitted.json): default CPU factors used")
     assumptions.append("CPU peaks are the profile's theoretical figures at max clock, split by core for the "
                        f"{used_threads} thread(s) used (portable kernels: 1); sustained clocks are lower")
     assumptions.append(f"memory bandwidth {profile.memory.bandwidth_gbps:g} GB/s as the profile states it; caches are "
