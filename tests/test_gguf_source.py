@@ -237,7 +237,9 @@ def test_smollm2_gguf_answers_paris() -> None:
     assert loaded.config["gguf"]["tensor_types"].keys() >= {"Q4_1"}
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # The tokenizer and chat template edgeq wrote from the GGUF's metadata, as an artifact carries them.
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(loaded.support_files)
+    tokenizer = AutoTokenizer.from_pretrained(loaded.support_files["tokenizer.json"].parent)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     hf_model = loaded.module.model

@@ -139,12 +139,14 @@ def prefill_arena_bytes(shape: LMShape, tokens: int, *, all_logits: bool = False
 
 
 def weight_bytes(shape: LMShape, linear_scheme: str = "int4-g32", head_scheme: str | None = None,
-                 embedding_scheme: str = "fp32") -> dict[str, int]:
-    """Stored bytes of the linears, the output head and the embedding table, from
-    ExecuTorch's cost table (``edgeq.backends.executorch.costs``). A tied head is counted
-    as its own copy: it is quantized apart from the embedding table."""
-    from edgeq.backends.executorch.costs import stored_bytes
+                 embedding_scheme: str = "fp32", fmt: str = "executorch") -> dict[str, int]:
+    """Stored bytes of the linears, the output head and the embedding table, from the cost
+    table of the ``fmt`` backend. A tied head is counted as its own copy: it is quantized
+    apart from the embedding table."""
+    from edgeq.backends import get_backend
     from edgeq.schemes import parse
+
+    stored_bytes = get_backend(fmt).stored_bytes
 
     def layer(out: int, inp: int, kind: str = "linear") -> Any:
         return SimpleNamespace(params=out * inp, shape=(out, inp), kind=kind)
@@ -182,13 +184,13 @@ class DecodeEstimate:
 
 def decode_estimate(shape: LMShape, profile: Any, *, position: int, linear_scheme: str = "int4-g32",
                     head_scheme: str | None = None, compute_dtype: str = "int8", kv_dtype: str = "float32",
-                    threads: int | None = None) -> DecodeEstimate:
+                    threads: int | None = None, fmt: str = "executorch") -> DecodeEstimate:
     """Estimated decode step with ``position`` tokens already in the cache, on ``profile``
     (an ``edgeq.schema.DeviceProfile``) with ``threads`` CPU threads (default: all cores).
     8da4w is ``linear_scheme="int4-g32", compute_dtype="int8"``."""
     from edgeq.emulate import cpu_share
 
-    w = weight_bytes(shape, linear_scheme, head_scheme)
+    w = weight_bytes(shape, linear_scheme, head_scheme, fmt=fmt)
     row = w["embedding"] // shape.vocab  # one embedding row is read per token
     kv_read = kv_cache_bytes(shape, position, kv_dtype)
     kv_write = kv_cache_bytes(shape, 1, kv_dtype)

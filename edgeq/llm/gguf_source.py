@@ -139,8 +139,8 @@ def _load_model(path: Path, header: Any) -> tuple[Any, dict[str, Any]]:
             raise ModelLoadError(f"{path}: its metadata describes a model of {params:,} parameters, its tensors hold "
                                  f"{header.numel:,}", _FIX)
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager",
-            output_loading_info=True)
+            path.parent, gguf_file=path.name, config=config, dtype=torch.float32, attn_implementation="eager",
+            output_loading_info=True)  # config given: transformers parses the GGUF once more, not twice
     except ModelLoadError:
         raise
     except ImportError as exc:
