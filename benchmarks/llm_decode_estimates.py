@@ -29,7 +29,8 @@ def main() -> None:
     if args.host:
         from membw import measure  # benchmarks/membw.py, beside this script
 
-        host_gbps = max(v for k, v in measure(mb=512, repeats=3).items() if "read" in k)
+        streams = measure(mb=512, repeats=3)
+        host_gbps = max(v for k, v in streams.items() if "read" in k and k.endswith("gbps"))
     shapes = {"SmolLM2-135M": LMShape.from_config(SMOLLM2_135M), "Llama-3.2-1B": LMShape.from_config(LLAMA_3_2_1B)}
     print(f"ESTIMATED decode at 8da4w (int4-g32 linears + head, int8 compute, fp32 KV), {args.position} tokens in "
           "the cache; roofline upper bounds")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 
@@ -71,10 +72,14 @@ def dot_gbps(mb: int, repeats: int) -> float:
 def measure(mb: int = 1024, repeats: int = 5, threads: int = 1) -> dict[str, float]:
     """GB/s of each stream (``read_gbps``, ``copy_gbps``, ``dot_read_gbps``, ``read_gbps_Nthreads``),
     measured now on this machine."""
+    load_before = os.getloadavg()[0]
     out = {"buffer_mb": mb, "read_gbps": read_gbps(mb, repeats), "copy_gbps": copy_gbps(mb, repeats),
            "dot_read_gbps": dot_gbps(mb // 2, repeats)}
     if threads > 1:
         out[f"read_gbps_{threads}threads"] = read_gbps(mb // threads, repeats, threads)
+    # Other processes share the memory bus and the cores: say how busy the machine was.
+    out["load_average"] = max(load_before, os.getloadavg()[0])
+    out["cpus"] = os.cpu_count() or 0
     return out
 
 
@@ -89,9 +94,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"memory bandwidth on this machine ({args.mb} MiB buffers, best of {args.repeats}):")
+    print(f"memory bandwidth on this machine ({args.mb} MiB buffers, best of {args.repeats}; load average "
+          f"{result['load_average']:.1f} on {result['cpus']} CPUs):")
     for key, value in result.items():
-        if key != "buffer_mb":
+        if key.endswith("gbps"):
             print(f"  {key:<22} {value:7.2f} GB/s")
 
 

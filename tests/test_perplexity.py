@@ -151,7 +151,8 @@ def test_kl_orders_quantized_models_as_their_perplexity_increase(trained) -> Non
     print(f"\nreference perplexity {math.exp(ref_nll.mean()):.3f} ({len(windows)} windows of held-out bytes)")
     for b in bits_list:
         print(f"  RTN int{b}: perplexity {100 * increase[b]:+.3f}%   next-token KL {kl[b]:.5f} nats")
-    print(f"  Spearman(KL, perplexity increase) = {_spearman([kl[b] for b in bits_list], [increase[b] for b in bits_list]):.3f}")
+    rho = _spearman([kl[b] for b in bits_list], [increase[b] for b in bits_list])
+    print(f"  Spearman(KL, perplexity increase) = {rho:.3f}")
     assert [kl[b] for b in bits_list] == sorted(kl.values())  # fewer bits, more KL
     clear = 0
     for i, a in enumerate(bits_list):
