@@ -248,3 +248,52 @@ def test_smollm2_gguf_answers_paris() -> None:
                                 do_sample=False)
     answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+# ------------------------------------------------------------------------ crafted headers
+
+
+def _s(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def _kv_u32(key: bytes, value: int) -> bytes:
+    return _s(key) + struct.pack("<II", 4, value)
+
+
+def _tensor(name: bytes, n: int, ggml_type: int = 0, offset: int = 0) -> bytes:
+    return _s(name) + struct.pack("<IQIQ", 1, n, ggml_type, offset)
+
+
+def _crafted(tmp_path: Path, kvs: list[bytes], tensors: list[bytes], data: int = 64) -> Path:
+    body = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + b"".join(tensors)
+    path = tmp_path / "crafted.gguf"
+    path.write_bytes(body + b"\0" * (-len(body) % 32) + b"\0" * data)
+    return path
+
+
+@pytest.mark.parametrize("kvs, tensors, match", [
+    ([_s(b"k") + struct.pack("<I", 99)], [], "unknown value type 99"),
+    ([_s(b"k") + struct.pack("<IIQ", 9, 9, 1)], [], "array of type 9"),
+    ([_kv_u32(b"a", 1), _kv_u32(b"a", 2)], [], "'a' appears twice"),
+    ([_s(b"\xff\xfe") + struct.pack("<I", 8) + _s(b"x")], [], "not UTF-8"),
+    ([_kv_u32(b"general.alignment", 3)], [], "power of two"),
+    ([], [_tensor(b"w", 4, ggml_type=999)], "unknown ggml type 999"),
+    ([], [_tensor(b"a", 8), _tensor(b"b", 8, offset=0)], "appears twice|overlap"),
+    ([], [_tensor(b"a", 16), _tensor(b"b", 8, offset=32)], "overlap"),
+    ([], [_tensor(b"a", 0)], "dimension 0"),
+    ([], [_tensor(b"q", 33, ggml_type=8)], "does not fit its type Q8_0"),
+])
+def test_crafted_headers_are_refused(tmp_path: Path, kvs: list[bytes], tensors: list[bytes], match: str) -> None:
+    from edgeq.llm.gguf_header import read_gguf_header
+
+    with pytest.raises(ModelLoadError, match=match):
+        read_gguf_header(_crafted(tmp_path, kvs, tensors))
+
+
+def test_a_crafted_header_within_bounds_reads(tmp_path: Path) -> None:
+    from edgeq.llm.gguf_header import read_gguf_header
+
+    tensors = [_tensor(b"a", 8), _tensor(b"b", 8, offset=32)]
+    header = read_gguf_header(_crafted(tmp_path, [_kv_u32(b"x.block_count", 2)], tensors))
+    assert header.metadata == {"x.block_count": 2} and [t.nbytes for t in header.tensors] == [32, 32]
