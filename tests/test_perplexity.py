@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers as T
 
-from edgeq import textdata
+from edgeq.models import textdata
 from edgeq.errors import ConfigError
 from edgeq.llm.eager_session import EagerLMSession, RunError
 from edgeq.llm.perplexity import (

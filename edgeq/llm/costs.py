@@ -186,9 +186,9 @@ def decode_estimate(shape: LMShape, profile: Any, *, position: int, linear_schem
                     head_scheme: str | None = None, compute_dtype: str = "int8", kv_dtype: str = "float32",
                     threads: int | None = None, fmt: str = "executorch") -> DecodeEstimate:
     """Estimated decode step with ``position`` tokens already in the cache, on ``profile``
-    (an ``edgeq.schema.DeviceProfile``) with ``threads`` CPU threads (default: all cores).
+    (an ``edgeq.targets.schema.DeviceProfile``) with ``threads`` CPU threads (default: all cores).
     8da4w is ``linear_scheme="int4-g32", compute_dtype="int8"``."""
-    from edgeq.emulate import cpu_share
+    from edgeq.profiling.emulate import cpu_share
 
     w = weight_bytes(shape, linear_scheme, head_scheme, fmt=fmt)
     row = w["embedding"] // shape.vocab  # one embedding row is read per token

@@ -127,7 +127,7 @@ def _load_model(path: Path, header: Any) -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers
 
-    from edgeq import hf_checks
+    from edgeq.models import hf_checks
 
     try:
         config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
@@ -196,7 +196,7 @@ def _support_files(model: Any, config: dict[str, Any], tokenizer: Any) -> dict[s
 
 
 def _loaded_model(path: Path, header: Any, model: Any, config: dict[str, Any], tokenizer: Any, seq_len: int) -> Any:
-    from edgeq.hf import _encode, _probe, _text_inputs, _wrappers
+    from edgeq.models.hf import _encode, _probe, _text_inputs, _wrappers
     from edgeq.models import LoadedModel
 
     positions = config.get("max_position_embeddings")

@@ -4,7 +4,7 @@
 text ``help("assert")`` shows): its topics in sorted-name order, joined by blank lines,
 cut at a paragraph boundary at ``max_bytes`` UTF-8 bytes (default 64 KiB). It ships
 with every CPython, needs no download, and is never calibration data: edgeq calibrates
-on standard-library docstrings (``edgeq.textdata``), and any paragraph that contains one
+on standard-library docstrings (``edgeq.models.textdata``), and any paragraph that contains one
 of those sentences is dropped from this text. The selection depends on the Python
 version, so every result records the Python version and the text's SHA-256.
 
@@ -53,7 +53,7 @@ def heldout_text(max_bytes: int = DEFAULT_MAX_BYTES) -> HeldoutText:
     """The fixed held-out text (see the module docstring), at most ``max_bytes`` UTF-8 bytes."""
     from pydoc_data.topics import topics
 
-    from edgeq import textdata
+    from edgeq.models import textdata
 
     if max_bytes < 1:
         raise ConfigError(f"max_bytes must be positive, got {max_bytes}", "pass a positive byte count")
