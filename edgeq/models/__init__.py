@@ -1,14 +1,16 @@
 """Model sources: what edgeq can export, loaded into one uniform ``LoadedModel``.
 
 Sources: a local Hugging Face model directory, a Hugging Face Hub id (needs a network),
-``package.module:factory`` returning ``(module, example_inputs)``, or a saved ``.pt2``
-ExportedProgram. Nothing is unpickled from untrusted files: Hugging Face weights load
-from safetensors (or through ``torch.load(weights_only=True)``), ``.pt2`` files through
-``torch.export.load`` with its unsafe pickle fallback switched off, and
-``trust_remote_code`` stays off unless asked for.
+``package.module:factory`` returning ``(module, example_inputs)``, a saved ``.pt2``
+ExportedProgram, or a GGUF file (or a directory holding one, without ``config.json``),
+dequantized to float32 (``edgeq.models.gguf``). Nothing is unpickled from untrusted
+files: Hugging Face weights load from safetensors (or through
+``torch.load(weights_only=True)``), ``.pt2`` files through ``torch.export.load`` with its
+unsafe pickle fallback switched off, and ``trust_remote_code`` stays off unless asked for.
 
 This subpackage owns model sources and their data: ``hf`` / ``hf_checks`` (Hugging Face
 directories and hub ids), ``pt2`` (saved programs, read without unpickling), ``capture``,
+``gguf`` / ``gguf_header`` (GGUF files, header checked before transformers reads them),
 ``calib`` (user calibration data) and ``textdata`` (built-in text). It may import
 ``edgeq.errors``, ``edgeq.jsonio`` and ``edgeq.yamlio``; never a backend or the CLI.
 """
@@ -48,7 +50,7 @@ class LoadedModel:
     input_names: list[str]
     output_names: list[str]
     source: str
-    source_kind: str  # hf-dir | hub | factory | pt2
+    source_kind: str  # hf-dir | hub | factory | pt2 | gguf
     # Make ``n`` input tuples from the built-in (or user) data of a split.
     make_inputs: Callable[[str, int], list[tuple[Any, ...]]]
     inputs_description: str = ""
@@ -76,7 +78,7 @@ def load_model(
     seq_len: int = 128,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load ``source`` (HF dir, hub id, ``pkg.mod:factory`` or ``.pt2``) for export.
+    """Load ``source`` (HF dir, hub id, ``pkg.mod:factory``, ``.pt2`` or ``.gguf``) for export.
 
     >>> m = load_model("tests.tiny_models:tiny_mlp")  # doctest: +SKIP
     >>> m.task
@@ -96,6 +98,12 @@ def load_model(
         raise ModelLoadError(f"cannot use model path {text[:200]} ({exc.strerror or type(exc).__name__})",
                              "check the path") from None
     if exists:
+        from edgeq.models.gguf import gguf_in_dir, load_gguf
+
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return load_gguf(path, task, seq_len=seq_len)
+        if path.is_dir() and (gguf := gguf_in_dir(path)) is not None:
+            return load_gguf(gguf, task, seq_len=seq_len)
         if path.is_dir():
             from edgeq.models.hf import load_hf_dir
 
@@ -104,13 +112,13 @@ def load_model(
             return _load_pt2(path, task)
         raise ModelLoadError(
             f"{path} is a file edgeq cannot load",
-            "pass a Hugging Face model directory, a .pt2 ExportedProgram, or package.module:factory",
+            "pass a Hugging Face model directory, a .gguf file, a .pt2 ExportedProgram, or package.module:factory",
         )
     if _FACTORY.match(text):
         return _load_factory(text, task)
     similar = _similar_path(path, text)
-    if text.endswith(".pt2") or similar or _looks_like_path(text):
-        kind = "file" if text.endswith(".pt2") else "directory"
+    if text.endswith((".pt2", ".gguf")) or similar or _looks_like_path(text):
+        kind = "file" if text.endswith((".pt2", ".gguf")) else "directory"
         raise ModelLoadError(f"model path {text} does not exist: no such {kind}{similar}", "check the path")
     if _HUB_ID.match(text):
         from edgeq.models.hf import load_hub
@@ -144,7 +152,7 @@ def _similar_path(path: Path, text: str) -> str:
         if not path.name or not parent.is_dir():
             return ""
         with os.scandir(parent) as entries:  # bounded: a huge directory is not listed whole
-            names = [e.name for e in itertools.islice(entries, 10_000) if e.is_dir() or e.name.endswith(".pt2")]
+            names = [e.name for e in itertools.islice(entries, 10_000) if e.is_dir() or e.name.endswith((".pt2", ".gguf"))]
     except OSError:
         return ""
     close = did_you_mean(path.name, names).removeprefix("; did you mean '").removesuffix("'?")

@@ -1,6 +1,49 @@
+<<<<<<<< HEAD:edgeq/profiling/ssh.py
 """Profiling on a board over ssh: probe it, copy the standalone runner and the artifact,
 run, read the report back, clean up. Only the board's Python and the artifact's runtime
 are needed there (nothing of edgeq is installed).
+========
+"""On-device profiling: run an artifact on a Linux board over ssh, or on an Android device over adb.
+
+Devices are named by a string:
+
+``ssh://[user@]host[:port][/][?python=/path/to/python]``
+    A Linux board (Raspberry Pi, Jetson, any Linux host) reached with the system's
+    OpenSSH client, so ``~/.ssh/config`` applies (``host`` may be an alias there; ``user``
+    and ``port`` default to what it says). ``python`` is the board's interpreter
+    (default ``python3``; ``~/venv/bin/python`` is expanded on the board); it needs the
+    artifact's runtime: ExecuTorch (``pip install executorch``) for ``.pte``, ONNX Runtime
+    and numpy for ``.onnx``. Extra client options come from ``EDGEQ_SSH_OPTS``
+    (e.g. ``-i ~/.ssh/pi_key -J bastion``) or the ``ssh_options`` argument. ssh runs with
+    ``BatchMode=yes``: key authentication only, never a password prompt.
+
+    Steps: check the board's Python and that the runtime is installed (one connection; the
+    board's ``/tmp`` gets a fresh ``edgeq-*`` directory), stream edgeq's runner
+    (``edgeq/profiling/runner.py``, stdlib + the runtime) and the model file + manifest into it as a
+    tar over ssh, run the runner, read its JSON report, and always remove the directory.
+    The report adds ``remote`` (destination, Python, runtime version) and ``transfer``
+    (bytes, seconds: copying is never part of a latency); ``host`` is what the runner saw.
+
+``adb:SERIAL`` / ``adb:`` (the only attached device)
+    An Android device. No Python runs there: a native benchmark binary built for the
+    device does, given with the ``android_runner`` argument or ``EDGEQ_ANDROID_RUNNER``:
+    ExecuTorch's ``executor_runner`` for ``.pte`` or ONNX Runtime's ``onnxruntime_perf_test``
+    for ``.onnx``. It is pushed with the model to ``/data/local/tmp/edgeq/<name>/``, run, its
+    output parsed, and the directory removed.
+
+``adb:SERIAL?app=PKG[&bundle=ID]`` (or ``adb:SERIAL`` with no runner binary given)
+    The android-demo app (``PKG`` default ``dev.edgeq.demo``), installed as a debuggable
+    build whose APK holds this artifact's bundle (``edgeq bundle``; ``ID`` defaults to
+    ``<model>-<target>`` as there): its ``BenchmarkActivity`` is started with ``am start``
+    and its ``files/benchmark_results.json`` read back with ``run-as`` (see ``edgeq.profiling.adb``).
+
+Nothing is ever estimated here: every number in the report was measured on the device,
+or the call fails with a ``DeviceError`` saying what is missing and what to do.
+
+>>> report = run_on_device(Path("dist/m-rpi5"), "ssh://pi@raspberrypi.local", runs=20, warmup=3,
+...                        threads=None, ops=False)  # doctest: +SKIP
+>>> report["latency_ms"]["p50"], report["host"]["cpu_model"], report["transfer"]["seconds"]  # doctest: +SKIP
+>>>>>>>> llm-data:edgeq/profiling/remote.py
 """
 
 from __future__ import annotations
@@ -33,6 +76,156 @@ _SSH_DEFAULTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "Server
 MIN_PYTHON = (3, 9)  # runner.py uses str.removesuffix
 
 
+<<<<<<<< HEAD:edgeq/profiling/ssh.py
+========
+class DeviceError(EdgeqError):
+    """The device for on-device profiling cannot be used (the base of the errors below)."""
+
+
+class DeviceUnreachableError(DeviceError):
+    """No connection: host unknown, refused, timed out; Android device absent or offline."""
+
+
+class DeviceAuthError(DeviceError):
+    """Connected, but not let in: ssh key refused, host key unknown, adb unauthorized."""
+
+
+class DeviceSetupError(DeviceError):
+    """Something needed is missing: ssh/adb here, Python or the runtime on the device, a runner."""
+
+
+class DeviceRunError(DeviceError):
+    """The runner started on the device and failed; ``output_tail`` keeps its last lines."""
+
+    def __init__(self, message: str, hint: str = "", output_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.output_tail = output_tail
+
+
+# --- device strings ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SshDevice:
+    url: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+    python: str = "python3"
+
+    @property
+    def base_url(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ssh://{user}{host}" + (f":{self.port}" if self.port else "")
+
+
+@dataclass(frozen=True)
+class AdbDevice:
+    """``app`` set: benchmark through that app's ``BenchmarkActivity`` (android-demo), not a runner binary."""
+
+    url: str
+    serial: str | None = None
+    app: str | None = None
+    bundle: str | None = None
+
+
+ANDROID_APP = "dev.edgeq.demo"  # android-demo's applicationId
+_PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as edgeq.bundle.describe.check_bundle_id
+
+
+_NETLOC = re.compile(r"(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.%-]+)(?::(?P<port>\d{1,5}))?")
+
+
+def parse_device(device: str) -> SshDevice | AdbDevice:
+    """``ssh://[user@]host[:port][?python=PATH]`` or ``adb:[SERIAL][?app=PKG][&bundle=ID]`` → a device."""
+    text = device.strip()
+    if text in ("adb", "adb:") or text.startswith("adb:"):
+        return _parse_adb(device, text)
+    if not text.startswith("ssh://"):
+        raise DeviceError(f"unknown device '{device}'",
+                          "use ssh://[user@]host[:port] for a Linux board, or adb:SERIAL for Android "
+                          "(adb: alone picks the only attached device)")
+    parts = urlsplit(text)
+    found = _NETLOC.fullmatch(parts.netloc)
+    if not found or found.group("host").startswith("-") or parts.path not in ("", "/") or parts.fragment:
+        raise DeviceError(f"cannot read ssh device '{device}'",
+                          "write it as ssh://[user@]host[:port][?python=/path/to/python3]")
+    port = int(found.group("port")) if found.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        raise DeviceError(f"port {port} in '{device}' is out of range", "use a port from 1 to 65535")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    for key in query:
+        if key != "python":
+            raise DeviceError(f"unknown parameter '{key}' in '{device}'{did_you_mean(key, ['python'])}",
+                              "the only parameter is ?python=/path/to/python3")
+    python = query.get("python", ["python3"])[-1].strip()
+    if not python:
+        raise DeviceError(f"empty python= in '{device}'", "give the board's interpreter, e.g. ?python=/usr/bin/python3")
+    return SshDevice(url=text, host=found.group("host").strip("[]"), user=found.group("user"), port=port, python=python)
+
+
+def _parse_adb(device: str, text: str) -> AdbDevice:
+    serial, mark, query_text = text[4:].partition("?")
+    if serial and not re.fullmatch(r"[A-Za-z0-9._:\-\[\]]+", serial):
+        raise DeviceError(f"'{device}' is not a valid adb serial",
+                          "use adb:SERIAL as listed by 'adb devices', or adb: for the only device")
+    query = parse_qs(query_text, keep_blank_values=True) if mark else {}
+    for key in query:
+        if key not in ("app", "bundle"):
+            raise DeviceError(f"unknown parameter '{key}' in '{device}'{did_you_mean(key, ['app', 'bundle'])}",
+                              f"the parameters are ?app={ANDROID_APP}&bundle=BUNDLE_ID")
+    app = query["app"][-1].strip() if "app" in query else None
+    bundle = query["bundle"][-1].strip() if "bundle" in query else None
+    if app is not None and not _PACKAGE.fullmatch(app):
+        raise DeviceError(f"app= in '{device}' is not an Android package name",
+                          f"give the app's applicationId, e.g. ?app={ANDROID_APP}")
+    if bundle is not None and (not _BUNDLE_ID.fullmatch(bundle) or ".." in bundle):
+        raise DeviceError(f"bundle= in '{device}' is not a bundle id",
+                          "give the id 'edgeq bundle' used: 1-64 letters, digits, '.', '_' or '-'")
+    if bundle is not None and app is None:
+        app = ANDROID_APP  # a bundle only exists inside an app
+    return AdbDevice(url=text, serial=serial or None, app=app, bundle=bundle)
+
+
+def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, threads: int | None, ops: bool,
+                  ssh_options: Sequence[str] | None = None, android_runner: Path | None = None) -> dict[str, Any]:
+    """Profile ``artifact_dir`` on ``device`` and return the runner's report.
+
+    The report is the one host mode produces, measured on the device, plus ``mode:
+    "device"``, ``device`` (the string given), ``remote`` (what the device is: host,
+    machine, CPU, Python and runtime versions) and ``transfer`` (bytes and seconds spent
+    copying, not part of any latency). ``ssh_options`` replaces ``EDGEQ_SSH_OPTS``;
+    ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``; with neither, or with ``?app=``
+    in an ``adb:`` string, the android-demo app installed on the device is driven instead
+    (``edgeq.profiling.adb_app.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
+    reached or used.
+    """
+    from edgeq.artifact import read_artifact
+
+    target = parse_device(device)
+    manifest, model = read_artifact(Path(artifact_dir))
+    if isinstance(target, AdbDevice):
+        runner = android_runner or os.environ.get(ANDROID_RUNNER_ENV) or None
+        if target.app is not None or runner is None:
+            from edgeq.profiling import adb_app
+
+            return adb_app.run_app(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup,
+                               threads=threads, ops=ops, explicit=target.app is not None)
+        return _run_adb(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup, threads=threads,
+                        ops=ops, runner=Path(runner) if runner else None)
+    if ssh_options is None:
+        try:
+            ssh_options = shlex.split(os.environ.get(SSH_OPTS_ENV, ""))
+        except ValueError as exc:
+            raise DeviceSetupError(f"cannot read {SSH_OPTS_ENV} ({exc})",
+                                   "quote it as you would on a shell command line") from None
+    return _run_ssh(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup, threads=threads,
+                    ops=ops, options=list(ssh_options))
+
+
+>>>>>>>> llm-data:edgeq/profiling/remote.py
 # --- ssh ---------------------------------------------------------------------------------
 
 # Runs on the board (Python >= 3.6, stdlib only): what the board is, whether the runtime's
@@ -347,3 +540,11 @@ def _is_ssh_message(stderr: str) -> bool:
 # --- adb ---------------------------------------------------------------------------------
 
 
+<<<<<<<< HEAD:edgeq/profiling/ssh.py
+========
+def _run_adb(dev: AdbDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
+             threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
+    from edgeq.profiling import adb
+
+    return adb.run(dev, root, manifest, model, runs=runs, warmup=warmup, threads=threads, ops=ops, runner=runner)
+>>>>>>>> llm-data:edgeq/profiling/remote.py
