@@ -41,15 +41,18 @@ import onnxruntime_genai as og
 model_dir, ids, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 model = og.Model(model_dir)
 params = og.GeneratorParams(model)
-params.set_search_options(max_length=len(ids) + n + 1, do_sample=False)
+# min_length keeps the end-of-text token away, so every step really runs the model
+params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
 gen = og.Generator(model, params)
 t0 = time.perf_counter(); gen.append_tokens(ids); t1 = time.perf_counter()
 gen.generate_next_token(); t2 = time.perf_counter()   # picks the first token from the prefill's logits
 for _ in range(n - 1):
     gen.generate_next_token()                            # one forward over the last token each
 t3 = time.perf_counter()
+tokens = [int(t) for t in gen.get_sequence(0)][len(ids):]
+assert len(tokens) == n, tokens
 print(json.dumps({"prefill_s": t1 - t0, "decode_s": t3 - t2, "decode_tokens": n - 1,
-                  "tokens": list(gen.get_sequence(0))[len(ids):], "version": og.__version__}))
+                  "tokens": tokens, "version": og.__version__}))
 '''
 
 
