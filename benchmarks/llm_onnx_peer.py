@@ -85,7 +85,7 @@ def main() -> None:
         row["top1"] = float(np.mean(row["logits"].argmax(-1) == reference.argmax(-1)))
         row["kl"] = float(np.mean(_kl(reference, row["logits"])))
     if args.peer_python:
-        rows.append(_peer_row(model, tokenizer, args.workdir, args.peer_python, prompt))
+        rows.append(_peer_row(model, tokenizer, args.workdir, args.peer_python, prompt, args.threads))
         print(json.dumps(rows[-1]), flush=True)
     else:
         print("peer skipped (no --peer-python)")
@@ -129,7 +129,7 @@ def _edgeq_row(name, model, plan, workdir, prompt, text_ids, threads):
             "runtime": session.runtime, "logits": quality}
 
 
-def _peer_row(model, tokenizer, workdir, python, prompt):
+def _peer_row(model, tokenizer, workdir, python, prompt, threads):
     hf = workdir / "hf"
     if not (hf / "model.safetensors").exists():
         # transformers marks a gguf-loaded model as quantized and refuses to save it; its
@@ -144,6 +144,12 @@ def _peer_row(model, tokenizer, workdir, python, prompt):
                     "-p", "int4", "-e", "cpu", "-c", str(workdir / "ortgenai-cache")],
                    check=True, capture_output=True, text=True)
     export_s = time.perf_counter() - t
+    # the same intra-op thread count as edgeq's session (its config has no spinning switch)
+    config_file = out / "genai_config.json"
+    config = json.loads(config_file.read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    config_file.write_text(json.dumps(config, indent=2))
     script = workdir / "ortgenai_run.py"
     script.write_text(PEER_SCRIPT)
     proc = subprocess.run([str(python), str(script), str(out), json.dumps(prompt), str(NEW_TOKENS)],
