@@ -249,3 +249,34 @@ def test_tampered_metadata_is_refused(llama, tmp_path):
         with pytest.raises(ArtifactError):
             _open(path)
     assert math.isfinite(float(_open(lowered.model_file).prefill([1, 2]).max()))
+
+
+def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
+    """A planner-style mix: int8 embedding table (quantize_dynamic), int8 and int4 linears
+    (MatMulNBits 8- and 4-bit) and an fp32 head, in one graph with a KV cache."""
+    import onnx
+
+    from edgeq.plan import QuantPlan
+    from edgeq.schemes import FP32, INT8, Scheme
+
+    model, fp32 = llama
+    schemes = {"model.embed_tokens": INT8, "lm_head": FP32}
+    for i in range(2):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"):
+            schemes[f"model.layers.{i}.{name}"] = INT8
+        for name in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            schemes[f"model.layers.{i}.{name}"] = Scheme("int", 4, 32)
+    lowered = _lower(model, QuantPlan(schemes), tmp_path)
+    assert lowered.layer_schemes == {k: v.name for k, v in schemes.items()}
+    ops = [n.op_type for n in onnx.load(str(lowered.model_file)).graph.node]
+    assert ops.count("MatMulNBits") == 14 and "DequantizeLinear" in ops
+    ids = list(range(100, 120))
+    want = _open(fp32.model_file).prefill(ids, all_logits=True)
+    got = _open(lowered.model_file).prefill(ids, all_logits=True)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert 0 < np.abs(got - want).max()
+    # decode after prefill agrees with one long prefill (the cache is consistent under quantization)
+    session = _open(lowered.model_file)
+    session.prefill(ids[:10])
+    stepped = np.stack([session.decode(t) for t in ids[10:]])
+    np.testing.assert_allclose(stepped, got[10:], atol=2e-2, rtol=1e-2)
