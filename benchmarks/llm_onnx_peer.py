@@ -96,8 +96,8 @@ def main() -> None:
 
 
 def _int4_plan(model):
-    from edgeq.inventory import layer_inventory
-    from edgeq.plan import QuantPlan
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
     from edgeq.schemes import Scheme
 
     return QuantPlan({x.fqn: Scheme("int", 4, 32) for x in layer_inventory(model) if x.kind == "linear"})

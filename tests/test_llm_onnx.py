@@ -135,8 +135,8 @@ def test_max_context_is_enforced(llama):
 def test_int4_matmulnbits_artifact_is_close_to_fp32(llama, tmp_path):
     import onnx
 
-    from edgeq.inventory import layer_inventory
-    from edgeq.plan import QuantPlan
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
     from edgeq.schemes import Scheme
 
     model, fp32 = llama
@@ -256,7 +256,7 @@ def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
     (MatMulNBits 8- and 4-bit) and an fp32 head, in one graph with a KV cache."""
     import onnx
 
-    from edgeq.plan import QuantPlan
+    from edgeq.planning.plan import QuantPlan
     from edgeq.schemes import FP32, INT8, Scheme
 
     model, fp32 = llama

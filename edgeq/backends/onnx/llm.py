@@ -209,7 +209,7 @@ def _export(module: Any, layers: int, max_context: int, workdir: Path) -> Any:
 def _untied_heads(module: Any, schemes: dict[str, Any]) -> set[str]:
     """Tied LM heads whose scheme differs from their table's or is an int scheme: they get
     a transposed copy of the table to quantize (as the encoder path does)."""
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
     from edgeq.schemes import FP32
 
     heads = {x.fqn: x.tied for x in layer_inventory(module) if x.tied}
