@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeq.errors import EdgeqError
-
-try:
-    from edgeq.errors import RunError  # type: ignore[attr-defined]  # the LMSession contract's error
-except ImportError:  # until the LLM runtimes add it to edgeq.errors
-
-    class RunError(EdgeqError):  # type: ignore[no-redef]
-        """A session cannot run what it was given (e.g. more tokens than its context holds)."""
+from edgeq.errors import RunError
 
 
 class EagerLMSession:

@@ -3,7 +3,8 @@ layer with ONNX Runtime's quantizers, and run in ONNX Runtime.
 
 Modules: ``graph`` (the exported graph: layer ↔ node mapping, rewrites), ``lowering``
 (export, quantize, check, run), ``costs`` (bytes and memory terms), ``numerics``
-(sensitivity's stand-in). Nothing outside ``edgeq.backends`` imports these modules directly.
+(sensitivity's stand-in), ``llm`` / ``llm_session`` (decoder LLMs with a KV cache and
+their ONNX Runtime session). Nothing outside ``edgeq.backends`` imports these modules directly.
 """
 
 from __future__ import annotations
@@ -85,3 +86,17 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
     from edgeq.backends.onnx.ops import ops as read_ops
 
     return read_ops(model_file, manifest)
+
+
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:
+    """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``)."""
+    from edgeq.backends.onnx.llm import lower_lm as run_lowering
+
+    return run_lowering(model, plan, workdir, max_context, steps)
+
+
+def open_lm(artifact_dir: Path, model_file: Any = None, threads: int = 0) -> Any:
+    """An ``edgeq.llm.session.LMSession`` on an LLM artifact in ONNX Runtime."""
+    from edgeq.backends.onnx.llm_session import open_lm as open_session
+
+    return open_session(artifact_dir, model_file, threads=threads)
