@@ -197,7 +197,7 @@ def test_unsupported_architecture_and_inconsistent_metadata_are_refused(original
 
 
 def test_oversize_metadata_is_refused(original, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeq.llm import gguf_header
+    from edgeq.models import gguf_header
 
     path = write_gguf(tmp_path / "big-template.gguf", llama_tensors(original), chat_template="x" * 20_000)
     monkeypatch.setattr(gguf_header, "MAX_METADATA_BYTES", 8192)
