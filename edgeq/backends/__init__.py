@@ -12,7 +12,9 @@ provides (``Backend``):
   fitted terms (``MemoryTerms``);
 - ``fp32_probe``: what an fp32 lowering tells the planner (activation arena, file bytes);
 - ``stand_in``: one layer with the numerics the runtime gives it, for sensitivity;
-- ``lower`` (→ ``Lowered``) and ``run`` (the artifact in its real runtime).
+- ``lower`` (→ ``Lowered``) and ``run`` (the artifact in its real runtime);
+- for decoder LLMs, ``lower_lm`` (→ ``edgeq.llm.session.LoweredLM``: a model with its KV
+  cache) and ``open_lm`` (→ an ``LMSession`` over the artifact in its runtime).
 
 Adding a format is adding a subpackage that provides these, and one line in ``_REGISTRY``.
 Backends are imported lazily; importing this package imports no runtime.
@@ -127,6 +129,8 @@ class Backend(Protocol):
     def lower(self, model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool,
               profile: Any = None) -> Lowered: ...
     def run(self, model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]: ...
+    def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any: ...
+    def open_lm(self, model_file: Path) -> Any: ...
 
 
 def get_backend(fmt: str) -> Backend:

@@ -1,4 +1,4 @@
-"""Runtime memory of an artifact: measured in a fresh process, and predicted from its plan.
+"""Runtime memory of an artifact, predicted from its plan (measured by ``edgeq.profiling.rss``).
 
 Measured (``edgeq.profiling.rss.measure_peak_rss``): edgeq's runner in a fresh process
 imports the runtime, resets the kernel's peak-RSS counter, records its resident set (the
