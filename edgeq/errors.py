@@ -106,3 +106,7 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> 
     by_lower = {c.lower(): c for c in sorted(choices, reverse=True)}
     close = difflib.get_close_matches(str(name).lower(), sorted(by_lower), n=1, cutoff=0.6)
     return f"; did you mean '{by_lower[close[0]]}'?" if close else ""
+
+
+class RunError(EdgeqError):
+    """An artifact cannot run the request (e.g. more tokens than its context holds)."""
