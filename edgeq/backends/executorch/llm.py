@@ -25,7 +25,6 @@ MODEL_FILE = "model.pte"
 def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: int, steps: Any) -> LoweredLM:
     """Quantize ``model`` (a transformers causal LM, fp32) per the plan, export it with a
     static KV cache of ``max_context`` positions and lower it to ``workdir/model.pte``."""
-    import torch
 
     quant = as_lm_quant(plan_or_scheme_info)
     with steps.step("Quantizing the LLM") as info:
@@ -39,18 +38,18 @@ def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: i
         info.detail = f"{sum(1 for n in program.graph.nodes if n.op == 'call_function')} ops"
     out = Path(workdir) / MODEL_FILE
     with steps.step("Lowering to XNNPACK") as info:
-        delegated, portable, arena = _lower(program, out, _constant_methods(model, max_context))
-        info.detail = f"{delegated} XNNPACK subgraphs, {sum(portable.values())} ops on portable kernels"
+        summary, arena = _lower(program, out, _constant_methods(model, max_context))
+        info.detail = (f"xnnpack: {summary['delegated_ops'].get('xnnpack', 0)} ops, "
+                       f"portable: {summary['portable_op_count']} ops")
     return LoweredLM(
         model_file=out,
         runtime=f"ExecuTorch {_version()} pybindings (XNNPACK)",
-        delegates_used=["xnnpack"] if delegated else [],
+        delegates_used=[d for d, n in summary["delegated_ops"].items() if n],
         layer_schemes=applied,
         max_context=max_context,
         kv_cache_dtype=cache_dtype,
         kv_cache_bytes=cache_bytes,
-        delegation={"delegated_ops": {"xnnpack": delegated}, "portable_ops": portable,
-                    "planned_activation_bytes": arena,
+        delegation={**summary, "planned_activation_bytes": arena,
                     "head": head_storage(model, applied), "prefill": "whole prompt in one call"},
     )
 
@@ -127,8 +126,11 @@ def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
     import torch
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    qmodel.config.use_cache = True
-    qmodel.generation_config.use_cache = True
+    # The wrapper wants a cache-using, static-cache model; at fp32 ``qmodel`` is the
+    # caller's own model, so its settings are put back afterwards.
+    saved = (qmodel.config.use_cache, qmodel.generation_config.use_cache,
+             qmodel.generation_config.cache_implementation)
+    qmodel.config.use_cache = qmodel.generation_config.use_cache = True
     qmodel.generation_config.cache_implementation = "static"
     try:
         wrapped = TorchExportableModuleForDecoderOnlyLM(qmodel, batch_size=1, max_cache_len=max_context)
@@ -144,6 +146,9 @@ def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
     except Exception as exc:
         raise ExportError(f"torch.export cannot capture this LLM with a static KV cache ({describe(exc, 200)})",
                           "report the architecture; a model transformers can export for ExecuTorch is needed") from None
+    finally:
+        (qmodel.config.use_cache, qmodel.generation_config.use_cache,
+         qmodel.generation_config.cache_implementation) = saved
     return program, cache_bytes, cache_dtype
 
 
@@ -163,42 +168,34 @@ def _constant_methods(model: Any, max_context: int) -> dict[str, Any]:
     return out
 
 
-def _lower(program: Any, out: Path, constants: dict[str, Any]) -> tuple[int, dict[str, int], int]:
+def _lower(program: Any, out: Path, constants: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Lower to XNNPACK and write ``out``; the delegation summary (as the non-LLM lowering
+    writes it) and the forward method's planned activation bytes."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes import MemoryPlanningPass
+
+    from edgeq.backends.executorch.lowering import _delegation_summary, _portable_ops
 
     try:
         edge = to_edge_transform_and_lower(
             program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
-            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
-        delegated, portable = _count(edge.exported_program().graph_module)
+            compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        summary = _delegation_summary(edge.exported_program().graph_module)
+        # quant fusion turns dequantize + embedding into embedding_4bit / embedding_byte
         manager = edge.to_executorch(ExecutorchBackendConfig(
-            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False), extract_delegate_segments=True))
+            extract_delegate_segments=True, do_quant_fusion_and_const_prop=True))
+        portable = _portable_ops(manager.exported_program().graph_module)
+        summary["portable_op_count"], summary["portable_ops"] = sum(portable.values()), dict(portable.most_common())
     except Exception as exc:
         raise ExportError(f"lowering the LLM to ExecuTorch failed ({describe(exc, 200)})",
                           "try --precision fp32 to see whether quantization is the cause") from None
     tmp = out.with_suffix(".pte.tmp")
-    tmp.write_bytes(manager.buffer)
+    with tmp.open("wb") as f:
+        manager.write_to_file(f)
     tmp.replace(out)
     plans = [p for p in manager.executorch_program.execution_plan if p.name == "forward"]
     arena = int(sum(plans[0].non_const_buffer_sizes[1:])) if plans else 0  # forward's planned memory
-    return delegated, portable, arena
-
-
-def _count(gm: Any) -> tuple[int, dict[str, int]]:
-    """XNNPACK subgraph calls, and the ops left on portable kernels by name."""
-    delegated, portable = 0, {}
-    for node in gm.graph.nodes:
-        if node.op != "call_function":
-            continue
-        name = str(node.target)
-        if "executorch_call_delegate" in name:
-            delegated += 1
-        elif "getitem" not in name:
-            short = name.removeprefix("aten.").split(".")[0]
-            portable[short] = portable.get(short, 0) + 1
-    return delegated, portable
+    return summary, arena
 
 
 def _constant(program: Any, name: str) -> Any:

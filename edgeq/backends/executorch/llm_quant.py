@@ -90,12 +90,14 @@ def check_lm_quant(quant: LMQuant, module: Any) -> None:
 
 def quantize_lm(model: Any, quant: LMQuant) -> tuple[Any, dict[str, str]]:
     """A quantized copy of the Hugging Face causal LM ``model`` and the scheme applied per layer."""
+    import copy
+
     import torch
 
     from edgeq.backends.executorch.quant import quantized_module
 
     check_lm_quant(quant, model)
-    base = model.to(torch.bfloat16) if quant.dtype == "bfloat16" else model
+    base = copy.deepcopy(model).to(torch.bfloat16) if quant.dtype == "bfloat16" else model
     active = {f: s for f, s in quant.schemes.items() if s != FP32}
     if any(s == FP16 for s in active.values()):
         raise ConfigError("fp16 layers in an LLM plan are not supported by edgeq's ExecuTorch LLM export",
