@@ -226,3 +226,27 @@ def test_model_without_a_causal_lm_head(tmp_path):
 def test_sampling_options_without_sampling(tmp_path):
     # checked before the artifact is opened
     one_line_error(run_cli("run", str(tmp_path), "--prompt", "the", "--top-p", "0.9"), "--temperature")
+
+
+def test_target_without_the_llm_delegate_is_refused():
+    from types import SimpleNamespace
+
+    from edgeq.backends import get_backend
+    from edgeq.llm.export import _check_delegates
+    from edgeq.progress import Steps
+
+    be = get_backend("executorch")
+    steps = Steps(show=False)
+    with pytest.raises(ConfigError, match="none of xnnpack"):
+        _check_delegates(be, SimpleNamespace(name="npu-only", format="executorch", delegates=["qnn"]), steps)
+    _check_delegates(be, SimpleNamespace(name="phone", format="executorch", delegates=["qnn", "xnnpack"]), steps)
+    assert steps.notes and "qnn" in steps.notes[0]  # not silently dropped
+
+
+def test_onnx_llm_export_needs_the_onnx_llm_backend(lm_dir, tmp_path):
+    from edgeq.backends import get_backend
+
+    if hasattr(get_backend("onnx"), "lower_lm"):
+        pytest.skip("this edgeq has the ONNX LLM backend; its own tests cover it")
+    one_line_error(run_cli("export", str(lm_dir), "-t", "x86", "-o", str(tmp_path / "out"), "--quiet"),
+                   "no onnx export for decoder LLMs")

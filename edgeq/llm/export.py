@@ -73,7 +73,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     be = lm_backend(tgt.format)
     model = _hf_model(loaded)
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
-    _check_delegates(tgt, steps)
+    _check_delegates(be, tgt, steps)
     plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
     for line in clean_stale_staging(out_dir):
         steps.note(line)
@@ -118,15 +118,19 @@ def _hf_model(loaded: Any) -> Any:
     return inner
 
 
-def _check_delegates(tgt: Any, steps: Any) -> None:
-    if tgt.format == "executorch":
-        if "xnnpack" not in tgt.delegates:
-            raise ConfigError(f"target '{tgt.name}' has no xnnpack delegate; edgeq lowers decoder LLMs to "
-                              "ExecuTorch with XNNPACK only", "use a target whose delegates include xnnpack")
-        others = [d for d in tgt.delegates if d != "xnnpack"]
-        if others:
-            steps.note(f"decoder LLMs are lowered to XNNPACK only; the target's {', '.join(others)} "
-                       "delegate(s) are not used")
+def _check_delegates(be: Any, tgt: Any, steps: Any) -> None:
+    """The backend's ``LM_DELEGATES`` (when it declares them) are the only ones its LLM
+    path uses: one must be in the target's chain, and the others are named in a note."""
+    usable = tuple(getattr(be, "LM_DELEGATES", ()) or ())
+    if not usable:
+        return
+    if not any(d in usable for d in tgt.delegates):
+        raise ConfigError(f"target '{tgt.name}' lists none of {', '.join(usable)}, which edgeq lowers decoder LLMs "
+                          f"to for {tgt.format}", f"use a target whose delegates include {usable[0]}")
+    others = [d for d in tgt.delegates if d not in usable]
+    if others:
+        steps.note(f"decoder LLMs are lowered to {', '.join(usable)} only; the target's {', '.join(others)} "
+                   "delegate(s) are not used")
 
 
 def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) -> tuple[Any, str]:
