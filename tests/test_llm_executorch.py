@@ -62,7 +62,8 @@ def test_fp32_greedy_tokens_identical_to_transformers_generate(tmp_path, arch):
     with torch.no_grad():
         ref = model(torch.tensor([PROMPTS[1]])).logits[0].numpy()
     rows = session.prefill(PROMPTS[1], all_logits=True)
-    assert rows.shape == ref.shape and np.abs(rows - ref).max() < 1e-3
+    # fp32 rounding only (XNNPACK's accumulation order): Gemma's logits reach ~10, so relative
+    assert rows.shape == ref.shape and np.abs(rows - ref).max() < 1e-3 + 5e-4 * np.abs(ref).max()
     session.close()
 
 
