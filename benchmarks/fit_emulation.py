@@ -28,8 +28,8 @@ measured copy bandwidth), ``op_us`` per op, ``call_us`` per XNNPACK delegate cal
 ``run_us`` per inference, ``slowdown.SkipLayerNormalization`` (an ONNX Runtime kernel far
 slower than its bytes say): log errors of the predicted vs measured total (weight 2) and of
 the group sums (weight sqrt(share)), with a weak pull (0.05) toward
-``edgeq.efficiency``'s defaults so unidentified factors stay put. The host's peak comes
-from its CPU flags and clock (``edgeq.emulate.host_profile``); its bandwidth is measured
+``edgeq.profiling.efficiency``'s defaults so unidentified factors stay put. The host's peak comes
+from its CPU flags and clock (``edgeq.profiling.emulate.host_profile``); its bandwidth is measured
 once, at the start, and stored with the factors.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fit_emulation.py --work /tmp/edgeq-fit
@@ -265,7 +265,7 @@ def time_cpu(path: str | Path, runs: int, warmup: int) -> dict[str, float]:
 
 
 def _time_cpu_child(path: Path, runs: int, warmup: int) -> None:
-    from edgeq.runner import _et_threads, _ort_feeds, _ort_session, make_inputs, read_manifest
+    from edgeq.profiling.runner import _et_threads, _ort_feeds, _ort_session, make_inputs, read_manifest
 
     manifest = read_manifest(path)
     specs = manifest["model"]["inputs"]
@@ -354,7 +354,7 @@ BOUNDS = {"slowdown": (0.2, 50.0), "gemm": (0.005, 3.0), "compute": (0.001, 3.0)
 
 
 def _default(key: str) -> float:
-    from edgeq.efficiency import CPU_DEFAULTS
+    from edgeq.profiling.efficiency import CPU_DEFAULTS
 
     if key.startswith("slowdown."):
         return 1.0
@@ -372,10 +372,10 @@ def fit(samples: list[dict[str, Any]], profile: Any, quiet_cores: float = 0.3
     wall-clock medians measured while other processes used under ``quiet_cores`` cores
     (if there are none, ``parallel`` keeps its default and the provenance says so).
 
-    The optimizer runs on a vectorized copy of ``edgeq.emulate.predict`` (same roofline,
+    The optimizer runs on a vectorized copy of ``edgeq.profiling.emulate.predict`` (same roofline,
     same factor lookup); the predictions reported come from ``predict`` itself.
     """
-    from edgeq.efficiency import CPU_DEFAULTS
+    from edgeq.profiling.efficiency import CPU_DEFAULTS
 
     one = [{**s, "threads": 1, "target": s["p50"]} for s in samples]
     keys = [(rt, k) for rt, ks in PARAMS.items() for k in ks]
@@ -402,7 +402,7 @@ def _least_squares(samples: list[dict[str, Any]], profile: Any, keys: list[tuple
     import numpy as np
     from scipy.optimize import least_squares
 
-    from edgeq.efficiency import CPU_DEFAULTS
+    from edgeq.profiling.efficiency import CPU_DEFAULTS
 
     others = [(rt, k) for rt in PARAMS for k in set(CPU_DEFAULTS) | set(PARAMS[rt]) | {"parallel", "slowdown."}
               if (rt, k) not in keys]
@@ -449,8 +449,8 @@ def _compile(s: dict[str, Any], profile: Any, index: dict[tuple[str, str], int])
     """Per-op arrays of one sample for the vectorized roofline."""
     import numpy as np
 
-    from edgeq.efficiency import CPU_DEFAULTS, compute_factor
-    from edgeq.emulate import _cpu_runtime, _delegate_calls, _peak
+    from edgeq.profiling.efficiency import CPU_DEFAULTS, compute_factor
+    from edgeq.profiling.emulate import _cpu_runtime, _delegate_calls, _peak
 
     cols: dict[str, list[Any]] = {k: [] for k in ("flops", "bytes", "peak1", "peakT", "c", "p", "m", "o", "s",
                                                   "groups")}
@@ -480,9 +480,9 @@ def _compile(s: dict[str, Any], profile: Any, index: dict[tuple[str, str], int])
 
 
 def _check(samples: list[dict[str, Any]], profile: Any, fitted: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """Each sample predicted by ``edgeq.emulate.predict`` with the fitted factors."""
-    from edgeq.efficiency import CPU_DEFAULTS
-    from edgeq.emulate import predict
+    """Each sample predicted by ``edgeq.profiling.emulate.predict`` with the fitted factors."""
+    from edgeq.profiling.efficiency import CPU_DEFAULTS
+    from edgeq.profiling.emulate import predict
 
     def lookup(runtime: str, unit: str) -> tuple[dict[str, float], str]:
         return {**CPU_DEFAULTS, **fitted.get(runtime, {})}, "fit"
@@ -523,8 +523,8 @@ def load_samples(measurements: list[dict[str, Any]], profile: Any) -> list[dict[
     """One fit sample per artifact: its ops and units, the one-thread CPU time per run, and
     the per-op group times rescaled to that total (preemption stretches the per-op pass's
     wall-clock times; the split between groups is what is kept)."""
-    from edgeq.emulate import assign_units
-    from edgeq.opgraph import ops_from_artifact
+    from edgeq.profiling.emulate import assign_units
+    from edgeq.profiling.opgraph import ops_from_artifact
 
     samples = []
     for m in measurements:
@@ -562,7 +562,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     raw = args.work / "measurements.json"
 
-    from edgeq.emulate import host_profile
+    from edgeq.profiling.emulate import host_profile
 
     if args.refit is not None:
         files = args.refit or [raw]

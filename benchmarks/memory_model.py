@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Benchmark: edgeq's runtime-memory model (``edgeq.memory``) against measured peak RSS.
+"""Benchmark: edgeq's runtime-memory model (``edgeq.planning.memory``) against measured peak RSS.
 
 For each artifact (model x format x precision) this script
 
 - predicts the memory the artifact adds to its runtime's process from its plan
-  (``edgeq.memory.predict_from_artifact``: per-layer schemes and shapes, non-layer
+  (``edgeq.planning.memory.predict_from_artifact``: per-layer schemes and shapes, non-layer
   constants, ExecuTorch's planned activation bytes, the sequence length), and
-- measures it (``edgeq.memory.measure_peak_rss``): a fresh Python process imports the
+- measures it (``edgeq.planning.memory.measure_peak_rss``): a fresh Python process imports the
   runtime (ExecuTorch pybindings / ONNX Runtime CPU EP), records its RSS (baseline), loads
   the artifact, runs it ``--runs`` times, and reports the peak RSS (VmHWM).
 
@@ -16,7 +16,7 @@ encoder (hidden 768, 12 layers, vocab 30522: 110M params) and a Llama-style caus
 (hidden 512, 8 layers, vocab 32000, untied head: 58M params), both with random weights
 from fixed seeds, saved as Hugging Face directories; and the 40 KB ``tiny_text`` test model,
 whose rows show the runtime overhead alone (outside the ±10% goal). These are the *fit* set:
-``edgeq.memory``'s coefficients are fitted to them. The *held-out* set (``HELD_OUT``), never
+``edgeq.planning.memory``'s coefficients are fitted to them. The *held-out* set (``HELD_OUT``), never
 used for fitting: a random ViT-base image classifier (fp32/int8), a random Qwen2-style causal
 LM with a tied head (hidden 384, 6 layers, vocab 50257; fp32/int8/int4) and MiniLM
 mixed-precision plans exported against a runtime-memory budget (ExecuTorch 28MB, ONNX 45MB).
@@ -25,7 +25,7 @@ Formats: ExecuTorch/XNNPACK (``x86-executorch``) and ONNX Runtime (``x86``).
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --artifacts /tmp/mem/art
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --models minilm   # MiniLM only
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --models vit qwen2 minilm-plan  # held-out only
-    # after changing edgeq.memory: re-predict stored measurements (artifacts still in --artifacts)
+    # after changing edgeq.planning.memory: re-predict stored measurements (artifacts still in --artifacts)
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_model.py --artifacts /tmp/mem/art \
         --repredict benchmarks/results/memory_model.json
 
@@ -56,10 +56,10 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeq import memory  # noqa: E402
+from edgeq.planning import memory
 
 FORMATS = {"et": "x86-executorch", "onnx": "x86"}
-# name: (source kind, seq len, precisions). The fit set: the coefficients of edgeq.memory are
+# name: (source kind, seq len, precisions). The fit set: the coefficients of edgeq.planning.memory are
 # fitted to these rows only.
 MODELS = {
     "minilm": ("minilm", 128, ("fp32", "fp16", "int8", "int4")),
@@ -156,7 +156,7 @@ def ensure_artifact(out: Path, source: str, fmt: str, precision: str, seq: int) 
 
 
 def layers_of(source: str, seq: int) -> tuple[list, set[str]]:
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
     from edgeq.models import load_model
 
     module = load_model(source, None, seq_len=seq).module
@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="inference runs per measurement")
     ap.add_argument("--repeats", type=int, default=5, help="fresh processes per artifact (the median is reported)")
     ap.add_argument("--repredict", type=Path, nargs="+", metavar="JSON",
-                    help="re-predict the rows of earlier results with the current edgeq.memory (artifacts from "
+                    help="re-predict the rows of earlier results with the current edgeq.planning.memory (artifacts from "
                          "--artifacts), keeping their measurements: for checking a refit without re-measuring")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory_model.json")
     args = ap.parse_args()
@@ -249,7 +249,7 @@ _CACHE: dict = {}
 
 
 def repredict(row: dict, work: Path) -> dict:
-    """``row`` with its prediction redone by the current ``edgeq.memory``."""
+    """``row`` with its prediction redone by the current ``edgeq.planning.memory``."""
     name, fmt, label = row["model"], row["format"], row["precision"]
     kind, seq, _ = ALL_MODELS[name]
     art = work / f"{name}-{fmt}-{label.replace('@', '-')}"
@@ -282,7 +282,7 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({
-        "what": "edgeq.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
+        "what": "edgeq.planning.memory prediction vs peak RSS measured in a fresh process (VmHWM - baseline RSS)",
         **meta,
         "coefficients": coefficients(),
         "rows": rows,
@@ -296,7 +296,7 @@ def print_table(rows: list[dict]) -> None:
             "meas attrib range", "err when measured")
     print("\nsizes in MiB; attrib = peak RSS - baseline RSS (runtime imported); peak = process peak RSS (VmHWM);")
     print("measured = median of fresh processes, range = their min-max; ✗ = outside ±10% on attrib;")
-    print("err when measured = the prediction's error before any later change to edgeq.memory")
+    print("err when measured = the prediction's error before any later change to edgeq.planning.memory")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|")
     for r in rows:

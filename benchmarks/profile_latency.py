@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: emulated latency estimates (``edgeq.emulate``) against latency measured here.
+"""Benchmark: emulated latency estimates (``edgeq.profiling.emulate``) against latency measured here.
 
 For all-MiniLM-L6-v2 (seq 128) and two random-weight models built from small configs — a
 BERT encoder (hidden 512, 8 layers, seq 128) and a Llama decoder (hidden 512, 6 layers,
@@ -8,7 +8,7 @@ GQA, 16k vocabulary, seq 128) — in FP32 and INT8, as ExecuTorch/XNNPACK
 
 - the host-measured latency: ``edgeq.profiling.profile_host`` (fresh process, warm-up,
   p50 of the timed runs; threads as the target says, at most this host's cores),
-- the emulated estimate for this host (``edgeq.emulate.host_profile``: profile detected
+- the emulated estimate for this host (``edgeq.profiling.emulate.host_profile``: profile detected
   from /proc/cpuinfo, bandwidth measured) and for ``x86-avx2-laptop`` (the built-in
   profile of this CPU class, a 12-core i7-1260P), at the same thread count,
 - the emulated estimate for every built-in device profile (the target's thread count).
@@ -114,8 +114,8 @@ def main() -> None:
     quiet()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from edgeq.efficiency import fitted
-    from edgeq.emulate import estimate, host_profile
+    from edgeq.profiling.efficiency import fitted
+    from edgeq.profiling.emulate import estimate, host_profile
     from edgeq.targets import builtin_names, load_profile
 
     arts = []
@@ -180,7 +180,7 @@ def main() -> None:
     print_tables(rows, devices, per_target, host)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "what": "host-measured p50 (edgeq.profiling.profile_host) vs edgeq.emulate estimates; held-out models",
+        "what": "host-measured p50 (edgeq.profiling.profile_host) vs edgeq.profiling.emulate estimates; held-out models",
         "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "measurements_from": f"{args.reuse}, measured {measured_at}" if args.reuse else "this run",
         "measured_at": measured_at,

@@ -49,13 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeq.profiling import profile_host  # noqa: E402
-from edgeq.runner import host_info, latency_stats  # noqa: E402
+from edgeq.profiling.runner import host_info, latency_stats  # noqa: E402
 
 GOAL = 5.0  # percent
 TARGETS = {"executorch": "x86-executorch", "onnx": "x86"}
 PRECISIONS = ("fp32", "int8")
 
-# The same inputs edgeq's runner builds (edgeq.runner.make_inputs): ones for masks, zeros for
+# The same inputs edgeq's runner builds (edgeq.profiling.runner.make_inputs): ones for masks, zeros for
 # token types, small token ids otherwise, N(0, 1) floats.
 _INPUTS = '''
 import json, sys, time

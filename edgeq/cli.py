@@ -111,7 +111,7 @@ def export(
     if as_json:
         print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
     elif not quiet:
-        from edgeq.report import print_export_summary
+        from edgeq.export_report import print_export_summary
 
         print_export_summary(result)
 
@@ -135,8 +135,8 @@ def plan_cmd(
     as_json: Json = False,
 ) -> None:
     """Show the per-layer plan that fits TARGET's budget; optionally write it as YAML."""
-    from edgeq.planner import check_plan_output
-    from edgeq.planner import plan as make_plan
+    from edgeq.planning.planner import check_plan_output
+    from edgeq.planning.planner import plan as make_plan
     from edgeq.progress import Steps
 
     if proxy not in (None, "sqnr"):
@@ -160,7 +160,7 @@ def plan_cmd(
 
         print(json.dumps(yaml.safe_load(result.to_yaml()), indent=2))
     elif not quiet:
-        from edgeq.report import print_plan
+        from edgeq.export_report import print_plan
 
         print_plan(result, output)
 
@@ -183,13 +183,13 @@ def profile_cmd(
     from edgeq.profiling import profile_artifacts
 
     if html is not None:
-        from edgeq.profile_report import check_html_path
+        from edgeq.profiling.report import check_html_path
 
         check_html_path(html)  # before anything is measured
     reports = profile_artifacts(artifacts, mode=mode, device=device, runs=runs, warmup=warmup, threads=threads,
                                 ops=not no_ops, device_profile=device_profile, with_estimate=with_estimate)
     if html is not None:
-        from edgeq.profile_report import write_html
+        from edgeq.profiling.report import write_html
 
         write_html(reports, html)
     if as_json:
@@ -200,7 +200,7 @@ def profile_cmd(
 
             print(json.dumps({"reports": reports, "comparison": compare(reports)}, indent=2))
         return
-    from edgeq.profile_report import print_profiles
+    from edgeq.profiling.report import print_profiles
 
     print_profiles(reports)
     if html is not None:

@@ -24,12 +24,12 @@ from edgeq.artifact import (
     write_manifest,
 )
 from edgeq.errors import ExportError
-from edgeq.inventory import layers_to_json
+from edgeq.planning.inventory import layers_to_json
 from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
-from edgeq.memory import workload
-from edgeq.planner import BudgetError
+from edgeq.planning.memory import workload
+from edgeq.planning.planner import BudgetError
 from edgeq.progress import Steps
-from edgeq.schema import PRECISIONS
+from edgeq.targets.schema import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,11 @@ def export(
     # Everything that can be checked without the model is checked before it loads.
     plan_input = None
     if plan_file is not None:
-        from edgeq.planner import read_plan_file
+        from edgeq.planning.planner import read_plan_file
 
         plan_input = read_plan_file(Path(plan_file), tgt)
     if rules:
-        from edgeq.planner import check_rules
+        from edgeq.planning.planner import check_rules
 
         check_rules(rules)
     if calib is not None and not Path(calib).exists():
@@ -104,7 +104,7 @@ def export(
         loaded = load_model(model, task, seq_len=seq_len or tgt.seq_len, trust_remote_code=trust_remote_code)
         info.detail = f"{loaded.name} ({loaded.task}, from {loaded.source_kind})"
         if calib is not None:
-            from edgeq.calib import with_calibration
+            from edgeq.models.calib import with_calibration
 
             loaded = with_calibration(loaded, calib)
             info.detail += f"; calibration: {loaded.config['calibration']}"
@@ -129,17 +129,17 @@ def export(
         steps.note(line)
 
     from edgeq.backends import get_backend
-    from edgeq.inventory import fp32_bytes, layer_inventory
-    from edgeq.plan import uniform_plan
+    from edgeq.planning.inventory import fp32_bytes, layer_inventory
+    from edgeq.planning.plan import uniform_plan
 
     layers = layer_inventory(loaded.module)
     predicted = None
     if plan_input is not None:
-        from edgeq.planner import plan_from_file
+        from edgeq.planning.planner import plan_from_file
 
         plan = plan_from_file(plan_input, layers)
     elif planned:
-        from edgeq.planner import plan as make_plan
+        from edgeq.planning.planner import plan as make_plan
 
         plan_args = dict(budget_bytes=budget_bytes, memory_budget_bytes=memory_budget_bytes, rules=rules, steps=steps)
         result = make_plan(loaded, resolved, max_drop=max_drop, **plan_args)
@@ -239,8 +239,8 @@ def export(
 
 def _predict_memory(loaded: Any, layers: list, lowered: Any, tgt: Any, fp32_size: int) -> Any:
     """The memory model's prediction for the lowered artifact (its real schemes and arena)."""
-    from edgeq.inventory import nonlayer_bytes
-    from edgeq.memory import predict_peak, with_folded, with_tied_head, workload
+    from edgeq.planning.inventory import nonlayer_bytes
+    from edgeq.planning.memory import predict_peak, with_folded, with_tied_head, workload
 
     from edgeq.schemes import applied
 

@@ -11,7 +11,7 @@ history); one from a newer edgeq is refused.
 >>> m.target.format, m.sizes.artifact_bytes  # doctest: +SKIP
 ('onnx', 40960)
 
-``edgeq/runner.py`` (copied onto boards alone) still reads the JSON as a dict: the keys it
+``edgeq/profiling/runner.py`` (copied onto boards alone) still reads the JSON as a dict: the keys it
 reads (``model_file``, ``target.format/threads``, ``files``, ``versions``, ``model.inputs``,
 ``delegation.used``, ``precision.requested``) are unchanged between schema 1 and 2.
 """
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_serializer
 
-from edgeq.schema import Strict
+from edgeq.targets.schema import Strict
 
 MANIFEST_SCHEMA_VERSION = 2
 
@@ -53,7 +53,7 @@ class ModelInfo(Strict):
 
 
 class LayerRecord(Strict):
-    """One row of the layer inventory (``edgeq.inventory.layers_to_json``)."""
+    """One row of the layer inventory (``edgeq.planning.inventory.layers_to_json``)."""
 
     fqn: str
     kind: str
@@ -118,7 +118,7 @@ class Delegation(Strict):
 
 
 class PredictedMemory(Strict):
-    """``edgeq.memory.MemoryEstimate.to_dict()`` for the lowered artifact, always an estimate."""
+    """``edgeq.planning.memory.MemoryEstimate.to_dict()`` for the lowered artifact, always an estimate."""
 
     format: str
     weights_bytes: int

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.remote import ANDROID_APP, AdbDevice, DeviceError, parse_device
+from edgeq.profiling.remote import ANDROID_APP, AdbDevice, DeviceError, parse_device
 from tests.conftest import run_cli
 
 SERIAL = "emulator-5554"

@@ -80,7 +80,7 @@ def write_bpe_fixture(fx: Path) -> None:
     and its ids on held-out sentences the Java BPE must reproduce."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from edgeq import textdata
+    from edgeq.models import textdata
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(textdata.sentences("calib"), vocab_size=800, min_frequency=2, show_progress=False)
@@ -94,7 +94,7 @@ def _write_fixtures(fx: Path, bundle_dir: Path, minilm_dir: Path) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from edgeq import textdata
+    from edgeq.models import textdata
     from edgeq.profiling import profile_host
 
     fx.mkdir()

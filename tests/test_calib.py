@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeq.calib import with_calibration
+from edgeq.models.calib import with_calibration
 from edgeq.errors import ConfigError
 from edgeq.models import load_model
-from edgeq.planner import plan
+from edgeq.planning.planner import plan
 from tests.conftest import run_cli
 
 

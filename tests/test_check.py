@@ -158,7 +158,7 @@ def test_latency_budget_violation_fails_latency_only(artifacts, tmp_path):
     assert _failing(r) == {"latency"}
     g = r.gate("latency")
     assert "emulated p50 on rpi5 (ESTIMATE)" in g.message and "> 0.001 ms budget" in g.message
-    from edgeq.emulate import estimate
+    from edgeq.profiling.emulate import estimate
     from edgeq.targets import load_profile
 
     assert g.details["p50_ms"] == pytest.approx(estimate(artifacts["rpi5"], load_profile("rpi5"))["latency_ms"])

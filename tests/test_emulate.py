@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.emulate import assign_units, cpu_share, estimate, host_profile, predict
+from edgeq.profiling.emulate import assign_units, cpu_share, estimate, host_profile, predict
 from edgeq.errors import ArtifactError
-from edgeq.opgraph import Op, ops_from_artifact
+from edgeq.profiling.opgraph import Op, ops_from_artifact
 from edgeq.targets import builtin_names, load_profile
 from tests.conftest import run_cli
 

@@ -107,7 +107,7 @@ def test_hf_directory_classifier_reports_top1(tmp_path: Path):
 
 @pytest.mark.slow
 def test_minilm_snapdragon8_int8_meets_size_and_fidelity(tmp_path: Path, minilm_dir: Path):
-    from edgeq import textdata
+    from edgeq.models import textdata
     from edgeq.models import load_model
 
     out = tmp_path / "minilm"

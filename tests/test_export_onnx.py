@@ -83,7 +83,7 @@ def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, facto
 
     from edgeq.backends import get_backend
     from edgeq.schemes import parse
-    from edgeq.sensitivity import _swapped
+    from edgeq.planning.sensitivity import _swapped
 
     f = tmp_path / "plan.yaml"
     f.write_text(f"layers: {plan_yaml}\n")

@@ -80,7 +80,7 @@ def test_target_yaml_text_mutations(tmp_path_factory, text):
 @FUZZ
 @given(doc=documents)
 def test_plan_files(tmp_path_factory, doc):
-    from edgeq.planner import read_plan_file
+    from edgeq.planning.planner import read_plan_file
     from edgeq.targets import load_target
 
     path = tmp_path_factory.mktemp("p") / "plan.yaml"

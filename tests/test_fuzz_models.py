@@ -22,7 +22,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edgeq.calib import with_calibration
+from edgeq.models.calib import with_calibration
 from edgeq.errors import EdgeqError
 from edgeq.models import load_model
 from tests import tiny_models
@@ -425,7 +425,7 @@ def test_arbitrary_text_calibration_works_or_fails_cleanly(loaded_models, data, 
 
 
 def test_calibration_reads_are_capped_and_reported(loaded_models, tmp_path, monkeypatch):
-    from edgeq import calib
+    from edgeq.models import calib
 
     many = tmp_path / "many"
     many.mkdir()

@@ -15,7 +15,7 @@ from edgeq.backends.executorch.llm import lower_lm, open_lm
 from edgeq.backends.executorch.llm_quant import LMQuant
 from edgeq.errors import ConfigError, RunError
 from edgeq.llm.generate import GenerationConfig, generate
-from edgeq.plan import QuantPlan
+from edgeq.planning.plan import QuantPlan
 from edgeq.progress import Steps
 from edgeq.schemes import INT4, INT8, parse
 from tests import tiny_lms

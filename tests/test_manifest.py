@@ -87,8 +87,8 @@ def test_typed_fields_match_the_artifact(artifacts):
 
 
 def test_the_board_runner_reads_a_v2_manifest(artifacts):
-    """edgeq/runner.py reads the JSON as a dict: the keys it reads are where they were."""
-    from edgeq.runner import check_model_file
+    """edgeq/profiling/runner.py reads the JSON as a dict: the keys it reads are where they were."""
+    from edgeq.profiling.runner import check_model_file
 
     for name in ("rpi5", "x86"):
         path, fmt = check_model_file(artifacts[name], _json(artifacts[name]))
@@ -149,9 +149,9 @@ def test_v1_artifact_profiles_and_checks_like_the_v2_one(artifacts, tmp_path, na
 
 
 def test_memory_prediction_without_an_inventory_needs_the_layers(artifacts, tmp_path):
-    from edgeq import memory
+    from edgeq.planning import memory
     from edgeq.errors import ArtifactError
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
     from tests.tiny_models import tiny_text
 
     v2_dir = artifacts["x86"]

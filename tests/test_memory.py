@@ -1,4 +1,4 @@
-"""edgeq.memory: peak-RSS measurement in a fresh process, and the prediction's arithmetic."""
+"""edgeq.planning.memory: peak-RSS measurement in a fresh process, and the prediction's arithmetic."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeq import memory
+from edgeq.planning import memory
 from edgeq.export import export
 from edgeq.backends import get_backend
-from edgeq.inventory import LayerInfo
+from edgeq.planning.inventory import LayerInfo
 from edgeq.schemes import parse as S
 
 MIB = 2**20
@@ -45,7 +45,7 @@ def test_measure_peak_rss_fails_clearly_on_a_missing_artifact(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
 def test_predict_from_artifact_reads_the_manifest(artifacts, fmt):
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
     from tests.tiny_models import tiny_text
 
     est = memory.predict_from_artifact(artifacts[fmt])  # layers from the model source

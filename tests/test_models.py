@@ -50,7 +50,7 @@ def test_real_minilm_is_a_sentence_embedder_with_real_text(minilm_dir):
 
 
 def test_calibration_and_heldout_sentences_never_overlap():
-    from edgeq import textdata
+    from edgeq.models import textdata
 
     calib, held = textdata.sentences("calib"), textdata.sentences("heldout")
     assert len(held) >= 200 and len(calib) >= 600

@@ -10,7 +10,7 @@ import pytest
 from edgeq.backends import get_backend
 from edgeq.errors import ConfigError
 from edgeq.export import export
-from edgeq.planner import BudgetError, plan
+from edgeq.planning.planner import BudgetError, plan
 from tests.conftest import run_cli
 
 
@@ -109,7 +109,7 @@ def test_memory_budget_binds_and_the_plan_fits_it():
 
 
 def test_onnx_memory_budget_uses_bytes_as_held():
-    from edgeq import memory
+    from edgeq.planning import memory
 
     free = plan("tests.tiny_models:tiny_text", "x86")
     budget = free.memory.total_bytes - 60_000
@@ -142,7 +142,7 @@ def test_every_builtin_target_honours_a_budget(tmp_path: Path, target: str):
 
 @pytest.mark.parametrize("target", ["rpi4", "x86-executorch"])  # int schemes only; fp16 allowed too
 def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path, target: str):
-    from edgeq import memory
+    from edgeq.planning import memory
 
     free = plan("tests.tiny_models:tiny_text", target)
     budget = free.memory.total_bytes - 50_000
@@ -251,7 +251,7 @@ def tied_lm_dir(tmp_path_factory) -> Path:
 def test_a_tied_lm_head_is_planned_and_quantized_as_its_own_layer(tied_lm_dir: Path, tmp_path: Path, target: str):
     """The head shares the embedding's table, but the runtimes hold it as a second matrix:
     it is a layer of the inventory and of plans, and an int8 head is stored as int8."""
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
     from edgeq.models import load_model
 
     layers = {x.fqn: x for x in layer_inventory(load_model(str(tied_lm_dir), seq_len=16).module)}

@@ -161,7 +161,7 @@ def test_runner_without_runtime(tiny_artifacts):
 
 def test_summaries_drop_the_first_run():
     """Per-op times are medians over the profiled runs after the first (a warm-up)."""
-    from edgeq.runner import summarize_etdump, summarize_ort_trace
+    from edgeq.profiling.runner import summarize_etdump, summarize_ort_trace
 
     events = [
         {"name": "Method::execute", "delegated": False, "raw_ms": [9.0, 3.0, 3.2, 2.8], "backend": None},
@@ -212,8 +212,8 @@ def test_cli_compare_json_and_html(tiny_artifacts, tmp_path):
 
 def test_estimate_beside_measurement_renders(onnx_report):
     """Estimated vs measured: compare and the HTML accept an estimate (shape of
-    edgeq.emulate.estimate's result, numbers made up here) beside a real measurement."""
-    from edgeq.profile_report import render_html
+    edgeq.profiling.emulate.estimate's result, numbers made up here) beside a real measurement."""
+    from edgeq.profiling.report import render_html
     from edgeq.profiling import compare
 
     estimate = {"mode": "emulated", "estimate": True, "device": "x86-avx2-laptop", "latency_ms": 0.5,
@@ -238,7 +238,7 @@ def test_cli_table(tiny_artifacts):
 
 
 def test_cli_emulated(tiny_artifacts):
-    pytest.importorskip("edgeq.emulate")
+    pytest.importorskip("edgeq.profiling.emulate")
     proc = run_cli("profile", str(tiny_artifacts["executorch"]), "--mode", "emulated", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeq.errors import ModelLoadError
-from edgeq.pt2 import safe_load
-from edgeq.pt2.limits import MAX_ENTRIES
+from edgeq.models.pt2 import safe_load
+from edgeq.models.pt2.limits import MAX_ENTRIES
 from tests.conftest import run_cli
 from tests.hostile import assert_clean_failure
 from tests.tiny_models import tiny_mlp
@@ -351,7 +351,7 @@ def test_too_many_entries_are_refused_before_reading(saved, tmp_path):
 
 def test_entry_count_that_lies_is_caught_by_the_directory_size(saved, tmp_path):
     """The end record may understate the entry count; zipfile reads the whole directory anyway."""
-    from edgeq.pt2.limits import MAX_DIRECTORY_BYTES
+    from edgeq.models.pt2.limits import MAX_DIRECTORY_BYTES
 
     entries = read_entries(saved["mlp"])
     long_name = ROOT + "extra/" + "n" * 1000
@@ -389,7 +389,7 @@ def test_unpickling_and_sympy_eval_refuse_during_deserialization(marker, tmp_pat
     points raise and sympy parses only checked expressions; outside it they work again."""
     import sympy
 
-    from edgeq.pt2.guard import only_checked_deserialization
+    from edgeq.models.pt2.guard import only_checked_deserialization
 
     attempts = [
         lambda: pickle.loads(pickled(marker)),
@@ -436,7 +436,7 @@ def test_valid_archives_load_like_torch_does(saved):
 
 def test_free_form_metadata_is_dropped_before_fx_generates_code(saved, tmp_path, marker):
     """Node annotations (JSON inside a string) can hold newlines that FX would copy into source."""
-    from edgeq.pt2 import modularize
+    from edgeq.models.pt2 import modularize
 
     evil = json.dumps({"note": f"x\nimport pathlib; pathlib.Path({str(marker)!r}).touch()"})
 

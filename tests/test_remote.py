@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.remote import AdbDevice, DeviceError, SshDevice, parse_device
+from edgeq.profiling.remote import AdbDevice, DeviceError, SshDevice, parse_device
 from tests.conftest import require_system_tool, run_cli
 from tests.sshd import SSHD, LoopbackSshd
 

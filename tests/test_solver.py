@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edgeq.solver import Choice, Infeasible, smallest_within, solve
+from edgeq.planning.solver import Choice, Infeasible, smallest_within, solve
 
 
 def _random_problem(seed: int, layers: int):

@@ -50,7 +50,7 @@ def delegates_for(fmt: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class MemoryTerms:
-    """A runtime's fitted memory-model terms (see ``edgeq.memory``; values and the
+    """A runtime's fitted memory-model terms (see ``edgeq.planning.memory``; values and the
     measurements behind them live in each backend's ``costs.py``)."""
 
     act_wide: float  # x (tokens x widest linear output x 4 B)

@@ -84,7 +84,7 @@ def _heldout_input(desc: dict[str, Any], bundle_dir: Path, id_bound: int) -> tup
     if tok and tok.get("max_length") and names[:2] == ["input_ids", "attention_mask"] and len(names) == 2:
         from transformers import AutoTokenizer
 
-        from edgeq.textdata import sentences
+        from edgeq.models.textdata import sentences
 
         text = sentences("heldout", 1)[0]
         try:

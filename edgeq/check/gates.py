@@ -104,7 +104,7 @@ def fit(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[str, 
 
 def _predicted_peak(root: Path) -> tuple[int, int] | str:
     # Only with the recorded layer inventory: without it the prediction would import the model source.
-    from edgeq.memory import predict_from_artifact
+    from edgeq.planning.memory import predict_from_artifact
 
     try:
         est = predict_from_artifact(root)
@@ -264,7 +264,7 @@ def latency(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[s
         p50 = float(p50_ms(measured) or 0.0)
         how = "measured p50 on this host"
     else:
-        from edgeq.emulate import estimate
+        from edgeq.profiling.emulate import estimate
         from edgeq.targets import load_profile
 
         try:

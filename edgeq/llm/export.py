@@ -40,7 +40,7 @@ def lm_backend(fmt: str) -> Any:
 def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any], steps: Any) -> int:
     """``--max-context``, else the target's ``runtime.max_context``, else the default
     (capped at the model's positions, with a note); never above the model's positions."""
-    from edgeq.hf_checks import max_positions
+    from edgeq.models.hf_checks import max_positions
 
     positions = max_positions(config)
     target_value = getattr(tgt.runtime, "max_context", None)
@@ -135,12 +135,12 @@ def _check_delegates(be: Any, tgt: Any, steps: Any) -> None:
 
 def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) -> tuple[Any, str]:
     """The plan on the Hugging Face model's layer names (the wrapper's minus ``model.``)."""
-    from edgeq.inventory import layer_inventory
-    from edgeq.plan import QuantPlan, uniform_plan
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan, uniform_plan
 
     layers = layer_inventory(loaded.module)
     if plan_input is not None:
-        from edgeq.planner import plan_from_file
+        from edgeq.planning.planner import plan_from_file
 
         wrapped, requested = plan_from_file(plan_input, layers), "planned"
     else:
@@ -156,7 +156,7 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
 def _tokenizer(loaded: Any) -> Any:
     if not any(rel in loaded.support_files for rel in ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")):
         return None
-    from edgeq.hf import _load_tokenizer
+    from edgeq.models.hf import _load_tokenizer
 
     found = next(rel for rel in TOKENIZER_FILES if rel in loaded.support_files)
     return _load_tokenizer(loaded.support_files[found].parent)
@@ -204,7 +204,7 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
               model: Any, model_file: Path, work: Path, tokenizer_files: list[str], steps: Any) -> dict[str, Any]:
     from edgeq.artifact import file_table
     from edgeq.export import _versions
-    from edgeq.inventory import fp32_bytes, layer_inventory, layers_to_json
+    from edgeq.planning.inventory import fp32_bytes, layer_inventory, layers_to_json
     from edgeq.manifest import MANIFEST_SCHEMA_VERSION
 
     tgt, profile = resolved.target, resolved.profile

@@ -35,7 +35,7 @@ def verification_prompts(tokenizer: Any, vocab: int, max_context: int, n: int) -
     enough to leave room for the continuation."""
     limit = max(1, min(48, max_context // 2))
     if tokenizer is not None:
-        from edgeq.textdata import sentences
+        from edgeq.models.textdata import sentences
 
         prompts = []
         for text in sentences("heldout", n):

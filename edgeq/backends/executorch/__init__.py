@@ -76,7 +76,7 @@ def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> li
 
 
 def ops(model_file: Path, manifest: Any) -> list[Any]:
-    """The artifact's ops costed for emulation (``edgeq.opgraph.Op``)."""
+    """The artifact's ops costed for emulation (``edgeq.profiling.opgraph.Op``)."""
     from edgeq.backends.executorch.ops import ops as read_ops
 
     return read_ops(model_file, manifest)

@@ -22,7 +22,7 @@ def android_output_complete(text: str) -> bool:
 
 def parse_android_output(text: str, warmup: int) -> dict[str, Any] | None:
     """Timings from ``executor_runner``'s log lines; None if it printed none."""
-    from edgeq.runner import latency_stats
+    from edgeq.profiling.runner import latency_stats
 
     total = re.findall(r"Model executed successfully (\d+) time\(s\) in ([0-9.]+) ms", text)
     if not total:

@@ -7,7 +7,7 @@ scales; XNNPACK int4 linears with 2-byte group scales; ``embedding_4bit`` tables
 ones. RSS holds each weight once (XNNPACK's packed copy replaces the delegate's bytes,
 unmapped after packing; portable ops read embedding tables from the mmapped .pte), so the
 bytes held are the bytes stored. The fits behind the constants are described in
-``edgeq.memory`` (the model) and ``benchmarks/memory_model.py`` (the measurements).
+``edgeq.planning.memory`` (the model) and ``benchmarks/memory_model.py`` (the measurements).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def scheme_overhead(layer: Any, scheme: Scheme) -> int:
     return FILE_OVERHEAD.of_scheme(layer, scheme)
 
 
-# act_wide / act_attn / overhead: fitted (see edgeq.memory's notes); baseline: measured here,
+# act_wide / act_attn / overhead: fitted (see edgeq.planning.memory's notes); baseline: measured here,
 # a Python process with the pybindings imported (they import torch; a C++ app's is far smaller).
 MEMORY = MemoryTerms(act_wide=2.27, act_attn=0.94, overhead_bytes=int(3.72 * 2**20),
                      baseline_bytes=int(355.6 * 2**20), maps_embedding_tables=True, arena_at_load=True,

@@ -34,7 +34,7 @@ DTYPES = ("float32", "bfloat16")
 @dataclass(frozen=True)
 class LMQuant:
     """How an LLM is stored: a scheme per layer (fqn of the Hugging Face model, as
-    ``edgeq.inventory.layer_inventory`` names them) and the model's float dtype.
+    ``edgeq.planning.inventory.layer_inventory`` names them) and the model's float dtype.
 
     ``weight_only_linears`` asks for int linears without dynamic activation quantization;
     it exists so the request can be refused with a reason rather than silently changed."""
@@ -45,7 +45,7 @@ class LMQuant:
 
 
 def as_lm_quant(plan_or_quant: Any) -> LMQuant:
-    """An ``LMQuant`` from an ``LMQuant``, an ``edgeq.plan.QuantPlan`` or ``{fqn: scheme}``."""
+    """An ``LMQuant`` from an ``LMQuant``, an ``edgeq.planning.plan.QuantPlan`` or ``{fqn: scheme}``."""
     if isinstance(plan_or_quant, LMQuant):
         return plan_or_quant
     if plan_or_quant is None:
@@ -53,7 +53,7 @@ def as_lm_quant(plan_or_quant: Any) -> LMQuant:
     schemes = getattr(plan_or_quant, "schemes", plan_or_quant)
     if not isinstance(schemes, dict):
         raise ConfigError(f"cannot read a quantization plan from {type(plan_or_quant).__name__}",
-                          "pass an edgeq.plan.QuantPlan or {layer: scheme}")
+                          "pass an edgeq.planning.plan.QuantPlan or {layer: scheme}")
     from edgeq.schemes import parse
 
     return LMQuant(schemes={str(k): parse(v, str(k)) for k, v in schemes.items()})

@@ -18,8 +18,8 @@ from typing import Any
 from edgeq.backends import Lowered, silence_native_stderr
 from edgeq.backends.executorch.delegates import BACKEND_IDS, availability, partitioner
 from edgeq.backends.executorch.quant import conv_layers, quantize_convs, quantized_module
-from edgeq.capture import capture
-from edgeq.graphfacts import folded_layers, unused_layers
+from edgeq.models.capture import capture
+from edgeq.planning.graphfacts import folded_layers, unused_layers
 from edgeq.errors import ArtifactError, BackendUnavailableError, ExportError, describe
 from edgeq.schemes import FP16, FP32, UNUSED, Scheme
 

@@ -1,4 +1,4 @@
-"""The ops of an ExecuTorch artifact, costed for emulation (see ``edgeq.opgraph``).
+"""The ops of an ExecuTorch artifact, costed for emulation (see ``edgeq.profiling.opgraph``).
 
 The exporter writes ``ops.json`` into the artifact (``executorch_ops``), because
 delegated subgraphs are opaque blobs inside the .pte: every node of the final program,
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ArtifactError
-from edgeq.opgraph import _FLOAT, _FLOPS_PER_ELEMENT, _ITEMSIZE, Op, _nbytes, _numel
+from edgeq.profiling.opgraph import _FLOAT, _FLOPS_PER_ELEMENT, _ITEMSIZE, Op, _nbytes, _numel
 
 OPS_FILE = "ops.json"
 OPS_FORMAT_VERSION = 1

@@ -28,10 +28,11 @@ def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int, s
 
 def planned_arena(loaded: Any, resolved: Any, steps: Steps, use_cache: bool = True) -> tuple[int, int]:
     """The planned arena for ``loaded`` on ``resolved``'s delegate chain, and the fp32 .pte's size."""
-    from edgeq import __version__, sensitivity
+    from edgeq import __version__
+    from edgeq.planning import sensitivity
     from edgeq.backends.executorch.lowering import lower
-    from edgeq.inventory import layer_inventory
-    from edgeq.plan import QuantPlan
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
     from edgeq.schemes import FP32
     from edgeq.yamlio import write_text_atomic
 

@@ -9,7 +9,7 @@ blocks); asymmetric 4-bit ``MatMulNBits`` / ``GatherBlockQuantized`` an fp32 sca
 Held bytes: ONNX Runtime's CPU provider has no fp16 GEMM (a Cast and constant folding turn
 fp16 linears into fp32), and MLAS keeps a prepacked copy of linears beside the original
 initializer (which ORT frees but glibc mostly keeps): ``LINEAR_HELD`` bytes held per byte
-loaded, fitted with the rest of the memory model (``edgeq.memory``). Linears with a bias
+loaded, fitted with the rest of the memory model (``edgeq.planning.memory``). Linears with a bias
 (fused to Gemm) and MatMulNBits keep ~0.6x more; fp32 MatMul without bias kept almost
 nothing (measured +3%). Under ASLR the peak is bimodal (~1 fresh process in 9 lands in a
 low mode without that excess); these factors describe the common mode. Weak term
@@ -84,7 +84,7 @@ def scheme_overhead(layer: Any, scheme: Scheme) -> int:
     return FILE_OVERHEAD.of_scheme(layer, scheme)
 
 
-# act_wide / act_attn / overhead: fitted (see edgeq.memory's notes); a 40 KB model measures
+# act_wide / act_attn / overhead: fitted (see edgeq.planning.memory's notes); a 40 KB model measures
 # 10.3 MiB, the rest of the intercept is run-time workspace the other terms miss. baseline:
 # measured, a Python process with onnxruntime imported. A tied LM head whose table is
 # quantized costs a second fp32 copy: the table cannot feed the head's Transpose (int8

@@ -154,7 +154,7 @@ def _untied_heads(model: Any, schemes: dict[str, Scheme]) -> set[str]:
     table's or is an int scheme. (Sharing the table through its Transpose would run the
     head on the table's quantized values, or keep an fp32 original beside a 4-bit table.)
     A head at the table's float scheme keeps sharing it: one copy in the file."""
-    from edgeq.inventory import layer_inventory
+    from edgeq.planning.inventory import layer_inventory
 
     heads = {x.fqn: x.tied for x in layer_inventory(model.module) if x.tied}
     return {h for h, table in heads.items()

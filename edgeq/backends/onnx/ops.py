@@ -4,7 +4,7 @@ The graph is optimized by ONNX Runtime first (``extended`` level: host-independe
 fusions), then every value's shape is inferred in one pass — ONNX's per-node inference
 for standard ops, the rules in ``_contrib_shape`` for ONNX Runtime's contrib ops
 (MatMulNBits, SkipLayerNormalization, ...) — and each node is costed like
-``edgeq.backends.executorch.ops`` costs ExecuTorch ops (shared tables in ``edgeq.opgraph``).
+``edgeq.backends.executorch.ops`` costs ExecuTorch ops (shared tables in ``edgeq.profiling.opgraph``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ArtifactError, describe
-from edgeq.opgraph import _FLOAT, _FLOPS_PER_ELEMENT, _ITEMSIZE, Op, _nbytes, _numel
+from edgeq.profiling.opgraph import _FLOAT, _FLOPS_PER_ELEMENT, _ITEMSIZE, Op, _nbytes, _numel
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16", 21: "uint4", 22: "int4"}

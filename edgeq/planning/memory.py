@@ -66,7 +66,7 @@ class MemoryEstimate:
 
 
 def with_folded(pairs: Sequence[tuple[Any, Scheme | None]], folded: dict[str, int]) -> list[tuple[Any, Scheme | None]]:
-    """``(layer, scheme)`` pairs with each folded layer (``edgeq.graphfacts``) replaced by the
+    """``(layer, scheme)`` pairs with each folded layer (``edgeq.planning.graphfacts``) replaced by the
     fp32 constant ExecuTorch stores in its place (``folded``: fqn → bytes), whatever its scheme."""
     from dataclasses import replace
 
@@ -106,7 +106,7 @@ def predict_peak(fmt: str, layers: Sequence[tuple[Any, Scheme | None]], *, nonla
     """Predict the peak memory an artifact adds to its runtime's process.
 
     ``layers``: ``(layer, scheme)`` pairs, ``layer`` with ``fqn``, ``kind``, ``shape``,
-    ``params`` (an ``edgeq.inventory.LayerInfo``), ``scheme`` a ``Scheme`` or None for a
+    ``params`` (an ``edgeq.planning.inventory.LayerInfo``), ``scheme`` a ``Scheme`` or None for a
     layer the artifact does not use; ``nonlayer_bytes``: the fp32 bytes of all other
     constants (biases, norms); ``tokens``/``attention_heads``: the sequence the model runs
     on; ``planned_activation_bytes``: the runtime's planned arena (manifest); ``biased``:
@@ -161,7 +161,7 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
     manifest = load_manifest(root)
     model = manifest.model
     if layers is None and manifest.precision.inventory is not None:
-        from edgeq.inventory import layers_from_json
+        from edgeq.planning.inventory import layers_from_json
 
         layers = layers_from_json([row.model_dump() for row in manifest.precision.inventory])
         biased = {x.fqn for x in layers if x.bias} if biased is None else biased
@@ -171,7 +171,7 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
 
             raise ArtifactError(f"{root}/manifest.json records no layer inventory (written by an older edgeq)",
                                 "re-export it with this edgeq, or pass the source model's layers")
-        from edgeq.inventory import layer_inventory
+        from edgeq.planning.inventory import layer_inventory
         from edgeq.models import load_model
 
         module = load_model(model.source, model.task, seq_len=manifest.seq_len or 128).module
@@ -242,7 +242,7 @@ class LayerHead:
 def tied_head(layers: Sequence[Any], config: dict[str, Any], task: str | None) -> Any | None:
     """The embedding a causal LM's output head shares its weight with, or None.
 
-    ``edgeq.inventory`` counts a shared weight once (under the embedding), but both
+    ``edgeq.planning.inventory`` counts a shared weight once (under the embedding), but both
     runtimes hold two tensors: the table the token gather reads and the head's matrix for
     the GEMM. ExecuTorch stores both in the .pte (a portable/quantized embedding and an
     XNNPACK linear); ONNX stores one initializer, read by a Gather and by a Transpose that
@@ -271,7 +271,7 @@ def with_tied_head(fmt: str, pairs: Sequence[tuple[Any, Scheme | None]], config:
     cannot feed the head's Transpose). Other models: ``pairs`` unchanged."""
     out = list(pairs)
     if any(getattr(x, "tied", "") for x, _ in pairs):
-        # The head is planned as a layer of its own (edgeq.inventory); edgeq's ONNX export
+        # The head is planned as a layer of its own (edgeq.planning.inventory); edgeq's ONNX export
         # gives it its own initializer unless it shares the table's float scheme, in which
         # case ONNX Runtime folds the Transpose into a second copy at load: two tensors either way.
         return out
@@ -360,7 +360,7 @@ def _reset_peak() -> bool:
 
 
 def _run_child(artifact_dir: str, runs: int) -> dict[str, Any]:
-    """Body of the fresh measuring process (``python -m edgeq.memory DIR RUNS``)."""
+    """Body of the fresh measuring process (``python -m edgeq.planning.memory DIR RUNS``)."""
     manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
     model = Path(artifact_dir) / manifest["model_file"]
     inputs = manifest["model"]["inputs"]
@@ -427,7 +427,7 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
     env.update(PYTHONPATH=str(root), LANG="C.UTF-8", HF_HUB_OFFLINE="1")
     results = []
     for _ in range(max(1, repeats)):
-        proc = subprocess.run([sys.executable, "-m", "edgeq.memory", str(Path(artifact_dir).resolve()), str(runs)],
+        proc = subprocess.run([sys.executable, "-m", "edgeq.planning.memory", str(Path(artifact_dir).resolve()), str(runs)],
                               env=env, capture_output=True, text=True, timeout=timeout)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:

@@ -1,7 +1,7 @@
 """Emulated profiling: estimate an artifact's latency on a device from its ops and the
 device profile. Always an ESTIMATE, never a measurement.
 
-For each op of the lowered graph (``edgeq.opgraph``): FLOPs, bytes moved, the dtype it
+For each op of the lowered graph (``edgeq.profiling.opgraph``): FLOPs, bytes moved, the dtype it
 computes in, and the unit that runs it (the CPU for XNNPACK / portable kernels / ONNX
 Runtime's CPU provider; the GPU for Vulkan; the NPU for QNN; the Neural Engine (or GPU)
 for Core ML). Then a roofline per op::
@@ -9,7 +9,7 @@ for Core ML). Then a roofline per op::
     ms = max(flops / (peak[unit, dtype] * eff_compute), bytes / (bandwidth * eff_memory)) + op overhead
 
 summed over the ops, plus a cost per delegate call and per inference. Peaks and
-bandwidth come from the device profile; the efficiency factors from ``edgeq.efficiency``
+bandwidth come from the device profile; the efficiency factors from ``edgeq.profiling.efficiency``
 (fitted on host measurements for the CPU runtimes; assumed for accelerators). The CPU
 peak counts only the cores the threads run on (the fastest first); portable kernels run
 on one core.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeq.errors import ConfigError
-from edgeq.schema import DeviceProfile
+from edgeq.targets.schema import DeviceProfile
 
 # Fallback order when a unit's profile lists no peak for the op's dtype.
 _PEAK_FALLBACK = {"fp32": ("fp32", "fp16"), "fp16": ("fp16", "fp32"), "int8": ("int8", "fp16", "fp32")}
@@ -45,8 +45,8 @@ def estimate(artifact_dir: str | Path, profile: DeviceProfile, *, threads: int |
     flops, bytes, bound, ms), ``bound_share``, the factors used and the assumptions made.
     """
     from edgeq.artifact import read_artifact
-    from edgeq.efficiency import fitted
-    from edgeq.opgraph import ops_from_artifact
+    from edgeq.profiling.efficiency import fitted
+    from edgeq.profiling.opgraph import ops_from_artifact
 
     manifest, model_file = read_artifact(Path(artifact_dir))
     fmt = manifest.target.format
@@ -129,9 +129,9 @@ Lookup = Callable[[str, str], "tuple[dict[str, float], str]"]
 def predict(ops: list[Any], units: list[tuple[str, str]], fmt: str, profile: DeviceProfile, threads: int, *,
             lookup: Lookup | None = None, clock_scale: float = 1.0) -> Prediction:
     """The roofline per op and the fixed costs, with factors from ``lookup(runtime, unit)``
-    (default ``edgeq.efficiency.factors``); CPU fixed costs are multiplied by ``clock_scale``."""
+    (default ``edgeq.profiling.efficiency.factors``); CPU fixed costs are multiplied by ``clock_scale``."""
     from edgeq.backends import get_backend
-    from edgeq.efficiency import factors
+    from edgeq.profiling.efficiency import factors
 
     be = get_backend(fmt)
     lookup = lookup or factors
@@ -222,7 +222,7 @@ def _peaks_used(profile: DeviceProfile, rows: list[dict[str, Any]], threads: int
 
 
 def _compute_factor(table: dict[str, float], kind: str, dtype: str, weights: str, op: str) -> float:
-    from edgeq.efficiency import compute_factor
+    from edgeq.profiling.efficiency import compute_factor
 
     return compute_factor(table, "gemm" if kind == "gemm" else "compute", dtype, weights, op)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ModelLoadError
-from edgeq.pt2.limits import MAX_EXPR_CHARS, MAX_JSON_DEPTH, NO_PICKLE, bad
+from edgeq.models.pt2.limits import MAX_EXPR_CHARS, MAX_JSON_DEPTH, NO_PICKLE, bad
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 FQN = re.compile(r"[A-Za-z0-9_]{1,128}(?:\.[A-Za-z0-9_]{1,128}){0,63}")  # a parameter path, e.g. fc1.weight

@@ -14,7 +14,7 @@ Devices are named by a string:
 
     Steps: check the board's Python and that the runtime is installed (one connection; the
     board's ``/tmp`` gets a fresh ``edgeq-*`` directory), stream edgeq's runner
-    (``edgeq/runner.py``, stdlib + the runtime) and the model file + manifest into it as a
+    (``edgeq/profiling/runner.py``, stdlib + the runtime) and the model file + manifest into it as a
     tar over ssh, run the runner, read its JSON report, and always remove the directory.
     The report adds ``remote`` (destination, Python, runtime version) and ``transfer``
     (bytes, seconds: copying is never part of a latency); ``host`` is what the runner saw.
@@ -30,7 +30,7 @@ Devices are named by a string:
     The android-demo app (``PKG`` default ``dev.edgeq.demo``), installed as a debuggable
     build whose APK holds this artifact's bundle (``edgeq bundle``; ``ID`` defaults to
     ``<model>-<target>`` as there): its ``BenchmarkActivity`` is started with ``am start``
-    and its ``files/benchmark_results.json`` read back with ``run-as`` (see ``edgeq.adb``).
+    and its ``files/benchmark_results.json`` read back with ``run-as`` (see ``edgeq.profiling.adb``).
 
 Nothing is ever estimated here: every number in the report was measured on the device,
 or the call fails with a ``DeviceError`` saying what is missing and what to do.
@@ -195,7 +195,7 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     copying, not part of any latency). ``ssh_options`` replaces ``EDGEQ_SSH_OPTS``;
     ``android_runner`` replaces ``EDGEQ_ANDROID_RUNNER``; with neither, or with ``?app=``
     in an ``adb:`` string, the android-demo app installed on the device is driven instead
-    (``edgeq.adb_app.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
+    (``edgeq.profiling.adb_app.run_app``). Raises a ``DeviceError`` subclass when the device cannot be
     reached or used.
     """
     from edgeq.artifact import read_artifact
@@ -205,7 +205,7 @@ def run_on_device(artifact_dir: Path, device: str, *, runs: int, warmup: int, th
     if isinstance(target, AdbDevice):
         runner = android_runner or os.environ.get(ANDROID_RUNNER_ENV) or None
         if target.app is not None or runner is None:
-            from edgeq import adb_app
+            from edgeq.profiling import adb_app
 
             return adb_app.run_app(target, Path(artifact_dir), manifest, model, runs=runs, warmup=warmup,
                                threads=threads, ops=ops, explicit=target.app is not None)
@@ -537,6 +537,6 @@ def _is_ssh_message(stderr: str) -> bool:
 
 def _run_adb(dev: AdbDevice, root: Path, manifest: Manifest, model: Path, *, runs: int, warmup: int,
              threads: int | None, ops: bool, runner: Path | None) -> dict[str, Any]:
-    from edgeq import adb
+    from edgeq.profiling import adb
 
     return adb.run(dev, root, manifest, model, runs=runs, warmup=warmup, threads=threads, ops=ops, runner=runner)

@@ -92,7 +92,7 @@ def load_model(
                              "check the path") from None
     if exists:
         if path.is_dir():
-            from edgeq.hf import load_hf_dir
+            from edgeq.models.hf import load_hf_dir
 
             return load_hf_dir(path, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
         if path.suffix == ".pt2":
@@ -108,7 +108,7 @@ def load_model(
         kind = "file" if text.endswith(".pt2") else "directory"
         raise ModelLoadError(f"model path {text} does not exist: no such {kind}{similar}", "check the path")
     if _HUB_ID.match(text):
-        from edgeq.hf import load_hub
+        from edgeq.models.hf import load_hub
 
         return load_hub(text, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
     raise ModelLoadError(
@@ -226,7 +226,7 @@ def _load_factory(spec: str, task: str | None) -> LoadedModel:
 
 
 def _load_pt2(path: Path, task: str | None) -> LoadedModel:
-    from edgeq.pt2 import modularize, safe_load
+    from edgeq.models.pt2 import modularize, safe_load
 
     ep = safe_load(path)
     example = ep.example_inputs[0] if ep.example_inputs else None

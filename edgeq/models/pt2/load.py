@@ -1,9 +1,9 @@
 """``safe_load``: a ``.pt2`` file's ExportedProgram, loaded without running anything it carries.
 
 Wires the steps together: bounded archive reading and the expected entry set
-(:mod:`edgeq.pt2.archive`), tensors from raw bytes and checked example inputs
-(:mod:`edgeq.pt2.tensors`), the program-JSON checks (:mod:`edgeq.pt2.program`), torch's serde
-inside the guarded window (:mod:`edgeq.pt2.guard`), then a second check of the graphs torch built.
+(:mod:`edgeq.models.pt2.archive`), tensors from raw bytes and checked example inputs
+(:mod:`edgeq.models.pt2.tensors`), the program-JSON checks (:mod:`edgeq.models.pt2.program`), torch's serde
+inside the guarded window (:mod:`edgeq.models.pt2.guard`), then a second check of the graphs torch built.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ModelLoadError
-from edgeq.pt2.archive import (CONSTANTS, MODEL, PAYLOAD, SAMPLE, WEIGHTS, check_directory_size, parse_json,
+from edgeq.models.pt2.archive import (CONSTANTS, MODEL, PAYLOAD, SAMPLE, WEIGHTS, check_directory_size, parse_json,
                                program_entries, read_entry)
-from edgeq.pt2.guard import only_checked_deserialization
-from edgeq.pt2.limits import MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_SAMPLE_INPUTS_BYTES, bad, first_line
-from edgeq.pt2.program import check_graph, check_program
-from edgeq.pt2.tensors import example_inputs, payloads
+from edgeq.models.pt2.guard import only_checked_deserialization
+from edgeq.models.pt2.limits import MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_SAMPLE_INPUTS_BYTES, bad, first_line
+from edgeq.models.pt2.program import check_graph, check_program
+from edgeq.models.pt2.tensors import example_inputs, payloads
 
 
 def safe_load(path: Path) -> Any:

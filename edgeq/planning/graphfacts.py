@@ -85,7 +85,7 @@ class GraphFacts:
 
 def analyse(module: Any, example_inputs: tuple[Any, ...], fqns: list[str]) -> GraphFacts:
     """The facts above for ``module`` captured on ``example_inputs``."""
-    from edgeq.capture import capture
+    from edgeq.models.capture import capture
 
     program = capture(module, example_inputs)
     program.graph.eliminate_dead_code()

@@ -1,7 +1,7 @@
 """Profiling an artifact on this machine, and comparing profiles.
 
 ``profile_host`` validates the artifact, then runs edgeq's standalone runner
-(``edgeq/runner.py``: the same file ``--device ssh://`` copies onto a board) in a fresh
+(``edgeq/profiling/runner.py``: the same file ``--device ssh://`` copies onto a board) in a fresh
 Python process, so the numbers are those of a clean process: load time, latency over
 ``runs`` timed runs after ``warmup`` untimed ones, peak RSS, and (``ops=True``) a
 separate per-op pass (ExecuTorch ETDump + Inspector, ONNX Runtime's profiler).
@@ -35,7 +35,7 @@ def check_artifact(artifact_dir: str | Path) -> tuple[Manifest, Path]:
     """Validate an artifact for profiling: manifest, hashes, and that the model file is of
     the kind the manifest says (an ONNX model in a .pte artifact and vice versa)."""
     from edgeq.artifact import load_manifest, member, read_artifact
-    from edgeq.runner import RunnerError, check_model_file
+    from edgeq.profiling.runner import RunnerError, check_model_file
 
     path = Path(artifact_dir)
     if path.is_dir():
@@ -86,7 +86,7 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
             reports.append(emulate(artifact, device_profile, threads=threads))
             continue
         if mode == "device":
-            from edgeq.remote import run_on_device
+            from edgeq.profiling.remote import run_on_device
 
             report = run_on_device(artifact, device, runs=runs, warmup=warmup, threads=threads, ops=ops)
             report = complete_ops({**report, "mode": "device", "estimate": False})
@@ -146,7 +146,7 @@ def complete_ops(report: dict[str, Any]) -> dict[str, Any]:
         return report
     import base64
 
-    from edgeq.runner import etdump_events, summarize_etdump
+    from edgeq.profiling.runner import etdump_events, summarize_etdump
 
     try:
         events = etdump_events(base64.b64decode(ops["etdump_b64"]))
@@ -175,7 +175,7 @@ def host_class_profile() -> str | None:
 
 def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, threads: int | None = None) -> dict[str, Any]:
     """The emulated (estimated) latency of an artifact on ``device_profile`` (default: its
-    target's device), from ``edgeq.emulate.estimate``; always marked as an estimate."""
+    target's device), from ``edgeq.profiling.emulate.estimate``; always marked as an estimate."""
     manifest, model = check_artifact(artifact_dir)
     name = device_profile or manifest.target.device
     if not name:
@@ -184,7 +184,7 @@ def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, thre
 
     profile = load_profile(name)
     try:
-        from edgeq.emulate import estimate
+        from edgeq.profiling.emulate import estimate
     except ImportError as exc:
         raise BackendUnavailableError(f"emulated profiling is not available in this edgeq ({exc})",
                                       "use --mode host or --device") from None

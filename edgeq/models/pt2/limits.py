@@ -1,6 +1,6 @@
 """Bounds on what a ``.pt2`` file controls, and how a refusal is worded.
 
-Every check in :mod:`edgeq.pt2` refuses through :func:`bad`, so each refusal is one
+Every check in :mod:`edgeq.models.pt2` refuses through :func:`bad`, so each refusal is one
 ``ModelLoadError`` that names the file and what is wrong with it.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq import hf_checks
+from edgeq.models import hf_checks
 from edgeq.errors import ModelLoadError
 from edgeq.jsonio import read_json
 from edgeq.models import LoadedModel, synthetic_inputs
@@ -289,7 +289,7 @@ def _image_size(model_dir: Path, config: dict[str, Any]) -> int:
 def _text_inputs(tokenizer: Any, seq_len: int, vocab: int):
     import torch
 
-    from edgeq import textdata
+    from edgeq.models import textdata
 
     def make(split: str, n: int) -> list[tuple[Any, ...]]:
         if tokenizer is None:

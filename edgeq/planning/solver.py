@@ -6,7 +6,7 @@ layer's cost is rounded *up* to the grid, so a returned plan always fits; with t
 assumed additive across layers (the usual first-order model of quantization noise).
 Deterministic: ties go to the cheaper scheme, then to the earlier one in the input.
 
->>> from edgeq.solver import Choice, solve
+>>> from edgeq.planning.solver import Choice, solve
 >>> options = {"a": [Choice("int4", 10, 0.3), Choice("int8", 20, 0.1)],
 ...            "b": [Choice("int4", 10, 0.05), Choice("int8", 20, 0.01)]}
 >>> solve(options, budget=30).schemes

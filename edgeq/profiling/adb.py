@@ -18,7 +18,7 @@ benchmark binary, built for its ABI with the NDK, and edgeq parses what it print
 The binary, the model and the manifest are pushed to ``/data/local/tmp/edgeq/<name>/``,
 which is removed afterwards. Per-op profiling is not available over adb.
 
-With no runner binary (or ``adb:SERIAL?app=PKG``), ``edgeq.adb_app.run_app`` drives the
+With no runner binary (or ``adb:SERIAL?app=PKG``), ``edgeq.profiling.adb_app.run_app`` drives the
 android-demo app's benchmark mode instead.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeq.errors import clip
-from edgeq.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
+from edgeq.profiling.remote import (ANDROID_DIR, ANDROID_RUNNER_ENV, AdbDevice, DeviceAuthError, DeviceError,
                           DeviceRunError, DeviceSetupError, DeviceUnreachableError)
 
 if TYPE_CHECKING:

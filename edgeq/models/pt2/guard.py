@@ -1,9 +1,9 @@
 """The guarded window in which torch's serde deserializes a checked program.
 
-The second line of defence, after :mod:`edgeq.pt2.tensors` and :mod:`edgeq.pt2.program`: inside
+The second line of defence, after :mod:`edgeq.models.pt2.tensors` and :mod:`edgeq.models.pt2.program`: inside
 :func:`only_checked_deserialization` the unpickling entry points of :mod:`pickle`, ``torch.load``
 and torch's serde raise, and sympy parses only expressions that pass
-:func:`edgeq.pt2.program.check_expr`. ``modularize`` opens it too, because
+:func:`edgeq.models.pt2.program.check_expr`. ``modularize`` opens it too, because
 ``ExportedProgram.module()`` generates and execs code.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgeq.pt2.limits import NO_PICKLE, bad
-from edgeq.pt2.program import check_expr
+from edgeq.models.pt2.limits import NO_PICKLE, bad
+from edgeq.models.pt2.program import check_expr
 
 _LOADING: list[Path] = []  # the file being deserialized, while torch's serde runs
 

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgeq.pt2.limits import (MAX_DIRECTORY_BYTES, MAX_ENTRIES, MAX_JSON_DEPTH, MAX_RATIO, MAX_SMALL_BYTES,
+from edgeq.models.pt2.limits import (MAX_DIRECTORY_BYTES, MAX_ENTRIES, MAX_JSON_DEPTH, MAX_RATIO, MAX_SMALL_BYTES,
                               MAX_TOTAL_BYTES, bad, first_line)
 
 _INDEX = r"(?:0|[1-9][0-9]{0,8})"

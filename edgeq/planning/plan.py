@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from edgeq.inventory import LayerInfo
+from edgeq.planning.inventory import LayerInfo
 from edgeq.schemes import FP32, INT8, Scheme, for_precision
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ModelLoadError
-from edgeq.pt2.archive import INNER, PAYLOAD, checked_entries, read_entry
-from edgeq.pt2.limits import MAX_DIMS, MAX_ELEMENTS, MAX_SAMPLE_INPUTS_BYTES, MAX_TOTAL_BYTES, NO_PICKLE, bad, first_line
-from edgeq.pt2.program import FQN
+from edgeq.models.pt2.archive import INNER, PAYLOAD, checked_entries, read_entry
+from edgeq.models.pt2.limits import MAX_DIMS, MAX_ELEMENTS, MAX_SAMPLE_INPUTS_BYTES, MAX_TOTAL_BYTES, NO_PICKLE, bad, first_line
+from edgeq.models.pt2.program import FQN
 
 # torch.save of a tuple of plain tensors uses these and nothing else
 _PICKLE_OPS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.profiling import compare, label, p50_ms
-from edgeq.report import human_bytes
+from edgeq.export_report import human_bytes
 
 TOP_OPS = 12
 BACKEND_COLORS = {"portable": "#d62728", "CPU": "#1f77b4", "xnnpack": "#2ca02c", "delegate": "#9467bd"}

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.pt2.guard import only_checked_deserialization
-from edgeq.pt2.program import fetch
+from edgeq.models.pt2.guard import only_checked_deserialization
+from edgeq.models.pt2.program import fetch
 
 
 def modularize(program: Any) -> Any:
     """A GraphModule equivalent to ``program`` whose weighted ops are real submodules.
 
-    >>> from edgeq.pt2 import modularize, safe_load
+    >>> from edgeq.models.pt2 import modularize, safe_load
     >>> gm = modularize(safe_load(Path("model.pt2")))  # doctest: +SKIP
     """
     import torch

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeq.adb import _adb, _adb_path, _device_info, _last_line, pick_device
+from edgeq.profiling.adb import _adb, _adb_path, _device_info, _last_line, pick_device
 from edgeq.errors import clip
 from edgeq.manifest import Manifest
-from edgeq.remote import ANDROID_APP, ANDROID_RUNNER_ENV, AdbDevice, DeviceRunError, DeviceSetupError
+from edgeq.profiling.remote import ANDROID_APP, ANDROID_RUNNER_ENV, AdbDevice, DeviceRunError, DeviceSetupError
 
 APP_TIMEOUT_ENV = "EDGEQ_ANDROID_APP_TIMEOUT"
 APP_TIMEOUT_S = 900.0

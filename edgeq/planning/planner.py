@@ -1,7 +1,7 @@
 """Plan per-layer schemes: measure sensitivity, then solve for the least predicted error
 within a byte budget (or the fewest bytes within an error bound).
 
->>> from edgeq.planner import plan  # doctest: +SKIP
+>>> from edgeq.planning.planner import plan  # doctest: +SKIP
 >>> result = plan("path/to/model", "rpi5", budget_bytes=20_000_000)  # doctest: +SKIP
 >>> result.plan.schemes["model.encoder.layer.0.attention.self.query"]  # doctest: +SKIP
 'int4-g32'
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, EdgeqError
-from edgeq.inventory import LayerInfo, fp32_bytes, layer_inventory, nonlayer_bytes
-from edgeq.plan import QuantPlan
+from edgeq.planning.inventory import LayerInfo, fp32_bytes, layer_inventory, nonlayer_bytes
+from edgeq.planning.plan import QuantPlan
 from edgeq.progress import Steps
 from edgeq.schemes import FP32, Scheme, allowed, parse
 
@@ -35,7 +35,7 @@ class PlanResult:
     sensitivity: dict[str, dict[str, float]]
     layer_bytes: dict[str, int]  # bytes of each layer's weight under its chosen scheme
     other_bytes: int  # constants outside the planned layers (biases, norms), fp32
-    file_overhead_bytes: int  # the file's non-weight bytes (graph, metadata): an estimate, see edgeq.inventory
+    file_overhead_bytes: int  # the file's non-weight bytes (graph, metadata): an estimate, see edgeq.planning.inventory
     budget_bytes: int | None  # storage budget (artifact bytes); None with --max-drop
     predicted_error: float
     target: str
@@ -44,7 +44,7 @@ class PlanResult:
     pinned: dict[str, str] = field(default_factory=dict)
     reserve_bytes: float = 0  # held back from the budget for file overhead (after a measured overshoot)
     memory_budget_bytes: int | None = None  # runtime-memory budget (predicted peak)
-    memory: Any = None  # edgeq.memory.MemoryEstimate of the plan
+    memory: Any = None  # edgeq.planning.memory.MemoryEstimate of the plan
     binding: str = ""  # which limit decided the plan: storage | memory | max-drop | none
     budget_sources: dict[str, str] = field(default_factory=dict)  # storage/memory → "--budget" or "target NAME"
     excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # fqn → {scheme: why it cannot take it}
@@ -153,14 +153,14 @@ def plan(
 
     Two limits apply, each the target's unless overridden: the artifact's size
     (``budget_bytes``, else ``budgets.storage_mb``) and its predicted peak runtime memory
-    (``memory_budget_bytes``, else ``budgets.runtime_memory_mb``; ``edgeq.memory``'s model:
+    (``memory_budget_bytes``, else ``budgets.runtime_memory_mb``; ``edgeq.planning.memory``'s model:
     weights as the runtime holds them + activations + runtime overhead). With ``max_drop``
     the plan is the smallest whose predicted error stays within it, and must still fit both.
     ``planned_activation_bytes``: ExecuTorch's activation arena if known (else it is
     planned once by an fp32 lowering and cached). ``calib``: the user's calibration data
-    (see ``edgeq.calib``) instead of the built-in split.
+    (see ``edgeq.models.calib``) instead of the built-in split.
     """
-    from edgeq import graphfacts, memory, sensitivity, solver
+    from edgeq.planning import graphfacts, memory, sensitivity, solver
     from edgeq.backends import get_backend
     from edgeq.models import LoadedModel, load_model
     from edgeq.targets import ResolvedTarget, load_target
@@ -175,7 +175,7 @@ def plan(
         raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
     if calib is not None:
-        from edgeq.calib import with_calibration
+        from edgeq.models.calib import with_calibration
 
         loaded = with_calibration(loaded, calib)
     layers = layer_inventory(loaded.module)
@@ -294,7 +294,7 @@ def _solve_budgets(stored: dict, held: dict, storage_cap: float, memory_budget: 
     Should the load-time peak (stored weights + one transient copy) or storage still be
     over, the memory cap is tightened by the overshoot and the knapsack re-solved.
     """
-    from edgeq import solver
+    from edgeq.planning import solver
 
     try:
         solution = solver.solve(stored, int(storage_cap))

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from edgeq.errors import ConfigError, did_you_mean
-from edgeq.schema import DeviceProfile, Target
+from edgeq.targets.schema import DeviceProfile, Target
 from edgeq.yamlio import LineMap, line_of, read_yaml
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
