@@ -93,6 +93,7 @@ def export(
     max_drop: MaxDrop = None,
     rule: Rules = None,
     calib: Calib = None,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: KV-cache positions (default: the target's runtime.max_context).", min=2)] = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -105,7 +106,7 @@ def export(
         show_progress=not (quiet or as_json), plan_file=plan_file,
         budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
-        rules=rule or None, calib=calib,
+        rules=rule or None, calib=calib, max_context=max_context,
     )
     if as_json:
         print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
@@ -281,6 +282,36 @@ def check_cmd(
     code = exit_code(results)
     if code:
         raise typer.Exit(code)  # 1: a gate failed (main() passes the code on)
+
+
+@app.command("run")
+def run_cmd(
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory exported from a causal LM.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The prompt text.")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Stop after this many new tokens (or at EOS).", min=1, max=1_000_000)] = 128,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the artifact's chat template as a user turn.")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 (default) is greedy; above 0 samples.", min=0, callback=_finite)] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample from the smallest set of tokens whose probability reaches P.", callback=_finite)] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling (same seed, same text).")] = None,
+) -> None:
+    """Generate text with an LLM artifact in its runtime: text on stdout, speed and memory on stderr."""
+    from edgeq.llm.generate import GenerationConfig
+    from edgeq.llm.run import check_sampling, open_artifact, peak_rss_bytes, run_prompt
+
+    check_sampling(temperature, top_p, seed)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    config.check()
+    lm = open_artifact(artifact)
+    try:
+        _, result = run_prompt(lm, prompt, config, chat=chat,
+                               on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    finally:
+        lm.close()
+    print(flush=True)
+    print(f"prompt {result.prompt_tokens} tokens, generated {len(result.tokens)} (stopped by {result.stopped_by}); "
+          f"prefill {result.prefill_tokens_per_s:.1f} tokens/s, decode {result.decode_tokens_per_s:.1f} tokens/s, "
+          f"time to first token {result.time_to_first_token_s * 1000:.0f} ms, "
+          f"peak RSS {peak_rss_bytes() / 1e6:.0f} MB ({lm.session.runtime})", file=sys.stderr)
 
 
 @targets_app.command("list")

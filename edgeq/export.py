@@ -56,12 +56,14 @@ def export(
     max_drop: float | None = None,
     rules: list[str] | None = None,
     calib: str | Path | None = None,
+    max_context: int | None = None,
 ) -> ExportResult:
     """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
 
     Precision comes from, in order: ``plan_file`` (a plan YAML), a planned mix when
     ``budget_bytes``, ``max_drop`` or ``rules`` are given, else ``precision`` (default:
-    the target's) for every layer.
+    the target's) for every layer. A causal LM is exported with a KV cache of
+    ``max_context`` positions by ``edgeq.llm.export.export_lm``.
     """
     from edgeq.targets import load_target
 
@@ -100,6 +102,20 @@ def export(
     if out_dir is None:
         out_dir = Path("dist") / _safe_name(f"{loaded.name}-{tgt.name}")
         check_output(out_dir, force, protected)
+    if loaded.task == "causal-lm":  # a decoder LLM: KV-cache export, generation-checked
+        if planned and plan_input is None:
+            from edgeq.errors import ConfigError
+
+            raise ConfigError("--budget, --memory-budget, --max-drop and --rule are not available for causal LMs yet",
+                              "use --precision, or a plan file with --plan")
+        from edgeq.llm.export import export_lm
+
+        return export_lm(loaded, resolved, precision=precision, plan_input=plan_input, out_dir=out_dir, force=force,
+                         protected=protected, max_context=max_context, steps=steps, strict=strict)
+    if max_context is not None:
+        from edgeq.errors import ConfigError
+
+        raise ConfigError("--max-context applies to causal LMs only", f"drop it for this {loaded.task} model")
     for line in clean_stale_staging(out_dir):
         steps.note(line)
 

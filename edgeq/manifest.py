@@ -172,6 +172,31 @@ class PlanRecord(Strict):
     error_metric: str
 
 
+class LLMVerification(Strict):
+    """The artifact's greedy tokens against eager transformers (``edgeq.llm.verify``)."""
+
+    prompts: int
+    new_tokens: int
+    identical_prompts: int
+    prefix_match: float
+
+
+class LLMInfo(Strict):
+    """A decoder LLM artifact: its KV cache, vocabulary, stop tokens and tokenizer files."""
+
+    max_context: int
+    kv_cache_dtype: str
+    kv_cache_bytes: int  # all layers, K and V, at max_context
+    vocab_size: int
+    eos_token_ids: list[int]
+    bos_token_id: int | None
+    tokenizer_files: list[str]  # beside the manifest; [] when the model has no tokenizer
+    chat_template: bool
+    prefill: str  # how a prompt is fed ("whole prompt in one call" / "one token per call")
+    head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
+    verification: LLMVerification | None
+
+
 class Manifest(Strict):
     """An artifact's ``manifest.json`` (schema 2). Field names and order are the JSON's."""
 
@@ -192,13 +217,17 @@ class Manifest(Strict):
     timings_s: dict[str, float]  # export step → seconds
     notes: list[str]
     plan: PlanRecord | None = None  # only planned exports (--plan/--budget/--max-drop/--rule) have one
+    llm: LLMInfo | None = None  # only decoder LLMs exported with a KV cache have one
 
     @model_serializer(mode="wrap")
     def _without_absent_plan(self, handler: Any) -> dict[str, Any]:
-        # An unplanned export has no "plan" key at all (as edgeq has always written it).
+        # An unplanned export has no "plan" key at all (as edgeq has always written it);
+        # likewise "llm" for everything but a KV-cache LLM.
         data = handler(self)
         if self.plan is None:
             data.pop("plan", None)
+        if self.llm is None:
+            data.pop("llm", None)
         return data
 
     @property

@@ -26,6 +26,7 @@ _SUPPORT_FILES = (
     "merges.txt", "vocab.json", "sentencepiece.bpe.model", "tokenizer.model",
     "preprocessor_config.json", "config.json", "modules.json", "sentence_bert_config.json",
     "config_sentence_transformers.json", "1_Pooling/config.json", "generation_config.json",
+    "chat_template.jinja", "chat_template.json",
 )
 
 

@@ -140,6 +140,8 @@ class Quantization(Strict):
 
 class Runtime(Strict):
     threads: int = Field(default=0, ge=0, le=1024, description="0 = let the runtime decide")
+    max_context: int | None = Field(default=None, ge=2, le=1_048_576,
+                                    description="KV-cache positions of a decoder LLM (--max-context overrides)")
 
 
 class FidelityChecks(Strict):

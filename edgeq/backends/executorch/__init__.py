@@ -80,3 +80,8 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
     from edgeq.backends.executorch.ops import ops as read_ops
 
     return read_ops(model_file, manifest)
+
+# Decoder LLMs with a KV cache (edgeq.llm.session's contract); the modules import no runtime.
+from edgeq.backends.executorch.llm import lower_lm, open_lm  # noqa: E402,F401
+
+LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses

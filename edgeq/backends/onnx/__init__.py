@@ -88,6 +88,9 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
     return read_ops(model_file, manifest)
 
 
+LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's CPU provider
+
+
 def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:
     """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``)."""
     from edgeq.backends.onnx.llm import lower_lm as run_lowering

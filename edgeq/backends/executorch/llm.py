@@ -1,0 +1,210 @@
+"""Decoder LLMs on ExecuTorch: a static KV cache inside the program, lowered with XNNPACK.
+
+The program is transformers' ``TorchExportableModuleForDecoderOnlyLM`` (a ``StaticCache``
+of ``max_context`` positions held as mutable buffers), captured with strict
+``torch.export`` and a dynamic sequence dimension, so one ``forward(input_ids[1, n],
+cache_position[n])`` call prefills a whole prompt and ``n == 1`` decodes one token. It
+returns logits for every position fed. The program also carries the constant methods
+ExecuTorch's own LLM runner reads (``get_max_context_len``, ``get_vocab_size``,
+``use_kv_cache``...), which is how ``open_lm`` learns the context length.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeq.backends import silence_native_stderr
+from edgeq.backends.executorch.llm_quant import as_lm_quant, head_storage, quantize_lm
+from edgeq.errors import ArtifactError, ExportError, RunError, describe
+from edgeq.llm.session import LoweredLM
+
+MODEL_FILE = "model.pte"
+
+
+def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: int, steps: Any) -> LoweredLM:
+    """Quantize ``model`` (a transformers causal LM, fp32) per the plan, export it with a
+    static KV cache of ``max_context`` positions and lower it to ``workdir/model.pte``."""
+
+    quant = as_lm_quant(plan_or_scheme_info)
+    with steps.step("Quantizing the LLM") as info:
+        qmodel, applied = quantize_lm(model, quant)
+        counts: dict[str, int] = {}
+        for s in applied.values():
+            counts[s] = counts.get(s, 0) + 1
+        info.detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "fp32"
+    with steps.step(f"Capturing with a static KV cache ({max_context} positions)") as info:
+        program, cache_bytes, cache_dtype = _capture(qmodel, max_context)
+        info.detail = f"{sum(1 for n in program.graph.nodes if n.op == 'call_function')} ops"
+    out = Path(workdir) / MODEL_FILE
+    with steps.step("Lowering to XNNPACK") as info:
+        summary, arena = _lower(program, out, _constant_methods(model, max_context))
+        info.detail = (f"xnnpack: {summary['delegated_ops'].get('xnnpack', 0)} ops, "
+                       f"portable: {summary['portable_op_count']} ops")
+    return LoweredLM(
+        model_file=out,
+        runtime=f"ExecuTorch {_version()} pybindings (XNNPACK)",
+        delegates_used=[d for d, n in summary["delegated_ops"].items() if n],
+        layer_schemes=applied,
+        max_context=max_context,
+        kv_cache_dtype=cache_dtype,
+        kv_cache_bytes=cache_bytes,
+        delegation={**summary, "planned_activation_bytes": arena,
+                    "head": head_storage(model, applied), "prefill": "whole prompt in one call"},
+    )
+
+
+def open_lm(model_file: str | Path) -> "ExecuTorchLM":
+    """An ``LMSession`` over a ``.pte`` written by ``lower_lm``, in the ExecuTorch pybindings."""
+    return ExecuTorchLM(Path(model_file))
+
+
+class ExecuTorchLM:
+    """One conversation with an ExecuTorch LLM program; holds the position counter
+    (the KV cache itself lives in the program's mutable buffers)."""
+
+    def __init__(self, model_file: Path) -> None:
+        import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit / embedding_byte
+        from executorch.runtime import Runtime
+
+        try:
+            with silence_native_stderr():
+                program = Runtime.get().load_program(str(model_file))
+                self.max_context = int(_constant(program, "get_max_context_len"))
+                self.vocab_size = int(_constant(program, "get_vocab_size"))
+                self._forward = program.load_method("forward")
+        except Exception as exc:
+            raise ArtifactError(
+                f"ExecuTorch cannot load {model_file} as an LLM program ({describe(exc, 160)})",
+                "the file is corrupt or was not written by 'edgeq export' for a causal LM; re-export it") from None
+        self._program = program
+        self.runtime = f"ExecuTorch {_version()} pybindings (XNNPACK)"
+        self.position = 0
+
+    def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any:
+        """Start a new sequence with ``token_ids`` (one call); logits after the last one."""
+        if not token_ids:
+            raise RunError("cannot prefill an empty prompt", "give at least one token")
+        self.reset()
+        return self._run(list(token_ids), all_logits)
+
+    def decode(self, token_id: int) -> Any:
+        """Append one token; logits for the position after it."""
+        return self._run([int(token_id)], False)
+
+    def reset(self) -> None:
+        # The program overwrites cache rows from cache_position on and masks every later
+        # row, so starting again at position 0 is a reset.
+        self.position = 0
+
+    def close(self) -> None:
+        self._forward = None
+        self._program = None
+
+    def _run(self, ids: list[int], all_logits: bool) -> Any:
+        import torch
+
+        if self._forward is None:
+            raise RunError("this LLM session is closed", "open the artifact again")
+        end = self.position + len(ids)
+        if end > self.max_context:
+            raise RunError(f"{end} tokens exceed the artifact's context of {self.max_context}",
+                           "use a shorter prompt or fewer new tokens, or re-export with a larger --max-context")
+        tokens = torch.tensor([ids], dtype=torch.long)
+        positions = torch.arange(self.position, end, dtype=torch.long)
+        with silence_native_stderr():
+            logits = self._forward.execute([tokens, positions])[0]
+        self.position = end
+        logits = logits[0].float().numpy()
+        return logits.copy() if all_logits else logits[-1].copy()
+
+
+# ------------------------------------------------------------------------- internals
+
+
+def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
+    import torch
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    # The wrapper wants a cache-using, static-cache model; at fp32 ``qmodel`` is the
+    # caller's own model, so its settings are put back afterwards.
+    saved = (qmodel.config.use_cache, qmodel.generation_config.use_cache,
+             qmodel.generation_config.cache_implementation)
+    qmodel.config.use_cache = qmodel.generation_config.use_cache = True
+    qmodel.generation_config.cache_implementation = "static"
+    try:
+        wrapped = TorchExportableModuleForDecoderOnlyLM(qmodel, batch_size=1, max_cache_len=max_context)
+        cache = [b for n, b in wrapped.model.named_buffers() if n.startswith(("key_cache_", "value_cache_"))]
+        cache_bytes = sum(b.numel() * b.element_size() for b in cache)
+        cache_dtype = str(cache[0].dtype).removeprefix("torch.") if cache else "none"
+        n = min(4, max_context)
+        seq = torch.export.Dim("seq", min=1, max=max_context)
+        with torch.no_grad():
+            program = wrapped.export(
+                input_ids=torch.zeros(1, n, dtype=torch.long), cache_position=torch.arange(n),
+                dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+    except Exception as exc:
+        raise ExportError(f"torch.export cannot capture this LLM with a static KV cache ({describe(exc, 200)})",
+                          "report the architecture; a model transformers can export for ExecuTorch is needed") from None
+    finally:
+        (qmodel.config.use_cache, qmodel.generation_config.use_cache,
+         qmodel.generation_config.cache_implementation) = saved
+    return program, cache_bytes, cache_dtype
+
+
+def _constant_methods(model: Any, max_context: int) -> dict[str, Any]:
+    cfg = model.config.get_text_config()
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else cfg.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    out = {
+        "get_max_seq_len": max_context, "get_max_context_len": max_context,
+        "get_vocab_size": int(cfg.vocab_size), "use_kv_cache": True, "enable_dynamic_shape": True,
+        "get_n_layers": int(getattr(cfg, "num_hidden_layers", 0) or 0),
+    }
+    if getattr(cfg, "bos_token_id", None) is not None:
+        out["get_bos_id"] = int(cfg.bos_token_id)
+    if eos_ids:
+        out["get_eos_ids"] = [int(e) for e in eos_ids]
+    return out
+
+
+def _lower(program: Any, out: Path, constants: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Lower to XNNPACK and write ``out``; the delegation summary (as the non-LLM lowering
+    writes it) and the forward method's planned activation bytes."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from edgeq.backends.executorch.lowering import _delegation_summary, _portable_ops
+
+    try:
+        edge = to_edge_transform_and_lower(
+            program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
+            compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        summary = _delegation_summary(edge.exported_program().graph_module)
+        # quant fusion turns dequantize + embedding into embedding_4bit / embedding_byte
+        manager = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True, do_quant_fusion_and_const_prop=True))
+        portable = _portable_ops(manager.exported_program().graph_module)
+        summary["portable_op_count"], summary["portable_ops"] = sum(portable.values()), dict(portable.most_common())
+    except Exception as exc:
+        raise ExportError(f"lowering the LLM to ExecuTorch failed ({describe(exc, 200)})",
+                          "try --precision fp32 to see whether quantization is the cause") from None
+    tmp = out.with_suffix(".pte.tmp")
+    with tmp.open("wb") as f:
+        manager.write_to_file(f)
+    tmp.replace(out)
+    plans = [p for p in manager.executorch_program.execution_plan if p.name == "forward"]
+    arena = int(sum(plans[0].non_const_buffer_sizes[1:])) if plans else 0  # forward's planned memory
+    return summary, arena
+
+
+def _constant(program: Any, name: str) -> Any:
+    value = program.load_method(name).execute([])[0]
+    return value.item() if hasattr(value, "item") else value
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")
+

@@ -1,0 +1,260 @@
+"""``export_lm``: a Hugging Face causal LM to a decoder artifact with a KV cache.
+
+``edgeq export`` calls it for task causal-lm when the target's format has an LLM path
+(``lower_lm`` / ``open_lm`` in its backend). The flow: plan (uniform precision or a plan
+file), lower with a static KV cache of ``max_context`` positions, check the artifact's
+greedy tokens and next-token logits against eager transformers in the real runtime,
+bundle the tokenizer, chat template and generation config, and write the directory
+atomically with a manifest whose ``llm`` block describes the cache and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ConfigError, ModelLoadError
+
+DEFAULT_MAX_CONTEXT = 1024  # when neither --max-context nor the target's runtime.max_context says
+VERIFY_PROMPTS = 4
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "vocab.txt", "chat_template.jinja", "chat_template.json")
+
+
+def lm_backend(fmt: str) -> Any:
+    """The backend module for ``fmt`` if it exports decoder LLMs with a KV cache."""
+    from edgeq.backends import get_backend
+
+    try:
+        be = get_backend(fmt)
+    except ImportError:
+        be = None
+    if be is None or not hasattr(be, "lower_lm") or not hasattr(be, "open_lm"):
+        raise ConfigError(f"this edgeq has no {fmt} export for decoder LLMs with a KV cache",
+                          "use a target of format executorch")
+    return be
+
+
+def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any], steps: Any) -> int:
+    """``--max-context``, else the target's ``runtime.max_context``, else the default
+    (capped at the model's positions, with a note); never above the model's positions."""
+    from edgeq.models.hf_checks import max_positions
+
+    positions = max_positions(config)
+    target_value = getattr(tgt.runtime, "max_context", None)
+    if requested is not None:
+        value, source = requested, "--max-context"
+    elif target_value is not None:
+        value, source = target_value, f"target '{tgt.name}' runtime.max_context"
+    else:
+        value = min(DEFAULT_MAX_CONTEXT, positions or DEFAULT_MAX_CONTEXT)
+        steps.note(f"max context {value} tokens (edgeq's default; set --max-context or the target's "
+                   "runtime.max_context)")
+        return value
+    if value < 2:
+        raise ConfigError(f"max context {value} ({source}) is too small", "give at least 2 positions")
+    if positions is not None and value > positions:
+        raise ConfigError(f"max context {value} ({source}) is above the model's {positions} positions "
+                          "(max_position_embeddings)", f"pass --max-context {positions} or less")
+    return value
+
+
+def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, out_dir: Path, force: bool,
+              protected: list[Path], max_context: int | None, steps: Any, strict: bool = False) -> Any:
+    """Lower ``loaded`` (an edgeq ``LoadedModel`` of task causal-lm) for ``resolved``'s
+    target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``."""
+    from edgeq.artifact import clean_stale_staging, staged_dir, write_manifest
+    from edgeq.export import ExportResult
+    from edgeq.manifest import Manifest
+
+    tgt = resolved.target
+    be = lm_backend(tgt.format)
+    model = _hf_model(loaded)
+    context = resolve_max_context(max_context, tgt, loaded.config, steps)
+    _check_delegates(be, tgt, steps, strict)
+    plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
+    for line in clean_stale_staging(out_dir):
+        steps.note(line)
+    with staged_dir(out_dir, force, protected) as work:
+        scratch = work / ".work"
+        scratch.mkdir()
+        lowered = be.lower_lm(model, plan, scratch, context, steps)
+        session = be.open_lm(lowered.model_file)
+        try:
+            from edgeq.llm import verify
+
+            tokenizer = _tokenizer(loaded)
+            prompts, described = verify.verification_prompts(tokenizer, session.vocab_size, context, VERIFY_PROMPTS)
+            with steps.step(f"Verifying greedy tokens ({len(prompts)} prompts)") as info:
+                greedy, numerics = verify.check(model, session, prompts, described)
+                info.detail = (f"{greedy.identical_prompts}/{greedy.prompts} identical, prefix match "
+                               f"{greedy.prefix_match:.1%}; {numerics.short()}")
+        finally:
+            session.close()
+        model_file = work / lowered.model_file.name
+        shutil.move(str(lowered.model_file), model_file)
+        for extra in lowered.extra_files:
+            shutil.move(str(extra), work / extra.name)
+        shutil.rmtree(scratch)
+        tokenizer_files = _bundle(loaded, model, work)
+        manifest = _manifest(loaded, resolved, requested, plan, lowered, numerics, greedy, model, model_file,
+                             work, tokenizer_files, steps)
+        typed = Manifest.model_validate(manifest)
+        write_manifest(work, typed)
+    return ExportResult(artifact_dir=out_dir, manifest=typed)
+
+
+# ------------------------------------------------------------------------- internals
+
+
+def _hf_model(loaded: Any) -> Any:
+    inner = getattr(loaded.module, "model", None)
+    if loaded.task != "causal-lm" or inner is None or not hasattr(inner, "get_output_embeddings") \
+            or inner.get_output_embeddings() is None:
+        raise ModelLoadError(f"{loaded.name} has no causal-LM head (task {loaded.task})",
+                             "export a model whose architecture ends in ForCausalLM or LMHeadModel")
+    return inner
+
+
+def _check_delegates(be: Any, tgt: Any, steps: Any, strict: bool = False) -> None:
+    """The backend's ``LM_DELEGATES`` (when it declares them) are the only ones its LLM
+    path uses: one must be in the target's chain, and the others are named in a note
+    (with ``--strict``, an error: the target asked for them)."""
+    usable = tuple(getattr(be, "LM_DELEGATES", ()) or ())
+    if not usable:
+        return
+    if not any(d in usable for d in tgt.delegates):
+        raise ConfigError(f"target '{tgt.name}' lists none of {', '.join(usable)}, which edgeq lowers decoder LLMs "
+                          f"to for {tgt.format}", f"use a target whose delegates include {usable[0]}")
+    others = [d for d in tgt.delegates if d not in usable]
+    if others and strict:
+        raise ConfigError(f"--strict: target '{tgt.name}' asks for {', '.join(others)}, which edgeq does not lower "
+                          f"decoder LLMs to (only {', '.join(usable)})", "drop --strict to lower to "
+                          f"{', '.join(usable)} alone, or use a target without {', '.join(others)}")
+    if others:
+        steps.note(f"decoder LLMs are lowered to {', '.join(usable)} only; the target's {', '.join(others)} "
+                   "delegate(s) are not used")
+
+
+def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) -> tuple[Any, str]:
+    """The plan on the Hugging Face model's layer names (the wrapper's minus ``model.``)."""
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan, uniform_plan
+
+    layers = layer_inventory(loaded.module)
+    if plan_input is not None:
+        from edgeq.planning.planner import plan_from_file
+
+        wrapped, requested = plan_from_file(plan_input, layers), "planned"
+    else:
+        wrapped, requested = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
+                                          keep_fp32=tgt.quantization.keep_fp32), precision
+    strip = lambda fqn: fqn.removeprefix("model.")  # noqa: E731
+    for fqn, why in wrapped.reasons.items():
+        steps.note(f"{strip(fqn)}: {why}")
+    return QuantPlan(schemes={strip(f): s for f, s in wrapped.schemes.items()},
+                     reasons={strip(f): r for f, r in wrapped.reasons.items()}), requested
+
+
+def _tokenizer(loaded: Any) -> Any:
+    if not any(rel in loaded.support_files for rel in ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")):
+        return None
+    from edgeq.models.hf import _load_tokenizer
+
+    found = next(rel for rel in TOKENIZER_FILES if rel in loaded.support_files)
+    return _load_tokenizer(loaded.support_files[found].parent)
+
+
+def _bundle(loaded: Any, model: Any, work: Path) -> list[str]:
+    """Copy the tokenizer, chat template, config and generation config into the artifact;
+    write ``generation_config.json`` from the model when its directory has none."""
+    for rel, src in loaded.support_files.items():
+        dst = work / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    if not (work / "generation_config.json").exists() and model.generation_config is not None:
+        gen = model.generation_config.to_dict()
+        gen.pop("cache_implementation", None)  # an export detail, not the user's generation setting
+        import json
+
+        (work / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    return sorted(rel for rel in TOKENIZER_FILES if (work / rel).exists())
+
+
+def _eos_ids(model: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = model.config.get_text_config().eos_token_id
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in (eos or [])]
+
+
+def _has_chat_template(work: Path) -> bool:
+    if (work / "chat_template.jinja").exists() or (work / "chat_template.json").exists():
+        return True
+    config = work / "tokenizer_config.json"
+    if not config.exists():
+        return False
+    from edgeq.jsonio import read_json
+
+    try:
+        data = read_json(config)
+    except Exception:  # a broken tokenizer config fails loudly in 'edgeq run'; here it just has no template
+        return False
+    return isinstance(data, dict) and bool(data.get("chat_template"))
+
+
+def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: Any, numerics: Any, greedy: Any,
+              model: Any, model_file: Path, work: Path, tokenizer_files: list[str], steps: Any) -> dict[str, Any]:
+    from edgeq.artifact import file_table
+    from edgeq.export import _versions
+    from edgeq.planning.inventory import fp32_bytes, layer_inventory, layers_to_json
+    from edgeq.manifest import MANIFEST_SCHEMA_VERSION
+
+    tgt, profile = resolved.target, resolved.profile
+    delegation = dict(lowered.delegation)
+    head = delegation.pop("head", {})
+    prefill = delegation.pop("prefill", "whole prompt in one call")
+    arena = int(delegation.pop("planned_activation_bytes", 0))
+    counts: dict[str, int] = {}
+    for s in lowered.layer_schemes.values():
+        counts[s] = counts.get(s, 0) + 1
+    fp32_size = fp32_bytes(model)
+    size = model_file.stat().st_size
+    cfg = model.config.get_text_config()
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_file": model_file.name,
+        "target": {"name": tgt.name, "device": profile.name, "device_name": profile.display_name,
+                   "format": tgt.format, "delegates": tgt.delegates, "threads": tgt.runtime.threads},
+        "model": {
+            "name": loaded.name, "source": loaded.source, "source_kind": loaded.source_kind, "task": loaded.task,
+            "inputs": [{"name": "input_ids", "shape": [1, lowered.max_context], "dtype": "int64"},
+                       {"name": "cache_position", "shape": [lowered.max_context], "dtype": "int64"}],
+            "outputs": ["logits"],
+        },
+        "precision": {"requested": requested, "layer_counts": counts, "layers": lowered.layer_schemes,
+                      "notes": plan.reasons, "inventory": layers_to_json(layer_inventory(model))},
+        "sizes": {"fp32_weight_bytes": fp32_size, "artifact_bytes": size,
+                  "ratio_to_fp32": round(size / fp32_size, 4) if fp32_size else None},
+        "budgets": tgt.budgets.model_dump(),
+        "delegation": {"used": lowered.delegates_used, **delegation},
+        "memory": {"planned_activation_bytes": arena, "tokens": lowered.max_context, "attention_heads": None,
+                   "folded_layers": {}, "budget_bytes": int(tgt.budgets.runtime_memory_mb * 1e6), "predicted": None},
+        "numerics": numerics.to_dict(),
+        "numerics_skipped": "",
+        "files": file_table(work),
+        "versions": _versions(),
+        "timings_s": steps.timings,
+        "notes": steps.notes,
+        "llm": {
+            "max_context": lowered.max_context, "kv_cache_dtype": lowered.kv_cache_dtype,
+            "kv_cache_bytes": lowered.kv_cache_bytes, "vocab_size": int(cfg.vocab_size),
+            "eos_token_ids": _eos_ids(model),
+            "bos_token_id": int(cfg.bos_token_id) if getattr(cfg, "bos_token_id", None) is not None else None,
+            "tokenizer_files": tokenizer_files, "chat_template": _has_chat_template(work),
+            "prefill": prefill, "head": head, "verification": greedy.to_dict(),
+        },
+    }

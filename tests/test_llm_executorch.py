@@ -1,0 +1,163 @@
+"""Decoder LLMs on ExecuTorch: KV-cache .pte vs eager transformers, 8da4w, and the refusals.
+
+Tiny random-weight models built in code (tests/tiny_lms.py). The reference is transformers'
+own ``generate`` (dynamic cache, eager attention): an independent path from the exported
+static-cache program.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeq.backends.executorch.llm import lower_lm, open_lm
+from edgeq.backends.executorch.llm_quant import LMQuant
+from edgeq.errors import ConfigError, RunError
+from edgeq.llm.generate import GenerationConfig, generate
+from edgeq.planning.plan import QuantPlan
+from edgeq.progress import Steps
+from edgeq.schemes import INT4, INT8, parse
+from tests import tiny_lms
+
+PROMPTS = ([5, 17, 33, 2 + 40, 9], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+CONTEXT = 48
+QUANT_INIT = 0.05  # a calmer random model for quantization error (see tiny_lms.config)
+
+
+def hf_greedy(model, prompt, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def lowered(tmp_path, model, plan=None):
+    result = lower_lm(model, plan, tmp_path, CONTEXT, Steps(show=False))
+    return result, open_lm(result.model_file)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2",
+                                  pytest.param("gemma", marks=pytest.mark.slow),
+                                  pytest.param("phi3", marks=pytest.mark.slow)])
+def test_fp32_greedy_tokens_identical_to_transformers_generate(tmp_path, arch):
+    model = tiny_lms.build(arch)
+    result, session = lowered(tmp_path, model)
+    assert result.max_context == CONTEXT and result.delegates_used == ["xnnpack"]
+    assert session.max_context == CONTEXT and session.vocab_size == model.config.vocab_size
+    cfg = model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    assert result.kv_cache_bytes == 2 * cfg.num_hidden_layers * heads * CONTEXT * head_dim * 4  # K and V, fp32
+    for prompt in PROMPTS:
+        n = 20
+        expected = hf_greedy(model, prompt, n)
+        got = generate(session, prompt, GenerationConfig(max_new_tokens=n)).tokens  # no EOS: n tokens
+        assert got == expected, arch
+        assert len(set(expected)) > 2  # the model is not stuck on one token: the comparison has power
+    # prefill after a conversation starts a new one (the cache is overwritten, not appended to)
+    again = generate(session, PROMPTS[0], GenerationConfig(max_new_tokens=5)).tokens
+    assert again == hf_greedy(model, PROMPTS[0], 5)
+    # all_logits: one row per prompt position, equal to transformers' logits
+    with torch.no_grad():
+        ref = model(torch.tensor([PROMPTS[1]])).logits[0].numpy()
+    rows = session.prefill(PROMPTS[1], all_logits=True)
+    # fp32 rounding only (XNNPACK's accumulation order): Gemma's logits reach ~10, so relative
+    assert rows.shape == ref.shape and np.abs(rows - ref).max() < 1e-3 + 5e-4 * np.abs(ref).max()
+    session.close()
+
+
+def test_context_is_enforced(tmp_path):
+    model = tiny_lms.build("llama")
+    _, session = lowered(tmp_path, model)
+    with pytest.raises(RunError, match="context"):
+        session.prefill(list(range(3, 3 + CONTEXT + 1)))
+    session.prefill(list(range(3, 3 + CONTEXT - 1)))
+    session.decode(5)  # position CONTEXT - 1: the last one
+    with pytest.raises(RunError, match="exceed"):
+        session.decode(5)
+    result = generate(session, list(range(3, 3 + CONTEXT - 4)), GenerationConfig(max_new_tokens=50))
+    assert len(result.tokens) == 4 and result.stopped_by == "context"
+
+
+def test_8da4w_is_close_to_fp32_and_faithful_to_its_quantized_weights(tmp_path):
+    """int4-g32 linears with int8 dynamic activations, int8 embedding, int8 head: the .pte vs
+    the fp32 model (quantization error) and vs torchao's eager quantized model (the runtime's
+    own error, which dropped scales would blow up)."""
+    from edgeq.backends.executorch.quant import quantized_module
+
+    model = tiny_lms.build("llama", tied=False, init=QUANT_INIT)
+    schemes = {n: INT4[32] for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    schemes.update({"model.embed_tokens": INT8, "lm_head": INT8})
+    result, session = lowered(tmp_path, model, QuantPlan(schemes=schemes))
+    assert result.layer_schemes["lm_head"] == "int8" and result.layer_schemes["model.layers.0.mlp.up_proj"] == "int4-g32"
+    ops = result.delegation["portable_ops"]
+    assert any("embedding_byte" in op for op in ops), ops  # the quantized table, not an fp32 copy
+    eager_q = quantized_module(model, schemes, "xnnpack")
+    seq = list(range(3, 40))
+    got = session.prefill(seq, all_logits=True)
+    with torch.no_grad():
+        fp32 = model(torch.tensor([seq])).logits[0].numpy()
+        quant = eager_q(torch.tensor([seq])).logits[0].numpy()
+
+    def kl(p_logits, q_logits):
+        lp = p_logits - np.log(np.exp(p_logits - p_logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - p_logits.max(-1, keepdims=True)
+        lq = q_logits - np.log(np.exp(q_logits - q_logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - q_logits.max(-1, keepdims=True)
+        return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+    # eager 8da4w vs fp32 on this model: top-1 0.73, KL 0.0018 (measured with torchao alone)
+    assert (got.argmax(-1) == quant.argmax(-1)).mean() >= 0.9
+    assert kl(quant, got) < 0.005
+    assert (got.argmax(-1) == fp32.argmax(-1)).mean() >= 0.6
+    assert kl(fp32, got) < 0.01
+    session.close()
+
+
+def test_4bit_embedding_and_tied_head_choice(tmp_path):
+    """A tied head quantized apart from its embedding gets its own copy, and says so."""
+    from edgeq.backends.executorch.quant import quantized_module
+
+    model = tiny_lms.build("llama", tied=True, init=QUANT_INIT)
+    schemes = {"model.embed_tokens": INT4[32], "lm_head": INT8}
+    result, session = lowered(tmp_path, model, QuantPlan(schemes=schemes))
+    assert result.delegation["head"] == {"fqn": "lm_head", "tied": True, "scheme": "int8", "storage": "own copy"}
+    assert any("embedding_4bit" in op for op in result.delegation["portable_ops"])
+    seq = list(range(3, 30))
+    with torch.no_grad():
+        fp32 = model(torch.tensor([seq])).logits[0].numpy()
+        quant = quantized_module(model, schemes, "xnnpack")(torch.tensor([seq])).logits[0].numpy()
+    got = session.prefill(seq, all_logits=True)
+    assert (got.argmax(-1) == quant.argmax(-1)).mean() >= 0.9  # the runtime computes what torchao stored
+    assert (got.argmax(-1) == fp32.argmax(-1)).mean() >= 0.7  # eager: 0.95 on this model
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the caller's model is untouched
+    session.close()
+
+
+# ------------------------------------------------------------------------- refusals (no lowering)
+
+
+def test_weight_only_int_linears_are_refused(tmp_path):
+    model = tiny_lms.build("llama")
+    for scheme in (INT8, INT4[32]):
+        quant = LMQuant(schemes={"model.layers.0.mlp.up_proj": scheme}, weight_only_linears=True)
+        with pytest.raises(ConfigError, match="weight-only int linears .* wrong numbers on XNNPACK"):
+            lower_lm(model, quant, tmp_path, CONTEXT, Steps(show=False))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_bf16_with_8da4w_is_refused(tmp_path):
+    model = tiny_lms.build("llama")
+    quant = LMQuant(schemes={"model.layers.0.mlp.up_proj": INT4[32]}, dtype="bfloat16")
+    with pytest.raises(ConfigError, match="bf16 weights with 8da4w .* crashes at run time"):
+        lower_lm(model, quant, tmp_path, CONTEXT, Steps(show=False))
+    assert next(model.parameters()).dtype == torch.float32
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_naming_a_missing_layer_is_refused(tmp_path):
+    model = tiny_lms.build("llama")
+    with pytest.raises(ConfigError, match="does not have"):
+        lower_lm(model, {"model.layers.9.mlp.up_proj": parse("int8")}, tmp_path, CONTEXT, Steps(show=False))

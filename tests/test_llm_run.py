@@ -1,0 +1,261 @@
+"""``edgeq export`` of a causal LM and ``edgeq run``, end to end through the CLI; sampling
+checked against hand-computed probabilities; the bad-input cases (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeq.errors import ConfigError, RunError
+from edgeq.llm.generate import GenerationConfig, generate
+from tests import tiny_lms
+from tests.conftest import run_cli
+
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory) -> Path:
+    return tiny_lms.save_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def artifact(lm_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny-llama-x86"
+    proc = run_cli("export", str(lm_dir), "-t", "x86-executorch", "-p", "fp32", "--max-context", str(CONTEXT),
+                   "-o", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def hf_continuation(lm_dir: Path, ids: list[int], n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)  # stops at EOS (id 2)
+    return out[0, len(ids):].tolist()
+
+
+def stats(stderr: str) -> dict[str, float]:
+    found = re.search(r"prefill ([\d.]+) tokens/s, decode ([\d.]+) tokens/s, time to first token (\d+) ms, "
+                      r"peak RSS (\d+) MB", stderr)
+    assert found, stderr
+    return dict(zip(("prefill", "decode", "ttft_ms", "rss_mb"), map(float, found.groups())))
+
+
+def test_manifest_describes_the_llm(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    llm = manifest["llm"]
+    assert llm["max_context"] == CONTEXT and llm["vocab_size"] == 256 and llm["eos_token_ids"] == [2]
+    assert llm["kv_cache_bytes"] == 2 * 2 * 2 * CONTEXT * 16 * 4  # layers x K,V x kv heads x positions x head dim x fp32
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(llm["tokenizer_files"]) and llm["chat_template"]
+    assert llm["verification"]["identical_prompts"] == llm["verification"]["prompts"] >= 1  # fp32: identical
+    assert manifest["numerics"]["top1_agreement"] == 1.0
+    assert (artifact / "generation_config.json").exists() and (artifact / "model.pte").exists()
+    assert not list(artifact.parent.glob(".*staging*"))
+
+
+def test_run_streams_transformers_greedy_text(artifact, lm_dir):
+    prompt = "the value of the list is a new object and"
+    tok = tiny_lms.tokenizer()
+    expected = tok.decode(hf_continuation(lm_dir, tok(prompt)["input_ids"], 12), skip_special_tokens=True)
+    proc = run_cli("run", str(artifact), "--prompt", prompt, "--max-new-tokens", "12")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected.strip() and expected.strip()
+    figures = stats(proc.stderr)
+    assert figures["prefill"] > 0 and figures["rss_mb"] > 50
+
+
+def test_run_chat_uses_the_bundled_template(artifact, lm_dir):
+    tok = tiny_lms.tokenizer()
+    ids = tok.apply_chat_template([{"role": "user", "content": "what is the capital of france ?"}],
+                                  add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    assert tok.convert_tokens_to_ids("<|assistant|>") == ids[-1]
+    expected = tok.decode(hf_continuation(lm_dir, ids, 10), skip_special_tokens=True)
+    proc = run_cli("run", str(artifact), "--prompt", "what is the capital of france ?", "--chat",
+                   "--max-new-tokens", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected.strip()
+
+
+def test_sampling_with_a_seed_repeats(artifact):
+    args = ("run", str(artifact), "--prompt", "the file name", "--max-new-tokens", "8",
+            "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+
+
+# ------------------------------------------------------------------------- sampling by hand
+
+
+class FixedLogits:
+    """An LMSession whose next-token logits never change."""
+
+    max_context, vocab_size, runtime = 100_000, 3, "fixed logits"
+
+    def __init__(self, logits):
+        self.logits = np.asarray(logits, dtype=np.float32)
+
+    def prefill(self, ids, *, all_logits=False):
+        return self.logits
+
+    def decode(self, token):
+        return self.logits
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_temperature_and_top_p_follow_softmax():
+    session = FixedLogits([0.0, 1.0, 2.0])
+    n = 6000
+    tokens = generate(session, [0], GenerationConfig(max_new_tokens=n, temperature=0.5, seed=1)).tokens
+    p = np.exp(np.array([0.0, 2.0, 4.0]))  # softmax(logits / 0.5), by hand
+    p /= p.sum()
+    freq = np.bincount(tokens, minlength=3) / n
+    assert np.abs(freq - p).max() < 0.02
+    # top-p 0.5: the top token alone already holds 0.67 at temperature 1
+    tokens = generate(session, [0], GenerationConfig(max_new_tokens=200, temperature=1.0, top_p=0.5, seed=1)).tokens
+    assert set(tokens) == {2}
+    # top-p 0.8 keeps tokens 2 and 1 (0.665 + 0.245), renormalised
+    tokens = generate(session, [0], GenerationConfig(max_new_tokens=4000, temperature=1.0, top_p=0.8, seed=2)).tokens
+    freq = np.bincount(tokens, minlength=3) / 4000
+    assert freq[0] == 0 and abs(freq[2] - 0.6652 / (0.6652 + 0.2447)) < 0.03
+    # greedy, and EOS stops
+    result = generate(session, [0], GenerationConfig(max_new_tokens=10), eos_ids={2})
+    assert result.tokens == [2] and result.stopped_by == "eos"
+
+
+def test_generation_options_are_checked():
+    with pytest.raises(ConfigError):
+        GenerationConfig(temperature=-1).check()
+    with pytest.raises(ConfigError):
+        GenerationConfig(top_p=0).check()
+    with pytest.raises(RunError, match="context holds"):
+        generate(FixedLogits([0, 1, 2]), [1] * 100_000)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def rewritten(artifact: Path, dest: Path, drop: list[str], edit=None) -> Path:
+    """A copy of ``artifact`` without ``drop`` files and with a manifest that agrees with
+    its files (as an export of such a model would write it)."""
+    from edgeq.artifact import file_table, load_manifest, write_manifest
+    from edgeq.manifest import Manifest
+
+    shutil.copytree(artifact, dest)
+    for rel in drop:
+        (dest / rel).unlink()
+    if edit:
+        edit(dest)
+    data = load_manifest(dest).model_dump(mode="json")
+    data["files"] = file_table(dest)
+    data["llm"]["tokenizer_files"] = [f for f in data["llm"]["tokenizer_files"] if (dest / f).exists()]
+    write_manifest(dest, Manifest.model_validate(data))
+    return dest
+
+
+def test_prompt_longer_than_the_context(artifact):
+    one_line_error(run_cli("run", str(artifact), "--prompt", " ".join(["the"] * (CONTEXT + 5))),
+                   f"context holds {CONTEXT}")
+
+
+def test_chat_without_a_template(artifact, tmp_path):
+    def strip_template(dest):
+        cfg = json.loads((dest / "tokenizer_config.json").read_text())
+        cfg.pop("chat_template", None)
+        (dest / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+    drop = ["chat_template.jinja"] if (artifact / "chat_template.jinja").exists() else []
+    copy = rewritten(artifact, tmp_path / "no-template", drop, strip_template)
+    one_line_error(run_cli("run", str(copy), "--prompt", "the file", "--chat"), "no chat template")
+    assert run_cli("run", str(copy), "--prompt", "the file", "--max-new-tokens", "2").returncode == 0
+
+
+def test_artifact_without_a_tokenizer(artifact, tmp_path):
+    files = [f for f in json.loads((artifact / "manifest.json").read_text())["llm"]["tokenizer_files"]]
+    copy = rewritten(artifact, tmp_path / "no-tokenizer", files)
+    one_line_error(run_cli("run", str(copy), "--prompt", "the file"), "has no tokenizer")
+
+
+def test_run_refuses_an_artifact_that_is_not_an_lm(tmp_path):
+    out = tmp_path / "mlp"
+    assert run_cli("export", "tests.tiny_models:tiny_mlp", "-t", "x86-executorch", "-p", "fp32", "-o", str(out),
+                   "--quiet").returncode == 0
+    one_line_error(run_cli("run", str(out), "--prompt", "hello"), "is not an LLM artifact")
+
+
+def test_max_context_above_the_model_positions(lm_dir, tmp_path):
+    out = tmp_path / "too-long"
+    one_line_error(run_cli("export", str(lm_dir), "-t", "x86-executorch", "--max-context", "1000", "-o", str(out),
+                           "--quiet"),
+                   "above the model's 128 positions")
+    assert not out.exists()
+
+
+def test_model_without_a_causal_lm_head(tmp_path):
+    from tests.tiny_models import save_tiny_vit
+
+    vit = save_tiny_vit(tmp_path / "vit")
+    one_line_error(run_cli("export", str(vit), "-t", "x86-executorch", "--task", "causal-lm",
+                           "-o", str(tmp_path / "out"), "--quiet"), "causal-lm")
+
+
+def test_sampling_options_without_sampling(tmp_path):
+    # checked before the artifact is opened
+    one_line_error(run_cli("run", str(tmp_path), "--prompt", "the", "--top-p", "0.9"), "--temperature")
+
+
+def test_target_without_the_llm_delegate_is_refused():
+    from types import SimpleNamespace
+
+    from edgeq.backends import get_backend
+    from edgeq.llm.export import _check_delegates
+    from edgeq.progress import Steps
+
+    be = get_backend("executorch")
+    steps = Steps(show=False)
+    with pytest.raises(ConfigError, match="none of xnnpack"):
+        _check_delegates(be, SimpleNamespace(name="npu-only", format="executorch", delegates=["qnn"]), steps)
+    _check_delegates(be, SimpleNamespace(name="phone", format="executorch", delegates=["qnn", "xnnpack"]), steps)
+    assert steps.notes and "qnn" in steps.notes[0]  # not silently dropped
+
+
+def test_onnx_export_and_run_give_transformers_greedy_text(lm_dir, tmp_path):
+    """The same CLI flow for format onnx: export with a KV cache, then 'edgeq run' in ONNX
+    Runtime streams the text eager transformers generates greedily."""
+    out = tmp_path / "tiny-llama-onnx"
+    proc = run_cli("export", str(lm_dir), "-t", "x86", "-p", "fp32", "--max-context", str(CONTEXT),
+                   "-o", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_file"] == "model.onnx" and manifest["llm"]["max_context"] == CONTEXT
+    prompt = "the value of the list is a new object and"
+    tok = tiny_lms.tokenizer()
+    expected = tok.decode(hf_continuation(lm_dir, tok(prompt)["input_ids"], 12), skip_special_tokens=True)
+    ran = run_cli("run", str(out), "--prompt", prompt, "--max-new-tokens", "12")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == expected.strip() and expected.strip()
+    assert "ONNX Runtime" in ran.stderr
