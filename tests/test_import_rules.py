@@ -79,6 +79,9 @@ ALLOWED = {
     "planning": ("edgeq.planning", "edgeq.errors", "edgeq.schemes", "edgeq.progress", "edgeq.yamlio",
                  "edgeq.jsonio", "edgeq.atomic", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
                  "edgeq.targets"),
+    "llm": ("edgeq.llm", "edgeq.errors", "edgeq.schemes", "edgeq.artifact", "edgeq.manifest", "edgeq.backends",
+            "edgeq.models", "edgeq.planning", "edgeq.numerics", "edgeq.jsonio", "edgeq.export",
+            "edgeq.profiling.emulate"),
 }
 
 

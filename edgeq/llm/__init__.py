@@ -6,5 +6,8 @@ of export (the artifact's tokenizer, chat template and generation config). What 
 format does to build and open an LLM artifact lives in its backend
 (``edgeq.backends.<format>.llm``); this package never names a format.
 
-May import: ``edgeq.errors``, ``edgeq.backends`` (registry only), ``edgeq.models``.
+May import: ``edgeq.errors``, ``edgeq.schemes``, ``edgeq.artifact`` / ``edgeq.manifest`` (writing and
+reading LLM artifacts), ``edgeq.backends`` (registry only), ``edgeq.models``, ``edgeq.planning``
+(plan files), ``edgeq.numerics`` / ``edgeq.jsonio``, ``edgeq.export`` (its result type and version
+table) and ``edgeq.profiling.emulate`` (the device's CPU share for the decode estimate).
 """

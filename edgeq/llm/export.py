@@ -145,7 +145,7 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
 
     layers = layer_inventory(loaded.module)
     if plan_input is not None:
-        from edgeq.planning.planner import plan_from_file
+        from edgeq.planning.planfile import plan_from_file
 
         wrapped, requested = plan_from_file(plan_input, layers), "planned"
     else:
