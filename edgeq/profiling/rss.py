@@ -27,7 +27,7 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
                      timeout: float = 900) -> dict[str, Any]:
     """Peak RSS of loading and running ``artifact_dir`` ``runs`` times, in a fresh process.
 
-    Returns the runner's memory block: ``baseline_rss_bytes`` (runtime imported, nothing
+    Returns the runner's memory block and its ``memory_detail``: ``baseline_rss_bytes`` (runtime imported, nothing
     loaded), ``peak_rss_bytes`` (``VmHWM`` after the runs), ``model_attributable_bytes``
     (peak − baseline), the RSS after loading and the final anonymous / file-backed growth.
     With ``repeats`` > 1, that many fresh processes are measured and the one with the
@@ -52,7 +52,7 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
         if not memory.get("available"):
             raise RuntimeError(f"measuring {artifact_dir} failed (exit {proc.returncode}): "
                                f"{proc.stderr.strip()[-500:] or 'no memory figures from the runner'}")
-        results.append({**memory, "runs": runs})
+        results.append({**memory, **((report or {}).get("memory_detail") or {}), "runs": runs})
     results.sort(key=lambda r: r["model_attributable_bytes"])
     chosen = results[len(results) // 2]
     chosen["repeats"] = len(results)

@@ -326,7 +326,7 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": used,
-            "memory": _memory(base, loaded, end, reset)}
+            "memory": _memory(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
 
 
 def ops_executorch(model: Path, arrays: list[Any], delegates_used: list[str]) -> dict[str, Any]:
@@ -491,7 +491,7 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
     end = _status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": threads,
-            "memory": _memory(base, loaded, end, reset)}
+            "memory": _memory(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
 
 
 def ops_onnx(model: Path, arrays: list[Any], names: list[str], threads: int | None) -> dict[str, Any]:
@@ -540,15 +540,20 @@ def summarize_ort_trace(trace: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ main
 
 
-def _memory(base: dict[str, int], loaded: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
+def _memory(base: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
     """Peak RSS (``VmHWM``) over load and runs, above the baseline taken with the runtime
-    imported; the RSS after loading and the final anonymous / file-backed growth, for
-    diagnosis (``edgeq.profiling.rss`` reads the same block)."""
+    imported. The keys are a contract: the android-demo app writes the same block."""
     if not base or not end:
         return {"available": False}
-    out = {"available": True, "baseline_rss_bytes": base["VmRSS"], "peak_rss_bytes": end["VmHWM"],
-           "model_attributable_bytes": end["VmHWM"] - base["VmRSS"], "final_rss_bytes": end["VmRSS"],
-           "peak_reset": reset}
+    return {"available": True, "baseline_rss_bytes": base["VmRSS"], "peak_rss_bytes": end["VmHWM"],
+            "model_attributable_bytes": end["VmHWM"] - base["VmRSS"], "final_rss_bytes": end["VmRSS"],
+            "peak_reset": reset}
+
+
+def _memory_detail(base: dict[str, int], loaded: dict[str, int], end: dict[str, int]) -> dict[str, Any]:
+    """For diagnosing the memory model (``edgeq.profiling.rss``): the RSS right after
+    loading, and the final anonymous / file-backed growth over the baseline."""
+    out: dict[str, Any] = {}
     if loaded:
         out.update(after_load_rss_bytes=loaded["VmRSS"], after_load_hwm_bytes=loaded["VmHWM"])
     if "RssAnon" in base and "RssAnon" in end:
@@ -611,6 +616,7 @@ def profile(artifact: Path, runs: int, warmup: int, threads: int | None, ops: bo
         "latency_ms": latency_stats(measured["samples_ms"]),
         "samples_ms": measured["samples_ms"],
         "memory": measured["memory"],
+        "memory_detail": measured["memory_detail"],
     }
     if ops:
         try:
