@@ -218,7 +218,7 @@ def llama_cpp_mix(layers: list[Any]) -> dict[str, str]:
         if x.kind == "linear" and m and (int(m.group(1)) in (first, last)
                                          or x.fqn.endswith(("attention.self.value", "attention.output.dense"))):
             schemes[x.fqn] = "int8"
-        elif x.fits(f"int4-g{INT4_GROUP}"):
+        elif x.fits(parse(f"int4-g{INT4_GROUP}")):
             schemes[x.fqn] = f"int4-g{INT4_GROUP}"
         else:
             schemes[x.fqn] = "int8"
