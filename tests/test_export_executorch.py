@@ -136,5 +136,5 @@ def test_tied_embedding_is_not_reported_unused(tmp_path):
 
     m = export(str(tmp_path / "m"), "x86-executorch", precision="fp32", output=tmp_path / "a", samples=2,
                seq_len=16).manifest
-    assert m.precision.layers["model.model.embed_tokens"] == "fp32"
+    assert m.precision.layers["model.embed_tokens"] == "fp32"  # decoder LLMs: the model's own layer names
     assert "unused" not in m.precision.layers.values()
