@@ -109,3 +109,23 @@ def test_only_the_entry_points_import_the_cli():
     offenders = [str(p.relative_to(EDGEQ)) for p in EDGEQ.rglob("*.py")
                  if p.name not in ("cli.py", "__main__.py") and any(m.startswith("edgeq.cli") for m in _edgeq_imports(p))]
     assert not offenders, offenders
+
+
+def test_no_package_defines_a_name_its_submodules_would_shadow():
+    """Importing ``edgeq.pkg.name`` rebinds ``edgeq.pkg.name`` to the submodule: a function of
+    that name in the package's ``__init__`` would stop being callable after the first import
+    (it happened to ``edgeq.profiling.emulate``)."""
+    clashes = []
+    for init in EDGEQ.rglob("__init__.py"):
+        pkg = init.parent
+        subs = {p.stem for p in pkg.glob("*.py") if p.name != "__init__.py"} | {
+            p.name for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+        dotted = ".".join(("edgeq",) + pkg.relative_to(EDGEQ).parts)
+        loaded = set()  # submodules the package imports at its top level before the name is bound: safe
+        for node in ast.parse(init.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(dotted + "."):
+                loaded.add(node.module[len(dotted) + 1:].split(".")[0])
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else [
+                t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            clashes += [f"{dotted}.{n}" for n in names if n in subs and n not in loaded]
+    assert not clashes, clashes

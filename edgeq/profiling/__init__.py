@@ -90,7 +90,7 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
     reports = []
     for artifact in artifacts:
         if mode == "emulated":
-            reports.append(emulate(artifact, device_profile, threads=threads))
+            reports.append(emulate_artifact(artifact, device_profile, threads=threads))
             continue
         if mode == "device":
             from edgeq.profiling.remote import run_on_device
@@ -104,7 +104,7 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
             if name is None:
                 raise ConfigError("--with-estimate needs a device profile for this device", "pass --device-profile NAME")
             used = (report.get("threads") or {}).get("used")
-            report["emulated"] = emulate(artifact, name, threads=used)
+            report["emulated"] = emulate_artifact(artifact, name, threads=used)
         reports.append(report)
     return [_checked(r) for r in reports]
 
@@ -192,7 +192,7 @@ def host_class_profile() -> str | None:
     return None
 
 
-def emulate(artifact_dir: str | Path, device_profile: str | None = None, *, threads: int | None = None) -> dict[str, Any]:
+def emulate_artifact(artifact_dir: str | Path, device_profile: str | None = None, *, threads: int | None = None) -> dict[str, Any]:
     """The emulated (estimated) latency of an artifact on ``device_profile`` (default: its
     target's device), from ``edgeq.profiling.emulate.estimate``; always marked as an estimate."""
     manifest, model = check_artifact(artifact_dir)
