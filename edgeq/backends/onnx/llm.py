@@ -46,7 +46,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     import onnxruntime as ort
 
     from edgeq.backends.onnx.graph import called_layers, dedupe_nodes, fold_weight_transposes, gemm_to_matmul, layer_nodes, op_counts
-    from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata
+    from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata, check_loads
     from edgeq.progress import Steps
 
     steps = steps or Steps(show=False)
@@ -75,13 +75,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         extra = _save(proto, out)
         counts = op_counts(proto)
         info.detail = ", ".join(f"{n} {s}" for s, n in _count(applied).items()) or "fp32"
-    with steps.step("Loading in ONNX Runtime") as info:
-        try:
-            ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ExportError(f"ONNX Runtime cannot load the exported LM: {describe(exc, 200)}",
-                              "re-run with --debug and report it") from exc
-        info.detail = f"{sum(p.stat().st_size for p in [out, *extra]) / 1e6:.1f} MB"
+    check_loads(out, extra, "LM", steps)
     return LoweredLM(
         model_file=out,
         runtime=f"ONNX Runtime {ort.__version__} (CPUExecutionProvider)",

@@ -57,13 +57,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         _strip_debug_metadata(proto)
         onnx.save(proto, str(out))
         info.detail = f"{len(rewritten)} Gemm→MatMul, " + ", ".join(f"{n} {s}" for s, n in _count(applied).items())
-    with steps.step("Loading in ONNX Runtime") as info:
-        try:
-            ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ExportError(f"ONNX Runtime cannot load the exported model: {describe(exc, 200)}",
-                              "re-run with --debug and report it") from exc
-        info.detail = f"{out.stat().st_size / 1e6:.1f} MB"
+    check_loads(out, [], "model", steps)
     counts = op_counts(proto)
     providers = [ONNX_EXECUTION_PROVIDERS[d] for d in target.delegates]
     return Lowered(
@@ -294,3 +288,17 @@ def _count(applied: dict[str, str]) -> dict[str, int]:
     for s in applied.values():
         out[s] = out.get(s, 0) + 1
     return out
+
+
+def check_loads(model_file: Path, extra: list[Path], what: str, steps: Any) -> None:
+    """The exported file loads in ONNX Runtime (else an ``ExportError``), shown as a step with
+    its size (``extra``: external-data files beside it)."""
+    import onnxruntime as ort
+
+    with steps.step("Loading in ONNX Runtime") as info:
+        try:
+            ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime cannot load the exported {what}: {describe(exc, 200)}",
+                              "re-run with --debug and report it") from exc
+        info.detail = f"{sum(p.stat().st_size for p in [model_file, *extra]) / 1e6:.1f} MB"
