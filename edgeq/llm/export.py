@@ -62,9 +62,14 @@ def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any],
 
 
 def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, out_dir: Path, force: bool,
-              protected: list[Path], max_context: int | None, steps: Any, strict: bool = False) -> Any:
+              protected: list[Path], max_context: int | None, steps: Any, strict: bool = False,
+              budgets: Any = None, rules: list[str] | None = None) -> Any:
     """Lower ``loaded`` (an edgeq ``LoadedModel`` of task causal-lm) for ``resolved``'s
-    target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``."""
+    target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``.
+
+    ``budgets`` (``edgeq.planning.solve.Budgets``): plan per layer within them
+    (``edgeq.llm.plan``) and fit the lowered file to them; else ``plan_input`` (a plan
+    file) or one ``precision``."""
     from edgeq.artifact import clean_stale_staging, staged_dir, write_manifest
     from edgeq.export import ExportResult
     from edgeq.manifest import Manifest
@@ -74,13 +79,29 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     model = _hf_model(loaded)
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
     _check_delegates(be, tgt, steps, strict)
-    plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
+    costs = solved = None
+    if budgets is not None:
+        from edgeq.llm.plan import plan_lm
+
+        costs, solved = plan_lm(loaded, resolved, budgets, context, rules=rules, steps=steps)
+        plan, requested = _stripped(solved.plan, steps), "planned"
+    else:
+        plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
     for line in clean_stale_staging(out_dir):
         steps.note(line)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
-        scratch.mkdir()
-        lowered = be.lower_lm(model, plan, scratch, context, steps)
+
+        def lower(plan: Any) -> Any:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            return be.lower_lm(model, plan, scratch, context, steps)
+
+        if solved is not None:
+            lowered, solved = _fit(costs, budgets, solved, lower, steps)
+            plan = _stripped(solved.plan)
+        else:
+            lowered = lower(plan)
         session = be.open_lm(lowered.model_file)
         try:
             from edgeq.llm import verify
@@ -101,6 +122,8 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         tokenizer_files = _bundle(loaded, model, work)
         manifest = _manifest(loaded, resolved, requested, plan, lowered, numerics, greedy, model, model_file,
                              work, tokenizer_files, steps)
+        if solved is not None:
+            manifest["plan"] = _plan_block(solved, costs, lowered, numerics)
         typed = Manifest.model_validate(manifest)
         write_manifest(work, typed)
     return ExportResult(artifact_dir=out_dir, manifest=typed)
@@ -141,7 +164,7 @@ def _check_delegates(be: Any, tgt: Any, steps: Any, strict: bool = False) -> Non
 def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) -> tuple[Any, str]:
     """The plan on the Hugging Face model's layer names (the wrapper's minus ``model.``)."""
     from edgeq.planning.inventory import layer_inventory
-    from edgeq.planning.plan import QuantPlan, uniform_plan
+    from edgeq.planning.plan import uniform_plan
 
     layers = layer_inventory(loaded.module)
     if plan_input is not None:
@@ -151,11 +174,72 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
     else:
         wrapped, requested = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
                                           keep_fp32=tgt.quantization.keep_fp32), precision
+    return _stripped(wrapped, steps), requested
+
+
+def _stripped(wrapped: Any, steps: Any = None) -> Any:
+    """A plan on the loaded wrapper's layer names (``model.…``) on the Hugging Face
+    model's own names, its reasons shown as notes when ``steps`` is given."""
+    from edgeq.planning.plan import QuantPlan
+
     strip = lambda fqn: fqn.removeprefix("model.")  # noqa: E731
-    for fqn, why in wrapped.reasons.items():
-        steps.note(f"{strip(fqn)}: {why}")
+    if steps is not None:
+        for fqn, why in wrapped.reasons.items():
+            steps.note(f"{strip(fqn)}: {why}")
     return QuantPlan(schemes={strip(f): s for f, s in wrapped.schemes.items()},
-                     reasons={strip(f): r for f, r in wrapped.reasons.items()}), requested
+                     reasons={strip(f): r for f, r in wrapped.reasons.items()})
+
+
+def _fit(costs: Any, budgets: Any, solved: Any, lower: Any, steps: Any) -> tuple[Any, Any]:
+    """Lower the solved plan inside the budget-fitting loop (``edgeq.planning.fit``), then
+    hold the result to the budgets: over them after the loop is an error, not a note."""
+    from edgeq.errors import ExportError
+    from edgeq.llm.plan import predicted_memory
+    from edgeq.planning.fit import fit_to_budgets
+
+    class _Fitted:  # what the loop reads of a lowering: its file and its planned arena
+        def __init__(self, lowered: Any) -> None:
+            self.lowered, self.model_file = lowered, lowered.model_file
+            self.planned_activation_bytes = int(lowered.delegation.get("planned_activation_bytes") or 0) \
+                or costs.activation_bytes
+
+    def measure(fitted: Any) -> tuple[int, int]:
+        return fitted.model_file.stat().st_size, predicted_memory(costs, current[0], fitted.lowered).total_bytes
+
+    current = [solved.plan.schemes]
+
+    def lower_wrapped(plan: Any) -> Any:
+        current[0] = plan.schemes
+        return _Fitted(lower(_stripped(plan)))
+
+    fitted, solved = fit_to_budgets(costs, budgets, solved, lower_wrapped, measure, steps)
+    size = fitted.model_file.stat().st_size
+    if budgets.max_drop is None and size > budgets.storage_bytes:
+        raise ExportError(f"the planned LLM artifact is {size / 1e6:.2f} MB, over the "
+                          f"{budgets.storage_bytes / 1e6:g} MB budget ({budgets.sources['storage']}) after "
+                          "re-planning", "raise --budget, or allow int4 on the target")
+    peak = predicted_memory(costs, solved.plan.schemes, fitted.lowered).total_bytes
+    if peak > budgets.memory_bytes:
+        raise ExportError(f"the planned LLM's predicted peak memory is {peak / 1e6:.1f} MB, over the "
+                          f"{budgets.memory_bytes / 1e6:g} MB memory budget ({budgets.sources['memory']})",
+                          "raise --memory-budget, or lower --max-context")
+    return fitted.lowered, solved
+
+
+def _plan_block(solved: Any, costs: Any, lowered: Any, numerics: Any) -> dict[str, Any]:
+    """The manifest's ``plan`` entry: what the plan was solved for and what it predicted."""
+    from edgeq.llm.plan import predicted_memory
+
+    return {
+        "budget_bytes": solved.budget_bytes,
+        "memory_budget_bytes": solved.memory_budget_bytes,
+        "binding": solved.binding,
+        "predicted_bytes": solved.predicted_bytes,
+        "predicted_peak_memory_bytes": predicted_memory(costs, solved.plan.schemes, lowered).total_bytes,
+        "predicted_error": solved.predicted_error,
+        "verified_error": numerics.error("top1") if numerics else None,
+        "error_metric": "KL(fp32 || artifact)",
+    }
 
 
 def _tokenizer(loaded: Any) -> Any:

@@ -59,8 +59,12 @@ class PlanCosts:
 
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
-                  calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None) -> PlanCosts:
-    """Candidates, measured errors and bytes for every layer of ``prepared``."""
+                  calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
+                  precisions: list[str] | None = None) -> PlanCosts:
+    """Candidates, measured errors and bytes for every layer of ``prepared``.
+
+    ``precisions``: the families the candidates come from (default: the target's); a
+    caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship."""
     from edgeq.backends import get_backend
     from edgeq.planning import sensitivity
 
@@ -68,10 +72,11 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     loaded, tgt, layers = prepared.loaded, prepared.resolved.target, prepared.layers
     fmt = prepared.fmt
     be = get_backend(fmt)
+    families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
-        if scheme not in candidate_schemes(layer, list(tgt.precisions) + ["fp32"]) and scheme != FP32:
+        if scheme not in candidate_schemes(layer, families + ["fp32"]) and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
     unused, folded, fixed = prepared.unused, prepared.folded, prepared.fixed
@@ -81,7 +86,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
     candidates = {
         x.fqn: [pinned[x.fqn]] if x.fqn in pinned else [FP32] if x.fqn in fixed
-        else candidate_schemes(x, list(tgt.precisions)) or [FP32]
+        else candidate_schemes(x, families) or [FP32]
         for x in layers
     }
     with steps.step("Measuring sensitivity") as info:
@@ -116,7 +121,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         activation_bytes=probe.activation_bytes,
         pinned=pinned,
         reasons=reasons,
-        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, list(tgt.precisions)))},
+        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families))},
         unused=frozenset(unused),
         folded=folded,
         fmt=fmt,

@@ -166,7 +166,8 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
             raise BudgetError(
                 f"memory budget {memory_budget / 1e6:.1f} MB ({sources['memory']}) is below the smallest achievable "
                 f"predicted peak memory ({describe_memory(smallest)})",
-                "raise --memory-budget (or the target's budgets.runtime_memory_mb), or shorten --seq-len",
+                "raise --memory-budget (or the target's budgets.runtime_memory_mb), or shorten "
+                + ("--max-context" if costs.task == "causal-lm" else "--seq-len"),
             ) from None
         estimate = costs.predict(solution.schemes)
         stored_total = sum(next(c.bytes for c in stored[f] if c.scheme == s) for f, s in solution.schemes.items())

@@ -85,3 +85,5 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
 from edgeq.backends.executorch.llm import lower_lm, open_lm  # noqa: E402,F401
 
 LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
+# Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
+LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")

@@ -89,6 +89,8 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
 
 
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's CPU provider
+# Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
+LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 
 
 def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:

@@ -1,0 +1,57 @@
+"""``plan_model``: the per-layer plan ``edgeq export`` would lower, without lowering it.
+
+What ``edgeq plan`` runs. A model is loaded once; a decoder LLM is planned with its
+KV-cache costs at the max context its export would use (``edgeq.llm.plan``), any other
+model by ``edgeq.planning.planner``. The layer names in the result (and in a plan file
+written from it) are the ones ``edgeq export --plan`` reads back for the same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ConfigError
+from edgeq.progress import Steps
+
+
+def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memory_budget_bytes: int | None = None,
+               max_drop: float | None = None, rules: list[str] | None = None, proxy: str | None = None,
+               calib_samples: int | None = None, use_cache: bool = True, steps: Steps | None = None,
+               seq_len: int | None = None, calib: str | Path | None = None,
+               max_context: int | None = None) -> Any:
+    """``edgeq.planning.solve.PlanResult`` for ``model`` (a source or ``LoadedModel``) on
+    ``target``. ``calib_samples``: calibration inputs for sensitivity (default 32, or
+    ``edgeq.llm.plan.LM_CALIB_SAMPLES`` sequences for a decoder LLM); ``max_context``:
+    a decoder LLM's cache length (default: as ``export`` resolves it)."""
+    from edgeq.models import LoadedModel, load_model
+    from edgeq.planning.rules import check_rules
+    from edgeq.planning.solve import Budgets
+    from edgeq.targets import ResolvedTarget, load_target
+
+    steps = steps or Steps()
+    resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
+    tgt = resolved.target
+    check_rules(rules or [])  # before the (slow) model load
+    if calib is not None and not Path(calib).exists():
+        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
+    if calib is not None:
+        from edgeq.models.calib import with_calibration
+
+        loaded = with_calibration(loaded, calib)
+    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)
+    if loaded.task == "causal-lm":
+        from edgeq.llm.export import resolve_max_context
+        from edgeq.llm.plan import LM_CALIB_SAMPLES, plan_lm
+
+        context = resolve_max_context(max_context, tgt, loaded.config, steps)
+        return plan_lm(loaded, resolved, budgets, context, rules=rules, proxy=proxy,
+                       calib_samples=calib_samples or LM_CALIB_SAMPLES, use_cache=use_cache, steps=steps)[1]
+    if max_context is not None:
+        raise ConfigError("--max-context applies to causal LMs only", f"drop it for this {loaded.task} model")
+    from edgeq.planning.planner import plan
+
+    return plan(loaded, resolved, budget_bytes=budget_bytes, memory_budget_bytes=memory_budget_bytes,
+                max_drop=max_drop, rules=rules, proxy=proxy, calib_samples=calib_samples or 32,
+                use_cache=use_cache, steps=steps)
