@@ -63,9 +63,7 @@ def measure_generation(artifact_dir: str | Path, *, prompt_tokens: int, new_toke
                        warmup: int = 0, threads: int | None = None, timeout: float = 1800) -> dict[str, Any]:
     """Run the measurement above in a fresh process; its JSON result (``load_ms``, ``runs``:
     one dict per timed run, ``memory``, ``runtime``, ``max_context``)."""
-    import edgeq
-
-    root = str(Path(edgeq.__file__).resolve().parents[1])  # this edgeq, not whichever is installed
+    root = str(Path(__file__).resolve().parents[2])  # this edgeq, not whichever is installed
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     # The ExecuTorch pybindings import torch, whose OpenMP pool would spin beside the runtime's
     # own threads (edgeq's encoder runner sets the same); nothing here uses torch's pool.
