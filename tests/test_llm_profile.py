@@ -123,3 +123,14 @@ def test_bad_input_is_one_line_exit_2(artifact, args, expected):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+def test_threads_are_refused_where_the_llm_session_cannot_take_them(artifact):
+    from edgeq.llm.profile import takes_threads
+    from edgeq.manifest import Manifest
+
+    fmt = Manifest.model_validate_json((artifact / "manifest.json").read_text()).target.format
+    if takes_threads(fmt):
+        pytest.skip(f"{fmt} LLM sessions take a thread count")
+    proc = cli_here("profile", str(artifact), "--threads", "1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --threads cannot be set"), proc.stderr

@@ -128,11 +128,11 @@ def _settle_and_reset() -> bool:
 def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, warmup: int,
              threads: int | None) -> dict[str, Any]:
     import importlib
-    import inspect
 
     from edgeq.artifact import read_artifact
     from edgeq.backends import get_backend
     from edgeq.llm.generate import GenerationConfig, generate
+    from edgeq.llm.profile import takes_threads
 
     manifest, model_file = read_artifact(artifact)
     if manifest.llm is None:
@@ -143,11 +143,12 @@ def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, war
         importlib.import_module(module)
     ids = prompt_ids(manifest.llm.vocab_size, prompt_tokens)
     config = GenerationConfig(max_new_tokens=new_tokens)
+    if threads is not None and not takes_threads(manifest.target.format):
+        raise ConfigError(f"threads cannot be set for {manifest.target.format} LLM sessions", "drop --threads")
     reset = _settle_and_reset()
     base = _status()
     t0 = time.perf_counter()
-    kwargs = {"threads": threads} if threads and "threads" in inspect.signature(be.open_lm).parameters else {}
-    session = be.open_lm(model_file, **kwargs)
+    session = be.open_lm(model_file, **({"threads": threads} if threads is not None else {}))
     load_ms = (time.perf_counter() - t0) * 1e3
     loaded = _status()
     try:

@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import ArtifactError
+from edgeq.errors import ArtifactError, ConfigError
 
 DEFAULT_PROMPT_TOKENS = 64
 DEFAULT_NEW_TOKENS = 64
@@ -53,6 +53,9 @@ def profile_lm_host(artifact_dir: str | Path, *, prompt_tokens: int | None = Non
     if manifest.llm is None:
         raise ArtifactError(f"{artifact_dir} is not an LLM artifact", "profile it as an encoder artifact")
     prompt, new = lm_lengths(manifest.llm.max_context, prompt_tokens, new_tokens)
+    if threads is not None and not takes_threads(manifest.target.format):
+        raise ConfigError(f"--threads cannot be set for {manifest.target.format} LLM sessions in this edgeq "
+                          "(the runtime uses its default thread pool)", "drop --threads")
     runs = DEFAULT_RUNS if runs is None else runs
     warmup = DEFAULT_WARMUP if warmup is None else warmup
     measured = measure_generation(model_file.parent, prompt_tokens=prompt, new_tokens=new, runs=runs,
@@ -79,6 +82,15 @@ def profile_lm_host(artifact_dir: str | Path, *, prompt_tokens: int | None = Non
         "latency_unit": "ms per decoded token", "memory": measured["memory"], "llm": llm,
         "mode": "host", "estimate": False,
     }
+
+
+def takes_threads(fmt: str) -> bool:
+    """Whether the format's ``open_lm`` takes a thread count."""
+    import inspect
+
+    from edgeq.backends import get_backend
+
+    return "threads" in inspect.signature(get_backend(fmt).open_lm).parameters
 
 
 def artifact_weight_bytes(manifest: Any, shape: Any) -> dict[str, int]:
