@@ -171,16 +171,21 @@ def profile_cmd(
     artifacts: Annotated[list[Path], typer.Argument(metavar="ARTIFACT...", help="Artifact directories (two or more: compared side by side).")],
     mode: Annotated[Optional[str], typer.Option("--mode", "-m", help="host (measure here; default), emulated (ESTIMATE for a device profile), device (measure on --device).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Measure on a device: ssh://user@host[:port] (Linux board), adb:SERIAL (Android, with a runner binary) or 'adb:SERIAL?app=PKG[&bundle=ID]' (the android-demo app); implies --mode device.")] = None,
-    runs: Annotated[int, typer.Option("--runs", "-n", help="Timed runs after the warm-up.")] = 20,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before the timed ones.")] = 3,
+    runs: Annotated[Optional[int], typer.Option("--runs", "-n", help="Timed runs after the warm-up (default 20; LLM artifacts: 3 generations).")] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed runs before the timed ones (default 3; LLM artifacts: 1 generation).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for the runtime (default: the target's, at most this machine's cores).")] = None,
     no_ops: Annotated[bool, typer.Option("--no-ops", help="Skip the per-op profiling pass.")] = False,
     device_profile: Annotated[Optional[str], typer.Option("--device-profile", help="Device profile for --mode emulated / --with-estimate (default: the artifact target's device; for --with-estimate in host mode: this machine's CPU class).")] = None,
     with_estimate: Annotated[bool, typer.Option("--with-estimate", help="Beside each measurement, the emulated ESTIMATE for the same device class (estimated vs measured).")] = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots here.")] = None,
+    prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="LLM artifacts: prompt length of each timed generation (default 64, at most half the context).")] = None,
+    new_tokens: Annotated[Optional[int], typer.Option("--new-tokens", help="LLM artifacts: tokens generated after the prompt (default 64, within the context).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Measure latency, load time, peak memory and per-op time of artifacts (or estimate them for a device)."""
+    """Measure latency, load time, peak memory and per-op time of artifacts (or estimate them for a device).
+
+    LLM artifacts: prefill and decode tokens/s, time to first token and peak RSS of generation in
+    the artifact's runtime; --mode emulated estimates decode tokens/s for every built-in device."""
     from edgeq.profiling import profile_artifacts
 
     if html is not None:
@@ -188,7 +193,8 @@ def profile_cmd(
 
         check_html_path(html)  # before anything is measured
     reports = profile_artifacts(artifacts, mode=mode, device=device, runs=runs, warmup=warmup, threads=threads,
-                                ops=not no_ops, device_profile=device_profile, with_estimate=with_estimate)
+                                ops=not no_ops, device_profile=device_profile, with_estimate=with_estimate,
+                                prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     if html is not None:
         from edgeq.profiling.report import write_html
 

@@ -50,6 +50,15 @@ def print_export_summary(result: Any) -> None:
         table.add_row("memory budget", _budget(p["total_bytes"], mem["budget_bytes"] / 1e6) + (
             f"\n[dim]predicted peak (estimate): weights as held {human_bytes(p['weights_bytes'])} + activations "
             f"{human_bytes(p['activation_bytes'])} + runtime {human_bytes(p['runtime_overhead_bytes'])}[/]"))
+    lm_mem = (m.get("llm") or {}).get("predicted_memory")
+    if lm_mem:
+        budget_mb = (mem.get("budget_bytes") or 0) / 1e6
+        fit = _budget(lm_mem["total_bytes"], budget_mb) if budget_mb else human_bytes(lm_mem["total_bytes"])
+        table.add_row("LLM memory", f"{fit}\n[dim]predicted peak (estimate) generating up to {lm_mem['context']} tokens "
+                      f"after a {lm_mem['prompt_tokens']}-token prompt: weights as held {human_bytes(lm_mem['weights_bytes'])}"
+                      f" + KV cache {human_bytes(lm_mem['kv_cache_bytes'])} ({lm_mem['kv_cache_dtype']}) + activations "
+                      f"{human_bytes(lm_mem['activation_bytes'])} + runtime {human_bytes(lm_mem['runtime_overhead_bytes'])}; "
+                      f"process peak RSS with a Python runtime {human_bytes(lm_mem['peak_rss_bytes'])}[/]")
     if plan:
         table.add_row("plan", f"predicted error {plan['predicted_error']:.4g}, verified "
                       + (f"{plan['verified_error']:.4g}" if plan.get("verified_error") is not None else "n/a")

@@ -181,6 +181,24 @@ class LLMVerification(Strict):
     prefix_match: float
 
 
+class LLMPredictedMemory(Strict):
+    """``edgeq.llm.memory.LMMemoryEstimate.to_dict()``: peak memory of generating up to ``context``
+    tokens after a ``prompt_tokens`` prompt, predicted at export; always an estimate."""
+
+    format: str
+    context: int
+    prompt_tokens: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    runtime_overhead_bytes: int
+    baseline_bytes: int
+    kv_cache_dtype: str
+    total_bytes: int  # beyond the runtime's baseline (what a fresh process measures as model-attributable)
+    peak_rss_bytes: int  # with the baseline of a Python process that imported the runtime
+    estimate: bool
+
+
 class LLMInfo(Strict):
     """A decoder LLM artifact: its KV cache, vocabulary, stop tokens and tokenizer files."""
 
@@ -195,6 +213,7 @@ class LLMInfo(Strict):
     prefill: str  # how a prompt is fed ("whole prompt in one call" / "one token per call")
     head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
     verification: LLMVerification | None
+    predicted_memory: LLMPredictedMemory | None = None  # absent in artifacts from before edgeq predicted it
 
 
 class Manifest(Strict):

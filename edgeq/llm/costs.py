@@ -184,13 +184,15 @@ class DecodeEstimate:
 
 def decode_estimate(shape: LMShape, profile: Any, *, position: int, linear_scheme: str = "int4-g32",
                     head_scheme: str | None = None, compute_dtype: str = "int8", kv_dtype: str = "float32",
-                    threads: int | None = None, fmt: str = "executorch") -> DecodeEstimate:
+                    threads: int | None = None, fmt: str = "executorch",
+                    weights: dict[str, int] | None = None) -> DecodeEstimate:
     """Estimated decode step with ``position`` tokens already in the cache, on ``profile``
     (an ``edgeq.targets.schema.DeviceProfile``) with ``threads`` CPU threads (default: all cores).
-    8da4w is ``linear_scheme="int4-g32", compute_dtype="int8"``."""
+    8da4w is ``linear_scheme="int4-g32", compute_dtype="int8"``. ``weights`` (the keys of
+    ``weight_bytes``) replaces the uniform schemes, e.g. with an artifact's per-layer bytes."""
     from edgeq.profiling.emulate import cpu_share
 
-    w = weight_bytes(shape, linear_scheme, head_scheme, fmt=fmt)
+    w = weights if weights is not None else weight_bytes(shape, linear_scheme, head_scheme, fmt=fmt)
     row = w["embedding"] // shape.vocab  # one embedding row is read per token
     kv_read = kv_cache_bytes(shape, position, kv_dtype)
     kv_write = kv_cache_bytes(shape, 1, kv_dtype)

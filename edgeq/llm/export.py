@@ -122,6 +122,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         tokenizer_files = _bundle(loaded, model, work)
         manifest = _manifest(loaded, resolved, requested, plan, lowered, numerics, greedy, model, model_file,
                              work, tokenizer_files, steps)
+        manifest["llm"]["predicted_memory"] = _predicted_memory(Manifest.model_validate(manifest), model, steps)
         if solved is not None:
             manifest["plan"] = _plan_block(solved, costs, lowered, numerics)
         typed = Manifest.model_validate(manifest)
@@ -130,6 +131,18 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
 
 
 # ------------------------------------------------------------------------- internals
+
+
+def _predicted_memory(manifest: Any, model: Any, steps: Any) -> dict[str, Any] | None:
+    """Peak memory of generating up to the max context (``edgeq.llm.memory``), or None with a note."""
+    from edgeq.errors import ArtifactError
+    from edgeq.llm.memory import predict_lm_peak
+
+    try:
+        return predict_lm_peak(manifest, config=model.config.get_text_config().to_dict()).to_dict()
+    except (ArtifactError, ConfigError) as exc:
+        steps.note(f"no peak-memory prediction for this LLM ({exc})")
+        return None
 
 
 def _hf_model(loaded: Any) -> Any:

@@ -13,12 +13,14 @@ come from how an LLM is lowered and run:
   model with one layer at one scheme (``edgeq.planning.sensitivity`` with the causal-LM
   metric), on ``LM_CALIB_SAMPLES`` sequences of the calibration text — never the
   held-out text perplexity is measured on.
-- **Memory** is the decoder's, not an encoder's: weights as the runtime holds them, the
-  KV cache at the artifact's max context and the prefill arena of a whole-context prompt
-  (``edgeq.llm.costs``), the runtime's overhead. There is no fp32 probe lowering (for an
-  LLM it is a full export): the file's non-weight bytes start at 0 and the fitting loop
-  (``edgeq.planning.fit``) corrects them from the lowered file; ExecuTorch's planned arena
-  (which holds the static KV cache) replaces the estimate once a lowering exists.
+- **Memory** is the decoder's, not an encoder's: the peak of generating to the max
+  context as ``edgeq.llm.memory`` predicts it (weights as the runtime holds them, the KV
+  cache as the runtime holds it, activations, the runtime's and the LLM session's
+  overhead; its per-runtime terms are measured). There is no fp32 probe lowering (for an
+  LLM it is a full export): a runtime that plans its arena is first assumed to plan the
+  KV cache plus the arena of a whole-context prefill (``edgeq.llm.costs``), and the
+  arena a real lowering planned replaces that; the file's non-weight bytes start at 0 and
+  the fitting loop (``edgeq.planning.fit``) corrects them from the lowered file.
 
 A tied output head is a layer of its own in the plan (``lm_head``); the storage cost
 counts it even when it would share the embedding's fp32 table, so a plan with both at
@@ -27,7 +29,7 @@ fp32 is predicted larger than it is, never smaller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgeq.planning.prepare import Prepared, prepare
@@ -96,8 +98,30 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     values = {f.name: getattr(base, f.name) for f in fields(Prepared)}
     values.update(tokens=0, attention_heads=0)  # the decoder's activations are the probe's, not fitted terms
     prepared = LMPrepared(**values, context=context)
-    return measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
-                         steps=steps, precisions=families)
+    costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
+                          steps=steps, precisions=families)
+    return replace(costs, memory_model=_memory_model(costs, loaded.config, context))
+
+
+def _memory_model(costs: Any, config: dict[str, Any], context: int) -> Any:
+    """Predicted peak of generating to ``context`` (``edgeq.llm.memory``, measured per runtime)
+    as the solver reads it: the KV cache and the arena count as activations."""
+    from edgeq.llm.costs import LMShape
+    from edgeq.llm.memory import plans_arena, predict_lm_memory, scenario_prompt
+    from edgeq.planning.memory import MemoryEstimate
+
+    shape, fmt = LMShape.from_config(config), costs.fmt
+    layers = [x for x in costs.layers if x.fqn not in costs.unused]
+
+    def predict(schemes: dict[str, Any], activation_bytes: int) -> Any:
+        est = predict_lm_memory(fmt, layers, {x.fqn: schemes[x.fqn].name for x in layers}, shape, context=context,
+                                prompt_tokens=scenario_prompt(context),
+                                planned_activation_bytes=activation_bytes if plans_arena(fmt) else 0,
+                                nonlayer_bytes=costs.other_bytes)
+        return MemoryEstimate(fmt, est.weights_bytes, est.kv_cache_bytes + est.activation_bytes, 0,
+                              est.runtime_overhead_bytes)
+
+    return predict
 
 
 def plan_lm(loaded: Any, resolved: Any, budgets: Any, context: int, *, rules: list[str] | None = None,

@@ -10,7 +10,7 @@ else, and re-solving it (another budget, a measured file overhead) never touches
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
@@ -42,9 +42,13 @@ class PlanCosts:
     attention_heads: int = 0
     target: str = ""
     model: str = ""
+    # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
+    memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
     def predict(self, schemes: dict[str, Scheme]) -> Any:
         """The memory model's peak for a plan (``edgeq.planning.memory.MemoryEstimate``)."""
+        if self.memory_model is not None:
+            return self.memory_model(schemes, self.activation_bytes)
         from edgeq.planning import memory
 
         pairs = [(x, None if x.fqn in self.unused else schemes[x.fqn]) for x in self.layers]

@@ -14,8 +14,8 @@ This subpackage owns measuring and estimating an artifact's speed and memory: th
 standalone ``runner`` (stdlib + the runtime only; copied onto boards), ``remote`` /
 ``adb`` / ``adb_app`` (devices), ``emulate`` / ``opgraph`` / ``efficiency`` (estimates
 from device profiles) and ``report`` (HTML/JSON). It may import ``edgeq.errors``,
-``edgeq.artifact``, ``edgeq.manifest``, ``edgeq.targets`` and ``edgeq.backends``; never
-the CLI.
+``edgeq.artifact``, ``edgeq.manifest``, ``edgeq.targets``, ``edgeq.backends`` and, for LLM
+artifacts, ``edgeq.llm`` (its ``profile`` module); never the CLI.
 """
 
 from __future__ import annotations
@@ -72,11 +72,17 @@ def require_runtime(manifest: Manifest) -> str:
 
 
 def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, device: str | None = None,
-                      runs: int = 20, warmup: int = 3, threads: int | None = None, ops: bool = True,
-                      device_profile: str | None = None, with_estimate: bool = False) -> list[dict[str, Any]]:
+                      runs: int | None = None, warmup: int | None = None, threads: int | None = None, ops: bool = True,
+                      device_profile: str | None = None, with_estimate: bool = False,
+                      prompt_tokens: int | None = None, new_tokens: int | None = None) -> list[dict[str, Any]]:
     """Profile each artifact in ``mode`` (host, emulated, or device with ``device``); every
     artifact and argument is checked before anything is measured. With ``with_estimate``,
-    each measurement carries the emulated estimate for the same class of device."""
+    each measurement carries the emulated estimate for the same class of device.
+
+    LLM artifacts (a manifest with an ``llm`` block) are profiled by ``edgeq.llm.profile``:
+    generation of ``new_tokens`` after a ``prompt_tokens`` prompt (host; ``runs`` / ``warmup``
+    default to 3 / 1 generations instead of 20 / 3 inferences), or decode tokens/s estimated for
+    every built-in device profile (emulated)."""
     if mode not in (None, "host", "emulated", "device"):
         raise ConfigError(f"unknown --mode '{mode}'", "use host, emulated or device")
     if device and mode not in (None, "device"):
@@ -84,21 +90,37 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
     mode = "device" if device else (mode or "host")
     if mode == "device" and not device:
         raise ConfigError("--mode device needs --device", "pass --device ssh://user@host or --device adb:SERIAL")
-    validate_counts(runs, warmup, threads)
-    for artifact in artifacts:
-        check_artifact(artifact)
+    validate_counts(20 if runs is None else runs, 3 if warmup is None else warmup, threads)
+    manifests = [check_artifact(artifact)[0] for artifact in artifacts]
+    is_lm = [m.llm is not None for m in manifests]
+    if (prompt_tokens is not None or new_tokens is not None) and not all(is_lm):
+        raise ConfigError("--prompt-tokens / --new-tokens apply to LLM artifacts only", "drop them for this artifact")
+    for manifest, lm in zip(manifests, is_lm):
+        if lm and mode == "device":
+            raise ConfigError("on-device profiling of LLM artifacts is not available in this edgeq",
+                              "use --mode host or --mode emulated")
+        if lm and mode == "host":
+            from edgeq.llm.profile import lm_lengths
+
+            lm_lengths(manifest.llm.max_context, prompt_tokens, new_tokens)  # before anything is measured
     reports = []
-    for artifact in artifacts:
+    for artifact, lm in zip(artifacts, is_lm):
+        if lm:
+            reports.append(_profile_lm(artifact, mode, runs=runs, warmup=warmup, threads=threads,
+                                       device_profile=device_profile, with_estimate=with_estimate,
+                                       prompt_tokens=prompt_tokens, new_tokens=new_tokens))
+            continue
+        runs_, warmup_ = (20 if runs is None else runs), (3 if warmup is None else warmup)
         if mode == "emulated":
             reports.append(emulate_artifact(artifact, device_profile, threads=threads))
             continue
         if mode == "device":
             from edgeq.profiling.remote import run_on_device
 
-            report = run_on_device(artifact, device, runs=runs, warmup=warmup, threads=threads, ops=ops)
+            report = run_on_device(artifact, device, runs=runs_, warmup=warmup_, threads=threads, ops=ops)
             report = complete_ops({**report, "mode": "device", "estimate": False})
         else:
-            report = profile_host(artifact, runs=runs, warmup=warmup, threads=threads, ops=ops)
+            report = profile_host(artifact, runs=runs_, warmup=warmup_, threads=threads, ops=ops)
         if with_estimate:
             name = device_profile or (host_class_profile() if mode == "host" else None)
             if name is None:
@@ -107,6 +129,49 @@ def profile_artifacts(artifacts: list[str | Path], *, mode: str | None = None, d
             report["emulated"] = emulate_artifact(artifact, name, threads=used)
         reports.append(report)
     return [_checked(r) for r in reports]
+
+
+def _profile_lm(artifact: str | Path, mode: str, *, runs: int | None, warmup: int | None, threads: int | None,
+                device_profile: str | None, with_estimate: bool, prompt_tokens: int | None,
+                new_tokens: int | None) -> dict[str, Any]:
+    """An LLM artifact's host measurement or emulated estimate (``edgeq.llm.profile``)."""
+    if mode == "emulated":
+        return emulate_lm_artifact(artifact, device_profile, threads=threads)
+    from edgeq.llm.profile import profile_lm_host
+    from edgeq.profiling.runner import host_info
+
+    report = profile_lm_host(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
+                             threads=threads)
+    report["host"] = host_info()
+    if with_estimate:
+        name = device_profile or host_class_profile()
+        if name is None:
+            raise ConfigError("--with-estimate needs a device profile for this device", "pass --device-profile NAME")
+        report["emulated"] = emulate_lm_artifact(artifact, name, threads=threads)
+    return report
+
+
+def emulate_lm_artifact(artifact_dir: str | Path, device_profile: str | None = None, *,
+                        threads: int | None = None) -> dict[str, Any]:
+    """Estimated decode tokens/s of an LLM artifact on every built-in device profile (plus
+    ``device_profile`` when it is a file); the report's ``latency_ms`` is the estimated ms
+    per token on ``device_profile`` (default: the artifact's target device). An estimate."""
+    from edgeq.llm.profile import lm_decode_estimates
+    from edgeq.targets import builtin_names, load_profile
+
+    manifest, model = check_artifact(artifact_dir)
+    name = device_profile or manifest.target.device
+    chosen = load_profile(name)
+    profiles = [load_profile(n) for n in builtin_names("profiles")]
+    if chosen.name not in {p.name for p in profiles}:
+        profiles.append(chosen)
+    est = lm_decode_estimates(model.parent, profiles, threads=threads)
+    row = next(r for r in est["decode_estimates"] if r["device"] == chosen.name)
+    return {"mode": "emulated", "estimate": True, "device": chosen.name, "artifact": str(model.parent),
+            "model_file": model.name, "format": manifest.target.format, "precision": manifest.precision.requested,
+            "target": manifest.target.name, "threads": {"used": row["threads"], "requested": threads},
+            "latency_ms": row["ms_per_token"], "latency_unit": "ms per decoded token",
+            "bound_share": {row["bound"]: 1.0}, "assumptions": est.pop("assumptions"), "llm": est}
 
 
 def _checked(report: dict[str, Any]) -> dict[str, Any]:

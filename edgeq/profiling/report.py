@@ -62,15 +62,26 @@ def _print_measured(console: Any, r: dict[str, Any]) -> None:
     if th.get("note"):
         threads = f"{th.get('used')} ({th['note']})"
     t.add_row("threads", threads)
-    t.add_row("runs", f"{r['runs']} timed after {r['warmup']} warm-up")
+    t.add_row("runs", f"{r['runs']} timed after {r['warmup']} warm-up" + (" generations" if r.get("llm") else ""))
     lat = r["latency_ms"]
-    t.add_row("latency", f"min {_ms(lat['min'])}  p50 [bold]{_ms(lat['p50'])}[/]  p90 {_ms(lat['p90'])}  "
+    lm = r.get("llm")
+    if lm:
+        t.add_row("generation", f"prompt {lm['prompt_tokens']} tokens (seeded ids), {lm['new_tokens']} new tokens "
+                                f"(greedy, no stop token); context {lm['max_context']}")
+        t.add_row("tokens/s", f"prefill [bold]{lm['prefill_tokens_per_s']:.1f}[/], decode [bold]"
+                              f"{lm['decode_tokens_per_s']:.1f}[/]; time to first token {_ms(lm['time_to_first_token_ms'])} ms "
+                              "(medians over the timed runs)")
+    t.add_row("latency" if not lm else "per token", f"min {_ms(lat['min'])}  p50 [bold]{_ms(lat['p50'])}[/]  p90 {_ms(lat['p90'])}  "
                          f"max {_ms(lat['max'])}  mean {_ms(lat['mean'])} ms (sd {_ms(lat['stdev'])})")
     t.add_row("load", f"{_ms(r['load_ms'])} ms")
     mem = r.get("memory") or {}
     if mem.get("available"):
         t.add_row("peak RSS", f"{human_bytes(mem['peak_rss_bytes'])}  (baseline {human_bytes(mem['baseline_rss_bytes'])} "
                               f"with the runtime imported; +{human_bytes(mem['model_attributable_bytes'])} for the model)")
+    predicted = (lm or {}).get("predicted_memory")
+    if predicted and mem.get("available"):
+        t.add_row("predicted", f"{human_bytes(predicted['total_bytes'])} for the model (estimate at export, generating up to "
+                               f"{predicted['context']} tokens; this run reached {lm['prompt_tokens'] + lm['new_tokens']})")
     ops = r.get("ops")
     if isinstance(ops, dict) and "error" not in ops:
         split = ", ".join(f"{k} {_ms(v)} ms" for k, v in ops["by_backend_ms"].items())
@@ -105,12 +116,15 @@ def _print_estimate(console: Any, r: dict[str, Any]) -> None:
     console.print(f"[bold yellow]ESTIMATE[/] [bold]{label(r)}[/] — emulated on {r.get('device')} "
                   "(roofline from the device profile; not a measurement)")
     t = _kv_table()
-    t.add_row("latency", f"[bold]{_ms(r['latency_ms'])} ms[/] (estimate)")
+    t.add_row("latency", f"[bold]{_ms(r['latency_ms'])} ms[/] (estimate" + (", per decoded token)" if r.get("llm") else ")"))
     share = r.get("bound_share") or {}
     if share:
         dominant = max(share, key=lambda k: share[k])
         t.add_row("bound", f"{dominant}-bound dominates: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     console.print(t)
+    if r.get("llm"):
+        _print_lm_estimates(console, r)
+        return
     ops = sorted(r.get("ops") or [], key=lambda o: -float(o.get("ms") or 0))
     if ops:
         table = Table(title="top ops (estimate)", title_justify="left")
@@ -120,6 +134,22 @@ def _print_estimate(console: Any, r: dict[str, Any]) -> None:
             table.add_row(str(o.get("name")), str(o.get("op")), str(o.get("dtype")), str(o.get("unit")),
                           _si(o.get("flops")), _si(o.get("bytes")), str(o.get("bound")), _ms(o.get("ms") or 0))
         console.print(table)
+
+
+def _print_lm_estimates(console: Any, r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    lm = r["llm"]
+    table = Table(title=f"ESTIMATED decode speed, {lm['position']} tokens in the KV cache (roofline upper bounds)",
+                  title_justify="left")
+    for col in ("device", "GB/s", "MB/token", "GFLOP/token", "tokens/s (estimate)", "bound"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for row in lm["decode_estimates"]:
+        table.add_row(row["device"], f"{row.get('bandwidth_gbps', 0):g}", f"{row['bytes_per_token'] / 1e6:.1f}",
+                      f"{row['flops_per_token'] / 1e9:.2f}", f"{row['tokens_per_s']:.1f}", row["bound"])
+    console.print(table)
+    for line in r.get("assumptions") or []:
+        console.print(f"[dim]assumes: {line}[/]")
 
 
 def _print_compare(console: Any, reports: list[dict[str, Any]]) -> None:

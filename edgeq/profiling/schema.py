@@ -38,6 +38,39 @@ class Threads(_Block):
     requested: Optional[int] = None
 
 
+class LLMDecodeEstimate(_Block):
+    """One device's estimated decode speed for an LLM artifact (``edgeq.llm.profile``)."""
+
+    device: str
+    estimate: Literal[True]
+    label: str
+    tokens_per_s: float = Field(ge=0)
+    ms_per_token: float = Field(ge=0)
+    bytes_per_token: int = Field(ge=0)
+    flops_per_token: int = Field(ge=0)
+    bound: Literal["memory", "compute"]
+
+
+class LLMEstimated(_Block):
+    """An emulated LLM report's block: decode estimates for every built-in device profile."""
+
+    position: int = Field(ge=0)
+    decode_estimates: list[LLMDecodeEstimate]
+
+
+class LLMMeasured(_Block):
+    """A host LLM report's block: generation measured in the artifact's runtime."""
+
+    prompt_tokens: int = Field(ge=1)
+    new_tokens: int = Field(ge=1)
+    max_context: int = Field(ge=2)
+    prefill_tokens_per_s: float = Field(ge=0)
+    decode_tokens_per_s: float = Field(ge=0)
+    time_to_first_token_ms: float = Field(ge=0)
+    generated_tokens: list[int]
+    predicted_memory: Optional[dict[str, Any]] = None  # the manifest's prediction, beside the measurement
+
+
 class EstimatedReport(_Block):
     schema_version: Literal[1] = REPORT_SCHEMA_VERSION
     mode: Literal["emulated"]
@@ -49,6 +82,7 @@ class EstimatedReport(_Block):
     latency_ms: float = Field(ge=0)  # the estimate's total
     bound_share: dict[str, float]
     assumptions: list[str]
+    llm: Optional[LLMEstimated] = None  # LLM artifacts: latency_ms is per decoded token
 
 
 class MeasuredReport(_Block):
@@ -70,6 +104,7 @@ class MeasuredReport(_Block):
     memory: dict[str, Any]
     host: dict[str, Any]
     emulated: Optional[EstimatedReport] = None  # with --with-estimate
+    llm: Optional[LLMMeasured] = None  # LLM artifacts: latency_ms is per decoded token
 
 
 ProfileReport = Union[MeasuredReport, EstimatedReport]
@@ -88,4 +123,8 @@ def typed_report(report: dict[str, Any]) -> ProfileReport:
 
 def report_dict(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` checked and returned as JSON-ready data, with its schema version."""
-    return typed_report(report).model_dump(mode="json", exclude_none=False)
+    data = typed_report(report).model_dump(mode="json", exclude_none=False)
+    for block in (data, data.get("emulated") or {}):
+        if block.get("llm", 0) is None:  # encoder reports keep the keys they always had
+            block.pop("llm")
+    return data

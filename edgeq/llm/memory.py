@@ -1,0 +1,205 @@
+"""Peak resident memory of generating with an LLM artifact, predicted from its manifest.
+
+The scenario: a prompt of ``prompt_tokens`` tokens, then decoding until ``context`` tokens
+(default: the artifact's max context) are in the KV cache. The prediction is the memory the
+artifact adds to a process that has its runtime imported (measured by
+``edgeq.llm.measure.measure_generation`` as ``model_attributable_bytes``), plus that
+runtime's baseline for the process's peak RSS:
+
+- **weights** as the runtime holds them, per layer from the manifest's inventory and the
+  schemes actually lowered (the backend's ``held_bytes``: ExecuTorch holds each weight
+  once; ONNX Runtime keeps prepacked copies of linears), tied heads as
+  ``edgeq.planning.memory`` counts them;
+- **KV cache** at ``context`` tokens in its dtype (``edgeq.llm.costs.kv_cache_bytes``), times
+  the copies the runtime holds at once (``LMMemoryTerms.kv_copies``);
+- **activations**: a runtime that plans its arena ahead of time (ExecuTorch: the planned
+  bytes recorded in the manifest, which hold the static KV cache and the activations of a
+  prefill as long as the context) holds that arena from the load on, plus what its delegate
+  allocates beside it on the first run; a runtime that allocates as it goes (ONNX Runtime)
+  holds the prefill's activations (``edgeq.llm.costs.prefill_arena_bytes`` with every
+  position's logits) times a measured factor;
+- **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
+  on encoder artifacts in fresh processes) plus what an LLM session holds beyond it
+  (measured, ``LMMemoryTerms.session_overhead_bytes``), and the runtime's measured baseline.
+
+The per-runtime factors below were measured here (``tests/test_llm_memory.py`` re-checks
+them on a model they were not taken from) and say so.
+
+>>> est = predict_lm_peak("dist/smollm2-x86")  # doctest: +SKIP
+>>> est.total_bytes, est.peak_rss_bytes  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ArtifactError
+from edgeq.llm.costs import LMShape, kv_cache_bytes, prefill_arena_bytes
+
+DEFAULT_PROMPT_TOKENS = 128  # capped at context // 2: the recorded scenario's prompt
+
+
+@dataclass(frozen=True)
+class LMMemoryTerms:
+    """How one runtime holds an LLM's cache and activations (measured, see ``_TERMS``).
+
+    ``kv_copies``: KV caches of ``context`` tokens alive at the peak beyond a planned arena;
+    ``prefill_factor``: held bytes per byte of ``prefill_arena_bytes`` for a runtime without a
+    planned arena; ``delegate_scores``: attention-score matrices at the full context
+    (``heads x context^2 x 4`` bytes) a delegate allocates beside a planned arena on its first run;
+    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept.
+    """
+
+    kv_copies: float
+    prefill_factor: float
+    delegate_scores: float
+    session_overhead_bytes: int = 0
+    planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
+
+
+# Keyed by the manifest's format; the encoder memory terms live in each backend's costs
+# (MEMORY), and these belong beside them once that module grows an LLM section.
+# Measured 2026-12-01 on a random 4-layer Llama (hidden 256, 8 heads, 8 KV heads, vocab 256,
+# fp32, context 2048: KV cache 16 MiB), one fresh process each (edgeq.llm.measure):
+# - ONNX Runtime 1.31 (CPU EP): decoding to a full context measures 2.6 KV caches over the
+#   loaded model (the past fed in and the present returned are both alive during a step, and
+#   glibc keeps part of the previous, smaller step's arrays); a 1024-token prefill holds 1.41x
+#   prefill_arena_bytes (ORT keeps the scaled scores, the mask-added scores and the softmax).
+# - ExecuTorch 1.5.1 pybindings (XNNPACK): the planned arena (323.5 MB, holding the static cache)
+#   is resident from the load on, whatever the prompt (8 to 1024 tokens measure the same peak);
+#   the first run adds 137 MiB beside it: ~1 score matrix at the full context (128 MiB), the
+#   XNNPACK workspace of a delegate planned for the maximum sequence. Beyond those terms, the
+#   weights and the encoder intercept, the same model measures +6.9 MiB at context 2048 and
+#   +5.4 MiB at 1024 (re-exported): their mean, 6.2 MiB, is the LLM session's own overhead
+#   (its extra methods, the logits handed to Python, the generation loop's buffers).
+#   Checked afterwards on a model it was not taken from (tests/test_llm_memory.py: 4 layers,
+#   hidden 128, context 512), which had measured -11% without this term.
+_TERMS = {
+    "onnx": LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_scores=0.0),
+    "executorch": LMMemoryTerms(kv_copies=0.0, prefill_factor=0.0, delegate_scores=1.0,
+                                session_overhead_bytes=int(6.2 * 2**20), planned_arena=True),
+}
+
+
+@dataclass(frozen=True)
+class LMMemoryEstimate:
+    """Predicted peak memory of generating ``context`` tokens after a ``prompt_tokens`` prompt.
+
+    ``total_bytes`` is beyond the runtime's own baseline (what ``edgeq.llm.measure`` reports as
+    ``model_attributable_bytes``); ``peak_rss_bytes`` adds the baseline. Always an estimate."""
+
+    format: str
+    context: int
+    prompt_tokens: int
+    weights_bytes: int
+    kv_cache_bytes: int  # the cache at ``context`` tokens, as the runtime holds it (copies included)
+    activation_bytes: int  # planned arena without the cache, or the prefill's activations
+    runtime_overhead_bytes: int
+    baseline_bytes: int
+    kv_cache_dtype: str = "float32"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.runtime_overhead_bytes
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        return self.baseline_bytes + self.total_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_bytes": self.total_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+                "estimate": True}
+
+
+def plans_arena(fmt: str) -> bool:
+    """Whether ``fmt``'s runtime plans the LLM's arena (static cache + activations) ahead of time."""
+    terms = _TERMS.get(fmt)
+    return bool(terms and terms.planned_arena)
+
+
+def scenario_prompt(context: int) -> int:
+    """The prompt length of the recorded scenario for ``context`` tokens."""
+    return max(1, min(DEFAULT_PROMPT_TOKENS, context // 2))
+
+
+def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shape: LMShape, *, context: int,
+                      prompt_tokens: int, planned_activation_bytes: int, kv_dtype: str = "float32",
+                      nonlayer_bytes: int = 0) -> LMMemoryEstimate:
+    """The prediction from its parts: ``layers`` (``edgeq.planning.inventory.LayerInfo``), the
+    lowered ``schemes`` (fqn → name, as the manifest's ``precision.layers``), the model's
+    ``shape``, the scenario, and the runtime's planned arena (0: none)."""
+    from edgeq.backends import get_backend
+    from edgeq.planning.memory import with_tied_head
+    from edgeq.schemes import applied
+
+    be = get_backend(fmt)
+    terms = _TERMS.get(fmt)
+    if terms is None:
+        raise ArtifactError(f"edgeq has no LLM memory model for {fmt} artifacts", "use an ExecuTorch or ONNX artifact")
+    pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
+    weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias)) for x, s in pairs if s is not None)
+    kv_full = kv_cache_bytes(shape, context, kv_dtype)
+    if planned_activation_bytes > 0:
+        # The static cache is planned inside the arena; the arena is held from the load on.
+        kv = kv_full
+        scores = shape.heads * context * context * 4
+        activations = max(0, planned_activation_bytes - kv_full) + int(terms.delegate_scores * scores)
+    else:
+        # Prefill: the prompt's activations beside its cache; end of decoding: the full cache.
+        prefill = int(terms.prefill_factor * prefill_arena_bytes(shape, prompt_tokens, all_logits=True))
+        kv_prefill = int(terms.kv_copies * kv_cache_bytes(shape, prompt_tokens, kv_dtype))
+        kv_end = int(terms.kv_copies * kv_full)
+        kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
+    return LMMemoryEstimate(format=fmt, context=context, prompt_tokens=prompt_tokens, weights_bytes=int(weights),
+                            kv_cache_bytes=int(kv), activation_bytes=int(activations),
+                            runtime_overhead_bytes=int(be.MEMORY.overhead_bytes + terms.session_overhead_bytes),
+                            baseline_bytes=int(be.MEMORY.baseline_bytes), kv_cache_dtype=kv_dtype)
+
+
+def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *, prompt_tokens: int | None = None,
+                    config: dict[str, Any] | None = None) -> LMMemoryEstimate:
+    """The peak-memory prediction for an LLM artifact directory (or its typed ``Manifest`` plus
+    the model's ``config``, as ``edgeq export`` has them before writing): generation up to
+    ``context`` tokens (default: the artifact's max context) after a prompt of ``prompt_tokens``
+    (default: ``scenario_prompt(context)``)."""
+    from edgeq.planning.inventory import layers_from_json
+
+    manifest = manifest_or_artifact_dir
+    if not hasattr(manifest, "llm"):
+        from edgeq.artifact import load_manifest
+
+        root = Path(manifest_or_artifact_dir)
+        manifest = load_manifest(root)
+        if config is None:
+            config = _artifact_config(root, manifest)
+    if manifest.llm is None:
+        raise ArtifactError("the artifact is not an LLM artifact (its manifest has no llm block)",
+                            "predict encoder memory with edgeq.planning.memory")
+    if manifest.precision.inventory is None or not config:
+        raise ArtifactError("the artifact records no layer inventory or model config",
+                            "re-export it with this edgeq")
+    context = manifest.llm.max_context if context is None else int(context)
+    if not 1 <= context <= manifest.llm.max_context:
+        raise ArtifactError(f"context {context} is outside the artifact's 1..{manifest.llm.max_context}",
+                            "give a context up to the artifact's max context")
+    prompt = scenario_prompt(context) if prompt_tokens is None else int(prompt_tokens)
+    layers = layers_from_json([row.model_dump() for row in manifest.precision.inventory])
+    counted = sum(x.params * 4 for x in layers if not x.tied)
+    nonlayer = max(0, manifest.sizes.fp32_weight_bytes - counted)  # norms, biases outside the inventory
+    return predict_lm_memory(manifest.target.format, layers, manifest.precision.layers, LMShape.from_config(config),
+                             context=context, prompt_tokens=prompt,
+                             planned_activation_bytes=manifest.memory.planned_activation_bytes,
+                             kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer)
+
+
+def _artifact_config(root: Path, manifest: Any) -> dict[str, Any]:
+    from edgeq.artifact import member
+    from edgeq.jsonio import read_json
+
+    if "config.json" not in manifest.files:
+        return {}
+    data = read_json(member(root, "config.json"), expect=None, max_bytes=4 * 2**20, error=ArtifactError,
+                     fix="re-run 'edgeq export'")
+    return data if isinstance(data, dict) else {}

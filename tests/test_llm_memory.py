@@ -1,0 +1,91 @@
+"""Predicted peak memory of generating with an LLM artifact (``edgeq.llm.memory``) against
+the peak RSS of a real generation in a fresh process (``edgeq.llm.measure``), both formats.
+
+The models are sized so the KV cache and the runtime's arena dominate, not the runtime's
+noise, and are not the model the runtime factors in ``edgeq.llm.memory`` were measured on
+(4 layers, hidden 256, context 2048). ONNX Runtime: 16 layers of 8 KV heads (16 KiB of cache
+per position) filling a 1024-token context (KV cache 16 MiB, held ~2.6 times while
+decoding). ExecuTorch: 4 layers at a 512-token context (its arena, planned for a prefill
+as long as the context, is resident whatever the prompt: ~24 MiB of attention scores);
+fewer layers because its export of the 16-layer model takes minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import tiny_lms
+from tests.conftest import run_cli
+
+TOLERANCE = 0.10  # the issue's goal for memory predictions; the fit points are within ±2%
+CONTEXTS = {"x86": 1024, "x86-executorch": 512}
+LAYERS = {"x86": 16, "x86-executorch": 4}
+
+
+def _lm_dir(path: Path, layers: int) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(path)
+    tiny_lms.tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=sorted(CONTEXTS))
+def exported(request, tmp_path_factory) -> tuple[Path, str]:
+    target = request.param
+    lm_dir = _lm_dir(tmp_path_factory.mktemp("lm-mem") / "llama", LAYERS[target])
+    out = tmp_path_factory.mktemp("art") / target
+    proc = run_cli("export", str(lm_dir), "-t", target, "-p", "fp32", "--max-context", str(CONTEXTS[target]),
+                   "--samples", "2", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_manifest_records_the_prediction_and_the_summary_shows_it(exported):
+    from edgeq.llm.memory import predict_lm_peak
+
+    art, stdout = exported
+    recorded = json.loads((art / "manifest.json").read_text())["llm"]["predicted_memory"]
+    again = predict_lm_peak(art).to_dict()
+    assert recorded == again and recorded["estimate"] is True
+    assert recorded["context"] == json.loads((art / "manifest.json").read_text())["llm"]["max_context"]
+    assert "LLM memory" in stdout and "KV cache" in stdout and "(estimate)" in stdout
+
+
+def test_prediction_matches_the_measured_peak_of_a_generation(exported):
+    """Generate until the context is full; the model-attributable peak (VmHWM minus the
+    runtime-imported baseline) is within TOLERANCE of the prediction for that scenario."""
+    from edgeq.llm.measure import measure_generation
+    from edgeq.llm.memory import predict_lm_peak
+
+    art, _ = exported
+    context = json.loads((art / "manifest.json").read_text())["llm"]["max_context"]
+    prompt = 64
+    measured = measure_generation(art, prompt_tokens=prompt, new_tokens=context - prompt)
+    run = measured["runs"][0]
+    assert run["new_tokens"] == context - prompt and run["stopped_by"] == "max-new-tokens"
+    got = measured["memory"]["model_attributable_bytes"]
+    est = predict_lm_peak(art, prompt_tokens=prompt)
+    # the cache and the arena are most of it, not the runtime's noise
+    assert est.kv_cache_bytes + est.activation_bytes >= 0.5 * est.total_bytes, est
+    error = (est.total_bytes - got) / got
+    print(f"{art.name}: predicted {est.total_bytes / 2**20:.1f} MiB, measured {got / 2**20:.1f} MiB ({error:+.1%})")
+    assert abs(error) <= TOLERANCE, (f"predicted {est.total_bytes / 2**20:.1f} MiB, measured {got / 2**20:.1f} MiB "
+                                     f"({error:+.1%}): {est}")
+
+
+def test_a_context_beyond_the_artifact_is_refused(exported):
+    from edgeq.errors import ArtifactError
+    from edgeq.llm.memory import predict_lm_peak
+
+    art, _ = exported
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        predict_lm_peak(art, 10**6)
