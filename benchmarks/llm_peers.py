@@ -46,10 +46,21 @@ def save_hf_dir(model: Any, tokenizer: Any, out: Path) -> Path:
     return out
 
 
+BUILD_DEADLINE = {"monotonic": float("inf"), "utc": ""}  # set by the benchmark's --build-minutes
+
+
 def run_timed(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> tuple[float, str]:
-    """Seconds ``cmd`` took; raises with its stderr's tail when it fails."""
+    """Seconds ``cmd`` took; raises with its stderr's tail when it fails, or when it would
+    run past the build deadline (then it is stopped)."""
+    left = BUILD_DEADLINE["monotonic"] - time.monotonic()
+    if left <= 0:
+        raise RuntimeError(f"not built: the build deadline ({BUILD_DEADLINE['utc']}) had passed")
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=min(timeout, left))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"not built: still running at the build deadline ({BUILD_DEADLINE['utc']}), "
+                           f"stopped after {time.perf_counter() - t:.0f} s") from None
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
         raise RuntimeError(f"{Path(cmd[1]).name if len(cmd) > 1 else cmd[0]} exited {proc.returncode}: "
@@ -74,7 +85,18 @@ def convert_f32_gguf(converter: Path, python: Path, hf: Path, out: Path) -> floa
     return seconds
 
 
+def wait_for_module(python: Path, module: str, timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until ``python`` imports ``module`` (a peer venv still being built)."""
+    deadline = min(time.monotonic() + timeout, BUILD_DEADLINE["monotonic"])
+    while subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not built: {python} could not import {module} by the build deadline "
+                               f"({BUILD_DEADLINE['utc']}; its venv was still being built)")
+        time.sleep(20)
+
+
 def quantize_gguf(python: Path, src: Path, dst: Path, kind: str, threads: int, workdir: Path) -> float:
+    wait_for_module(python, "llama_cpp", 1800)
     script = workdir / "llama_quantize.py"
     script.write_text(QUANTIZE_SCRIPT)
     seconds, _ = run_timed([str(python), str(script), str(src), str(dst), str(LLAMA_FTYPES[kind]), str(threads)])

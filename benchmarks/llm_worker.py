@@ -121,16 +121,17 @@ class GenaiRow:
         self.runtime = f"onnxruntime-genai {og.__version__}"
         self.gen = None
 
-    def _new(self) -> None:
+    def _new(self, length: int) -> None:
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=self.context, do_sample=False)
+        # the cache is allocated for max_length; a full-context window needs one more position
+        params.set_search_options(max_length=max(self.context, length + 1), do_sample=False)
         self.gen = self.og.Generator(self.model, params)
 
     def _logits(self) -> np.ndarray:
         return np.asarray(self.gen.get_output("logits"), dtype=np.float32).reshape(-1, self.vocab)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        self._new()
+        self._new(len(ids))
         self.gen.append_tokens(ids)
         out = np.asarray(self.gen.get_output("logits"), dtype=np.float32)
         self.vocab = out.shape[-1]
@@ -154,7 +155,47 @@ class GenaiRow:
         return np.stack(rows), "one token at a time (the prefill returns last-position logits only)"
 
 
-KINDS = {"edgeq": EdgeqRow, "llama.cpp": LlamaCppRow, "genai": GenaiRow}
+class PteRow:
+    """A ``.pte`` written by optimum-executorch (transformers' exportable decoder: ``forward(input_ids,
+    cache_position)``), run through the ExecuTorch runtime's Python API."""
+
+    def __init__(self, artifact: str, spec: dict) -> None:
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(artifact).load_method("forward")
+        import executorch
+
+        self.runtime = f"ExecuTorch {getattr(executorch, '__version__', '')} pybindings"
+        self.position = 0
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        out = self.method.execute([torch.tensor([ids], dtype=torch.long),
+                                   torch.arange(self.position, self.position + len(ids), dtype=torch.long)])[0]
+        self.position += len(ids)
+        return out[0].float().numpy().copy()
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.position = 0
+        return self._run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._run([token])[-1]
+
+    def reset(self) -> None:
+        self.position = 0
+
+    def all_logits(self, ids: list[int]) -> tuple[np.ndarray, str]:
+        self.position = 0
+        full = self._run(ids)
+        if full.shape[0] == len(ids):
+            return full, "forward logits of every position"
+        rows = [self.prefill(ids[:1])] + [self.decode(t) for t in ids[1:]]
+        return np.stack(rows), "one token at a time (forward returns last-position logits only)"
+
+
+KINDS = {"optimum-executorch": PteRow, "edgeq": EdgeqRow, "llama.cpp": LlamaCppRow, "genai": GenaiRow}
 
 
 def main() -> None:
@@ -167,6 +208,10 @@ def main() -> None:
 
         fmt = json.loads((Path(artifact) / "manifest.json").read_text())["target"]["format"]
         __import__("executorch.runtime" if fmt == "executorch" else "onnxruntime")
+    elif kind == "optimum-executorch":  # its custom SDPA and quantized-embedding kernels
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+        import executorch.kernels.quantized  # noqa: F401
+        import executorch.runtime  # noqa: F401
     elif kind == "llama.cpp":
         import llama_cpp  # noqa: F401
     else:
