@@ -98,11 +98,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
+        name = r["row"] + (" *" if "supplement_started" in r else "")
         if "error" in r and "decode_tps" not in r:
-            print(f"{r['row']:<52} {r['error']}")
+            print(f"{name:<52} {r['error']}")
             continue
         export = f"{r['export_s']:.0f}" if r.get("export_s") is not None else r.get("export_note", "n/a")
-        print(f"{r['row']:<52} {r['perplexity']:8.3f} {_mb(r.get('bytes')):>7} {_mb(r.get('predicted_peak_rss')):>8} "
+        print(f"{name:<52} {r['perplexity']:8.3f} {_mb(r.get('bytes')):>7} {_mb(r.get('predicted_peak_rss')):>8} "
               f"{_mb(r['peak_rss_bytes']):>8} {_mb(r['peak_rss_bytes'] - r['baseline_rss_bytes']):>10} "
               f"{r['prefill_tokens'] / r['prefill_s']:11.1f} {r['decode_tps']:10.1f} {r['bound_tps']:9.1f} "
               f"{export:>8} {r['load_average'][1]:5.1f}")
@@ -110,6 +111,9 @@ def print_table(result: dict[str, Any]) -> None:
           "(n/a: this edgeq writes no prediction into LLM manifests); peak RSS: VmHWM of the row's fresh process after "
           "prefill + decode, above base: minus the RSS with the runtime imported; bound t/s: read bandwidth / (streamed "
           "weight bytes + KV cache read and written at the mean decode position); load: 1-min load average after the row.")
+    for sup in result.get("supplements", []):
+        print(f"  * built and measured in a supplement run ({sup['started']} to {sup['finished']}, rows '{sup['rows']}', "
+              f"read bandwidth {sup['read_gbps']:.2f} GB/s, load average {sup['load_average_end'][0]:.1f} at its end)")
     for r in result["rows"]:
         if r.get("logits_how") and "all_logits" not in r["logits_how"]:
             print(f"  {r['row']}: logits via {r['logits_how']}")

