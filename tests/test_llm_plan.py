@@ -82,6 +82,7 @@ def test_llm_max_drop_gives_the_smallest_plan_within_it_and_fp16_is_never_a_cand
 
 
 def test_a_storage_budget_below_any_llm_plan_is_one_line(lm_dir):
-    r = cli_here("plan", str(lm_dir), "--target", "x86-executorch", "--budget", "1KB", "--max-context", str(CONTEXT))
+    r = cli_here("plan", str(lm_dir), "--target", "x86-executorch", "--budget", "1KB", "--max-context", str(CONTEXT),
+                 "--quiet")
     assert r.returncode == 2
     assert r.stderr.startswith("error: storage budget") and len(r.stderr.strip().splitlines()) == 1
