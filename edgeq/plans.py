@@ -24,22 +24,12 @@ def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memo
     ``target``. ``calib_samples``: calibration inputs for sensitivity (default 32, or
     ``edgeq.llm.plan.LM_CALIB_SAMPLES`` sequences for a decoder LLM); ``max_context``:
     a decoder LLM's cache length (default: as ``export`` resolves it)."""
-    from edgeq.models import LoadedModel, load_model
-    from edgeq.planning.rules import check_rules
+    from edgeq.planning.planner import load_for_planning
     from edgeq.planning.solve import Budgets
-    from edgeq.targets import ResolvedTarget, load_target
 
     steps = steps or Steps()
-    resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
+    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
     tgt = resolved.target
-    check_rules(rules or [])  # before the (slow) model load
-    if calib is not None and not Path(calib).exists():
-        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
-    if calib is not None:
-        from edgeq.models.calib import with_calibration
-
-        loaded = with_calibration(loaded, calib)
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)
     if loaded.task == "causal-lm":
         from edgeq.llm.export import resolve_max_context

@@ -173,7 +173,9 @@ def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *
         root = Path(manifest_or_artifact_dir)
         manifest = load_manifest(root)
         if config is None:
-            config = _artifact_config(root, manifest)
+            from edgeq.planning.memory import artifact_config
+
+            config = artifact_config(root, manifest)
     if manifest.llm is None:
         raise ArtifactError("the artifact is not an LLM artifact (its manifest has no llm block)",
                             "predict encoder memory with edgeq.planning.memory")
@@ -192,14 +194,3 @@ def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *
                              context=context, prompt_tokens=prompt,
                              planned_activation_bytes=manifest.memory.planned_activation_bytes,
                              kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer)
-
-
-def _artifact_config(root: Path, manifest: Any) -> dict[str, Any]:
-    from edgeq.artifact import member
-    from edgeq.jsonio import read_json
-
-    if "config.json" not in manifest.files:
-        return {}
-    data = read_json(member(root, "config.json"), expect=None, max_bytes=4 * 2**20, error=ArtifactError,
-                     fix="re-run 'edgeq export'")
-    return data if isinstance(data, dict) else {}

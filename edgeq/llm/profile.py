@@ -124,12 +124,12 @@ def lm_decode_estimates(artifact_dir: str | Path, profiles: list[Any], *, positi
     (default: half the max context). Every figure is an estimate."""
     from edgeq.artifact import read_artifact
     from edgeq.llm.costs import LMShape, decode_estimate
-    from edgeq.llm.memory import _artifact_config
+    from edgeq.planning.memory import artifact_config
 
     manifest, model_file = read_artifact(Path(artifact_dir))
     if manifest.llm is None:
         raise ArtifactError(f"{artifact_dir} is not an LLM artifact", "emulate it as an encoder artifact")
-    config = _artifact_config(model_file.parent, manifest)
+    config = artifact_config(model_file.parent, manifest)
     if not config:
         raise ArtifactError(f"{artifact_dir} has no config.json beside its model", "re-export it with this edgeq")
     shape = LMShape.from_config(config)

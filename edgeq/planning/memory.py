@@ -174,7 +174,7 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
         layers = layer_inventory(module)
         biased = {x.fqn for x in layers if x.bias}
     schemes = manifest.precision.layers
-    config = _artifact_config(root, manifest)
+    config = artifact_config(root, manifest)
     nonlayer = max(0, manifest.sizes.fp32_weight_bytes - sum(layer.params * 4 for layer in layers
                                                              if not getattr(layer, "tied", "")))
     pairs = [(layer, applied(schemes.get(layer.fqn, "fp32"))) for layer in layers]
@@ -200,7 +200,7 @@ def predict_from_artifact(artifact_dir: str | Path, layers: Sequence[Any] | None
                         planned_activation_bytes=recorded.planned_activation_bytes)
 
 
-def _artifact_config(root: Path, manifest: Manifest) -> dict[str, Any]:
+def artifact_config(root: Path, manifest: Manifest) -> dict[str, Any]:
     """The model's ``config.json`` shipped in the artifact (a listed, regular, small file), or {}."""
     from edgeq.artifact import member
     from edgeq.errors import ArtifactError

@@ -26,6 +26,25 @@ from edgeq.progress import Steps
 __all__ = ["plan", "BudgetError", "PlanResult"]
 
 
+def load_for_planning(model: Any, target: Any, *, rules: list[str] | None = None, seq_len: int | None = None,
+                      calib: str | Path | None = None) -> tuple[Any, Any]:
+    """``(LoadedModel, ResolvedTarget)``: the rules and the calibration path checked before
+    the (slow) model load, the user's calibration data applied after it."""
+    from edgeq.models import LoadedModel, load_model
+    from edgeq.targets import ResolvedTarget, load_target
+
+    resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
+    check_rules(rules or [])
+    if calib is not None and not Path(calib).exists():
+        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or resolved.target.seq_len)
+    if calib is not None:
+        from edgeq.models.calib import with_calibration
+
+        loaded = with_calibration(loaded, calib)
+    return loaded, resolved
+
+
 def plan(
     model: Any,
     target: Any,
@@ -53,20 +72,9 @@ def plan(
     (else the backend's fp32 probe plans it, cached). ``calib``: the user's calibration
     data (see ``edgeq.models.calib``) instead of the built-in split.
     """
-    from edgeq.models import LoadedModel, load_model
-    from edgeq.targets import ResolvedTarget, load_target
-
     steps = steps or Steps()
-    resolved = target if isinstance(target, ResolvedTarget) else load_target(target)
+    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
     tgt = resolved.target
-    check_rules(rules or [])  # before the (slow) model load
-    if calib is not None and not Path(calib).exists():
-        raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or tgt.seq_len)
-    if calib is not None:
-        from edgeq.models.calib import with_calibration
-
-        loaded = with_calibration(loaded, calib)
     costs = measure_costs(prepare(loaded, resolved), rules=rules, proxy=proxy, calib_samples=calib_samples,
                           use_cache=use_cache, steps=steps)
     if planned_activation_bytes is not None:
