@@ -28,11 +28,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 from edgeq.atomic import umask
+from edgeq.backends import MODEL_FILES
 from edgeq.errors import ArtifactError, OutputError, disk_full
 from edgeq.manifest import MANIFEST_SCHEMA_VERSION, Manifest
 
 MANIFEST = "manifest.json"
-MODEL_FILES = ("model.pte", "model.onnx")
 MAX_MANIFEST_BYTES = 16 * 2**20  # a manifest is tens of KB; a bigger one is not ours
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 

@@ -56,6 +56,10 @@ def test_backends_never_import_the_cli_and_only_backends_import_their_modules():
             assert not private, (path, private)
 
 
+# A format's name, its model file and its runtime's CPU provider name it as much as the format does.
+FORMAT_NAMES = ("executorch", "onnx", "gguf", "model.pte", "model.onnx", "model.gguf", "pte", ".pte", ".onnx")
+
+
 def test_no_module_outside_the_backends_names_a_format():
     """Format-specific behaviour belongs to a backend: outside it, no code compares a format
     with a format's name (the standalone runner, copied alone onto boards, excepted)."""
@@ -66,8 +70,9 @@ def test_no_module_outside_the_backends_names_a_format():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare):
-                names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
-                if any(n in ("executorch", "onnx", "gguf") for n in names):
+                operands = [node.left, *node.comparators]
+                names = [c.value for o in operands for c in ast.walk(o) if isinstance(c, ast.Constant)]
+                if any(n in FORMAT_NAMES for n in names):
                     offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders
 

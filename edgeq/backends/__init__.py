@@ -32,17 +32,31 @@ from edgeq.errors import ConfigError, did_you_mean
 @dataclass(frozen=True)
 class Registered:
     """A format's entry: the subpackage implementing it and, as data readable without
-    importing it, the delegates (or execution providers) a target may name for it."""
+    importing it, its artifact's model file name and the delegates (or execution
+    providers) a target may name for it."""
 
     module: str
+    model_file: str
     delegates: tuple[str, ...]
 
 
 _REGISTRY = {
-    "executorch": Registered("edgeq.backends.executorch", ("qnn", "coreml", "vulkan", "xnnpack")),
-    "onnx": Registered("edgeq.backends.onnx", ("qnn", "coreml", "nnapi", "xnnpack", "openvino", "dnnl", "cpu")),
+    "executorch": Registered("edgeq.backends.executorch", "model.pte", ("qnn", "coreml", "vulkan", "xnnpack")),
+    "onnx": Registered("edgeq.backends.onnx", "model.onnx",
+                       ("qnn", "coreml", "nnapi", "xnnpack", "openvino", "dnnl", "cpu")),
 }
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
+MODEL_FILES: tuple[str, ...] = tuple(r.model_file for r in _REGISTRY.values())  # one per format, in FORMATS order
+
+
+def format_of_model_file(name: str) -> str | None:
+    """The format whose artifacts name their model file ``name`` (None: no format's)."""
+    return next((fmt for fmt, r in _REGISTRY.items() if r.model_file == name), None)
+
+
+def model_file_for(fmt: str) -> str:
+    """The model file name in an artifact of format ``fmt`` (no backend import)."""
+    return _REGISTRY[fmt].model_file
 
 
 def delegates_for(fmt: str) -> tuple[str, ...]:
@@ -62,6 +76,25 @@ class MemoryTerms:
     maps_embedding_tables: bool  # embedding tables read in place from the file: no load-time copy
     arena_at_load: bool  # the planned activation arena is allocated before weights are packed
     tied_head_quantized_copies: int  # extra fp32 copies of a tied LM head whose table is quantized
+
+
+@dataclass(frozen=True)
+class LMMemoryTerms:
+    """How one runtime holds a decoder LLM's cache and activations (measured; the values are
+    each backend's ``LM_MEMORY``, in its ``costs.py``, read by ``edgeq.llm.memory``).
+
+    ``kv_copies``: KV caches of ``context`` tokens alive at the peak beyond a planned arena;
+    ``prefill_factor``: held bytes per byte of ``prefill_arena_bytes`` for a runtime without a
+    planned arena; ``delegate_scores``: attention-score matrices at the full context
+    (``heads x context^2 x 4`` bytes) a delegate allocates beside a planned arena on its first run;
+    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept.
+    """
+
+    kv_copies: float
+    prefill_factor: float
+    delegate_scores: float
+    session_overhead_bytes: int = 0
+    planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,8 @@ class Backend(Protocol):
     DELEGATES: tuple[str, ...]
     FOLDS_CONSTANT_LOOKUPS: bool
     MEMORY: MemoryTerms
+    CPU_RUNTIMES: tuple[str, ...]
+    LM_MEMORY: LMMemoryTerms
 
     def stored_bytes(self, layer: Any, scheme: Any) -> int: ...
     def runtime_bytes(self, layer: Any, scheme: Any) -> int: ...
@@ -139,6 +174,12 @@ def get_backend(fmt: str) -> Backend:
         raise ConfigError(f"unknown artifact format '{fmt}'{did_you_mean(str(fmt), FORMATS)}",
                           f"formats: {', '.join(FORMATS)}")
     return importlib.import_module(_REGISTRY[fmt].module)  # type: ignore[return-value]
+
+
+def cpu_runtimes() -> tuple[str, ...]:
+    """Every format's CPU runtimes as the emulator names them (e.g. XNNPACK, ExecuTorch's
+    portable kernels, ONNX Runtime's CPU provider): whose efficiency factors CPU ops use."""
+    return tuple(r for fmt in FORMATS for r in get_backend(fmt).CPU_RUNTIMES)
 
 
 def silence_native_stderr():

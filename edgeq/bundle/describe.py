@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeq.backends import MODEL_FILES
 from edgeq.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ BUNDLE_FILE = "edgeq_bundle.json"
 BUNDLE_SCHEMA_VERSION = 1
 # Model files an app memory-maps or hands to the runtime by path: stored uncompressed in
 # the APK so they can be read straight from the asset (and aligned by zipalign).
-NO_COMPRESS_SUFFIXES = ("pte", "onnx", "data", "bin")
+# Every format's model file, plus ONNX external data and raw tensors.
+NO_COMPRESS_SUFFIXES = (*(name.rsplit(".", 1)[1] for name in MODEL_FILES), "data", "bin")
 ANDROID_ABIS = ["arm64-v8a", "x86_64"]  # the ABIs ExecuTorch's and ONNX Runtime's Android AARs ship
 ANDROID_MIN_SDK = 28  # android-demo's minSdk; not checked against the AARs' own minimum here
 MAX_INPUT_ELEMENTS = 1 << 26  # 64 Mi elements per input: far above any edge model's input

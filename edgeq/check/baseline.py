@@ -183,10 +183,10 @@ def _latency_row(root: Path, entry: BaselineEntry, limit: Any, opts: Any) -> tup
         return None, "latency not compared (the baseline has no latency samples: write it with --measure)"
     if not opts.measure:
         return None, "latency not compared (pass --measure)"
-    from edgeq.artifact import sha256
+    from edgeq.artifact import MODEL_FILES, sha256
 
     base_dir = Path(entry.artifact)
-    base_model = next((base_dir / n for n in ("model.pte", "model.onnx") if (base_dir / n).is_file()), None)
+    base_model = next((base_dir / n for n in MODEL_FILES if (base_dir / n).is_file()), None)
     tolerance = limit.value / 100
     if base_model is not None and sha256(base_model) == entry.model_sha256:
         est: RatioEstimate = decide(lambda: alternating_rounds(base_dir, root, opts.rounds, entry.latency.runs),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeq.artifact import MANIFEST, MODEL_FILES
 from edgeq.check import gates
 from edgeq.check.limits import resolve
 from edgeq.check.manifest_view import ManifestError
@@ -48,7 +49,7 @@ def check_artifacts(paths: list[str | Path], options: CheckOptions | None = None
     roots = []
     for p in paths:
         root = Path(p)
-        if root.is_file() and root.name in ("model.pte", "model.onnx", "manifest.json"):
+        if root.is_file() and root.name in (*MODEL_FILES, MANIFEST):
             root = root.parent
         if not root.is_dir():
             raise ConfigError(f"{p} is not an artifact directory", "pass directories written by 'edgeq export'")

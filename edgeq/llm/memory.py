@@ -11,7 +11,7 @@ runtime's baseline for the process's peak RSS:
   once; ONNX Runtime keeps prepacked copies of linears), tied heads as
   ``edgeq.planning.memory`` counts them;
 - **KV cache** at ``context`` tokens in its dtype (``edgeq.llm.costs.kv_cache_bytes``), times
-  the copies the runtime holds at once (``LMMemoryTerms.kv_copies``);
+  the copies the runtime holds at once (``edgeq.backends.LMMemoryTerms.kv_copies``);
 - **activations**: a runtime that plans its arena ahead of time (ExecuTorch: the planned
   bytes recorded in the manifest, which hold the static KV cache and the activations of a
   prefill as long as the context) holds that arena from the load on, plus what its delegate
@@ -20,7 +20,7 @@ runtime's baseline for the process's peak RSS:
   position's logits) times a measured factor;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
   on encoder artifacts in fresh processes) plus what an LLM session holds beyond it
-  (measured, ``LMMemoryTerms.session_overhead_bytes``), and the runtime's measured baseline.
+  (measured, ``edgeq.backends.LMMemoryTerms.session_overhead_bytes``), and the runtime's measured baseline.
 
 The per-runtime factors below were measured here (``tests/test_llm_memory.py`` re-checks
 them on a model they were not taken from) and say so.
@@ -39,48 +39,6 @@ from edgeq.errors import ArtifactError
 from edgeq.llm.costs import LMShape, kv_cache_bytes, prefill_arena_bytes
 
 DEFAULT_PROMPT_TOKENS = 128  # capped at context // 2: the recorded scenario's prompt
-
-
-@dataclass(frozen=True)
-class LMMemoryTerms:
-    """How one runtime holds an LLM's cache and activations (measured, see ``_TERMS``).
-
-    ``kv_copies``: KV caches of ``context`` tokens alive at the peak beyond a planned arena;
-    ``prefill_factor``: held bytes per byte of ``prefill_arena_bytes`` for a runtime without a
-    planned arena; ``delegate_scores``: attention-score matrices at the full context
-    (``heads x context^2 x 4`` bytes) a delegate allocates beside a planned arena on its first run;
-    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept.
-    """
-
-    kv_copies: float
-    prefill_factor: float
-    delegate_scores: float
-    session_overhead_bytes: int = 0
-    planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
-
-
-# Keyed by the manifest's format; the encoder memory terms live in each backend's costs
-# (MEMORY), and these belong beside them once that module grows an LLM section.
-# Measured 2026-12-01 on a random 4-layer Llama (hidden 256, 8 heads, 8 KV heads, vocab 256,
-# fp32, context 2048: KV cache 16 MiB), one fresh process each (edgeq.llm.measure):
-# - ONNX Runtime 1.31 (CPU EP): decoding to a full context measures 2.6 KV caches over the
-#   loaded model (the past fed in and the present returned are both alive during a step, and
-#   glibc keeps part of the previous, smaller step's arrays); a 1024-token prefill holds 1.41x
-#   prefill_arena_bytes (ORT keeps the scaled scores, the mask-added scores and the softmax).
-# - ExecuTorch 1.5.1 pybindings (XNNPACK): the planned arena (323.5 MB, holding the static cache)
-#   is resident from the load on, whatever the prompt (8 to 1024 tokens measure the same peak);
-#   the first run adds 137 MiB beside it: ~1 score matrix at the full context (128 MiB), the
-#   XNNPACK workspace of a delegate planned for the maximum sequence. Beyond those terms, the
-#   weights and the encoder intercept, the same model measures +6.9 MiB at context 2048 and
-#   +5.4 MiB at 1024 (re-exported): their mean, 6.2 MiB, is the LLM session's own overhead
-#   (its extra methods, the logits handed to Python, the generation loop's buffers).
-#   Checked afterwards on a model it was not taken from (tests/test_llm_memory.py: 4 layers,
-#   hidden 128, context 512), which had measured -11% without this term.
-_TERMS = {
-    "onnx": LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_scores=0.0),
-    "executorch": LMMemoryTerms(kv_copies=0.0, prefill_factor=0.0, delegate_scores=1.0,
-                                session_overhead_bytes=int(6.2 * 2**20), planned_arena=True),
-}
 
 
 @dataclass(frozen=True)
@@ -115,8 +73,9 @@ class LMMemoryEstimate:
 
 def plans_arena(fmt: str) -> bool:
     """Whether ``fmt``'s runtime plans the LLM's arena (static cache + activations) ahead of time."""
-    terms = _TERMS.get(fmt)
-    return bool(terms and terms.planned_arena)
+    from edgeq.backends import get_backend
+
+    return get_backend(fmt).LM_MEMORY.planned_arena
 
 
 def scenario_prompt(context: int) -> int:
@@ -135,9 +94,7 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
     from edgeq.schemes import applied
 
     be = get_backend(fmt)
-    terms = _TERMS.get(fmt)
-    if terms is None:
-        raise ArtifactError(f"edgeq has no LLM memory model for {fmt} artifacts", "use an ExecuTorch or ONNX artifact")
+    terms = be.LM_MEMORY
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias)) for x, s in pairs if s is not None)
     kv_full = kv_cache_bytes(shape, context, kv_dtype)

@@ -41,14 +41,14 @@ RUNNER = Path(__file__).with_name("runner.py")
 def check_artifact(artifact_dir: str | Path) -> tuple[Manifest, Path]:
     """Validate an artifact for profiling: manifest, hashes, and that the model file is of
     the kind the manifest says (an ONNX model in a .pte artifact and vice versa)."""
-    from edgeq.artifact import load_manifest, member, read_artifact
+    from edgeq.artifact import MODEL_FILES, load_manifest, member, read_artifact
     from edgeq.profiling.runner import RunnerError, check_model_file
 
     path = Path(artifact_dir)
     if path.is_dir():
         try:  # the model file first: wrong kind, truncated or corrupt say more than read_artifact's hash check
             manifest = load_manifest(path)
-            if manifest.model_file in ("model.pte", "model.onnx") and (path / manifest.model_file).exists():
+            if manifest.model_file in MODEL_FILES and (path / manifest.model_file).exists():
                 member(path, manifest.model_file)  # a regular file inside the artifact, before it is read
                 check_model_file(path, manifest.model_dump(mode="json"))  # the runner reads the JSON's dict
         except RunnerError as exc:

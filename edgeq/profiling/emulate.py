@@ -276,7 +276,9 @@ def _delegate_calls(ops: list[Any], units: list[tuple[str, str]], fmt: str) -> d
 def _cpu_runtime(runtime: str) -> str:
     """The CPU runtime whose factors apply: an accelerator delegate's ops that fall back to
     the CPU are estimated as XNNPACK's."""
-    return runtime if runtime in ("xnnpack", "portable", "onnx") else "xnnpack"
+    from edgeq.backends import cpu_runtimes
+
+    return runtime if runtime in cpu_runtimes() else "xnnpack"
 
 
 def _by(rows: list[dict[str, Any]], key: str) -> dict[str, float]:

@@ -99,7 +99,7 @@ def _resolve(kind: str, name: str) -> Path:
     what = "target" if kind == "targets" else "device profile"
     raise ConfigError(
         f"unknown {what} '{name}'{did_you_mean(name, names)}",
-        f"run 'edgeq targets list' to see the built-in ones, or pass a path to a YAML file",
+        "run 'edgeq targets list' to see the built-in ones, or pass a path to a YAML file",
     )
 
 

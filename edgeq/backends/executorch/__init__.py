@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends import delegates_for
+from edgeq.backends import delegates_for, model_file_for
 from edgeq.backends.executorch.android import (  # noqa: F401  a device runner's command line and output
     ANDROID_LOG_TAG,
     ANDROID_RUNNER,
@@ -22,12 +22,14 @@ from edgeq.backends.executorch.android import (  # noqa: F401  a device runner's
     parse_android_output,
 )
 from edgeq.backends.executorch.ops import (  # noqa: F401  emulation
+    CPU_RUNTIMES,
     EMULATION_RUNTIME,
     accelerated_runtime,
     delegate_calls,
     op_units,
 )
 from edgeq.backends.executorch.costs import (  # noqa: F401  the backend's cost table
+    LM_MEMORY,
     MEMORY,
     file_overhead,
     held_bytes,
@@ -38,7 +40,7 @@ from edgeq.backends.executorch.costs import (  # noqa: F401  the backend's cost 
 from edgeq.backends.executorch.probe import fp32_probe  # noqa: F401
 
 FORMAT = "executorch"
-MODEL_FILE = "model.pte"
+MODEL_FILE = model_file_for(FORMAT)
 # what edgeq's standalone runner imports on a board (checked before profiling over ssh)
 RUNNER_MODULES: tuple[str, ...] = ("numpy", "torch", "executorch.runtime", "executorch.kernels.quantized")
 RUNTIME_PACKAGE = "executorch"

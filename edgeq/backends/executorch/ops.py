@@ -21,6 +21,7 @@ OPS_FORMAT_VERSION = 1
 
 
 EMULATION_RUNTIME = "portable"  # the per-run costs of a method call
+CPU_RUNTIMES: tuple[str, ...] = ("xnnpack", "portable")  # the runtimes of ops that run on the CPU
 
 
 def op_units(ops: list[Op], delegates: list[str], accel_for: Any) -> tuple[list[tuple[str | None, str]], list[str]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeq.backends import Probe
 from edgeq.backends.onnx.costs import (  # noqa: F401  the backend's cost table
+    LM_MEMORY,
     MEMORY,
     file_overhead,
     held_bytes,
@@ -21,7 +22,7 @@ from edgeq.backends.onnx.costs import (  # noqa: F401  the backend's cost table
     scheme_overhead,
     stored_bytes,
 )
-from edgeq.backends import delegates_for
+from edgeq.backends import delegates_for, model_file_for
 from edgeq.backends.onnx.android import (  # noqa: F401  a device runner's command line and output
     ANDROID_LOG_TAG,
     ANDROID_RUNNER,
@@ -30,6 +31,7 @@ from edgeq.backends.onnx.android import (  # noqa: F401  a device runner's comma
     parse_android_output,
 )
 from edgeq.backends.onnx.ops import (  # noqa: F401  emulation
+    CPU_RUNTIMES,
     EMULATION_RUNTIME,
     accelerated_runtime,
     delegate_calls,
@@ -37,7 +39,7 @@ from edgeq.backends.onnx.ops import (  # noqa: F401  emulation
 )
 
 FORMAT = "onnx"
-MODEL_FILE = "model.onnx"
+MODEL_FILE = model_file_for(FORMAT)
 # what edgeq's standalone runner imports on a board (checked before profiling over ssh)
 RUNNER_MODULES: tuple[str, ...] = ("numpy", "onnxruntime")
 RUNTIME_PACKAGE = "onnxruntime"

@@ -31,6 +31,7 @@ _ONNX_QUANT = {"DynamicQuantizeLinear", "QuantizeLinear"}
 
 
 EMULATION_RUNTIME = "onnx"  # the per-run costs of a session run
+CPU_RUNTIMES: tuple[str, ...] = ("onnx",)  # the CPU provider's ops
 # ONNX Runtime contrib ops that are CPU-provider fusions of standard ops: another provider
 # runs the standard ops instead, at about the same cost. Quantized contrib ops
 # (MatMulNBits, GatherBlockQuantized, ...) have no kernels outside the CPU provider.
