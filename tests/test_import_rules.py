@@ -86,7 +86,7 @@ ALLOWED = {
                  "edgeq.targets"),
     "llm": ("edgeq.llm", "edgeq.errors", "edgeq.schemes", "edgeq.artifact", "edgeq.manifest", "edgeq.backends",
             "edgeq.models", "edgeq.planning", "edgeq.numerics", "edgeq.jsonio", "edgeq.export",
-            "edgeq.profiling.emulate", "edgeq.progress"),
+            "edgeq.profiling.emulate", "edgeq.profiling.runner", "edgeq.progress"),
 }
 
 

@@ -9,6 +9,7 @@ format does to build and open an LLM artifact lives in its backend
 May import: ``edgeq.errors``, ``edgeq.schemes``, ``edgeq.artifact`` / ``edgeq.manifest`` (writing and
 reading LLM artifacts), ``edgeq.backends`` (registry only), ``edgeq.models``, ``edgeq.planning``
 (plan files), ``edgeq.numerics`` / ``edgeq.jsonio``, ``edgeq.export`` (its result type and version
-table), ``edgeq.profiling.emulate`` (the device's CPU share for the decode estimate) and
+table), ``edgeq.profiling.emulate`` (the device's CPU share for the decode estimate),
+``edgeq.profiling.runner`` (the resident-set measurement the encoder runner makes) and
 ``edgeq.progress`` (steps shown while planning).
 """

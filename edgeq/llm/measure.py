@@ -94,37 +94,6 @@ def measure_generation(artifact_dir: str | Path, *, prompt_tokens: int, new_toke
 # --------------------------------------------------------------- the fresh process
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def _settle_and_reset() -> bool:
-    """Collect garbage, return free heap pages (glibc), reset the peak counter (as the encoder runner)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, warmup: int,
              threads: int | None) -> dict[str, Any]:
     import importlib
@@ -133,6 +102,7 @@ def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, war
     from edgeq.backends import get_backend
     from edgeq.llm.generate import GenerationConfig, generate
     from edgeq.llm.profile import takes_threads
+    from edgeq.profiling.runner import memory_block, proc_status, reset_peak, settle  # the encoder runner's measurement
 
     manifest, model_file = read_artifact(artifact)
     if manifest.llm is None:
@@ -145,12 +115,13 @@ def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, war
     config = GenerationConfig(max_new_tokens=new_tokens)
     if threads is not None and not takes_threads(manifest.target.format):
         raise ConfigError(f"threads cannot be set for {manifest.target.format} LLM sessions", "drop --threads")
-    reset = _settle_and_reset()
-    base = _status()
+    settle()
+    reset = reset_peak()
+    base = proc_status()
     t0 = time.perf_counter()
     session = be.open_lm(model_file, **({"threads": threads} if threads is not None else {}))
     load_ms = (time.perf_counter() - t0) * 1e3
-    loaded = _status()
+    loaded = proc_status()
     try:
         for _ in range(warmup):
             generate(session, ids, config)
@@ -161,15 +132,13 @@ def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, war
                           "prefill_s": r.prefill_s, "decode_s": r.decode_s, "decode_steps": max(len(r.tokens) - 1, 0),
                           "time_to_first_token_s": r.time_to_first_token_s,
                           "prefill_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s})
-        end = _status()
+        end = proc_status()
         runtime = session.runtime
     finally:
         session.close()
-    memory: dict[str, Any] = {"available": bool(base and end)}
+    memory = memory_block(base, end, reset)
     if memory["available"]:
-        memory.update(baseline_rss_bytes=base["VmRSS"], peak_rss_bytes=end["VmHWM"],
-                      model_attributable_bytes=end["VmHWM"] - base["VmRSS"], final_rss_bytes=end["VmRSS"],
-                      after_load_rss_bytes=loaded.get("VmRSS"), peak_reset=reset)
+        memory["after_load_rss_bytes"] = loaded.get("VmRSS")
     return {"artifact": str(artifact), "format": manifest.target.format, "runtime": runtime,
             "max_context": manifest.llm.max_context, "threads_requested": threads, "load_ms": load_ms,
             "warmup": warmup, "runs": timed, "memory": memory, "prompt_seed": PROMPT_SEED}

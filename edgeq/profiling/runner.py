@@ -186,7 +186,8 @@ def make_inputs(specs: list[dict[str, Any]]) -> list[Any]:
 # ----------------------------------------------------------------------------- memory
 
 
-def _status() -> dict[str, int]:
+def proc_status() -> dict[str, int]:
+    """This process's resident set now (``VmRSS``), its peak (``VmHWM``) and their parts, in bytes."""
     out = {}
     try:
         with open("/proc/self/status") as f:
@@ -199,7 +200,7 @@ def _status() -> dict[str, int]:
     return out
 
 
-def _settle() -> None:
+def settle() -> None:
     """Collect garbage and return free heap pages (glibc), so the baseline is memory in use."""
     import ctypes
 
@@ -210,7 +211,8 @@ def _settle() -> None:
         pass
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter to the resident set now (False where not allowed)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -302,9 +304,9 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
     runtime = Runtime.get()
     feeds = [torch.from_numpy(a.copy()) for a in arrays]
     used = _et_threads(threads)
-    _settle()
-    reset = _reset_peak()
-    base = _status()
+    settle()
+    reset = reset_peak()
+    base = proc_status()
     t0 = time.perf_counter()
     try:
         method = runtime.load_program(str(model)).load_method("forward")
@@ -312,7 +314,7 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
         raise RunnerError(f"ExecuTorch cannot load {model} ({_first_line(exc)}) "
                           "(the file is corrupt or needs a delegate this runtime lacks; re-run 'edgeq export')") from None
     load_ms = (time.perf_counter() - t0) * 1e3
-    loaded = _status()
+    loaded = proc_status()
     try:
         for _ in range(warmup):
             method.execute(feeds)
@@ -324,9 +326,9 @@ def time_executorch(model: Path, arrays: list[Any], runs: int, warmup: int, thre
     except Exception as exc:
         raise RunnerError(f"ExecuTorch failed running {model} on the manifest's inputs ({_first_line(exc)}) "
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
-    end = _status()
+    end = proc_status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": used,
-            "memory": _memory(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
+            "memory": memory_block(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
 
 
 def ops_executorch(model: Path, arrays: list[Any], delegates_used: list[str]) -> dict[str, Any]:
@@ -470,13 +472,13 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
               threads: int | None) -> dict[str, Any]:
     import onnxruntime  # noqa: F401  imported before the baseline
 
-    _settle()
-    reset = _reset_peak()
-    base = _status()
+    settle()
+    reset = reset_peak()
+    base = proc_status()
     t0 = time.perf_counter()
     session = _ort_session(model, threads)
     load_ms = (time.perf_counter() - t0) * 1e3
-    loaded = _status()
+    loaded = proc_status()
     feeds = _ort_feeds(session, names, arrays)
     try:
         for _ in range(warmup):
@@ -489,9 +491,9 @@ def time_onnx(model: Path, arrays: list[Any], names: list[str], runs: int, warmu
     except Exception as exc:
         raise RunnerError(f"ONNX Runtime failed running {model} on the manifest's inputs ({_first_line(exc)}) "
                           "(check model.inputs in manifest.json; re-run 'edgeq export')") from None
-    end = _status()
+    end = proc_status()
     return {"load_ms": load_ms, "samples_ms": samples, "threads_used": threads,
-            "memory": _memory(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
+            "memory": memory_block(base, end, reset), "memory_detail": _memory_detail(base, loaded, end)}
 
 
 def ops_onnx(model: Path, arrays: list[Any], names: list[str], threads: int | None) -> dict[str, Any]:
@@ -540,7 +542,7 @@ def summarize_ort_trace(trace: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ main
 
 
-def _memory(base: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
+def memory_block(base: dict[str, int], end: dict[str, int], reset: bool) -> dict[str, Any]:
     """Peak RSS (``VmHWM``) over load and runs, above the baseline taken with the runtime
     imported. The keys are a contract: the android-demo app writes the same block."""
     if not base or not end:
