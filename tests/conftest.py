@@ -84,3 +84,50 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from tests.tiny_models import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` run once per test session, shared by every xdist worker: the first
+    caller builds under a file lock, the others wait and reuse it. What is built here is
+    read-only for the tests (a test that changes an artifact copies it first)."""
+    import fcntl
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base temps are siblings under the run's own
+    shared = root / "built-once"
+    shared.mkdir(exist_ok=True)
+    out, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if out.exists():
+                shutil.rmtree(out)  # a build that failed half-way in an earlier caller
+            build(out)
+            done.touch()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """tests.tiny_lms' seeded tiny Llama with its tokenizer and chat template."""
+    from tests import tiny_lms
+
+    return built_once(tmp_path_factory, "tiny-llama", lambda p: tiny_lms.save_tiny_lm(p, "llama"))
+
+
+TINY_LLAMA_CONTEXT = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_artifacts(tmp_path_factory, tiny_llama_dir):
+    """``get(target)``: the tiny Llama exported at fp32 with a 64-token context for
+    ``target``, once per session (the LLM run and profile tests share it)."""
+    def export_to(target: str):
+        def build(out: Path) -> None:
+            proc = run_cli("export", str(tiny_llama_dir), "-t", target, "-p", "fp32", "--max-context",
+                           str(TINY_LLAMA_CONTEXT), "--samples", "2", "-o", str(out), "--quiet")
+            assert proc.returncode == 0, proc.stderr
+        return built_once(tmp_path_factory, f"tiny-llama-{target}-fp32-ctx{TINY_LLAMA_CONTEXT}", build)
+    return export_to

@@ -38,7 +38,8 @@ def _lm_dir(path: Path, layers: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=sorted(CONTEXTS))
+# The ExecuTorch model lowers in 1-2 min (its static cache): it runs with the slow tests.
+@pytest.fixture(scope="module", params=["x86", pytest.param("x86-executorch", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory) -> tuple[Path, str]:
     target = request.param
     lm_dir = _lm_dir(tmp_path_factory.mktemp("lm-mem") / "llama", LAYERS[target])

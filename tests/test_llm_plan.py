@@ -30,7 +30,8 @@ def _param_bytes(lm_dir, bits: float) -> int:
     return int((n * per_layer + 2 * v * h) * bits / 8)
 
 
-@pytest.mark.parametrize("target", ["x86-executorch", "x86"])
+# ExecuTorch lowers a tiny LM with a static cache in 1-2 min: that case runs with the slow tests.
+@pytest.mark.parametrize("target", [pytest.param("x86-executorch", marks=pytest.mark.slow), "x86"])
 def test_a_budgeted_llm_plan_fits_the_budget_mixes_schemes_and_generates(lm_dir, tmp_path, target):
     from edgeq.export import export
 

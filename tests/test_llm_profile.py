@@ -11,25 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import tiny_lms
-from tests.conftest import cli_here, run_cli
+from tests.conftest import TINY_LLAMA_CONTEXT, cli_here
 
-CONTEXT = 64
+CONTEXT = TINY_LLAMA_CONTEXT
 PROMPT, NEW = 16, 24
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory) -> Path:
-    return tiny_lms.save_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny-llama", "llama")
+def lm_dir(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module", params=["x86", "x86-executorch"])
-def artifact(request, lm_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("art") / request.param
-    proc = run_cli("export", str(lm_dir), "-t", request.param, "-p", "fp32", "--max-context", str(CONTEXT),
-                   "--samples", "2", "-o", str(out), "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    return out
+def artifact(request, tiny_llama_artifacts) -> Path:
+    return tiny_llama_artifacts(request.param)
 
 
 def _direct_decode_tokens_per_s(art: Path, prompt: list[int], steps: int, repeats: int = 3) -> float:

@@ -15,23 +15,19 @@ import torch
 from edgeq.errors import ConfigError, RunError
 from edgeq.llm.generate import GenerationConfig, generate
 from tests import tiny_lms
-from tests.conftest import run_cli
+from tests.conftest import TINY_LLAMA_CONTEXT, run_cli
 
-CONTEXT = 64
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory) -> Path:
-    return tiny_lms.save_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny-llama", "llama")
+CONTEXT = TINY_LLAMA_CONTEXT
 
 
 @pytest.fixture(scope="module")
-def artifact(lm_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("art") / "tiny-llama-x86"
-    proc = run_cli("export", str(lm_dir), "-t", "x86-executorch", "-p", "fp32", "--max-context", str(CONTEXT),
-                   "-o", str(out), "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    return out
+def lm_dir(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_llama_artifacts) -> Path:
+    return tiny_llama_artifacts("x86-executorch")
 
 
 def hf_continuation(lm_dir: Path, ids: list[int], n: int) -> list[int]:
@@ -243,13 +239,10 @@ def test_target_without_the_llm_delegate_is_refused():
     assert steps.notes and "qnn" in steps.notes[0]  # not silently dropped
 
 
-def test_onnx_export_and_run_give_transformers_greedy_text(lm_dir, tmp_path):
+def test_onnx_export_and_run_give_transformers_greedy_text(lm_dir, tiny_llama_artifacts):
     """The same CLI flow for format onnx: export with a KV cache, then 'edgeq run' in ONNX
     Runtime streams the text eager transformers generates greedily."""
-    out = tmp_path / "tiny-llama-onnx"
-    proc = run_cli("export", str(lm_dir), "-t", "x86", "-p", "fp32", "--max-context", str(CONTEXT),
-                   "-o", str(out), "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    out = tiny_llama_artifacts("x86")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_file"] == "model.onnx" and manifest["llm"]["max_context"] == CONTEXT
     prompt = "the value of the list is a new object and"

@@ -130,21 +130,6 @@ def test_memory_budget_below_the_minimum_names_the_smallest():
         plan("tests.tiny_models:tiny_text", "rpi5", memory_budget_bytes=1_000_000)
 
 
-TARGETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "targets").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_every_builtin_target_honours_a_budget(tmp_path: Path, target: str):
-    # Core ML's file overhead (the mlpackage inside the .pte) is ~35 KB on this 132 KB model
-    budget = 80_000 if target.startswith("apple") and target != "apple-onnx" else 45_000
-    exported = export("tests.tiny_models:tiny_text", target, budget_bytes=budget, output=tmp_path / "a", samples=4)
-    m = exported.manifest
-    assert m.sizes.artifact_bytes <= budget and m.plan.predicted_bytes <= budget
-    assert m.memory.predicted.total_bytes <= m.memory.budget_bytes
-    assert m.plan.predicted_peak_memory_bytes <= m.memory.budget_bytes
-    assert set(m.precision.layers.values()) - {"fp32", "unused"}  # something was quantized
-
-
 @pytest.mark.parametrize("target", ["rpi4", "x86-executorch"])  # int schemes only; fp16 allowed too
 def test_export_with_memory_budget_fits_the_lowered_prediction(tmp_path: Path, target: str):
     from edgeq.planning import memory
@@ -252,7 +237,7 @@ def tied_lm_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("target", ["x86-executorch", "x86"])
+@pytest.mark.parametrize("target", [pytest.param("x86-executorch", marks=pytest.mark.slow), "x86"])
 def test_a_tied_lm_head_is_planned_and_quantized_as_its_own_layer(tied_lm_dir: Path, tmp_path: Path, target: str):
     """The head shares the embedding's table, but the runtimes hold it as a second matrix:
     it is a layer of the inventory and of plans, and an int8 head is stored as int8."""
