@@ -134,3 +134,17 @@ def test_no_package_defines_a_name_its_submodules_would_shadow():
                 t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
             clashes += [f"{dotted}.{n}" for n in names if n in subs and n not in loaded]
     assert not clashes, clashes
+
+
+def test_every_registered_backend_provides_the_whole_protocol():
+    """What a format must implement is ``edgeq.backends.Backend``: each registered backend
+    module has every name it declares (a new format that misses one fails here, not later)."""
+    from edgeq.backends import FORMATS, Backend, get_backend, model_file_for
+
+    wanted = set(Backend.__annotations__) | {n for n, v in vars(Backend).items()
+                                             if callable(v) and not n.startswith("_")}
+    for fmt in FORMATS:
+        be = get_backend(fmt)
+        missing = sorted(n for n in wanted if not hasattr(be, n))
+        assert not missing, (fmt, missing)
+        assert be.FORMAT == fmt and be.MODEL_FILE == model_file_for(fmt)

@@ -8,15 +8,19 @@ provides (``Backend``):
 - what it can take, as data: ``delegates`` a target may name, ``model_file``, the
   runtime package, whether its lowering folds constant-only lookups;
 - costs (``<format>/costs.py``): ``stored_bytes`` / ``runtime_bytes`` / ``held_bytes`` per
-  (layer, scheme), ``file_overhead`` and ``scheme_overhead``, and the memory model's
-  fitted terms (``MemoryTerms``);
+  (layer, scheme), ``file_overhead`` and ``scheme_overhead``, the memory model's fitted
+  terms (``MEMORY``: ``MemoryTerms``) and how its runtime holds an LLM's cache and
+  activations (``LM_MEMORY``: ``LMMemoryTerms``);
+- emulation (``<format>/ops.py``): the artifact's ops with their work, the runtimes its
+  CPU ops run in (``CPU_RUNTIMES``), which unit each op runs on and the calls a delegate costs;
 - ``fp32_probe``: what an fp32 lowering tells the planner (activation arena, file bytes);
 - ``stand_in``: one layer with the numerics the runtime gives it, for sensitivity;
 - ``lower`` (→ ``Lowered``) and ``run`` (the artifact in its real runtime);
 - for decoder LLMs, ``lower_lm`` (→ ``edgeq.llm.session.LoweredLM``: a model with its KV
   cache) and ``open_lm`` (→ an ``LMSession`` over the artifact in its runtime).
 
-Adding a format is adding a subpackage that provides these, and one line in ``_REGISTRY``.
+Adding a format is adding a subpackage that provides these, and one line in ``_REGISTRY``
+(its module, its artifact's model file name and the delegates a target may name).
 Backends are imported lazily; importing this package imports no runtime.
 """
 
@@ -147,12 +151,20 @@ class Backend(Protocol):
 
     FORMAT: str
     MODEL_FILE: str
-    RUNTIME_PACKAGE: str
+    RUNTIME_PACKAGE: str  # the package whose version the manifest records
+    RUNNER_MODULES: tuple[str, ...]  # what the standalone runner imports (checked on a board)
     DELEGATES: tuple[str, ...]
     FOLDS_CONSTANT_LOOKUPS: bool
     MEMORY: MemoryTerms
+    EMULATION_RUNTIME: str  # whose per-run fixed costs the emulator adds
     CPU_RUNTIMES: tuple[str, ...]
     LM_MEMORY: LMMemoryTerms
+    LM_DELEGATES: tuple[str, ...]  # the delegates its LLM lowering uses
+    LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
+    ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
+    ANDROID_LOADS_FROM_PATH: bool
+    ANDROID_RUNNER: str
+    ANDROID_LOG_TAG: str
 
     def stored_bytes(self, layer: Any, scheme: Any) -> int: ...
     def runtime_bytes(self, layer: Any, scheme: Any) -> int: ...
@@ -166,6 +178,14 @@ class Backend(Protocol):
     def run(self, model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]: ...
     def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any: ...
     def open_lm(self, model_file: Path) -> Any: ...
+    def delegation_key(self, delegate: str) -> str: ...
+    def ops(self, model_file: Path, manifest: Any) -> Any: ...
+    def op_units(self, ops: list[Any], delegates: list[str], accel_for: Any) -> Any: ...
+    def accelerated_runtime(self, op: Any, unit: str) -> str: ...
+    def delegate_calls(self, ops: list[Any], units: list[Any], cpu_runtime: Any) -> Any: ...
+    def android_command(self, *args: Any, **kwargs: Any) -> Any: ...
+    def android_output_complete(self, *args: Any, **kwargs: Any) -> Any: ...
+    def parse_android_output(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def get_backend(fmt: str) -> Backend:
