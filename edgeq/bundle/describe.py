@@ -55,7 +55,7 @@ def describe(manifest: Manifest, artifact_dir: Path, bundle_id: str) -> dict[str
                                 "re-run 'edgeq export'")
     from edgeq.backends import FORMATS, get_backend
 
-    if fmt not in FORMATS or not getattr(get_backend(fmt), "ANDROID_PACKAGE", ""):
+    if fmt not in FORMATS or not get_backend(fmt).ANDROID_PACKAGE:
         raise ArtifactError(f"{artifact_dir}: format '{fmt}' cannot be bundled yet",
                             "bundle an ExecuTorch (.pte) or ONNX artifact")
     be = get_backend(fmt)

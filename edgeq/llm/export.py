@@ -158,7 +158,7 @@ def _check_delegates(be: Any, tgt: Any, steps: Any, strict: bool = False) -> Non
     """The backend's ``LM_DELEGATES`` (when it declares them) are the only ones its LLM
     path uses: one must be in the target's chain, and the others are named in a note
     (with ``--strict``, an error: the target asked for them)."""
-    usable = tuple(getattr(be, "LM_DELEGATES", ()) or ())
+    usable = tuple(be.LM_DELEGATES)
     if not usable:
         return
     if not any(d in usable for d in tgt.delegates):

@@ -73,7 +73,7 @@ def lm_precisions(fmt: str, tgt: Any, steps: Any) -> list[str]:
     from edgeq.errors import ConfigError
     from edgeq.llm.export import lm_backend
 
-    offered = tuple(getattr(lm_backend(fmt), "LM_PRECISIONS", ()) or ())
+    offered = tuple(lm_backend(fmt).LM_PRECISIONS)
     families = [p for p in tgt.precisions if p in offered]
     dropped = [p for p in tgt.precisions if p not in offered]
     if not families:
