@@ -75,15 +75,22 @@ def fit(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[str, 
                                       f"{fmt_bytes(storage.value)} storage budget ({storage.source})")]
     details: dict[str, Any] = {"file_bytes": size, "storage_budget_bytes": storage.value,
                                "memory_budget_bytes": memory.value}
-    predicted = _predicted_peak(model_file.parent) if mv.has_layer_inventory else \
-        "the manifest records no layer inventory; re-export with this edgeq"
+    if mv.is_llm:
+        from edgeq.check import llm_gates
+
+        predicted = llm_gates.predicted_peak(model_file.parent)
+        scenario = f" generating to the {mv.llm_max_context}-token context"
+    else:
+        predicted = _predicted_peak(model_file.parent) if mv.has_layer_inventory else \
+            "the manifest records no layer inventory; re-export with this edgeq"
+        scenario = ""
     if isinstance(predicted, str):
         parts.append((True, f"predicted peak memory not available ({predicted})"))
     else:
         total, with_python = predicted
         details.update(predicted_peak_bytes=total, predicted_peak_rss_with_python_bytes=with_python)
         ok = total <= memory.value
-        parts.append((ok, f"predicted peak memory {fmt_bytes(total)} {'<=' if ok else '>'} "
+        parts.append((ok, f"predicted peak memory{scenario} {fmt_bytes(total)} {'<=' if ok else '>'} "
                           f"{fmt_bytes(memory.value)} memory budget ({memory.source})"))
     if measured is not None:
         rss = int((measured.get("memory") or {}).get("peak_rss_bytes") or 0)
@@ -147,6 +154,12 @@ def fidelity(mv: ManifestView, model_file: Path, limits: Limits, models: SourceM
              model_override: str | None) -> GateResult:
     """Re-measure the artifact against eager FP32 on held-out inputs, now, in its runtime."""
     from edgeq.models import METRICS
+
+    if mv.is_llm:
+        from edgeq.check import llm_gates
+
+        why_not = "" if model_override is not None else _why_not_manifest_source(mv)
+        return llm_gates.fidelity(mv, model_file, limits, model_override or mv.model_source, why_not)
 
     metric = METRICS.get(mv.task, "cosine")
     wanted = limits.fidelity_cosine if metric == "cosine" else limits.fidelity_top1
@@ -258,6 +271,18 @@ def latency(mv: ManifestView, model_file: Path, limits: Limits, measured: dict[s
     if budget is None:
         return GateResult("latency", "skipped", "no latency budget (set budgets.latency_ms in the target, or pass "
                           "--latency-budget)")
+    if mv.is_llm:
+        from edgeq.check import llm_gates
+
+        found = llm_gates.decode_ms(model_file.parent, limits.device, measured)
+        if isinstance(found, str):
+            return GateResult("latency", "skipped", found, source=budget.source)
+        ms, how = found
+        ok = ms <= budget.value
+        return GateResult("latency", "pass" if ok else "fail",
+                          f"{how} {ms:.3f} ms {'<=' if ok else '>'} {budget.value:g} ms budget ({budget.source})",
+                          figure=f"{ms:.3f} ms/token", limit=f"<= {budget.value:g} ms", source=budget.source,
+                          details={"decode_ms_per_token": ms, "measured": measured is not None})
     if measured is not None:
         from edgeq.profiling import p50_ms
 

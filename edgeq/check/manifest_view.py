@@ -41,6 +41,11 @@ class ManifestView:
     recorded_numerics: dict[str, Any] | None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     has_layer_inventory: bool = False  # precision.inventory: lets memory be predicted without the source
+    llm_max_context: int | None = None  # a decoder LLM with a KV cache: its max context; None otherwise
+
+    @property
+    def is_llm(self) -> bool:
+        return self.llm_max_context is not None
 
     @property
     def model_sha256(self) -> str:
@@ -79,6 +84,7 @@ def view(manifest: Manifest | Any) -> ManifestView:
         recorded_numerics=typed.numerics.model_dump() if typed.numerics is not None else None,
         files={rel: info.model_dump() for rel, info in typed.files.items()},
         has_layer_inventory=typed.precision.inventory is not None,
+        llm_max_context=typed.llm.max_context if typed.llm is not None else None,
     )
 
 

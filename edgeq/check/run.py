@@ -103,7 +103,12 @@ def _check_one(root: Path, target: Any, opts: CheckOptions, models: gates.Source
         from edgeq.profiling import profile_host
 
         try:
-            measured = profile_host(root, runs=opts.runs, warmup=3, ops=False)
+            if mv.is_llm:
+                from edgeq.check import llm_gates
+
+                measured = llm_gates.measure(root, mv.llm_max_context)
+            else:
+                measured = profile_host(root, runs=opts.runs, warmup=3, ops=False)
         except BackendUnavailableError:
             raise  # this machine lacks the runtime: bad environment, not a bad artifact
         except EdgeqError as exc:
