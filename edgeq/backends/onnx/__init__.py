@@ -71,6 +71,14 @@ def stand_in(layer: Any, scheme: Any) -> Any:
     return make(layer, scheme)
 
 
+def lm_numerics() -> Any:
+    """A context in which ``stand_in`` gives decoder-LLM numerics (int4 linears with int8
+    dynamic activations, as ``lower_lm`` ships them); the LLM planner measures inside it."""
+    from edgeq.backends.onnx.numerics import lm_numerics as make
+
+    return make()
+
+
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:
     from edgeq.backends.onnx.lowering import lower as run_lowering
 
