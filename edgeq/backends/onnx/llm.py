@@ -53,6 +53,8 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     import onnxruntime as ort
 
     from edgeq.backends.onnx.graph import called_layers, dedupe_nodes, fold_weight_transposes, gemm_to_matmul, layer_nodes, op_counts
+    from edgeq.backends.onnx.llm_attention import fuse_group_query_attention
+    from edgeq.backends.onnx.llm_fusion import fuse_rms_norms, fuse_rotary
     from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata, check_loads
     from edgeq.progress import Steps
 
@@ -73,6 +75,8 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         proto, applied = _apply_plan(proto, schemes, nodes, called)
         _int8_activations(proto)
         dedupe_nodes(proto)
+        norms, rotary = fuse_rms_norms(proto), fuse_rotary(proto, module, max_context)
+        attention = fuse_group_query_attention(proto, module.config, max_context, layers)
         _strip_debug_metadata(proto)
         kv = _cache_layout(proto, layers)
         meta = {"version": LM_META_VERSION, "max_context": max_context, "num_layers": layers,
@@ -82,7 +86,9 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         entry.key, entry.value = LM_META_KEY, json.dumps(meta)
         extra = _save(proto, out)
         counts = op_counts(proto)
-        info.detail = ", ".join(f"{n} {s}" for s, n in _count(applied).items()) or "fp32"
+        info.detail = (", ".join(f"{n} {s}" for s, n in _count(applied).items()) or "fp32") + \
+            (f"; fused {norms} RMSNorms, {rotary} rotary embeddings, {attention} attentions"
+             if norms or rotary or attention else "")
     check_loads(out, extra, "LM", steps)
     return LoweredLM(
         model_file=out,
