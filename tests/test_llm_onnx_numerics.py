@@ -89,3 +89,27 @@ def test_int4_llm_export_records_int8_activations_in_model_and_manifest(tmp_path
     from edgeq.artifact import load_manifest
 
     assert load_manifest(out).llm.linear_compute["int4-g32"] == "int8 dynamic activations"
+
+
+def test_llm_planner_measures_onnx_sensitivity_with_the_decoder_numerics(tmp_path, monkeypatch):
+    """``edgeq plan`` on a causal LM for an ONNX target measures every int4 linear with the
+    int8-activation stand-in (the artifact's numerics), not the encoders' weight-only one."""
+    import edgeq.backends.onnx as onnx_backend
+    from edgeq.backends.onnx import numerics
+
+    seen: list[tuple[str, bool]] = []
+    original = onnx_backend.stand_in
+
+    def spy(layer, scheme):
+        seen.append((scheme.name, numerics._DECODER_LM.get()))
+        return original(layer, scheme)
+
+    monkeypatch.setattr(onnx_backend, "stand_in", spy)
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))  # measured now, not read from a cache
+    lm = tiny_lms.save_tiny_lm(tmp_path / "tiny-llama", "llama", init=0.02)
+    r = cli_here("plan", str(lm), "--target", "x86", "--budget", "10MB", "--max-context", "32", "-o",
+                 str(tmp_path / "plan.yaml"))
+    assert r.returncode == 0, r.stderr
+    int4 = [decoder for name, decoder in seen if name.startswith("int4")]
+    assert len(int4) >= 14 and all(int4)
+    assert not numerics._DECODER_LM.get()  # and nothing leaks out of the plan

@@ -4,7 +4,7 @@ layer with ONNX Runtime's quantizers, and run in ONNX Runtime.
 Modules: ``graph`` (the exported graph: layer ↔ node mapping, rewrites), ``lowering``
 (export, quantize, check, run), ``costs`` (bytes and memory terms), ``numerics``
 (sensitivity's stand-in), ``llm`` / ``llm_session`` (decoder LLMs with a KV cache and
-their ONNX Runtime session). Nothing outside ``edgeq.backends`` imports these modules directly.
+their ONNX Runtime session), ``llm_fusion`` / ``llm_attention`` (the LLM graph's fusions). Nothing outside ``edgeq.backends`` imports these modules directly.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ def fuse_rms_norms(proto: Any) -> int:
     nodes = [fused.get(id(n), n) for n in g.node if id(n) not in drop]
     g.ClearField("node")
     g.node.extend(nodes)
+    drop_unread(proto)
     return len(fused)
 
 
@@ -220,13 +221,18 @@ def _rotary_tables(module: Any, max_context: int) -> tuple[Any, Any] | None:
 
 
 def drop_unread(proto: Any) -> None:
-    """Remove nodes whose outputs nothing reads (the angle computation the rotary nodes replaced)."""
+    """Remove nodes whose outputs nothing reads (what a fused node replaced), then the
+    initializers no node reads any more."""
     g = proto.graph
     keep_outputs = {o.name for o in g.output}
     while True:
         read = {i for n in g.node for i in n.input} | keep_outputs
         dead = [n for n in g.node if not any(o in read for o in n.output)]
         if not dead:
+            inits = [t for t in g.initializer if t.name in read]
+            if len(inits) < len(g.initializer):
+                g.ClearField("initializer")
+                g.initializer.extend(inits)
             return
         dead_ids = {id(n) for n in dead}
         nodes = [n for n in g.node if id(n) not in dead_ids]
