@@ -97,7 +97,7 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
 # GroupQueryAttention with the rotary inside, else the rotary alone as RotaryEmbedding (q and
 # k per layer). GPT-2 (LayerNorm, learned positions) keeps its exported graph; Qwen3's q/k
 # norms sit between the projections and the rotary, so its attention stays unfused.
-FUSED = {"llama": (5, 2, 0), "llama_eager": (5, 2, 0), "qwen2": (5, 2, 0), "gemma": (5, 2, 0), "phi3": (5, 0, 4), "qwen3": (9, 0, 4),
+FUSED = {"llama": (5, 2, 0), "llama_eager": (5, 2, 0), "qwen2": (5, 2, 0), "gemma": (5, 2, 0), "phi3": (5, 2, 0), "qwen3": (9, 0, 4),
          "gpt2": (0, 0, 0)}
 
 

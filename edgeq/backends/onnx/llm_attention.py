@@ -14,8 +14,10 @@ Anchored on the cache: for layer i, ``present.i.key`` / ``.value`` must be exact
 ``Concat(past, RotaryEmbedding(Transpose(Reshape(k_proj))))`` / ``Concat(past,
 Transpose(Reshape(v_proj)))``, the scores' MatMul must read the query's
 ``RotaryEmbedding`` and the key cache, and the output MatMul the value cache; a layer
-that differs (q/k norms between the projection and the rotary, a sliding window, logit
-soft-capping) keeps its exported attention.
+that differs (q/k norms between the projection and the rotary, a sliding window shorter
+than the context, logit soft-capping) keeps its exported attention. Head counts come from
+the graph's reshapes (``-1``: the config's), the scale from the constants the graph
+multiplies the scores by, so nothing is assumed that the graph does not show.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
 
     if getattr(config, "attn_logit_softcapping", None) or _sliding_window(config, max_context):
         return 0
+    q_heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // q_heads if q_heads else None)
     g = proto.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for n in g.node:
@@ -45,15 +50,19 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
         n = producer.get(name)
         return n if n is not None and n.op_type == op else None
 
-    def heads_of(t: str) -> tuple[str, int, int] | None:
-        """``t = Transpose(0,2,1,3)(Reshape(x, [.., .., heads, dim]))`` → ``(x, heads, dim)``."""
+    def heads_of(t: str, config_heads: Any) -> tuple[str, int, int] | None:
+        """``t = Transpose(0,2,1,3)(Reshape(x, [.., .., heads, dim]))`` → ``(x, heads, dim)``;
+        a ``-1`` head count (``view(*shape, -1, head_dim)``) is the config's."""
         tr = made_by(t, "Transpose")
         perm = [a.ints for a in tr.attribute if a.name == "perm"] if tr is not None else []
         rs = made_by(tr.input[0], "Reshape") if tr is not None else None
         shape = consts.get(rs.input[1]) if rs is not None else None
-        if not perm or list(perm[0]) != [0, 2, 1, 3] or shape is None or shape.size != 4 or min(shape[2:]) < 1:
+        if not perm or list(perm[0]) != [0, 2, 1, 3] or shape is None or shape.size != 4 or shape[3] < 1:
             return None
-        return rs.input[0], int(shape[2]), int(shape[3])
+        heads = int(shape[2]) if shape[2] != -1 else config_heads
+        if not isinstance(heads, int) or heads < 1 or shape[3] != head_dim:
+            return None
+        return rs.input[0], heads, int(shape[3])
 
     def downstream(start: str, op: str, limit: int = 12) -> list[Any]:
         """Nodes of type ``op`` reached from ``start`` within ``limit`` steps."""
@@ -79,8 +88,8 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
                 or list(cat_v.input)[:1] != [f"past.{i}.value"] or len(cat_k.input) != 2 or len(cat_v.input) != 2:
             continue
         k_rot = made_by(cat_k.input[1], "RotaryEmbedding")
-        k = heads_of(k_rot.input[0]) if k_rot is not None else None
-        v = heads_of(cat_v.input[1])
+        k = heads_of(k_rot.input[0], kv_heads) if k_rot is not None else None
+        v = heads_of(cat_v.input[1], kv_heads)
         if k is None or v is None or k[1:] != v[1:]:
             continue
         scores = downstream(f"present.{i}.key", "MatMul")
@@ -88,7 +97,7 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
             continue
         q_rot = next((made_by(x, "RotaryEmbedding") for x in _ancestors(scores[0], producer, 4)
                       if made_by(x, "RotaryEmbedding") is not None and x != cat_k.input[1]), None)
-        q = heads_of(q_rot.input[0]) if q_rot is not None else None
+        q = heads_of(q_rot.input[0], q_heads) if q_rot is not None else None
         if q is None or q[2] != k[2] or q[1] % k[1] or list(q_rot.input[1:]) != list(k_rot.input[1:]):
             continue
         scale = _score_scale(scores[0], q_rot.output[0], f"present.{i}.key", producer, consts)
@@ -97,7 +106,12 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
         weighted = downstream(f"present.{i}.value", "MatMul")
         if scale is None or len(weighted) != 1 or downstream(scores[0].output[0], "MatMul") != weighted:
             continue
-        tr = readers.get(weighted[0].output[0], [])
+        heads_out = weighted[0].output[0]
+        same = readers.get(heads_out, [])  # a reshape to the same [batch, heads, seq, dim] may come first
+        shape = consts.get(same[0].input[1]) if len(same) == 1 and same[0].op_type == "Reshape" else None
+        if shape is not None and shape.size == 4 and int(shape[1]) == q[1] and int(shape[3]) == q[2]:
+            heads_out = same[0].output[0]
+        tr = readers.get(heads_out, [])
         rs = readers.get(tr[0].output[0], []) if len(tr) == 1 and tr[0].op_type == "Transpose" else []
         if len(rs) != 1 or rs[0].op_type != "Reshape" or [list(a.ints) for a in tr[0].attribute] != [[0, 2, 1, 3]]:
             continue
