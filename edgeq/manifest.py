@@ -199,6 +199,11 @@ class LLMPredictedMemory(Strict):
     estimate: bool
 
 
+# How an LLM's linears at one scheme compute: in fp32 (float weights, or integer weights
+# dequantized), or with their input rounded to int8 at run time (8da4w / 8da8w).
+LinearCompute = Literal["fp32", "int8 dynamic activations"]
+
+
 class LLMInfo(Strict):
     """A decoder LLM artifact: its KV cache, vocabulary, stop tokens and tokenizer files."""
 
@@ -214,6 +219,8 @@ class LLMInfo(Strict):
     head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
     verification: LLMVerification | None
     predicted_memory: LLMPredictedMemory | None = None  # absent in artifacts from before edgeq predicted it
+    # scheme → how the linears at that scheme compute (None: not recorded by this artifact's backend / edgeq)
+    linear_compute: dict[str, LinearCompute] | None = None
 
 
 class Manifest(Strict):

@@ -28,6 +28,9 @@ def _tiny(arch: str):
                   max_position_embeddings=64, initializer_range=0.3)
     configs = {
         "llama": lambda: t.LlamaForCausalLM(t.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)),
+        # eager attention (scaling after the scores' MatMul, as SmolLM2's graph has it) vs sdpa's
+        "llama_eager": lambda: t.LlamaForCausalLM(t.LlamaConfig(num_key_value_heads=2, attn_implementation="eager",
+                                                                **common)),
         "qwen2": lambda: t.Qwen2ForCausalLM(t.Qwen2Config(num_key_value_heads=2, **common)),
         "qwen3": lambda: t.Qwen3ForCausalLM(t.Qwen3Config(num_key_value_heads=2, head_dim=16, **common)),
         "gemma": lambda: t.GemmaForCausalLM(t.GemmaConfig(num_key_value_heads=1, head_dim=16, **common)),
@@ -71,7 +74,7 @@ def llama(tmp_path_factory):
     return model, _lower(model, None, tmp_path_factory.mktemp("llama-fp32"))
 
 
-ARCHS = ["qwen2", "gpt2", pytest.param("gemma", marks=pytest.mark.slow), pytest.param("phi3", marks=pytest.mark.slow),
+ARCHS = ["qwen2", "gpt2", "llama_eager", pytest.param("gemma", marks=pytest.mark.slow), pytest.param("phi3", marks=pytest.mark.slow),
          pytest.param("qwen3", marks=pytest.mark.slow)]
 
 
@@ -80,6 +83,7 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
     session = _open(lowered.model_file)
     want = _eager_greedy(model, PROMPT, NEW_TOKENS)
     assert len(set(want)) > 3  # a sequence that actually moves
+    assert _fusions(lowered.model_file) == FUSED["llama"]
     assert _greedy(session, PROMPT, NEW_TOKENS) == want
     # the cache at max context: 2 layers × K and V × 2 kv heads × 16 dims × 32 positions × 4 bytes
     assert lowered.kv_cache_bytes == 2 * 2 * 2 * 16 * MAX_CONTEXT * 4
@@ -88,10 +92,28 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
     assert "ONNX Runtime" in session.runtime
 
 
+# Fusions per architecture (2 layers): RMSNorms as SimplifiedLayerNormalization (2 per layer
+# + the final one; Qwen3 also normalizes q and k per head), and each layer's attention as one
+# GroupQueryAttention with the rotary inside, else the rotary alone as RotaryEmbedding (q and
+# k per layer). GPT-2 (LayerNorm, learned positions) keeps its exported graph; Qwen3's q/k
+# norms sit between the projections and the rotary, so its attention stays unfused.
+FUSED = {"llama": (5, 2, 0), "llama_eager": (5, 2, 0), "qwen2": (5, 2, 0), "gemma": (5, 2, 0), "phi3": (5, 2, 0), "qwen3": (9, 0, 4),
+         "gpt2": (0, 0, 0)}
+
+
+def _fusions(model_file) -> tuple[int, int, int]:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(model_file)).graph.node]
+    assert "ReduceMean" not in ops  # no RMSNorm left unfused (GPT-2's LayerNorm is one op)
+    return ops.count("SimplifiedLayerNormalization"), ops.count("GroupQueryAttention"), ops.count("RotaryEmbedding")
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_greedy_tokens_match_transformers(arch, tmp_path):
     model = _tiny(arch)
     lowered = _lower(model, None, tmp_path)
+    assert _fusions(lowered.model_file) == FUSED[arch]
     assert _greedy(_open(lowered.model_file), PROMPT, NEW_TOKENS) == _eager_greedy(model, PROMPT, NEW_TOKENS)
 
 
@@ -147,28 +169,42 @@ def test_int4_matmulnbits_artifact_is_close_to_fp32(llama, tmp_path):
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == len(plan.schemes)  # every linear, the tied head included
     assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4}
+    # int4 linears of a decoder compute with int8 dynamic activations (as ExecuTorch's 8da4w)
+    assert all({a.name: a.i for a in n.attribute}.get("accuracy_level") == 4 for n in nbits)
+    assert lowered.linear_compute == {"int4-g32": "int8 dynamic activations"}
     assert set(lowered.layer_schemes.values()) == {"int4-g32"}
     assert lowered.model_file.stat().st_size < 0.6 * fp32.model_file.stat().st_size
 
 
     # Reference: eager transformers with every linear's weight rounded by hand to 4-bit
     # asymmetric groups of 32 (scale = (max - min) / 15 over the group's range widened to
-    # hold 0, integer zero point), i.e. what MatMulNBits is meant to compute.
+    # hold 0, integer zero point) and its input rounded to int8 per row and block of 32
+    # (scale = absmax / 127), i.e. what MatMulNBits at accuracy_level=4 is meant to compute.
     reference = copy.deepcopy(model)
     reference.lm_head.weight = torch.nn.Parameter(reference.lm_head.weight.detach().clone())  # untie
+    weight_only = copy.deepcopy(reference)
     with torch.no_grad():
         for fqn in plan.schemes:
-            layer = reference.get_submodule(fqn)
-            layer.weight.copy_(_round_int4(layer.weight, 32))
+            for m in (reference, weight_only):
+                m.get_submodule(fqn).weight.copy_(_round_int4(m.get_submodule(fqn).weight, 32))
+            reference.get_submodule(fqn).register_forward_pre_hook(lambda _m, args: (_round_int8(args[0], 32),))
     ids = np.random.default_rng(0).integers(0, 256, MAX_CONTEXT).tolist()
     with torch.no_grad():
         want = reference(torch.tensor([ids])).logits[0].numpy()
         fp32_logits = model(torch.tensor([ids])).logits[0].numpy()
+        weight_only_logits = weight_only(torch.tensor([ids])).logits[0].numpy()
     got = _open(lowered.model_file).prefill(ids, all_logits=True)
-    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    # The hand reference is what the artifact computes: most logits agree to float precision,
+    # and its next-token distributions are far closer to the artifact's than weight-only
+    # int4's are. (Not every logit: the fused kernels round differently from eager, and an
+    # activation a hair from an int8 step lands on the other side; this chaotic model then
+    # carries that to later positions.)
+    off, weight_only_off = np.abs(got - want), np.abs(got - weight_only_logits)
+    assert np.median(off) < 1e-2 * np.median(weight_only_off)
+    assert float(np.mean(_kl(want, got))) < 0.1 * float(np.mean(_kl(weight_only_logits, got)))
     assert np.abs(got - fp32_logits).max() > 0.1  # int4 really changed the numbers
     # so the artifact's distance from fp32 is the scheme's own rounding error, nothing more
-    assert abs(float(np.mean(_kl(fp32_logits, got))) - float(np.mean(_kl(fp32_logits, want)))) < 1e-4
+    assert abs(float(np.mean(_kl(fp32_logits, got))) - float(np.mean(_kl(fp32_logits, want)))) < 3e-3
     assert _greedy(_open(lowered.model_file), PROMPT, NEW_TOKENS) == _eager_greedy(reference, PROMPT, NEW_TOKENS)
 
 
@@ -180,6 +216,13 @@ def _round_int4(w, group: int):
     zero = torch.round(-lo / scale).clamp(0, 15)
     q = (torch.round(x / scale) + zero).clamp(0, 15)
     return ((q - zero) * scale).reshape(out, k)
+
+
+def _round_int8(x, block: int):
+    *lead, k = x.shape
+    xb = x.reshape(*lead, k // block, block)
+    scale = xb.abs().max(-1, keepdim=True).values / 127
+    return (torch.round(xb / scale).clamp(-127, 127) * scale).reshape(x.shape)
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:

@@ -353,5 +353,6 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
             "bos_token_id": int(cfg.bos_token_id) if getattr(cfg, "bos_token_id", None) is not None else None,
             "tokenizer_files": tokenizer_files, "chat_template": _has_chat_template(work),
             "prefill": prefill, "head": head, "verification": greedy.to_dict(),
+            "linear_compute": dict(getattr(lowered, "linear_compute", None) or {}) or None,
         },
     }

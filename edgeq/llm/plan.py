@@ -12,7 +12,9 @@ come from how an LLM is lowered and run:
 - **Sensitivity** is the KL divergence of the next-token distributions, fp32 against the
   model with one layer at one scheme (``edgeq.planning.sensitivity`` with the causal-LM
   metric), on ``LM_CALIB_SAMPLES`` sequences of the calibration text — never the
-  held-out text perplexity is measured on.
+  held-out text perplexity is measured on. Layers are stood in with the numerics the
+  format's LLM lowering ships (a backend whose LLM numerics differ from its encoders'
+  provides ``lm_numerics()``, a context the measurement runs in).
 - **Memory** is the decoder's, not an encoder's: the peak of generating to the max
   context as ``edgeq.llm.memory`` predicts it (weights as the runtime holds them, the KV
   cache as the runtime holds it, activations, the runtime's and the LLM session's
@@ -29,6 +31,7 @@ fp32 is predicted larger than it is, never smaller.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -89,6 +92,7 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
              calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True, steps: Any = None) -> Any:
     """``edgeq.planning.costs.PlanCosts`` of the causal LM ``loaded`` for ``resolved``'s
     format at ``context`` positions (layer names are the loaded wrapper's: ``model.…``)."""
+    from edgeq.llm.export import lm_backend
     from edgeq.planning.costs import measure_costs
     from edgeq.progress import Steps
 
@@ -98,8 +102,11 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     values = {f.name: getattr(base, f.name) for f in fields(Prepared)}
     values.update(tokens=0, attention_heads=0)  # the decoder's activations are the probe's, not fitted terms
     prepared = LMPrepared(**values, context=context)
-    costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
-                          steps=steps, precisions=families)
+    # the backend's stand-ins with the numerics its LLM lowering ships (e.g. ONNX's int4
+    # linears compute with int8 dynamic activations in an LLM, weight-only in an encoder)
+    with getattr(lm_backend(resolved.target.format), "lm_numerics", contextlib.nullcontext)():
+        costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
+                              steps=steps, precisions=families)
     return replace(costs, memory_model=_memory_model(costs, loaded.config, context))
 
 

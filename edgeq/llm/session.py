@@ -44,4 +44,7 @@ class LoweredLM:
     kv_cache_dtype: str  # "float32" | "float16" | "int8" ...
     kv_cache_bytes: int  # bytes the runtime holds for the cache at max_context (all layers, K and V)
     extra_files: list[Path] = field(default_factory=list)
+    # scheme → how the linears at that scheme compute ("fp32", "int8 dynamic activations");
+    # {} when the backend does not say
+    linear_compute: dict[str, str] = field(default_factory=dict)
     delegation: dict[str, Any] = field(default_factory=dict)

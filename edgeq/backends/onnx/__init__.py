@@ -4,7 +4,7 @@ layer with ONNX Runtime's quantizers, and run in ONNX Runtime.
 Modules: ``graph`` (the exported graph: layer ↔ node mapping, rewrites), ``lowering``
 (export, quantize, check, run), ``costs`` (bytes and memory terms), ``numerics``
 (sensitivity's stand-in), ``llm`` / ``llm_session`` (decoder LLMs with a KV cache and
-their ONNX Runtime session). Nothing outside ``edgeq.backends`` imports these modules directly.
+their ONNX Runtime session), ``llm_fusion`` / ``llm_attention`` (the LLM graph's fusions). Nothing outside ``edgeq.backends`` imports these modules directly.
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ def stand_in(layer: Any, scheme: Any) -> Any:
     from edgeq.backends.onnx.numerics import stand_in as make
 
     return make(layer, scheme)
+
+
+def lm_numerics() -> Any:
+    """A context in which ``stand_in`` gives decoder-LLM numerics (int4 linears with int8
+    dynamic activations, as ``lower_lm`` ships them); the LLM planner measures inside it."""
+    from edgeq.backends.onnx.numerics import lm_numerics as make
+
+    return make()
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:

@@ -6,7 +6,11 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
   block's extreme maps to -128), and ``accuracy_level=4``: the input is rounded to int8
   per row and block of 128 as MLAS does;
 - int4-gN linear / embedding: MatMulNBits / GatherBlockQuantized, asymmetric per group of
-  N along the reduction dim, the range stretched to include 0 (MLAS's RTN);
+  N along the reduction dim, the range stretched to include 0 (MLAS's RTN). Encoders'
+  int4 linears compute in fp32 (weight-only); a decoder LLM's (inside ``lm_numerics()``)
+  run with ``accuracy_level=4``: the input rounded to int8 per row and block of N, one
+  absmax / 127 scale a block, as MLAS's CompInt8 kernels quantize A (checked against ORT
+  on one layer in tests/test_llm_onnx_numerics.py);
 - int8 embedding: ``quantize_dynamic``'s Gather, the table as uint8 with one scale and zero point;
 - int8 conv: ConvInteger, symmetric int8 weights with one scale (absmax / 127), the input
   rounded to uint8 with one dynamic scale and zero point;
@@ -15,12 +19,29 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 from edgeq.backends.onnx.costs import INT8_BLOCK
 from edgeq.backends.standins import fp16_layer
 from edgeq.schemes import Scheme
+
+# Set while the LLM planner measures a decoder's sensitivity: its int4 linears compute
+# with int8 dynamic activations (the LLM lowering's accuracy_level=4), an encoder's do not.
+_DECODER_LM = contextvars.ContextVar("edgeq_onnx_decoder_lm", default=False)
+
+
+@contextlib.contextmanager
+def lm_numerics() -> Iterator[None]:
+    """Within this block ``stand_in`` gives a decoder LLM's numerics (``llm.lower_lm``):
+    int4 linears also round their input to int8 per block of the group size."""
+    token = _DECODER_LM.set(True)
+    try:
+        yield
+    finally:
+        _DECODER_LM.reset(token)
 
 
 def stand_in(layer: Any, scheme: Scheme) -> Any:
@@ -42,6 +63,9 @@ def stand_in(layer: Any, scheme: Scheme) -> Any:
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], INT8_BLOCK),) + tuple(args[1:]))
         return q
     q.weight = torch.nn.Parameter(_asymmetric4(w, scheme.group), requires_grad=False)
+    if _DECODER_LM.get() and isinstance(q, torch.nn.Linear):
+        block = scheme.group
+        q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))
     return q
 
 

@@ -229,6 +229,13 @@ def _contrib_shape(node: Any, known: dict[str, tuple[list[int], str]]) -> dict[s
         return {node.output[0]: (shape, "uint8"), node.output[1]: ([], "float32"), node.output[2]: ([], "uint8")}
     if op in ("Attention", "MultiHeadAttention"):
         return {node.output[0]: (shape, dtype)}
+    if op == "GroupQueryAttention":  # present = past + the new tokens, on the sequence axis
+        out = {node.output[0]: (shape, dtype)}
+        past = known.get(node.input[3]) if len(node.input) > 3 else None
+        if past is not None and len(past[0]) == 4 and len(shape) == 3:
+            present = [past[0][0], past[0][1], past[0][2] + shape[1], past[0][3]]
+            out.update({o: (present, past[1]) for o in node.output[1:3] if o})
+        return out
     return {}
 
 
@@ -278,6 +285,8 @@ def _onnx_costs(model: Any, shapes: dict[str, tuple[list[int], str]]) -> list[Op
                 dtype = "int8" if op in ("ConvInteger", "QLinearConv") else dtype
             elif op in ("Attention", "MultiHeadAttention", "GroupQueryAttention"):
                 seq, hidden = (a[-2], a[-1]) if len(a) >= 2 else (1, 1)
+                if op == "GroupQueryAttention" and len(node.output) > 1 and node.output[1] in shapes:
+                    seq = shapes[node.output[1]][0][2]  # the queries attend to the whole cache
                 flops = 4.0 * _numel(a[:-1]) * seq * hidden
                 if op == "Attention" and len(node.input) > 1:
                     w = shapes.get(node.input[1], ([hidden, hidden], ""))[0]
