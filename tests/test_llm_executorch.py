@@ -92,6 +92,8 @@ def test_8da4w_is_close_to_fp32_and_faithful_to_its_quantized_weights(tmp_path):
     schemes.update({"model.embed_tokens": INT8, "lm_head": INT8})
     result, session = lowered(tmp_path, model, QuantPlan(schemes=schemes))
     assert result.layer_schemes["lm_head"] == "int8" and result.layer_schemes["model.layers.0.mlp.up_proj"] == "int4-g32"
+    # what the manifest records: both integer schemes compute with int8 dynamic activations
+    assert result.linear_compute == {"int4-g32": "int8 dynamic activations", "int8": "int8 dynamic activations"}
     ops = result.delegation["portable_ops"]
     assert any("embedding_byte" in op for op in ops), ops  # the quantized table, not an fp32 copy
     eager_q = quantized_module(model, schemes, "xnnpack")

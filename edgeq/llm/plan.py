@@ -31,7 +31,6 @@ fp32 is predicted larger than it is, never smaller.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -104,7 +103,7 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     prepared = LMPrepared(**values, context=context)
     # the backend's stand-ins with the numerics its LLM lowering ships (e.g. ONNX's int4
     # linears compute with int8 dynamic activations in an LLM, weight-only in an encoder)
-    with getattr(lm_backend(resolved.target.format), "lm_numerics", contextlib.nullcontext)():
+    with lm_backend(resolved.target.format).lm_numerics():
         costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
                               steps=steps, precisions=families)
     return replace(costs, memory_model=_memory_model(costs, loaded.config, context))

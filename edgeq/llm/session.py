@@ -48,3 +48,21 @@ class LoweredLM:
     # {} when the backend does not say
     linear_compute: dict[str, str] = field(default_factory=dict)
     delegation: dict[str, Any] = field(default_factory=dict)
+
+
+LINEAR_FP32, LINEAR_INT8_DYNAMIC = "fp32", "int8 dynamic activations"  # as the manifest's llm.linear_compute
+
+
+def linears_with_int8_activations(module: Any, applied: dict[str, str]) -> dict[str, str]:
+    """Scheme → how the linears at that scheme compute, for a lowering whose integer linears
+    (int8 and int4-gN) take int8 dynamic activations and whose float linears compute in fp32
+    (ExecuTorch's 8da8w / 8da4w, ONNX Runtime's ``MatMulNBits`` at ``accuracy_level=4``)."""
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.schemes import UNUSED, parse
+
+    out: dict[str, str] = {}
+    for x in layer_inventory(module):
+        name = applied.get(x.fqn, "fp32")  # no plan: every layer fp32
+        if x.kind == "linear" and name != UNUSED:
+            out[name] = LINEAR_INT8_DYNAMIC if parse(name, x.fqn).is_quantized else LINEAR_FP32
+    return dict(sorted(out.items()))

@@ -144,13 +144,19 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
     return out
 
 
+# Part of every cache key: raised whenever a backend's stand-in numerics change, so figures
+# cached by an earlier edgeq of the same version are measured again (2: ONNX decoder LLMs'
+# int4 linears take int8 dynamic activations).
+STAND_IN_REVISION = 2
+
+
 def cache_key(module: Any, calib: list, schemes: dict[str, list[Scheme]], metric: str, proxy: str | None,
               fmt: str = "") -> str:
     import torch
 
     h = hashlib.sha256()
     names = {fqn: [s.name for s in candidates] for fqn, candidates in schemes.items()}
-    h.update(f"{__version__}|{metric}|{proxy}|{fmt}|{json.dumps(names, sort_keys=True)}".encode())
+    h.update(f"{__version__}|{STAND_IN_REVISION}|{metric}|{proxy}|{fmt}|{json.dumps(names, sort_keys=True)}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         if torch.is_tensor(t):

@@ -89,3 +89,11 @@ from edgeq.backends.executorch.llm import lower_lm, open_lm  # noqa: E402,F401
 LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
+
+
+def lm_numerics() -> Any:
+    """The context the LLM planner measures in: ExecuTorch's stand-ins already compute
+    integer linears with int8 dynamic activations, as its LLM lowering ships them."""
+    import contextlib
+
+    return contextlib.nullcontext()

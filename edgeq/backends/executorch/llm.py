@@ -17,7 +17,7 @@ from typing import Any
 from edgeq.backends import silence_native_stderr
 from edgeq.backends.executorch.llm_quant import as_lm_quant, head_storage, quantize_lm
 from edgeq.errors import ArtifactError, ExportError, RunError, describe
-from edgeq.llm.session import LoweredLM
+from edgeq.llm.session import LoweredLM, linears_with_int8_activations
 
 MODEL_FILE = "model.pte"
 
@@ -46,6 +46,7 @@ def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: i
         runtime=f"ExecuTorch {_version()} pybindings (XNNPACK)",
         delegates_used=[d for d, n in summary["delegated_ops"].items() if n],
         layer_schemes=applied,
+        linear_compute=linears_with_int8_activations(model, applied),  # 8da8w / 8da4w
         max_context=max_context,
         kv_cache_dtype=cache_dtype,
         kv_cache_bytes=cache_bytes,

@@ -41,15 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, ExportError, describe
-from edgeq.llm.session import LoweredLM
+from edgeq.llm.session import LoweredLM, linears_with_int8_activations
 
 LM_META_KEY = "edgeq.lm"
 LM_META_VERSION = 1
 MODEL_FILE = "model.onnx"
 # MatMulNBits' accuracy_level 4: int8 compute (the input quantized to int8 per row and block)
 ACCURACY_INT8 = 4
-# How linears compute, as the manifest's llm.linear_compute names it
-LINEAR_FP32, LINEAR_INT8_DYNAMIC = "fp32", "int8 dynamic activations"
 # Example lengths for tracing; distinct from any head count / size, so the exporter
 # keeps them symbolic instead of specialising a dimension that happens to match.
 _TRACE_SEQ, _TRACE_PAST = 7, 11
@@ -110,7 +108,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         kv_cache_dtype="float32",
         kv_cache_bytes=2 * layers * kv[0] * kv[1] * max_context * 4,
         extra_files=extra,
-        linear_compute=_linear_compute(module, applied),
+        linear_compute=linears_with_int8_activations(module, applied),  # MatMulNBits at accuracy_level 4
         delegation={"delegated_ops": {"CPUExecutionProvider": sum(counts.values())}, "portable_op_count": 0,
                     "op_types": counts},
     )
@@ -280,20 +278,6 @@ def _int8_activations(proto: Any) -> int:
             n.attribute.append(helper.make_attribute("accuracy_level", ACCURACY_INT8))
         changed += 1
     return changed
-
-
-def _linear_compute(module: Any, applied: dict[str, str]) -> dict[str, str]:
-    """Scheme → how the linears at that scheme compute in the artifact (int8 and int4
-    ``MatMulNBits`` both run at ``accuracy_level=4``; fp32 linears are plain MatMuls)."""
-    from edgeq.planning.inventory import layer_inventory
-    from edgeq.schemes import UNUSED, parse
-
-    out: dict[str, str] = {}
-    for x in layer_inventory(module):
-        name = applied.get(x.fqn, "fp32")  # no plan: every layer fp32
-        if x.kind == "linear" and name != UNUSED:
-            out[name] = LINEAR_INT8_DYNAMIC if parse(name, x.fqn).is_quantized else LINEAR_FP32
-    return dict(sorted(out.items()))
 
 
 def _count(applied: dict[str, str]) -> dict[str, int]:
