@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 
 DATA = Path(__file__).parent / "data"
 TINY = "tests.tiny_models:tiny_text"
@@ -212,7 +212,7 @@ def test_targets_validate_accepts_and_rejects_checks_blocks(tmp_path):
 def test_cli_exit_codes_json_junit_and_github(artifacts, tmp_path):
     tgt = _target(tmp_path, "extends: x86\nbudgets:\n  storage_mb: 0.001\n")
     junit, summary = tmp_path / "out.xml", tmp_path / "summary.md"
-    proc = run_cli("check", str(artifacts["x86"]), "-t", str(tgt), "--json", "--junit", str(junit), "--github",
+    proc = cli_here("check", str(artifacts["x86"]), "-t", str(tgt), "--json", "--junit", str(junit), "--github",
                    env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
@@ -228,7 +228,7 @@ def test_cli_exit_codes_json_junit_and_github(artifacts, tmp_path):
     assert failure is not None and "> 1.00 KB storage budget" in failure.get("message")
     assert cases["fidelity"].find("skipped") is not None and cases["integrity"].find("failure") is None
 
-    ok = run_cli("check", str(artifacts["x86"]))
+    ok = cli_here("check", str(artifacts["x86"]))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "1 artifact(s) checked: 1 passed, 0 failed" in ok.stdout
 
@@ -274,7 +274,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(artifacts, args, nee
     from tests.hostile import assert_clean_failure, assert_tree_unchanged, tree_state
 
     before = tree_state(artifacts["x86"])
-    proc = run_cli("check", *[a.format(x86=artifacts["x86"]) for a in args], "--junit" if "--junit" not in args else
+    proc = cli_here("check", *[a.format(x86=artifacts["x86"]) for a in args], "--junit" if "--junit" not in args else
                    "--json", *([str(tmp_path / "r.xml")] if "--junit" not in args else []))
     assert_clean_failure(proc, needle)
     assert not (tmp_path / "r.xml").exists()
@@ -313,12 +313,12 @@ def test_bad_baseline_file_exits_2(artifacts, tmp_path):
 
     bad = tmp_path / "b.json"
     bad.write_text(json.dumps({"edgeq_baseline_version": 9, "created": "x", "artifacts": {}}))
-    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "edgeq_baseline_version")
+    assert_clean_failure(cli_here("check", str(artifacts["x86"]), "--baseline", str(bad)), "edgeq_baseline_version")
     bad.write_text("{not json")
-    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "is not JSON")
+    assert_clean_failure(cli_here("check", str(artifacts["x86"]), "--baseline", str(bad)), "is not JSON")
     entry = {"artifact": "/x", "model_sha256": "0", "target": "x86", "file_bytes": -5}
     bad.write_text(json.dumps({"edgeq_baseline_version": 1, "created": "x", "artifacts": {"tiny-x86": entry}}))
-    assert_clean_failure(run_cli("check", str(artifacts["x86"]), "--baseline", str(bad)), "file_bytes")
+    assert_clean_failure(cli_here("check", str(artifacts["x86"]), "--baseline", str(bad)), "file_bytes")
 
 
 def test_regression_gate_on_size_memory_and_fidelity(artifacts, tmp_path):

@@ -15,7 +15,7 @@ import torch
 from edgeq.errors import ConfigError, RunError
 from edgeq.llm.generate import GenerationConfig, generate
 from tests import tiny_lms
-from tests.conftest import TINY_LLAMA_CONTEXT, run_cli
+from tests.conftest import TINY_LLAMA_CONTEXT, cli_here, run_cli
 
 CONTEXT = TINY_LLAMA_CONTEXT
 
@@ -63,7 +63,7 @@ def test_run_streams_transformers_greedy_text(artifact, lm_dir):
     prompt = "the value of the list is a new object and"
     tok = tiny_lms.tokenizer()
     expected = tok.decode(hf_continuation(lm_dir, tok(prompt)["input_ids"], 12), skip_special_tokens=True)
-    proc = run_cli("run", str(artifact), "--prompt", prompt, "--max-new-tokens", "12")
+    proc = cli_here("run", str(artifact), "--prompt", prompt, "--max-new-tokens", "12")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected.strip() and expected.strip()
     figures = stats(proc.stderr)
@@ -77,7 +77,7 @@ def test_run_chat_uses_the_bundled_template(artifact, lm_dir):
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     assert tok.convert_tokens_to_ids("<|assistant|>") == ids[-1]
     expected = tok.decode(hf_continuation(lm_dir, ids, 10), skip_special_tokens=True)
-    proc = run_cli("run", str(artifact), "--prompt", "what is the capital of france ?", "--chat",
+    proc = cli_here("run", str(artifact), "--prompt", "what is the capital of france ?", "--chat",
                    "--max-new-tokens", "10")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected.strip()
@@ -86,7 +86,7 @@ def test_run_chat_uses_the_bundled_template(artifact, lm_dir):
 def test_sampling_with_a_seed_repeats(artifact):
     args = ("run", str(artifact), "--prompt", "the file name", "--max-new-tokens", "8",
             "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
-    first, second = run_cli(*args), run_cli(*args)
+    first, second = cli_here(*args), cli_here(*args)  # in-process: the same stdout, no fresh interpreter
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and first.stdout.strip()
 
@@ -174,7 +174,7 @@ def rewritten(artifact: Path, dest: Path, drop: list[str], edit=None) -> Path:
 
 
 def test_prompt_longer_than_the_context(artifact):
-    one_line_error(run_cli("run", str(artifact), "--prompt", " ".join(["the"] * (CONTEXT + 5))),
+    one_line_error(cli_here("run", str(artifact), "--prompt", " ".join(["the"] * (CONTEXT + 5))),
                    f"context holds {CONTEXT}")
 
 
@@ -186,21 +186,21 @@ def test_chat_without_a_template(artifact, tmp_path):
 
     drop = ["chat_template.jinja"] if (artifact / "chat_template.jinja").exists() else []
     copy = rewritten(artifact, tmp_path / "no-template", drop, strip_template)
-    one_line_error(run_cli("run", str(copy), "--prompt", "the file", "--chat"), "no chat template")
-    assert run_cli("run", str(copy), "--prompt", "the file", "--max-new-tokens", "2").returncode == 0
+    one_line_error(cli_here("run", str(copy), "--prompt", "the file", "--chat"), "no chat template")
+    assert cli_here("run", str(copy), "--prompt", "the file", "--max-new-tokens", "2").returncode == 0
 
 
 def test_artifact_without_a_tokenizer(artifact, tmp_path):
     files = [f for f in json.loads((artifact / "manifest.json").read_text())["llm"]["tokenizer_files"]]
     copy = rewritten(artifact, tmp_path / "no-tokenizer", files)
-    one_line_error(run_cli("run", str(copy), "--prompt", "the file"), "has no tokenizer")
+    one_line_error(cli_here("run", str(copy), "--prompt", "the file"), "has no tokenizer")
 
 
 def test_run_refuses_an_artifact_that_is_not_an_lm(tmp_path):
     out = tmp_path / "mlp"
     assert run_cli("export", "tests.tiny_models:tiny_mlp", "-t", "x86-executorch", "-p", "fp32", "-o", str(out),
                    "--quiet").returncode == 0
-    one_line_error(run_cli("run", str(out), "--prompt", "hello"), "is not an LLM artifact")
+    one_line_error(cli_here("run", str(out), "--prompt", "hello"), "is not an LLM artifact")
 
 
 def test_max_context_above_the_model_positions(lm_dir, tmp_path):
@@ -221,7 +221,7 @@ def test_model_without_a_causal_lm_head(tmp_path):
 
 def test_sampling_options_without_sampling(tmp_path):
     # checked before the artifact is opened
-    one_line_error(run_cli("run", str(tmp_path), "--prompt", "the", "--top-p", "0.9"), "--temperature")
+    one_line_error(cli_here("run", str(tmp_path), "--prompt", "the", "--top-p", "0.9"), "--temperature")
 
 
 def test_target_without_the_llm_delegate_is_refused():
@@ -248,7 +248,7 @@ def test_onnx_export_and_run_give_transformers_greedy_text(lm_dir, tiny_llama_ar
     prompt = "the value of the list is a new object and"
     tok = tiny_lms.tokenizer()
     expected = tok.decode(hf_continuation(lm_dir, tok(prompt)["input_ids"], 12), skip_special_tokens=True)
-    ran = run_cli("run", str(out), "--prompt", prompt, "--max-new-tokens", "12")
+    ran = cli_here("run", str(out), "--prompt", prompt, "--max-new-tokens", "12")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == expected.strip() and expected.strip()
     assert "ONNX Runtime" in ran.stderr
