@@ -86,7 +86,10 @@ class LlamaCppRow:
         self.scorer = None
 
     def _last(self) -> np.ndarray:
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # Without logits_all, llama-cpp-python 0.3.36's eval() leaves ``scores`` unfilled; the
+        # context's own buffer holds the last evaluated position's logits.
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
