@@ -131,3 +131,16 @@ def tiny_llama_artifacts(tmp_path_factory, tiny_llama_dir):
             assert proc.returncode == 0, proc.stderr
         return built_once(tmp_path_factory, f"tiny-llama-{target}-fp32-ctx{TINY_LLAMA_CONTEXT}", build)
     return export_to
+
+
+@pytest.fixture(scope="session")
+def tiny_text_artifacts(tmp_path_factory):
+    """``get(target)``: ``tests.tiny_models:tiny_text`` exported for ``target`` with the
+    defaults (directory ``tiny-<target>``), once per session for every test file that only
+    reads it (the check, bundle and native-runner tests; a test that changes one copies it)."""
+    def export_to(target: str) -> Path:
+        def build(out: Path) -> None:
+            proc = run_cli("export", "tests.tiny_models:tiny_text", "-t", target, "-o", str(out), "-q")
+            assert proc.returncode == 0, proc.stderr
+        return built_once(tmp_path_factory, f"tiny-{target}", build)
+    return export_to

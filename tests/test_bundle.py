@@ -19,17 +19,9 @@ from tests.hostile import assert_clean_failure, assert_tree_unchanged, tree_stat
 ASSETS = Path("app/src/main/assets/edgeq")
 
 
-def _export(tmp: Path, target: str) -> Path:
-    out = tmp / f"tiny-{target}"
-    proc = run_cli("export", "tests.tiny_models:tiny_text", "-t", target, "-o", str(out), "-q")
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("bundle-artifacts")
-    return {"executorch": _export(tmp, "rpi5"), "onnx": _export(tmp, "x86")}
+def artifacts(tiny_text_artifacts) -> dict[str, Path]:
+    return {"executorch": tiny_text_artifacts("rpi5"), "onnx": tiny_text_artifacts("x86")}
 
 
 def _copy(src: Path, tmp: Path) -> Path:

@@ -17,12 +17,9 @@ TINY = "tests.tiny_models:tiny_text"
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
+def artifacts(tiny_text_artifacts) -> dict[str, Path]:
     """tiny_text exported once for rpi5 (ExecuTorch/XNNPACK) and x86 (ONNX Runtime)."""
-    from edgeq.export import export
-
-    root = tmp_path_factory.mktemp("check-artifacts")
-    return {t: export(TINY, t, output=root / f"tiny-{t}").artifact_dir for t in ("rpi5", "x86")}
+    return {t: tiny_text_artifacts(t) for t in ("rpi5", "x86")}
 
 
 def _target(tmp_path: Path, text: str, name: str = "strict.yaml") -> Path:

@@ -37,11 +37,13 @@ def _bundle(tmp: Path, model: str, target: str, bundle_id: str, *extra: str) -> 
 
 
 @pytest.fixture(scope="module")
-def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
+def tiny_bundles(tmp_path_factory, tiny_text_artifacts) -> dict[str, Path]:
+    from edgeq.bundle import bundle
+
     tmp = tmp_path_factory.mktemp("native")
     (tmp / "app").mkdir()
-    return {"pte": _bundle(tmp, "tests.tiny_models:tiny_text", "rpi5", "tiny-pte"),
-            "onnx": _bundle(tmp, "tests.tiny_models:tiny_text", "x86", "tiny-onnx")}
+    return {"pte": bundle(tiny_text_artifacts("rpi5"), tmp / "app", bundle_id="tiny-pte").bundle_dir,
+            "onnx": bundle(tiny_text_artifacts("x86"), tmp / "app", bundle_id="tiny-onnx").bundle_dir}
 
 
 def _run(runner: Path, bundle_dir: Path, *args: str) -> subprocess.CompletedProcess:
