@@ -26,6 +26,7 @@ Backends are imported lazily; importing this package imports no runtime.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +52,6 @@ _REGISTRY = {
 }
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
 MODEL_FILES: tuple[str, ...] = tuple(r.model_file for r in _REGISTRY.values())  # one per format, in FORMATS order
-
-
-def format_of_model_file(name: str) -> str | None:
-    """The format whose artifacts name their model file ``name`` (None: no format's)."""
-    return next((fmt for fmt, r in _REGISTRY.items() if r.model_file == name), None)
 
 
 def model_file_for(fmt: str) -> str:
@@ -197,6 +193,7 @@ def get_backend(fmt: str) -> Backend:
     return importlib.import_module(_REGISTRY[fmt].module)  # type: ignore[return-value]
 
 
+@functools.cache
 def cpu_runtimes() -> tuple[str, ...]:
     """Every format's CPU runtimes as the emulator names them (e.g. XNNPACK, ExecuTorch's
     portable kernels, ONNX Runtime's CPU provider): whose efficiency factors CPU ops use."""

@@ -197,19 +197,27 @@ def fidelity(mv: ManifestView, model_file: Path, limits: Limits, models: SourceM
                                           f"{wanted.value:g} ({wanted.source})"))
         figure = f"cosine min {v:.6f}"
     else:
-        v = numerics.top1_agreement or 0.0
-        checks.append((v >= wanted.value, f"top-1 agreement {v:.2%} {'>=' if v >= wanted.value else '<'} "
-                                          f"{wanted.value:.2%} ({wanted.source})"))
-        figure = f"top-1 {v:.2%}"
-        kl = limits.fidelity_kl
-        if kl is not None and numerics.kl_mean is not None:
-            ok = numerics.kl_mean <= kl.value
-            checks.append((ok, f"mean KL {numerics.kl_mean:.4g} {'<=' if ok else '>'} {kl.value:g} ({kl.source})"))
-            figure += f", KL {numerics.kl_mean:.4g}"
+        top1_checks, figure = logit_checks(numerics, limits)
+        checks += top1_checks
     failed = [t for ok, t in checks if not ok]
     text = "; ".join(failed or [t for _, t in checks]) + f" over {numerics.samples} held-out inputs vs eager FP32"
     return GateResult("fidelity", "fail" if failed else "pass", text, figure=figure,
                       limit=_limit_text(metric, wanted), source=wanted.source, details=details)
+
+
+def logit_checks(numerics: Any, limits: Limits, what: str = "top-1 agreement") -> tuple[list[tuple[bool, str]], str]:
+    """(ok, text) for top-1 agreement ≥ the limit and, when both are known, mean KL ≤ its
+    limit; and the gate's figure."""
+    wanted, kl = limits.fidelity_top1, limits.fidelity_kl
+    v = numerics.top1_agreement or 0.0
+    checks = [(v >= wanted.value, f"{what} {v:.2%} {'>=' if v >= wanted.value else '<'} "
+                                  f"{wanted.value:.2%} ({wanted.source})")]
+    figure = f"top-1 {v:.2%}"
+    if kl is not None and numerics.kl_mean is not None:
+        ok = numerics.kl_mean <= kl.value
+        checks.append((ok, f"mean KL {numerics.kl_mean:.4g} {'<=' if ok else '>'} {kl.value:g} ({kl.source})"))
+        figure += f", KL {numerics.kl_mean:.4g}"
+    return checks, figure
 
 
 def fidelity_figure(result: GateResult) -> float | None:

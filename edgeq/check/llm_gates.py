@@ -25,9 +25,6 @@ from typing import Any
 from edgeq.check.results import GateResult
 from edgeq.errors import EdgeqError, ModelLoadError
 
-VERIFY_PROMPTS = 4  # as edgeq export verifies an LLM
-
-
 def predicted_peak(root: Path) -> tuple[int, int] | str:
     """(bytes beyond the runtime's baseline, with a Python runtime) at the max context, or why not."""
     from edgeq.llm.memory import predict_lm_peak
@@ -60,12 +57,12 @@ def fidelity(mv: Any, model_file: Path, limits: Any, source: str, why_not: str) 
         return GateResult("fidelity", "skipped", why_not, limit=limit, source=wanted.source)
     from edgeq.backends import get_backend
     from edgeq.llm import verify
-    from edgeq.llm.export import _hf_model, _tokenizer
+    from edgeq.llm.export import VERIFY_PROMPTS, causal_lm_of, source_tokenizer  # as edgeq export verifies
     from edgeq.models import load_model
 
     try:
         loaded = load_model(source, "causal-lm")
-        model = _hf_model(loaded)
+        model = causal_lm_of(loaded)
     except ModelLoadError as exc:
         return GateResult("fidelity", "skipped", f"the source model {source} cannot be loaded ({exc.one_line()})",
                           limit=limit, source=wanted.source)
@@ -75,7 +72,7 @@ def fidelity(mv: Any, model_file: Path, limits: Any, source: str, why_not: str) 
         return GateResult("fidelity", "fail", f"the artifact does not open in its runtime ({str(exc).splitlines()[0][:200]})",
                           figure="does not run", limit=limit, source=wanted.source)
     try:
-        prompts, described = verify.verification_prompts(_tokenizer(loaded), session.vocab_size, session.max_context,
+        prompts, described = verify.verification_prompts(source_tokenizer(loaded), session.vocab_size, session.max_context,
                                                          VERIFY_PROMPTS)
         greedy, numerics = verify.check(model, session, prompts, described)
     except (EdgeqError, ValueError, RuntimeError) as exc:
@@ -83,15 +80,9 @@ def fidelity(mv: Any, model_file: Path, limits: Any, source: str, why_not: str) 
                           figure="does not run", limit=limit, source=wanted.source)
     finally:
         session.close()
-    top1 = numerics.top1_agreement or 0.0
-    checks = [(top1 >= wanted.value, f"next-token top-1 agreement {top1:.2%} {'>=' if top1 >= wanted.value else '<'} "
-                                     f"{wanted.value:.2%} ({wanted.source})")]
-    figure = f"top-1 {top1:.2%}"
-    kl = limits.fidelity_kl
-    if kl is not None and numerics.kl_mean is not None:
-        ok = numerics.kl_mean <= kl.value
-        checks.append((ok, f"mean KL {numerics.kl_mean:.4g} {'<=' if ok else '>'} {kl.value:g} ({kl.source})"))
-        figure += f", KL {numerics.kl_mean:.4g}"
+    from edgeq.check.gates import logit_checks
+
+    checks, figure = logit_checks(numerics, limits, "next-token top-1 agreement")
     failed = [t for ok, t in checks if not ok]
     text = ("; ".join(failed or [t for _, t in checks]) + f"; greedy: {greedy.identical_prompts}/{greedy.prompts} "
             f"prompts identical to transformers over {greedy.new_tokens} tokens ({described})")

@@ -76,7 +76,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
 
     tgt = resolved.target
     be = lm_backend(tgt.format)
-    model = _hf_model(loaded)
+    model = causal_lm_of(loaded)
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
     _check_delegates(be, tgt, steps, strict)
     costs = solved = None
@@ -106,7 +106,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         try:
             from edgeq.llm import verify
 
-            tokenizer = _tokenizer(loaded)
+            tokenizer = source_tokenizer(loaded)
             prompts, described = verify.verification_prompts(tokenizer, session.vocab_size, context, VERIFY_PROMPTS)
             with steps.step(f"Verifying greedy tokens ({len(prompts)} prompts)") as info:
                 greedy, numerics = verify.check(model, session, prompts, described)
@@ -145,7 +145,8 @@ def _predicted_memory(manifest: Any, model: Any, steps: Any) -> dict[str, Any] |
         return None
 
 
-def _hf_model(loaded: Any) -> Any:
+def causal_lm_of(loaded: Any) -> Any:
+    """The transformers causal LM inside ``loaded``; ``ModelLoadError`` when it has no LM head."""
     inner = getattr(loaded.module, "model", None)
     if loaded.task != "causal-lm" or inner is None or not hasattr(inner, "get_output_embeddings") \
             or inner.get_output_embeddings() is None:
@@ -255,7 +256,8 @@ def _plan_block(solved: Any, costs: Any, lowered: Any, numerics: Any) -> dict[st
     }
 
 
-def _tokenizer(loaded: Any) -> Any:
+def source_tokenizer(loaded: Any) -> Any:
+    """The source model's tokenizer (None when it ships none)."""
     if not any(rel in loaded.support_files for rel in ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")):
         return None
     from edgeq.models.hf import _load_tokenizer

@@ -35,16 +35,10 @@ def fuse_group_query_attention(proto: Any, config: Any, max_context: int, layers
     q_heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
     head_dim = getattr(config, "head_dim", None) or (config.hidden_size // q_heads if q_heads else None)
+    from edgeq.backends.onnx.llm_fusion import graph_index
+
     g = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    consts, producer, readers = graph_index(g)
 
     def made_by(name: str, op: str) -> Any:
         n = producer.get(name)

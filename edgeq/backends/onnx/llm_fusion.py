@@ -21,28 +21,60 @@ keeps its graph unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+
+class _Constants(Mapping):
+    """Name → numpy value of a graph's initializers and ``Constant`` nodes, converted when
+    first read (a pattern reads a few scalars; converting every weight would copy the model)."""
+
+    def __init__(self, graph: Any) -> None:
+        self._tensors = {t.name: t for t in graph.initializer}
+        for n in graph.node:  # scalars the exporter writes as Constant nodes
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self._tensors[n.output[0]] = n.attribute[0].t
+        self._arrays: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._arrays:
+            from onnx import numpy_helper
+
+            self._arrays[name] = numpy_helper.to_array(self._tensors[name])
+        return self._arrays[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def graph_index(graph: Any) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, list[Any]]]:
+    """What the fusions look up in ``graph``: its constant values by name, the node producing
+    each value, and the nodes reading each value (in graph order)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return _Constants(graph), producer, readers
 
 
 def fuse_rms_norms(proto: Any) -> int:
     """Rewrite every exact RMSNorm pattern in ``proto`` (in place); returns how many."""
     import numpy as np
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     g = proto.graph
-    consts = {t.name: t for t in g.initializer}
-    for n in g.node:  # scalars the exporter writes as Constant nodes
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = n.attribute[0].t
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    consts, _, readers = graph_index(g)
     outputs = {o.name for o in g.output}
 
     def value(name: str) -> Any:
-        return numpy_helper.to_array(consts[name]) if name in consts else None
+        return consts.get(name)
 
     def only_reader(name: str, op: str) -> Any:
         r = readers.get(name, [])
@@ -119,15 +151,7 @@ def fuse_rotary(proto: Any, module: Any, max_context: int) -> int:
     cos_table, sin_table = tables
     half = cos_table.shape[1]
     g = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    consts, producer, readers = graph_index(g)
 
     def made_by(name: str, op: str) -> Any:
         n = producer.get(name)
@@ -149,7 +173,7 @@ def fuse_rotary(proto: Any, module: Any, max_context: int) -> int:
         if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
             continue
         muls = [made_by(i, "Mul") for i in add.input]
-        if None in muls or any(readers.get(m.output[0], 0) != 1 for m in muls):
+        if None in muls or any(len(readers.get(m.output[0], [])) != 1 for m in muls):
             continue
         for cos_mul, sin_mul in (muls, muls[::-1]):
             rotated = next((made_by(i, "Concat") for i in sin_mul.input if made_by(i, "Concat")), None)
@@ -180,7 +204,7 @@ def fuse_rotary(proto: Any, module: Any, max_context: int) -> int:
             "RotaryEmbedding", [t, offset.output[0], f"{prefix}.cos_table", f"{prefix}.sin_table"], [add.output[0]],
             name=f"{add.name}/rotary", domain="com.microsoft", interleaved=0)
         # the slices and the Neg may be shared by nothing else: drop them only when read once
-        drop |= {id(n) for n in chain if all(readers.get(o, 0) <= 1 for o in n.output)}
+        drop |= {id(n) for n in chain if all(len(readers.get(o, [])) <= 1 for o in n.output)}
     nodes = [offset] + [replaced.get(id(n), n) for n in g.node if id(n) not in drop]
     g.ClearField("node")
     g.node.extend(nodes)
