@@ -12,8 +12,8 @@ users run it), onnxruntime-genai's builder converts it, and llama.cpp's
 Q8_0 and Q4_K_M. The package's own Q4_1 GGUF is a row too, run as its users run it.
 
 **Rows**: edgeq FP32, INT8 (8da8w / MatMulNBits-8), uniform int4 (8da4w / MatMulNBits-4) and
-a fixed llama.cpp-Q4_K_M-like mix written as an edgeq plan file (edgeq refuses budgets for
-LMs, so the mix is not a planned one), each for ExecuTorch/XNNPACK (target
+a fixed llama.cpp-Q4_K_M-like mix written as an edgeq plan file (not a plan edgeq's
+planner solved: a budgeted row at Q4_K_M's size is not in this table yet), each for ExecuTorch/XNNPACK (target
 ``x86-executorch``) and ONNX (target ``x86``); the peers; optimum-executorch is not measured
 (see ``OPTIMUM_NOTE``).
 

@@ -37,13 +37,22 @@ def lowered(tmp_path, model, plan=None):
     return result, open_lm(result.model_file)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2",
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2",
+                                  pytest.param("qwen2", marks=pytest.mark.slow),
                                   pytest.param("gemma", marks=pytest.mark.slow),
-                                  pytest.param("phi3", marks=pytest.mark.slow)])
+                                  pytest.param("phi3", marks=pytest.mark.slow),
+                                  pytest.param("mistral", marks=pytest.mark.slow),
+                                  pytest.param("qwen3", marks=pytest.mark.slow)])
 def test_fp32_greedy_tokens_identical_to_transformers_generate(tmp_path, arch):
+    """gemma3 and mistral have 8-position sliding windows: the prompts and 20 new tokens run
+    past them, so the windowed layers' masks are checked too."""
     model = tiny_lms.build(arch)
     result, session = lowered(tmp_path, model)
     assert result.max_context == CONTEXT and result.delegates_used == ["xnnpack"]
+    # attention in ExecuTorch's LLM kernels: the cache written in place, attended as filled
+    layers = model.config.get_text_config().num_hidden_layers
+    ops = result.delegation["portable_ops"]
+    assert ops.get("llama.custom_sdpa") == layers and ops.get("llama.update_cache") == 2 * layers, ops
     assert session.max_context == CONTEXT and session.vocab_size == model.config.vocab_size
     cfg = model.config.get_text_config()
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -65,6 +74,14 @@ def test_fp32_greedy_tokens_identical_to_transformers_generate(tmp_path, arch):
     # fp32 rounding only (XNNPACK's accumulation order): Gemma's logits reach ~10, so relative
     assert rows.shape == ref.shape and np.abs(rows - ref).max() < 1e-3 + 5e-4 * np.abs(ref).max()
     session.close()
+
+
+def test_soft_capped_attention_is_refused(tmp_path):
+    from edgeq.errors import ExportError
+
+    with pytest.raises(ExportError, match="soft-capped attention logits") as info:
+        lowered(tmp_path, tiny_lms.build("gemma2"))
+    assert "ONNX" in info.value.hint
 
 
 def test_context_is_enforced(tmp_path):

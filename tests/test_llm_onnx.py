@@ -35,6 +35,11 @@ def _tiny(arch: str):
         "qwen3": lambda: t.Qwen3ForCausalLM(t.Qwen3Config(num_key_value_heads=2, head_dim=16, **common)),
         "gemma": lambda: t.GemmaForCausalLM(t.GemmaConfig(num_key_value_heads=1, head_dim=16, **common)),
         "phi3": lambda: t.Phi3ForCausalLM(t.Phi3Config(num_key_value_heads=2, pad_token_id=0, **common)),
+        # sliding windows of 8 positions (every layer; Gemma 3: the first of its two layers)
+        "mistral": lambda: t.MistralForCausalLM(t.MistralConfig(num_key_value_heads=2, sliding_window=8, **common)),
+        "gemma3": lambda: t.Gemma3ForCausalLM(t.Gemma3TextConfig(
+            num_key_value_heads=2, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+            **common)),
         "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                                        initializer_range=0.3, bos_token_id=0, eos_token_id=0)),
     }
@@ -75,7 +80,8 @@ def llama(tmp_path_factory):
 
 
 ARCHS = ["qwen2", "gpt2", "llama_eager", pytest.param("gemma", marks=pytest.mark.slow), pytest.param("phi3", marks=pytest.mark.slow),
-         pytest.param("qwen3", marks=pytest.mark.slow)]
+         pytest.param("qwen3", marks=pytest.mark.slow), pytest.param("mistral", marks=pytest.mark.slow),
+         pytest.param("gemma3", marks=pytest.mark.slow)]
 
 
 def test_llama_fp32_greedy_tokens_match_transformers(llama):
@@ -96,9 +102,13 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
 # + the final one; Qwen3 also normalizes q and k per head), and each layer's attention as one
 # GroupQueryAttention with the rotary inside, else the rotary alone as RotaryEmbedding (q and
 # k per layer). GPT-2 (LayerNorm, learned positions) keeps its exported graph; Qwen3's q/k
-# norms sit between the projections and the rotary, so its attention stays unfused.
+# norms sit between the projections and the rotary, so its attention stays unfused. A
+# sliding-window mask is not the causal pattern GroupQueryAttention is fused from: Mistral
+# keeps its attention nodes (rotary fused); Gemma 3 (6 RMSNorms per layer with its q/k
+# norms, + the final one) keeps both its attention and its rotary unfused. Their greedy
+# tokens run past the 8-position windows, so the unfused masks are checked.
 FUSED = {"llama": (5, 2, 0), "llama_eager": (5, 2, 0), "qwen2": (5, 2, 0), "gemma": (5, 2, 0), "phi3": (5, 2, 0), "qwen3": (9, 0, 4),
-         "gpt2": (0, 0, 0)}
+         "gpt2": (0, 0, 0), "mistral": (5, 0, 4), "gemma3": (13, 0, 0)}
 
 
 def _fusions(model_file) -> tuple[int, int, int]:
@@ -113,8 +123,8 @@ def _fusions(model_file) -> tuple[int, int, int]:
 def test_fp32_greedy_tokens_match_transformers(arch, tmp_path):
     model = _tiny(arch)
     lowered = _lower(model, None, tmp_path)
-    assert _fusions(lowered.model_file) == FUSED[arch]
     assert _greedy(_open(lowered.model_file), PROMPT, NEW_TOKENS) == _eager_greedy(model, PROMPT, NEW_TOKENS)
+    assert _fusions(lowered.model_file) == FUSED[arch]
 
 
 def test_prefill_all_logits_match_eager_and_reset_restarts(llama):

@@ -219,6 +219,17 @@ def test_model_without_a_causal_lm_head(tmp_path):
                            "-o", str(tmp_path / "out"), "--quiet"), "causal-lm")
 
 
+def test_attention_the_runtime_cannot_compute_is_refused_before_any_work(tmp_path):
+    from tests import tiny_lms
+
+    lm = tiny_lms.save_tiny_lm(tmp_path / "gemma2", "gemma2")  # soft-capped attention logits
+    out = tmp_path / "out"
+    proc = run_cli("export", str(lm), "-t", "x86-executorch", "-p", "int4", "-o", str(out), "--quiet")
+    one_line_error(proc, "soft-capped attention logits")
+    assert "ONNX target" in proc.stderr
+    assert not out.exists()
+
+
 def test_sampling_options_without_sampling(tmp_path):
     # checked before the artifact is opened
     one_line_error(cli_here("run", str(tmp_path), "--prompt", "the", "--top-p", "0.9"), "--temperature")

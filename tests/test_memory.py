@@ -76,10 +76,13 @@ def test_predicted_saving_matches_the_measured_rss_saving(wide_artifacts, fmt):
     """What int8 saves over fp32 at run time, predicted from each manifest, against what a
     fresh process running the artifact really holds (peak RSS above the runtime's baseline).
     On 16.8 MB of fp32 weights the saving is ~12 MB, well above RSS noise (a few MB)."""
-    # The median of three fresh processes: ONNX Runtime's peak RSS is bimodal, and one process
-    # landing in the low mode made a single measurement miss by 10 MB (on a quiet machine too).
-    measured = {p: measure_peak_rss(wide_artifacts[fmt, p], runs=2, repeats=3)["model_attributable_bytes"]
-                for p in ("fp32", "int8")}
+    # The worst of several fresh processes: the prediction is of the peak a budget must hold,
+    # and ONNX Runtime's varies between processes (the unpacked fp32 weights it frees after
+    # prepacking stay with glibc or go back to the system, depending on which malloc arena
+    # each thread got: MALLOC_ARENA_MAX=1 gives the low value every time; on a loaded host
+    # two of three processes measured it, 30.8 against 43.4 MB for this fp32 file).
+    measured = {p: measure_peak_rss(wide_artifacts[fmt, p], runs=2, repeats=n)["model_attributable_bytes"]
+                for p, n in (("fp32", 8), ("int8", 3))}
     predicted = {p: memory.predict_from_artifact(wide_artifacts[fmt, p]).total_bytes for p in ("fp32", "int8")}
     saving_measured = measured["fp32"] - measured["int8"]
     saving_predicted = predicted["fp32"] - predicted["int8"]

@@ -60,6 +60,17 @@ def config(arch: str, *, vocab: int = 256, positions: int = 128, tied: bool = Tr
         return t.GemmaConfig(**common, head_dim=16)
     if arch == "phi3":
         return t.Phi3Config(**common)
+    if arch == "qwen3":
+        return t.Qwen3Config(**common, head_dim=16)
+    if arch == "gemma3":  # a sliding-window layer (8 positions) then a full-attention one
+        # untied: with its embedding scaled by sqrt(hidden), a tied random Gemma 3 only
+        # repeats the token it was given
+        return t.Gemma3TextConfig(**{**common, "tie_word_embeddings": False}, head_dim=16, sliding_window=8,
+                                  layer_types=["sliding_attention", "full_attention"])
+    if arch == "mistral":  # every layer sees 8 positions
+        return t.MistralConfig(**common, sliding_window=8)
+    if arch == "gemma2":  # soft-capped attention logits
+        return t.Gemma2Config(**common, head_dim=16)
     if arch == "gpt2":
         return t.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=positions,
                             bos_token_id=1, eos_token_id=2, tie_word_embeddings=tied, initializer_range=init)

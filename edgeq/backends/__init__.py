@@ -16,7 +16,8 @@ provides (``Backend``):
 - ``fp32_probe``: what an fp32 lowering tells the planner (activation arena, file bytes);
 - ``stand_in``: one layer with the numerics the runtime gives it, for sensitivity;
 - ``lower`` (→ ``Lowered``) and ``run`` (the artifact in its real runtime);
-- for decoder LLMs, ``lower_lm`` (→ ``edgeq.llm.session.LoweredLM``: a model with its KV
+- for decoder LLMs, ``check_lm`` (refuses, before any work, a model it cannot lower),
+  ``lower_lm`` (→ ``edgeq.llm.session.LoweredLM``: a model with its KV
   cache) and ``open_lm`` (→ an ``LMSession`` over the artifact in its runtime).
 
 Adding a format is adding a subpackage that provides these, and one line in ``_REGISTRY``
@@ -85,14 +86,15 @@ class LMMemoryTerms:
 
     ``kv_copies``: KV caches of ``context`` tokens alive at the peak beyond a planned arena;
     ``prefill_factor``: held bytes per byte of ``prefill_arena_bytes`` for a runtime without a
-    planned arena; ``delegate_scores``: attention-score matrices at the full context
-    (``heads x context^2 x 4`` bytes) a delegate allocates beside a planned arena on its first run;
+    planned arena; ``delegate_workspace``: bytes a delegate allocates beside a planned arena on its
+    first run, per byte of the arena's activations (the delegate's own intermediates, planned
+    like the arena for a prefill as long as the context);
     ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept.
     """
 
     kv_copies: float
     prefill_factor: float
-    delegate_scores: float
+    delegate_workspace: float
     session_overhead_bytes: int = 0
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
 
@@ -172,6 +174,7 @@ class Backend(Protocol):
     def lower(self, model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool,
               profile: Any = None) -> Lowered: ...
     def run(self, model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]: ...
+    def check_lm(self, config: Any) -> None: ...  # refuses, before any work, a model lower_lm cannot take
     def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any: ...
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics

@@ -77,6 +77,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     tgt = resolved.target
     be = lm_backend(tgt.format)
     model = causal_lm_of(loaded)
+    be.check_lm(model.config.get_text_config())
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
     _check_delegates(be, tgt, steps, strict)
     costs = solved = None

@@ -15,7 +15,7 @@ runtime's baseline for the process's peak RSS:
 - **activations**: a runtime that plans its arena ahead of time (ExecuTorch: the planned
   bytes recorded in the manifest, which hold the static KV cache and the activations of a
   prefill as long as the context) holds that arena from the load on, plus what its delegate
-  allocates beside it on the first run; a runtime that allocates as it goes (ONNX Runtime)
+  allocates beside it on the first run (measured per byte of the arena's activations); a runtime that allocates as it goes (ONNX Runtime)
   holds the prefill's activations (``edgeq.llm.costs.prefill_arena_bytes`` with every
   position's logits) times a measured factor;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
@@ -101,8 +101,8 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
     if planned_activation_bytes > 0:
         # The static cache is planned inside the arena; the arena is held from the load on.
         kv = kv_full
-        scores = shape.heads * context * context * 4
-        activations = max(0, planned_activation_bytes - kv_full) + int(terms.delegate_scores * scores)
+        planned = max(0, planned_activation_bytes - kv_full)
+        activations = planned + int(terms.delegate_workspace * planned)
     else:
         # Prefill: the prompt's activations beside its cache; end of decoding: the full cache.
         prefill = int(terms.prefill_factor * prefill_arena_bytes(shape, prompt_tokens, all_logits=True))

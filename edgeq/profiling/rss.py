@@ -31,7 +31,11 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
     loaded), ``peak_rss_bytes`` (``VmHWM`` after the runs), ``model_attributable_bytes``
     (peak − baseline), the RSS after loading and the final anonymous / file-backed growth.
     With ``repeats`` > 1, that many fresh processes are measured and the one with the
-    median attributable bytes is returned, with the range in ``attributable_range_bytes``.
+    most attributable bytes is returned (a budget must hold for every load), with the range
+    in ``attributable_range_bytes``. The same file can measure differently in two processes:
+    ONNX Runtime frees each linear's unpacked weights after prepacking them, and whether the
+    C allocator hands those bytes back to the system depends on which malloc arena each thread got (the
+    four-1024² fp32 model of tests/test_memory.py measured 30.8 to 43.4 MB on a loaded host).
     """
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1")
@@ -54,7 +58,7 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
                                f"{proc.stderr.strip()[-500:] or 'no memory figures from the runner'}")
         results.append({**memory, **((report or {}).get("memory_detail") or {}), "runs": runs})
     results.sort(key=lambda r: r["model_attributable_bytes"])
-    chosen = results[len(results) // 2]
+    chosen = results[-1]
     chosen["repeats"] = len(results)
     chosen["attributable_range_bytes"] = [results[0]["model_attributable_bytes"], results[-1]["model_attributable_bytes"]]
     return chosen

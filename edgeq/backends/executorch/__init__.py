@@ -84,7 +84,7 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
     return read_ops(model_file, manifest)
 
 # Decoder LLMs with a KV cache (edgeq.llm.session's contract); the modules import no runtime.
-from edgeq.backends.executorch.llm import lower_lm, open_lm  # noqa: E402,F401
+from edgeq.backends.executorch.llm import check_lm, lower_lm, open_lm  # noqa: E402,F401
 
 LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).

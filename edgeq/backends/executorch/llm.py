@@ -1,11 +1,15 @@
 """Decoder LLMs on ExecuTorch: a static KV cache inside the program, lowered with XNNPACK.
 
-The program is transformers' ``TorchExportableModuleForDecoderOnlyLM`` (a ``StaticCache``
-of ``max_context`` positions held as mutable buffers), captured with strict
-``torch.export`` and a dynamic sequence dimension, so one ``forward(input_ids[1, n],
+The program wraps the transformers model with a KV cache of ``max_context`` positions held
+as mutable buffers, laid out ``[batch, position, kv_head, head_dim]``, and captures it with
+strict ``torch.export`` and a dynamic sequence dimension, so one ``forward(input_ids[1, n],
 cache_position[n])`` call prefills a whole prompt and ``n == 1`` decodes one token. It
-returns logits for every position fed. The program also carries the constant methods
-ExecuTorch's own LLM runner reads (``get_max_context_len``, ``get_vocab_size``,
+returns logits for every position fed. Attention runs in ExecuTorch's own LLM kernels
+(``executorch.extension.llm.custom_ops``): ``llama.update_cache`` writes the new keys and
+values into the cache in place, and ``llama.custom_sdpa`` attends over the positions filled
+so far (causal from the start position; a sliding-window layer gets its window as a mask),
+instead of a score matrix over the whole context. The program also carries the constant
+methods ExecuTorch's own LLM runner reads (``get_max_context_len``, ``get_vocab_size``,
 ``use_kv_cache``...), which is how ``open_lm`` learns the context length.
 """
 
@@ -51,7 +55,8 @@ def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: i
         kv_cache_dtype=cache_dtype,
         kv_cache_bytes=cache_bytes,
         delegation={**summary, "planned_activation_bytes": arena,
-                    "head": head_storage(model, applied), "prefill": "whole prompt in one call"},
+                    "head": head_storage(model, applied), "prefill": "whole prompt in one call",
+                    "attention": "ExecuTorch LLM kernels (llama.update_cache, llama.custom_sdpa)"},
     )
 
 
@@ -66,6 +71,8 @@ class ExecuTorchLM:
 
     def __init__(self, model_file: Path) -> None:
         import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit / embedding_byte
+
+        _import_custom_ops()
         from executorch.runtime import Runtime
 
         try:
@@ -125,32 +132,170 @@ class ExecuTorchLM:
 
 def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
     import torch
-    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    # The wrapper wants a cache-using, static-cache model; at fp32 ``qmodel`` is the
+    _refuse_unsupported_attention(qmodel.config.get_text_config())
+    # The capture switches the model to the fused attention; at fp32 ``qmodel`` is the
     # caller's own model, so its settings are put back afterwards.
-    saved = (qmodel.config.use_cache, qmodel.generation_config.use_cache,
-             qmodel.generation_config.cache_implementation)
-    qmodel.config.use_cache = qmodel.generation_config.use_cache = True
-    qmodel.generation_config.cache_implementation = "static"
+    config = qmodel.config.get_text_config()
+    saved = config._attn_implementation
     try:
-        wrapped = TorchExportableModuleForDecoderOnlyLM(qmodel, batch_size=1, max_cache_len=max_context)
-        cache = [b for n, b in wrapped.model.named_buffers() if n.startswith(("key_cache_", "value_cache_"))]
+        wrapped = _cached_lm(qmodel, max_context)
+        cache = [b for n, b in wrapped.named_buffers() if n.startswith(("key_cache_", "value_cache_"))]
         cache_bytes = sum(b.numel() * b.element_size() for b in cache)
         cache_dtype = str(cache[0].dtype).removeprefix("torch.") if cache else "none"
         n = min(4, max_context)
         seq = torch.export.Dim("seq", min=1, max=max_context)
         with torch.no_grad():
-            program = wrapped.export(
-                input_ids=torch.zeros(1, n, dtype=torch.long), cache_position=torch.arange(n),
+            program = torch.export.export(
+                wrapped, (torch.zeros(1, n, dtype=torch.long), torch.arange(n)),
                 dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+    except ExportError:
+        raise
     except Exception as exc:
         raise ExportError(f"torch.export cannot capture this LLM with a static KV cache ({describe(exc, 200)})",
                           "report the architecture; a model transformers can export for ExecuTorch is needed") from None
     finally:
-        (qmodel.config.use_cache, qmodel.generation_config.use_cache,
-         qmodel.generation_config.cache_implementation) = saved
+        config._attn_implementation = saved
     return program, cache_bytes, cache_dtype
+
+
+_ATTENTION = "edgeq_executorch_sdpa"
+
+
+def _import_custom_ops() -> None:
+    """Register ExecuTorch's LLM ops (``llama.custom_sdpa``, ``llama.update_cache``) with torch
+    and with the pybindings' kernel registry."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+
+
+def check_lm(config: Any) -> None:
+    """Refuse, before any work, a model whose attention ExecuTorch's LLM kernels cannot compute
+    (``config``: the model's text config, or its dict)."""
+    from types import SimpleNamespace
+
+    _refuse_unsupported_attention(SimpleNamespace(**config) if isinstance(config, dict) else config)
+
+
+def _refuse_unsupported_attention(cfg: Any) -> None:
+    """The fused attention is causal softmax attention with an optional sliding window; a
+    model whose attention computes something else cannot be lowered this way."""
+    features = {"attn_logit_softcapping": "soft-capped attention logits",
+                "alibi": "ALiBi position biases", "use_alibi": "ALiBi position biases"}
+    for key, what in features.items():
+        if getattr(cfg, key, None):
+            raise ExportError(f"this model's attention uses {what}, which ExecuTorch's fused LLM attention "
+                              "does not compute", "export it for an ONNX target instead")
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ExportError("encoder-decoder models are not decoder LLMs", "export a decoder-only causal LM")
+
+
+def _cached_layer(max_context: int, kv_heads: int, head_dim: int, dtype: Any) -> Any:
+    """A transformers cache layer whose keys and values live ``[1, max_context, kv_heads,
+    head_dim]`` (the layout ExecuTorch's LLM ops take) and are written with
+    ``llama.update_cache`` at the position the wrapper sets."""
+    import torch
+    from transformers.cache_utils import StaticLayer
+
+    class SeqMajorLayer(StaticLayer):
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            start = _start(self)
+            torch._check(start + key_states.shape[-2] <= self.max_cache_len)
+            torch.ops.llama.update_cache(key_states.transpose(1, 2), self.keys, start)
+            torch.ops.llama.update_cache(value_states.transpose(1, 2), self.values, start)
+            return self.keys, self.values
+
+    layer = SeqMajorLayer(max_context)
+    layer.keys = torch.zeros(1, max_context, kv_heads, head_dim, dtype=dtype)
+    layer.values = torch.zeros(1, max_context, kv_heads, head_dim, dtype=dtype)
+    layer.dtype, layer.device, layer.batch_size, layer.num_heads = dtype, layer.keys.device, 1, kv_heads
+    layer.k_head_dim = layer.v_head_dim = head_dim
+    layer.is_initialized = True
+    return layer
+
+
+def _start(layer: Any) -> Any:
+    """The position the current call starts at, as a size the export can reason about."""
+    import torch
+
+    start = layer.cumulative_length.item()
+    torch._check_is_size(start)
+    torch._check(start < layer.max_cache_len)
+    return start
+
+
+def _fused_attention(cache: Any) -> Any:
+    """A transformers attention function over ``cache``'s seq-major layers: the query is
+    transposed to ``[1, n, heads, head_dim]`` and ``llama.custom_sdpa`` attends, causally from
+    the start position, over the positions filled so far (grouped-query heads as they are)."""
+    import torch
+
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
+                  dropout: float = 0.0, sliding_window: Any = None, softcap: Any = None,
+                  **kwargs: Any) -> tuple[Any, None]:
+        if softcap is not None:
+            raise ExportError("this model's attention soft-caps its logits, which ExecuTorch's fused LLM "
+                              "attention does not compute", "export it for an ONNX target instead")
+        layer = cache.layers[module.layer_idx]
+        start = _start(layer)
+        q = query.transpose(1, 2)
+        if sliding_window and sliding_window < layer.max_cache_len:
+            # position p sees the keys in (p - window, p]: an additive mask over the whole cache
+            n = q.shape[1]
+            rows = torch.arange(n).unsqueeze(1) + start
+            cols = torch.arange(layer.max_cache_len).unsqueeze(0)
+            seen = (cols <= rows) & (cols > rows - sliding_window)
+            mask = torch.where(seen, 0.0, float("-inf")).to(torch.float32)
+            out = torch.ops.llama.custom_sdpa(q, key, value, 0, mask, 0.0, False, scaling)
+        else:
+            out = torch.ops.llama.custom_sdpa(q, key, value, start, None, 0.0, True, scaling)
+        return out, None
+
+    return attention
+
+
+def _cached_lm(model: Any, max_context: int) -> Any:
+    import torch
+    from transformers import AttentionInterface
+    from transformers.cache_utils import StaticCache
+    from transformers.configuration_utils import get_head_shapes
+    from transformers.masking_utils import AttentionMaskInterface
+
+    _import_custom_ops()
+
+    class CachedLM(torch.nn.Module):
+        """``forward(input_ids[1, n], cache_position[n])`` → logits ``[1, n, vocab]``, the cache
+        in this module's buffers."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            config = model.config.get_text_config()
+            heads, head_dim = get_head_shapes(config)
+            if not isinstance(heads, int) or not isinstance(head_dim, int):
+                raise ExportError("this model's layers have different attention shapes",
+                                  "export it for an ONNX target instead")
+            self.cache = StaticCache(max_cache_len=max_context, config=config)
+            self.cache.layers = [_cached_layer(max_context, heads, head_dim, model.dtype)
+                                 for _ in self.cache.layers]
+            for i, layer in enumerate(self.cache.layers):
+                self.register_buffer(f"key_cache_{i}", layer.keys, persistent=False)
+                self.register_buffer(f"value_cache_{i}", layer.values, persistent=False)
+                self.register_buffer(f"cache_start_{i}", layer.cumulative_length, persistent=False)
+            AttentionInterface.register(_ATTENTION, _fused_attention(self.cache))
+            AttentionMaskInterface.register(_ATTENTION, _no_mask)  # the kernel masks by position
+            config._attn_implementation = _ATTENTION
+
+        def forward(self, input_ids: Any, cache_position: Any) -> Any:
+            for layer in self.cache.layers:
+                layer.cumulative_length.copy_(cache_position[0])
+            out = self.model(input_ids=input_ids, attention_mask=None, past_key_values=self.cache, use_cache=True)
+            return out.logits
+
+    return CachedLM()
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _constant_methods(model: Any, max_context: int) -> dict[str, Any]:

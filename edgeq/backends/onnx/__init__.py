@@ -103,6 +103,11 @@ LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's C
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 
 
+def check_lm(config: Any) -> None:
+    """Nothing to refuse ahead: the ONNX export takes any attention torch.onnx captures (the
+    fused contrib ops replace only the patterns they match)."""
+
+
 def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:
     """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``)."""
     from edgeq.backends.onnx.llm import lower_lm as run_lowering

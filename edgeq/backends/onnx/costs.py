@@ -11,8 +11,10 @@ fp16 linears into fp32), and MLAS keeps a prepacked copy of linears beside the o
 initializer (which ORT frees but glibc mostly keeps): ``LINEAR_HELD`` bytes held per byte
 loaded, fitted with the rest of the memory model (``edgeq.planning.memory``). Linears with a bias
 (fused to Gemm) and MatMulNBits keep ~0.6x more; fp32 MatMul without bias kept almost
-nothing (measured +3%). Under ASLR the peak is bimodal (~1 fresh process in 9 lands in a
-low mode without that excess); these factors describe the common mode. Weak term
+nothing (measured +3%). The peak is bimodal: which malloc arena each of ORT's threads gets
+decides whether the freed initializers go back to the system (~1 fresh process in 9 on a
+quiet host, 2 in 3 on a loaded one, every one with MALLOC_ARENA_MAX=1 lands in the low mode
+without that excess); these factors describe the high mode, the one a budget must hold. Weak term
 "fp32-bias": held-out ViT-base fp32 keeps only ~0.26x (+29% predicted); with glibc's
 dynamic mmap threshold off the excess vanishes and 1.0 fits MiniLM, BERT and ViT within ±7%.
 """
@@ -102,4 +104,4 @@ MEMORY = MemoryTerms(act_wide=1.75, act_attn=5.86, overhead_bytes=int(18.7 * 2**
 # loaded model (the past fed in and the present returned are both alive during a step, and
 # glibc keeps part of the previous, smaller step's arrays); a 1024-token prefill holds 1.41x
 # prefill_arena_bytes (ORT keeps the scaled scores, the mask-added scores and the softmax).
-LM_MEMORY = LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_scores=0.0)
+LM_MEMORY = LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_workspace=0.0)

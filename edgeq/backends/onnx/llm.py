@@ -167,7 +167,10 @@ def _wrapper(module: Any, layers: int) -> Any:
             self.lm = lm
 
         def forward(self, input_ids: Any, *past: Any) -> tuple[Any, ...]:
-            cache = DynamicCache(config=self.lm.config)
+            # Plain layers for every attention layer, sliding-window ones too: they keep every
+            # position (the model's own mask applies the window), so each past grows by the
+            # tokens fed, as the session feeds it, with no window-dependent cropping traced in.
+            cache = DynamicCache()
             for i in range(layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
