@@ -34,8 +34,9 @@ def measure_peak_rss(artifact_dir: str | Path, runs: int = 3, *, repeats: int = 
     most attributable bytes is returned (a budget must hold for every load), with the range
     in ``attributable_range_bytes``. The same file can measure differently in two processes:
     ONNX Runtime frees each linear's unpacked weights after prepacking them, and whether the
-    C allocator hands those bytes back to the system depends on which malloc arena each thread got (the
-    four-1024² fp32 model of tests/test_memory.py measured 30.8 to 43.4 MB on a loaded host).
+    C allocator hands those bytes back to the system depends on which malloc arena each
+    thread got (the four-1024² fp32 model of tests/test_memory.py measured 43.4 MB alone and
+    30.8 to 35.0 MB inside the test suite).
     """
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1")

@@ -13,8 +13,9 @@ loaded, fitted with the rest of the memory model (``edgeq.planning.memory``). Li
 (fused to Gemm) and MatMulNBits keep ~0.6x more; fp32 MatMul without bias kept almost
 nothing (measured +3%). The peak is bimodal: which malloc arena each of ORT's threads gets
 decides whether the freed initializers go back to the system (~1 fresh process in 9 on a
-quiet host, 2 in 3 on a loaded one, every one with MALLOC_ARENA_MAX=1 lands in the low mode
-without that excess); these factors describe the high mode, the one a budget must hold. Weak term
+quiet host, 10 of 11 inside the test suite, every one with MALLOC_ARENA_MAX=1 lands in the
+low mode without that excess); these factors describe the high mode, the one a budget must
+hold. Weak term
 "fp32-bias": held-out ViT-base fp32 keeps only ~0.26x (+29% predicted); with glibc's
 dynamic mmap threshold off the excess vanishes and 1.0 fits MiniLM, BERT and ViT within ±7%.
 """
