@@ -228,6 +228,11 @@ def test_attention_the_runtime_cannot_compute_is_refused_before_any_work(tmp_pat
     one_line_error(proc, "soft-capped attention logits")
     assert "ONNX target" in proc.stderr
     assert not out.exists()
+    # planning measures nothing for it either
+    plan = tmp_path / "plan.yaml"
+    one_line_error(run_cli("plan", str(lm), "-t", "x86-executorch", "--budget", "1MB", "-o", str(plan), "--quiet"),
+                   "soft-capped attention logits")
+    assert not plan.exists()
 
 
 def test_sampling_options_without_sampling(tmp_path):

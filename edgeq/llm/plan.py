@@ -95,7 +95,10 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     from edgeq.planning.costs import measure_costs
     from edgeq.progress import Steps
 
+    from edgeq.llm.export import causal_lm_of
+
     steps = steps or Steps()
+    lm_backend(resolved.target.format).check_lm(causal_lm_of(loaded).config.get_text_config())
     families = lm_precisions(resolved.target.format, resolved.target, steps)
     base = prepare(loaded, resolved)
     values = {f.name: getattr(base, f.name) for f in fields(Prepared)}
