@@ -133,10 +133,10 @@ class ExecuTorchLM:
 def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
     import torch
 
-    _refuse_unsupported_attention(qmodel.config.get_text_config())
+    config = qmodel.config.get_text_config()
+    check_lm(config)
     # The capture switches the model to the fused attention; at fp32 ``qmodel`` is the
     # caller's own model, so its settings are put back afterwards.
-    config = qmodel.config.get_text_config()
     saved = config._attn_implementation
     try:
         wrapped = _cached_lm(qmodel, max_context)
@@ -169,24 +169,21 @@ def _import_custom_ops() -> None:
 
 
 def check_lm(config: Any) -> None:
-    """Refuse, before any work, a model whose attention ExecuTorch's LLM kernels cannot compute
-    (``config``: the model's text config, or its dict)."""
-    from types import SimpleNamespace
-
-    _refuse_unsupported_attention(SimpleNamespace(**config) if isinstance(config, dict) else config)
-
-
-def _refuse_unsupported_attention(cfg: Any) -> None:
-    """The fused attention is causal softmax attention with an optional sliding window; a
-    model whose attention computes something else cannot be lowered this way."""
+    """Refuse, before any work, a model (its text config) whose attention ExecuTorch's LLM
+    kernels cannot compute: they compute causal softmax attention, with an optional sliding
+    window."""
     features = {"attn_logit_softcapping": "soft-capped attention logits",
                 "alibi": "ALiBi position biases", "use_alibi": "ALiBi position biases"}
     for key, what in features.items():
-        if getattr(cfg, key, None):
-            raise ExportError(f"this model's attention uses {what}, which ExecuTorch's fused LLM attention "
-                              "does not compute", "export it for an ONNX target instead")
-    if getattr(cfg, "is_encoder_decoder", False):
+        if getattr(config, key, None):
+            raise _unsupported(what)
+    if getattr(config, "is_encoder_decoder", False):
         raise ExportError("encoder-decoder models are not decoder LLMs", "export a decoder-only causal LM")
+
+
+def _unsupported(what: str) -> ExportError:
+    return ExportError(f"this model's attention uses {what}, which ExecuTorch's fused LLM attention does not "
+                       "compute", "export it for an ONNX target instead")
 
 
 def _cached_layer(max_context: int, kv_heads: int, head_dim: int, dtype: Any) -> Any:
@@ -232,9 +229,8 @@ def _fused_attention(cache: Any) -> Any:
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
                   dropout: float = 0.0, sliding_window: Any = None, softcap: Any = None,
                   **kwargs: Any) -> tuple[Any, None]:
-        if softcap is not None:
-            raise ExportError("this model's attention soft-caps its logits, which ExecuTorch's fused LLM "
-                              "attention does not compute", "export it for an ONNX target instead")
+        if softcap is not None:  # a soft-cap check_lm found under no config key it knows
+            raise _unsupported("soft-capped attention logits")
         layer = cache.layers[module.layer_idx]
         start = _start(layer)
         q = query.transpose(1, 2)
