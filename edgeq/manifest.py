@@ -216,6 +216,9 @@ class LLMInfo(Strict):
     tokenizer_files: list[str]  # beside the manifest; [] when the model has no tokenizer
     chat_template: bool
     prefill: str  # how a prompt is fed ("whole prompt in one call" / "one token per call")
+    # the positions a call returns logits for: "every position" / "last position" (None: from
+    # before edgeq recorded it, every position)
+    logits: str | None = None
     head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
     verification: LLMVerification | None
     predicted_memory: LLMPredictedMemory | None = None  # absent in artifacts from before edgeq predicted it

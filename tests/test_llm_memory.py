@@ -91,3 +91,44 @@ def test_a_context_beyond_the_artifact_is_refused(exported):
     art, _ = exported
     with pytest.raises(ArtifactError, match="outside the artifact"):
         predict_lm_peak(art, 10**6)
+
+
+@pytest.mark.slow
+def test_executorch_holds_one_row_of_logits_whatever_the_prompt(tmp_path):
+    """A vocabulary large enough that every position's logits would dominate ExecuTorch's
+    planned arena (16384 x 512 positions x 4 bytes = 32 MiB; SmolLM2 at 512: 100.7 MB): the
+    program returns the last position's only, so the arena holds no such block, the peak
+    does not grow with the prompt by a row of logits per token, and the prediction holds at
+    a short and a long prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from edgeq.llm.measure import measure_generation
+    from edgeq.llm.memory import predict_lm_peak
+
+    torch.manual_seed(0)
+    vocab, context = 16384, 512
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=context, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
+    lm_dir = tmp_path / "wide-vocab"
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(lm_dir)
+    tiny_lms.tokenizer().save_pretrained(lm_dir)
+    art = tmp_path / "art"
+    proc = run_cli("export", str(lm_dir), "-t", "x86-executorch", "-p", "fp32", "--max-context", str(context),
+                   "--samples", "2", "-o", str(art))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["llm"]["logits"] == "last position"
+    every_position = context * vocab * 4
+    assert manifest["memory"]["planned_activation_bytes"] < manifest["llm"]["kv_cache_bytes"] + every_position // 4
+    got = {}
+    for prompt in (32, 448):
+        measured = measure_generation(art, prompt_tokens=prompt, new_tokens=4)
+        got[prompt] = measured["memory"]["model_attributable_bytes"]
+        est = predict_lm_peak(art, prompt + 4, prompt_tokens=prompt).total_bytes
+        error = est / got[prompt] - 1
+        print(f"prompt {prompt}: predicted {est / 2**20:.1f} MiB, measured {got[prompt] / 2**20:.1f} MiB ({error:+.1%})")
+        assert abs(error) <= TOLERANCE, (prompt, est, got[prompt])
+    # every position's logits for 416 more prompt tokens would be 26 MiB more
+    assert got[448] - got[32] < 416 * vocab * 4 / 4, (got[32], got[448])

@@ -176,6 +176,18 @@ def test_layers_that_cannot_take_a_scheme_are_marked():
     assert "cannot_take" in result.to_yaml()
 
 
+def test_the_summary_gives_one_line_per_reason_however_many_layers_share_it():
+    from edgeq.export_report import excluded_lines
+
+    why = {"int4-g128": "reduction dim 576 is not a multiple of 128"}
+    excluded = {f"layers.{i}.q_proj": dict(why) for i in range(200)}
+    excluded["head"] = {"int4-g64": "reduction dim 96 is not a multiple of 64"}
+    lines = excluded_lines(excluded)
+    assert lines == ["int4-g128 (reduction dim 576 is not a multiple of 128): layers.0.q_proj, layers.1.q_proj, "
+                     "layers.2.q_proj and 197 more",
+                     "int4-g64 (reduction dim 96 is not a multiple of 64): head"]
+
+
 def test_unused_and_folded_layers_are_pinned_at_the_bytes_the_export_stores(tiny_bert_dir: Path, tmp_path: Path):
     """BERT's pooler is never called (0 bytes); on ExecuTorch its position and token-type
     lookups read constants only and are folded into fp32 results (tokens × hidden × 4 bytes),

@@ -89,7 +89,10 @@ class LMMemoryTerms:
     planned arena; ``delegate_workspace``: bytes a delegate allocates beside a planned arena on its
     first run, per byte of the arena's activations (the delegate's own intermediates, planned
     like the arena for a prefill as long as the context);
-    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept.
+    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept;
+    ``program_logits``: the positions a call of the lowered program returns logits for
+    (``"every position"`` or ``"last position"``: then neither the arena nor the caller holds
+    the other positions' logits).
     """
 
     kv_copies: float
@@ -97,6 +100,7 @@ class LMMemoryTerms:
     delegate_workspace: float
     session_overhead_bytes: int = 0
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
+    program_logits: str = "every position"
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ def kv_cache_bytes(shape: LMShape, context: int, dtype: str = "float32") -> int:
     return sum(per_position * shape.cached_positions(i, context) for i in range(shape.layers))
 
 
+def logits_bytes(shape: LMShape, positions: int) -> int:
+    """Float32 logits of ``positions`` positions."""
+    return positions * shape.vocab * 4
+
+
 def prefill_arena_bytes(shape: LMShape, tokens: int, *, all_logits: bool = False) -> int:
     """Float32 activation bytes alive at the largest stage of a prefill of ``tokens``."""
     t, f = tokens, 4
@@ -134,7 +139,7 @@ def prefill_arena_bytes(shape: LMShape, tokens: int, *, all_logits: bool = False
     qkv = t * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * f
     attention = stream + qkv + 2 * shape.heads * t * t * f + t * shape.heads * shape.head_dim * f
     mlp = stream + (3 if shape.gated_mlp else 1) * t * shape.intermediate * f
-    logits = (t if all_logits else 1) * shape.vocab * f
+    logits = logits_bytes(shape, t if all_logits else 1)
     return max(attention, mlp) + logits
 
 

@@ -15,8 +15,10 @@ runtime's baseline for the process's peak RSS:
 - **activations**: a runtime that plans its arena ahead of time (ExecuTorch: the planned
   bytes recorded in the manifest, which hold the static KV cache and the activations of a
   prefill as long as the context) holds that arena from the load on, plus what its delegate
-  allocates beside it on the first run (measured per byte of the arena's activations); a runtime that allocates as it goes (ONNX Runtime)
-  holds the prefill's activations (``edgeq.llm.costs.prefill_arena_bytes`` with every
+  allocates beside it on the first run (measured per byte of the arena's activations other
+  than logits), plus the logits handed to the caller (the prompt's, for a program returning
+  every position's; one row for ExecuTorch's, which returns the last position's); a runtime
+  that allocates as it goes (ONNX Runtime) holds the prefill's activations (``edgeq.llm.costs.prefill_arena_bytes`` with every
   position's logits) times a measured factor;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
   on encoder artifacts in fresh processes) plus what an LLM session holds beyond it
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ArtifactError
-from edgeq.llm.costs import LMShape, kv_cache_bytes, prefill_arena_bytes
+from edgeq.llm.costs import LMShape, kv_cache_bytes, logits_bytes, prefill_arena_bytes
 
 DEFAULT_PROMPT_TOKENS = 128  # capped at context // 2: the recorded scenario's prompt
 
@@ -85,29 +87,40 @@ def scenario_prompt(context: int) -> int:
 
 def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shape: LMShape, *, context: int,
                       prompt_tokens: int, planned_activation_bytes: int, kv_dtype: str = "float32",
-                      nonlayer_bytes: int = 0) -> LMMemoryEstimate:
+                      nonlayer_bytes: int = 0, arena_positions: int | None = None,
+                      program_logits: str | None = None) -> LMMemoryEstimate:
     """The prediction from its parts: ``layers`` (``edgeq.planning.inventory.LayerInfo``), the
     lowered ``schemes`` (fqn → name, as the manifest's ``precision.layers``), the model's
-    ``shape``, the scenario, and the runtime's planned arena (0: none)."""
+    ``shape``, the scenario, and the runtime's planned arena (0: none), planned for prefills of
+    up to ``arena_positions`` tokens (default: ``context``), returning the logits of
+    ``program_logits`` (default: what the format's lowering does now)."""
     from edgeq.backends import get_backend
     from edgeq.planning.memory import with_tied_head
     from edgeq.schemes import applied
 
     be = get_backend(fmt)
     terms = be.LM_MEMORY
+    every = (program_logits or terms.program_logits) == "every position"
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias)) for x, s in pairs if s is not None)
-    kv_full = kv_cache_bytes(shape, context, kv_dtype)
     if planned_activation_bytes > 0:
-        # The static cache is planned inside the arena; the arena is held from the load on.
-        kv = kv_full
-        planned = max(0, planned_activation_bytes - kv_full)
-        activations = planned + int(terms.delegate_workspace * planned)
+        # The static cache is planned inside the arena, every position of it whatever the
+        # generation's length; the arena is held from the load on.
+        # The delegate's workspace mirrors the activations inside its partitions, not the
+        # head's output: a program returning every position's logits has them in the arena
+        # at its boundary (SmolLM2: 100.7 of 101.9 MB planned activations), and the prompt's
+        # logits handed back to the caller are a copy beside the arena.
+        arena = arena_positions or context
+        kv = kv_cache_bytes(shape, arena, kv_dtype)
+        planned = max(0, planned_activation_bytes - kv)
+        inside = max(0, planned - logits_bytes(shape, arena if every else 1))
+        returned = logits_bytes(shape, prompt_tokens if every else 1)
+        activations = planned + int(terms.delegate_workspace * inside) + returned
     else:
         # Prefill: the prompt's activations beside its cache; end of decoding: the full cache.
         prefill = int(terms.prefill_factor * prefill_arena_bytes(shape, prompt_tokens, all_logits=True))
         kv_prefill = int(terms.kv_copies * kv_cache_bytes(shape, prompt_tokens, kv_dtype))
-        kv_end = int(terms.kv_copies * kv_full)
+        kv_end = int(terms.kv_copies * kv_cache_bytes(shape, context, kv_dtype))
         kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
     return LMMemoryEstimate(format=fmt, context=context, prompt_tokens=prompt_tokens, weights_bytes=int(weights),
                             kv_cache_bytes=int(kv), activation_bytes=int(activations),
@@ -150,4 +163,6 @@ def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *
     return predict_lm_memory(manifest.target.format, layers, manifest.precision.layers, LMShape.from_config(config),
                              context=context, prompt_tokens=prompt,
                              planned_activation_bytes=manifest.memory.planned_activation_bytes,
-                             kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer)
+                             kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer,
+                             arena_positions=manifest.llm.max_context,
+                             program_logits=manifest.llm.logits or "every position")

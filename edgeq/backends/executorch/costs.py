@@ -78,5 +78,13 @@ MEMORY = MemoryTerms(act_wide=2.27, act_attn=0.94, overhead_bytes=int(3.72 * 2**
 # context 1024) with it). The session overhead (6.2 MiB: extra methods, the logits
 # handed to Python, the generation loop's buffers) was measured on the earlier programs
 # (scores over the whole context) and still leaves both fit points within 1.6%.
+# The workspace follows the activations inside XNNPACK's partitions, so the all-position
+# logits at the program's boundary are not counted in it; the prompt's logits handed to the
+# caller are (edgeq.llm.memory). Checked 2026-12-02 on SmolLM2-135M at int4, context 512
+# (vocab 49152: 100.7 of the arena's 101.9 MB activations are logits): measured 240.5 /
+# 262.6 / 289.6 / 340.5 MB above the baseline at prompts of 8 / 128 / 256 / 500 tokens,
+# predicted 231.9 / 255.5 / 280.7 / 328.6 MB (-2.7% to -3.6%); with the logits inside the
+# workspace term the prediction was 316.9 MB at every prompt (+20.8% at 128).
 LM_MEMORY = LMMemoryTerms(kv_copies=0.0, prefill_factor=0.0, delegate_workspace=0.86,
-                          session_overhead_bytes=int(6.2 * 2**20), planned_arena=True)
+                          session_overhead_bytes=int(6.2 * 2**20), planned_arena=True,
+                          program_logits="last position")

@@ -4,7 +4,8 @@ The program wraps the transformers model with a KV cache of ``max_context`` posi
 as mutable buffers, laid out ``[batch, position, kv_head, head_dim]``, and captures it with
 strict ``torch.export`` and a dynamic sequence dimension, so one ``forward(input_ids[1, n],
 cache_position[n])`` call prefills a whole prompt and ``n == 1`` decodes one token. It
-returns logits for every position fed. Attention runs in ExecuTorch's own LLM kernels
+returns the logits of the last position fed only (the head runs on that position alone;
+perplexity feeds one token per call). Attention runs in ExecuTorch's own LLM kernels
 (``executorch.extension.llm.custom_ops``): ``llama.update_cache`` writes the new keys and
 values into the cache in place, and ``llama.custom_sdpa`` attends over the positions filled
 so far (causal from the start position; a sliding-window layer gets its window as a mask),
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends import silence_native_stderr
+from edgeq.backends.executorch.costs import LM_MEMORY
 from edgeq.backends.executorch.llm_quant import as_lm_quant, head_storage, quantize_lm
 from edgeq.errors import ArtifactError, ExportError, RunError, describe
 from edgeq.llm.session import LoweredLM, linears_with_int8_activations
@@ -56,6 +58,7 @@ def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: i
         kv_cache_bytes=cache_bytes,
         delegation={**summary, "planned_activation_bytes": arena,
                     "head": head_storage(model, applied), "prefill": "whole prompt in one call",
+                    "logits": LM_MEMORY.program_logits,
                     "attention": "ExecuTorch LLM kernels (llama.update_cache, llama.custom_sdpa)"},
     )
 
@@ -90,15 +93,21 @@ class ExecuTorchLM:
         self.position = 0
 
     def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any:
-        """Start a new sequence with ``token_ids`` (one call); logits after the last one."""
+        """Start a new sequence with ``token_ids`` (one call); logits after the last one. With
+        ``all_logits`` (perplexity), one call per token: the program returns the last
+        position's logits only."""
         if not token_ids:
             raise RunError("cannot prefill an empty prompt", "give at least one token")
         self.reset()
-        return self._run(list(token_ids), all_logits)
+        if all_logits:
+            import numpy as np
+
+            return np.stack([self._run([int(t)]) for t in token_ids])
+        return self._run(list(token_ids))
 
     def decode(self, token_id: int) -> Any:
         """Append one token; logits for the position after it."""
-        return self._run([int(token_id)], False)
+        return self._run([int(token_id)])
 
     def reset(self) -> None:
         # The program overwrites cache rows from cache_position on and masks every later
@@ -109,7 +118,7 @@ class ExecuTorchLM:
         self._forward = None
         self._program = None
 
-    def _run(self, ids: list[int], all_logits: bool) -> Any:
+    def _run(self, ids: list[int]) -> Any:
         import torch
 
         if self._forward is None:
@@ -123,8 +132,7 @@ class ExecuTorchLM:
         with silence_native_stderr():
             logits = self._forward.execute([tokens, positions])[0]
         self.position = end
-        logits = logits[0].float().numpy()
-        return logits.copy() if all_logits else logits[-1].copy()
+        return logits[0, -1].float().numpy().copy()
 
 
 # ------------------------------------------------------------------------- internals
@@ -259,8 +267,10 @@ def _cached_lm(model: Any, max_context: int) -> Any:
     _import_custom_ops()
 
     class CachedLM(torch.nn.Module):
-        """``forward(input_ids[1, n], cache_position[n])`` → logits ``[1, n, vocab]``, the cache
-        in this module's buffers."""
+        """``forward(input_ids[1, n], cache_position[n])`` → logits ``[1, 1, vocab]`` of the last
+        position, the cache in this module's buffers. Only the last position goes through
+        the head: every position's logits would be planned into the arena for a prefill as
+        long as the context (SmolLM2 at 512 positions: 100.7 MB; Llama-3.2-1B at 2048: 1.05 GB)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -284,7 +294,8 @@ def _cached_lm(model: Any, max_context: int) -> Any:
         def forward(self, input_ids: Any, cache_position: Any) -> Any:
             for layer in self.cache.layers:
                 layer.cumulative_length.copy_(cache_position[0])
-            out = self.model(input_ids=input_ids, attention_mask=None, past_key_values=self.cache, use_cache=True)
+            out = self.model(input_ids=input_ids, attention_mask=None, past_key_values=self.cache, use_cache=True,
+                             logits_to_keep=1)
             return out.logits
 
     return CachedLM()
