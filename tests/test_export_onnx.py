@@ -77,7 +77,7 @@ def test_minilm_onnx_int8_meets_size_and_fidelity(tmp_path: Path, minilm_dir: Pa
 def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, factory, layer, plan_yaml, scheme):
     """The eager stand-in the planner measures ONNX sensitivity with computes the artifact's
     numbers: its distance to ONNX Runtime's output is a tiny part of the quantization error
-    (the ExecuTorch stand-in's is about all of it)."""
+    (test_export_executorch.py checks the ExecuTorch stand-in the same way)."""
     import numpy as np
     import torch
 

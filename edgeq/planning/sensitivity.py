@@ -146,8 +146,9 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
 
 # Part of every cache key: raised whenever a backend's stand-in numerics change, so figures
 # cached by an earlier edgeq of the same version are measured again (2: ONNX decoder LLMs'
-# int4 linears take int8 dynamic activations).
-STAND_IN_REVISION = 2
+# int4 linears take int8 dynamic activations; 3: ExecuTorch int4 linears' group scales in
+# bf16, as XNNPACK stores them).
+STAND_IN_REVISION = 3
 
 
 def cache_key(module: Any, calib: list, schemes: dict[str, list[Scheme]], metric: str, proxy: str | None,

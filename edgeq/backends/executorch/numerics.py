@@ -30,6 +30,9 @@ def stand_in(layer: Any, scheme: Scheme) -> Any:
         return q
     if isinstance(q, torch.nn.Linear):
         quantize_(q, torchao_config(scheme, True))
+        if scheme.bits == 4 and scheme.group is not None:
+            # XNNPACK stores blockwise 4-bit scales in bf16 (executorch's lowering casts them)
+            q.weight.scale = q.weight.scale.to(torch.bfloat16).float()
         q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
         return _DynamicInt8Input(q)
     # conv: static int8 per-channel weights (activation scales are calibrated; not simulated)
