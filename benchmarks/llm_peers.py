@@ -59,8 +59,9 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None, timeout: float 
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=min(timeout, left))
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"not built: still running at the build deadline ({BUILD_DEADLINE['utc']}), "
-                           f"stopped after {time.perf_counter() - t:.0f} s") from None
+        why = (f"the build deadline ({BUILD_DEADLINE['utc']})" if left < timeout
+               else f"the per-build limit of {timeout / 60:.0f} min")
+        raise RuntimeError(f"not built: still running at {why}, stopped after {time.perf_counter() - t:.0f} s") from None
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
         raise RuntimeError(f"{Path(cmd[1]).name if len(cmd) > 1 else cmd[0]} exited {proc.returncode}: "

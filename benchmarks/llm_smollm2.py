@@ -48,6 +48,7 @@ from llm_goals import goals, print_table  # noqa: E402
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = ("<|im_start|>user\nExplain in a few sentences why the sky is blue, and what changes at sunset "
           "when the light travels through more of the atmosphere.<|im_end|>\n<|im_start|>assistant\n")
+BUILD_LIMIT_S = {"edgeq": 3600.0}  # one edgeq export's limit (--build-limit-minutes)
 BUDGET_ROW = "budgeted plan at llama.cpp Q4_K_M's size"
 CONTEXT = 512        # KV-cache positions of every row (and the perplexity window)
 NEW_TOKENS = 64
@@ -82,7 +83,7 @@ def edgeq_export(hf: Path, target: str, precision: str, budget: int | None, out:
            "--max-context", str(CONTEXT), "-o", str(out), "--force", "-q"]
     cmd += ["--budget", str(budget)] if budget is not None else ["-p", precision]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    seconds, _ = llm_peers.run_timed(cmd, env=env)
+    seconds, _ = llm_peers.run_timed(cmd, env=env, timeout=BUILD_LIMIT_S["edgeq"])
     return seconds
 
 
@@ -149,6 +150,8 @@ def main() -> None:
                     help="a venv with optimum-executorch installed --no-deps over edgeq's stack")
     ap.add_argument("--build-minutes", type=float, default=None,
                     help="stop building after this many minutes; rows not built by then say so and the rest are measured")
+    ap.add_argument("--build-limit-minutes", type=float, default=60,
+                    help="stop an edgeq export that runs longer than this (a loaded host needs more)")
     ap.add_argument("--build-only", default=None, help="build only the rows matching this regex; others are "
                     "reused from --workdir when there, else reported as not built")
     ap.add_argument("--only", default=None, help="build and measure only the rows matching this regex, and "
@@ -157,6 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    BUILD_LIMIT_S["edgeq"] = 60 * args.build_limit_minutes
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     exports_file = work / "export_times.json"
     export_times = json.loads(exports_file.read_text()) if args.reuse and exports_file.exists() else {}
