@@ -92,9 +92,7 @@ def main() -> None:
                     "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     if not (args.reuse and (hf / "config.json").exists()):
         log(f"building the Llama-3.2-1B-shaped model with random weights in {hf}")
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
-                        "from llm_scale import save_model; from pathlib import Path; save_model(Path(sys.argv[1]))",
-                        str(hf), str(Path(__file__).parent)], check=True, env=env)
+        save_model(hf)  # the model is freed on return: the export runs in a process of its own
     result["model_bytes"] = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
     if not (args.reuse and (art / "manifest.json").exists()):
         log(f"edgeq export -t {TARGETS[args.format]} -p {args.precision} --max-context {args.max_context}")

@@ -240,7 +240,7 @@ def main() -> None:
         budget = None
         if precision == "budget":
             q4km_built.wait()
-            q4km = Path(llama_rows[-1]["artifact"])
+            q4km = Path(q4km_row["artifact"])
             if not q4km.exists():
                 raise RuntimeError("llama.cpp Q4_K_M was not built, so its size (the budget) is unknown")
             budget = row["budget_bytes"] = q4km.stat().st_size
@@ -293,12 +293,15 @@ def main() -> None:
     def wanted(name: str) -> bool:
         return only is None or bool(only.search(name))
 
+    q4km_row = llama_rows[-1]
+    budget_wanted = any(wanted(r["row"]) for fmt in TARGETS for r in edgeq_rows[fmt] if r["precision"] == "budget")
+
     def peer_stream() -> None:
-        try:
-            if any(wanted(r["row"]) for r in llama_rows) or only is None or only.search("budget"):
+        try:  # llama.cpp first: the budgeted rows wait for Q4_K_M's size
+            if budget_wanted or any(wanted(r["row"]) for r in llama_rows):
                 guarded(convert, convert_build)
             for r in llama_rows:
-                if wanted(r["row"]) or r is llama_rows[-1]:
+                if wanted(r["row"]) or (r is q4km_row and budget_wanted):
                     guarded(r, quantize)
         finally:
             q4km_built.set()

@@ -47,3 +47,30 @@ def random_rows(example: tuple, n: int, seed: int = 7) -> list[tuple]:
                 row.append(torch.randint(0, int(x.max()) + 1, x.shape, generator=g, dtype=x.dtype))
         rows.append(tuple(row))
     return rows
+
+
+def stand_in_distance(tmp_path: Path, factory: str, target: str, layer: str, plan_yaml: str,
+                      scheme: str) -> tuple[float, float]:
+    """Export ``tests.tiny_models:<factory>`` for ``target`` with ``plan_yaml``, then run it and
+    the eager model with ``layer`` replaced by the target format's sensitivity stand-in:
+    (max |artifact − stand-in|, max |artifact − fp32 eager|)."""
+    from edgeq.backends import get_backend
+    from edgeq.export import export
+    from edgeq.planning.sensitivity import _swapped
+    from edgeq.schemes import parse
+    from edgeq.targets import load_target
+    from tests import tiny_models
+
+    f = tmp_path / "plan.yaml"
+    f.write_text(f"layers: {plan_yaml}\n")
+    result = export(f"tests.tiny_models:{factory}", target, plan_file=f, output=tmp_path / "a")
+    fmt = load_target(target).target.format
+    model, example = getattr(tiny_models, factory)()
+    rows = random_rows(example, 8)
+    run = run_pte if fmt == "executorch" else run_onnx
+    got = np.stack(run(tmp_path / "a" / result.manifest.model_file, rows))
+    with torch.no_grad():
+        fp32 = np.stack([model(*r).numpy() for r in rows])
+        with _swapped(model, layer, get_backend(fmt).stand_in(model.get_submodule(layer), parse(scheme))):
+            stand_in = np.stack([model(*r).numpy() for r in rows])
+    return float(np.abs(got - stand_in).max()), float(np.abs(got - fp32).max())

@@ -11,7 +11,7 @@ import torch
 
 from edgeq.export import export
 from tests import tiny_models
-from tests.helpers import cosines, random_rows, run_pte
+from tests.helpers import cosines, random_rows, run_pte, stand_in_distance
 
 
 def _fresh(factory):
@@ -149,23 +149,7 @@ def test_executorch_sensitivity_stand_ins_reproduce_the_lowered_program(tmp_path
     .pte's numbers: its distance to the program's output is a tiny part of the quantization
     error (XNNPACK keeps 4-bit group scales in bf16; fp32 scales put the stand-in 2.5% of
     the error away)."""
-    import numpy as np
-
-    from edgeq.backends import get_backend
-    from edgeq.planning.sensitivity import _swapped
-    from edgeq.schemes import parse
-
-    f = tmp_path / "plan.yaml"
-    f.write_text(f"layers: {plan_yaml}\n")
-    export("tests.tiny_models:tiny_mlp", "x86-executorch", plan_file=f, output=tmp_path / "a")
-    model, example = tiny_models.tiny_mlp()
-    rows = random_rows(example, 8)
-    pte = np.stack(run_pte(tmp_path / "a" / "model.pte", rows))
-    with torch.no_grad():
-        fp32 = np.stack([model(*r).numpy() for r in rows])
-        with _swapped(model, layer, get_backend("executorch").stand_in(model.get_submodule(layer), parse(scheme))):
-            stand_in = np.stack([model(*r).numpy() for r in rows])
-    quant_error = np.abs(pte - fp32).max()
+    distance, quant_error = stand_in_distance(tmp_path, "tiny_mlp", "x86-executorch", layer, plan_yaml, scheme)
     assert quant_error > 0
     # measured: 4e-6 (int4) and 4e-5 (int8) of it; 2.5e-2 at int4 with fp32 group scales
-    assert np.abs(pte - stand_in).max() < 2e-3 * quant_error, (np.abs(pte - stand_in).max(), quant_error)
+    assert distance < 2e-3 * quant_error, (distance, quant_error)

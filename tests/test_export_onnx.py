@@ -9,7 +9,7 @@ import pytest
 
 from edgeq.export import export
 from tests import tiny_models
-from tests.helpers import cosines, random_rows, run_onnx
+from tests.helpers import cosines, random_rows, run_onnx, stand_in_distance
 
 
 @pytest.mark.parametrize(
@@ -78,23 +78,6 @@ def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, facto
     """The eager stand-in the planner measures ONNX sensitivity with computes the artifact's
     numbers: its distance to ONNX Runtime's output is a tiny part of the quantization error
     (test_export_executorch.py checks the ExecuTorch stand-in the same way)."""
-    import numpy as np
-    import torch
-
-    from edgeq.backends import get_backend
-    from edgeq.schemes import parse
-    from edgeq.planning.sensitivity import _swapped
-
-    f = tmp_path / "plan.yaml"
-    f.write_text(f"layers: {plan_yaml}\n")
-    export(f"tests.tiny_models:{factory}", "x86", plan_file=f, output=tmp_path / "a")
-    model, example = getattr(tiny_models, factory)()
-    rows = random_rows(example, 8)
-    ort = np.stack(run_onnx(tmp_path / "a" / "model.onnx", rows))
-    with torch.no_grad():
-        fp32 = np.stack([model(*r).numpy() for r in rows])
-        with _swapped(model, layer, get_backend("onnx").stand_in(model.get_submodule(layer), parse(scheme))):
-            stand_in = np.stack([model(*r).numpy() for r in rows])
-    quant_error = np.abs(ort - fp32).max()
+    distance, quant_error = stand_in_distance(tmp_path, factory, "x86", layer, plan_yaml, scheme)
     assert quant_error > 0
-    assert np.abs(ort - stand_in).max() < 0.02 * quant_error, (np.abs(ort - stand_in).max(), quant_error)
+    assert distance < 0.02 * quant_error, (distance, quant_error)

@@ -79,6 +79,9 @@ class MemoryTerms:
     tied_head_quantized_copies: int  # extra fp32 copies of a tied LM head whose table is quantized
 
 
+EVERY_POSITION, LAST_POSITION = "every position", "last position"  # LMMemoryTerms.program_logits
+
+
 @dataclass(frozen=True)
 class LMMemoryTerms:
     """How one runtime holds a decoder LLM's cache and activations (measured; the values are
@@ -100,7 +103,7 @@ class LMMemoryTerms:
     delegate_workspace: float
     session_overhead_bytes: int = 0
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
-    program_logits: str = "every position"
+    program_logits: str = EVERY_POSITION  # or LAST_POSITION
 
 
 @dataclass(frozen=True)

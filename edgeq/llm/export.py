@@ -308,6 +308,7 @@ def _has_chat_template(work: Path) -> bool:
 def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: Any, numerics: Any, greedy: Any,
               model: Any, model_file: Path, work: Path, tokenizer_files: list[str], steps: Any) -> dict[str, Any]:
     from edgeq.artifact import file_table
+    from edgeq.backends import EVERY_POSITION
     from edgeq.export import _versions
     from edgeq.planning.inventory import fp32_bytes, layer_inventory, layers_to_json
     from edgeq.manifest import MANIFEST_SCHEMA_VERSION
@@ -316,7 +317,7 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
     delegation = dict(lowered.delegation)
     head = delegation.pop("head", {})
     prefill = delegation.pop("prefill", "whole prompt in one call")
-    logits = delegation.pop("logits", "every position")
+    logits = delegation.pop("logits", EVERY_POSITION)
     arena = int(delegation.pop("planned_activation_bytes", 0))
     counts: dict[str, int] = {}
     for s in lowered.layer_schemes.values():

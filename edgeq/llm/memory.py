@@ -18,8 +18,9 @@ runtime's baseline for the process's peak RSS:
   allocates beside it on the first run (measured per byte of the arena's activations other
   than logits), plus the logits handed to the caller (the prompt's, for a program returning
   every position's; one row for ExecuTorch's, which returns the last position's); a runtime
-  that allocates as it goes (ONNX Runtime) holds the prefill's activations (``edgeq.llm.costs.prefill_arena_bytes`` with every
-  position's logits) times a measured factor;
+  that allocates as it goes (ONNX Runtime) holds the prefill's activations
+  (``edgeq.llm.costs.prefill_arena_bytes``, with the logits its program returns) times a
+  measured factor;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
   on encoder artifacts in fresh processes) plus what an LLM session holds beyond it
   (measured, ``edgeq.backends.LMMemoryTerms.session_overhead_bytes``), and the runtime's measured baseline.
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeq.backends import EVERY_POSITION
 from edgeq.errors import ArtifactError
 from edgeq.llm.costs import LMShape, kv_cache_bytes, logits_bytes, prefill_arena_bytes
 
@@ -100,7 +102,7 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
 
     be = get_backend(fmt)
     terms = be.LM_MEMORY
-    every = (program_logits or terms.program_logits) == "every position"
+    every = (program_logits or terms.program_logits) == EVERY_POSITION
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias)) for x, s in pairs if s is not None)
     if planned_activation_bytes > 0:
@@ -118,7 +120,7 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
         activations = planned + int(terms.delegate_workspace * inside) + returned
     else:
         # Prefill: the prompt's activations beside its cache; end of decoding: the full cache.
-        prefill = int(terms.prefill_factor * prefill_arena_bytes(shape, prompt_tokens, all_logits=True))
+        prefill = int(terms.prefill_factor * prefill_arena_bytes(shape, prompt_tokens, all_logits=every))
         kv_prefill = int(terms.kv_copies * kv_cache_bytes(shape, prompt_tokens, kv_dtype))
         kv_end = int(terms.kv_copies * kv_cache_bytes(shape, context, kv_dtype))
         kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
@@ -165,4 +167,4 @@ def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *
                              planned_activation_bytes=manifest.memory.planned_activation_bytes,
                              kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer,
                              arena_positions=manifest.llm.max_context,
-                             program_logits=manifest.llm.logits or "every position")
+                             program_logits=manifest.llm.logits or EVERY_POSITION)

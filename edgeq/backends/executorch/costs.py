@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeq.backends import FileOverhead, LMMemoryTerms, MemoryTerms
+from edgeq.backends import LAST_POSITION, FileOverhead, LMMemoryTerms, MemoryTerms
 from edgeq.schemes import Scheme
 
 
@@ -87,4 +87,4 @@ MEMORY = MemoryTerms(act_wide=2.27, act_attn=0.94, overhead_bytes=int(3.72 * 2**
 # workspace term the prediction was 316.9 MB at every prompt (+20.8% at 128).
 LM_MEMORY = LMMemoryTerms(kv_copies=0.0, prefill_factor=0.0, delegate_workspace=0.86,
                           session_overhead_bytes=int(6.2 * 2**20), planned_arena=True,
-                          program_logits="last position")
+                          program_logits=LAST_POSITION)
