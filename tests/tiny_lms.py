@@ -95,3 +95,35 @@ def save_tiny_lm(path: Path, arch: str = "llama", *, chat_template: bool = True,
     if with_tokenizer:
         tokenizer(chat_template).save_pretrained(path)
     return path
+
+
+def bpe_tokenizer(chat_template: bool = True):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` (the kind Llama 3, SmolLM2 and Qwen2 ship,
+    and the kind GGUF's ``gpt2`` vocabulary holds), trained in code on ``WORDS``: 256 byte
+    tokens, the specials, and merges up to 300 tokens."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=SPECIALS[3:])
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_bpe_lm(path: Path, arch: str = "llama", **kwargs) -> Path:
+    """``save_tiny_lm`` with the byte-level BPE tokenizer (vocabulary 320: the tokenizer's 300
+    tokens and 20 the model has beyond them, as real models pad theirs)."""
+    path = Path(path)
+    model = build(arch, vocab=320, **kwargs)
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(path)
+    bpe_tokenizer().save_pretrained(path)
+    return path

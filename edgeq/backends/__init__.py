@@ -50,6 +50,7 @@ _REGISTRY = {
     "executorch": Registered("edgeq.backends.executorch", "model.pte", ("qnn", "coreml", "vulkan", "xnnpack")),
     "onnx": Registered("edgeq.backends.onnx", "model.onnx",
                        ("qnn", "coreml", "nnapi", "xnnpack", "openvino", "dnnl", "cpu")),
+    "gguf": Registered("edgeq.backends.gguf", "model.gguf", ("cpu", "metal", "vulkan", "cuda")),
 }
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
 MODEL_FILES: tuple[str, ...] = tuple(r.model_file for r in _REGISTRY.values())  # one per format, in FORMATS order

@@ -88,6 +88,8 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         plan, requested = _stripped(solved.plan, steps), "planned"
     else:
         plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
+    # a format that writes the tokenizer into its model file (GGUF) takes it at lowering
+    extra = {"tokenizer": source_tokenizer(loaded)} if getattr(be, "LM_TOKENIZER_IN_MODEL", False) else {}
     for line in clean_stale_staging(out_dir):
         steps.note(line)
     with staged_dir(out_dir, force, protected) as work:
@@ -96,7 +98,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         def lower(plan: Any) -> Any:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            return be.lower_lm(model, plan, scratch, context, steps)
+            return be.lower_lm(model, plan, scratch, context, steps, **extra)
 
         if solved is not None:
             lowered, solved = _fit(costs, budgets, solved, lower, steps)

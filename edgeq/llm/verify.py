@@ -79,6 +79,10 @@ def check(model: Any, session: Any, prompts: list[list[int]], description: str) 
         fractions.append(same / len(expected))
         identical += int(got == expected)
         forced = prompt + expected[:-1]
+        if getattr(session, "returns_log_probs", False):  # e.g. llama.cpp's server: compare like with like
+            import torch
+
+            ref_logits = torch.log_softmax(torch.as_tensor(ref_logits, dtype=torch.float32), dim=-1).numpy()
         refs.append(ref_logits)
         outs.append(session.prefill(forced, all_logits=True))
     greedy = GreedyCheck(prompts=len(prompts), new_tokens=k, identical_prompts=identical,

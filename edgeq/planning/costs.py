@@ -62,6 +62,17 @@ class PlanCosts:
         return replace(self, activation_bytes=activation_bytes)
 
 
+def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str]) -> dict[str, str]:
+    """Schemes the target allows that ``layer`` cannot take, with the reason (the format's own included)."""
+    from edgeq.schemes import allowed
+
+    out = excluded_schemes(layer, families)
+    for s in allowed(families):
+        if s.name not in out and (why := cannot(layer, s)):
+            out[s.name] = why
+    return out
+
+
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
                   precisions: list[str] | None = None) -> PlanCosts:
@@ -78,8 +89,13 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     be = get_backend(fmt)
     families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
+    # a format whose storage is in blocks (GGUF) says which schemes a layer's rows can take
+    cannot = getattr(be, "scheme_fits", lambda layer, scheme: "")
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
+        if cannot(layer, scheme):
+            raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}: {cannot(layer, scheme)}",
+                              "pin a scheme the format can store")
         if scheme not in candidate_schemes(layer, families + ["fp32"]) and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
@@ -90,7 +106,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
     candidates = {
         x.fqn: [pinned[x.fqn]] if x.fqn in pinned else [FP32] if x.fqn in fixed
-        else candidate_schemes(x, families) or [FP32]
+        else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
         for x in layers
     }
     with steps.step("Measuring sensitivity") as info:
@@ -125,7 +141,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         activation_bytes=probe.activation_bytes,
         pinned=pinned,
         reasons=reasons,
-        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families))},
+        excluded={x.fqn: e for x in layers if (e := _excluded(x, families, cannot))},
         unused=frozenset(unused),
         folded=folded,
         fmt=fmt,

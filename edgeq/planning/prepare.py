@@ -73,8 +73,15 @@ class Prepared:
 
 def prepare(loaded: Any, resolved: Any) -> Prepared:
     """What the planner and export need to know about ``loaded`` for ``resolved``'s format."""
+    from edgeq.backends import get_backend
     from edgeq.planning.memory import workload
 
+    be = get_backend(resolved.target.format)
+    if loaded.task != "causal-lm" and not getattr(be, "TAKES_ENCODERS", True):  # a decoder-only format (GGUF)
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"target '{resolved.target.name}' is {resolved.target.format}, which holds decoder LLMs only; "
+                          f"this model's task is {loaded.task}", "use an executorch or onnx target for this model")
     layers = layer_inventory(loaded.module)
     fp32 = fp32_bytes(loaded.module)
     tokens, heads = workload(loaded.example_inputs, loaded.config)

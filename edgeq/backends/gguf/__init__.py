@@ -1,0 +1,135 @@
+"""GGUF backend: decoder LLMs written as ``.gguf`` files with a per-tensor type from the plan,
+run in llama.cpp (the prebuilt CPU wheel ``xllamacpp``).
+
+Modules: ``costs`` (the scheme → GGUF type table, bytes, memory terms), ``writer`` (a
+transformers decoder → GGUF: tensor names, metadata, tokenizer), ``numerics`` (sensitivity's
+stand-in: llama.cpp's block quantization of weights and of a matmul's input), ``llm`` /
+``llm_session`` (lowering and an ``LMSession`` over llama.cpp). GGUF holds decoder LLMs
+only: an encoder is refused before any work (``TAKES_ENCODERS``). Nothing outside
+``edgeq.backends`` imports these modules directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeq.backends import Probe, delegates_for, model_file_for
+from edgeq.backends.gguf.costs import (  # noqa: F401  the backend's cost table
+    LM_MEMORY,
+    MEMORY,
+    file_overhead,
+    fits,
+    held_bytes,
+    runtime_bytes,
+    scheme_overhead,
+    stored_bytes,
+)
+from edgeq.errors import ArtifactError, ConfigError
+
+FORMAT = "gguf"
+MODEL_FILE = model_file_for(FORMAT)
+RUNNER_MODULES: tuple[str, ...] = ("numpy", "xllamacpp")
+RUNTIME_PACKAGE = "xllamacpp"
+DELEGATES: tuple[str, ...] = delegates_for(FORMAT)  # llama.cpp's device backends
+FOLDS_CONSTANT_LOOKUPS = False
+TAKES_ENCODERS = False  # GGUF / llama.cpp: decoder LLMs only
+LM_TOKENIZER_IN_MODEL = True  # lower_lm writes the tokenizer into the file (it takes tokenizer=)
+
+EMULATION_RUNTIME = "gguf"
+CPU_RUNTIMES: tuple[str, ...] = ()  # no per-op emulation of llama.cpp graphs (see ops)
+
+ANDROID_PACKAGE = ""  # not bundled into the Android demo
+ANDROID_LOADS_FROM_PATH = True
+ANDROID_RUNNER = ""
+ANDROID_LOG_TAG = ""
+
+LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
+LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+
+_ENCODERS = ("GGUF holds decoder LLMs only", "use an executorch or onnx target for this model")
+
+
+def scheme_fits(layer: Any, scheme: Any) -> str:
+    """Why ``layer`` cannot be stored at ``scheme`` in GGUF ("" when it can): no GGUF type, or
+    rows that are not whole blocks."""
+    from edgeq.backends.gguf.costs import GGUF_TYPES, row_length
+
+    t = GGUF_TYPES.get(scheme)
+    if t is None:
+        return f"{scheme.name} has no GGUF tensor type"
+    if row_length(layer) % t.block:
+        return f"rows of {row_length(layer)} are not whole {t.name} blocks of {t.block}"
+    return ""
+
+
+def delegation_key(delegate: str) -> str:
+    return delegate
+
+
+def refuse_encoder(task: str) -> None:
+    raise ConfigError(f"{_ENCODERS[0]}; this model's task is {task}", _ENCODERS[1])
+
+
+def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int = 0, steps: Any = None,
+               use_cache: bool = True) -> Probe:
+    refuse_encoder(getattr(loaded, "task", "not causal-lm"))
+    raise AssertionError  # unreachable
+
+
+def stand_in(layer: Any, scheme: Any) -> Any:
+    from edgeq.backends.gguf.numerics import stand_in as make
+
+    return make(layer, scheme)
+
+
+def lm_numerics() -> Any:
+    from edgeq.backends.gguf.numerics import lm_numerics as make
+
+    return make()
+
+
+def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:
+    refuse_encoder(getattr(model, "task", "not causal-lm"))
+
+
+def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:
+    raise ArtifactError("a GGUF artifact is a decoder LLM: run it with 'edgeq run ARTIFACT --prompt ...'",
+                        "edgeq run ARTIFACT --prompt TEXT")
+
+
+def ops(model_file: Path, manifest: Any) -> list[Any]:
+    raise ArtifactError("edgeq has no per-op emulation of llama.cpp graphs", "profile it on the host: edgeq profile ARTIFACT")
+
+
+def op_units(*args: Any, **kwargs: Any) -> Any:
+    raise ArtifactError("edgeq has no per-op emulation of llama.cpp graphs", "profile it on the host")
+
+
+def accelerated_runtime(*args: Any, **kwargs: Any) -> str:
+    raise ArtifactError("edgeq has no per-op emulation of llama.cpp graphs", "profile it on the host")
+
+
+def delegate_calls(*args: Any, **kwargs: Any) -> Any:
+    raise ArtifactError("edgeq has no per-op emulation of llama.cpp graphs", "profile it on the host")
+
+
+def _no_android(*args: Any, **kwargs: Any) -> Any:
+    raise ArtifactError("edgeq does not bundle GGUF artifacts into the Android demo", "use an executorch or onnx target")
+
+
+android_command = android_output_complete = parse_android_output = _no_android
+
+from edgeq.backends.gguf.llm import check_lm  # noqa: E402,F401
+
+
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None, tokenizer: Any = None) -> Any:
+    from edgeq.backends.gguf.llm import lower_lm as run_lowering
+
+    return run_lowering(model, plan, workdir, max_context, steps, tokenizer=tokenizer)
+
+
+def open_lm(artifact_dir: Path, model_file: Any = None, threads: int = 0) -> Any:
+    from edgeq.backends.gguf.llm_session import open_lm as open_session
+
+    return open_session(artifact_dir, model_file, threads=threads)

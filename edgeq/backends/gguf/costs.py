@@ -1,0 +1,130 @@
+"""What a GGUF artifact costs: one typed table from edgeq's schemes to GGUF tensor types,
+the bytes each type stores per row, and the memory terms of llama.cpp's CPU backend.
+
+``GGUF_TYPES`` is the only place a scheme becomes a GGUF type (``gguf_type``); a scheme it
+does not list (int4 at groups of 64 or 128, or an algorithm other than round-to-nearest)
+has no GGUF type and is refused. Block bytes come from gguf-py's own ``GGML_QUANT_SIZES``
+(llama.cpp's table): Q8_0 34 B per 32 weights (an fp16 scale + 32 int8), Q4_0 18 B per 32
+(an fp16 scale + 16 bytes of nibbles). GGUF quantizes along each row (the reduction dim of
+a linear, the hidden dim of an embedding), so a quantized type needs rows that are whole
+blocks: ``fits`` says which.
+
+Held bytes: llama.cpp mmaps the file and reads the tensors in place, so a weight is held
+once at its stored size (on x86 with AVX2, Q4_0 and Q8_0 weights are repacked into
+interleaved blocks of the same size at load: the mapped pages are then not touched).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgeq.backends import FileOverhead, LMMemoryTerms, MemoryTerms, LAST_POSITION
+from edgeq.schemes import FP16, FP32, INT4, INT8, Scheme
+
+
+@dataclass(frozen=True)
+class GgufType:
+    """A GGUF tensor type edgeq writes: its gguf-py name, block size in weights, bytes per block,
+    and what llama.cpp's CPU matmul quantizes the activations to for it (``vec_dot_type``)."""
+
+    name: str  # GGMLQuantizationType member: F32, F16, Q8_0, Q4_0
+    block: int
+    block_bytes: int
+    activations: str  # "F32" | "F16" | "Q8_0" (llama.cpp's vec_dot_type for this weight type)
+
+    @property
+    def quantized(self) -> bool:
+        return self.block > 1
+
+
+def _sizes(name: str) -> tuple[int, int]:
+    """(weights per block, bytes per block) from gguf-py's copy of llama.cpp's table."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+
+
+def _type(name: str, activations: str) -> GgufType:
+    block, nbytes = _sizes(name)
+    return GgufType(name, block, nbytes, activations)
+
+
+# scheme → GGUF type (symmetric int4 in groups of 32 is Q4_0: one fp16 scale, no offset)
+GGUF_TYPES: dict[Scheme, GgufType] = {
+    FP32: _type("F32", "F32"),
+    FP16: _type("F16", "F16"),
+    INT8: _type("Q8_0", "Q8_0"),
+    INT4[32]: _type("Q4_0", "Q8_0"),
+}
+
+
+def gguf_type(scheme: Scheme, where: str = "") -> GgufType:
+    """The GGUF type ``scheme`` is written as; ``ConfigError`` when GGUF has none."""
+    from edgeq.errors import ConfigError
+
+    found = GGUF_TYPES.get(scheme)
+    if found is None:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}scheme {scheme.name} has no GGUF tensor type",
+                          f"GGUF takes {', '.join(s.name for s in GGUF_TYPES)}")
+    return found
+
+
+def row_length(layer: Any) -> int:
+    """Weights per row as GGUF stores the tensor (the reduction dim of a linear, the
+    embedding dim of a table)."""
+    return layer.params // layer.shape[0]
+
+
+def fits(layer: Any, scheme: Scheme) -> bool:
+    """Whether ``layer`` can be stored at ``scheme`` in GGUF: a type exists and rows are whole blocks."""
+    t = GGUF_TYPES.get(scheme)
+    return t is not None and row_length(layer) % t.block == 0
+
+
+def stored_bytes(layer: Any, scheme: Scheme) -> int:
+    """The tensor's bytes in the file (whole blocks per row; a scheme GGUF cannot store is refused)."""
+    t = gguf_type(scheme, getattr(layer, "fqn", ""))
+    rows, per_row = layer.shape[0], row_length(layer)
+    if per_row % t.block:
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"{layer.fqn}: rows of {per_row} weights are not whole {t.name} blocks of {t.block}",
+                          "keep the layer at fp32 or fp16")
+    return rows * (per_row // t.block) * t.block_bytes
+
+
+def runtime_bytes(layer: Any, scheme: Scheme) -> int:
+    return stored_bytes(layer, scheme)
+
+
+def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
+    """Held once, at the stored size (mmap'd, or repacked at the same size)."""
+    return runtime_bytes(layer, scheme)
+
+
+# File overhead: every tensor's info (name, dims, type, offset) and its alignment padding
+# to 32 bytes; the metadata (tokenizer) is counted by the fitting loop from the real file.
+ALIGNMENT = 32
+FILE_OVERHEAD = FileOverhead(per_op=0, per_placeholder=0, per_quantized_layer=0, per_quantized_conv=0)
+
+
+def file_overhead(ops: int, placeholders: int) -> int:
+    return 0
+
+
+def scheme_overhead(layer: Any, scheme: Scheme) -> int:
+    return 0
+
+
+# llama.cpp has no encoder path in edgeq; these terms serve the LLM memory model only
+# (edgeq.llm.memory reads MEMORY.overhead_bytes and baseline_bytes). Measured: see
+# LM_MEMORY below and tests/test_gguf_backend.py::test_memory_model_against_measurement.
+MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=0, baseline_bytes=0,
+                     maps_embedding_tables=True, arena_at_load=True, tied_head_quantized_copies=0)
+
+# llama.cpp allocates its KV cache (f16 by default: cache_type_k/v) and its compute buffers at
+# context creation, planned for the largest batch: a runtime with a planned arena.
+LM_MEMORY = LMMemoryTerms(kv_copies=1.0, prefill_factor=0.0, delegate_workspace=0.0, planned_arena=True,
+                          program_logits=LAST_POSITION)

@@ -1,0 +1,192 @@
+"""An ``LMSession`` over a GGUF decoder LLM in llama.cpp (xllamacpp's in-process server).
+
+xllamacpp exposes llama.cpp's server, not its low-level context: each step is one
+completion request over the whole token sequence so far with ``cache_prompt`` (the server
+keeps the KV cache of the common prefix and evaluates only the new tokens, plus the last
+one again for its logits), ``n_predict`` 1, and ``n_probs`` = the vocabulary, so the
+response holds the log-probabilities of every next token computed by llama.cpp from its
+logits (``post_sampling_probs`` off: a softmax over the raw logits). The session returns
+those log-probabilities: logits up to a constant per position, which every consumer
+(argmax, softmax, KL, perplexity) is invariant to. A logit bias makes the server sample a
+plain ASCII token (``edgeq.lm``'s ``plain_token``): it holds back the probabilities of a
+token that ends inside a UTF-8 character, and the sampled token is discarded anyway.
+Probabilities that underflow float32 come back as the smallest normal float's log.
+
+The model file is untrusted: its header is read with edgeq's bounded GGUF reader and its
+``edgeq.lm`` metadata checked before llama.cpp opens it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ArtifactError, RunError, describe
+
+_MAX_META_CHARS = 4096
+_FLOOR = math.log(1.1754944e-38)  # float32's smallest normal: the log of an underflowed probability
+
+
+class LlamaCppSession:
+    """One conversation's decoder state in llama.cpp (``edgeq.llm.session.LMSession``)."""
+
+    returns_log_probs = True  # rows are log-softmax(logits): verification compares them with the reference's
+
+    def __init__(self, server: Any, meta: dict[str, Any], runtime: str) -> None:
+        self._server = server
+        self.max_context: int = meta["max_context"]
+        self.vocab_size: int = meta["vocab_size"]
+        self._plain = meta["plain_token"]
+        self.runtime = runtime
+        self._ids: list[int] = []
+        self.timings: list[dict[str, Any]] = []  # the server's own per-request timings
+
+    @property
+    def length(self) -> int:
+        return len(self._ids)
+
+    def reset(self) -> None:
+        self._ids = []
+
+    def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any:
+        """Start from an empty cache and feed the prompt; with ``all_logits`` one row per position
+        (the prefix grows one token per request, the server reusing the cached prefix)."""
+        import numpy as np
+
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise RunError("the prompt has no tokens", "give a non-empty prompt")
+        self._check(ids, 0)
+        self.reset()
+        if not all_logits:
+            out = self._step(ids)
+            self._ids = ids
+            return out
+        rows = [self._step(ids[: i + 1]) for i in range(len(ids))]
+        self._ids = ids
+        return np.stack(rows)
+
+    def decode(self, token_id: int) -> Any:
+        """Append one token; return the next token's log-probabilities."""
+        ids = self._ids + [int(token_id)]
+        self._check([int(token_id)], len(self._ids))
+        out = self._step(ids)
+        self._ids = ids
+        return out
+
+    def close(self) -> None:
+        self._server = None
+
+    def _check(self, ids: list[int], held: int) -> None:
+        if self._server is None:
+            raise RunError("the session is closed", "open the artifact again")
+        if held + len(ids) > self.max_context:
+            raise RunError(f"{held + len(ids)} tokens exceed the artifact's max context of {self.max_context}",
+                           "shorten the prompt or lower --max-new-tokens, or re-export with a larger --max-context")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RunError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}",
+                           "use the artifact's own tokenizer")
+
+    def _step(self, ids: list[int]) -> Any:
+        import numpy as np
+
+        request = {"prompt": ids, "n_predict": 1, "temperature": 0.0, "n_probs": self.vocab_size,
+                   "cache_prompt": True, "ignore_eos": True, "logit_bias": [[self._plain, 1e9]],
+                   "post_sampling_probs": False}
+        try:
+            response = self._server.handle_completions(request)
+        except Exception as exc:
+            raise RunError(f"llama.cpp failed to run the LM: {describe(exc, 200)}",
+                           "re-export the artifact; re-run with --debug for details") from exc
+        try:
+            if "error" in response:
+                raise ValueError(str(response["error"])[:200])
+            entries = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            self.timings.append(response.get("timings", {}))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise RunError(f"llama.cpp returned no next-token probabilities ({describe(exc, 120)})",
+                           "re-run with --debug for details") from None
+        out = np.full(self.vocab_size, _FLOOR, dtype=np.float32)
+        for e in entries:
+            i, lp = int(e["id"]), float(e["logprob"])
+            if 0 <= i < self.vocab_size and math.isfinite(lp):
+                out[i] = max(lp, _FLOOR)
+        return out
+
+
+def runtime_name() -> str:
+    import xllamacpp
+
+    return f"llama.cpp via xllamacpp {xllamacpp.__version__} (CPU)"
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The ``edgeq.lm`` metadata of an edgeq GGUF, read with the bounded header reader and checked."""
+    from edgeq.backends.gguf.writer import GGUF_META_KEY, GGUF_META_VERSION
+    from edgeq.errors import ModelLoadError
+    from edgeq.models.gguf_header import read_gguf_header
+
+    hint = "re-export it with 'edgeq export' to a gguf target"
+    try:
+        header = read_gguf_header(path)
+    except ModelLoadError as exc:
+        raise ArtifactError(f"{path} is not a readable GGUF: {exc}",
+                            hint) from None
+    text = header.metadata.get(GGUF_META_KEY)
+    if not isinstance(text, str):
+        raise ArtifactError(f"{path} is not an edgeq LLM artifact (no {GGUF_META_KEY} metadata)", hint)
+    if len(text) > _MAX_META_CHARS:
+        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is larger than {_MAX_META_CHARS} characters", hint)
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is not valid JSON", hint) from None
+    if not isinstance(meta, dict) or meta.get("version") != GGUF_META_VERSION:
+        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is not version {GGUF_META_VERSION}", hint)
+    for key, top in (("max_context", 1 << 24), ("vocab_size", 1 << 24), ("plain_token", 1 << 24)):
+        value = meta.get(key)
+        low = 0 if key == "plain_token" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
+            raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata has a bad '{key}': {str(value)[:40]!r}", hint)
+    if meta["plain_token"] >= meta["vocab_size"]:
+        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata names a token outside its vocabulary", hint)
+    declared = header.metadata.get(f"{header.architecture}.vocab_size")
+    if declared is not None and declared != meta["vocab_size"]:
+        raise ArtifactError(f"{path}'s vocabulary ({declared}) differs from its {GGUF_META_KEY} metadata", hint)
+    return meta
+
+
+def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, threads: int = 0) -> LlamaCppSession:
+    """Open an edgeq GGUF in llama.cpp: ``open_lm(model_file)`` or ``open_lm(artifact_dir, model_file)``."""
+    import os
+
+    from edgeq.backends import silence_native_stderr
+
+    path = Path(artifact_dir) if model_file is None else Path(artifact_dir) / model_file
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist", "give an artifact directory written by 'edgeq export' to a gguf target")
+    meta = read_meta(path)
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx = meta["max_context"]
+    params.n_batch = meta["max_context"]  # a prompt is one batch, as the other formats' prefill
+    params.n_ubatch = meta["max_context"]
+    params.n_parallel = 1
+    params.warmup = False
+    n = threads or (os.cpu_count() or 1)
+    params.cpuparams.n_threads = n
+    params.cpuparams_batch.n_threads = n
+    if os.environ.get("EDGEQ_DEBUG") != "1":
+        params.verbosity = -1
+    try:
+        with silence_native_stderr():
+            server = xllamacpp.Server(params)
+    except Exception as exc:
+        raise ArtifactError(f"llama.cpp cannot load {path}: {describe(exc, 200)}",
+                            "the file is corrupt or not a GGUF llama.cpp reads; re-run 'edgeq export'") from None
+    return LlamaCppSession(server, meta, runtime_name())
