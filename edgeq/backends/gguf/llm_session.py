@@ -189,4 +189,9 @@ def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, t
     except Exception as exc:
         raise ArtifactError(f"llama.cpp cannot load {path}: {describe(exc, 200)}",
                             "the file is corrupt or not a GGUF llama.cpp reads; re-run 'edgeq export'") from None
-    return LlamaCppSession(server, meta, runtime_name())
+    session = LlamaCppSession(server, meta, runtime_name())
+    # One step at once: it checks the model runs, and a server destroyed before its first
+    # request can hang in llama.cpp's shutdown when torch's OpenMP pool is in the process.
+    session._step([meta["plain_token"]])
+    session.timings.clear()
+    return session
