@@ -72,15 +72,21 @@ def read_manifest(artifact: Path) -> dict[str, Any]:
         raise RunnerError(f"{artifact} has no manifest.json (re-run 'edgeq export')") from None
     except ValueError as exc:
         raise RunnerError(f"{artifact}/manifest.json is corrupt ({exc}) (re-run 'edgeq export')") from None
-    if not isinstance(manifest, dict) or manifest.get("model_file") not in ("model.pte", "model.onnx"):
+    if not isinstance(manifest, dict) or manifest.get("model_file") not in _FORMAT_OF_FILE:
         raise RunnerError(f"{artifact}/manifest.json names no model file (re-run 'edgeq export')")
     return manifest
 
 
+# the model file of each format (as edgeq.backends' registry; this file imports nothing from edgeq)
+_FORMAT_OF_FILE = {"model.pte": "executorch", "model.onnx": "onnx", "model.gguf": "gguf"}
+
+
 def sniff_format(path: Path) -> str | None:
-    """``executorch`` / ``onnx`` from the file's first bytes; None if neither."""
+    """``executorch`` / ``onnx`` / ``gguf`` from the file's first bytes; None if none of them."""
     with path.open("rb") as f:
         head = f.read(16)
+    if head[:4] == b"GGUF":
+        return "gguf"
     if len(head) >= 8 and head[4:6] == b"ET":  # flatbuffer file identifier "ET12"
         return "executorch"
     if head[:1] == b"\x08":  # ModelProto field 1 (ir_version), varint
@@ -91,7 +97,7 @@ def sniff_format(path: Path) -> str | None:
 def check_model_file(artifact: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
     """The model path and its format; raises on a wrong kind, a missing or a corrupt file."""
     name = manifest["model_file"]
-    fmt = "executorch" if name.endswith(".pte") else "onnx"
+    fmt = _FORMAT_OF_FILE[name]
     declared = (manifest.get("target") or {}).get("format")
     if declared and declared != fmt:
         raise RunnerError(f"{artifact}: manifest says format {declared} but names {name} (re-run 'edgeq export')")
@@ -101,10 +107,10 @@ def check_model_file(artifact: Path, manifest: dict[str, Any]) -> tuple[Path, st
     if path.is_symlink():  # an artifact holds regular files; a link could point at anything on the machine
         raise RunnerError(f"{path} is a symbolic link, not the model file (re-run 'edgeq export')")
     found = sniff_format(path)
-    kinds = {"executorch": "an ExecuTorch program", "onnx": "an ONNX model"}
+    kinds = {"executorch": "an ExecuTorch program", "onnx": "an ONNX model", "gguf": "a GGUF file"}
+    runtimes = {"executorch": "ExecuTorch", "onnx": "ONNX Runtime", "gguf": "llama.cpp"}
     if found is not None and found != fmt:
-        raise RunnerError(f"{path} is {kinds[found]}, but the artifact is for "
-                          f"{'ExecuTorch' if fmt == 'executorch' else 'ONNX Runtime'} (re-run 'edgeq export')")
+        raise RunnerError(f"{path} is {kinds[found]}, but the artifact is for {runtimes[fmt]} (re-run 'edgeq export')")
     files = manifest.get("files")
     info = files.get(name) if isinstance(files, dict) else None
     if isinstance(info, dict) and info:
