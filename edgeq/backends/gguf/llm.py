@@ -23,7 +23,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     """Write causal LM ``model`` with ``plan`` (fqn → scheme relative to ``model``; None = fp32)
     as ``workdir/model.gguf`` and open it in llama.cpp once."""
     from edgeq.backends.gguf.costs import gguf_type
-    from edgeq.backends.gguf.llm_session import open_lm, runtime_name
+    from edgeq.backends.gguf.llm_session import reserved_buffers, runtime_name
     from edgeq.backends.gguf.writer import bpe_model, write_gguf
     from edgeq.llm.costs import LMShape, kv_cache_bytes
     from edgeq.planning.inventory import layer_inventory
@@ -46,8 +46,9 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
             counts[t] = counts.get(t, 0) + 1
         info.detail = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) + f"; {out.stat().st_size / 1e6:.2f} MB"
     with steps.step("Loading in llama.cpp") as info:
-        open_lm(out).close()
-        info.detail = runtime_name()
+        buffers = reserved_buffers(out)
+        info.detail = (f"{runtime_name()}; KV cache {buffers['kv'] / 2**20:.2f} MiB, compute buffers "
+                       f"{buffers['compute'] / 2**20:.2f} MiB, repacked weights {buffers['repack'] / 2**20:.2f} MiB")
     applied, compute = {}, {}
     for x in layer_inventory(model):
         s = schemes.get(x.fqn, FP32)
@@ -68,5 +69,8 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         linear_compute=dict(sorted(compute.items())),
         delegation={"delegated_ops": {"cpu": len(written)}, "portable_op_count": 0,
                     "gguf_tensor_types": written, "logits": "last position",
-                    "prefill": "whole prompt in one batch"},
+                    "prefill": "whole prompt in one batch",
+                    # what llama.cpp allocated when it created the context (its own report), held from the load on
+                    "planned_activation_bytes": buffers["kv"] + buffers["compute"] + buffers["output"],
+                    "llama_cpp_buffers": buffers},
     )

@@ -159,16 +159,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, threads: int = 0) -> LlamaCppSession:
-    """Open an edgeq GGUF in llama.cpp: ``open_lm(model_file)`` or ``open_lm(artifact_dir, model_file)``."""
+def _params(path: Path, meta: dict[str, Any], threads: int) -> Any:
     import os
 
-    from edgeq.backends import silence_native_stderr
-
-    path = Path(artifact_dir) if model_file is None else Path(artifact_dir) / model_file
-    if not path.is_file():
-        raise ArtifactError(f"{path} does not exist", "give an artifact directory written by 'edgeq export' to a gguf target")
-    meta = read_meta(path)
     import xllamacpp
 
     params = xllamacpp.CommonParams()
@@ -181,8 +174,70 @@ def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, t
     n = threads or (os.cpu_count() or 1)
     params.cpuparams.n_threads = n
     params.cpuparams_batch.n_threads = n
+    params.cache_ram_mib = 0  # no server-side copies of past prompts' KV states: one conversation
+    params.fit_params = False  # no trial load to fit the context to free memory: the artifact's context is fixed
     if os.environ.get("EDGEQ_DEBUG") != "1":
         params.verbosity = -1
+    return params
+
+
+# llama.cpp's log lines for what it allocates at context creation (MiB, two decimals)
+_BUFFER_LINES = {"kv": "KV buffer size", "compute": "compute buffer size", "output": "output buffer size",
+                 "repack": "REPACK model buffer size"}
+
+
+def reserved_buffers(model_file: Path, threads: int = 0) -> dict[str, int]:
+    """What llama.cpp allocates for ``model_file`` at its artifact's context, as llama.cpp reports
+    it when it creates the context: bytes of the KV cache (``kv``, at llama.cpp's context, which
+    it rounds up to 256 cells), the compute buffers (``compute``, planned for the largest batch),
+    the logits (``output``) and weights repacked beside the mapped file (``repack``)."""
+    import os
+    import re
+    import sys
+    import tempfile
+
+    import xllamacpp
+
+    path = Path(model_file)
+    meta = read_meta(path)
+    params = _params(path, meta, threads)
+    params.verbosity = 4  # info and above: the buffer lines
+    found = {k: 0 for k in _BUFFER_LINES}
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            server = xllamacpp.Server(params)
+            session = LlamaCppSession(server, meta, runtime_name())
+            session._step([meta["plain_token"]])
+            del session, server
+        except Exception as exc:
+            raise ArtifactError(f"llama.cpp cannot load {path}: {describe(exc, 200)}", "re-run 'edgeq export'") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read(1 << 24).decode("utf-8", "replace")
+    for key, label in _BUFFER_LINES.items():
+        for m in re.finditer(re.escape(label) + r"\s*=\s*([0-9.]+) MiB", text):
+            found[key] += int(float(m.group(1)) * 2**20)
+    if not found["kv"] or not found["compute"]:
+        raise ArtifactError(f"llama.cpp did not report its buffers for {path}", "re-run with --debug")
+    return found
+
+
+def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, threads: int = 0) -> LlamaCppSession:
+    """Open an edgeq GGUF in llama.cpp: ``open_lm(model_file)`` or ``open_lm(artifact_dir, model_file)``."""
+    import xllamacpp
+
+    from edgeq.backends import silence_native_stderr
+
+    path = Path(artifact_dir) if model_file is None else Path(artifact_dir) / model_file
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist", "give an artifact directory written by 'edgeq export' to a gguf target")
+    meta = read_meta(path)
+    params = _params(path, meta, threads)
     try:
         with silence_native_stderr():
             server = xllamacpp.Server(params)
