@@ -100,8 +100,11 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
 
 
 def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
-    """Held once, at the stored size (mmap'd, or repacked at the same size)."""
-    return runtime_bytes(layer, scheme)
+    """Mapped from the file at the stored size; a Q4_0 linear is also repacked at load into
+    interleaved blocks of the same size (llama.cpp's CPU_REPACK buffer, on x86 AVX2 and ARM
+    NEON) after its mapped pages were read: held twice at the peak."""
+    stored = runtime_bytes(layer, scheme)
+    return 2 * stored if layer.kind == "linear" and GGUF_TYPES.get(scheme) is GGUF_TYPES[INT4[32]] else stored
 
 
 # File overhead: every tensor's info (name, dims, type, offset) and its alignment padding
@@ -118,13 +121,22 @@ def scheme_overhead(layer: Any, scheme: Scheme) -> int:
     return 0
 
 
-# llama.cpp has no encoder path in edgeq; these terms serve the LLM memory model only
-# (edgeq.llm.memory reads MEMORY.overhead_bytes and baseline_bytes). Measured: see
-# LM_MEMORY below and tests/test_gguf_backend.py::test_memory_model_against_measurement.
-MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=0, baseline_bytes=0,
+# llama.cpp has no encoder path in edgeq; these terms serve the LLM memory model
+# (edgeq.llm.memory reads MEMORY.overhead_bytes and baseline_bytes). Measured 2026-12-02 on
+# a random 4-layer Llama (hidden 256, 8 heads, 4 KV heads, vocab 320, context 512) at F32,
+# Q8_0 and Q4_0, one fresh process each (edgeq.llm.measure, prompt 128, 384 new tokens):
+# peak RSS beyond the baseline minus (mapped weights + llama.cpp's reported KV, compute and
+# repack buffers) was 5.90, 6.10 and 6.04 MB: the server's threads, slot and the session's
+# per-step responses (overhead_bytes, their mean). baseline: a Python process with xllamacpp
+# and numpy imported, 62.9 MB measured in the same runs. The other fields are encoder terms
+# (GGUF takes no encoders).
+MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=int(6.0e6), baseline_bytes=int(62.9e6),
                      maps_embedding_tables=True, arena_at_load=True, tied_head_quantized_copies=0)
 
-# llama.cpp allocates its KV cache (f16 by default: cache_type_k/v) and its compute buffers at
-# context creation, planned for the largest batch: a runtime with a planned arena.
+# llama.cpp allocates its KV cache (f16 by default: cache_type_k / cache_type_v, at its
+# context rounded up to 256 cells), its compute buffers (planned for the largest batch: the
+# artifact's context) and its logits buffer when it creates the context: a planned arena,
+# whose bytes lower_lm records from llama.cpp's own report. Only the last position's logits
+# are computed (n_outputs 1).
 LM_MEMORY = LMMemoryTerms(kv_copies=1.0, prefill_factor=0.0, delegate_workspace=0.0, planned_arena=True,
                           program_logits=LAST_POSITION)
