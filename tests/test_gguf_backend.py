@@ -1,0 +1,341 @@
+"""The GGUF backend on tiny Llama / Qwen2 models built in code, checked against llama.cpp
+itself (xllamacpp) and transformers: the written file loads in both, F32 greedy tokens equal
+eager transformers', llama.cpp's Q8_0 / Q4_0 numerics are what the stand-in computes, the
+cost table counts the file's real bytes, the memory model holds on a model it was not fitted
+on, and bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeq.errors import ConfigError
+from tests import tiny_lms
+from tests.conftest import built_once, cli_here, run_cli
+
+CONTEXT = 64
+PROMPT = "the value of the list is a new object and"
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    return built_once(tmp_path_factory, "tiny-bpe-llama", lambda p: tiny_lms.save_tiny_bpe_lm(p, "llama"))
+
+
+@pytest.fixture(scope="module")
+def narrow_llama_dir(tmp_path_factory) -> Path:
+    """Weights drawn as transformers does (std 0.02): a model whose top tokens are not chaotic."""
+    return built_once(tmp_path_factory, "tiny-bpe-llama-narrow",
+                      lambda p: tiny_lms.save_tiny_bpe_lm(p, "llama", init=0.02))
+
+
+def export_to(model_dir: Path, out: Path, precision: str, target: str = "x86-gguf") -> dict:
+    proc = run_cli("export", str(model_dir), "-t", target, "-p", precision, "--max-context", str(CONTEXT),
+                   "--samples", "2", "-o", str(out), "--quiet", "--force")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def f32_artifact(llama_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gguf") / "f32"
+    export_to(llama_dir, out, "fp32")
+    return out
+
+
+def hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+# ----------------------------------------------------------------------------- llama.cpp runs it
+
+
+def test_f32_gguf_runs_in_llama_cpp_with_transformers_greedy_text(f32_artifact, llama_dir):
+    manifest = json.loads((f32_artifact / "manifest.json").read_text())
+    assert manifest["model_file"] == "model.gguf" and manifest["target"]["format"] == "gguf"
+    assert manifest["llm"]["verification"]["identical_prompts"] == manifest["llm"]["verification"]["prompts"]
+    assert manifest["numerics"]["kl_mean"] < 1e-3 and "llama.cpp" in manifest["numerics"]["runtime"]
+    tok = tiny_lms.bpe_tokenizer()
+    expected = tok.decode(hf_greedy(llama_dir, tok(PROMPT)["input_ids"], 12), skip_special_tokens=True)
+    # a fresh process: the CLI as a user runs it
+    ran = run_cli("run", str(f32_artifact), "--prompt", PROMPT, "--max-new-tokens", "12")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == expected.strip() and expected.strip()
+    assert "llama.cpp" in ran.stderr
+
+
+def test_llama_cpp_greedy_tokens_equal_transformers_in_a_fresh_process(f32_artifact, llama_dir):
+    ids = [1] + tiny_lms.bpe_tokenizer()(PROMPT)["input_ids"]
+    code = ("import json, sys\nfrom edgeq.backends import get_backend\nimport numpy as np\n"
+            f"s = get_backend('gguf').open_lm({str(f32_artifact)!r}, 'model.gguf')\n"
+            f"ids = {ids!r}\nout = []\nlp = s.prefill(ids)\n"
+            "for _ in range(20):\n    out.append(int(np.argmax(lp)))\n    lp = s.decode(out[-1])\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():  # no EOS stop: 20 tokens whatever they are
+        want = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                              pad_token_id=0)[0, len(ids):].tolist()
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
+
+
+def test_the_gguf_loads_in_transformers_gguf_loader_with_the_same_logits(f32_artifact, llama_dir):
+    """transformers reads llama.cpp's names and undoes the Q/K permutation: same logits as the source."""
+    from transformers import AutoModelForCausalLM
+
+    src = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    back = AutoModelForCausalLM.from_pretrained(f32_artifact, gguf_file="model.gguf").eval()
+    ids = torch.tensor([[1, 40, 50, 60, 70, 80, 90]])
+    with torch.no_grad():
+        a, b = src(ids).logits, back(ids).logits
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
+def test_tokenizer_and_metadata_are_what_llama_cpp_reads(f32_artifact):
+    from gguf import GGUFReader
+
+    r = GGUFReader(f32_artifact / "model.gguf")
+    fields = r.fields
+
+    def scalar(key):
+        f = fields[key]
+        return f.parts[f.data[0]].tolist()[0] if f.types[0].name != "STRING" else bytes(f.parts[f.data[0]]).decode()
+
+    tok = tiny_lms.bpe_tokenizer()
+    model_json = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [bytes(fields["tokenizer.ggml.merges"].parts[i]).decode() for i in fields["tokenizer.ggml.merges"].data]
+    assert merges == [m if isinstance(m, str) else " ".join(m) for m in model_json["merges"]]
+    tokens = [bytes(fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in fields["tokenizer.ggml.tokens"].data]
+    assert tokens[:len(tok)] == [tok.convert_ids_to_tokens(i) for i in range(len(tok))] and len(tokens) == 320
+    assert scalar("general.architecture") == "llama" and scalar("tokenizer.ggml.model") == "gpt2"
+    assert scalar("tokenizer.ggml.bos_token_id") == 1 and scalar("tokenizer.ggml.eos_token_id") == 2
+    assert scalar("tokenizer.chat_template") == tiny_lms.CHAT_TEMPLATE
+    assert scalar("llama.attention.head_count_kv") == 2 and scalar("llama.rope.dimension_count") == 16
+
+
+@pytest.mark.parametrize("arch", ["qwen2"])
+def test_other_architectures_give_transformers_greedy_tokens(arch, tmp_path):
+    d = tiny_lms.save_tiny_bpe_lm(tmp_path / arch, arch)
+    manifest = export_to(d, tmp_path / "a", "fp32")
+    v = manifest["llm"]["verification"]
+    assert v["identical_prompts"] == v["prompts"], v
+
+
+# ------------------------------------------------------------------- numerics and costs
+
+
+def _llama_cpp_rows(artifact: Path, ids: list[int]) -> np.ndarray:
+    from edgeq.backends import get_backend
+
+    session = get_backend("gguf").open_lm(artifact, "model.gguf")
+    try:
+        return np.asarray(session.prefill(ids, all_logits=True))
+    finally:
+        session.close()
+
+
+def _eager_rows(model, ids: list[int], swap=None) -> np.ndarray:
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.sensitivity import _swapped
+
+    import contextlib
+
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if swap is not None:
+            for x in layer_inventory(model):
+                stack.enter_context(_swapped(model, x.fqn, swap(model.get_submodule(x.fqn))))
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1).numpy()
+
+
+@pytest.mark.parametrize("precision,scheme", [("int8", "int8"), ("int4", "int4-g32")])
+def test_stand_in_reproduces_llama_cpp(precision, scheme, narrow_llama_dir, tmp_path):
+    """Every layer stood in at ``scheme``: the eager model's next-token log-probabilities are
+    those llama.cpp computes from the Q8_0 / Q4_0 file, far closer than the same quantized
+    weights with fp32 activations (llama.cpp rounds a matmul's input to Q8_0 blocks)."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.backends import get_backend
+    from edgeq.backends.gguf.numerics import dequantized
+    from edgeq.schemes import parse
+
+    export_to(narrow_llama_dir, tmp_path / "a", precision)
+    model = AutoModelForCausalLM.from_pretrained(narrow_llama_dir).eval()
+    ids = [1] + list(range(40, 80))
+    got = _llama_cpp_rows(tmp_path / "a", ids)
+    be, s = get_backend("gguf"), parse(scheme)
+    stand_in = _eager_rows(model, ids, lambda layer: be.stand_in(layer, s))
+
+    def weights_only(layer):
+        import copy
+
+        q = copy.deepcopy(layer)
+        q.weight = torch.nn.Parameter(dequantized(q.weight, "Q8_0" if s.bits == 8 else "Q4_0"), requires_grad=False)
+        return q
+
+    fp32_acts = _eager_rows(model, ids, weights_only)
+    fp32 = _eager_rows(model, ids)
+    d_stand_in, d_weights, d_fp32 = (float(np.abs(got - x).max()) for x in (stand_in, fp32_acts, fp32))
+    assert d_stand_in < 0.25 * d_weights and d_stand_in < 0.1 * d_fp32, (d_stand_in, d_weights, d_fp32)
+
+
+def test_q8_0_activation_rounding_matches_a_hand_computation():
+    from edgeq.backends.gguf.numerics import q8_0_activations
+
+    x = torch.zeros(32)
+    x[0], x[1], x[2] = 2.54, -1.0, 0.01
+    d = torch.tensor(2.54 / 127).half().float()
+    want = torch.zeros(32)
+    want[0], want[1], want[2] = 127 * d, -50 * d, 0.0  # 1.0 * 127 / 2.54 = 50.0, 0.01 * 50 = 0.5 → 0 (half to even)
+    assert torch.equal(q8_0_activations(x), want)
+
+
+def test_costs_count_the_files_real_tensor_bytes(narrow_llama_dir, tmp_path):
+    """A mixed plan written as GGUF: every tensor's bytes in the file (edgeq's bounded header
+    reader, which checks them against the file) equal stored_bytes of its layer and scheme."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.backends import get_backend
+    from edgeq.backends.gguf.writer import gguf_names, write_gguf
+    from edgeq.models.gguf_header import read_gguf_header
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.schemes import parse
+
+    model = AutoModelForCausalLM.from_pretrained(narrow_llama_dir).eval()
+    layers = layer_inventory(model)
+    cycle = ["int8", "int4-g32", "fp16", "fp32"]
+    schemes = {x.fqn: parse(cycle[i % 4]) for i, x in enumerate(layers)}
+    schemes["lm_head"] = parse("int8")
+    schemes["model.embed_tokens"] = parse("int4-g32")  # tied, different scheme: output.weight written
+    out = tmp_path / "m.gguf"
+    written = write_gguf(model, schemes, out, max_context=CONTEXT, tokenizer=tiny_lms.bpe_tokenizer(),
+                         chat_template=None, name="t")
+    header = read_gguf_header(out)
+    by_name = {t.name: t for t in header.tensors}
+    names = gguf_names(model)
+    be = get_backend("gguf")
+    for x in layers:
+        t = by_name[names[x.fqn + ".weight"]]
+        assert t.type_name == written[t.name]
+        assert t.nbytes == be.stored_bytes(x, schemes[x.fqn]), (x.fqn, t.type_name)
+    assert {"Q8_0", "Q4_0", "F16", "F32"} <= set(written.values()) and "output.weight" in written
+
+
+def test_scheme_table_and_block_sizes():
+    from edgeq.backends.gguf.costs import GGUF_TYPES, gguf_type
+    from edgeq.planning.inventory import LayerInfo
+    from edgeq.schemes import parse
+
+    # llama.cpp's block layouts, by hand: Q8_0 = fp16 scale + 32 int8; Q4_0 = fp16 scale + 16 bytes
+    assert (GGUF_TYPES[parse("int8")].block_bytes, GGUF_TYPES[parse("int4-g32")].block_bytes) == (34, 18)
+    with pytest.raises(ConfigError, match="no GGUF tensor type"):
+        gguf_type(parse("int4-g64"))
+    from edgeq.backends import get_backend
+
+    be = get_backend("gguf")
+    odd = LayerInfo(fqn="x", kind="linear", shape=(8, 48), params=8 * 48)
+    assert be.scheme_fits(odd, parse("int8")) and not be.scheme_fits(odd, parse("fp16"))
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+@pytest.mark.slow
+def test_memory_prediction_holds_on_a_model_it_was_not_fitted_on(tmp_path):
+    """costs.py's terms were measured on a 4-layer, hidden-256 model at context 512; here a
+    3-layer, hidden-128 one at context 256 (Q4_0: repacked weights), in a fresh process."""
+    from edgeq.llm.measure import measure_generation
+    from edgeq.llm.memory import predict_lm_peak
+
+    d = tiny_lms.save_tiny_bpe_lm(tmp_path / "m", "llama", init=0.02)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(hidden_size=128, intermediate_size=384, num_hidden_layers=3, max_position_embeddings=512)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(LlamaConfig(**cfg)).save_pretrained(d)
+    proc = run_cli("export", str(d), "-t", "x86-gguf", "-p", "int4", "--max-context", "256", "--samples", "2",
+                   "-o", str(tmp_path / "a"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    measured = measure_generation(tmp_path / "a", prompt_tokens=64, new_tokens=192)["memory"]
+    est = predict_lm_peak(tmp_path / "a", prompt_tokens=64)
+    ratio = est.total_bytes / measured["model_attributable_bytes"]
+    assert 0.85 < ratio < 1.15, (est.to_dict(), measured)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def one_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and lines and lines[0].startswith("error:"), proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_an_encoder_to_a_gguf_target_is_refused():
+    line = one_line(cli_here("export", "tests.tiny_models:tiny_text", "-t", "x86-gguf", "--quiet"))
+    assert "decoder LLMs only" in line
+
+
+def test_a_truncated_gguf_is_refused(f32_artifact, tmp_path):
+    art = tmp_path / "a"
+    shutil.copytree(f32_artifact, art)
+    f = art / "model.gguf"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    one_line(cli_here("run", str(art), "--prompt", "the", "--max-new-tokens", "2"))
+    from edgeq.backends import get_backend
+    from edgeq.errors import ArtifactError
+
+    with pytest.raises(ArtifactError):
+        get_backend("gguf").open_lm(art, "model.gguf")
+
+
+def test_a_scheme_with_no_gguf_type_is_refused(llama_dir, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("layers:\n  model.layers.0.mlp.down_proj: int4-g64\n")
+    line = one_line(cli_here("export", str(llama_dir), "-t", "x86-gguf", "--plan", str(plan), "--max-context",
+                             str(CONTEXT), "-o", str(tmp_path / "a"), "--quiet"))
+    assert "GGUF" in line
+
+
+def test_a_tokenizer_gguf_cannot_hold_is_refused(tmp_path):
+    d = tiny_lms.save_tiny_lm(tmp_path / "wl", "llama")  # WordLevel tokenizer
+    line = one_line(cli_here("export", str(d), "-t", "x86-gguf", "-p", "fp32", "--max-context", str(CONTEXT),
+                             "-o", str(tmp_path / "a"), "--quiet"))
+    assert "tokenizer" in line
+
+
+def test_an_architecture_the_writer_cannot_take_is_refused(tmp_path):
+    d = tiny_lms.save_tiny_lm(tmp_path / "g", "gpt2")
+    line = one_line(cli_here("export", str(d), "-t", "x86-gguf", "-p", "fp32", "--max-context", str(CONTEXT),
+                             "-o", str(tmp_path / "a"), "--quiet"))
+    assert "gpt2" in line and "GGUF" in line
+
+
+def test_the_planner_offers_only_schemes_gguf_stores(llama_dir):
+    """A target allowing int4 at every group: GGUF's costs list int4-g32 (Q4_0) only."""
+    from edgeq.llm.plan import lm_costs
+    from edgeq.models import load_model
+    from edgeq.targets import load_target
+
+    loaded = load_model(str(llama_dir), "causal-lm", seq_len=16)
+    costs = lm_costs(loaded, load_target("x86-gguf"), CONTEXT, calib_samples=1, use_cache=False)
+    offered = {c.scheme.name for choices in costs.stored.values() for c in choices}
+    assert offered <= {"fp32", "fp16", "int8", "int4-g32"} and "int4-g32" in offered
+    assert all(costs.excluded[f].get("int4-g64") for f in costs.excluded) and costs.excluded
