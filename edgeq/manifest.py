@@ -201,7 +201,7 @@ class LLMPredictedMemory(Strict):
 
 # How an LLM's linears at one scheme compute: in fp32 (float weights, or integer weights
 # dequantized), or with their input rounded to int8 at run time (8da4w / 8da8w).
-LinearCompute = Literal["fp32", "int8 dynamic activations"]
+LinearCompute = Literal["fp32", "int8 dynamic activations", "fp16 activations"]
 
 
 class LLMInfo(Strict):

@@ -51,6 +51,7 @@ class LoweredLM:
 
 
 LINEAR_FP32, LINEAR_INT8_DYNAMIC = "fp32", "int8 dynamic activations"  # as the manifest's llm.linear_compute
+LINEAR_FP16 = "fp16 activations"  # the input rounded to fp16 (llama.cpp's F16 weights)
 
 
 def linears_with_int8_activations(module: Any, applied: dict[str, str]) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.llm.session import LINEAR_FP32, LINEAR_INT8_DYNAMIC, LoweredLM
+from edgeq.llm.session import LINEAR_FP16, LINEAR_FP32, LINEAR_INT8_DYNAMIC, LoweredLM
 
 MODEL_FILE = "model.gguf"
 
@@ -56,7 +56,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         if x.kind == "linear":
             t = gguf_type(s, x.fqn)
             compute[s.name] = LINEAR_INT8_DYNAMIC if t.activations == "Q8_0" else \
-                "fp16 activations" if t.activations == "F16" else LINEAR_FP32
+                LINEAR_FP16 if t.activations == "F16" else LINEAR_FP32
     shape = LMShape.from_config(config.to_dict())
     return LoweredLM(
         model_file=out,
