@@ -122,15 +122,19 @@ def scheme_overhead(layer: Any, scheme: Scheme) -> int:
 
 
 # llama.cpp has no encoder path in edgeq; these terms serve the LLM memory model
-# (edgeq.llm.memory reads MEMORY.overhead_bytes and baseline_bytes). Measured 2026-12-02 on
-# a random 4-layer Llama (hidden 256, 8 heads, 4 KV heads, vocab 320, context 512) at F32,
-# Q8_0 and Q4_0, one fresh process each (edgeq.llm.measure, prompt 128, 384 new tokens):
-# peak RSS beyond the baseline minus (mapped weights + llama.cpp's reported KV, compute and
-# repack buffers) was 5.90, 6.10 and 6.04 MB: the server's threads, slot and the session's
-# per-step responses (overhead_bytes, their mean). baseline: a Python process with xllamacpp
-# and numpy imported, 62.9 MB measured in the same runs. The other fields are encoder terms
-# (GGUF takes no encoders).
-MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=int(6.0e6), baseline_bytes=int(62.9e6),
+# (edgeq.llm.memory reads MEMORY.overhead_bytes and baseline_bytes). Measured 2026-12-02 in
+# fresh processes (edgeq.llm.measure) generating after a prompt as long as the context minus
+# 8 tokens, on random Llamas (hidden 128 / 3 layers / context 256 at Q4_0; hidden 256 / 4
+# layers / context 512 at F32 and Q4_0): peak RSS beyond the baseline minus the mapped
+# weights (held_bytes) and llama.cpp's own report of its KV, compute and logits buffers was
+# 11.30, 10.29 and 10.77 MB: the server's threads and slot, the session's responses
+# (overhead_bytes: their mean; checked on another shape in tests/test_gguf_backend.py).
+# llama.cpp reserves its compute buffers for a batch as long as the context and touches
+# them as far as a prompt reaches: after a prompt of a quarter of the context the same
+# models measured 2-25% below the prediction (the prediction is for the longest prompt).
+# baseline: a Python process with xllamacpp and numpy imported, 62.9-63.0 MB in the same runs.
+# The other fields are encoder terms (GGUF takes no encoders).
+MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=int(10.79e6), baseline_bytes=int(62.9e6),
                      maps_embedding_tables=True, arena_at_load=True, tied_head_quantized_copies=0)
 
 # llama.cpp allocates its KV cache (f16 by default: cache_type_k / cache_type_v, at its
