@@ -94,8 +94,13 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
 
 
 def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:
-    raise ArtifactError("a GGUF artifact is a decoder LLM: run it with 'edgeq run ARTIFACT --prompt ...'",
-                        "edgeq run ARTIFACT --prompt TEXT")
+    """With no inputs, load ``model_file`` in llama.cpp and run one step (the integrity check's
+    "loads"); a GGUF artifact takes token ids through its ``LMSession``, not input tensors."""
+    if inputs:
+        raise ArtifactError("a GGUF artifact is a decoder LLM: run it with 'edgeq run ARTIFACT --prompt ...'",
+                            "edgeq run ARTIFACT --prompt TEXT")
+    open_lm(model_file, threads=threads).close()
+    return []
 
 
 def ops(model_file: Path, manifest: Any) -> list[Any]:
