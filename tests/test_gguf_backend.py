@@ -95,6 +95,16 @@ def test_llama_cpp_greedy_tokens_equal_transformers_in_a_fresh_process(f32_artif
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
 
 
+def test_profile_and_check_work_on_a_gguf_artifact(f32_artifact, tmp_path):
+    """edgeq profile measures llama.cpp generating in a fresh process; edgeq check's gates pass."""
+    proc = run_cli("profile", str(f32_artifact), "--runs", "2", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert "llama.cpp" in text and "decode" in text and json.loads(text)
+    checked = run_cli("check", str(f32_artifact))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+
+
 def test_the_gguf_loads_in_transformers_gguf_loader_with_the_same_logits(f32_artifact, llama_dir):
     """transformers reads llama.cpp's names and undoes the Q/K permutation: same logits as the source."""
     from transformers import AutoModelForCausalLM
