@@ -304,6 +304,21 @@ def test_tampered_metadata_is_refused(llama, tmp_path):
     assert math.isfinite(float(_open(lowered.model_file).prefill([1, 2]).max()))
 
 
+def test_the_manifest_says_whether_the_head_shares_the_embedding_table(llama):
+    """fp32 and tied: the file holds the table once, read by the embedding's Gather and by
+    the head (the graph is the independent check); the lowering says so."""
+    import onnx
+
+    model, fp32 = llama
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert fp32.delegation["head"] == {"fqn": "lm_head", "tied": True, "scheme": "fp32",
+                                       "storage": "shared with the embedding"}
+    graph = onnx.load(str(fp32.model_file)).graph
+    big = {t.name for t in graph.initializer if list(t.dims) in ([256, 64], [64, 256])}
+    readers = [n.op_type for n in graph.node for i in n.input if i in big]
+    assert len(big) == 1 and "Gather" in readers and len(readers) >= 2, (big, readers)
+
+
 def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
     """A planner-style mix: int8 embedding table (quantize_dynamic), int8 and int4 linears
     (MatMulNBits 8- and 4-bit) and an fp32 head, in one graph with a KV cache."""
@@ -321,6 +336,8 @@ def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
             schemes[f"model.layers.{i}.{name}"] = Scheme("int", 4, 32)
     lowered = _lower(model, QuantPlan(schemes), tmp_path)
     assert lowered.layer_schemes == {k: v.name for k, v in schemes.items()}
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    assert lowered.delegation["head"] == {"fqn": "lm_head", "tied": tied, "scheme": "fp32", "storage": "own copy"}
     ops = [n.op_type for n in onnx.load(str(lowered.model_file)).graph.node]
     assert ops.count("MatMulNBits") == 14 and "DequantizeLinear" in ops
     ids = list(range(100, 120))

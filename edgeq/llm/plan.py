@@ -49,6 +49,7 @@ class LMPrepared(Prepared):
 
     context: int = 0
     kv_dtype: str = "float32"
+    decoder_lm = True
 
     @property
     def folded(self) -> dict[str, int]:

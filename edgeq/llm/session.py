@@ -67,3 +67,20 @@ def linears_with_int8_activations(module: Any, applied: dict[str, str]) -> dict[
         if x.kind == "linear" and name != UNUSED:
             out[name] = LINEAR_INT8_DYNAMIC if parse(name, x.fqn).is_quantized else LINEAR_FP32
     return dict(sorted(out.items()))
+
+
+def head_storage(model: Any, schemes: dict[str, str]) -> dict[str, Any]:
+    """What happened to the output head (``model``: the transformers causal LM the lowering
+    took, ``schemes``: fqn → applied scheme name): tied or not, its scheme, and whether it still
+    shares the embedding's storage in the artifact (only when both stay fp32: a quantized head
+    or table is stored apart from the other)."""
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    tied = head is not None and emb is not None and head.weight is emb.weight
+    names = {m: n for n, m in model.named_modules()}
+    head_fqn, emb_fqn = names.get(head, ""), names.get(emb, "")
+    head_scheme = schemes.get(head_fqn, "fp32")
+    emb_scheme = schemes.get(emb_fqn, "fp32")
+    shared = tied and head_scheme == emb_scheme == "fp32"
+    return {"fqn": head_fqn, "tied": tied, "scheme": head_scheme,
+            "storage": "shared with the embedding" if shared else "own copy"}

@@ -123,7 +123,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         return weight(x, scheme) + (0 if x.fqn in fixed else be.scheme_overhead(x, scheme))
 
     def held(x: LayerInfo, scheme: Scheme) -> int:
-        return fixed[x.fqn] if x.fqn in fixed else be.held_bytes(x, scheme)
+        return fixed[x.fqn] if x.fqn in fixed else be.held_bytes(x, scheme, decoder_lm=prepared.decoder_lm)
 
     def error(fqn: str, scheme: Scheme) -> float:
         # Measured errors below float precision (fp16 layers, ~1e-9) can come out 0 or

@@ -29,6 +29,8 @@ class Prepared:
     _facts: Any = field(default=None, repr=False)
     _probe: Any = field(default=None, repr=False)
 
+    decoder_lm = False  # lowered by the backend's lower_lm (``edgeq.llm.plan.LMPrepared``)
+
     @property
     def fmt(self) -> str:
         return self.resolved.target.format

@@ -35,7 +35,7 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
     return stored_bytes(layer, scheme)
 
 
-def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
+def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm: bool = False) -> int:
     return stored_bytes(layer, scheme)
 
 

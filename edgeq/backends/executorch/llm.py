@@ -21,9 +21,9 @@ from typing import Any
 
 from edgeq.backends import silence_native_stderr
 from edgeq.backends.executorch.costs import LM_MEMORY
-from edgeq.backends.executorch.llm_quant import as_lm_quant, head_storage, quantize_lm
+from edgeq.backends.executorch.llm_quant import as_lm_quant, quantize_lm
 from edgeq.errors import ArtifactError, ExportError, RunError, describe
-from edgeq.llm.session import LoweredLM, linears_with_int8_activations
+from edgeq.llm.session import LoweredLM, head_storage, linears_with_int8_activations
 
 MODEL_FILE = "model.pte"
 

@@ -106,18 +106,3 @@ def quantize_lm(model: Any, quant: LMQuant) -> tuple[Any, dict[str, str]]:
         return base, {f: s.name for f, s in quant.schemes.items()}
     qmodel = quantized_module(base, active, "xnnpack")
     return qmodel, {f: s.name for f, s in quant.schemes.items()}
-
-
-def head_storage(model: Any, schemes: dict[str, str]) -> dict[str, Any]:
-    """What happened to the output head: tied or not, its scheme, and whether it still
-    shares the embedding's storage in the artifact."""
-    head = model.get_output_embeddings()
-    emb = model.get_input_embeddings()
-    tied = head is not None and emb is not None and head.weight is emb.weight
-    names = {m: n for n, m in model.named_modules()}
-    head_fqn, emb_fqn = names.get(head, ""), names.get(emb, "")
-    head_scheme = schemes.get(head_fqn, "fp32")
-    emb_scheme = schemes.get(emb_fqn, "fp32")
-    shared = tied and head_scheme == emb_scheme == "fp32"
-    return {"fqn": head_fqn, "tied": tied, "scheme": head_scheme,
-            "storage": "shared with the embedding" if shared else "own copy"}

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError, ExportError, describe
-from edgeq.llm.session import LoweredLM, linears_with_int8_activations
+from edgeq.llm.session import LoweredLM, head_storage, linears_with_int8_activations
 
 LM_META_KEY = "edgeq.lm"
 LM_META_VERSION = 1
@@ -110,7 +110,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         extra_files=extra,
         linear_compute=linears_with_int8_activations(module, applied),  # MatMulNBits at accuracy_level 4
         delegation={"delegated_ops": {"CPUExecutionProvider": sum(counts.values())}, "portable_op_count": 0,
-                    "op_types": counts},
+                    "op_types": counts, "head": head_storage(module, applied)},
     )
 
 
