@@ -99,7 +99,7 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
     return stored_bytes(layer, scheme)
 
 
-def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None) -> int:
+def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm: bool = False) -> int:
     """Mapped from the file at the stored size; a Q4_0 linear is also repacked at load into
     interleaved blocks of the same size (llama.cpp's CPU_REPACK buffer, on x86 AVX2 and ARM
     NEON) after its mapped pages were read: held twice at the peak."""
