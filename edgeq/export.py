@@ -348,6 +348,7 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
             "layer_counts": counts,
             "layers": lowered.layer_schemes,
             "notes": plan.reasons,
+            "algorithms": lowered.algorithms or None,
         },
         "sizes": {
             "fp32_weight_bytes": fp32_size,

@@ -149,6 +149,7 @@ class Lowered:
     planned_activation_bytes: int = 0  # the runtime's planned activation arena, where the format has one
     folded_layers: dict[str, int] = field(default_factory=dict)  # fqn → bytes of the constant stored instead
     extra_files: list[Path] = field(default_factory=list)  # shipped beside the model file (e.g. ops.json)
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
 
 
 class Backend(Protocol):

@@ -62,6 +62,13 @@ class PlanCosts:
         return replace(self, activation_bytes=activation_bytes)
 
 
+def calib_samples_for_algorithms(loaded: Any) -> int:
+    """Calibration rows calibrated algorithms use for ``loaded`` (the lowering uses the same)."""
+    from edgeq.algorithms.calibrated import CALIB_SAMPLES, LM_CALIB_SAMPLES
+
+    return LM_CALIB_SAMPLES if loaded.task == "causal-lm" else CALIB_SAMPLES
+
+
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
                   precisions: list[str] | None = None) -> PlanCosts:
@@ -93,11 +100,38 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else candidate_schemes(x, families) or [FP32]
         for x in layers
     }
+    # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
+    # calibration data; without data they are named as excluded, and pinning one is an error.
+    from edgeq.algorithms import calibrated as algorithms
+    from edgeq.schemes import calibrated
+
+    offered = calibrated(families, getattr(be, "CALIBRATED_ALGORITHMS", ()))
+    source = algorithms.calibration_source(loaded)
+    no_data: dict[str, dict[str, str]] = {}
+    for x in layers:
+        extra = [s for s in offered if x.fits(s)]
+        if x.fqn in pinned or x.fqn in fixed or not extra:
+            continue
+        if source is None:
+            no_data[x.fqn] = {s.name: algorithms.no_data_reason(loaded) for s in extra}
+        elif candidates[x.fqn] != [FP32]:
+            candidates[x.fqn] = candidates[x.fqn] + extra
+    if no_data:
+        steps.note(f"{', '.join(sorted({s for v in no_data.values() for s in v}))} not measured: "
+                   f"{algorithms.no_data_reason(loaded)}")
+    algorithms.require_calibration(loaded, pinned.values())
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
+        solved, calibration = {}, None
+        if any(s.algorithm != "rtn" for v in candidates.values() for s in v):
+            solved, calibration = algorithms.solve(loaded, candidates, be.gptq_grid(),
+                                                   samples=calib_samples_for_algorithms(loaded),
+                                                   use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
-                                   proxy=proxy, use_cache=use_cache, fmt=fmt)
-        info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
+                                   proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
+                                   calibration_key=calibration.sha256 if calibration else "")
+        info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
+            f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     probe = prepared.probe(steps, use_cache)
 
     def weight(x: LayerInfo, scheme: Scheme) -> int:
@@ -125,7 +159,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         activation_bytes=probe.activation_bytes,
         pinned=pinned,
         reasons=reasons,
-        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families))},
+        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families) | no_data.get(x.fqn, {}))},
         unused=frozenset(unused),
         folded=folded,
         fmt=fmt,

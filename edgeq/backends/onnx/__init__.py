@@ -65,10 +65,23 @@ def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int, s
     return Probe(activation_bytes=0, file_overhead_bytes=file_overhead(facts.ops, facts.placeholders))
 
 
-def stand_in(layer: Any, scheme: Any) -> Any:
+def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
+    """``layer`` with this runtime's numerics at ``scheme``; ``weights``: a calibrated
+    scheme's ``edgeq.algorithms.gptq.QuantizedWeight`` for it."""
     from edgeq.backends.onnx.numerics import stand_in as make
 
-    return make(layer, scheme)
+    return make(layer, scheme, weights)
+
+
+# Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
+# the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
+
+
+def gptq_grid() -> Any:
+    from edgeq.algorithms.grids import AsymmetricUint4
+
+    return AsymmetricUint4()
 
 
 def lm_numerics() -> Any:
