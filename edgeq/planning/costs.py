@@ -42,6 +42,7 @@ class PlanCosts:
     attention_heads: int = 0
     target: str = ""
     model: str = ""
+    not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
     memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
@@ -85,9 +86,14 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     be = get_backend(fmt)
     families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
+    from edgeq.algorithms import calibrated as algorithms
+    from edgeq.schemes import calibrated
+
+    offered = calibrated(families, getattr(be, "CALIBRATED_ALGORITHMS", ()))
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
-        if scheme not in candidate_schemes(layer, families + ["fp32"]) and scheme != FP32:
+        takes = candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
+        if scheme not in takes and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
     unused, folded, fixed = prepared.unused, prepared.folded, prepared.fixed
@@ -102,23 +108,18 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     }
     # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
     # calibration data; without data they are named as excluded, and pinning one is an error.
-    from edgeq.algorithms import calibrated as algorithms
-    from edgeq.schemes import calibrated
-
-    offered = calibrated(families, getattr(be, "CALIBRATED_ALGORITHMS", ()))
     source = algorithms.calibration_source(loaded)
-    no_data: dict[str, dict[str, str]] = {}
+    not_measured: dict[str, str] = {}
     for x in layers:
         extra = [s for s in offered if x.fits(s)]
-        if x.fqn in pinned or x.fqn in fixed or not extra:
+        if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
             continue
         if source is None:
-            no_data[x.fqn] = {s.name: algorithms.no_data_reason(loaded) for s in extra}
-        elif candidates[x.fqn] != [FP32]:
+            not_measured |= {s.algorithm: algorithms.no_data_reason(loaded) for s in extra}
+        else:
             candidates[x.fqn] = candidates[x.fqn] + extra
-    if no_data:
-        steps.note(f"{', '.join(sorted({s for v in no_data.values() for s in v}))} not measured: "
-                   f"{algorithms.no_data_reason(loaded)}")
+    for algorithm, why in not_measured.items():
+        steps.note(f"{algorithm} schemes not measured: {why}")
     algorithms.require_calibration(loaded, pinned.values())
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
@@ -159,7 +160,8 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         activation_bytes=probe.activation_bytes,
         pinned=pinned,
         reasons=reasons,
-        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families) | no_data.get(x.fqn, {}))},
+        excluded={x.fqn: e for x in layers if (e := excluded_schemes(x, families))},
+        not_measured=not_measured,
         unused=frozenset(unused),
         folded=folded,
         fmt=fmt,
