@@ -146,9 +146,9 @@ def export(
                             keep_fp32=tgt.quantization.keep_fp32)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
-    from edgeq.algorithms.calibrated import require_calibration
+    from edgeq.algorithms.calibrated import check_algorithms
 
-    require_calibration(loaded, plan.schemes.values())  # before any lowering work
+    check_algorithms(loaded, plan.schemes.values(), get_backend(tgt.format), tgt.format)  # before any lowering
 
     with steps.step("Preparing held-out inputs") as info:
         heldout = loaded.make_inputs("heldout", samples)

@@ -254,3 +254,78 @@ def test_gptq_without_calibration_data_is_one_line_exit_2(tmp_path: Path, args: 
     assert len(errors) == 1 and "int4-g32-gptq" in errors[0] and "--calib" in errors[0], proc.stderr
     assert proc.stderr.rstrip().endswith(errors[0]) and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ decoder LLMs
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    from tests.tiny_lms import save_tiny_lm
+
+    return save_tiny_lm(tmp_path_factory.mktemp("lm") / "llama", "llama", init=0.02)
+
+
+def _lm_gptq_plan(lm_dir: Path, path: Path) -> dict[str, str]:
+    """Every decoder linear at int4-g32-gptq, the embedding and head fp32."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm_dir)
+    layers = {n: "int4-g32-gptq" for n, m in model.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    path.write_text("layers:\n" + "".join(f"  model.{n}: {s}\n" for n, s in layers.items()))
+    return {f"model.{n}": s for n, s in layers.items()}
+
+
+@pytest.mark.parametrize("target", [pytest.param("x86-executorch", marks=pytest.mark.slow), "x86"])
+def test_llm_gptq_artifact_computes_the_gptq_stand_ins(lm_dir: Path, tmp_path: Path, monkeypatch, target: str):
+    """A decoder LLM planned at int4-g32-gptq: GPTQ calibrates on the calibration text run
+    through the model (never the perplexity text), the artifact's next-token logits are
+    those of the eager model with every linear replaced by its GPTQ stand-in (with the
+    LLM's int8 dynamic activations), and the manifest records the algorithm per layer."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.algorithms.calibrated import for_plan
+    from edgeq.backends import get_backend
+    from edgeq.export import export
+    from edgeq.models import load_model
+    from edgeq.planning.sensitivity import _swapped
+    from edgeq.schemes import parse
+    from edgeq.targets import load_target
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    planned = _lm_gptq_plan(lm_dir, tmp_path / "plan.yaml")
+    out = tmp_path / "art"
+    m = export(str(lm_dir), target, plan_file=tmp_path / "plan.yaml", max_context=32, output=out).manifest
+    hf = {f.removeprefix("model."): s for f, s in planned.items()}
+    assert {f: m.precision.layers[f] for f in hf} == hf
+    assert set(m.precision.algorithms) == set(hf)
+    record = next(iter(m.precision.algorithms.values()))
+    assert record["algorithm"] == "gptq" and "docstrings" in record["calibration"] and record["rows"] > 0
+
+    fmt = load_target(target).target.format
+    be = get_backend(fmt)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    weights, _ = for_plan(load_model(str(lm_dir)), {f: parse(s) for f, s in hf.items()}, be.gptq_grid(), module=model)
+    prompt = [1, 10, 20, 30, 40, 50, 60, 70, 12, 14]
+    session = be.open_lm(out, m.model_file)
+    try:
+        got = np.asarray(session.prefill(prompt, all_logits=True), dtype=np.float64).reshape(len(prompt), -1)
+    finally:
+        session.close()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        fp32 = model(ids).logits[0].double().numpy()
+        with be.lm_numerics():
+            swaps = [_swapped(model, f, be.stand_in(model.get_submodule(f), parse(s), weights[f])) for f, s in hf.items()]
+            for s in swaps:
+                s.__enter__()
+            try:
+                stand_in = model(ids).logits[0].double().numpy()
+            finally:
+                for s in reversed(swaps):
+                    s.__exit__(None, None, None)
+    rows = min(len(got), len(stand_in))  # ExecuTorch programs return the last position only
+    got, stand_in, fp32 = got[-rows:], stand_in[-rows:], fp32[-rows:]
+    quant_error = np.abs(got - fp32).max()
+    assert quant_error > 0
+    assert np.abs(got - stand_in).max() < 0.1 * quant_error, (np.abs(got - stand_in).max(), quant_error)

@@ -74,6 +74,17 @@ def require_calibration(loaded: Any, schemes: Iterable[Any]) -> None:
                           f"{wanted[0].rsplit('-', 1)[0]}")
 
 
+def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str) -> None:
+    """``ConfigError`` when a planned calibrated scheme cannot be built: the format does not
+    store its algorithm's results, or there is no calibration data."""
+    schemes = list(schemes)
+    offered = getattr(backend, "CALIBRATED_ALGORITHMS", ())
+    for s in schemes:
+        if s.algorithm != "rtn" and s.algorithm not in offered:
+            raise ConfigError(f"{s} is not offered for {fmt} artifacts", f"use {s.name.rsplit('-', 1)[0]}")
+    require_calibration(loaded, schemes)
+
+
 def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: int = CALIB_SAMPLES,
           module: Any = None, use_cache: bool = True) -> tuple[dict[tuple[str, str], QuantizedWeight], Calibration | None]:
     """GPTQ results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes in

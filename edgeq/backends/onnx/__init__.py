@@ -121,11 +121,13 @@ def check_lm(config: Any) -> None:
     fused contrib ops replace only the patterns they match)."""
 
 
-def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:
-    """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``)."""
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
+             calibrated: dict[str, Any] | None = None) -> Any:
+    """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``);
+    ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers."""
     from edgeq.backends.onnx.llm import lower_lm as run_lowering
 
-    return run_lowering(model, plan, workdir, max_context, steps)
+    return run_lowering(model, plan, workdir, max_context, steps, calibrated)
 
 
 def open_lm(artifact_dir: Path, model_file: Any = None, threads: int = 0) -> Any:
