@@ -68,6 +68,7 @@ SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
 # same storage as the RTN scheme of their bits and group: candidates only where there is
 # calibration data and the backend declares the algorithm (``CALIBRATED_ALGORITHMS``).
 INT4_GPTQ = {g: Scheme("int", 4, g, algorithm="gptq") for g in INT4_GROUPS}
+ALGORITHMS: tuple[str, ...] = ("rtn", "gptq")
 CALIBRATED: tuple[Scheme, ...] = tuple(INT4_GPTQ.values())
 NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
 _BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}

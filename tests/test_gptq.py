@@ -267,11 +267,12 @@ def lm_dir(tmp_path_factory):
 
 
 def _lm_gptq_plan(lm_dir: Path, path: Path) -> dict[str, str]:
-    """Every decoder linear at int4-g32-gptq, the embedding and head fp32."""
+    """Every decoder linear at int4-g32-gptq, the embedding and head fp32 (plan files name the
+    loaded wrapper's layers: ``model.`` + the Hugging Face model's names)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(lm_dir)
-    layers = {n: "int4-g32-gptq" for n, m in model.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    layers = {n: "int4-g32-gptq" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
     path.write_text("layers:\n" + "".join(f"  model.{n}: {s}\n" for n, s in layers.items()))
     return {f"model.{n}": s for n, s in layers.items()}
 
@@ -307,7 +308,7 @@ def test_llm_gptq_artifact_computes_the_gptq_stand_ins(lm_dir: Path, tmp_path: P
     model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     weights, _ = for_plan(load_model(str(lm_dir)), {f: parse(s) for f, s in hf.items()}, be.gptq_grid(), module=model)
     prompt = [1, 10, 20, 30, 40, 50, 60, 70, 12, 14]
-    session = be.open_lm(out, m.model_file)
+    session = be.open_lm(out / m.model_file)
     try:
         got = np.asarray(session.prefill(prompt, all_logits=True), dtype=np.float64).reshape(len(prompt), -1)
     finally:

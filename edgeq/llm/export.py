@@ -63,7 +63,7 @@ def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any],
 
 def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, out_dir: Path, force: bool,
               protected: list[Path], max_context: int | None, steps: Any, strict: bool = False,
-              budgets: Any = None, rules: list[str] | None = None) -> Any:
+              budgets: Any = None, rules: list[str] | None = None, algorithms: list[str] | None = None) -> Any:
     """Lower ``loaded`` (an edgeq ``LoadedModel`` of task causal-lm) for ``resolved``'s
     target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``.
 
@@ -84,7 +84,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     if budgets is not None:
         from edgeq.llm.plan import plan_lm
 
-        costs, solved = plan_lm(loaded, resolved, budgets, context, rules=rules, steps=steps)
+        costs, solved = plan_lm(loaded, resolved, budgets, context, rules=rules, steps=steps, algorithms=algorithms)
         plan, requested = _stripped(solved.plan, steps), "planned"
     else:
         plan, requested = _plan(loaded, tgt, precision, plan_input, steps)

@@ -88,7 +88,8 @@ def lm_precisions(fmt: str, tgt: Any, steps: Any) -> list[str]:
 
 
 def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | None = None, proxy: str | None = None,
-             calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True, steps: Any = None) -> Any:
+             calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True, steps: Any = None,
+             algorithms: list[str] | None = None) -> Any:
     """``edgeq.planning.costs.PlanCosts`` of the causal LM ``loaded`` for ``resolved``'s
     format at ``context`` positions (layer names are the loaded wrapper's: ``model.…``)."""
     from edgeq.llm.export import lm_backend
@@ -108,7 +109,7 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     # linears compute with int8 dynamic activations in an LLM, weight-only in an encoder)
     with lm_backend(resolved.target.format).lm_numerics():
         costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
-                              steps=steps, precisions=families)
+                              steps=steps, precisions=families, algorithms=algorithms)
     return replace(costs, memory_model=_memory_model(costs, loaded.config, context))
 
 
@@ -135,14 +136,14 @@ def _memory_model(costs: Any, config: dict[str, Any], context: int) -> Any:
 
 def plan_lm(loaded: Any, resolved: Any, budgets: Any, context: int, *, rules: list[str] | None = None,
             proxy: str | None = None, calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True,
-            steps: Any = None) -> tuple[Any, Any]:
+            steps: Any = None, algorithms: list[str] | None = None) -> tuple[Any, Any]:
     """Costs and the solved plan (``PlanResult``) for a causal LM within ``budgets``."""
     from edgeq.planning.planner import solve_step
     from edgeq.progress import Steps
 
     steps = steps or Steps()
     costs = lm_costs(loaded, resolved, context, rules=rules, proxy=proxy, calib_samples=calib_samples,
-                     use_cache=use_cache, steps=steps)
+                     use_cache=use_cache, steps=steps, algorithms=algorithms)
     return costs, solve_step(costs, budgets, steps)
 
 

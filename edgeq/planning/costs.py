@@ -63,6 +63,25 @@ class PlanCosts:
         return replace(self, activation_bytes=activation_bytes)
 
 
+def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]:
+    """The calibrated algorithms to offer: ``algorithms`` (checked against what the format
+    stores; ``"rtn"`` adds none), or every one the format stores."""
+    from edgeq.errors import did_you_mean
+    from edgeq.schemes import ALGORITHMS
+
+    stored = tuple(getattr(be, "CALIBRATED_ALGORITHMS", ()))
+    if algorithms is None:
+        return stored
+    for name in algorithms:
+        if name not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, ALGORITHMS)}",
+                              f"algorithms: {', '.join(ALGORITHMS)}")
+        if name != "rtn" and name not in stored:
+            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results",
+                              f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
+    return tuple(a for a in stored if a in algorithms)
+
+
 def calib_samples_for_algorithms(loaded: Any) -> int:
     """Calibration rows calibrated algorithms use for ``loaded`` (the lowering uses the same)."""
     from edgeq.algorithms.calibrated import CALIB_SAMPLES, LM_CALIB_SAMPLES
@@ -72,11 +91,13 @@ def calib_samples_for_algorithms(loaded: Any) -> int:
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
-                  precisions: list[str] | None = None) -> PlanCosts:
+                  precisions: list[str] | None = None, algorithms: list[str] | None = None) -> PlanCosts:
     """Candidates, measured errors and bytes for every layer of ``prepared``.
 
     ``precisions``: the families the candidates come from (default: the target's); a
-    caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship."""
+    caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship.
+    ``algorithms``: the calibrated algorithms whose schemes are candidates besides RTN's
+    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only)."""
     from edgeq.backends import get_backend
     from edgeq.planning import sensitivity
 
@@ -89,7 +110,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     from edgeq.algorithms import calibrated as algorithms
     from edgeq.schemes import calibrated
 
-    offered = calibrated(families, getattr(be, "CALIBRATED_ALGORITHMS", ()))
+    offered = calibrated(families, algorithms_offered(be, algorithms))
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
         takes = candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
