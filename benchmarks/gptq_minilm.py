@@ -9,8 +9,9 @@ reference, the artifact runners and the cosine are that benchmark's). Rows per f
 - plan RTN+GPTQ at B: ``export(model, target, budget_bytes=B)`` (GPTQ candidates are on by
   default where there is calibration data: MiniLM's built-in calibration sentences);
 - uniform RTN INT4: ``precision="int4"`` (int4-g32 everywhere, embeddings included);
-- uniform GPTQ INT4: the same layers, every linear at ``int4-g32-gptq`` (embedding tables
-  at int4-g32: GPTQ reconstructs a linear's outputs), as a plan file.
+- uniform GPTQ INT4: the uniform RTN artifact's layers and groups, every int4 linear at
+  its ``-gptq`` scheme (embedding tables stay RTN: GPTQ reconstructs a linear's outputs),
+  as a plan file.
 
 B is 20 / 17 / 15% of MiniLM's FP32 weight bytes. Columns: artifact bytes, % of FP32,
 mean / min cosine vs eager FP32 on held-out sentences, the plan's GPTQ layers, export time.
@@ -43,11 +44,7 @@ def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_byte
     from edgeq.schemes import parse
 
     loaded = load_model(str(model_dir), None, seq_len=128)
-    layers = layer_inventory(loaded.module)
-    uniform = {x.fqn: ("int4-g32-gptq" if x.kind == "linear" else "int4-g32")
-               for x in layers if x.fits(parse("int4-g32"))}
-    gptq_file = work / "uniform-gptq.yaml"
-    gptq_file.write_text("layers:\n" + "".join(f"  {f}: {s}\n" for f, s in uniform.items()))
+    kinds = {x.fqn: x.kind for x in layer_inventory(loaded.module)}
     rows: list[dict[str, Any]] = []
     for target, fmt in TARGETS if onnx else TARGETS[:1]:
         runner = et_runner if fmt == "executorch" else ort_runner
@@ -63,6 +60,7 @@ def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_byte
             cases.append(("plan RTN-only", frac, {"budget_bytes": b, "algorithms": ["rtn"]}))
             cases.append(("plan RTN+GPTQ", frac, {"budget_bytes": b}))
         cases.append(("uniform RTN INT4", None, {"precision": "int4"}))
+        gptq_file = work / f"uniform-gptq-{fmt}.yaml"
         cases.append(("uniform GPTQ INT4", None, {"plan_file": gptq_file}))
         for method, frac, kwargs in cases:
             row = Row(method=method, format=fmt, kind="plan", budget_frac=frac,
@@ -81,6 +79,10 @@ def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_byte
             row.pct_fp32 = 100 * row.artifact_bytes / fp32_bytes
             fidelity(row, runner(path), inputs_np, reference)
             layers_planned = manifest["precision"]["layers"]
+            if method == "uniform RTN INT4":  # the same layers and groups, every int4 linear by GPTQ
+                same = {f: (f"{sc}-gptq" if kinds.get(f) == "linear" and parse(sc).bits == 4 else sc)
+                        for f, sc in layers_planned.items() if sc != "unused"}
+                gptq_file.write_text("layers:\n" + "".join(f"  {f}: {sc}\n" for f, sc in same.items()))
             row.extra = {"gptq_layers": sum(1 for s in layers_planned.values() if s.endswith("-gptq")),
                          "layer_counts": manifest["precision"]["layer_counts"], "cold_plan_s": round(cold_s, 1),
                          "predicted_error": (manifest.get("plan") or {}).get("predicted_error")}

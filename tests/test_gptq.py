@@ -330,3 +330,26 @@ def test_llm_gptq_artifact_computes_the_gptq_stand_ins(lm_dir: Path, tmp_path: P
     quant_error = np.abs(got - fp32).max()
     assert quant_error > 0
     assert np.abs(got - stand_in).max() < 0.1 * quant_error, (np.abs(got - stand_in).max(), quant_error)
+
+
+def test_algorithms_option_limits_the_candidates(tmp_path: Path, calib_npz: Path, monkeypatch):
+    """``algorithms=["rtn"]`` plans among RTN schemes alone even with calibration data; an
+    unknown algorithm is a one-line error naming the known ones."""
+    from edgeq.errors import ConfigError
+    from edgeq.models import load_model
+    from edgeq.models.calib import with_calibration
+    from edgeq.planning.costs import measure_costs
+    from edgeq.planning.prepare import prepare
+    from edgeq.targets import load_target
+    from tests.conftest import cli_here
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    prepared = prepare(with_calibration(load_model("tests.tiny_models:tiny_mlp"), calib_npz), load_target("x86"))
+    rtn_only = measure_costs(prepared, algorithms=["rtn"])
+    assert not any(s.endswith("-gptq") for v in rtn_only.sensitivity.values() for s in v)
+    assert "int4-g32" in rtn_only.sensitivity["0"]
+    with pytest.raises(ConfigError, match="unknown algorithm 'gtpq'; did you mean 'gptq'"):
+        measure_costs(prepared, algorithms=["gtpq"])
+    proc = cli_here("plan", "tests.tiny_models:tiny_mlp", "--target", "x86", "--calib", str(calib_npz),
+                    "--algorithms", "rtn,awq", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.rstrip().splitlines()[-1].startswith("error: unknown algorithm 'awq'")

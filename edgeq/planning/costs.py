@@ -107,7 +107,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     be = get_backend(fmt)
     families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
-    from edgeq.algorithms import calibrated as algorithms
+    from edgeq.algorithms import calibrated as calibration_data
     from edgeq.schemes import calibrated
 
     offered = calibrated(families, algorithms_offered(be, algorithms))
@@ -129,26 +129,26 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     }
     # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
     # calibration data; without data they are named as excluded, and pinning one is an error.
-    source = algorithms.calibration_source(loaded)
+    source = calibration_data.calibration_source(loaded)
     not_measured: dict[str, str] = {}
     for x in layers:
         extra = [s for s in offered if x.fits(s)]
         if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
             continue
         if source is None:
-            not_measured |= {s.algorithm: algorithms.no_data_reason(loaded) for s in extra}
+            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded) for s in extra}
         else:
             candidates[x.fqn] = candidates[x.fqn] + extra
     for algorithm, why in not_measured.items():
         steps.note(f"{algorithm} schemes not measured: {why}")
-    algorithms.require_calibration(loaded, pinned.values())
+    calibration_data.require_calibration(loaded, pinned.values())
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
         solved, calibration = {}, None
         if any(s.algorithm != "rtn" for v in candidates.values() for s in v):
-            solved, calibration = algorithms.solve(loaded, candidates, be.gptq_grid(),
-                                                   samples=calib_samples_for_algorithms(loaded),
-                                                   use_cache=use_cache)
+            solved, calibration = calibration_data.solve(loaded, candidates, be.gptq_grid(),
+                                                         samples=calib_samples_for_algorithms(loaded),
+                                                         use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
                                    calibration_key=calibration.sha256 if calibration else "")
