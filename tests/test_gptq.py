@@ -353,3 +353,31 @@ def test_algorithms_option_limits_the_candidates(tmp_path: Path, calib_npz: Path
     proc = cli_here("plan", "tests.tiny_models:tiny_mlp", "--target", "x86", "--calib", str(calib_npz),
                     "--algorithms", "rtn,awq", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.rstrip().splitlines()[-1].startswith("error: unknown algorithm 'awq'")
+
+
+def test_hessians_are_accumulated_in_passes_within_a_memory_bound(monkeypatch):
+    """Layers whose Hessians exceed the bound together are calibrated in several passes,
+    with the same results as one pass (the same rows reach each layer)."""
+    from edgeq.algorithms import calibrated
+    from edgeq.schemes import parse
+
+    class Loaded:
+        name, inputs_description, encode_text = "mlp", "test rows", None
+        config = {"calibration": "test rows"}
+
+        def __init__(self):
+            torch.manual_seed(0)
+            self.module = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32))
+
+        def make_inputs(self, split, n):
+            g = torch.Generator().manual_seed(1)
+            return [(torch.randn(4, 64, generator=g),) for _ in range(n)]
+
+    loaded, scheme = Loaded(), parse("int4-g32-gptq")
+    wanted = {"0": [scheme], "2": [scheme]}
+    one, _ = calibrated.solve(loaded, wanted, SymmetricInt4(), samples=8, use_cache=False)
+    monkeypatch.setattr(calibrated, "HESSIAN_BYTES", 8 * 64 * 64)  # room for the first layer's alone
+    assert calibrated._chunks(["0", "2"], {"0": 64, "2": 128}) == [["0"], ["2"]]
+    two, _ = calibrated.solve(loaded, wanted, SymmetricInt4(), samples=8, use_cache=False)
+    for key in one:
+        assert torch.equal(one[key].ints, two[key].ints) and torch.equal(one[key].scales, two[key].scales)

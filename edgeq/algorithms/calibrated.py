@@ -32,6 +32,7 @@ CALIB_SAMPLES = 128  # samples GPTQ calibrates an encoder on (sentences, for tex
 # perplexity text): one forward each, so many more than its sensitivity's LM_CALIB_SAMPLES.
 LM_CALIB_SAMPLES = 128
 CACHE_REVISION = 1  # raised whenever a cached result would change for the same inputs
+HESSIAN_BYTES = 512 * 2**20  # float64 Hessians accumulated in one calibration pass
 ACT_ORDER = False  # static groups under act-order measured no better than GPTQ alone on MiniLM
 
 
@@ -97,14 +98,30 @@ def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: 
     require_calibration(loaded, [s for ss in wanted.values() for s in ss])
     module = loaded.module if module is None else module
     rows = loaded.make_inputs("calib", samples)
-    sums, calibration = hessians(module, list(wanted), rows, calibration_source(loaded) or "")
-    out = {}
+    out, calibration = {}, None
     modules = dict(module.named_modules())
-    for fqn, schemes in wanted.items():
-        h = sums[fqn].matrix()
-        for scheme in schemes:
-            out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
+    for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
+        sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
+        for fqn in chunk:
+            h = sums.pop(fqn).matrix()
+            for scheme in wanted[fqn]:
+                out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
     return out, calibration
+
+
+def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:
+    """``fqns`` in runs whose float64 Hessians together stay within ``HESSIAN_BYTES`` (one
+    calibration pass each): a 1B-parameter LLM's would otherwise hold gigabytes at once."""
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for f in fqns:
+        size = 8 * columns[f] ** 2
+        if chunks[-1] and used + size > HESSIAN_BYTES:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(f)
+        used += size
+    return chunks
 
 
 def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = None,
