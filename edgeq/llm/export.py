@@ -99,11 +99,11 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         def lower(plan: Any) -> Any:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            calibrated, algorithms = _calibrated(loaded, model, be, plan, steps)
+            calibrated, record = _calibrated(loaded, model, be, plan, steps)
             if not calibrated:
                 return be.lower_lm(model, plan, scratch, context, steps)
             lowered = be.lower_lm(model, plan, scratch, context, steps, calibrated=calibrated)
-            lowered.algorithms = {f: a for f, a in algorithms.items() if lowered.layer_schemes.get(f) == plan.schemes[f].name}
+            lowered.algorithms = {f: r for f, r in record.items() if lowered.layer_schemes.get(f) == plan.schemes[f].name}
             return lowered
 
         if solved is not None:
