@@ -15,6 +15,10 @@ come from how an LLM is lowered and run:
   held-out text perplexity is measured on. Layers are stood in with the numerics the
   format's LLM lowering ships (a backend whose LLM numerics differ from its encoders'
   provides ``lm_numerics()``, a context the measurement runs in).
+- **GPTQ candidates** (``int4-gN-gptq``) are calibrated on ``edgeq.algorithms.calibrated.LM_CALIB_SAMPLES`` sentences
+  of the same calibration text (``edgeq.algorithms.calibrated``: one pass of the fp32
+  model, Hessians from forward hooks on the linears); the export computes the same
+  results (cached) and writes them into the artifact.
 - **Memory** is the decoder's, not an encoder's: the peak of generating to the max
   context as ``edgeq.llm.memory`` predicts it (weights as the runtime holds them, the KV
   cache as the runtime holds it, activations, the runtime's and the LLM session's

@@ -6,7 +6,9 @@ gives that layer, in eager PyTorch), the model is run on calibration inputs, and
 output is compared with FP32: mean
 ``1 − cosine`` for embeddings, mean KL(FP32 ‖ quantized) of the softmax for logits.
 ``proxy="sqnr"`` instead scores the weight alone (quantization noise power relative to
-the weight's), which needs no forward passes.
+the weight's), which needs no forward passes. A calibrated scheme (``int4-gN-gptq``) is
+stood in with the algorithm's result for that layer (``edgeq.algorithms.calibrated``),
+never with RTN's, so its error is the error of what the lowering writes.
 
 Results are cached on disk keyed by the model's weights, the calibration inputs, the
 schemes, the metric and edgeq's version, so a second ``plan`` is fast.
