@@ -33,8 +33,8 @@ BUDGETS = (0.20, 0.17, 0.15)
 TARGETS = (("rpi5", "executorch"), ("x86", "onnx"))
 
 
-def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_bytes: int, *, onnx: bool,
-        budgets: tuple[float, ...] = BUDGETS) -> list[dict[str, Any]]:
+def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_bytes: int, *, onnx: bool,
+        budgets: tuple[float, ...] = BUDGETS, cold: bool = True) -> list[dict[str, Any]]:
     from export_minilm import et_runner, fidelity, log, ort_runner, quiet_native
     from plan_minilm import Row, edgeq_artifact
 
@@ -45,15 +45,17 @@ def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_byte
 
     loaded = load_model(str(model_dir), None, seq_len=128)
     kinds = {x.fqn: x.kind for x in layer_inventory(loaded.module)}
+    inputs_np = [(i.numpy(), m.numpy()) for i, m in inputs_torch]
     rows: list[dict[str, Any]] = []
     for target, fmt in TARGETS if onnx else TARGETS[:1]:
         runner = et_runner if fmt == "executorch" else ort_runner
-        t0 = time.perf_counter()  # the cache directory is new: this plan is cold and fills it
+        t0 = time.perf_counter()  # with a new cache directory this plan is cold and fills it
         with quiet_native():
-            cold = make_plan(loaded, target, budget_bytes=int(budgets[0] * fp32_bytes))
+            first = make_plan(loaded, target, budget_bytes=int(budgets[0] * fp32_bytes))
         cold_s = time.perf_counter() - t0
-        pairs = sum(len(v) for v in cold.sensitivity.values())
-        log(f"{fmt}: cold plan with GPTQ candidates {cold_s:.1f} s ({pairs} layer x scheme pairs)")
+        pairs = sum(len(v) for v in first.sensitivity.values())
+        log(f"{fmt}: {'cold' if cold else 'warm (cache given)'} plan with GPTQ candidates {cold_s:.1f} s "
+            f"({pairs} layer x scheme pairs)")
         cases: list[tuple[str, float | None, dict[str, Any]]] = []
         for frac in budgets:
             b = int(frac * fp32_bytes)
@@ -77,14 +79,16 @@ def run(model_dir: Path, work: Path, inputs_np: list, reference: list, fp32_byte
             path = art / manifest["model_file"]
             row.artifact_bytes = path.stat().st_size
             row.pct_fp32 = 100 * row.artifact_bytes / fp32_bytes
-            fidelity(row, runner(path), inputs_np, reference)
+            # ExecuTorch's pybindings take tensors, ONNX Runtime arrays
+            fidelity(row, runner(path), inputs_torch if fmt == "executorch" else inputs_np, reference)
             layers_planned = manifest["precision"]["layers"]
             if method == "uniform RTN INT4":  # the same layers and groups, every int4 linear by GPTQ
                 same = {f: (f"{sc}-gptq" if kinds.get(f) == "linear" and parse(sc).bits == 4 else sc)
                         for f, sc in layers_planned.items() if sc != "unused"}
                 gptq_file.write_text("layers:\n" + "".join(f"  {f}: {sc}\n" for f, sc in same.items()))
             row.extra = {"gptq_layers": sum(1 for s in layers_planned.values() if s.endswith("-gptq")),
-                         "layer_counts": manifest["precision"]["layer_counts"], "cold_plan_s": round(cold_s, 1),
+                         "layer_counts": manifest["precision"]["layer_counts"],
+                         ("cold_plan_s" if cold else "warm_plan_s"): round(cold_s, 1),
                          "predicted_error": (manifest.get("plan") or {}).get("predicted_error")}
             rows.append(dict(row.__dict__))
             log(f"{fmt} {method} {'' if frac is None else f'{frac:.0%}'}: {row.artifact_bytes:,} B "
@@ -104,10 +108,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['format']} | {r['method']} | {budget} | {r['artifact_bytes']:,} | {r['pct_fp32']:.1f} | "
                      f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['extra']['gptq_layers']} | "
                      f"{r['export_s']:.0f} |")
-    cold = {r["format"]: r["extra"]["cold_plan_s"] for r in rows if r.get("extra")}
-    lines.append("")
-    lines.append("cold plan (sensitivity of every candidate incl. GPTQ, empty cache): "
-                 + ", ".join(f"{f} {s:.0f} s" for f, s in cold.items()))
+    cold = {r["format"]: r["extra"]["cold_plan_s"] for r in rows if r.get("extra", {}).get("cold_plan_s")}
+    if cold:
+        lines.append("")
+        lines.append("cold plan (sensitivity of every candidate incl. GPTQ, empty cache): "
+                     + ", ".join(f"{f} {s:.0f} s" for f, s in cold.items()))
     return "\n".join(lines)
 
 
@@ -134,17 +139,18 @@ def main(args: Any) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeq-gptq-bench-") as tmp:
         work = Path(args.keep_artifacts or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        os.environ["EDGEQ_CACHE_DIR"] = str(work / f"cache-{time.time_ns()}")  # cold: a new, empty cache
+        # cold: a new, empty cache, unless the caller gives one (EDGEQ_CACHE_DIR) to resume a run
+        cold = "EDGEQ_CACHE_DIR" not in os.environ
+        os.environ.setdefault("EDGEQ_CACHE_DIR", str(work / f"cache-{time.time_ns()}"))
         fp32 = fp32_bytes(load_model(str(model_dir), None, seq_len=SEQ_LEN).module)
         sentences = textdata.sentences("heldout", args.sentences)
         inputs_torch = tokenize(model_dir, sentences)
-        inputs_np = [(i.numpy(), m.numpy()) for i, m in inputs_torch]
         with quiet_native():
             ref_model = load_wrapper(model_dir)
             with torch.no_grad():
                 reference = [ref_model(i, m).float().numpy() for i, m in inputs_torch]
         t0 = time.perf_counter()
-        rows = run(model_dir, work, inputs_np, reference, fp32, onnx=args.onnx,
+        rows = run(model_dir, work, inputs_torch, reference, fp32, onnx=args.onnx, cold=cold,
                    budgets=tuple(args.budgets) if args.budgets != [0.30, 0.25, 0.20, 0.17] else BUDGETS)
         table = render(rows)
         print(f"all-MiniLM-L6-v2, {len(sentences)} held-out sentences (edgeq.models.textdata 'heldout'), seq_len "
