@@ -40,6 +40,9 @@ exports then reuse that cache.
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/plan_minilm.py --no-onnx --sentences 50 --repeats 1  # faster
 
 Results: the table on stdout and ``benchmarks/results/plan_minilm.json``.
+
+``--gptq`` runs the GPTQ comparison instead (``benchmarks/gptq_minilm.py``): RTN-only vs
+RTN+GPTQ plans at 20 / 17 / 15% and uniform GPTQ vs RTN INT4, in both formats.
 """
 
 from __future__ import annotations
@@ -267,7 +270,14 @@ def main() -> int:
     ap.add_argument("--keep-artifacts", type=Path, default=None, help="write artifacts here instead of a temp dir")
     ap.add_argument("--only", default=None, help="only rows whose 'method | format' matches this regex (debugging)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "plan_minilm.json")
+    ap.add_argument("--gptq", action="store_true",
+                    help="only the GPTQ comparison (benchmarks/gptq_minilm.py): RTN-only vs RTN+GPTQ plans at "
+                         "20/17/15%% and uniform GPTQ vs RTN INT4, both formats; writes results/gptq_minilm.json")
     args = ap.parse_args()
+    if args.gptq:
+        import gptq_minilm
+
+        return gptq_minilm.main(args)
 
     started = time.perf_counter()
     load_start = os.getloadavg()

@@ -42,7 +42,13 @@ Budget = Annotated[Optional[str], typer.Option("--budget", help="Storage budget:
 Calib = Annotated[Optional[Path], typer.Option("--calib", help="Your calibration data: a .txt (one sample per line), a directory of .txt files or images, or a .npz of model inputs.")]
 MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
 MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0, callback=_finite)]
+Algorithms = Annotated[Optional[str], typer.Option("--algorithms", help="Planned mixes: calibrated algorithms offered besides RTN, comma-separated (default: all the format stores, e.g. gptq; 'rtn': RTN only).")]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
+
+
+def _names(text: str | None) -> list[str] | None:
+    """``"rtn,gptq"`` → ``["rtn", "gptq"]`` (lower-cased; checked by the planner)."""
+    return None if text is None else [n.strip().lower() for n in text.split(",") if n.strip()][:16]
 
 
 def parse_size(text: str) -> int:
@@ -93,6 +99,7 @@ def export(
     max_drop: MaxDrop = None,
     rule: Rules = None,
     calib: Calib = None,
+    algorithms: Algorithms = None,
     max_context: Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: KV-cache positions (default: the target's runtime.max_context).", min=2)] = None,
     quiet: Quiet = False,
     as_json: Json = False,
@@ -106,7 +113,7 @@ def export(
         show_progress=not (quiet or as_json), plan_file=plan_file,
         budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
-        rules=rule or None, calib=calib, max_context=max_context,
+        rules=rule or None, calib=calib, max_context=max_context, algorithms=_names(algorithms),
     )
     if as_json:
         print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
@@ -125,6 +132,7 @@ def plan_cmd(
     max_drop: MaxDrop = None,
     rule: Rules = None,
     calib: Calib = None,
+    algorithms: Algorithms = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the plan YAML here.")] = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Static sequence length for text models (default: the target's).", min=1)] = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="'sqnr': score weights alone (fast, no forward passes).")] = None,
@@ -150,7 +158,7 @@ def plan_cmd(
         model, target, budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
         rules=rule or None, seq_len=seq_len, calib=calib, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
-        steps=Steps(show=not (quiet or as_json)), max_context=max_context,
+        steps=Steps(show=not (quiet or as_json)), max_context=max_context, algorithms=_names(algorithms),
     )
     if output is not None:
         from edgeq.atomic import write_text_atomic

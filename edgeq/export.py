@@ -57,13 +57,16 @@ def export(
     rules: list[str] | None = None,
     calib: str | Path | None = None,
     max_context: int | None = None,
+    algorithms: list[str] | None = None,
 ) -> ExportResult:
     """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
 
     Precision comes from, in order: ``plan_file`` (a plan YAML), a planned mix when
     ``budget_bytes``, ``max_drop`` or ``rules`` are given, else ``precision`` (default:
     the target's) for every layer. A causal LM is exported with a KV cache of
-    ``max_context`` positions by ``edgeq.llm.export.export_lm``.
+    ``max_context`` positions by ``edgeq.llm.export.export_lm``. ``algorithms``: for a
+    planned mix, the calibrated algorithms offered besides RTN (default: every one the
+    format stores, e.g. GPTQ; ``["rtn"]``: RTN only).
     """
     from edgeq.targets import load_target
 
@@ -112,7 +115,7 @@ def export(
                                          max_drop=max_drop)
         return export_lm(loaded, resolved, precision=precision, plan_input=plan_input, out_dir=out_dir, force=force,
                          protected=protected, max_context=max_context, steps=steps, strict=strict,
-                         budgets=budgets, rules=rules)
+                         budgets=budgets, rules=rules, algorithms=algorithms)
     if max_context is not None:
         from edgeq.errors import ConfigError
 
@@ -136,7 +139,7 @@ def export(
         from edgeq.planning.costs import measure_costs
         from edgeq.planning.planner import solve_step
 
-        costs = measure_costs(prepared, rules=rules, steps=steps)
+        costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms)
         predicted = solve_step(costs, budgets, steps)
         plan = predicted.plan
     else:
@@ -146,6 +149,9 @@ def export(
                             keep_fp32=tgt.quantization.keep_fp32)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
+    from edgeq.algorithms.calibrated import check_algorithms
+
+    check_algorithms(loaded, plan.schemes.values(), get_backend(tgt.format), tgt.format)  # before any lowering
 
     with steps.step("Preparing held-out inputs") as info:
         heldout = loaded.make_inputs("heldout", samples)
@@ -348,6 +354,7 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
             "layer_counts": counts,
             "layers": lowered.layer_schemes,
             "notes": plan.reasons,
+            "algorithms": lowered.algorithms or None,
         },
         "sizes": {
             "fp32_weight_bytes": fp32_size,

@@ -115,6 +115,8 @@ def print_plan(result: Any, written_to: Any = None) -> None:
         console.print(f"{len(result.excluded)} layer(s) cannot take every scheme the target allows:")
         for line in excluded_lines(result.excluded):
             console.print("  " + line)
+    for algorithm, why in getattr(result, "not_measured", {}).items():
+        console.print(f"{algorithm} schemes were not candidates: {why}")
     if result.binding:
         console.print({"storage": "the storage budget decided the plan",
                        "memory": "the memory budget decided the plan",

@@ -76,6 +76,8 @@ class Precision(Strict):
     layers: dict[str, str]  # fqn → scheme as lowered
     notes: dict[str, str]  # fqn → why the plan chose its scheme
     inventory: list[LayerRecord] | None  # None: schema-1 artifacts written before it was recorded
+    # fqn → the calibrated algorithm that chose its values and the data it used (absent: RTN everywhere)
+    algorithms: dict[str, dict[str, Any]] | None = None
 
 
 class Sizes(Strict):

@@ -19,11 +19,12 @@ def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memo
                max_drop: float | None = None, rules: list[str] | None = None, proxy: str | None = None,
                calib_samples: int | None = None, use_cache: bool = True, steps: Steps | None = None,
                seq_len: int | None = None, calib: str | Path | None = None,
-               max_context: int | None = None) -> Any:
+               max_context: int | None = None, algorithms: list[str] | None = None) -> Any:
     """``edgeq.planning.solve.PlanResult`` for ``model`` (a source or ``LoadedModel``) on
     ``target``. ``calib_samples``: calibration inputs for sensitivity (default 32, or
     ``edgeq.llm.plan.LM_CALIB_SAMPLES`` sequences for a decoder LLM); ``max_context``:
-    a decoder LLM's cache length (default: as ``export`` resolves it)."""
+    a decoder LLM's cache length (default: as ``export`` resolves it); ``algorithms``: the
+    calibrated algorithms offered besides RTN (default: every one the format stores)."""
     from edgeq.planning.planner import load_for_planning
     from edgeq.planning.solve import Budgets
 
@@ -37,11 +38,12 @@ def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memo
 
         context = resolve_max_context(max_context, tgt, loaded.config, steps)
         return plan_lm(loaded, resolved, budgets, context, rules=rules, proxy=proxy,
-                       calib_samples=calib_samples or LM_CALIB_SAMPLES, use_cache=use_cache, steps=steps)[1]
+                       calib_samples=calib_samples or LM_CALIB_SAMPLES, use_cache=use_cache, steps=steps,
+                       algorithms=algorithms)[1]
     if max_context is not None:
         raise ConfigError("--max-context applies to causal LMs only", f"drop it for this {loaded.task} model")
     from edgeq.planning.planner import plan
 
     return plan(loaded, resolved, budget_bytes=budget_bytes, memory_budget_bytes=memory_budget_bytes,
                 max_drop=max_drop, rules=rules, proxy=proxy, calib_samples=calib_samples or 32,
-                use_cache=use_cache, steps=steps)
+                use_cache=use_cache, steps=steps, algorithms=algorithms)

@@ -64,8 +64,14 @@ FP16 = Scheme("float", 16)
 INT8 = Scheme("int", 8)
 INT4 = {g: Scheme("int", 4, g) for g in INT4_GROUPS}
 SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
-NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES)
-_BY_NAME = {s.name: s for s in SCHEMES}
+# Schemes whose values an algorithm chooses from calibration data (edgeq.algorithms), in the
+# same storage as the RTN scheme of their bits and group: candidates only where there is
+# calibration data and the backend declares the algorithm (``CALIBRATED_ALGORITHMS``).
+INT4_GPTQ = {g: Scheme("int", 4, g, algorithm="gptq") for g in INT4_GROUPS}
+ALGORITHMS: tuple[str, ...] = ("rtn", "gptq")
+CALIBRATED: tuple[Scheme, ...] = tuple(INT4_GPTQ.values())
+NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
+_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}
 
 
 def parse(text: object, where: str = "") -> Scheme:
@@ -97,3 +103,19 @@ def allowed(precisions: Iterable[str]) -> list[Scheme]:
     """Every scheme whose precision family is in ``precisions``, in ``SCHEMES`` order."""
     wanted = set(precisions)
     return [s for s in SCHEMES if s.precision in wanted]
+
+
+def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Scheme]:
+    """The calibrated schemes (``CALIBRATED``) of ``algorithms`` whose precision family is
+    in ``precisions``.
+
+    >>> [s.name for s in calibrated(["int4"], ["gptq"])]
+    ['int4-g32-gptq', 'int4-g64-gptq', 'int4-g128-gptq']
+    """
+    wanted, names = set(precisions), set(algorithms)
+    return [s for s in CALIBRATED if s.precision in wanted and s.algorithm in names]
+
+
+def rtn_of(scheme: Scheme) -> Scheme:
+    """The round-to-nearest scheme with ``scheme``'s storage (itself when it is one)."""
+    return Scheme(scheme.kind, scheme.bits, scheme.group, scheme.symmetric)

@@ -50,10 +50,11 @@ def random_rows(example: tuple, n: int, seed: int = 7) -> list[tuple]:
 
 
 def stand_in_distance(tmp_path: Path, factory: str, target: str, layer: str, plan_yaml: str,
-                      scheme: str) -> tuple[float, float]:
+                      scheme: str, calib: Path | None = None) -> tuple[float, float]:
     """Export ``tests.tiny_models:<factory>`` for ``target`` with ``plan_yaml``, then run it and
     the eager model with ``layer`` replaced by the target format's sensitivity stand-in:
-    (max |artifact − stand-in|, max |artifact − fp32 eager|)."""
+    (max |artifact − stand-in|, max |artifact − fp32 eager|). ``calib``: the export's
+    ``--calib`` data, from which a calibrated scheme's stand-in gets its weights."""
     from edgeq.backends import get_backend
     from edgeq.export import export
     from edgeq.planning.sensitivity import _swapped
@@ -63,14 +64,23 @@ def stand_in_distance(tmp_path: Path, factory: str, target: str, layer: str, pla
 
     f = tmp_path / "plan.yaml"
     f.write_text(f"layers: {plan_yaml}\n")
-    result = export(f"tests.tiny_models:{factory}", target, plan_file=f, output=tmp_path / "a")
+    result = export(f"tests.tiny_models:{factory}", target, plan_file=f, output=tmp_path / "a", calib=calib)
     fmt = load_target(target).target.format
+    weights = None
+    if parse(scheme).algorithm != "rtn":
+        from edgeq.algorithms.calibrated import for_plan
+        from edgeq.models import load_model
+        from edgeq.models.calib import with_calibration
+
+        loaded = with_calibration(load_model(f"tests.tiny_models:{factory}"), calib)
+        weights = for_plan(loaded, {layer: parse(scheme)}, get_backend(fmt).gptq_grid())[0][layer]
     model, example = getattr(tiny_models, factory)()
     rows = random_rows(example, 8)
     run = run_pte if fmt == "executorch" else run_onnx
     got = np.stack(run(tmp_path / "a" / result.manifest.model_file, rows))
     with torch.no_grad():
         fp32 = np.stack([model(*r).numpy() for r in rows])
-        with _swapped(model, layer, get_backend(fmt).stand_in(model.get_submodule(layer), parse(scheme))):
+        stand = get_backend(fmt).stand_in(model.get_submodule(layer), parse(scheme), *([weights] if weights else []))
+        with _swapped(model, layer, stand):
             stand_in = np.stack([model(*r).numpy() for r in rows])
     return float(np.abs(got - stand_in).max()), float(np.abs(got - fp32).max())

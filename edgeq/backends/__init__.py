@@ -150,6 +150,7 @@ class Lowered:
     planned_activation_bytes: int = 0  # the runtime's planned activation arena, where the format has one
     folded_layers: dict[str, int] = field(default_factory=dict)  # fqn → bytes of the constant stored instead
     extra_files: list[Path] = field(default_factory=list)  # shipped beside the model file (e.g. ops.json)
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
 
 
 class Backend(Protocol):
@@ -184,7 +185,9 @@ class Backend(Protocol):
               profile: Any = None) -> Lowered: ...
     def run(self, model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]: ...
     def check_lm(self, config: Any) -> None: ...  # refuses, before any work, a model lower_lm cannot take
-    def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any: ...
+    def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
+                 calibrated: Any = None) -> Any: ...  # calibrated: {fqn: QuantizedWeight} (GPTQ layers)
+    def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics
     def delegation_key(self, delegate: str) -> str: ...

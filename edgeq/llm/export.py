@@ -63,7 +63,7 @@ def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any],
 
 def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, out_dir: Path, force: bool,
               protected: list[Path], max_context: int | None, steps: Any, strict: bool = False,
-              budgets: Any = None, rules: list[str] | None = None) -> Any:
+              budgets: Any = None, rules: list[str] | None = None, algorithms: list[str] | None = None) -> Any:
     """Lower ``loaded`` (an edgeq ``LoadedModel`` of task causal-lm) for ``resolved``'s
     target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``.
 
@@ -84,10 +84,13 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     if budgets is not None:
         from edgeq.llm.plan import plan_lm
 
-        costs, solved = plan_lm(loaded, resolved, budgets, context, rules=rules, steps=steps)
+        costs, solved = plan_lm(loaded, resolved, budgets, context, rules=rules, steps=steps, algorithms=algorithms)
         plan, requested = _stripped(solved.plan, steps), "planned"
     else:
         plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
+    from edgeq.algorithms.calibrated import check_algorithms
+
+    check_algorithms(loaded, plan.schemes.values(), be, tgt.format)  # before any lowering work
     # a format that writes the tokenizer into its model file (GGUF) takes it at lowering
     extra = {"tokenizer": source_tokenizer(loaded)} if getattr(be, "LM_TOKENIZER_IN_MODEL", False) else {}
     for line in clean_stale_staging(out_dir):
@@ -98,7 +101,12 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         def lower(plan: Any) -> Any:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            return be.lower_lm(model, plan, scratch, context, steps, **extra)
+            calibrated, record = _calibrated(loaded, model, be, plan, steps)
+            if not calibrated:
+                return be.lower_lm(model, plan, scratch, context, steps, **extra)
+            lowered = be.lower_lm(model, plan, scratch, context, steps, calibrated=calibrated, **extra)
+            lowered.algorithms = {f: r for f, r in record.items() if lowered.layer_schemes.get(f) == plan.schemes[f].name}
+            return lowered
 
         if solved is not None:
             lowered, solved = _fit(costs, budgets, solved, lower, steps)
@@ -134,6 +142,20 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
 
 
 # ------------------------------------------------------------------------- internals
+
+
+def _calibrated(loaded: Any, model: Any, be: Any, plan: Any, steps: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GPTQ results for the plan's calibrated layers (HF names), from the calibration text
+    run through the fp32 model (cached: the planner computed the same ones)."""
+    from edgeq.algorithms.calibrated import for_plan
+
+    if not any(s.algorithm != "rtn" for s in plan.schemes.values()):
+        return {}, {}
+    with steps.step("GPTQ on the calibration text") as info:
+        calibrated, record = for_plan(loaded, plan.schemes, be.gptq_grid(), module=model)
+        first = next(iter(record.values()), {})
+        info.detail = f"{len(calibrated)} linears, {first.get('samples', 0)} samples ({first.get('rows', 0)} tokens)"
+    return calibrated, record
 
 
 def _predicted_memory(manifest: Any, model: Any, steps: Any) -> dict[str, Any] | None:
@@ -340,7 +362,8 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
             "outputs": ["logits"],
         },
         "precision": {"requested": requested, "layer_counts": counts, "layers": lowered.layer_schemes,
-                      "notes": plan.reasons, "inventory": layers_to_json(layer_inventory(model))},
+                      "notes": plan.reasons, "inventory": layers_to_json(layer_inventory(model)),
+                      "algorithms": getattr(lowered, "algorithms", None) or None},
         "sizes": {"fp32_weight_bytes": fp32_size, "artifact_bytes": size,
                   "ratio_to_fp32": round(size / fp32_size, 4) if fp32_size else None},
         "budgets": tgt.budgets.model_dump(),

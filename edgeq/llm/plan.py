@@ -15,6 +15,10 @@ come from how an LLM is lowered and run:
   held-out text perplexity is measured on. Layers are stood in with the numerics the
   format's LLM lowering ships (a backend whose LLM numerics differ from its encoders'
   provides ``lm_numerics()``, a context the measurement runs in).
+- **GPTQ candidates** (``int4-gN-gptq``) are calibrated on ``edgeq.algorithms.calibrated.LM_CALIB_SAMPLES`` sentences
+  of the same calibration text (``edgeq.algorithms.calibrated``: one pass of the fp32
+  model, Hessians from forward hooks on the linears); the export computes the same
+  results (cached) and writes them into the artifact.
 - **Memory** is the decoder's, not an encoder's: the peak of generating to the max
   context as ``edgeq.llm.memory`` predicts it (weights as the runtime holds them, the KV
   cache as the runtime holds it, activations, the runtime's and the LLM session's
@@ -89,7 +93,8 @@ def lm_precisions(fmt: str, tgt: Any, steps: Any) -> list[str]:
 
 
 def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | None = None, proxy: str | None = None,
-             calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True, steps: Any = None) -> Any:
+             calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True, steps: Any = None,
+             algorithms: list[str] | None = None) -> Any:
     """``edgeq.planning.costs.PlanCosts`` of the causal LM ``loaded`` for ``resolved``'s
     format at ``context`` positions (layer names are the loaded wrapper's: ``model.…``)."""
     from edgeq.llm.export import lm_backend
@@ -109,7 +114,7 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     # linears compute with int8 dynamic activations in an LLM, weight-only in an encoder)
     with lm_backend(resolved.target.format).lm_numerics():
         costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples, use_cache=use_cache,
-                              steps=steps, precisions=families)
+                              steps=steps, precisions=families, algorithms=algorithms)
     return replace(costs, memory_model=_memory_model(costs, loaded.config, context))
 
 
@@ -136,14 +141,14 @@ def _memory_model(costs: Any, config: dict[str, Any], context: int) -> Any:
 
 def plan_lm(loaded: Any, resolved: Any, budgets: Any, context: int, *, rules: list[str] | None = None,
             proxy: str | None = None, calib_samples: int = LM_CALIB_SAMPLES, use_cache: bool = True,
-            steps: Any = None) -> tuple[Any, Any]:
+            steps: Any = None, algorithms: list[str] | None = None) -> tuple[Any, Any]:
     """Costs and the solved plan (``PlanResult``) for a causal LM within ``budgets``."""
     from edgeq.planning.planner import solve_step
     from edgeq.progress import Steps
 
     steps = steps or Steps()
     costs = lm_costs(loaded, resolved, context, rules=rules, proxy=proxy, calib_samples=calib_samples,
-                     use_cache=use_cache, steps=steps)
+                     use_cache=use_cache, steps=steps, algorithms=algorithms)
     return costs, solve_step(costs, budgets, steps)
 
 

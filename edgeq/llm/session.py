@@ -47,6 +47,7 @@ class LoweredLM:
     # scheme → how the linears at that scheme compute ("fp32", "int8 dynamic activations");
     # {} when the backend does not say
     linear_compute: dict[str, str] = field(default_factory=dict)
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
     delegation: dict[str, Any] = field(default_factory=dict)
 
 

@@ -42,6 +42,7 @@ class PlanCosts:
     attention_heads: int = 0
     target: str = ""
     model: str = ""
+    not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
     memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
@@ -62,6 +63,32 @@ class PlanCosts:
         return replace(self, activation_bytes=activation_bytes)
 
 
+def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]:
+    """The calibrated algorithms to offer: ``algorithms`` (checked against what the format
+    stores; ``"rtn"`` adds none), or every one the format stores."""
+    from edgeq.errors import did_you_mean
+    from edgeq.schemes import ALGORITHMS
+
+    stored = tuple(getattr(be, "CALIBRATED_ALGORITHMS", ()))
+    if algorithms is None:
+        return stored
+    for name in algorithms:
+        if name not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, ALGORITHMS)}",
+                              f"algorithms: {', '.join(ALGORITHMS)}")
+        if name != "rtn" and name not in stored:
+            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results",
+                              f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
+    return tuple(a for a in stored if a in algorithms)
+
+
+def calib_samples_for_algorithms(loaded: Any) -> int:
+    """Calibration rows calibrated algorithms use for ``loaded`` (the lowering uses the same)."""
+    from edgeq.algorithms.calibrated import CALIB_SAMPLES, LM_CALIB_SAMPLES
+
+    return LM_CALIB_SAMPLES if loaded.task == "causal-lm" else CALIB_SAMPLES
+
+
 def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str]) -> dict[str, str]:
     """Schemes the target allows that ``layer`` cannot take, with the reason (the format's own included)."""
     from edgeq.schemes import allowed
@@ -75,11 +102,13 @@ def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Sche
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
-                  precisions: list[str] | None = None) -> PlanCosts:
+                  precisions: list[str] | None = None, algorithms: list[str] | None = None) -> PlanCosts:
     """Candidates, measured errors and bytes for every layer of ``prepared``.
 
     ``precisions``: the families the candidates come from (default: the target's); a
-    caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship."""
+    caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship.
+    ``algorithms``: the calibrated algorithms whose schemes are candidates besides RTN's
+    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only)."""
     from edgeq.backends import get_backend
     from edgeq.planning import sensitivity
 
@@ -91,12 +120,17 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     pinned = parse_rules(rules or [], layers)
     # a format whose storage is in blocks (GGUF) says which schemes a layer's rows can take
     cannot = getattr(be, "scheme_fits", lambda layer, scheme: "")
+    from edgeq.algorithms import calibrated as calibration_data
+    from edgeq.schemes import calibrated
+
+    offered = calibrated(families, algorithms_offered(be, algorithms))
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
         if cannot(layer, scheme):
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}: {cannot(layer, scheme)}",
                               "pin a scheme the format can store")
-        if scheme not in candidate_schemes(layer, families + ["fp32"]) and scheme != FP32:
+        takes = candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
+        if scheme not in takes and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
     unused, folded, fixed = prepared.unused, prepared.folded, prepared.fixed
@@ -109,11 +143,33 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
         for x in layers
     }
+    # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
+    # calibration data; without data they are named as excluded, and pinning one is an error.
+    source = calibration_data.calibration_source(loaded)
+    not_measured: dict[str, str] = {}
+    for x in layers:
+        extra = [s for s in offered if x.fits(s)]
+        if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
+            continue
+        if source is None:
+            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded) for s in extra}
+        else:
+            candidates[x.fqn] = candidates[x.fqn] + extra
+    for algorithm, why in not_measured.items():
+        steps.note(f"{algorithm} schemes not measured: {why}")
+    calibration_data.require_calibration(loaded, pinned.values())
     with steps.step("Measuring sensitivity") as info:
         calib = loaded.make_inputs("calib", calib_samples)
+        solved, calibration = {}, None
+        if any(s.algorithm != "rtn" for v in candidates.values() for s in v):
+            solved, calibration = calibration_data.solve(loaded, candidates, be.gptq_grid(),
+                                                         samples=calib_samples_for_algorithms(loaded),
+                                                         use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
-                                   proxy=proxy, use_cache=use_cache, fmt=fmt)
-        info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs"
+                                   proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
+                                   calibration_key=calibration.sha256 if calibration else "")
+        info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
+            f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     probe = prepared.probe(steps, use_cache)
 
     def weight(x: LayerInfo, scheme: Scheme) -> int:
@@ -142,6 +198,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         pinned=pinned,
         reasons=reasons,
         excluded={x.fqn: e for x in layers if (e := _excluded(x, families, cannot))},
+        not_measured=not_measured,
         unused=frozenset(unused),
         folded=folded,
         fmt=fmt,

@@ -24,6 +24,8 @@ class LayerInfo:
 
     def fits(self, scheme: Scheme) -> bool:
         """Whether this layer's shape can take ``scheme`` (groups must divide the reduction dim)."""
+        if scheme.algorithm != "rtn" and self.kind != "linear":
+            return False  # calibrated algorithms (edgeq.algorithms) reconstruct a linear's outputs
         if scheme.group:
             reduce_dim = self.shape[1] if self.kind != "conv" else _prod(self.shape[1:])
             return self.kind in ("linear", "embedding") and reduce_dim % scheme.group == 0

@@ -50,12 +50,13 @@ class PlanDocument(BaseModel):
     layers: dict[str, Any]  # fqn → scheme name; each is parsed by edgeq.schemes.parse, with its line
     notes: dict[str, str] = {}
     cannot_take: dict[str, dict[str, str]] = {}
+    not_measured: dict[str, str] = {}  # algorithm (e.g. gptq) → why its schemes were not candidates
 
     def to_yaml(self) -> str:
         import yaml
 
         doc = self.model_dump(exclude_defaults=False)
-        for key in ("notes", "cannot_take"):
+        for key in ("notes", "cannot_take", "not_measured"):
             if not doc[key]:
                 del doc[key]
         return f"{PLAN_HEADER}: layer → scheme (edit freely; 'edgeq export --plan FILE')\n" + yaml.safe_dump(

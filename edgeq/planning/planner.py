@@ -60,6 +60,7 @@ def plan(
     planned_activation_bytes: int | None = None,
     seq_len: int | None = None,
     calib: str | Path | None = None,
+    algorithms: list[str] | None = None,
 ) -> PlanResult:
     """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``.
 
@@ -70,13 +71,15 @@ def plan(
     ``max_drop`` the plan is the smallest whose predicted error stays within it, and must
     still fit both. ``planned_activation_bytes``: the runtime's activation arena if known
     (else the backend's fp32 probe plans it, cached). ``calib``: the user's calibration
-    data (see ``edgeq.models.calib``) instead of the built-in split.
+    data (see ``edgeq.models.calib``) instead of the built-in split. ``algorithms``: the
+    calibrated algorithms offered besides RTN (default: all the format stores; see
+    ``edgeq.planning.costs.measure_costs``).
     """
     steps = steps or Steps()
     loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
     tgt = resolved.target
     costs = measure_costs(prepare(loaded, resolved), rules=rules, proxy=proxy, calib_samples=calib_samples,
-                          use_cache=use_cache, steps=steps)
+                          use_cache=use_cache, steps=steps, algorithms=algorithms)
     if planned_activation_bytes is not None:
         costs = costs.with_activation_bytes(planned_activation_bytes)
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)

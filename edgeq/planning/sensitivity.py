@@ -6,7 +6,9 @@ gives that layer, in eager PyTorch), the model is run on calibration inputs, and
 output is compared with FP32: mean
 ``1 − cosine`` for embeddings, mean KL(FP32 ‖ quantized) of the softmax for logits.
 ``proxy="sqnr"`` instead scores the weight alone (quantization noise power relative to
-the weight's), which needs no forward passes.
+the weight's), which needs no forward passes. A calibrated scheme (``int4-gN-gptq``) is
+stood in with the algorithm's result for that layer (``edgeq.algorithms.calibrated``),
+never with RTN's, so its error is the error of what the lowering writes.
 
 Results are cached on disk keyed by the model's weights, the calibration inputs, the
 schemes, the metric and edgeq's version, so a second ``plan`` is fast.
@@ -44,15 +46,25 @@ def measure(
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
     fmt: str,
+    calibrated: dict[tuple[str, str], Any] | None = None,
+    calibration_key: str = "",
 ) -> dict[str, dict[str, float]]:
     """``{layer fqn: {scheme name: error}}`` for the given candidate ``schemes`` per layer,
-    with the numerics of ``fmt``'s backend (its ``stand_in``)."""
+    with the numerics of ``fmt``'s backend (its ``stand_in``). A calibrated scheme (GPTQ) is
+    measured on its result: ``calibrated[(fqn, scheme name)]`` (``edgeq.algorithms``),
+    computed on the data ``calibration_key`` names (part of the cache key)."""
     import torch
 
     from edgeq.backends import get_backend
 
-    key = cache_key(module, calib, schemes, metric, proxy, fmt)
-    stand_in = get_backend(fmt).stand_in
+    key = cache_key(module, calib, schemes, metric, proxy, fmt, calibration_key)
+    base_stand_in = get_backend(fmt).stand_in
+    found = calibrated or {}
+
+    def stand_in(layer: Any, scheme: Scheme, fqn: str) -> Any:
+        if scheme.algorithm == "rtn":
+            return base_stand_in(layer, scheme)
+        return base_stand_in(layer, scheme, found[(fqn, scheme.name)])
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
         return _read_cache(path)
@@ -72,7 +84,7 @@ def measure(
                     if scheme == FP32:
                         result[fqn][scheme.name] = 0.0
                     else:
-                        with _swapped(module, fqn, stand_in(modules[fqn], scheme)):
+                        with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)):
                             result[fqn][scheme.name] = _error(reference, _output(module, batch), metric)
                     done += 1
                     if progress:
@@ -127,7 +139,7 @@ def _error(reference: Any, actual: Any, metric: str) -> float:
 
 
 def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
-          stand_in: Callable[[Any, Scheme], Any]) -> dict[str, dict[str, float]]:
+          stand_in: Callable[[Any, Scheme, str], Any]) -> dict[str, dict[str, float]]:
     """Weight-only proxy: noise-to-signal power ratio of the dequantized weight."""
     modules = dict(module.named_modules())
     out: dict[str, dict[str, float]] = {}
@@ -138,7 +150,7 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
             if scheme == FP32:
                 out[fqn][scheme.name] = 0.0
                 continue
-            deq = dequantized_weight(stand_in(modules[fqn], scheme))
+            deq = dequantized_weight(stand_in(modules[fqn], scheme, fqn))
             noise = float(((deq - w) ** 2).sum())
             out[fqn][scheme.name] = noise / max(float((w**2).sum()), 1e-30) * (w.numel() / 1e6)
     return out
@@ -147,17 +159,18 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
 # Part of every cache key: raised whenever a backend's stand-in numerics change, so figures
 # cached by an earlier edgeq of the same version are measured again (2: ONNX decoder LLMs'
 # int4 linears take int8 dynamic activations; 3: ExecuTorch int4 linears' group scales in
-# bf16, as XNNPACK stores them).
-STAND_IN_REVISION = 3
+# bf16, as XNNPACK stores them; 4: calibrated schemes, keyed by their calibration data).
+STAND_IN_REVISION = 4
 
 
 def cache_key(module: Any, calib: list, schemes: dict[str, list[Scheme]], metric: str, proxy: str | None,
-              fmt: str = "") -> str:
+              fmt: str = "", calibration_key: str = "") -> str:
     import torch
 
     h = hashlib.sha256()
     names = {fqn: [s.name for s in candidates] for fqn, candidates in schemes.items()}
-    h.update(f"{__version__}|{STAND_IN_REVISION}|{metric}|{proxy}|{fmt}|{json.dumps(names, sort_keys=True)}".encode())
+    h.update(f"{__version__}|{STAND_IN_REVISION}|{metric}|{proxy}|{fmt}|{calibration_key}|"
+             f"{json.dumps(names, sort_keys=True)}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         if torch.is_tensor(t):

@@ -67,6 +67,7 @@ class PlanResult:
     binding: str = ""  # which limit decided the plan: storage | memory | max-drop | none
     budget_sources: dict[str, str] = field(default_factory=dict)  # storage/memory → "--budget" or "target NAME"
     excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # fqn → {scheme: why it cannot take it}
+    not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
 
     @property
     def predicted_bytes(self) -> int:
@@ -86,6 +87,7 @@ class PlanResult:
             layers=self.plan.names(),
             notes={f: r for f, r in self.plan.reasons.items() if f not in self.pinned},
             cannot_take=self.excluded,
+            not_measured=self.not_measured,
         )
 
     def to_yaml(self) -> str:
@@ -127,6 +129,7 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
         memory_budget_bytes=budgets.memory_bytes,
         memory=costs.predict(schemes),
         excluded=costs.excluded,
+        not_measured=costs.not_measured,
         binding=binding,
         budget_sources=budgets.sources,
     )

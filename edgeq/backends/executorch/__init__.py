@@ -59,10 +59,23 @@ def delegation_key(delegate: str) -> str:
     return delegate
 
 
-def stand_in(layer: Any, scheme: Any) -> Any:
+def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
+    """``layer`` with this runtime's numerics at ``scheme``; ``weights``: a calibrated
+    scheme's ``edgeq.algorithms.gptq.QuantizedWeight`` for it."""
     from edgeq.backends.executorch.numerics import stand_in as make
 
-    return make(layer, scheme)
+    return make(layer, scheme, weights)
+
+
+# Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
+# the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
+
+
+def gptq_grid() -> Any:
+    from edgeq.algorithms.grids import SymmetricInt4
+
+    return SymmetricInt4(bf16_scales=True)
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:

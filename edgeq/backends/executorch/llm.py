@@ -28,13 +28,15 @@ from edgeq.llm.session import LoweredLM, head_storage, linears_with_int8_activat
 MODEL_FILE = "model.pte"
 
 
-def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: int, steps: Any) -> LoweredLM:
+def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: int, steps: Any,
+             calibrated: dict[str, Any] | None = None) -> LoweredLM:
     """Quantize ``model`` (a transformers causal LM, fp32) per the plan, export it with a
-    static KV cache of ``max_context`` positions and lower it to ``workdir/model.pte``."""
+    static KV cache of ``max_context`` positions and lower it to ``workdir/model.pte``.
+    ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers."""
 
     quant = as_lm_quant(plan_or_scheme_info)
     with steps.step("Quantizing the LLM") as info:
-        qmodel, applied = quantize_lm(model, quant)
+        qmodel, applied = quantize_lm(model, quant, calibrated)
         counts: dict[str, int] = {}
         for s in applied.values():
             counts[s] = counts.get(s, 0) + 1

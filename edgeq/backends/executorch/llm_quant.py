@@ -88,8 +88,9 @@ def check_lm_quant(quant: LMQuant, module: Any) -> None:
                           "plan on this model's layers ('edgeq inspect' lists them)")
 
 
-def quantize_lm(model: Any, quant: LMQuant) -> tuple[Any, dict[str, str]]:
-    """A quantized copy of the Hugging Face causal LM ``model`` and the scheme applied per layer."""
+def quantize_lm(model: Any, quant: LMQuant, calibrated: dict[str, Any] | None = None) -> tuple[Any, dict[str, str]]:
+    """A quantized copy of the Hugging Face causal LM ``model`` and the scheme applied per
+    layer (``calibrated``: the GPTQ results of its calibrated layers, written into 8da4w)."""
     import copy
 
     import torch
@@ -104,5 +105,5 @@ def quantize_lm(model: Any, quant: LMQuant) -> tuple[Any, dict[str, str]]:
                           "use fp32, int8 or int4-gN for LLM layers")
     if not active:
         return base, {f: s.name for f, s in quant.schemes.items()}
-    qmodel = quantized_module(base, active, "xnnpack")
+    qmodel = quantized_module(base, active, "xnnpack", calibrated=calibrated)
     return qmodel, {f: s.name for f, s in quant.schemes.items()}

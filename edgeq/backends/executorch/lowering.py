@@ -29,7 +29,11 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     chain = _usable_chain(target, precision, steps, strict)
     primary = chain[0]
     with steps.step(f"Quantizing ({precision})") as info:
-        qmodule = quantized_module(model.module, plan.schemes, primary)
+        from edgeq.algorithms.calibrated import for_plan
+        from edgeq.backends.executorch import gptq_grid
+
+        calibrated, algorithms = for_plan(model, plan.schemes, gptq_grid())
+        qmodule = quantized_module(model.module, plan.schemes, primary, calibrated=calibrated)
         convs = conv_layers(plan.schemes, model.module)
         info.detail = ", ".join(f"{n} {s.name}" for s, n in Counter(plan.schemes.values()).items()) or "no quantizable layers"
     with steps.step("Capturing with torch.export") as info:
@@ -48,6 +52,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         delegates_used=used,
         delegation=summary,
         layer_schemes=schemes,
+        algorithms={f: a for f, a in algorithms.items() if schemes.get(f) != UNUSED},
         runtime=f"ExecuTorch {_version()} pybindings ({', '.join(used) or 'portable'})",
         runnable_here=runnable,
         planned_activation_bytes=_arena_bytes(manager),
@@ -62,7 +67,8 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         lowered.not_runnable_reason = "; ".join(f"{d}: {availability(d).reason}" for d in blockers)
         with steps.step("Lowering an XNNPACK reference for verification") as info:
             ref = workdir / "reference-xnnpack.pte"
-            ref_module = quantized_module(model.module, plan.schemes, primary, xnnpack_reference=True)
+            ref_module = quantized_module(model.module, plan.schemes, primary, xnnpack_reference=True,
+                                          calibrated=calibrated)
             ref_program, _ = _capture(ref_module, model, convs)
             _lower(ref_program, [partitioner("xnnpack", precision)], ref)
             lowered.reference_file = ref

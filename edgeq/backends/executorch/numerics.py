@@ -15,7 +15,9 @@ from edgeq.backends.standins import dequantized_weight, fp16_layer
 from edgeq.schemes import Scheme
 
 
-def stand_in(layer: Any, scheme: Scheme) -> Any:
+def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
+    """``weights``: for a calibrated scheme (GPTQ), its integers and bf16-exact scales
+    (``edgeq.algorithms.gptq.QuantizedWeight``), which the lowering writes unchanged."""
     import torch
     from torchao.quantization import quantize_
 
@@ -28,6 +30,11 @@ def stand_in(layer: Any, scheme: Scheme) -> Any:
         quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
         q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
         return q
+    if isinstance(q, torch.nn.Linear) and scheme.algorithm != "rtn":
+        if weights is None:
+            raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
+        q.weight = torch.nn.Parameter(weights.dequantized().to(q.weight.dtype), requires_grad=False)
+        return _DynamicInt8Input(q)
     if isinstance(q, torch.nn.Linear):
         quantize_(q, torchao_config(scheme, True))
         if scheme.bits == 4 and scheme.group is not None:

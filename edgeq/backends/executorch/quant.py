@@ -24,8 +24,14 @@ from edgeq.schemes import FP16, FP32, INT8, Scheme
 WEIGHT_ONLY_DELEGATES = {"coreml"}
 
 
-def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, xnnpack_reference: bool = False) -> Any:
+def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, xnnpack_reference: bool = False,
+                     calibrated: dict[str, Any] | None = None) -> Any:
     """A quantized deep copy of ``module`` (the original stays FP32 for reference).
+
+    ``calibrated``: ``{fqn: edgeq.algorithms.gptq.QuantizedWeight}`` for the layers at a
+    calibrated scheme (GPTQ): torchao quantizes them as their RTN scheme's layout, then
+    their integers and scales are replaced with the algorithm's (same tensors, same
+    lowering to XNNPACK).
 
     With ``xnnpack_reference``, weight-only linears (Core ML, Vulkan int8) get their
     dequantized weights as plain fp32 instead: the same numbers, in a form XNNPACK
@@ -59,6 +65,9 @@ def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, 
             continue  # PT2E, after capture: see quantize_convs
         weight_only = kind == "embedding" or delegate in WEIGHT_ONLY_DELEGATES or (delegate == "vulkan" and scheme == INT8)
         quantize_(model, torchao_config(scheme, weight_only), filter_fn=lambda m, fqn, names=fqns: fqn in names)
+        if scheme.algorithm != "rtn":
+            for fqn in fqns:
+                _write_calibrated(model.get_submodule(fqn), (calibrated or {}).get(fqn), scheme, fqn)
         if xnnpack_reference and weight_only and kind == "linear":
             for fqn in fqns:
                 layer = model.get_submodule(fqn)
@@ -66,16 +75,33 @@ def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, 
     return model
 
 
+def _write_calibrated(layer: Any, weights: Any, scheme: Scheme, fqn: str) -> None:
+    """Put a calibrated scheme's integers and scales into torchao's quantized weight."""
+    import torch
+
+    if weights is None:
+        raise ValueError(f"{fqn} is planned as {scheme} but has no calibrated weights")
+    w = layer.weight
+    if tuple(w.qdata.shape) != tuple(weights.ints.shape) or tuple(w.scale.shape) != tuple(weights.scales.shape):
+        raise ValueError(f"{fqn}: calibrated weights {tuple(weights.ints.shape)} / {tuple(weights.scales.shape)} do not "
+                         f"match torchao's layout {tuple(w.qdata.shape)} / {tuple(w.scale.shape)}")
+    w.qdata = weights.ints.to(w.qdata.dtype).contiguous()
+    w.scale = weights.scales.to(w.scale.dtype).contiguous()
+    w.zero_point = torch.zeros_like(w.zero_point)
+
+
 def torchao_config(scheme: Scheme, weight_only: bool) -> Any:
     """The torchao config for an int scheme. int4 scales are chosen with HQQ (scale only),
-    which measured +0.006 mean cosine over plain min-max on MiniLM at the same size."""
+    which measured +0.006 mean cosine over plain min-max on MiniLM at the same size; a
+    calibrated scheme's layout is plain min-max (its values are replaced afterwards)."""
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     dtype = torch.int8 if scheme.bits == 8 else torch.int4
     granularity = PerAxis(0) if scheme.group is None else PerGroup(scheme.group)
-    algorithm = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.bits == 4 else {}
+    hqq = scheme.bits == 4 and scheme.algorithm == "rtn"
+    algorithm = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if hqq else {}
     if weight_only:
         return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity, **algorithm)
     return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity, **algorithm)

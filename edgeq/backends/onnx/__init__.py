@@ -65,10 +65,23 @@ def fp32_probe(loaded: Any, resolved: Any, facts: Any, fp32_weight_bytes: int, s
     return Probe(activation_bytes=0, file_overhead_bytes=file_overhead(facts.ops, facts.placeholders))
 
 
-def stand_in(layer: Any, scheme: Any) -> Any:
+def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
+    """``layer`` with this runtime's numerics at ``scheme``; ``weights``: a calibrated
+    scheme's ``edgeq.algorithms.gptq.QuantizedWeight`` for it."""
     from edgeq.backends.onnx.numerics import stand_in as make
 
-    return make(layer, scheme)
+    return make(layer, scheme, weights)
+
+
+# Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
+# the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
+
+
+def gptq_grid() -> Any:
+    from edgeq.algorithms.grids import AsymmetricUint4
+
+    return AsymmetricUint4()
 
 
 def lm_numerics() -> Any:
@@ -108,11 +121,13 @@ def check_lm(config: Any) -> None:
     fused contrib ops replace only the patterns they match)."""
 
 
-def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> Any:
-    """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``)."""
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
+             calibrated: dict[str, Any] | None = None) -> Any:
+    """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``);
+    ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers."""
     from edgeq.backends.onnx.llm import lower_lm as run_lowering
 
-    return run_lowering(model, plan, workdir, max_context, steps)
+    return run_lowering(model, plan, workdir, max_context, steps, calibrated)
 
 
 def open_lm(artifact_dir: Path, model_file: Any = None, threads: int = 0) -> Any:

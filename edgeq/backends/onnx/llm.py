@@ -55,7 +55,8 @@ _TRACE_SEQ, _TRACE_PAST = 7, 11
 _EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
-def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None) -> LoweredLM:
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
+             calibrated: dict[str, Any] | None = None) -> LoweredLM:
     """Export causal LM ``model`` with past key/values to ``workdir/model.onnx``, apply
     ``plan`` (``QuantPlan`` of fqn → scheme, fqns relative to ``model``; None = fp32),
     check that ONNX Runtime loads it, and say what was written."""
@@ -64,6 +65,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     from edgeq.backends.onnx.graph import called_layers, dedupe_nodes, fold_weight_transposes, gemm_to_matmul, layer_nodes, op_counts
     from edgeq.backends.onnx.llm_attention import fuse_group_query_attention
     from edgeq.backends.onnx.llm_fusion import fuse_rms_norms, fuse_rotary
+    from edgeq.backends.onnx.calibrated import write_calibrated
     from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata, check_loads
     from edgeq.progress import Steps
 
@@ -82,6 +84,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         nodes = {_unprefix(k): v for k, v in layer_nodes(proto).items()}
         called = {_unprefix(k) for k in called_layers(proto)}
         proto, applied = _apply_plan(proto, schemes, nodes, called)
+        write_calibrated(proto, nodes, {f: w for f, w in (calibrated or {}).items() if applied.get(f) == schemes[f].name})
         _int8_activations(proto)
         dedupe_nodes(proto)
         norms, rotary = fuse_rms_norms(proto), fuse_rotary(proto, module, max_context)

@@ -31,6 +31,7 @@ from edgeq.backends.onnx.graph import (
     op_counts,
 )
 from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS as ONNX_EXECUTION_PROVIDERS
+from edgeq.backends.onnx.calibrated import write_calibrated
 from edgeq.backends.onnx.costs import INT8_BLOCK
 from edgeq.errors import ArtifactError, ExportError, describe
 from edgeq.schemes import FP16, FP32, INT8, UNUSED, Scheme
@@ -53,6 +54,8 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         nodes = layer_nodes(proto)
         called = called_layers(proto)
         proto, applied = _apply_plan(proto, plan.schemes, nodes, called)
+        calibrated, algorithms = _calibrated(model, plan.schemes, applied)
+        write_calibrated(proto, nodes, calibrated)
         dedupe_nodes(proto)
         _strip_debug_metadata(proto)
         onnx.save(proto, str(out))
@@ -74,7 +77,17 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         },
         layer_schemes=applied,
         runtime=f"ONNX Runtime {ort.__version__} (CPUExecutionProvider)",
+        algorithms=algorithms,
     )
+
+
+def _calibrated(model: Any, schemes: dict[str, Scheme], applied: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GPTQ results for the calibrated layers the graph calls, and their manifest record."""
+    from edgeq.algorithms.calibrated import for_plan
+    from edgeq.backends.onnx import gptq_grid
+
+    used = {f: s for f, s in schemes.items() if applied.get(f) == s.name}
+    return for_plan(model, used, gptq_grid())
 
 
 def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:

@@ -44,7 +44,9 @@ def lm_numerics() -> Iterator[None]:
         _DECODER_LM.reset(token)
 
 
-def stand_in(layer: Any, scheme: Scheme) -> Any:
+def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
+    """``weights``: for a calibrated scheme (GPTQ), its integers, scales and zero points
+    (``edgeq.algorithms.gptq.QuantizedWeight``), which the lowering writes unchanged."""
     import torch
 
     if scheme.is_float:
@@ -62,7 +64,12 @@ def stand_in(layer: Any, scheme: Scheme) -> Any:
         q.weight = torch.nn.Parameter(_mlas_symmetric8(w, INT8_BLOCK), requires_grad=False)
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], INT8_BLOCK),) + tuple(args[1:]))
         return q
-    q.weight = torch.nn.Parameter(_asymmetric4(w, scheme.group), requires_grad=False)
+    if scheme.algorithm != "rtn":
+        if weights is None:
+            raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
+        q.weight = torch.nn.Parameter(weights.dequantized(), requires_grad=False)
+    else:
+        q.weight = torch.nn.Parameter(_asymmetric4(w, scheme.group), requires_grad=False)
     if _DECODER_LM.get() and isinstance(q, torch.nn.Linear):
         block = scheme.group
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))

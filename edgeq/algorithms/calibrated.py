@@ -1,0 +1,216 @@
+"""Calibrated weights for a plan or for sensitivity: each planned linear's Hessian from its
+calibration inputs, then GPTQ onto the backend's grid, cached on disk per (weight,
+Hessian, grid, group).
+
+The Hessians come from one pass of the fp32 model over the calibration rows (forward
+hooks on the linears): every layer's inputs are the fp32 model's, not those of a model
+whose earlier layers are already quantized. That keeps a layer's GPTQ result independent
+of what the plan chooses for the others, so it is one candidate the planner measures and
+caches per layer; sequential GPTQ would make each candidate depend on the whole plan.
+
+Calibration data is what the model's ``make_inputs("calib", n)`` draws: ``--calib`` data
+when given (``edgeq.models.calib``), else a text model's built-in calibration sentences.
+Synthetic inputs (random tensors, random token ids) are not calibration data: calibrated
+schemes are then not offered, and asking for one is a ``ConfigError``. Each row is run
+alone with its right padding trimmed (padding positions are not inputs the layer sees in
+use). Cache files are ``.npz`` read with ``allow_pickle=False`` and checked on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgeq.algorithms.gptq import QuantizedWeight, gptq
+from edgeq.errors import ConfigError
+
+CALIB_SAMPLES = 128  # samples GPTQ calibrates an encoder on (sentences, for text)
+# Sentences of the calibration text a decoder LLM's GPTQ calibrates on (never the held-out
+# perplexity text): one forward each, so many more than its sensitivity's LM_CALIB_SAMPLES.
+LM_CALIB_SAMPLES = 128
+CACHE_REVISION = 1  # raised whenever a cached result would change for the same inputs
+HESSIAN_BYTES = 512 * 2**20  # float64 Hessians accumulated in one calibration pass
+ACT_ORDER = False  # act-order (static groups) is available in gptq() but not yet compared on real models
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which data calibrated the weights, as the manifest records it."""
+
+    description: str
+    sha256: str  # of the calibration rows' bytes, as run
+    samples: int
+    tokens: int  # input rows the Hessians sum (tokens, for text)
+
+    def to_dict(self, algorithm: str) -> dict[str, Any]:
+        return {"algorithm": algorithm, "calibration": self.description, "calibration_sha256": self.sha256,
+                "samples": self.samples, "rows": self.tokens, "act_order": ACT_ORDER,
+                "hessians": "one pass of the fp32 model"}
+
+
+def calibration_source(loaded: Any) -> str | None:
+    """What the model's calibration split is, or None when it is synthetic (no data)."""
+    user = (loaded.config or {}).get("calibration")
+    if user:
+        return f"--calib {user}"
+    if getattr(loaded, "encode_text", None) is not None:
+        return loaded.inputs_description or "the built-in calibration text"
+    return None
+
+
+def no_data_reason(loaded: Any) -> str:
+    return (f"needs calibration data; {loaded.name}'s built-in inputs are "
+            f"{loaded.inputs_description or 'synthetic'}: pass --calib")
+
+
+def require_calibration(loaded: Any, schemes: Iterable[Any]) -> None:
+    """``ConfigError`` when a calibrated scheme is asked for and there is no calibration data."""
+    wanted = sorted({s.name for s in schemes if s.algorithm != "rtn"})
+    if wanted and calibration_source(loaded) is None:
+        raise ConfigError(f"{wanted[0]} {no_data_reason(loaded)}",
+                          "pass --calib FILE (.txt sentences, .npz inputs or images), or use the RTN scheme "
+                          f"{wanted[0].rsplit('-', 1)[0]}")
+
+
+def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str) -> None:
+    """``ConfigError`` when a planned calibrated scheme cannot be built: the format does not
+    store its algorithm's results, or there is no calibration data."""
+    schemes = list(schemes)
+    offered = getattr(backend, "CALIBRATED_ALGORITHMS", ())
+    for s in schemes:
+        if s.algorithm != "rtn" and s.algorithm not in offered:
+            raise ConfigError(f"{s} is not offered for {fmt} artifacts", f"use {s.name.rsplit('-', 1)[0]}")
+    require_calibration(loaded, schemes)
+
+
+def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: int = CALIB_SAMPLES,
+          module: Any = None, use_cache: bool = True) -> tuple[dict[tuple[str, str], QuantizedWeight], Calibration | None]:
+    """GPTQ results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes in
+    ``wanted`` (fqn → schemes; others are skipped), on ``loaded``'s calibration rows, and
+    what calibrated them. ``module``: the module the fqns name (default ``loaded.module``)."""
+    wanted = {f: [s for s in ss if s.algorithm == "gptq"] for f, ss in wanted.items()}
+    wanted = {f: ss for f, ss in wanted.items() if ss}
+    if not wanted:
+        return {}, None
+    require_calibration(loaded, [s for ss in wanted.values() for s in ss])
+    module = loaded.module if module is None else module
+    rows = loaded.make_inputs("calib", samples)
+    out, calibration = {}, None
+    modules = dict(module.named_modules())
+    for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
+        sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
+        for fqn in chunk:
+            h = sums.pop(fqn).matrix()
+            for scheme in wanted[fqn]:
+                out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
+    return out, calibration
+
+
+def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:
+    """``fqns`` in runs whose float64 Hessians together stay within ``HESSIAN_BYTES`` (one
+    calibration pass each): a 1B-parameter LLM's would otherwise hold gigabytes at once."""
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for f in fqns:
+        size = 8 * columns[f] ** 2
+        if chunks[-1] and used + size > HESSIAN_BYTES:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(f)
+        used += size
+    return chunks
+
+
+def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = None,
+             use_cache: bool = True) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, Any]]]:
+    """A lowering's calibrated weights: ``{fqn: QuantizedWeight}`` for the plan's calibrated
+    layers and the manifest's record of them (``{fqn: {algorithm, calibration, ...}}``),
+    on the same calibration rows the planner measured them on."""
+    from edgeq.planning.costs import calib_samples_for_algorithms
+
+    solved, calibration = solve(loaded, {f: [s] for f, s in schemes.items()}, grid, module=module,
+                                samples=calib_samples_for_algorithms(loaded), use_cache=use_cache)
+    weights = {fqn: q for (fqn, _), q in solved.items()}
+    record = {fqn: calibration.to_dict(schemes[fqn].algorithm) for fqn in weights} if calibration else {}
+    return weights, record
+
+
+def hessians(module: Any, fqns: list[str], rows: list[tuple[Any, ...]], description: str) -> tuple[dict[str, Any], Calibration]:
+    """A ``HessianSum`` of each named linear's inputs over ``rows`` (each trimmed of right padding)."""
+    import torch
+
+    from edgeq.algorithms.gptq import HessianSum
+
+    modules = dict(module.named_modules())
+    sums = {f: HessianSum(modules[f].weight.shape[1]) for f in fqns}
+    hooks = [modules[f].register_forward_pre_hook(lambda _m, args, f=f: sums[f].add(args[0])) for f in fqns]
+    digest = hashlib.sha256()
+    try:
+        with torch.no_grad():
+            for row in rows:
+                row = _trimmed(row)
+                for t in row:
+                    digest.update(t.contiguous().numpy().tobytes())
+                module(*row)
+    finally:
+        for h in hooks:
+            h.remove()
+    tokens = next(iter(sums.values())).rows if sums else 0
+    return sums, Calibration(description, digest.hexdigest(), len(rows), tokens)
+
+
+def _trimmed(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``(ids, mask)`` of one sample cut to its real tokens when the mask is ones then zeros."""
+    import torch
+
+    if len(row) == 2 and row[1].dtype in (torch.int64, torch.int32) and row[1].dim() == 2 and row[1].shape[0] == 1 \
+            and row[0].shape == row[1].shape:
+        length = int(row[1].sum())
+        if 0 < length and bool(row[1][:, :length].all()):
+            return row[0][:, :length], row[1][:, :length]
+    return row
+
+
+def cache_dir() -> Path:
+    from edgeq.planning.sensitivity import cache_dir as sensitivity_dir
+
+    return sensitivity_dir().parent / "gptq"
+
+
+def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
+    """``gptq(weight, hessian, grid, group)``, read from / written to the cache."""
+    import numpy as np
+    import torch
+
+    w = weight.detach().float().contiguous()
+    h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{group}|{ACT_ORDER}|{tuple(w.shape)}".encode())
+    h.update(w.numpy().tobytes())
+    h.update(hessian.contiguous().numpy().tobytes())
+    path = cache_dir() / f"{h.hexdigest()[:32]}.npz"
+    rows, cols = w.shape
+    if use_cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ints, scales, zeros = data["ints"], data["scales"], data["zeros"]
+            if ints.shape == (rows, cols) and scales.shape == zeros.shape == (rows, cols // group) \
+                    and ints.dtype == np.int16 and scales.dtype == np.float32 and zeros.dtype == np.int16:
+                return QuantizedWeight(torch.from_numpy(ints), torch.from_numpy(scales), torch.from_numpy(zeros),
+                                       group, grid)
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache entry is measured again and replaced
+    result = gptq(w, hessian, grid, group, act_order=ACT_ORDER)
+    if use_cache:
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, ints=result.ints.numpy(), scales=result.scales.numpy(), zeros=result.zeros.numpy())
+            os.replace(tmp, path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)  # the cache is an optimisation; the result stands
+    return result
