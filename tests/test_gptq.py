@@ -383,3 +383,44 @@ def test_hessians_are_accumulated_in_passes_within_a_memory_bound(monkeypatch):
     two, _ = calibrated.solve(loaded, wanted, SymmetricInt4(), samples=8, use_cache=False)
     for key in one:
         assert torch.equal(one[key].ints, two[key].ints) and torch.equal(one[key].scales, two[key].scales)
+
+
+def test_gptq_calibrates_on_rows_apart_from_the_sensitivity_rows(tmp_path: Path, calib_npz: Path, monkeypatch):
+    """A GPTQ candidate is scored on rows it was not fitted to: the Hessians sum none of the
+    rows sensitivity measures on (they fit those rows better than RTN by construction), and the
+    record says where its rows start; data too small to hold them apart is used whole, said so."""
+    from edgeq.algorithms import calibrated
+    from edgeq.models import load_model
+    from edgeq.models.calib import with_calibration
+    from edgeq.schemes import parse
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = with_calibration(load_model("tests.tiny_models:tiny_mlp"), calib_npz)  # 256 rows
+    seen = []
+    real = calibrated.hessians
+
+    def spy(module, fqns, rows, description):
+        seen.extend(rows)
+        return real(module, fqns, rows, description)
+
+    monkeypatch.setattr(calibrated, "hessians", spy)
+    _, calibration = calibrated.solve(loaded, {"0": [parse("int4-g32-gptq")]}, get_backend_grid("x86"), samples=64)
+    sensitivity_rows = loaded.make_inputs("calib", calibrated.SENSITIVITY_ROWS)
+    assert len(seen) == 64 and calibration.first_sample == calibrated.SENSITIVITY_ROWS
+    assert not any(torch.equal(a[0], b[0]) for a in seen for b in sensitivity_rows)
+    assert calibration.to_dict("gptq")["apart_from_sensitivity_rows"] is True
+
+    small = tmp_path / "small.npz"
+    np.savez(small, arg0=np.load(calib_npz)["arg0"][:40])  # 32 + 8 rows: too few to hold apart
+    seen.clear()
+    _, calibration = calibrated.solve(with_calibration(load_model("tests.tiny_models:tiny_mlp"), small),
+                                      {"0": [parse("int4-g32-gptq")]}, get_backend_grid("x86"), samples=64)
+    assert len(seen) == 40 and calibration.first_sample == 0
+    assert calibration.to_dict("gptq")["apart_from_sensitivity_rows"] is False
+
+
+def get_backend_grid(target: str):
+    from edgeq.backends import get_backend
+    from edgeq.targets import load_target
+
+    return get_backend(load_target(target).target.format).gptq_grid()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +34,12 @@ LM_CALIB_SAMPLES = 128
 CACHE_REVISION = 1  # raised whenever a cached result would change for the same inputs
 HESSIAN_BYTES = 512 * 2**20  # float64 Hessians accumulated in one calibration pass
 ACT_ORDER = False  # act-order (static groups) is available in gptq() but not yet compared on real models
+# The planner measures sensitivity on the first calibration rows (32 by default for encoders,
+# 4 sentences for decoder LLMs): GPTQ calibrates on the rows after these, so a GPTQ candidate
+# is not scored on the rows it was fitted to (which made it look better than RTN where it was
+# not). Data too small to leave MIN_APART_ROWS after them is used whole, and the record says so.
+SENSITIVITY_ROWS = 32
+MIN_APART_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,12 @@ class Calibration:
     sha256: str  # of the calibration rows' bytes, as run
     samples: int
     tokens: int  # input rows the Hessians sum (tokens, for text)
+    first_sample: int = 0  # index of the first calibration sample used (0: sensitivity's rows included)
 
     def to_dict(self, algorithm: str) -> dict[str, Any]:
         return {"algorithm": algorithm, "calibration": self.description, "calibration_sha256": self.sha256,
-                "samples": self.samples, "rows": self.tokens, "act_order": ACT_ORDER,
+                "samples": self.samples, "first_sample": self.first_sample, "rows": self.tokens,
+                "apart_from_sensitivity_rows": self.first_sample > 0, "act_order": ACT_ORDER,
                 "hessians": "one pass of the fp32 model"}
 
 
@@ -97,16 +105,26 @@ def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: 
         return {}, None
     require_calibration(loaded, [s for ss in wanted.values() for s in ss])
     module = loaded.module if module is None else module
-    rows = loaded.make_inputs("calib", samples)
+    rows, first = gptq_rows(loaded, samples)
     out, calibration = {}, None
     modules = dict(module.named_modules())
     for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
         sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
+        calibration = replace(calibration, first_sample=first)
         for fqn in chunk:
             h = sums.pop(fqn).matrix()
             for scheme in wanted[fqn]:
                 out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
     return out, calibration
+
+
+def gptq_rows(loaded: Any, samples: int) -> tuple[list[tuple[Any, ...]], int]:
+    """Up to ``samples`` calibration rows for GPTQ, after the rows sensitivity measures on when
+    the data leaves at least ``MIN_APART_ROWS`` beyond them; and the index of the first."""
+    everything = loaded.make_inputs("calib", SENSITIVITY_ROWS + samples)
+    if len(everything) - SENSITIVITY_ROWS >= MIN_APART_ROWS:
+        return everything[SENSITIVITY_ROWS:], SENSITIVITY_ROWS
+    return everything[:samples], 0
 
 
 def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:

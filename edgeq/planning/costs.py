@@ -170,6 +170,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                                    calibration_key=calibration.sha256 if calibration else "")
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
             f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
+    if calibration is not None and calibration.first_sample < len(calib):
+        steps.note(f"GPTQ candidates are scored partly on the samples they were calibrated on (sensitivity: samples "
+                   f"1-{len(calib)}, GPTQ: from sample {calibration.first_sample + 1}); more calibration data or "
+                   "fewer --samples keeps them apart")
     probe = prepared.probe(steps, use_cache)
 
     def weight(x: LayerInfo, scheme: Scheme) -> int:
