@@ -83,10 +83,11 @@ ALLOWED = {
     "targets": ("edgeq.targets", "edgeq.errors", "edgeq.yamlio", "edgeq.backends"),
     "planning": ("edgeq.planning", "edgeq.errors", "edgeq.schemes", "edgeq.progress", "edgeq.yamlio",
                  "edgeq.jsonio", "edgeq.atomic", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
-                 "edgeq.targets"),
+                 "edgeq.targets", "edgeq.algorithms"),
     "llm": ("edgeq.llm", "edgeq.errors", "edgeq.schemes", "edgeq.artifact", "edgeq.manifest", "edgeq.backends",
             "edgeq.models", "edgeq.planning", "edgeq.numerics", "edgeq.jsonio", "edgeq.export",
-            "edgeq.profiling.emulate", "edgeq.profiling.runner", "edgeq.progress"),
+            "edgeq.profiling.emulate", "edgeq.profiling.runner", "edgeq.progress", "edgeq.algorithms"),
+    "algorithms": ("edgeq.algorithms", "edgeq.errors", "edgeq.schemes", "edgeq.models", "edgeq.planning.sensitivity"),
 }
 
 

@@ -100,9 +100,9 @@ def test_llm_planner_measures_onnx_sensitivity_with_the_decoder_numerics(tmp_pat
     seen: list[tuple[str, bool]] = []
     original = onnx_backend.stand_in
 
-    def spy(layer, scheme):
+    def spy(layer, scheme, weights=None):
         seen.append((scheme.name, numerics._DECODER_LM.get()))
-        return original(layer, scheme)
+        return original(layer, scheme, weights)
 
     monkeypatch.setattr(onnx_backend, "stand_in", spy)
     monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))  # measured now, not read from a cache

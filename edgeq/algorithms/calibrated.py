@@ -142,15 +142,18 @@ def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:
     return chunks
 
 
+def samples_for(loaded: Any) -> int:
+    """Calibration samples GPTQ uses for ``loaded`` (planning and lowering use the same)."""
+    return LM_CALIB_SAMPLES if loaded.task == "causal-lm" else CALIB_SAMPLES
+
+
 def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = None,
              use_cache: bool = True) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, Any]]]:
     """A lowering's calibrated weights: ``{fqn: QuantizedWeight}`` for the plan's calibrated
     layers and the manifest's record of them (``{fqn: {algorithm, calibration, ...}}``),
     on the same calibration rows the planner measured them on."""
-    from edgeq.planning.costs import calib_samples_for_algorithms
-
     solved, calibration = solve(loaded, {f: [s] for f, s in schemes.items()}, grid, module=module,
-                                samples=calib_samples_for_algorithms(loaded), use_cache=use_cache)
+                                samples=samples_for(loaded), use_cache=use_cache)
     weights = {fqn: q for (fqn, _), q in solved.items()}
     record = {fqn: calibration.to_dict(schemes[fqn].algorithm) for fqn in weights} if calibration else {}
     return weights, record

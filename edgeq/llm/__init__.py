@@ -11,5 +11,6 @@ reading LLM artifacts), ``edgeq.backends`` (registry only), ``edgeq.models``, ``
 (plan files), ``edgeq.numerics`` / ``edgeq.jsonio``, ``edgeq.export`` (its result type and version
 table), ``edgeq.profiling.emulate`` (the device's CPU share for the decode estimate),
 ``edgeq.profiling.runner`` (the resident-set measurement the encoder runner makes) and
-``edgeq.progress`` (steps shown while planning).
+``edgeq.progress`` (steps shown while planning) and ``edgeq.algorithms`` (GPTQ for a plan's
+calibrated layers).
 """

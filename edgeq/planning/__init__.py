@@ -8,6 +8,7 @@ holds at run time) → ``solver`` (least error within the budgets, a pure functi
 
 May import: ``edgeq.errors``, ``edgeq.schemes``, ``edgeq.progress``, ``edgeq.yamlio``, ``edgeq.jsonio``,
 ``edgeq.atomic``, ``edgeq.artifact`` / ``edgeq.manifest`` (reading an artifact's plan back),
-``edgeq.backends`` (registry and per-format costs), ``edgeq.models``, ``edgeq.targets``.
+``edgeq.backends`` (registry and per-format costs), ``edgeq.models``, ``edgeq.targets``,
+``edgeq.algorithms`` (calibrated candidates: GPTQ).
 ``solver`` imports nothing from edgeq but the plan values; nothing here imports the CLI.
 """

@@ -82,13 +82,6 @@ def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]
     return tuple(a for a in stored if a in algorithms)
 
 
-def calib_samples_for_algorithms(loaded: Any) -> int:
-    """Calibration rows calibrated algorithms use for ``loaded`` (the lowering uses the same)."""
-    from edgeq.algorithms.calibrated import CALIB_SAMPLES, LM_CALIB_SAMPLES
-
-    return LM_CALIB_SAMPLES if loaded.task == "causal-lm" else CALIB_SAMPLES
-
-
 def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str]) -> dict[str, str]:
     """Schemes the target allows that ``layer`` cannot take, with the reason (the format's own included)."""
     from edgeq.schemes import allowed
@@ -163,7 +156,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         solved, calibration = {}, None
         if any(s.algorithm != "rtn" for v in candidates.values() for s in v):
             solved, calibration = calibration_data.solve(loaded, candidates, be.gptq_grid(),
-                                                         samples=calib_samples_for_algorithms(loaded),
+                                                         samples=calibration_data.samples_for(loaded),
                                                          use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,

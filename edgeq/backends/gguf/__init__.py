@@ -46,6 +46,11 @@ ANDROID_LOG_TAG = ""
 
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)
+
+
+def gptq_grid() -> Any:
+    raise ConfigError("edgeq writes no GPTQ results into GGUF files", "use an int4-g32 (Q4_0) scheme for gguf targets")
 
 _ENCODERS = ("GGUF holds decoder LLMs only", "use an executorch or onnx target for this model")
 
