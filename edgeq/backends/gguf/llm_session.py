@@ -18,14 +18,13 @@ The model file is untrusted: its header is read with edgeq's bounded GGUF reader
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from edgeq.backends.lm_meta import read_lm_meta
 from edgeq.errors import ArtifactError, RunError, describe
 
-_MAX_META_CHARS = 4096
 _FLOOR = math.log(1.1754944e-38)  # float32's smallest normal: the log of an underflowed probability
 
 
@@ -135,22 +134,8 @@ def read_meta(path: Path) -> dict[str, Any]:
     except ModelLoadError as exc:
         raise ArtifactError(f"{path} is not a readable GGUF: {exc}",
                             hint) from None
-    text = header.metadata.get(GGUF_META_KEY)
-    if not isinstance(text, str):
-        raise ArtifactError(f"{path} is not an edgeq LLM artifact (no {GGUF_META_KEY} metadata)", hint)
-    if len(text) > _MAX_META_CHARS:
-        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is larger than {_MAX_META_CHARS} characters", hint)
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is not valid JSON", hint) from None
-    if not isinstance(meta, dict) or meta.get("version") != GGUF_META_VERSION:
-        raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata is not version {GGUF_META_VERSION}", hint)
-    for key, top in (("max_context", 1 << 24), ("vocab_size", 1 << 24), ("plain_token", 1 << 24)):
-        value = meta.get(key)
-        low = 0 if key == "plain_token" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
-            raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata has a bad '{key}': {str(value)[:40]!r}", hint)
+    meta = read_lm_meta(header.metadata.get(GGUF_META_KEY), path, GGUF_META_KEY, GGUF_META_VERSION,
+                        {"max_context": (1, 1 << 24), "vocab_size": (1, 1 << 24), "plain_token": (0, 1 << 24)}, hint)
     if meta["plain_token"] >= meta["vocab_size"]:
         raise ArtifactError(f"{path}'s {GGUF_META_KEY} metadata names a token outside its vocabulary", hint)
     declared = header.metadata.get(f"{header.architecture}.vocab_size")

@@ -8,13 +8,12 @@ metadata is checked against the graph's own inputs and outputs before use.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from edgeq.backends.lm_meta import read_lm_meta
 from edgeq.errors import ArtifactError, RunError, describe
 
-_MAX_META_CHARS = 4096
 _MAX_LAYERS = 4096
 
 
@@ -112,22 +111,10 @@ def _read_meta(session: Any, path: Path) -> dict[str, Any]:
     from edgeq.backends.onnx.llm import LM_META_KEY, LM_META_VERSION
 
     hint = "re-export it with 'edgeq export --format onnx' from a causal LM"
-    text = session.get_modelmeta().custom_metadata_map.get(LM_META_KEY)
-    if text is None:
-        raise ArtifactError(f"{path} is not an edgeq LLM artifact (no {LM_META_KEY} metadata)", hint)
-    if len(text) > _MAX_META_CHARS:
-        raise ArtifactError(f"{path}'s {LM_META_KEY} metadata is larger than {_MAX_META_CHARS} characters", hint)
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        raise ArtifactError(f"{path}'s {LM_META_KEY} metadata is not valid JSON", hint) from None
-    if not isinstance(meta, dict) or meta.get("version") != LM_META_VERSION:
-        raise ArtifactError(f"{path}'s {LM_META_KEY} metadata is not version {LM_META_VERSION}", hint)
-    for key, top in (("max_context", 1 << 24), ("num_layers", _MAX_LAYERS), ("vocab_size", 1 << 24),
-                     ("kv_heads", 1 << 12), ("head_dim", 1 << 14)):
-        value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-            raise ArtifactError(f"{path}'s {LM_META_KEY} metadata has a bad '{key}': {str(value)[:40]!r}", hint)
+    meta = read_lm_meta(session.get_modelmeta().custom_metadata_map.get(LM_META_KEY), path, LM_META_KEY,
+                        LM_META_VERSION, {"max_context": (1, 1 << 24), "num_layers": (1, _MAX_LAYERS),
+                                          "vocab_size": (1, 1 << 24), "kv_heads": (1, 1 << 12),
+                                          "head_dim": (1, 1 << 14)}, hint)
     layers = meta["num_layers"]
     want_in = ["input_ids"] + [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     want_out = ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
