@@ -87,7 +87,7 @@ def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str
     """``ConfigError`` when a planned calibrated scheme cannot be built: the format does not
     store its algorithm's results, or there is no calibration data."""
     schemes = list(schemes)
-    offered = getattr(backend, "CALIBRATED_ALGORITHMS", ())
+    offered = backend.CALIBRATED_ALGORITHMS
     for s in schemes:
         if s.algorithm != "rtn" and s.algorithm not in offered:
             raise ConfigError(f"{s} is not offered for {fmt} artifacts", f"use {s.name.rsplit('-', 1)[0]}")

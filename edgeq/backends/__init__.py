@@ -168,6 +168,9 @@ class Backend(Protocol):
     LM_MEMORY: LMMemoryTerms
     LM_DELEGATES: tuple[str, ...]  # the delegates its LLM lowering uses
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
+    LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
+    TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
+    CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool
     ANDROID_RUNNER: str
@@ -187,6 +190,7 @@ class Backend(Protocol):
     def check_lm(self, config: Any) -> None: ...  # refuses, before any work, a model lower_lm cannot take
     def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
                  calibrated: Any = None) -> Any: ...  # calibrated: {fqn: QuantizedWeight} (GPTQ layers)
+    def scheme_fits(self, layer: Any, scheme: Any) -> str: ...  # why layer cannot be stored at scheme ("": it can)
     def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics

@@ -92,7 +92,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
 
     check_algorithms(loaded, plan.schemes.values(), be, tgt.format)  # before any lowering work
     # a format that writes the tokenizer into its model file (GGUF) takes it at lowering
-    extra = {"tokenizer": source_tokenizer(loaded)} if getattr(be, "LM_TOKENIZER_IN_MODEL", False) else {}
+    extra = {"tokenizer": source_tokenizer(loaded)} if be.LM_TOKENIZER_IN_MODEL else {}
     for line in clean_stale_staging(out_dir):
         steps.note(line)
     with staged_dir(out_dir, force, protected) as work:

@@ -69,7 +69,7 @@ def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]
     from edgeq.errors import did_you_mean
     from edgeq.schemes import ALGORITHMS
 
-    stored = tuple(getattr(be, "CALIBRATED_ALGORITHMS", ()))
+    stored = tuple(be.CALIBRATED_ALGORITHMS)
     if algorithms is None:
         return stored
     for name in algorithms:
@@ -112,7 +112,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
     # a format whose storage is in blocks (GGUF) says which schemes a layer's rows can take
-    cannot = getattr(be, "scheme_fits", lambda layer, scheme: "")
+    cannot = be.scheme_fits
     from edgeq.algorithms import calibrated as calibration_data
     from edgeq.schemes import calibrated
 

@@ -79,7 +79,7 @@ def prepare(loaded: Any, resolved: Any) -> Prepared:
     from edgeq.planning.memory import workload
 
     be = get_backend(resolved.target.format)
-    if loaded.task != "causal-lm" and not getattr(be, "TAKES_ENCODERS", True):  # a decoder-only format (GGUF)
+    if loaded.task != "causal-lm" and not be.TAKES_ENCODERS:  # a decoder-only format (GGUF)
         from edgeq.errors import ConfigError
 
         raise ConfigError(f"target '{resolved.target.name}' is {resolved.target.format}, which holds decoder LLMs only; "

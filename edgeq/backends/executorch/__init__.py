@@ -54,6 +54,11 @@ ANDROID_PACKAGE = "org.pytorch:executorch-android"
 ANDROID_LOADS_FROM_PATH = True
 
 
+def scheme_fits(layer: Any, scheme: Any) -> str:
+    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
+    return ""
+
+
 def delegation_key(delegate: str) -> str:
     """The name the manifest's delegation summary counts ``delegate``'s ops under."""
     return delegate
@@ -102,6 +107,8 @@ from edgeq.backends.executorch.llm import check_lm, lower_lm, open_lm  # noqa: E
 LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
+LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
+TAKES_ENCODERS = True
 
 
 def lm_numerics() -> Any:

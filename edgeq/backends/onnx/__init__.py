@@ -51,6 +51,11 @@ ANDROID_PACKAGE = "com.microsoft.onnxruntime:onnxruntime-android"
 ANDROID_LOADS_FROM_PATH = False
 
 
+def scheme_fits(layer: Any, scheme: Any) -> str:
+    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
+    return ""
+
+
 def delegation_key(delegate: str) -> str:
     """The name the manifest's delegation summary counts ``delegate``'s ops under (the EP's)."""
     from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS
@@ -114,6 +119,8 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's CPU provider
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
+LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
+TAKES_ENCODERS = True
 
 
 def check_lm(config: Any) -> None:
