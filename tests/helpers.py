@@ -84,3 +84,15 @@ def stand_in_distance(tmp_path: Path, factory: str, target: str, layer: str, pla
         with _swapped(model, layer, stand):
             stand_in = np.stack([model(*r).numpy() for r in rows])
     return float(np.abs(got - stand_in).max()), float(np.abs(got - fp32).max())
+
+
+def hf_continuation(lm_dir: Path, ids: list[int], n: int) -> list[int]:
+    """Eager transformers' greedy continuation of ``ids`` by the model saved in ``lm_dir`` (stops at EOS)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+

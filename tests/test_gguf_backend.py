@@ -19,6 +19,7 @@ import torch
 from edgeq.errors import ConfigError
 from tests import tiny_lms
 from tests.conftest import built_once, cli_here, run_cli
+from tests.helpers import hf_continuation
 
 CONTEXT = 64
 PROMPT = "the value of the list is a new object and"
@@ -50,16 +51,6 @@ def f32_artifact(llama_dir, tmp_path_factory) -> Path:
     return out
 
 
-def hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
 # ----------------------------------------------------------------------------- llama.cpp runs it
 
 
@@ -69,7 +60,7 @@ def test_f32_gguf_runs_in_llama_cpp_with_transformers_greedy_text(f32_artifact, 
     assert manifest["llm"]["verification"]["identical_prompts"] == manifest["llm"]["verification"]["prompts"]
     assert manifest["numerics"]["kl_mean"] < 1e-3 and "llama.cpp" in manifest["numerics"]["runtime"]
     tok = tiny_lms.bpe_tokenizer()
-    expected = tok.decode(hf_greedy(llama_dir, tok(PROMPT)["input_ids"], 12), skip_special_tokens=True)
+    expected = tok.decode(hf_continuation(llama_dir, tok(PROMPT)["input_ids"], 12), skip_special_tokens=True)
     # a fresh process: the CLI as a user runs it
     ran = run_cli("run", str(f32_artifact), "--prompt", PROMPT, "--max-new-tokens", "12")
     assert ran.returncode == 0, ran.stderr

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgeq.errors import ConfigError, RunError
 from edgeq.llm.generate import GenerationConfig, generate
 from tests import tiny_lms
 from tests.conftest import TINY_LLAMA_CONTEXT, cli_here, run_cli
+from tests.helpers import hf_continuation
 
 CONTEXT = TINY_LLAMA_CONTEXT
 
@@ -28,16 +28,6 @@ def lm_dir(tiny_llama_dir) -> Path:
 @pytest.fixture(scope="module")
 def artifact(tiny_llama_artifacts) -> Path:
     return tiny_llama_artifacts("x86-executorch")
-
-
-def hf_continuation(lm_dir: Path, ids: list[int], n: int) -> list[int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)  # stops at EOS (id 2)
-    return out[0, len(ids):].tolist()
 
 
 def stats(stderr: str) -> dict[str, float]:
