@@ -86,6 +86,29 @@ def test_llama_cpp_greedy_tokens_equal_transformers_in_a_fresh_process(f32_artif
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
 
 
+def test_partial_rows_hold_the_whole_rows_most_likely_tokens(f32_artifact):
+    """``top=k`` (what greedy generation asks for) gives the k tokens a whole row ranks first,
+    with the same log-probabilities, and nothing above them elsewhere."""
+    from edgeq.backends import get_backend
+
+    ids = [1] + tiny_lms.bpe_tokenizer()(PROMPT)["input_ids"]
+    session = get_backend("gguf").open_lm(f32_artifact, "model.gguf")
+    try:
+        rows = [(session.prefill(ids), session.prefill(ids, top=5))]
+        nxt = int(np.argmax(rows[0][0]))
+        whole = session.decode(nxt)
+        session.prefill(ids, top=1)
+        rows.append((whole, session.decode(nxt, top=5)))
+    finally:
+        session.close()
+    for whole, part in rows:
+        best = np.argsort(-whole, kind="stable")[:5]
+        assert sorted(np.argsort(-part, kind="stable")[:5].tolist()) == sorted(best.tolist())
+        np.testing.assert_allclose(part[best], whole[best], rtol=0, atol=1e-5)
+        rest = np.setdiff1d(np.arange(len(part)), best)
+        assert part[rest].max() < whole[best].min()
+
+
 def test_profile_and_check_work_on_a_gguf_artifact(f32_artifact, tmp_path):
     """edgeq profile measures llama.cpp generating in a fresh process; edgeq check's gates pass."""
     proc = run_cli("profile", str(f32_artifact), "--runs", "2", "--warmup", "1", "--json")

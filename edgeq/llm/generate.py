@@ -79,10 +79,12 @@ def generate(
                        " (with room for at least one new token)",
                        "shorten the prompt, or re-export with a larger --max-context")
     pick = _picker(config)
+    # greedy reads only the most likely token: a session that returns whole rows slowly skips the rest
+    top = {"top": 1} if config.temperature == 0.0 and getattr(session, "partial_rows", False) else {}
     eos = {int(e) for e in eos_ids}
     result = GenerationResult(prompt_tokens=len(prompt))
     start = time.perf_counter()
-    logits = session.prefill(prompt)
+    logits = session.prefill(prompt, **top)
     token = pick(logits)
     result.prefill_s = result.time_to_first_token_s = time.perf_counter() - start
     decode_start = time.perf_counter()
@@ -98,7 +100,7 @@ def generate(
         if len(prompt) + len(result.tokens) >= session.max_context:
             result.stopped_by = "context"
             break
-        token = pick(session.decode(token))
+        token = pick(session.decode(token, **top))
     result.decode_s = time.perf_counter() - decode_start if len(result.tokens) > 1 else 0.0
     return result
 

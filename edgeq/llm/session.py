@@ -19,6 +19,11 @@ class LMSession(Protocol):
     float32 logits of shape ``(vocab,)`` for the position after the last token fed
     (``prefill(..., all_logits=True)`` returns ``(len(ids), vocab)``, for perplexity).
     Feeding past ``max_context`` tokens in total is an error (``edgeq.errors.RunError``).
+
+    A session whose runtime hands back a whole row slowly may declare ``partial_rows = True``
+    and take ``top=k`` in ``prefill`` (without ``all_logits``) and ``decode``: the row then has
+    the exact values of its ``k`` most likely tokens and a floor below them elsewhere, which
+    is all a greedy decoding reads (``edgeq.llm.generate`` asks for ``top=1`` when greedy).
     """
 
     max_context: int

@@ -5,7 +5,10 @@ completion request over the whole token sequence so far with ``cache_prompt`` (t
 keeps the KV cache of the common prefix and evaluates only the new tokens, plus the last
 one again for its logits), ``n_predict`` 1, and ``n_probs`` = the vocabulary, so the
 response holds the log-probabilities of every next token computed by llama.cpp from its
-logits (``post_sampling_probs`` off: a softmax over the raw logits). The session returns
+logits (``post_sampling_probs`` off: a softmax over the raw logits). A whole row costs the
+server ~0.5 s of JSON at a 49k vocabulary (SmolLM2) where llama.cpp's decode step takes
+~5 ms, so the session takes ``top=k`` (``partial_rows``): the ``k`` most likely tokens'
+exact log-probabilities, the floor elsewhere, which is what greedy generation reads. The session returns
 those log-probabilities: logits up to a constant per position, which every consumer
 (argmax, softmax, KL, perplexity) is invariant to. A logit bias makes the server sample a
 plain ASCII token (``edgeq.lm``'s ``plain_token``): it holds back the probabilities of a
@@ -32,6 +35,7 @@ class LlamaCppSession:
     """One conversation's decoder state in llama.cpp (``edgeq.llm.session.LMSession``)."""
 
     returns_log_probs = True  # rows are log-softmax(logits): verification compares them with the reference's
+    partial_rows = True  # prefill/decode take top=k (see the module docstring)
 
     def __init__(self, server: Any, meta: dict[str, Any], runtime: str) -> None:
         self._server = server
@@ -49,9 +53,10 @@ class LlamaCppSession:
     def reset(self) -> None:
         self._ids = []
 
-    def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any:
+    def prefill(self, token_ids: list[int], *, all_logits: bool = False, top: int | None = None) -> Any:
         """Start from an empty cache and feed the prompt; with ``all_logits`` one row per position
-        (the prefix grows one token per request, the server reusing the cached prefix)."""
+        (the prefix grows one token per request, the server reusing the cached prefix), whole
+        rows; else the next token's row, with ``top`` its ``top`` most likely tokens only."""
         import numpy as np
 
         ids = [int(t) for t in token_ids]
@@ -60,18 +65,19 @@ class LlamaCppSession:
         self._check(ids, 0)
         self.reset()
         if not all_logits:
-            out = self._step(ids)
+            out = self._step(ids, top)
             self._ids = ids
             return out
         rows = [self._step(ids[: i + 1]) for i in range(len(ids))]
         self._ids = ids
         return np.stack(rows)
 
-    def decode(self, token_id: int) -> Any:
-        """Append one token; return the next token's log-probabilities."""
+    def decode(self, token_id: int, *, top: int | None = None) -> Any:
+        """Append one token; return the next token's log-probabilities (with ``top``, of the
+        ``top`` most likely tokens only)."""
         ids = self._ids + [int(token_id)]
         self._check([int(token_id)], len(self._ids))
-        out = self._step(ids)
+        out = self._step(ids, top)
         self._ids = ids
         return out
 
@@ -89,10 +95,11 @@ class LlamaCppSession:
             raise RunError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}",
                            "use the artifact's own tokenizer")
 
-    def _step(self, ids: list[int]) -> Any:
+    def _step(self, ids: list[int], top: int | None = None) -> Any:
         import numpy as np
 
-        request = {"prompt": ids, "n_predict": 1, "temperature": 0.0, "n_probs": self.vocab_size,
+        wanted = self.vocab_size if top is None else max(1, min(int(top), self.vocab_size))
+        request = {"prompt": ids, "n_predict": 1, "temperature": 0.0, "n_probs": wanted,
                    "cache_prompt": True, "ignore_eos": True, "logit_bias": [[self._plain, 1e9]],
                    "post_sampling_probs": False}
         try:
