@@ -388,3 +388,32 @@ def test_the_planner_offers_only_schemes_gguf_stores(llama_dir):
     offered = {c.scheme.name for choices in costs.stored.values() for c in choices}
     assert offered <= {"fp32", "fp16", "int8", "int4-g32"} and "int4-g32" in offered
     assert all(costs.excluded[f].get("int4-g64") for f in costs.excluded) and costs.excluded
+
+
+# ----------------------------------------------------------------------------- tied head
+
+
+def test_a_tied_head_sharing_its_tables_tensor_is_counted_once(llama_dir, tmp_path):
+    """With a budget of the uniform Q8_0 file's tensor bytes (llama.cpp reads token_embd for the
+    head there: no output tensor), uniform Q8_0 fits, so the plan is at least as accurate as it
+    predicts uniform Q8_0 to be, and its predicted bytes are the bytes of the tensors it writes."""
+    from edgeq.backends.gguf.writer import write_gguf
+    from edgeq.models.gguf_header import read_gguf_header
+    from edgeq.plans import plan_model
+    from transformers import AutoModelForCausalLM
+
+    export_to(llama_dir, tmp_path / "q8", "int8")
+    tensors = read_gguf_header(tmp_path / "q8" / "model.gguf").tensors
+    assert "output.weight" not in {t.name for t in tensors}
+    budget = sum(t.nbytes for t in tensors)
+    r = plan_model(llama_dir, "x86-gguf", budget_bytes=budget, max_context=CONTEXT, calib_samples=2)
+    uniform_int8 = sum(r.sensitivity[x.fqn]["int8"] for x in r.layers)
+    assert r.predicted_error <= uniform_int8 + 1e-9, (r.plan.names(), r.predicted_error, uniform_int8)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    schemes = {k.removeprefix("model."): v for k, v in r.plan.schemes.items()}  # the loaded wrapper's names
+    written = write_gguf(model, schemes, tmp_path / "p.gguf", max_context=CONTEXT, tokenizer=tiny_lms.bpe_tokenizer(),
+                         chat_template=None, name="t")
+    in_file = sum(t.nbytes for t in read_gguf_header(tmp_path / "p.gguf").tensors)
+    # within the model's non-weight buffers, which the plan counts at fp32 and GGUF does not store
+    # (the rotary inv_freq: 64 bytes here); the head counted twice would be 20 KB over
+    assert 0 <= r.predicted_bytes - in_file <= 256, (r.predicted_bytes, in_file, written)

@@ -96,7 +96,8 @@ class LMMemoryTerms:
     ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept;
     ``program_logits``: the positions a call of the lowered program returns logits for
     (``"every position"`` or ``"last position"``: then neither the arena nor the caller holds
-    the other positions' logits).
+    the other positions' logits); ``kv_dtype``: the dtype the runtime holds the KV cache in
+    by default (what planning counts before a lowering reports the real cache).
     """
 
     kv_copies: float
@@ -105,6 +106,7 @@ class LMMemoryTerms:
     session_overhead_bytes: int = 0
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
     program_logits: str = EVERY_POSITION  # or LAST_POSITION
+    kv_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class Backend(Protocol):
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
+    TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool

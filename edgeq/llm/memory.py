@@ -88,24 +88,29 @@ def scenario_prompt(context: int) -> int:
 
 
 def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shape: LMShape, *, context: int,
-                      prompt_tokens: int, planned_activation_bytes: int, kv_dtype: str = "float32",
+                      prompt_tokens: int, planned_activation_bytes: int, kv_dtype: str | None = None,
                       nonlayer_bytes: int = 0, arena_positions: int | None = None,
                       program_logits: str | None = None) -> LMMemoryEstimate:
     """The prediction from its parts: ``layers`` (``edgeq.planning.inventory.LayerInfo``), the
     lowered ``schemes`` (fqn → name, as the manifest's ``precision.layers``), the model's
     ``shape``, the scenario, and the runtime's planned arena (0: none), planned for prefills of
     up to ``arena_positions`` tokens (default: ``context``), returning the logits of
-    ``program_logits`` (default: what the format's lowering does now)."""
+    ``program_logits`` (default: what the format's lowering does now), with the KV cache in
+    ``kv_dtype`` (default: the runtime's, ``LM_MEMORY.kv_dtype``)."""
     from edgeq.backends import get_backend
     from edgeq.planning.memory import with_tied_head
     from edgeq.schemes import applied
 
     be = get_backend(fmt)
     terms = be.LM_MEMORY
+    kv_dtype = kv_dtype or terms.kv_dtype
     every = (program_logits or terms.program_logits) == EVERY_POSITION
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
+    # a tied head the format stores as its table's tensor holds nothing of its own
+    free = {x.fqn for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
+            and schemes.get(x.fqn, "fp32") == schemes.get(x.tied, "fp32")}
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias), decoder_lm=True)
-                                   for x, s in pairs if s is not None)
+                                   for x, s in pairs if s is not None and x.fqn not in free)
     if planned_activation_bytes > 0:
         # The static cache is planned inside the arena, every position of it whatever the
         # generation's length; the arena is held from the load on.

@@ -28,9 +28,12 @@ come from how an LLM is lowered and run:
   arena a real lowering planned replaces that; the file's non-weight bytes start at 0 and
   the fitting loop (``edgeq.planning.fit``) corrects them from the lowered file.
 
-A tied output head is a layer of its own in the plan (``lm_head``); the storage cost
-counts it even when it would share the embedding's fp32 table, so a plan with both at
-fp32 is predicted larger than it is, never smaller.
+A tied output head is a layer of its own in the plan (``lm_head``). Where the format
+stores a head that takes its table's scheme as the table itself (GGUF:
+``TIED_HEAD_SHARES_TABLE``), the pair is planned jointly and that head costs nothing
+(``edgeq.planning.shared``); elsewhere the storage cost counts it even when it would share
+the embedding's fp32 table, so a plan with both at fp32 is predicted larger than it is,
+never smaller.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def lm_costs(loaded: Any, resolved: Any, context: int, *, rules: list[str] | Non
     base = prepare(loaded, resolved)
     values = {f.name: getattr(base, f.name) for f in fields(Prepared)}
     values.update(tokens=0, attention_heads=0)  # the decoder's activations are the probe's, not fitted terms
-    prepared = LMPrepared(**values, context=context)
+    prepared = LMPrepared(**values, context=context, kv_dtype=lm_backend(resolved.target.format).LM_MEMORY.kv_dtype)
     # the backend's stand-ins with the numerics its LLM lowering ships (e.g. ONNX's int4
     # linears compute with int8 dynamic activations in an LLM, weight-only in an encoder)
     with lm_backend(resolved.target.format).lm_numerics():

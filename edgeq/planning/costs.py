@@ -43,6 +43,8 @@ class PlanCosts:
     target: str = ""
     model: str = ""
     not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
+    # (table, head) pairs the format stores as one tensor when both take one scheme (edgeq.planning.shared)
+    shared_heads: tuple[tuple[str, str], ...] = ()
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
     memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
@@ -205,4 +207,6 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         attention_heads=prepared.attention_heads,
         target=tgt.name,
         model=loaded.name,
+        shared_heads=tuple((x.tied, x.fqn) for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
+                           and x.tied in candidates and x.fqn in candidates),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgeq.errors import EdgeqError
 from edgeq.planning import solver
+from edgeq.planning.shared import sharing, solve_shared, total_bytes
 from edgeq.planning.inventory import LayerInfo
 from edgeq.planning.plan import QuantPlan
 
@@ -101,7 +102,7 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
     other, file_base = costs.other_bytes, costs.file_base_bytes
     if budgets.max_drop is not None:
         try:
-            solution = solver.smallest_within(costs.stored, budgets.max_drop)
+            solution = solve_shared(solver.smallest_within, costs.stored, budgets.max_drop, costs.shared_heads)
         except ValueError as exc:
             raise BudgetError(str(exc), "raise --max-drop or allow more precisions") from None
         binding = "max-drop"
@@ -110,8 +111,10 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
         solution, binding = _solve_budgets(costs, budgets, budgets.storage_bytes - other - file_base - reserve_bytes,
                                            file_base + reserve_bytes)
     schemes = solution.schemes
-    layer_bytes = {x.fqn: costs.layer_bytes[x.fqn][schemes[x.fqn].name] for x in costs.layers}
-    stored = {x.fqn: next(c.bytes for c in costs.stored[x.fqn] if c.scheme == schemes[x.fqn]) for x in costs.layers}
+    free = sharing(schemes, costs.shared_heads)  # tied heads stored as their table's tensor
+    layer_bytes = {x.fqn: 0 if x.fqn in free else costs.layer_bytes[x.fqn][schemes[x.fqn].name] for x in costs.layers}
+    stored = {x.fqn: 0 if x.fqn in free else next(c.bytes for c in costs.stored[x.fqn] if c.scheme == schemes[x.fqn])
+              for x in costs.layers}
     return PlanResult(
         plan=QuantPlan(schemes=schemes, reasons=dict(costs.reasons)),
         layers=costs.layers,
@@ -146,10 +149,10 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
     over, the memory cap is tightened by the overshoot and the knapsack re-solved
     (``MEMORY_REFITS`` rounds at most).
     """
-    stored, held, other = costs.stored, costs.held, costs.other_bytes
+    stored, held, other, pairs = costs.stored, costs.held, costs.other_bytes, costs.shared_heads
     memory_budget, sources = budgets.memory_bytes, budgets.sources
     try:
-        solution = solver.solve(stored, int(storage_cap))
+        solution = solve_shared(solver.solve, stored, int(storage_cap), pairs)
     except solver.Infeasible as exc:
         held_back = f" with {reserve / 1e3:.0f} KB for the file's non-weight bytes" if reserve else ""
         raise BudgetError(
@@ -163,7 +166,7 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
     cap = memory_budget - estimate.runtime_overhead_bytes - estimate.activation_bytes - other
     for _ in range(MEMORY_REFITS):
         try:
-            solution = solver.solve(held, int(cap))
+            solution = solve_shared(solver.solve, held, int(cap), pairs)
         except solver.Infeasible:
             smallest = costs.predict({fqn: min(c, key=lambda x: x.bytes).scheme for fqn, c in held.items()})
             raise BudgetError(
@@ -173,7 +176,7 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
                 + ("--max-context" if costs.task == "causal-lm" else "--seq-len"),
             ) from None
         estimate = costs.predict(solution.schemes)
-        stored_total = sum(next(c.bytes for c in stored[f] if c.scheme == s) for f, s in solution.schemes.items())
+        stored_total = total_bytes(stored, solution.schemes, pairs)
         over = max(estimate.total_bytes - memory_budget, stored_total - storage_cap)
         if over <= 0:
             return solution, "memory"

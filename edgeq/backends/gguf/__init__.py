@@ -34,6 +34,9 @@ RUNTIME_PACKAGE = "xllamacpp"
 DELEGATES: tuple[str, ...] = delegates_for(FORMAT)  # llama.cpp's device backends
 FOLDS_CONSTANT_LOOKUPS = False
 TAKES_ENCODERS = False  # GGUF / llama.cpp: decoder LLMs only
+# llama.cpp reads token_embd for the output when the file has no output tensor: the writer
+# writes one only when the head's scheme differs from the table's
+TIED_HEAD_SHARES_TABLE = True
 LM_TOKENIZER_IN_MODEL = True  # lower_lm writes the tokenizer into the file (it takes tokenizer=)
 
 EMULATION_RUNTIME = "gguf"

@@ -22,7 +22,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
              tokenizer: Any = None) -> LoweredLM:
     """Write causal LM ``model`` with ``plan`` (fqn → scheme relative to ``model``; None = fp32)
     as ``workdir/model.gguf`` and open it in llama.cpp once."""
-    from edgeq.backends.gguf.costs import gguf_type
+    from edgeq.backends.gguf.costs import LM_MEMORY, gguf_type
     from edgeq.backends.gguf.llm_session import reserved_buffers, runtime_name
     from edgeq.backends.gguf.writer import bpe_model, write_gguf
     from edgeq.llm.costs import LMShape, kv_cache_bytes
@@ -64,8 +64,8 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         delegates_used=["cpu"],
         layer_schemes=applied,
         max_context=max_context,
-        kv_cache_dtype="float16",  # llama.cpp's default cache_type_k / cache_type_v
-        kv_cache_bytes=kv_cache_bytes(shape, max_context, "float16"),
+        kv_cache_dtype=LM_MEMORY.kv_dtype,  # llama.cpp's default cache_type_k / cache_type_v
+        kv_cache_bytes=kv_cache_bytes(shape, max_context, LM_MEMORY.kv_dtype),
         linear_compute=dict(sorted(compute.items())),
         delegation={"delegated_ops": {"cpu": len(written)}, "portable_op_count": 0,
                     "gguf_tensor_types": written, "logits": "last position",

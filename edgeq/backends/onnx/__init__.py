@@ -121,6 +121,7 @@ LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's C
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 TAKES_ENCODERS = True
+TIED_HEAD_SHARES_TABLE = False  # a tied head is a tensor of its own (its own layout or a transposed copy)
 
 
 def check_lm(config: Any) -> None:
