@@ -109,6 +109,30 @@ def test_partial_rows_hold_the_whole_rows_most_likely_tokens(f32_artifact):
         assert part[rest].max() < whole[best].min()
 
 
+def test_scoring_text_gives_the_whole_rows_log_probabilities(f32_artifact):
+    """Perplexity through ``next_token_log_probs`` (top tokens, a whole row only where the next
+    token is not among them) equals the one from whole rows, on text whose tokens are often
+    outside the top 64 of the tiny model's 320 (reversed prompt ids) and often inside."""
+    from edgeq.backends import get_backend
+    from edgeq.backends.gguf import llm_session
+    from edgeq.llm.perplexity import perplexity, window_nll
+
+    ids = [1] + tiny_lms.bpe_tokenizer()(PROMPT)["input_ids"]
+    windows = [ids, [1] + ids[1:][::-1]]
+    session = get_backend("gguf").open_lm(f32_artifact, "model.gguf")
+    try:
+        whole = sum(window_nll(session.prefill(w, all_logits=True), w) for w in windows)
+        scored = session.next_token_log_probs(windows[0])
+        topped = [bool(session.prefill(w[: i + 1], top=llm_session.SCORE_TOP)[w[i + 1]] > llm_session._FLOOR)
+                  for w in windows for i in range(len(w) - 1)]
+        ppl = perplexity(session, windows)
+    finally:
+        session.close()
+    assert 0 < sum(topped) < len(topped)  # both paths taken
+    assert len(scored) == len(windows[0]) - 1
+    assert ppl.nll == pytest.approx(whole, rel=1e-6)
+
+
 def test_profile_and_check_work_on_a_gguf_artifact(f32_artifact, tmp_path):
     """edgeq profile measures llama.cpp generating in a fresh process; edgeq check's gates pass."""
     proc = run_cli("profile", str(f32_artifact), "--runs", "2", "--warmup", "1", "--json")

@@ -154,6 +154,10 @@ def perplexity(session: Any, windows: list[list[int]]) -> Perplexity:
         if len(w) > session.max_context:
             raise ConfigError(f"a perplexity window of {len(w)} tokens is longer than the context of "
                               f"{session.max_context}", f"pass window={session.max_context} or less")
+        if hasattr(session, "next_token_log_probs"):  # a session whose whole rows are slow scores the text only
+            nll -= float(np.sum(session.next_token_log_probs(w)))
+            scored += len(w) - 1
+            continue
         logits = np.asarray(session.prefill(w, all_logits=True))
         if logits.shape != (len(w), session.vocab_size):
             raise ValueError(f"prefill(all_logits=True) returned shape {logits.shape}, expected "

@@ -24,6 +24,8 @@ class LMSession(Protocol):
     and take ``top=k`` in ``prefill`` (without ``all_logits``) and ``decode``: the row then has
     the exact values of its ``k`` most likely tokens and a floor below them elsewhere, which
     is all a greedy decoding reads (``edgeq.llm.generate`` asks for ``top=1`` when greedy).
+    Such a session may also provide ``next_token_log_probs(ids)``: ``log p(ids[i + 1] | ids[:i + 1])``
+    for every position, teacher-forced, which is all perplexity reads.
     """
 
     max_context: int

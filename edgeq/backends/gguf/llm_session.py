@@ -8,7 +8,9 @@ response holds the log-probabilities of every next token computed by llama.cpp f
 logits (``post_sampling_probs`` off: a softmax over the raw logits). A whole row costs the
 server ~0.5 s of JSON at a 49k vocabulary (SmolLM2) where llama.cpp's decode step takes
 ~5 ms, so the session takes ``top=k`` (``partial_rows``): the ``k`` most likely tokens'
-exact log-probabilities, the floor elsewhere, which is what greedy generation reads. The session returns
+exact log-probabilities, the floor elsewhere, which is what greedy generation reads; and
+perplexity reads each next token's log-probability (``next_token_log_probs``): asked among
+the ``SCORE_TOP`` most likely, and with a whole row only where the token is not among them. The session returns
 those log-probabilities: logits up to a constant per position, which every consumer
 (argmax, softmax, KL, perplexity) is invariant to. A logit bias makes the server sample a
 plain ASCII token (``edgeq.lm``'s ``plain_token``): it holds back the probabilities of a
@@ -29,6 +31,7 @@ from edgeq.backends.lm_meta import read_lm_meta
 from edgeq.errors import ArtifactError, RunError, describe
 
 _FLOOR = math.log(1.1754944e-38)  # float32's smallest normal: the log of an underflowed probability
+SCORE_TOP = 64  # tokens asked for per position when scoring text (a whole row only when the next token is not among them)
 
 
 class LlamaCppSession:
@@ -71,6 +74,26 @@ class LlamaCppSession:
         rows = [self._step(ids[: i + 1]) for i in range(len(ids))]
         self._ids = ids
         return np.stack(rows)
+
+    def next_token_log_probs(self, token_ids: list[int]) -> Any:
+        """``log p(ids[i + 1] | ids[:i + 1])`` for each position (teacher-forced, from an empty
+        cache): each step asks for the ``SCORE_TOP`` most likely tokens, and again for the whole
+        row when the next token is not among them (the server re-evaluates only the last token)."""
+        import numpy as np
+
+        ids = [int(t) for t in token_ids]
+        if len(ids) < 2:
+            raise RunError("scoring needs at least two tokens", "give a longer text")
+        self._check(ids, 0)
+        self.reset()
+        out = np.empty(len(ids) - 1, dtype=np.float64)
+        for i in range(len(ids) - 1):
+            row = self._step(ids[: i + 1], SCORE_TOP)
+            if row[ids[i + 1]] <= _FLOOR:
+                row = self._step(ids[: i + 1])
+            out[i] = row[ids[i + 1]]
+        self._ids = ids
+        return out
 
     def decode(self, token_id: int, *, top: int | None = None) -> Any:
         """Append one token; return the next token's log-probabilities (with ``top``, of the
