@@ -1,6 +1,7 @@
 """Calibrated weights for a plan or for sensitivity: each planned linear's Hessian from its
 calibration inputs, then GPTQ onto the backend's grid, cached on disk per (weight,
-Hessian, grid, group).
+Hessian, grid, group); HQQ (``edgeq.algorithms.hqq``, no data) cached per (weight, grid,
+group).
 
 The Hessians come from one pass of the fp32 model over the calibration rows (forward
 hooks on the linears): every layer's inputs are the fp32 model's, not those of a model
@@ -76,11 +77,18 @@ def no_data_reason(loaded: Any) -> str:
 
 def require_calibration(loaded: Any, schemes: Iterable[Any]) -> None:
     """``ConfigError`` when a calibrated scheme is asked for and there is no calibration data."""
-    wanted = sorted({s.name for s in schemes if s.algorithm != "rtn"})
+    wanted = sorted({s.name for s in schemes if needs_data(s.algorithm)})
     if wanted and calibration_source(loaded) is None:
         raise ConfigError(f"{wanted[0]} {no_data_reason(loaded)}",
                           "pass --calib FILE (.txt sentences, .npz inputs or images), or use the RTN scheme "
                           f"{wanted[0].rsplit('-', 1)[0]}")
+
+
+def needs_data(algorithm: str) -> bool:
+    """Whether ``algorithm``'s schemes need calibration data (HQQ's come from the weight alone)."""
+    from edgeq.schemes import DATA_FREE
+
+    return algorithm != "rtn" and algorithm not in DATA_FREE
 
 
 def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str) -> None:
@@ -90,24 +98,29 @@ def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str
     offered = backend.CALIBRATED_ALGORITHMS
     for s in schemes:
         if s.algorithm != "rtn" and s.algorithm not in offered:
-            raise ConfigError(f"{s} is not offered for {fmt} artifacts", f"use {s.name.rsplit('-', 1)[0]}")
+            why = backend.ALGORITHMS_NOT_OFFERED.get(s.algorithm)
+            raise ConfigError(f"{s} is not offered for {fmt} artifacts" + (f": {why}" if why else ""),
+                              f"use {s.name.rsplit('-', 1)[0]}")
     require_calibration(loaded, schemes)
 
 
 def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: int = CALIB_SAMPLES,
           module: Any = None, use_cache: bool = True) -> tuple[dict[tuple[str, str], QuantizedWeight], Calibration | None]:
-    """GPTQ results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes in
-    ``wanted`` (fqn → schemes; others are skipped), on ``loaded``'s calibration rows, and
-    what calibrated them. ``module``: the module the fqns name (default ``loaded.module``)."""
+    """Calibrated results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes
+    in ``wanted`` (fqn → schemes; others are skipped): GPTQ on ``loaded``'s calibration rows
+    (and what calibrated them; None when no scheme needed data), HQQ from the weights alone.
+    ``module``: the module the fqns name (default ``loaded.module``)."""
+    module = loaded.module if module is None else module
+    modules = dict(module.named_modules())
+    out = {(f, s.name): cached_hqq(modules[f].weight, grid, s.group, use_cache=use_cache)
+           for f, ss in wanted.items() for s in ss if s.algorithm == "hqq"}
     wanted = {f: [s for s in ss if s.algorithm == "gptq"] for f, ss in wanted.items()}
     wanted = {f: ss for f, ss in wanted.items() if ss}
     if not wanted:
-        return {}, None
+        return out, None
     require_calibration(loaded, [s for ss in wanted.values() for s in ss])
-    module = loaded.module if module is None else module
     rows, first = gptq_rows(loaded, samples)
-    out, calibration = {}, None
-    modules = dict(module.named_modules())
+    calibration = None
     for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
         sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
         calibration = replace(calibration, first_sample=first)
@@ -155,8 +168,15 @@ def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = N
     solved, calibration = solve(loaded, {f: [s] for f, s in schemes.items()}, grid, module=module,
                                 samples=samples_for(loaded), use_cache=use_cache)
     weights = {fqn: q for (fqn, _), q in solved.items()}
-    record = {fqn: calibration.to_dict(schemes[fqn].algorithm) for fqn in weights} if calibration else {}
+    record = {fqn: calibration.to_dict(schemes[fqn].algorithm) if needs_data(schemes[fqn].algorithm)
+              else data_free_record(schemes[fqn].algorithm) for fqn in weights}
     return weights, record
+
+
+def data_free_record(algorithm: str) -> dict[str, Any]:
+    """The manifest's record of a layer whose algorithm used no calibration data (HQQ)."""
+    return {"algorithm": algorithm, "calibration": None, "samples": 0,
+            "data": "none: scales and zero points from the weight alone"}
 
 
 def hessians(module: Any, fqns: list[str], rows: list[tuple[Any, ...]], description: str) -> tuple[dict[str, Any], Calibration]:
@@ -201,17 +221,42 @@ def cache_dir() -> Path:
     return sensitivity_dir().parent / "gptq"
 
 
+def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
+    """What the calibrated candidates' results depend on besides the weights (part of the
+    sensitivity cache key): the calibration rows' digest and the algorithms' revisions."""
+    from edgeq.algorithms.hqq import REVISION as HQQ_REVISION
+
+    if not solved:
+        return ""
+    return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}|hqq{HQQ_REVISION}"
+
+
 def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
     """``gptq(weight, hessian, grid, group)``, read from / written to the cache."""
-    import numpy as np
-    import torch
-
     w = weight.detach().float().contiguous()
     h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{group}|{ACT_ORDER}|{tuple(w.shape)}".encode())
     h.update(w.numpy().tobytes())
     h.update(hessian.contiguous().numpy().tobytes())
-    path = cache_dir() / f"{h.hexdigest()[:32]}.npz"
-    rows, cols = w.shape
+    return _cached(h.hexdigest()[:32], w.shape, grid, group, lambda: gptq(w, hessian, grid, group, act_order=ACT_ORDER),
+                   use_cache)
+
+
+def cached_hqq(weight: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
+    """``hqq(weight, grid, group)``, read from / written to the cache."""
+    from edgeq.algorithms.hqq import REVISION, hqq
+
+    w = weight.detach().float().contiguous()
+    h = hashlib.sha256(f"hqq{REVISION}|{grid.key}|{group}|{tuple(w.shape)}".encode())
+    h.update(w.numpy().tobytes())
+    return _cached(h.hexdigest()[:32], w.shape, grid, group, lambda: hqq(w, grid, group), use_cache)
+
+
+def _cached(key: str, shape: Any, grid: Any, group: int, compute: Any, use_cache: bool) -> QuantizedWeight:
+    import numpy as np
+    import torch
+
+    path = cache_dir() / f"{key}.npz"
+    rows, cols = shape
     if use_cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -222,7 +267,7 @@ def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: 
                                        group, grid)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is measured again and replaced
-    result = gptq(w, hessian, grid, group, act_order=ACT_ORDER)
+    result = compute()
     if use_cache:
         import tempfile
 

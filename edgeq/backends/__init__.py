@@ -171,6 +171,7 @@ class Backend(Protocol):
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
+    ALGORITHMS_NOT_OFFERED: dict[str, str]  # algorithm → why the format does not offer it
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool
     ANDROID_RUNNER: str

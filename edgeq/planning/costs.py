@@ -77,7 +77,8 @@ def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]
             raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, ALGORITHMS)}",
                               f"algorithms: {', '.join(ALGORITHMS)}")
         if name != "rtn" and name not in stored:
-            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results",
+            why = be.ALGORITHMS_NOT_OFFERED.get(name)
+            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results" + (f": {why}" if why else ""),
                               f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
     return tuple(a for a in stored if a in algorithms)
 
@@ -136,8 +137,9 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
         for x in layers
     }
-    # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
-    # calibration data; without data they are named as excluded, and pinning one is an error.
+    # Calibrated schemes (GPTQ; HQQ) are candidates where the backend stores them and there is
+    # calibration data (HQQ needs none); without data they are named as excluded, and pinning
+    # one is an error.
     source = calibration_data.calibration_source(loaded)
     not_measured: dict[str, str] = {}
     for x in layers:
@@ -145,9 +147,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
             continue
         if source is None:
-            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded) for s in extra}
-        else:
-            candidates[x.fqn] = candidates[x.fqn] + extra
+            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded)
+                             for s in extra if calibration_data.needs_data(s.algorithm)}
+            extra = [s for s in extra if not calibration_data.needs_data(s.algorithm)]
+        candidates[x.fqn] = candidates[x.fqn] + extra
     for algorithm, why in not_measured.items():
         steps.note(f"{algorithm} schemes not measured: {why}")
     calibration_data.require_calibration(loaded, pinned.values())
@@ -160,7 +163,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                                                          use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
-                                   calibration_key=calibration.sha256 if calibration else "")
+                                   calibration_key=calibration_data.results_key(calibration, solved))
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
             f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     if calibration is not None and calibration.first_sample < len(calib):
