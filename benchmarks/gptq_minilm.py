@@ -62,7 +62,10 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
         log(f"{fmt}: {'cold' if cold else 'warm (cache given)'} plan with every candidate {cold_s:.1f} s "
             f"({pairs} layer x scheme pairs)")
         offered = get_backend(fmt).CALIBRATED_ALGORITHMS
-        mixes = [("plan RTN-only", ["rtn"])] + [(f"plan RTN+{a.upper()}", ["rtn", a]) for a in offered]
+        # AWQ alone is a candidate for few of MiniLM's linears (attention.output.dense: BERT is
+        # post-norm); it is measured within "plan all"
+        alone = [a for a in offered if a != "awq"]
+        mixes = [("plan RTN-only", ["rtn"])] + [(f"plan RTN+{a.upper()}", ["rtn", a]) for a in alone]
         if len(offered) > 1:
             mixes.append(("plan all", None))  # every algorithm the format stores (the default)
         cases: list[tuple[str, float | None, dict[str, Any]]] = []
@@ -70,7 +73,7 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
             b = int(frac * fp32_bytes)
             cases += [(method, frac, {"budget_bytes": b, "algorithms": algos}) for method, algos in mixes]
         cases.append(("uniform RTN INT4", None, {"precision": "int4"}))
-        uniform = {a: work / f"uniform-{a}-{fmt}.yaml" for a in offered}
+        uniform = {a: work / f"uniform-{a}-{fmt}.yaml" for a in alone}
         cases += [(f"uniform {a.upper()} INT4", None, {"plan_file": f}) for a, f in uniform.items()]
         for method, frac, kwargs in cases:
             row = Row(method=method, format=fmt, kind="plan", budget_frac=frac,
@@ -97,6 +100,7 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
                     f.write_text("layers:\n" + "".join(f"  {q}: {sc}\n" for q, sc in same.items()))
             row.extra = {"gptq_layers": sum(1 for s in layers_planned.values() if s.endswith("-gptq")),
                          "hqq_layers": sum(1 for s in layers_planned.values() if s.endswith("-hqq")),
+                         "awq_layers": sum(1 for s in layers_planned.values() if s.endswith("-awq")),
                          "layer_counts": manifest["precision"]["layer_counts"],
                          ("cold_plan_s" if cold else "warm_plan_s"): round(cold_s, 1),
                          "predicted_error": (manifest.get("plan") or {}).get("predicted_error")}
@@ -108,7 +112,7 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = "| format | method | budget | bytes | % FP32 | cos mean | cos min | GPTQ / HQQ layers | export s |"
+    head = "| format | method | budget | bytes | % FP32 | cos mean | cos min | GPTQ / HQQ / AWQ layers | export s |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         budget = f"{r['budget_frac']:.0%}" if r.get("budget_frac") else "-"
@@ -117,7 +121,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"| {r['format']} | {r['method']} | {budget} | {r['artifact_bytes']:,} | {r['pct_fp32']:.1f} | "
                      f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['extra']['gptq_layers']} / "
-                     f"{r['extra'].get('hqq_layers', 0)} | "
+                     f"{r['extra'].get('hqq_layers', 0)} / {r['extra'].get('awq_layers', 0)} | "
                      f"{r['export_s']:.0f} |")
     cold = {r["format"]: r["extra"]["cold_plan_s"] for r in rows if r.get("extra", {}).get("cold_plan_s")}
     if cold:

@@ -70,9 +70,11 @@ SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
 INT4_GPTQ = {g: Scheme("int", 4, g, algorithm="gptq") for g in INT4_GROUPS}
 # HQQ (edgeq.algorithms.hqq) needs no data: its scales and zero points come from the weight alone.
 INT4_HQQ = {g: Scheme("int", 4, g, algorithm="hqq") for g in INT4_GROUPS}
-ALGORITHMS: tuple[str, ...] = ("rtn", "gptq", "hqq")
+# AWQ (edgeq.algorithms.awq): a searched input scale, folded into the linear before the layer.
+INT4_AWQ = {g: Scheme("int", 4, g, algorithm="awq") for g in INT4_GROUPS}
+ALGORITHMS: tuple[str, ...] = ("rtn", "gptq", "hqq", "awq")
 DATA_FREE: tuple[str, ...] = ("hqq",)  # algorithms offered without calibration data
-CALIBRATED: tuple[Scheme, ...] = (*INT4_GPTQ.values(), *INT4_HQQ.values())
+CALIBRATED: tuple[Scheme, ...] = (*INT4_GPTQ.values(), *INT4_HQQ.values(), *INT4_AWQ.values())
 NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
 _BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}
 

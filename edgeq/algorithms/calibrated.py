@@ -114,7 +114,7 @@ def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: 
     modules = dict(module.named_modules())
     out = {(f, s.name): cached_hqq(modules[f].weight, grid, s.group, use_cache=use_cache)
            for f, ss in wanted.items() for s in ss if s.algorithm == "hqq"}
-    wanted = {f: [s for s in ss if s.algorithm == "gptq"] for f, ss in wanted.items()}
+    wanted = {f: [s for s in ss if s.algorithm in ("gptq", "awq")] for f, ss in wanted.items()}
     wanted = {f: ss for f, ss in wanted.items() if ss}
     if not wanted:
         return out, None
@@ -125,10 +125,51 @@ def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: 
         sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
         calibration = replace(calibration, first_sample=first)
         for fqn in chunk:
-            h = sums.pop(fqn).matrix()
+            found = sums.pop(fqn)
+            h = found.matrix()
             for scheme in wanted[fqn]:
-                out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
+                if scheme.algorithm == "awq":
+                    out[(fqn, scheme.name)] = awq_result(module, fqn, h, found.absmean(), grid, scheme.group)
+                else:
+                    out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group,
+                                                          use_cache=use_cache)
     return out, calibration
+
+
+def awq_result(module: Any, fqn: str, hessian: Any, absmean: Any, grid: Any, group: int) -> QuantizedWeight:
+    """AWQ's quantized ``W·diag(s)`` with its ``s`` (``QuantizedWeight.input_scale``);
+    ``ConfigError`` when the scale has nowhere to fold (``edgeq.algorithms.awq.predecessor``)."""
+    from edgeq.algorithms.awq import predecessor, search
+
+    fold, why = predecessor(module, fqn)
+    if fold is None:
+        raise ConfigError(f"{fqn} cannot take AWQ: {why}", "plan it at an int4-gN, -gptq or -hqq scheme")
+    q, scale, _alpha = search(module.get_submodule(fqn).weight, hessian, absmean, grid, group)
+    return replace(q, input_scale=scale)
+
+
+def awq_unavailable(module: Any, fqn: str) -> str:
+    """Why ``fqn`` is no AWQ candidate ("" when it is)."""
+    from edgeq.algorithms.awq import predecessor
+
+    return predecessor(module, fqn)[1]
+
+
+def folded(loaded: Any, weights: dict[str, QuantizedWeight]) -> Any:
+    """``loaded`` with a copy of its module in which each AWQ layer's input scale is folded
+    (its weight's columns times s, the preceding linear's output rows divided by it): the
+    same function, which the lowering quantizes and exports. ``loaded`` itself when none."""
+    import copy
+
+    from edgeq.algorithms.awq import fold
+
+    scaled = {f: q.input_scale for f, q in weights.items() if q.input_scale is not None}
+    if not scaled:
+        return loaded
+    module = copy.deepcopy(loaded.module)
+    for fqn, scale in scaled.items():
+        fold(module, fqn, scale)
+    return replace(loaded, module=module)
 
 
 def gptq_rows(loaded: Any, samples: int) -> tuple[list[tuple[Any, ...]], int]:
@@ -170,7 +211,18 @@ def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = N
     weights = {fqn: q for (fqn, _), q in solved.items()}
     record = {fqn: calibration.to_dict(schemes[fqn].algorithm) if needs_data(schemes[fqn].algorithm)
               else data_free_record(schemes[fqn].algorithm) for fqn in weights}
+    for fqn, q in weights.items():
+        if q.input_scale is not None:
+            record[fqn] |= awq_record(q, fqn, loaded.module if module is None else module)
     return weights, record
+
+
+def awq_record(weights: QuantizedWeight, fqn: str, module: Any) -> dict[str, Any]:
+    from edgeq.algorithms.awq import predecessor
+
+    fold, _ = predecessor(module, fqn)
+    return {"scale_folded_into": fold.predecessor if fold else None,
+            "input_scale_range": [round(float(weights.input_scale.min()), 4), round(float(weights.input_scale.max()), 4)]}
 
 
 def data_free_record(algorithm: str) -> dict[str, Any]:

@@ -118,6 +118,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     from edgeq.schemes import calibrated
 
     offered = calibrated(families, algorithms_offered(be, algorithms))
+    not_measured: dict[str, str] = {}
+    if prepared.decoder_lm and any(s.algorithm == "awq" for s in offered):
+        offered = [s for s in offered if s.algorithm != "awq"]
+        not_measured["awq"] = "AWQ's scale folding is not lowered for decoder LLMs yet"
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
         if cannot(layer, scheme):
@@ -141,9 +145,12 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     # calibration data (HQQ needs none); without data they are named as excluded, and pinning
     # one is an error.
     source = calibration_data.calibration_source(loaded)
-    not_measured: dict[str, str] = {}
+    no_awq: dict[str, int] = {}  # why linears are no AWQ candidates → how many
     for x in layers:
         extra = [s for s in offered if x.fits(s)]
+        if any(s.algorithm == "awq" for s in extra) and (why := calibration_data.awq_unavailable(loaded.module, x.fqn)):
+            extra = [s for s in extra if s.algorithm != "awq"]
+            no_awq[why] = no_awq.get(why, 0) + 1
         if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
             continue
         if source is None:
@@ -151,6 +158,9 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                              for s in extra if calibration_data.needs_data(s.algorithm)}
             extra = [s for s in extra if not calibration_data.needs_data(s.algorithm)]
         candidates[x.fqn] = candidates[x.fqn] + extra
+    if no_awq:
+        not_measured.setdefault("awq", "not a candidate for " + "; ".join(
+            f"{n} linear{'s' if n > 1 else ''} ({why})" for why, n in sorted(no_awq.items())))
     for algorithm, why in not_measured.items():
         steps.note(f"{algorithm} schemes not measured: {why}")
     calibration_data.require_calibration(loaded, pinned.values())
