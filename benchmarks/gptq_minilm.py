@@ -38,7 +38,8 @@ TARGETS = (("rpi5", "executorch"), ("x86", "onnx"))
 
 
 def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_bytes: int, *, onnx: bool,
-        budgets: tuple[float, ...] = BUDGETS, cold: bool = True) -> list[dict[str, Any]]:
+        budgets: tuple[float, ...] = BUDGETS, cold: bool = True, formats: tuple[str, ...] = ("executorch", "onnx"),
+        progress: Any = None) -> list[dict[str, Any]]:
     from export_minilm import et_runner, fidelity, log, ort_runner, quiet_native
     from plan_minilm import Row, edgeq_artifact
 
@@ -52,7 +53,7 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
     kinds = {x.fqn: x.kind for x in layer_inventory(loaded.module)}
     inputs_np = [(i.numpy(), m.numpy()) for i, m in inputs_torch]
     rows: list[dict[str, Any]] = []
-    for target, fmt in TARGETS if onnx else TARGETS[:1]:
+    for target, fmt in [t for t in (TARGETS if onnx else TARGETS[:1]) if t[1] in formats]:
         runner = et_runner if fmt == "executorch" else ort_runner
         t0 = time.perf_counter()  # with a new cache directory this plan is cold and fills it
         with quiet_native():
@@ -68,13 +69,18 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
         mixes = [("plan RTN-only", ["rtn"])] + [(f"plan RTN+{a.upper()}", ["rtn", a]) for a in alone]
         if len(offered) > 1:
             mixes.append(("plan all", None))  # every algorithm the format stores (the default)
+        # the goals' budgets (17 / 15%) and the uniform rows first: on a loaded machine a run
+        # cut short still has them
+        first = [f for f in budgets if f in (0.17, 0.15)]
         cases: list[tuple[str, float | None, dict[str, Any]]] = []
-        for frac in budgets:
+        uniform = {a: work / f"uniform-{a}-{fmt}.yaml" for a in alone}
+        for frac in first + ["uniform"] + [f for f in budgets if f not in first]:
+            if frac == "uniform":
+                cases.append(("uniform RTN INT4", None, {"precision": "int4"}))
+                cases += [(f"uniform {a.upper()} INT4", None, {"plan_file": f}) for a, f in uniform.items()]
+                continue
             b = int(frac * fp32_bytes)
             cases += [(method, frac, {"budget_bytes": b, "algorithms": algos}) for method, algos in mixes]
-        cases.append(("uniform RTN INT4", None, {"precision": "int4"}))
-        uniform = {a: work / f"uniform-{a}-{fmt}.yaml" for a in alone}
-        cases += [(f"uniform {a.upper()} INT4", None, {"plan_file": f}) for a, f in uniform.items()]
         for method, frac, kwargs in cases:
             row = Row(method=method, format=fmt, kind="plan", budget_frac=frac,
                       budget_bytes=kwargs.get("budget_bytes"))
@@ -105,6 +111,8 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
                          ("cold_plan_s" if cold else "warm_plan_s"): round(cold_s, 1),
                          "predicted_error": (manifest.get("plan") or {}).get("predicted_error")}
             rows.append(dict(row.__dict__))
+            if progress:
+                progress(rows)
             log(f"{fmt} {method} {'' if frac is None else f'{frac:.0%}'}: {row.artifact_bytes:,} B "
                 f"({row.pct_fp32:.1f}%), cos mean {row.cosine_mean:.4f} min {row.cosine_min:.4f}, "
                 f"{row.extra['gptq_layers']} GPTQ, {row.extra['hqq_layers']} HQQ layers")
@@ -114,7 +122,7 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
 def render(rows: list[dict[str, Any]]) -> str:
     head = "| format | method | budget | bytes | % FP32 | cos mean | cos min | GPTQ / HQQ / AWQ layers | export s |"
     lines = [head, "|" + "---|" * 9]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["format"], -(r.get("budget_frac") or 0))):
         budget = f"{r['budget_frac']:.0%}" if r.get("budget_frac") else "-"
         if r.get("error"):
             lines.append(f"| {r['format']} | {r['method']} | {budget} | failed: {r['error'][:80]} | | | | | |")
@@ -165,7 +173,12 @@ def main(args: Any) -> int:
             with torch.no_grad():
                 reference = [ref_model(i, m).float().numpy() for i, m in inputs_torch]
         t0 = time.perf_counter()
-        rows = run(model_dir, work, inputs_torch, reference, fp32, onnx=args.onnx, cold=cold,
+        out = args.out.with_name("gptq_minilm.json")
+        header = {"host": host, "fp32_weight_bytes": fp32, "heldout_sentences": len(sentences),
+                  "load_average_start": os.getloadavg()}
+        formats = tuple(os.environ.get("EDGEQ_BENCH_FORMATS", "executorch,onnx").split(","))
+        rows = run(model_dir, work, inputs_torch, reference, fp32, onnx=args.onnx, cold=cold, formats=formats,
+                   progress=lambda rows: write(rows, out, {**header, "complete": False}),
                    budgets=tuple(args.budgets) if args.budgets != [0.30, 0.25, 0.20, 0.17] else BUDGETS)
         load = os.getloadavg()
         table = render(rows)
@@ -174,8 +187,6 @@ def main(args: Any) -> int:
               f"FP32 weight bytes {fp32:,}; {time.perf_counter() - t0:.0f} s; load average at the end "
               f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
         print(table)
-        write(rows, args.out.with_name("gptq_minilm.json"), {"host": host, "fp32_weight_bytes": fp32,
-                                                             "heldout_sentences": len(sentences),
-                                                             "load_average_end": load})
-        log(f"wrote {args.out.with_name('gptq_minilm.json')}")
+        write(rows, out, {**header, "load_average_end": load, "complete": True})
+        log(f"wrote {out}")
     return 0
