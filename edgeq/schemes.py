@@ -68,8 +68,13 @@ SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
 # same storage as the RTN scheme of their bits and group: candidates only where there is
 # calibration data and the backend declares the algorithm (``CALIBRATED_ALGORITHMS``).
 INT4_GPTQ = {g: Scheme("int", 4, g, algorithm="gptq") for g in INT4_GROUPS}
-ALGORITHMS: tuple[str, ...] = ("rtn", "gptq")
-CALIBRATED: tuple[Scheme, ...] = tuple(INT4_GPTQ.values())
+# HQQ (edgeq.algorithms.hqq) needs no data: its scales and zero points come from the weight alone.
+INT4_HQQ = {g: Scheme("int", 4, g, algorithm="hqq") for g in INT4_GROUPS}
+# AWQ (edgeq.algorithms.awq): a searched input scale, folded into the linear before the layer.
+INT4_AWQ = {g: Scheme("int", 4, g, algorithm="awq") for g in INT4_GROUPS}
+ALGORITHMS: tuple[str, ...] = ("rtn", "gptq", "hqq", "awq")
+DATA_FREE: tuple[str, ...] = ("hqq",)  # algorithms offered without calibration data
+CALIBRATED: tuple[Scheme, ...] = (*INT4_GPTQ.values(), *INT4_HQQ.values(), *INT4_AWQ.values())
 NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
 _BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}
 
@@ -111,6 +116,8 @@ def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Sch
 
     >>> [s.name for s in calibrated(["int4"], ["gptq"])]
     ['int4-g32-gptq', 'int4-g64-gptq', 'int4-g128-gptq']
+    >>> [s.name for s in calibrated(["int4"], ["hqq"])]
+    ['int4-g32-hqq', 'int4-g64-hqq', 'int4-g128-hqq']
     """
     wanted, names = set(precisions), set(algorithms)
     return [s for s in CALIBRATED if s.precision in wanted and s.algorithm in names]

@@ -72,7 +72,8 @@ def stand_in_distance(tmp_path: Path, factory: str, target: str, layer: str, pla
         from edgeq.models import load_model
         from edgeq.models.calib import with_calibration
 
-        loaded = with_calibration(load_model(f"tests.tiny_models:{factory}"), calib)
+        loaded = load_model(f"tests.tiny_models:{factory}")
+        loaded = with_calibration(loaded, calib) if calib else loaded  # HQQ needs no data
         weights = for_plan(loaded, {layer: parse(scheme)}, get_backend(fmt).gptq_grid())[0][layer]
     model, example = getattr(tiny_models, factory)()
     rows = random_rows(example, 8)

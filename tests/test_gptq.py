@@ -353,8 +353,8 @@ def test_algorithms_option_limits_the_candidates(tmp_path: Path, calib_npz: Path
     with pytest.raises(ConfigError, match="unknown algorithm 'gtpq'; did you mean 'gptq'"):
         measure_costs(prepared, algorithms=["gtpq"])
     proc = cli_here("plan", "tests.tiny_models:tiny_mlp", "--target", "x86", "--calib", str(calib_npz),
-                    "--algorithms", "rtn,awq", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.rstrip().splitlines()[-1].startswith("error: unknown algorithm 'awq'")
+                    "--algorithms", "rtn,spqr", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.rstrip().splitlines()[-1].startswith("error: unknown algorithm 'spqr'")
 
 
 def test_hessians_are_accumulated_in_passes_within_a_memory_bound(monkeypatch):

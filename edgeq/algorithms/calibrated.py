@@ -1,6 +1,7 @@
 """Calibrated weights for a plan or for sensitivity: each planned linear's Hessian from its
 calibration inputs, then GPTQ onto the backend's grid, cached on disk per (weight,
-Hessian, grid, group).
+Hessian, grid, group); HQQ (``edgeq.algorithms.hqq``, no data) cached per (weight, grid,
+group).
 
 The Hessians come from one pass of the fp32 model over the calibration rows (forward
 hooks on the linears): every layer's inputs are the fp32 model's, not those of a model
@@ -76,11 +77,18 @@ def no_data_reason(loaded: Any) -> str:
 
 def require_calibration(loaded: Any, schemes: Iterable[Any]) -> None:
     """``ConfigError`` when a calibrated scheme is asked for and there is no calibration data."""
-    wanted = sorted({s.name for s in schemes if s.algorithm != "rtn"})
+    wanted = sorted({s.name for s in schemes if needs_data(s.algorithm)})
     if wanted and calibration_source(loaded) is None:
         raise ConfigError(f"{wanted[0]} {no_data_reason(loaded)}",
                           "pass --calib FILE (.txt sentences, .npz inputs or images), or use the RTN scheme "
                           f"{wanted[0].rsplit('-', 1)[0]}")
+
+
+def needs_data(algorithm: str) -> bool:
+    """Whether ``algorithm``'s schemes need calibration data (HQQ's come from the weight alone)."""
+    from edgeq.schemes import DATA_FREE
+
+    return algorithm != "rtn" and algorithm not in DATA_FREE
 
 
 def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str) -> None:
@@ -90,32 +98,78 @@ def check_algorithms(loaded: Any, schemes: Iterable[Any], backend: Any, fmt: str
     offered = backend.CALIBRATED_ALGORITHMS
     for s in schemes:
         if s.algorithm != "rtn" and s.algorithm not in offered:
-            raise ConfigError(f"{s} is not offered for {fmt} artifacts", f"use {s.name.rsplit('-', 1)[0]}")
+            why = backend.ALGORITHMS_NOT_OFFERED.get(s.algorithm)
+            raise ConfigError(f"{s} is not offered for {fmt} artifacts" + (f": {why}" if why else ""),
+                              f"use {s.name.rsplit('-', 1)[0]}")
     require_calibration(loaded, schemes)
 
 
 def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: int = CALIB_SAMPLES,
           module: Any = None, use_cache: bool = True) -> tuple[dict[tuple[str, str], QuantizedWeight], Calibration | None]:
-    """GPTQ results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes in
-    ``wanted`` (fqn → schemes; others are skipped), on ``loaded``'s calibration rows, and
-    what calibrated them. ``module``: the module the fqns name (default ``loaded.module``)."""
-    wanted = {f: [s for s in ss if s.algorithm == "gptq"] for f, ss in wanted.items()}
+    """Calibrated results ``{(fqn, scheme name): QuantizedWeight}`` for the calibrated schemes
+    in ``wanted`` (fqn → schemes; others are skipped): GPTQ on ``loaded``'s calibration rows
+    (and what calibrated them; None when no scheme needed data), HQQ from the weights alone.
+    ``module``: the module the fqns name (default ``loaded.module``)."""
+    module = loaded.module if module is None else module
+    modules = dict(module.named_modules())
+    out = {(f, s.name): cached_hqq(modules[f].weight, grid, s.group, use_cache=use_cache)
+           for f, ss in wanted.items() for s in ss if s.algorithm == "hqq"}
+    wanted = {f: [s for s in ss if s.algorithm in ("gptq", "awq")] for f, ss in wanted.items()}
     wanted = {f: ss for f, ss in wanted.items() if ss}
     if not wanted:
-        return {}, None
+        return out, None
     require_calibration(loaded, [s for ss in wanted.values() for s in ss])
-    module = loaded.module if module is None else module
     rows, first = gptq_rows(loaded, samples)
-    out, calibration = {}, None
-    modules = dict(module.named_modules())
+    calibration = None
     for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
         sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
         calibration = replace(calibration, first_sample=first)
         for fqn in chunk:
-            h = sums.pop(fqn).matrix()
+            found = sums.pop(fqn)
+            h = found.matrix()
             for scheme in wanted[fqn]:
-                out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group, use_cache=use_cache)
+                if scheme.algorithm == "awq":
+                    out[(fqn, scheme.name)] = awq_result(module, fqn, h, found.absmean(), grid, scheme.group)
+                else:
+                    out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group,
+                                                          use_cache=use_cache)
     return out, calibration
+
+
+def awq_result(module: Any, fqn: str, hessian: Any, absmean: Any, grid: Any, group: int) -> QuantizedWeight:
+    """AWQ's quantized ``W·diag(s)`` with its ``s`` (``QuantizedWeight.input_scale``);
+    ``ConfigError`` when the scale has nowhere to fold (``edgeq.algorithms.awq.predecessor``)."""
+    from edgeq.algorithms.awq import predecessor, search
+
+    fold, why = predecessor(module, fqn)
+    if fold is None:
+        raise ConfigError(f"{fqn} cannot take AWQ: {why}", "plan it at an int4-gN, -gptq or -hqq scheme")
+    q, scale, _alpha = search(module.get_submodule(fqn).weight, hessian, absmean, grid, group)
+    return replace(q, input_scale=scale)
+
+
+def awq_unavailable(module: Any, fqn: str) -> str:
+    """Why ``fqn`` is no AWQ candidate ("" when it is)."""
+    from edgeq.algorithms.awq import predecessor
+
+    return predecessor(module, fqn)[1]
+
+
+def folded(loaded: Any, weights: dict[str, QuantizedWeight]) -> Any:
+    """``loaded`` with a copy of its module in which each AWQ layer's input scale is folded
+    (its weight's columns times s, the preceding linear's output rows divided by it): the
+    same function, which the lowering quantizes and exports. ``loaded`` itself when none."""
+    import copy
+
+    from edgeq.algorithms.awq import fold
+
+    scaled = {f: q.input_scale for f, q in weights.items() if q.input_scale is not None}
+    if not scaled:
+        return loaded
+    module = copy.deepcopy(loaded.module)
+    for fqn, scale in scaled.items():
+        fold(module, fqn, scale)
+    return replace(loaded, module=module)
 
 
 def gptq_rows(loaded: Any, samples: int) -> tuple[list[tuple[Any, ...]], int]:
@@ -155,8 +209,26 @@ def for_plan(loaded: Any, schemes: dict[str, Any], grid: Any, *, module: Any = N
     solved, calibration = solve(loaded, {f: [s] for f, s in schemes.items()}, grid, module=module,
                                 samples=samples_for(loaded), use_cache=use_cache)
     weights = {fqn: q for (fqn, _), q in solved.items()}
-    record = {fqn: calibration.to_dict(schemes[fqn].algorithm) for fqn in weights} if calibration else {}
+    record = {fqn: calibration.to_dict(schemes[fqn].algorithm) if needs_data(schemes[fqn].algorithm)
+              else data_free_record(schemes[fqn].algorithm) for fqn in weights}
+    for fqn, q in weights.items():
+        if q.input_scale is not None:
+            record[fqn] |= awq_record(q, fqn, loaded.module if module is None else module)
     return weights, record
+
+
+def awq_record(weights: QuantizedWeight, fqn: str, module: Any) -> dict[str, Any]:
+    from edgeq.algorithms.awq import predecessor
+
+    fold, _ = predecessor(module, fqn)
+    return {"scale_folded_into": fold.predecessor if fold else None,
+            "input_scale_range": [round(float(weights.input_scale.min()), 4), round(float(weights.input_scale.max()), 4)]}
+
+
+def data_free_record(algorithm: str) -> dict[str, Any]:
+    """The manifest's record of a layer whose algorithm used no calibration data (HQQ)."""
+    return {"algorithm": algorithm, "calibration": None, "samples": 0,
+            "data": "none: scales and zero points from the weight alone"}
 
 
 def hessians(module: Any, fqns: list[str], rows: list[tuple[Any, ...]], description: str) -> tuple[dict[str, Any], Calibration]:
@@ -201,17 +273,42 @@ def cache_dir() -> Path:
     return sensitivity_dir().parent / "gptq"
 
 
+def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
+    """What the calibrated candidates' results depend on besides the weights (part of the
+    sensitivity cache key): the calibration rows' digest and the algorithms' revisions."""
+    from edgeq.algorithms.hqq import REVISION as HQQ_REVISION
+
+    if not solved:
+        return ""
+    return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}|hqq{HQQ_REVISION}"
+
+
 def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
     """``gptq(weight, hessian, grid, group)``, read from / written to the cache."""
-    import numpy as np
-    import torch
-
     w = weight.detach().float().contiguous()
     h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{group}|{ACT_ORDER}|{tuple(w.shape)}".encode())
     h.update(w.numpy().tobytes())
     h.update(hessian.contiguous().numpy().tobytes())
-    path = cache_dir() / f"{h.hexdigest()[:32]}.npz"
-    rows, cols = w.shape
+    return _cached(h.hexdigest()[:32], w.shape, grid, group, lambda: gptq(w, hessian, grid, group, act_order=ACT_ORDER),
+                   use_cache)
+
+
+def cached_hqq(weight: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
+    """``hqq(weight, grid, group)``, read from / written to the cache."""
+    from edgeq.algorithms.hqq import REVISION, hqq
+
+    w = weight.detach().float().contiguous()
+    h = hashlib.sha256(f"hqq{REVISION}|{grid.key}|{group}|{tuple(w.shape)}".encode())
+    h.update(w.numpy().tobytes())
+    return _cached(h.hexdigest()[:32], w.shape, grid, group, lambda: hqq(w, grid, group), use_cache)
+
+
+def _cached(key: str, shape: Any, grid: Any, group: int, compute: Any, use_cache: bool) -> QuantizedWeight:
+    import numpy as np
+    import torch
+
+    path = cache_dir() / f"{key}.npz"
+    rows, cols = shape
     if use_cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -222,7 +319,7 @@ def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: 
                                        group, grid)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is measured again and replaced
-    result = gptq(w, hessian, grid, group, act_order=ACT_ORDER)
+    result = compute()
     if use_cache:
         import tempfile
 

@@ -41,6 +41,9 @@ class QuantizedWeight:
     zeros: Any
     group: int
     grid: Any
+    # AWQ: the per-input-channel scale s the integers are of W·diag(s) with (the layer's
+    # input is divided by s: folded into the op before it); None for every other algorithm
+    input_scale: Any = None
 
     def dequantized(self) -> Any:
         """The float32 weight the runtime computes with."""
@@ -57,12 +60,17 @@ class HessianSum:
         import torch
 
         self.sum = torch.zeros(columns, columns, dtype=torch.float64)
+        self.abs_sum = torch.zeros(columns, dtype=torch.float64)  # AWQ's per-channel mean |x|
         self.rows = 0
 
     def add(self, x: Any) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
         self.sum += x.T @ x
+        self.abs_sum += x.abs().sum(0)
         self.rows += x.shape[0]
+
+    def absmean(self) -> Any:
+        return self.abs_sum / max(self.rows, 1)
 
     def matrix(self) -> Any:
         return self.sum * (2.0 / max(self.rows, 1))

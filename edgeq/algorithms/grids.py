@@ -43,9 +43,13 @@ class SymmetricInt4:
         g = group.float()
         amax = torch.maximum(-g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0))
         scale = (amax / ((self.qmax - self.qmin) / 2)).clamp(min=torch.finfo(torch.float32).smallest_normal)
-        if self.bf16_scales:
-            scale = scale.to(torch.bfloat16).float()
-        return scale, torch.zeros_like(scale, dtype=torch.int16)
+        return self.stored_scale(scale), torch.zeros_like(scale, dtype=torch.int16)
+
+    def stored_scale(self, scale: Any) -> Any:
+        """``scale`` as the format stores it (bf16-rounded with ``bf16_scales``)."""
+        import torch
+
+        return scale.to(torch.bfloat16).float() if self.bf16_scales else scale
 
     def quantize(self, w: Any, scale: Any, zero: Any) -> Any:
         """Integers of ``w`` ([rows] or [rows, n]) on the grid of ``scale`` / ``zero`` ([rows])."""
@@ -77,6 +81,9 @@ class AsymmetricUint4:
         zero_fp = torch.where(scale != 0, 0.0 - lo / torch.where(scale != 0, scale, 1.0), lo)
         zero = _round_away(zero_fp).clamp(0, self.qmax)
         return scale, zero.to(torch.int16)
+
+    def stored_scale(self, scale: Any) -> Any:
+        return scale  # float32, as ONNX Runtime's scales initializer
 
     def quantize(self, w: Any, scale: Any, zero: Any) -> Any:
         import torch

@@ -174,6 +174,7 @@ class Backend(Protocol):
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
     TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
+    ALGORITHMS_NOT_OFFERED: dict[str, str]  # algorithm → why the format does not offer it
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool
     ANDROID_RUNNER: str

@@ -25,7 +25,20 @@ def fp16_layer(layer: Any) -> Any:
 
 def dequantized_weight(layer: Any) -> Any:
     """The fp32 weight a stand-in computes with (through its input/output wrappers)."""
+    scale = getattr(layer, "edgeq_input_scale", None)
     while hasattr(layer, "inner"):
         layer = layer.inner
     w = layer.weight
-    return (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()
+    w = (w.dequantize() if hasattr(w, "dequantize") else w).detach().float()
+    return w if scale is None else w / scale[None, :]
+
+
+def with_input_scale(stand_in: Any, weights: Any) -> Any:
+    """An AWQ stand-in: its input divided by ``weights.input_scale`` before anything else the
+    runtime does to it (the division the artifact folds into the op before the layer)."""
+    scale = getattr(weights, "input_scale", None)
+    if scale is None:
+        return stand_in
+    stand_in.edgeq_input_scale = scale
+    stand_in.register_forward_pre_hook(lambda _m, args: (args[0] / scale,) + tuple(args[1:]), prepend=True)
+    return stand_in

@@ -151,6 +151,12 @@ def _calibrated(loaded: Any, model: Any, be: Any, plan: Any, steps: Any) -> tupl
 
     if not any(s.algorithm != "rtn" for s in plan.schemes.values()):
         return {}, {}
+    awq = sorted(f for f, s in plan.schemes.items() if s.algorithm == "awq")
+    if awq:
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"{awq[0]}: AWQ's scale folding is not lowered for decoder LLMs yet",
+                          "plan it at an int4-gN, -gptq or -hqq scheme")
     with steps.step("GPTQ on the calibration text") as info:
         calibrated, record = for_plan(loaded, plan.schemes, be.gptq_grid(), module=model)
         first = next(iter(record.values()), {})

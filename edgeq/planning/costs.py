@@ -79,7 +79,8 @@ def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]
             raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, ALGORITHMS)}",
                               f"algorithms: {', '.join(ALGORITHMS)}")
         if name != "rtn" and name not in stored:
-            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results",
+            why = be.ALGORITHMS_NOT_OFFERED.get(name)
+            raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results" + (f": {why}" if why else ""),
                               f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
     return tuple(a for a in stored if a in algorithms)
 
@@ -119,6 +120,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     from edgeq.schemes import calibrated
 
     offered = calibrated(families, algorithms_offered(be, algorithms))
+    not_measured: dict[str, str] = {}
+    if prepared.decoder_lm and any(s.algorithm == "awq" for s in offered):
+        offered = [s for s in offered if s.algorithm != "awq"]
+        not_measured["awq"] = "AWQ's scale folding is not lowered for decoder LLMs yet"
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
         if cannot(layer, scheme):
@@ -138,18 +143,26 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
         for x in layers
     }
-    # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
-    # calibration data; without data they are named as excluded, and pinning one is an error.
+    # Calibrated schemes (GPTQ; HQQ) are candidates where the backend stores them and there is
+    # calibration data (HQQ needs none); without data they are named as excluded, and pinning
+    # one is an error.
     source = calibration_data.calibration_source(loaded)
-    not_measured: dict[str, str] = {}
+    no_awq: dict[str, int] = {}  # why linears are no AWQ candidates → how many
     for x in layers:
         extra = [s for s in offered if x.fits(s)]
+        if any(s.algorithm == "awq" for s in extra) and (why := calibration_data.awq_unavailable(loaded.module, x.fqn)):
+            extra = [s for s in extra if s.algorithm != "awq"]
+            no_awq[why] = no_awq.get(why, 0) + 1
         if x.fqn in pinned or x.fqn in fixed or not extra or candidates[x.fqn] == [FP32]:
             continue
         if source is None:
-            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded) for s in extra}
-        else:
-            candidates[x.fqn] = candidates[x.fqn] + extra
+            not_measured |= {s.algorithm: calibration_data.no_data_reason(loaded)
+                             for s in extra if calibration_data.needs_data(s.algorithm)}
+            extra = [s for s in extra if not calibration_data.needs_data(s.algorithm)]
+        candidates[x.fqn] = candidates[x.fqn] + extra
+    if no_awq:
+        not_measured.setdefault("awq", "not a candidate for " + "; ".join(
+            f"{n} linear{'s' if n > 1 else ''} ({why})" for why, n in sorted(no_awq.items())))
     for algorithm, why in not_measured.items():
         steps.note(f"{algorithm} schemes not measured: {why}")
     calibration_data.require_calibration(loaded, pinned.values())
@@ -162,7 +175,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                                                          use_cache=use_cache)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
-                                   calibration_key=calibration.sha256 if calibration else "")
+                                   calibration_key=calibration_data.results_key(calibration, solved))
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
             f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     if calibration is not None and calibration.first_sample < len(calib):

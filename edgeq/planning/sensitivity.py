@@ -10,8 +10,9 @@ the weight's), which needs no forward passes. A calibrated scheme (``int4-gN-gpt
 stood in with the algorithm's result for that layer (``edgeq.algorithms.calibrated``),
 never with RTN's, so its error is the error of what the lowering writes.
 
-Results are cached on disk keyed by the model's weights, the calibration inputs, the
-schemes, the metric and edgeq's version, so a second ``plan`` is fast.
+Results are cached on disk, one file per (model weights, calibration inputs, metric,
+format, edgeq's version) holding every (layer, scheme) measured on them, so a second
+``plan`` is fast and a plan with other candidates measures only the new ones.
 """
 
 from __future__ import annotations
@@ -57,43 +58,56 @@ def measure(
 
     from edgeq.backends import get_backend
 
-    key = cache_key(module, calib, schemes, metric, proxy, fmt, calibration_key)
+    # One cache file per (model, data, metric, numerics) holds every (layer, scheme) measured
+    # on them: a layer's error does not depend on the other candidates, so a plan with fewer
+    # (or more) candidates reuses what an earlier one measured and measures only the rest.
+    # Calibrated schemes' entries are named by their results' key (calibration data, revisions).
+    key = cache_key(module, calib, {}, metric, proxy, fmt)
+    tag = hashlib.sha256(calibration_key.encode()).hexdigest()[:16]
     base_stand_in = get_backend(fmt).stand_in
     found = calibrated or {}
+
+    def entry(scheme: Scheme) -> str:
+        return scheme.name if scheme.algorithm == "rtn" else f"{scheme.name}@{tag}"
 
     def stand_in(layer: Any, scheme: Scheme, fqn: str) -> Any:
         if scheme.algorithm == "rtn":
             return base_stand_in(layer, scheme)
         return base_stand_in(layer, scheme, found[(fqn, scheme.name)])
     path = cache_dir() / f"{key}.json"
-    if use_cache and path.exists():
-        return _read_cache(path)
-    if proxy == "sqnr":
-        result = _sqnr(module, schemes, stand_in)
+    known = _read_cache(path) if use_cache and path.exists() else {}
+    todo = {fqn: [s for s in ss if entry(s) not in known.get(fqn, {})] for fqn, ss in schemes.items()}
+    todo = {fqn: ss for fqn, ss in todo.items() if ss}
+    if not todo:
+        pass
+    elif proxy == "sqnr":
+        measured = _sqnr(module, todo, stand_in)
     else:
         batch = _batch(calib)
         with torch.no_grad():
             reference = _output(module, batch)
-            result = {}
-            total = sum(len(v) for v in schemes.values())
+            measured = {}
+            total = sum(len(v) for v in todo.values())
             done = 0
             modules = dict(module.named_modules())
-            for fqn, candidates in schemes.items():
-                result[fqn] = {}
+            for fqn, candidates in todo.items():
+                measured[fqn] = {}
                 for scheme in candidates:
                     if scheme == FP32:
-                        result[fqn][scheme.name] = 0.0
+                        measured[fqn][scheme.name] = 0.0
                     else:
                         with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)):
-                            result[fqn][scheme.name] = _error(reference, _output(module, batch), metric)
+                            measured[fqn][scheme.name] = _error(reference, _output(module, batch), metric)
                     done += 1
                     if progress:
                         progress(done, total)
-    if use_cache:
+    for fqn, ss in todo.items():
+        known.setdefault(fqn, {}).update({entry(s): measured[fqn][s.name] for s in ss})
+    if use_cache and todo:
         from edgeq.atomic import write_text_atomic
 
-        write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True))
-    return result
+        write_text_atomic(path, json.dumps(known, indent=1, sort_keys=True))
+    return {fqn: {s.name: known[fqn][entry(s)] for s in ss} for fqn, ss in schemes.items()}
 
 
 class _swapped:
@@ -159,8 +173,9 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
 # Part of every cache key: raised whenever a backend's stand-in numerics change, so figures
 # cached by an earlier edgeq of the same version are measured again (2: ONNX decoder LLMs'
 # int4 linears take int8 dynamic activations; 3: ExecuTorch int4 linears' group scales in
-# bf16, as XNNPACK stores them; 4: calibrated schemes, keyed by their calibration data).
-STAND_IN_REVISION = 4
+# bf16, as XNNPACK stores them; 4: calibrated schemes, keyed by their calibration data;
+# 5: one file per model and data, entries per (layer, scheme)).
+STAND_IN_REVISION = 5
 
 
 def cache_key(module: Any, calib: list, schemes: dict[str, list[Scheme]], metric: str, proxy: str | None,

@@ -74,7 +74,11 @@ def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
 
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
 # the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
-CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq", "awq")
+# Its RTN int4 already chooses scales with torchao's scale-only HQQ (quant.torchao_config):
+# the same values, bit for bit (checked in tests/test_hqq.py).
+ALGORITHMS_NOT_OFFERED: dict[str, str] = {
+    "hqq": "ExecuTorch's int4-gN already chooses its scales with HQQ (torchao's hqq_scale_only)"}
 
 
 def gptq_grid() -> Any:

@@ -29,10 +29,11 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     chain = _usable_chain(target, precision, steps, strict)
     primary = chain[0]
     with steps.step(f"Quantizing ({precision})") as info:
-        from edgeq.algorithms.calibrated import for_plan
+        from edgeq.algorithms.calibrated import folded, for_plan
         from edgeq.backends.executorch import gptq_grid
 
         calibrated, algorithms = for_plan(model, plan.schemes, gptq_grid())
+        model = folded(model, calibrated)  # AWQ layers' input scales into the linears before them
         qmodule = quantized_module(model.module, plan.schemes, primary, calibrated=calibrated)
         convs = conv_layers(plan.schemes, model.module)
         info.detail = ", ".join(f"{n} {s.name}" for s, n in Counter(plan.schemes.values()).items()) or "no quantizable layers"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from edgeq.backends.standins import dequantized_weight, fp16_layer
+from edgeq.backends.standins import dequantized_weight, fp16_layer, with_input_scale
 from edgeq.schemes import Scheme
 
 
@@ -34,7 +34,7 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         if weights is None:
             raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
         q.weight = torch.nn.Parameter(weights.dequantized().to(q.weight.dtype), requires_grad=False)
-        return _DynamicInt8Input(q)
+        return with_input_scale(_DynamicInt8Input(q), weights)
     if isinstance(q, torch.nn.Linear):
         quantize_(q, torchao_config(scheme, True))
         if scheme.bits == 4 and scheme.group is not None:

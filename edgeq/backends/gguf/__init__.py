@@ -50,6 +50,10 @@ ANDROID_LOG_TAG = ""
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)
+ALGORITHMS_NOT_OFFERED: dict[str, str] = {
+    "gptq": "edgeq writes no calibrated values into GGUF blocks (yet)",
+    "hqq": "edgeq writes no calibrated values into GGUF blocks (yet)",
+    "awq": "edgeq writes no calibrated values into GGUF blocks (yet)"}
 
 
 def gptq_grid() -> Any:

@@ -80,7 +80,8 @@ def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
 
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
 # the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
-CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
+CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq", "hqq", "awq")
+ALGORITHMS_NOT_OFFERED: dict[str, str] = {}
 
 
 def gptq_grid() -> Any:

@@ -43,8 +43,14 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     import onnx
     import onnxruntime as ort
 
+    from edgeq.algorithms.calibrated import folded, for_plan
+    from edgeq.backends.onnx import gptq_grid
+
     _check_providers(target, steps, strict)
     out = workdir / "model.onnx"
+    # calibrated on the model as given; AWQ's input scales are folded into the exported copy
+    every_calibrated, every_record = for_plan(model, plan.schemes, gptq_grid())
+    model = folded(model, every_calibrated)
     with steps.step("Exporting with torch.onnx (dynamo)") as info:
         proto = _export(model, workdir)
         info.detail = f"{len(proto.graph.node)} nodes"
@@ -54,7 +60,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
         nodes = layer_nodes(proto)
         called = called_layers(proto)
         proto, applied = _apply_plan(proto, plan.schemes, nodes, called)
-        calibrated, algorithms = _calibrated(model, plan.schemes, applied)
+        calibrated, algorithms = _calibrated(every_calibrated, every_record, plan.schemes, applied)
         write_calibrated(proto, nodes, calibrated)
         dedupe_nodes(proto)
         _strip_debug_metadata(proto)
@@ -81,13 +87,11 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     )
 
 
-def _calibrated(model: Any, schemes: dict[str, Scheme], applied: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """GPTQ results for the calibrated layers the graph calls, and their manifest record."""
-    from edgeq.algorithms.calibrated import for_plan
-    from edgeq.backends.onnx import gptq_grid
-
-    used = {f: s for f, s in schemes.items() if applied.get(f) == s.name}
-    return for_plan(model, used, gptq_grid())
+def _calibrated(weights: dict[str, Any], record: dict[str, Any], schemes: dict[str, Scheme],
+                applied: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The calibrated results of the layers the graph calls, and their manifest record."""
+    used = {f for f, s in schemes.items() if applied.get(f) == s.name}
+    return {f: q for f, q in weights.items() if f in used}, {f: r for f, r in record.items() if f in used}
 
 
 def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:

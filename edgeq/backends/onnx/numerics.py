@@ -25,7 +25,7 @@ import copy
 from typing import Any, Iterator
 
 from edgeq.backends.onnx.costs import INT8_BLOCK
-from edgeq.backends.standins import fp16_layer
+from edgeq.backends.standins import fp16_layer, with_input_scale
 from edgeq.schemes import Scheme
 
 # Set while the LLM planner measures a decoder's sensitivity: its int4 linears compute
@@ -73,7 +73,7 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
     if _DECODER_LM.get() and isinstance(q, torch.nn.Linear):
         block = scheme.group
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))
-    return q
+    return with_input_scale(q, weights)
 
 
 def _symmetric(x: Any, block: int) -> Any:
