@@ -12,11 +12,11 @@ uses; ``--hf DIR`` takes another). From it:
 - llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``, llama-cpp-python built from
   its sdist in a venv of its own: the peer, never imported here) turns that same F32 file
   into each preset (``LLAMA_FTYPE_MOSTLY_<preset>``);
-- edgeq plans a GGUF within each preset's file size (``edgeq plan --budget BYTES``, the
-  budget less the file's bytes beyond its tensors, measured on the F32 file: per-layer
+- edgeq plans a GGUF within each preset's file size (``edgeq plan``'s costs: per-layer
   sensitivity with llama.cpp's numerics over every GGUF type the rows fit: F16, Q8_0,
   Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0; ``--proxy sqnr`` scores the weights alone, for a
-  loaded host) and writes it (``edgeq export --plan``).
+  loaded host) and writes it with edgeq's GGUF writer (``edgeq_files``: the lowering
+  ``edgeq export --plan`` runs, without its verification).
 
 Every file is then measured by ``llm_worker.py`` in a fresh llama-cpp-python process:
 perplexity over the same held-out windows (8 windows of 512 tokens of Python docstrings,
@@ -82,20 +82,19 @@ def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, plan: Pat
                  "--samples", "1", "-o", str(out), "--force", "-q", *how)
 
 
-def edgeq_plan(hf: Path, budget: int, out: Path, proxy: str | None) -> float:
-    """``edgeq plan --budget BYTES``: the per-layer mix of GGUF types within ``budget`` (with
-    ``proxy`` ``sqnr``, scored on the weights alone instead of the model's output KL)."""
-    extra = ["--proxy", proxy] if proxy else []
-    return edgeq("plan", str(hf), "-t", TARGET, "--max-context", str(CONTEXT),
-                 "--budget", str(budget), "-o", str(out), "--force", "-q", *extra)
-
-
-def plans_without(hf: Path, budgets: dict[str, int], excluded: list[str], proxy: str | None, work: Path) -> dict:
-    """Plans like ``edgeq plan --budget`` (the same costs, from the same cache) with the schemes
-    in ``excluded`` taken out of every layer's candidates: a benchmark-only variant, written
-    as plan files ``edgeq export --plan`` takes. Returns preset → plan path."""
+def edgeq_files(hf: Path, sizes: dict[str, int], overhead: int, excluded: list[str], proxy: str | None,
+                work: Path, tag: str) -> dict[str, dict]:
+    """edgeq's plan within each preset's file size, written as a GGUF by edgeq's writer (what
+    ``edgeq export --plan`` lowers; the export's verification in llama.cpp is left out: minutes
+    per file on a loaded host). The costs are ``edgeq plan``'s (the same cache); ``excluded``
+    schemes are taken out of every layer's candidates. The plan's budget starts at the size
+    less the file's non-tensor bytes, and is raised by what the written file leaves unused or
+    lowered by an overshoot, up to ``FIT_ROUNDS`` files; the largest one within the size is kept."""
     from dataclasses import replace
 
+    import transformers
+
+    from edgeq.backends.gguf.writer import write_gguf
     from edgeq.llm.plan import lm_costs
     from edgeq.models import load_model
     from edgeq.planning.solve import Budgets, solve
@@ -104,14 +103,49 @@ def plans_without(hf: Path, budgets: dict[str, int], excluded: list[str], proxy:
     resolved = load_target(TARGET)
     loaded = load_model(str(hf), "causal-lm", seq_len=resolved.target.seq_len)
     costs = lm_costs(loaded, resolved, CONTEXT, proxy=proxy)
-    costs = replace(costs, stored={f: [c for c in cs if c.scheme.name not in excluded] or cs
-                                   for f, cs in costs.stored.items()})
-    out = {}
-    for preset, budget in budgets.items():
-        result = solve(costs, Budgets.for_target(resolved.target, storage_bytes=budget))
-        out[preset] = work / f"plan-{preset}-without-{'-'.join(excluded)}.yaml"
-        out[preset].write_text(result.to_yaml())
+    stored = {f: [c for c in cs if c.scheme.name not in excluded] or cs for f, cs in costs.stored.items()}
+    # SmolLM2's head is tied to its table: llama.cpp reads token_embd for both when they share a
+    # type, so the pair is one tensor, chosen once, with both layers' errors (edgeq's planner
+    # costs them as two tensors today; see the README)
+    tied = TABLE in stored and HEAD in stored
+    if tied:
+        head = {c.scheme: c.error for c in stored[HEAD]}
+        stored[TABLE] = [replace(c, error=c.error + head[c.scheme]) for c in stored[TABLE] if c.scheme in head]
+        stored[HEAD] = [replace(min(stored[HEAD], key=lambda c: c.bytes), bytes=0, error=0.0)]
+    costs = replace(costs, stored=stored)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+    template = hf / "chat_template.jinja"
+    chat = template.read_text() if template.exists() else getattr(tokenizer, "chat_template", None)
+    out: dict[str, dict] = {}
+    for preset, size in sizes.items():
+        budget, best = size - overhead, None
+        for attempt in range(FIT_ROUNDS):
+            result = solve(costs, Budgets.for_target(resolved.target, storage_bytes=budget))
+            if tied:
+                result.plan.schemes[HEAD] = result.plan.schemes[TABLE]
+            path = work / f"edgeq-{tag}-{preset}-{attempt}.gguf"
+            write_gguf(model, {f.removeprefix("model."): s for f, s in result.plan.schemes.items()}, path,
+                       max_context=CONTEXT, tokenizer=tokenizer, chat_template=chat, name="SmolLM2-135M")
+            written = path.stat().st_size
+            log(f"  {tag} at {preset}: plan budget {budget:,} -> file {written:,} of {size:,}")
+            if written <= size and (best is None or written > best["bytes"]):
+                best = {"file": path, "bytes": written, "plan": result.to_yaml(), "budget": budget}
+            if written > size:
+                budget -= written - size + 4096
+            elif size - written > size // 500:
+                budget += size - written
+            else:
+                break
+        if best is None:
+            raise RuntimeError(f"no edgeq plan within {preset}'s {size:,} bytes")
+        (work / f"plan-{tag}-{preset}.yaml").write_text(best["plan"])
+        out[preset] = best
     return out
+
+
+FIT_ROUNDS = 4
+TABLE, HEAD = "model.model.embed_tokens", "model.lm_head"
 
 
 def metadata_bytes(gguf: Path) -> int:
@@ -212,29 +246,21 @@ def main() -> None:
     rows = [{"name": "F32 (edgeq's file; llama.cpp's conversion is the same)", "preset": "F32", "side": "reference",
              "file": f32}]
     for preset in presets:
-        peer = build(f"llama.cpp {preset}", work / f"llamacpp-{preset}.gguf",
-                     lambda p=preset: llama_quantize(args.llama_python, f32, p, work / f"llamacpp-{p}.gguf"))
-        size = peer.stat().st_size
-        plan = work / f"plan-{preset}.yaml"
-        build(f"edgeq plan at {preset}'s size", plan,
-              lambda b=size - overhead, p=plan: edgeq_plan(hf, b, p, args.proxy))
-        mine = build(f"edgeq export of the {preset} plan", work / f"edgeq-{preset}" / "model.gguf",
-                     lambda p=preset, q=plan: edgeq_export(hf, work / f"edgeq-{p}", plan=q))
-        rows += [{"name": f"llama.cpp {preset}", "preset": preset, "side": "llama.cpp", "file": peer},
-                 {"name": f"edgeq plan{' (sqnr)' if args.proxy else ''} at {preset}'s size", "preset": preset,
-                  "side": "edgeq", "file": mine, "plan_budget": size - overhead}]
+        build(f"llama.cpp {preset}", work / f"llamacpp-{preset}.gguf",
+              lambda p=preset: llama_quantize(args.llama_python, f32, p, work / f"llamacpp-{p}.gguf"))
+        rows.append({"name": f"llama.cpp {preset}", "preset": preset, "side": "llama.cpp",
+                     "file": work / f"llamacpp-{preset}.gguf"})
+    sizes = {p: (work / f"llamacpp-{p}.gguf").stat().st_size for p in presets}
     excluded = [x.strip() for x in args.exclude.split(",") if x.strip()]
-    if excluded:
-        sizes = {p: next(r["file"] for r in rows if r["preset"] == p and r["side"] == "llama.cpp").stat().st_size
-                 for p in presets}
-        log(f"planning without {', '.join(excluded)}")
-        plans = plans_without(hf, {p: b - overhead for p, b in sizes.items()}, excluded, args.proxy, work)
-        for preset, plan in plans.items():
-            out = work / f"edgeq-{preset}-without"
-            mine = build(f"edgeq export without {args.exclude} at {preset}'s size", out / "model.gguf",
-                         lambda o=out, q=plan: edgeq_export(hf, o, plan=q))
-            rows.append({"name": f"edgeq plan{' (sqnr)' if args.proxy else ''} w/o {args.exclude} at {preset}",
-                         "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}", "file": mine})
+    label = " (sqnr)" if args.proxy else ""
+    for tag, without in (("all", []), ("without", excluded)) if excluded else (("all", []),):
+        t = time.perf_counter()
+        log(f"planning and writing edgeq's files ({'every GGUF type' if not without else 'without ' + args.exclude})")
+        for preset, got in edgeq_files(hf, sizes, overhead, without, args.proxy, work, tag).items():
+            rows.append({"name": f"edgeq plan{label}{' w/o ' + args.exclude if without else ''} at {preset}",
+                         "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}" if without else "",
+                         "file": got["file"], "plan_budget": got["budget"]})
+        built[f"edgeq {tag}"] = time.perf_counter() - t
     for row in rows:
         log(f"measuring {row['name']}")
         row.update(bytes=row["file"].stat().st_size, types=tensor_types(row["file"]),
