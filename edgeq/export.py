@@ -150,7 +150,9 @@ def export(
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
     from edgeq.algorithms.calibrated import check_algorithms
+    from edgeq.backends import check_stored
 
+    check_stored(plan.schemes.values(), get_backend(tgt.format))  # e.g. a GGUF-only int4-k in a plan for a .pte
     check_algorithms(loaded, plan.schemes.values(), get_backend(tgt.format), tgt.format)  # before any lowering
 
     with steps.step("Preparing held-out inputs") as info:

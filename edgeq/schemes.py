@@ -16,7 +16,7 @@ string. What a scheme costs in bytes is each backend's own table
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 from edgeq.errors import ConfigError, did_you_mean
@@ -34,12 +34,18 @@ class Scheme:
     group: int | None = None  # int: None = one scale per output channel; N = groups of N along K
     symmetric: bool = True
     algorithm: str = "rtn"
+    # llama.cpp's K-quant layout: super-blocks of ``group`` (256) weights whose sub-block
+    # scales are themselves quantized (named ``int4-k``: the bits say which K type)
+    superblock: bool = False
 
     @property
     def name(self) -> str:
         if self.kind == "float":
             return f"fp{self.bits}"
-        base = f"int{self.bits}" + (f"-g{self.group}" if self.group else "")
+        if self.superblock:
+            base = f"int{self.bits}-k"
+        else:
+            base = f"int{self.bits}" + (f"-g{self.group}" if self.group else "") + ("" if self.symmetric else "-asym")
         return base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
 
     @property
@@ -75,8 +81,19 @@ INT4_AWQ = {g: Scheme("int", 4, g, algorithm="awq") for g in INT4_GROUPS}
 ALGORITHMS: tuple[str, ...] = ("rtn", "gptq", "hqq", "awq")
 DATA_FREE: tuple[str, ...] = ("hqq",)  # algorithms offered without calibration data
 CALIBRATED: tuple[Scheme, ...] = (*INT4_GPTQ.values(), *INT4_HQQ.values(), *INT4_AWQ.values())
-NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
-_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}
+# Block schemes only some formats store (GGUF: llama.cpp's tensor types beyond Q8_0 / Q4_0):
+# int4 / int5 in groups of 32 with an offset (Q4_1, Q5_1) or without (Q5_0), and the
+# K-quants: super-blocks of 256 with quantized sub-block scales (int2-k … int6-k = Q2_K …
+# Q6_K). A backend offers a scheme only when it lists it in its ``SCHEMES``.
+INT4_G32_ASYM = Scheme("int", 4, 32, symmetric=False)
+INT5_G32 = Scheme("int", 5, 32)
+INT5_G32_ASYM = Scheme("int", 5, 32, symmetric=False)
+K_QUANTS = {b: Scheme("int", b, 256, symmetric=b in (3, 6), superblock=True) for b in (2, 3, 4, 5, 6)}
+BLOCK_SCHEMES: tuple[Scheme, ...] = (INT4_G32_ASYM, INT5_G32, INT5_G32_ASYM, *K_QUANTS.values())
+# every precision family a scheme belongs to (what a target's ``precisions`` may list)
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
+NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES)
+_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES}
 
 
 def parse(text: object, where: str = "") -> Scheme:
@@ -100,14 +117,24 @@ def applied(name: str) -> Scheme | None:
 
 
 def for_precision(precision: str, int4_group: int = 32) -> Scheme:
-    """The scheme a uniform ``--precision`` means (int4 at the target's group size)."""
-    return INT4[int4_group] if precision == "int4" else _BY_NAME[precision]
+    """The scheme a uniform ``--precision`` means (int4 at the target's group size; a family
+    only block formats store: its first block scheme, e.g. int5 → int5-g32, int6 → int6-k)."""
+    if precision == "int4":
+        return INT4[int4_group]
+    if precision in _BY_NAME:
+        return _BY_NAME[precision]
+    return next(s for s in BLOCK_SCHEMES if s.precision == precision)
 
 
-def allowed(precisions: Iterable[str]) -> list[Scheme]:
-    """Every scheme whose precision family is in ``precisions``, in ``SCHEMES`` order."""
+def allowed(precisions: Iterable[str], offered: Iterable[Scheme] | None = None) -> list[Scheme]:
+    """Every scheme of ``offered`` (a backend's ``SCHEMES``; default ``SCHEMES``) whose
+    precision family is in ``precisions``, in ``offered``'s order.
+
+    >>> [s.name for s in allowed(["int5"], BLOCK_SCHEMES)]
+    ['int5-g32', 'int5-g32-asym', 'int5-k']
+    """
     wanted = set(precisions)
-    return [s for s in SCHEMES if s.precision in wanted]
+    return [s for s in (SCHEMES if offered is None else offered) if s.precision in wanted]
 
 
 def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Scheme]:
@@ -125,4 +152,4 @@ def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Sch
 
 def rtn_of(scheme: Scheme) -> Scheme:
     """The round-to-nearest scheme with ``scheme``'s storage (itself when it is one)."""
-    return Scheme(scheme.kind, scheme.bits, scheme.group, scheme.symmetric)
+    return replace(scheme, algorithm="rtn")

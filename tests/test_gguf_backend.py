@@ -384,7 +384,7 @@ def test_a_scheme_with_no_gguf_type_is_refused(llama_dir, tmp_path):
     plan.write_text("layers:\n  model.model.layers.0.mlp.down_proj: int4-g64\n")
     line = one_line(cli_here("export", str(llama_dir), "-t", "x86-gguf", "--plan", str(plan), "--max-context",
                              str(CONTEXT), "-o", str(tmp_path / "a"), "--quiet"))
-    assert "GGUF" in line
+    assert "gguf" in line.lower() and "int4-g64" in line
 
 
 def test_a_tokenizer_gguf_cannot_hold_is_refused(tmp_path):
@@ -402,7 +402,8 @@ def test_an_architecture_the_writer_cannot_take_is_refused(tmp_path):
 
 
 def test_the_planner_offers_only_schemes_gguf_stores(llama_dir):
-    """A target allowing int4 at every group: GGUF's costs list int4-g32 (Q4_0) only."""
+    """A target allowing int4 at every group: GGUF's costs list the schemes with a GGUF type only
+    (int4-g32 = Q4_0, int4-g32-asym = Q4_1; no int4-g64), each named excluded with its reason."""
     from edgeq.llm.plan import lm_costs
     from edgeq.models import load_model
     from edgeq.targets import load_target
@@ -410,7 +411,9 @@ def test_the_planner_offers_only_schemes_gguf_stores(llama_dir):
     loaded = load_model(str(llama_dir), "causal-lm", seq_len=16)
     costs = lm_costs(loaded, load_target("x86-gguf"), CONTEXT, calib_samples=1, use_cache=False)
     offered = {c.scheme.name for choices in costs.stored.values() for c in choices}
-    assert offered <= {"fp32", "fp16", "int8", "int4-g32"} and "int4-g32" in offered
+    from edgeq.backends.gguf.costs import GGUF_TYPES
+
+    assert offered <= {s.name for s in GGUF_TYPES} and {"int4-g32", "int4-g32-asym"} <= offered
     assert all(costs.excluded[f].get("int4-g64") for f in costs.excluded) and costs.excluded
 
 

@@ -42,14 +42,15 @@ def tokenizer(chat_template: bool = True):
     return fast
 
 
-def config(arch: str, *, vocab: int = 256, positions: int = 128, tied: bool = True, init: float = 0.4):
+def config(arch: str, *, vocab: int = 256, positions: int = 128, tied: bool = True, init: float = 0.4,
+           hidden: int = 64, intermediate: int = 128):
     """A small config of ``arch`` (2 layers, hidden 64, grouped-query attention where the
     architecture has it). Weights are drawn wider than transformers' default (``init``,
     the normal's std) so that greedy continuations vary instead of repeating one token;
     such a model is chaotic, so quantization tests draw narrower ones."""
     import transformers as t
 
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tied, initializer_range=init)
     if arch == "llama":

@@ -44,13 +44,16 @@ class Registered:
     module: str
     model_file: str
     delegates: tuple[str, ...]
+    # the precision families a target may list (the format stores a scheme of each)
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 
 
 _REGISTRY = {
     "executorch": Registered("edgeq.backends.executorch", "model.pte", ("qnn", "coreml", "vulkan", "xnnpack")),
     "onnx": Registered("edgeq.backends.onnx", "model.onnx",
                        ("qnn", "coreml", "nnapi", "xnnpack", "openvino", "dnnl", "cpu")),
-    "gguf": Registered("edgeq.backends.gguf", "model.gguf", ("cpu", "metal", "vulkan", "cuda")),
+    "gguf": Registered("edgeq.backends.gguf", "model.gguf", ("cpu", "metal", "vulkan", "cuda"),
+                       ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")),
 }
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
 MODEL_FILES: tuple[str, ...] = tuple(r.model_file for r in _REGISTRY.values())  # one per format, in FORMATS order
@@ -64,6 +67,23 @@ def model_file_for(fmt: str) -> str:
 def delegates_for(fmt: str) -> tuple[str, ...]:
     """What a target of format ``fmt`` may list under ``delegates:`` (no backend import)."""
     return _REGISTRY[fmt].delegates
+
+
+def precisions_for(fmt: str) -> tuple[str, ...]:
+    """What a target of format ``fmt`` may list under ``precisions:`` (no backend import)."""
+    return _REGISTRY[fmt].precisions
+
+
+def check_stored(schemes: Any, backend: Any) -> None:
+    """``ConfigError`` naming the first scheme in ``schemes`` that ``backend`` does not store
+    (its ``SCHEMES``, or a calibrated scheme over one of them)."""
+    from edgeq.schemes import rtn_of
+
+    stored = set(backend.SCHEMES)
+    for s in schemes:
+        if rtn_of(s) not in stored:
+            raise ConfigError(f"{backend.FORMAT} artifacts do not store {s.name}",
+                              f"{backend.FORMAT} stores {', '.join(x.name for x in backend.SCHEMES)}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +190,7 @@ class Backend(Protocol):
     LM_MEMORY: LMMemoryTerms
     LM_DELEGATES: tuple[str, ...]  # the delegates its LLM lowering uses
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
+    SCHEMES: tuple[Any, ...]  # the RTN schemes its files store (calibrated ones: CALIBRATED_ALGORITHMS)
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
     TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)

@@ -89,7 +89,9 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     else:
         plan, requested = _plan(loaded, tgt, precision, plan_input, steps)
     from edgeq.algorithms.calibrated import check_algorithms
+    from edgeq.backends import check_stored
 
+    check_stored(plan.schemes.values(), be)  # e.g. a GGUF-only int4-k in a plan for a .pte
     check_algorithms(loaded, plan.schemes.values(), be, tgt.format)  # before any lowering work
     # a format that writes the tokenizer into its model file (GGUF) takes it at lowering
     extra = {"tokenizer": source_tokenizer(loaded)} if be.LM_TOKENIZER_IN_MODEL else {}

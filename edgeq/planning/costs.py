@@ -85,12 +85,15 @@ def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]
     return tuple(a for a in stored if a in algorithms)
 
 
-def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str]) -> dict[str, str]:
-    """Schemes the target allows that ``layer`` cannot take, with the reason (the format's own included)."""
-    from edgeq.schemes import allowed
+def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str],
+              stored: tuple[Scheme, ...]) -> dict[str, str]:
+    """Schemes the target allows that ``layer`` cannot take, with the reason (the format's own
+    included): among the common schemes and the format's ``stored`` ones."""
+    from edgeq.schemes import SCHEMES, allowed
 
-    out = excluded_schemes(layer, families)
-    for s in allowed(families):
+    offered = SCHEMES + tuple(s for s in stored if s not in SCHEMES)
+    out = excluded_schemes(layer, families, offered)
+    for s in allowed(families, offered):
         if s.name not in out and (why := cannot(layer, s)):
             out[s.name] = why
     return out
@@ -129,7 +132,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         if cannot(layer, scheme):
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}: {cannot(layer, scheme)}",
                               "pin a scheme the format can store")
-        takes = candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
+        takes = candidate_schemes(layer, families + ["fp32"], be.SCHEMES) + [s for s in offered if layer.fits(s)]
         if scheme not in takes and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
@@ -140,7 +143,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     reasons = {f: r for f, r in reasons.items() if f not in pinned} | {f: "pinned by a rule" for f in pinned}
     candidates = {
         x.fqn: [pinned[x.fqn]] if x.fqn in pinned else [FP32] if x.fqn in fixed
-        else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
+        else [s for s in candidate_schemes(x, families, be.SCHEMES) if not cannot(x, s)] or [FP32]
         for x in layers
     }
     # Calibrated schemes (GPTQ; HQQ) are candidates where the backend stores them and there is
@@ -209,7 +212,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         activation_bytes=probe.activation_bytes,
         pinned=pinned,
         reasons=reasons,
-        excluded={x.fqn: e for x in layers if (e := _excluded(x, families, cannot))},
+        excluded={x.fqn: e for x in layers if (e := _excluded(x, families, cannot, tuple(be.SCHEMES)))},
         not_measured=not_measured,
         unused=frozenset(unused),
         folded=folded,

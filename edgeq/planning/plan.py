@@ -35,7 +35,8 @@ def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, ke
             reasons[layer.fqn] = "convolutions have no int4 kernel in the backends; int8 instead"
         elif not layer.fits(wanted):
             schemes[layer.fqn] = INT8
-            reasons[layer.fqn] = f"reduction dim {layer.shape[1]} is not a multiple of the int4 group {int4_group}; int8 instead"
+            reasons[layer.fqn] = (f"reduction dim {layer.shape[1]} is not a multiple of {wanted.name}'s group of "
+                                  f"{wanted.group}; int8 instead")
         else:
             schemes[layer.fqn] = wanted
     return QuantPlan(schemes=schemes, reasons=reasons)

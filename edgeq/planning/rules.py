@@ -4,6 +4,7 @@ user's ``REGEX=SCHEME`` rules (checked without the model, applied to its layers)
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
@@ -12,15 +13,16 @@ from edgeq.schemes import Scheme, allowed, parse
 MAX_RULE_PATTERN = 500  # characters: a rule is a layer-name pattern, not a program
 
 
-def candidate_schemes(layer: LayerInfo, precisions: list[str]) -> list[Scheme]:
-    """Schemes the target's ``precisions`` allow that this layer's kind and shape can take."""
-    return [s for s in allowed(precisions) if layer.fits(s) and not (layer.kind == "conv" and s.bits == 4)]
+def candidate_schemes(layer: LayerInfo, precisions: list[str], offered: Iterable[Scheme] | None = None) -> list[Scheme]:
+    """Schemes of ``offered`` (the format's ``SCHEMES``; default ``edgeq.schemes.SCHEMES``) the
+    target's ``precisions`` allow that this layer's kind and shape can take."""
+    return [s for s in allowed(precisions, offered) if layer.fits(s) and not (layer.kind == "conv" and s.bits == 4)]
 
 
-def excluded_schemes(layer: LayerInfo, precisions: list[str]) -> dict[str, str]:
+def excluded_schemes(layer: LayerInfo, precisions: list[str], offered: Iterable[Scheme] | None = None) -> dict[str, str]:
     """Schemes the target allows that ``layer`` cannot take, with the reason."""
     out = {}
-    for scheme in allowed(precisions):
+    for scheme in allowed(precisions, offered):
         if scheme.is_float:
             continue
         if layer.kind == "conv" and scheme.bits == 4:

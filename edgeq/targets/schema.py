@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = 1
 
-Precision = Literal["fp32", "fp16", "int8", "int4"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+Precision = Literal["fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
 # The artifact formats and each one's delegates come from the backend registry (data only).
 Format = str
 
@@ -195,7 +195,7 @@ class Target(Strict):
     def _check(self) -> "Target":
         from edgeq.errors import did_you_mean
 
-        from edgeq.backends import FORMATS, delegates_for
+        from edgeq.backends import FORMATS, delegates_for, precisions_for
 
         if self.format not in FORMATS:
             raise ValueError(f"unknown format '{self.format}'{did_you_mean(self.format, FORMATS)} "
@@ -207,6 +207,11 @@ class Target(Strict):
                     f"unknown {self.format} delegate '{d}'{did_you_mean(d, allowed)} "
                     f"(choose from {', '.join(allowed)})"
                 )
+        stored = precisions_for(self.format)
+        for p in self.precisions:
+            if p not in stored:
+                raise ValueError(f"{self.format} artifacts store no {p} scheme (precisions for {self.format}: "
+                                 f"{', '.join(stored)})")
         if len(set(self.delegates)) != len(self.delegates):
             raise ValueError("delegates lists a delegate twice")
         wanted = self.checks.delegation.delegate

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeq import schemes
 from edgeq.backends import delegates_for, model_file_for
 from edgeq.backends.executorch.android import (  # noqa: F401  a device runner's command line and output
     ANDROID_LOG_TAG,
@@ -54,9 +55,15 @@ ANDROID_PACKAGE = "org.pytorch:executorch-android"
 ANDROID_LOADS_FROM_PATH = True
 
 
+# the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
+SCHEMES: tuple[Any, ...] = schemes.SCHEMES
+
+
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
-    return ""
+    """Every scheme of ``SCHEMES`` is storable here (shape limits are the planner's)."""
+    from edgeq.schemes import rtn_of
+
+    return "" if rtn_of(scheme) in SCHEMES else f"executorch does not store {scheme.name}"
 
 
 def delegation_key(delegate: str) -> str:

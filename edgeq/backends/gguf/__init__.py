@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeq.backends import Probe, delegates_for, model_file_for
 from edgeq.backends.gguf.costs import (  # noqa: F401  the backend's cost table
+    GGUF_TYPES,
     LM_MEMORY,
     MEMORY,
     file_overhead,
@@ -48,7 +49,8 @@ ANDROID_RUNNER = ""
 ANDROID_LOG_TAG = ""
 
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
-LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
+SCHEMES: tuple[Any, ...] = tuple(GGUF_TYPES)  # the schemes with a GGUF tensor type (costs.GGUF_TYPES)
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)
 ALGORITHMS_NOT_OFFERED: dict[str, str] = {
     "gptq": "edgeq writes no calibrated values into GGUF blocks (yet)",
@@ -65,7 +67,7 @@ _ENCODERS = ("GGUF holds decoder LLMs only", "use an executorch or onnx target f
 def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot be stored at ``scheme`` in GGUF ("" when it can): no GGUF type, or
     rows that are not whole blocks."""
-    from edgeq.backends.gguf.costs import GGUF_TYPES, row_length
+    from edgeq.backends.gguf.costs import row_length
 
     t = GGUF_TYPES.get(scheme)
     if t is None:

@@ -5,9 +5,11 @@ the bytes each type stores per row, and the memory terms of llama.cpp's CPU back
 does not list (int4 at groups of 64 or 128, or an algorithm other than round-to-nearest)
 has no GGUF type and is refused. Block bytes come from gguf-py's own ``GGML_QUANT_SIZES``
 (llama.cpp's table): Q8_0 34 B per 32 weights (an fp16 scale + 32 int8), Q4_0 18 B per 32
-(an fp16 scale + 16 bytes of nibbles). GGUF quantizes along each row (the reduction dim of
-a linear, the hidden dim of an embedding), so a quantized type needs rows that are whole
-blocks: ``fits`` says which.
+(an fp16 scale + 16 bytes of nibbles), Q4_1 20 B (a scale and a min), Q5_0 22 B, Q5_1 24 B;
+the K-quants per super-block of 256: Q2_K 84 B, Q3_K 110 B, Q4_K 144 B, Q5_K 176 B, Q6_K
+210 B. GGUF quantizes along each row (the reduction dim of a linear, the hidden dim of an
+embedding), so a quantized type needs rows that are whole blocks: ``fits`` says which (a
+K-quant takes rows that are multiples of 256 only).
 
 Held bytes: llama.cpp mmaps the file and reads the tensors in place, so a weight is held
 once at its stored size (on x86 with AVX2, Q4_0 and Q8_0 weights are repacked into
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeq.backends import FileOverhead, LMMemoryTerms, MemoryTerms, LAST_POSITION
-from edgeq.schemes import FP16, FP32, INT4, INT8, Scheme
+from edgeq.schemes import FP16, FP32, INT4, INT4_G32_ASYM, INT5_G32, INT5_G32_ASYM, INT8, K_QUANTS, Scheme
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,10 @@ class GgufType:
     """A GGUF tensor type edgeq writes: its gguf-py name, block size in weights, bytes per block,
     and what llama.cpp's CPU matmul quantizes the activations to for it (``vec_dot_type``)."""
 
-    name: str  # GGMLQuantizationType member: F32, F16, Q8_0, Q4_0
+    name: str  # GGMLQuantizationType member: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K … Q6_K
     block: int
     block_bytes: int
-    activations: str  # "F32" | "F16" | "Q8_0" (llama.cpp's vec_dot_type for this weight type)
+    activations: str  # "F32" | "F16" | "Q8_0" | "Q8_1" | "Q8_K" (llama.cpp's vec_dot_type for this weight type)
 
     @property
     def quantized(self) -> bool:
@@ -56,7 +58,17 @@ GGUF_TYPES: dict[Scheme, GgufType] = {
     FP16: _type("F16", "F16"),
     INT8: _type("Q8_0", "Q8_0"),
     INT4[32]: _type("Q4_0", "Q8_0"),
+    INT4_G32_ASYM: _type("Q4_1", "Q8_1"),
+    INT5_G32: _type("Q5_0", "Q8_0"),
+    INT5_G32_ASYM: _type("Q5_1", "Q8_1"),
+    **{K_QUANTS[b]: _type(f"Q{b}_K", "Q8_K") for b in (2, 3, 4, 5, 6)},
 }
+# what a whole file is called after its most common type (llama.cpp's ``general.file_type``;
+# LlamaFileType names a K-quant file by its mix: a mostly-Q4_K file is MOSTLY_Q4_K_M)
+FILE_TYPES: dict[str, str] = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0",
+                              "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1",
+                              "Q2_K": "MOSTLY_Q2_K", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M",
+                              "Q5_K": "MOSTLY_Q5_K_M", "Q6_K": "MOSTLY_Q6_K"}
 
 
 def gguf_type(scheme: Scheme, where: str = "") -> GgufType:

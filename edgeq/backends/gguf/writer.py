@@ -97,7 +97,8 @@ def tensor_data(array: Any, type_name: str, where: str) -> tuple[Any, Any]:
     """``(data, GGMLQuantizationType)`` of a float32 array at GGUF type ``type_name``."""
     import numpy as np
     from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
+
+    from edgeq.backends.gguf.numerics import quantized_bytes
 
     qtype = GGMLQuantizationType[type_name]
     array = np.ascontiguousarray(array, dtype=np.float32)
@@ -106,8 +107,8 @@ def tensor_data(array: Any, type_name: str, where: str) -> tuple[Any, Any]:
     if type_name == "F16":
         return array.astype(np.float16), qtype
     try:
-        return quantize(array, qtype), qtype
-    except Exception as exc:  # gguf.quants' QuantError: rows not whole blocks
+        return quantized_bytes(array, type_name), qtype
+    except Exception as exc:  # gguf.quants' QuantError, kquants' ValueError: rows not whole blocks
         raise ExportError(f"{where}: cannot quantize to {type_name}: {exc}", "keep the layer at fp32") from None
 
 
@@ -179,13 +180,16 @@ def write_gguf(model: Any, schemes: dict[str, Any], out: Path, *, max_context: i
 
 
 def _file_type(written: dict[str, str]) -> int:
-    """llama.cpp's ``general.file_type``: the type most 2-D weights have (a mostly-Q4_0 file is MOSTLY_Q4_0)."""
+    """llama.cpp's ``general.file_type``: the type most 2-D weights have (a mostly-Q4_0 file is
+    MOSTLY_Q4_0; a mostly-Q4_K one MOSTLY_Q4_K_M; ties go to the type listed first in ``GGUF_TYPES``)."""
     from gguf import LlamaFileType
 
+    from edgeq.backends.gguf.costs import FILE_TYPES, GGUF_TYPES
+
+    order = [t.name for t in GGUF_TYPES.values()]
     kinds = [t for n, t in written.items() if n.endswith(".weight") and "norm" not in n]
-    common = max(set(kinds), key=kinds.count) if kinds else "F32"
-    return {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
-            "Q4_0": LlamaFileType.MOSTLY_Q4_0}[common]
+    common = min(set(kinds), key=lambda k: (-kinds.count(k), order.index(k))) if kinds else "F32"
+    return LlamaFileType[FILE_TYPES[common]]
 
 
 def _metadata(writer: Any, config: Any, spec: ArchSpec, *, max_context: int, head_dim: int, name: str) -> None:

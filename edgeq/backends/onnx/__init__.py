@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeq import schemes
 from edgeq.backends import Probe
 from edgeq.backends.onnx.costs import (  # noqa: F401  the backend's cost table
     LM_MEMORY,
@@ -51,9 +52,15 @@ ANDROID_PACKAGE = "com.microsoft.onnxruntime:onnxruntime-android"
 ANDROID_LOADS_FROM_PATH = False
 
 
+# the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
+SCHEMES: tuple[Any, ...] = schemes.SCHEMES
+
+
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
-    return ""
+    """Every scheme of ``SCHEMES`` is storable here (shape limits are the planner's)."""
+    from edgeq.schemes import rtn_of
+
+    return "" if rtn_of(scheme) in SCHEMES else f"onnx does not store {scheme.name}"
 
 
 def delegation_key(delegate: str) -> str:
