@@ -134,7 +134,7 @@ def export(
     if plan_input is not None:
         from edgeq.planning.planfile import plan_from_file
 
-        plan = plan_from_file(plan_input, prepared.layers)
+        plan = plan_from_file(plan_input, prepared.layers, get_backend(tgt.format).scheme_fits)
     elif planned:
         from edgeq.planning.costs import measure_costs
         from edgeq.planning.planner import solve_step

@@ -8,20 +8,31 @@ everything inside edgeq asks the value (``scheme.bits``, ``scheme.group``), neve
 string. What a scheme costs in bytes is each backend's own table
 (``edgeq.backends.<format>.costs``).
 
+Where a format has more than one kernel for a scheme (ONNX Runtime's int8 linears:
+8-bit ``MatMulNBits`` or ``MatMulInteger``), the kernel is part of the scheme:
+``int8@matmulinteger`` is ``int8`` computed by the kernel its backend calls
+``matmulinteger``; plain ``int8`` is the format's default kernel. Kernels and the
+schemes only some formats store (``EXTRA``, e.g. ``int8-g32``) are candidates only where
+the backend offers them (its ``extra_schemes``), and its ``scheme_fits`` refuses the rest.
+
 >>> parse("int4-g32").group, parse("INT8").bits
 (32, 8)
 >>> [s.name for s in allowed(["fp32", "int8"])]
 ['fp32', 'int8']
+>>> parse("int8@matmulinteger").kernel, parse("int8-g32").group
+('matmulinteger', 32)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 from edgeq.errors import ConfigError, did_you_mean
 
 INT4_GROUPS = (32, 64, 128)
+KERNEL_NAME = re.compile(r"^[a-z][a-z0-9]{0,31}$")  # what may follow '@' in a scheme name
 
 
 @dataclass(frozen=True)
@@ -34,13 +45,15 @@ class Scheme:
     group: int | None = None  # int: None = one scale per output channel; N = groups of N along K
     symmetric: bool = True
     algorithm: str = "rtn"
+    kernel: str = ""  # "": the format's default kernel for this storage; else one its backend names
 
     @property
     def name(self) -> str:
         if self.kind == "float":
             return f"fp{self.bits}"
         base = f"int{self.bits}" + (f"-g{self.group}" if self.group else "")
-        return base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
+        base = base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
+        return f"{base}@{self.kernel}" if self.kernel else base
 
     @property
     def precision(self) -> str:
@@ -70,15 +83,25 @@ SCHEMES: tuple[Scheme, ...] = (FP32, FP16, INT8, *INT4.values())
 INT4_GPTQ = {g: Scheme("int", 4, g, algorithm="gptq") for g in INT4_GROUPS}
 ALGORITHMS: tuple[str, ...] = ("rtn", "gptq")
 CALIBRATED: tuple[Scheme, ...] = tuple(INT4_GPTQ.values())
-NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED)
-_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED}
+# Stored by some formats only: candidates where a backend's ``extra_schemes`` offers them.
+# int8-g32: symmetric 8-bit blocks of 32 along K (ONNX Runtime's 8-bit MatMulNBits at block
+# 32; the storage of GGUF's Q8_0).
+INT8_G32 = Scheme("int", 8, 32)
+EXTRA: tuple[Scheme, ...] = (INT8_G32,)
+NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED + EXTRA)
+_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED + EXTRA}
 
 
 def parse(text: object, where: str = "") -> Scheme:
     """The scheme named ``text`` (case-insensitive); ``ConfigError`` naming ``where`` otherwise."""
     if isinstance(text, Scheme):
         return text
-    found = _BY_NAME.get(str(text).strip().lower()) if isinstance(text, str) else None
+    found = None
+    if isinstance(text, str):
+        base, at, kernel = text.strip().lower().partition("@")
+        found = _BY_NAME.get(base)
+        if found is not None and at:
+            found = replace(found, kernel=kernel) if KERNEL_NAME.match(kernel) and found.is_quantized else None
     if found is None:
         prefix = f"{where}: " if where else ""
         raise ConfigError(f"{prefix}unknown scheme '{text}'{did_you_mean(str(text), NAMES)}",
@@ -118,4 +141,9 @@ def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Sch
 
 def rtn_of(scheme: Scheme) -> Scheme:
     """The round-to-nearest scheme with ``scheme``'s storage (itself when it is one)."""
-    return Scheme(scheme.kind, scheme.bits, scheme.group, scheme.symmetric)
+    return Scheme(scheme.kind, scheme.bits, scheme.group, scheme.symmetric, kernel=scheme.kernel)
+
+
+def default_kernel(scheme: Scheme) -> Scheme:
+    """``scheme`` computed by its format's default kernel (``int8@matmulinteger`` → ``int8``)."""
+    return replace(scheme, kernel="")

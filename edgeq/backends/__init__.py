@@ -191,6 +191,8 @@ class Backend(Protocol):
     def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
                  calibrated: Any = None) -> Any: ...  # calibrated: {fqn: QuantizedWeight} (GPTQ layers)
     def scheme_fits(self, layer: Any, scheme: Any) -> str: ...  # why layer cannot be stored at scheme ("": it can)
+    # candidates beyond edgeq.schemes.SCHEMES: other kernels of a scheme, schemes only this format stores
+    def extra_schemes(self, layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]: ...
     def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics

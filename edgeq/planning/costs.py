@@ -122,7 +122,8 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         if cannot(layer, scheme):
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}: {cannot(layer, scheme)}",
                               "pin a scheme the format can store")
-        takes = candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
+        takes = (candidate_schemes(layer, families + ["fp32"]) + [s for s in offered if layer.fits(s)]
+                 + be.extra_schemes(layer, families, prepared.decoder_lm))
         if scheme not in takes and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
@@ -136,6 +137,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else [s for s in candidate_schemes(x, families) if not cannot(x, s)] or [FP32]
         for x in layers
     }
+    # Other kernels of a scheme, and schemes only this format stores (ONNX: int8@matmulinteger, int8-g32)
+    for x in layers:
+        if x.fqn not in pinned and x.fqn not in fixed and candidates[x.fqn] != [FP32]:
+            candidates[x.fqn] += [s for s in be.extra_schemes(x, families, prepared.decoder_lm) if not cannot(x, s)]
     # Calibrated schemes (GPTQ) are candidates where the backend stores them and there is
     # calibration data; without data they are named as excluded, and pinning one is an error.
     source = calibration_data.calibration_source(loaded)

@@ -109,8 +109,9 @@ def read_plan_file(path: Path, target: Any = None) -> PlanFile:
     return PlanFile(path, document, schemes, lines)
 
 
-def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
-    """The plan for ``layers``: every planned layer must exist and its shape take its scheme;
+def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo], cannot: Any = None) -> QuantPlan:
+    """The plan for ``layers``: every planned layer must exist and its shape take its scheme
+    (``cannot(layer, scheme)``: the format's reason it cannot, e.g. a kernel it lacks);
     layers the file leaves out stay fp32 (and the plan says so)."""
     from edgeq.errors import did_you_mean
 
@@ -124,6 +125,8 @@ def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
         if not names[fqn].fits(scheme):
             raise ConfigError(f"{where}: layer '{fqn}' (shape {list(names[fqn].shape)}) cannot take {scheme}",
                               "pick a scheme its shape fits, e.g. int8")
+        if cannot is not None and (why := cannot(names[fqn], scheme)):
+            raise ConfigError(f"{where}: layer '{fqn}' cannot take {scheme}: {why}", "pick a scheme the format stores")
     schemes = {fqn: plan_file.schemes.get(fqn, FP32) for fqn in names}
     return QuantPlan(schemes=schemes, reasons={f: "not in the plan file: fp32" for f in names if f not in plan_file.schemes})
 

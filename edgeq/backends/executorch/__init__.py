@@ -55,8 +55,22 @@ ANDROID_LOADS_FROM_PATH = True
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
+    """Why ``layer`` cannot take ``scheme`` here ("" when it can): one kernel per scheme,
+    and none of the schemes only other formats store (shape limits are the planner's)."""
+    from edgeq.schemes import EXTRA
+
+    if scheme.kernel:
+        return f"ExecuTorch has one kernel per scheme here: no '{scheme.kernel}' kernel (use {scheme.name.split('@')[0]})"
+    if scheme in EXTRA:
+        return f"{scheme.name} is not an ExecuTorch scheme"
     return ""
+
+
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """No candidates beyond ``edgeq.schemes.SCHEMES``: XNNPACK's weight-only int8/int4
+    linears compute wrong numbers in executorch 1.5.1, so only the dynamic-activation
+    kernel is offered for each."""
+    return []
 
 
 def delegation_key(delegate: str) -> str:

@@ -55,11 +55,18 @@ def gptq_grid() -> Any:
 _ENCODERS = ("GGUF holds decoder LLMs only", "use an executorch or onnx target for this model")
 
 
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """No candidates beyond ``edgeq.schemes.SCHEMES`` (one kernel per GGUF type)."""
+    return []
+
+
 def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot be stored at ``scheme`` in GGUF ("" when it can): no GGUF type, or
     rows that are not whole blocks."""
     from edgeq.backends.gguf.costs import GGUF_TYPES, row_length
 
+    if scheme.kernel:
+        return f"llama.cpp has one kernel per GGUF type: no '{scheme.kernel}' kernel"
     t = GGUF_TYPES.get(scheme)
     if t is None:
         return f"{scheme.name} has no GGUF tensor type"

@@ -52,8 +52,30 @@ ANDROID_LOADS_FROM_PATH = False
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme the planner offers a layer is storable here (shape limits are the planner's)."""
+    """Why ``layer`` cannot take ``scheme`` here ("" when it can): the kernel choices and
+    int8-g32 exist for linears only (shape limits are the planner's)."""
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.schemes import INT8_G32
+
+    if scheme.kernel and (scheme.kernel != MATMUL_INTEGER or scheme.bits != 8 or scheme.group
+                          or scheme.algorithm != "rtn"):
+        return f"ONNX Runtime has no '{scheme.kernel}' kernel for {scheme.name.split('@')[0]} (int8@{MATMUL_INTEGER} is one)"
+    if (scheme.kernel or scheme == INT8_G32) and layer.kind != "linear":
+        return f"{scheme.name} is a kernel for linears (MatMul) only"
     return ""
+
+
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """Candidates beyond ``edgeq.schemes.SCHEMES`` for ``layer``: an encoder's int8 linears
+    may also run as ``quantize_dynamic``'s per-channel ``MatMulInteger`` (faster, less
+    accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). Decoder LLMs'
+    lowering ships neither."""
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.schemes import INT8, INT8_G32, Scheme
+
+    if decoder_lm or layer.kind != "linear" or "int8" not in precisions:
+        return []
+    return [s for s in (Scheme("int", 8, kernel=MATMUL_INTEGER), INT8_G32) if layer.fits(s)]
 
 
 def delegation_key(delegate: str) -> str:
