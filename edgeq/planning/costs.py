@@ -43,6 +43,8 @@ class PlanCosts:
     target: str = ""
     model: str = ""
     not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
+    # Per (layer, scheme) op time and the graph's remainder (edgeq.planning.latency); None: not measured.
+    latency: Any = None
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
     memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
@@ -95,13 +97,16 @@ def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Sche
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
-                  precisions: list[str] | None = None, algorithms: list[str] | None = None) -> PlanCosts:
+                  precisions: list[str] | None = None, algorithms: list[str] | None = None,
+                  latency: bool = False) -> PlanCosts:
     """Candidates, measured errors and bytes for every layer of ``prepared``.
 
     ``precisions``: the families the candidates come from (default: the target's); a
     caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship.
     ``algorithms``: the calibrated algorithms whose schemes are candidates besides RTN's
-    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only)."""
+    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only).
+    ``latency``: also time each (layer, scheme) (``edgeq.planning.latency``), for a latency
+    budget or a balanced objective."""
     from edgeq.backends import get_backend
     from edgeq.planning import sensitivity
 
@@ -173,6 +178,14 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                    f"1-{len(calib)}, GPTQ: from sample {calibration.first_sample + 1}); more calibration data or "
                    "fewer --samples keeps them apart")
     probe = prepared.probe(steps, use_cache)
+    timings = None
+    if latency:
+        from edgeq.planning.latency import measure_latency
+
+        with steps.step("Timing layers per scheme") as info:
+            timings = measure_latency(prepared, candidates, use_cache)
+            info.detail = (f"fastest plan {timings.fastest_ms():.2f} ms, rest of the graph {timings.remainder_ms:.2f} ms"
+                           f" ({'estimate' if timings.estimate else 'measured on this host'})")
 
     def weight(x: LayerInfo, scheme: Scheme) -> int:
         return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme)
@@ -210,4 +223,5 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         attention_heads=prepared.attention_heads,
         target=tgt.name,
         model=loaded.name,
+        latency=timings,
     )

@@ -33,6 +33,8 @@ class PlanPrediction(BaseModel):
     error: float | None = None
     peak_memory_bytes: int | None = None
     file_overhead_bytes: int | None = None
+    latency_ms: float | None = None  # whole-model p50 (edgeq.planning.latency)
+    latency_source: str | None = None  # how the layers were timed (measured on a host, or an estimate)
 
 
 class PlanDocument(BaseModel):
@@ -45,6 +47,8 @@ class PlanDocument(BaseModel):
     format: str | None = None
     budget_bytes: int | None = None
     memory_budget_bytes: int | None = None
+    latency_budget_ms: float | None = None
+    objective: str | None = None
     binding: str | None = None
     predicted: PlanPrediction | None = None
     layers: dict[str, Any]  # fqn → scheme name; each is parsed by edgeq.schemes.parse, with its line

@@ -100,6 +100,27 @@ def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
     return make(layer, scheme, weights)
 
 
+TIMES_LAYERS = True  # layer_latency times each (layer, scheme) in the runtime here
+
+
+def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
+                  threads: int, use_cache: bool = True) -> tuple[dict[str, dict[str, float]], float, str]:
+    """Each layer's op timed alone in ONNX Runtime at each candidate scheme, the whole fp32
+    graph's p50, and how they were taken (``edgeq.backends.onnx.latency``)."""
+    from edgeq.backends.onnx.latency import layer_latency as measure
+
+    return measure(module, example_inputs, layers, candidates, threads, use_cache)
+
+
+def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
+    """The artifact's p50 (ms) on ``inputs`` in ONNX Runtime here, timed as layers are."""
+    from edgeq.backends.onnx.latency import p50_ms, session
+
+    sess = session(Path(model_file), threads)
+    names = [i.name for i in sess.get_inputs()]
+    return p50_ms(sess, {n: (t.numpy() if hasattr(t, "numpy") else t) for n, t in zip(names, inputs)})
+
+
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
 # the 4-bit grid it stores them on (the runtime's own scales, zero points and rounding).
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ("gptq",)
