@@ -114,3 +114,16 @@ def test_target_latency_budget_and_balanced_objective_steer_the_plan(tmp_path: P
         plan(MODEL, str(f))
     with pytest.raises(ConfigError):
         plan(MODEL, "x86", latency_budget_ms=8, algorithms=["nope"])
+
+
+def test_device_target_latency_is_an_estimate_and_labelled_so():
+    """An Arm board's ONNX target: the layers are costed by the emulator for its profile, and
+    the plan says it is an estimate; the estimate of a bigger linear is larger."""
+    result = plan(MODEL, "rpi5-onnx", latency_budget_ms=1e6)
+    timings = result.latency
+    assert timings.estimate and "ESTIMATE for" in timings.source and "rpi5" in timings.source
+    assert result.to_yaml().count("ESTIMATE") == 1
+    linears = [x for x in result.layers if x.kind == "linear"]
+    small, big = min(linears, key=lambda x: x.params), max(linears, key=lambda x: x.params)
+    if big.params > 2 * small.params:
+        assert timings.layers[big.fqn]["fp32"] > timings.layers[small.fqn]["fp32"] > 0

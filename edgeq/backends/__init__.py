@@ -196,7 +196,8 @@ class Backend(Protocol):
     TIMES_LAYERS: bool  # whether layer_latency times layers here (else it raises ConfigError)
     # per layer and scheme, its op's ms; the whole fp32 graph's ms; how they were taken (a ConfigError: not available)
     def layer_latency(self, module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
-                      threads: int, use_cache: bool = True) -> tuple[dict[str, dict[str, float]], float, str]: ...
+                      threads: int, use_cache: bool = True, device: Any = None
+                      ) -> tuple[dict[str, dict[str, float]], float, str]: ...  # device: (profile, delegates) to estimate for
     def time_artifact(self, model_file: Path, inputs: tuple[Any, ...], threads: int) -> float: ...  # p50 ms here
     def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...

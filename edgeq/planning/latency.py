@@ -66,9 +66,6 @@ def cannot_time(prepared: Any) -> str:
     profile = prepared.resolved.profile
     if not get_backend(prepared.fmt).TIMES_LAYERS:
         return f"edgeq does not time layers per scheme for {prepared.fmt} artifacts yet"
-    if not runs_here(profile):
-        return (f"latency on device {profile.name} ({profile.cpu.arch}) is not predicted per layer yet (edgeq times "
-                f"layers on this {platform.machine()} host only)")
     return ""
 
 
@@ -94,13 +91,15 @@ def measure_latency(prepared: Any, candidates: dict[str, list[Any]], use_cache: 
     tgt, profile = prepared.resolved.target, prepared.resolved.profile
     if why := cannot_time(prepared):
         raise ConfigError(why, "drop the latency budget (and objective: balanced) for this target")
-    threads = host_threads(tgt.runtime.threads)
-    loaded = prepared.loaded
+    loaded, here = prepared.loaded, runs_here(profile)
+    threads = host_threads(tgt.runtime.threads) if here else tgt.runtime.threads
     layers, whole, source = get_backend(prepared.fmt).layer_latency(
-        loaded.module, loaded.example_inputs, prepared.layers, candidates, threads, use_cache)
+        loaded.module, loaded.example_inputs, prepared.layers, candidates, threads, use_cache,
+        device=None if here else (profile, list(tgt.delegates)))
     unused = prepared.unused
     layers = {f: ({s: 0.0 for s in v} if f in unused else v) for f, v in layers.items()}
     remainder = max(whole - sum(v.get("fp32", 0.0) for v in layers.values()), 0.0)
     return LatencyCosts(layers={f: {s: ms for s, ms in v.items() if s in {c.name for c in candidates[f]}}
                                 for f, v in layers.items()},
-                        remainder_ms=remainder, source=f"{source}; on this host, standing in for {profile.name}")
+                        remainder_ms=remainder, estimate=not here,
+                        source=f"{source}; on this host, standing in for {profile.name}" if here else source)

@@ -59,7 +59,8 @@ TIMES_LAYERS = False  # layer_latency times each (layer, scheme) in the runtime 
 
 
 def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
-                  threads: int, use_cache: bool = True) -> tuple[dict[str, dict[str, float]], float, str]:
+                  threads: int, use_cache: bool = True, device: Any = None
+                  ) -> tuple[dict[str, dict[str, float]], float, str]:
     """Not built for GGUF yet: a latency budget or a balanced objective is refused."""
     from edgeq.errors import ConfigError
 

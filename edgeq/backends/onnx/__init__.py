@@ -104,12 +104,16 @@ TIMES_LAYERS = True  # layer_latency times each (layer, scheme) in the runtime h
 
 
 def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
-                  threads: int, use_cache: bool = True) -> tuple[dict[str, dict[str, float]], float, str]:
+                  threads: int, use_cache: bool = True, device: Any = None
+                  ) -> tuple[dict[str, dict[str, float]], float, str]:
     """Each layer's op timed alone in ONNX Runtime at each candidate scheme, the whole fp32
-    graph's p50, and how they were taken (``edgeq.backends.onnx.latency``)."""
-    from edgeq.backends.onnx.latency import layer_latency as measure
+    graph's p50, and how they were taken (``edgeq.backends.onnx.latency``); ``device``:
+    ``(profile, delegates)`` of a device to ESTIMATE them for with the emulator instead."""
+    from edgeq.backends.onnx import latency
 
-    return measure(module, example_inputs, layers, candidates, threads, use_cache)
+    if device is not None:
+        return latency.estimate_layer_latency(module, example_inputs, layers, candidates, threads, *device)
+    return latency.layer_latency(module, example_inputs, layers, candidates, threads, use_cache)
 
 
 def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:

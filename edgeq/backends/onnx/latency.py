@@ -10,6 +10,11 @@ layer kind this module does not build, e.g. convolutions, at fp32) is the fp32 e
 p50 minus its layers' fp32 timings: a plan's predicted latency is that remainder plus its
 layers' timings at their schemes.
 
+For a device that is not this host's kind (``estimate_layer_latency``) the same one-layer
+graphs (and the fp32 export) are costed by the emulator's per-op roofline for the device
+profile (``edgeq.profiling.emulate``): an ESTIMATE, labelled so; each layer's figure
+leaves out the per-run fixed cost, which the remainder keeps once.
+
 Timings are cached on disk (``<cache>/latency``) keyed by what decides them: ONNX Runtime's
 version, this CPU, the threads, the shapes and the scheme; the whole-model timing by the
 model's weights and inputs too. The cache is bounded (``MAX_CACHE_ENTRIES`` per file).
@@ -231,3 +236,66 @@ class _Cache:
 
             write_text_atomic(self.path, json.dumps(self.data, indent=0, sort_keys=True))
             self.dirty = False
+
+
+def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
+                           candidates: dict[str, list[Any]], threads: int, profile: Any,
+                           delegates: list[str]) -> tuple[dict[str, dict[str, float]], float, str]:
+    """``layer_latency``'s figures as the emulator ESTIMATES them for ``profile`` (no cache: a
+    roofline over a few ops is milliseconds)."""
+    import tempfile
+
+    import numpy as np
+
+    from edgeq.backends.onnx.graph import fold_weight_transposes, gemm_to_matmul
+    from edgeq.backends.onnx.lowering import _apply_plan, _export, _strip_debug_metadata
+    from edgeq.backends.onnx.ops import ops_from_onnx
+    from edgeq.profiling.efficiency import fitted
+    from edgeq.profiling.emulate import assign_units, predict
+    from edgeq.schemes import FP32
+
+    used = max(1, min(threads or profile.cpu.cores, profile.cpu.cores))
+    host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
+    device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
+    scale = host_ghz / device_ghz if host_ghz else 1.0
+
+    def estimate(path: Path, whole: bool) -> float:
+        ops = ops_from_onnx(path)
+        pred = predict(ops, assign_units(ops, "onnx", list(delegates), profile, []), "onnx", profile, used,
+                       clock_scale=scale)
+        return (pred.total_s - (0.0 if whole else pred.fixed_s)) * 1e3
+
+    shapes = input_shapes(module, example_inputs, [x.fqn for x in layers])
+    modules = dict(module.named_modules())
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeq-latency-") as tmp:
+        path = Path(tmp) / "layer.onnx"
+        for layer in layers:
+            schemes = list(dict.fromkeys([FP32, *candidates.get(layer.fqn, [])]))
+            if layer.kind not in ("linear", "embedding") or layer.fqn not in shapes:
+                out[layer.fqn] = {s.name: 0.0 for s in schemes}
+                continue
+            mod = modules[layer.fqn]
+            weight = np.random.default_rng(1).standard_normal(tuple(mod.weight.shape)).astype(np.float32) * 0.05
+            bias = np.zeros(weight.shape[0], np.float32) if getattr(mod, "bias", None) is not None else None
+            out[layer.fqn] = {}
+            for scheme in schemes:
+                proto, nodes, _x = layer_graph(layer.kind, weight, bias, shapes[layer.fqn])
+                proto, _ = _apply_plan(proto, {layer.fqn: scheme}, {layer.fqn: nodes})
+                path.write_bytes(proto.SerializeToString())
+                out[layer.fqn][scheme.name] = estimate(path, whole=False)
+
+        class _Model:  # what _export reads of a LoadedModel
+            def __init__(self) -> None:
+                self.module, self.example_inputs = module, example_inputs
+                self.input_names = [f"input_{i}" for i in range(len(example_inputs))]
+                self.output_names = None
+
+        proto = _export(_Model(), Path(tmp))
+        gemm_to_matmul(proto)
+        fold_weight_transposes(proto, set())
+        _strip_debug_metadata(proto)
+        path.write_bytes(proto.SerializeToString())
+        whole = estimate(path, whole=True)
+    return out, whole, (f"ESTIMATE for {profile.name}: the emulator's per-op roofline "
+                        f"({used} threads, {' → '.join(delegates)}), not a measurement")
