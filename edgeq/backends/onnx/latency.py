@@ -4,7 +4,8 @@ Each (layer shape, scheme) is lowered exactly as the artifact's lowering does it
 (``lowering._apply_plan`` on a one-layer graph: MatMul (+ Add for a bias) or Gather) and
 timed in a session with the artifact's options (CPU provider, the target's intra-op
 threads) on an input of the shape the layer sees in the model (captured by one forward
-pass). The p50 of ``TIMED_RUNS`` runs after ``WARMUP_RUNS`` is its cost. Layers with the
+pass). The p50 of ``TIMED_RUNS`` runs after ``WARMUP_RUNS`` (the least of ``ROUNDS``
+round medians) is its cost; the exported artifact is timed the same way. Layers with the
 same shapes share one timing. The rest of the graph (attention, norms, activations; any
 layer kind this module does not build, e.g. convolutions, at fp32) is the fp32 export's own
 p50 minus its layers' fp32 timings: a plan's predicted latency is that remainder plus its
@@ -30,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 WARMUP_RUNS = 5
-TIMED_RUNS = 40
+TIMED_RUNS = 45
+ROUNDS = 3
 MAX_CACHE_ENTRIES = 50_000  # one file of timings; beyond this it starts again (a few MB of JSON)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: p50 as the least of round medians
 
 
 def cpu_name() -> str:
@@ -46,18 +48,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def p50_ms(session: Any, feeds: dict[str, Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS) -> float:
-    """The median wall time of ``session.run`` on ``feeds``, in ms."""
+def p50_ms(session: Any, feeds: dict[str, Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS,
+           rounds: int = ROUNDS) -> float:
+    """The median wall time of ``session.run`` on ``feeds`` in ms: the least of ``rounds``
+    medians of ``runs / rounds`` runs each (on a shared host a burst of other work inflates
+    one round; the least round is the one closest to the kernel's own time)."""
     import statistics
 
     for _ in range(warmup):
         session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(max(1, runs // rounds)):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - start)
+        medians.append(statistics.median(times))
+    return min(medians) * 1e3
 
 
 def session(model: Any, threads: int) -> Any:
@@ -158,7 +166,7 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
     cache.save()
     return out, _whole_fp32_ms(module, example_inputs, threads, use_cache), (
         f"measured here: ONNX Runtime {ort.__version__}, CPU provider, {threads or 'default'} threads, "
-        f"p50 of {TIMED_RUNS} runs, {cpu_name()}")
+        f"p50 (least of {ROUNDS} rounds of {TIMED_RUNS // ROUNDS} runs), {cpu_name()}")
 
 
 def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool) -> float:
