@@ -63,7 +63,6 @@ def cannot_time(prepared: Any) -> str:
     """Why the layers of ``prepared`` cannot be timed for its target ("" when they can)."""
     from edgeq.backends import get_backend
 
-    profile = prepared.resolved.profile
     if not get_backend(prepared.fmt).TIMES_LAYERS:
         return f"edgeq does not time layers per scheme for {prepared.fmt} artifacts yet"
     return ""

@@ -71,7 +71,7 @@ def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list
     accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). Decoder LLMs'
     lowering ships neither."""
     from edgeq.backends.onnx.costs import MATMUL_INTEGER
-    from edgeq.schemes import INT8, INT8_G32, Scheme
+    from edgeq.schemes import INT8_G32, Scheme
 
     if decoder_lm or layer.kind != "linear" or "int8" not in precisions:
         return []
