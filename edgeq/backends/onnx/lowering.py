@@ -204,7 +204,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     for (bits, block), include in sorted(by_pass.items()):
         proto = _nbits(proto, include, bits, block)
     if dynamic:
-        proto = _dynamic_int8(proto, dynamic)
+        proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
+                                                      if node in set(dynamic)}))
     if half:
         proto = _fp16_nodes(proto, half)
     return proto, applied
@@ -275,7 +276,7 @@ def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
     return quantizer.model.model
 
 
-def _dynamic_int8(proto: Any, include: list[str]) -> Any:
+def _dynamic_int8(proto: Any, include: list[str], op_types: list[str]) -> Any:
     import tempfile
 
     import onnx
@@ -285,8 +286,11 @@ def _dynamic_int8(proto: Any, include: list[str]) -> Any:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         proto.graph.ClearField("value_info")
         onnx.save(proto, str(src))
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Gather", "Conv", "MatMul"], nodes_to_quantize=include,
-                         per_channel=True, weight_type=QuantType.QInt8)
+        # DefaultTensorType: ORT's shape inference leaves some exporter constants untyped (an
+        # attention MatMul's 'val_N'), which the quantizer refuses to look past otherwise
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, nodes_to_quantize=include,
+                         per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(str(dst))
 
 
