@@ -119,3 +119,46 @@ def test_each_backend_offers_and_refuses_kernels_as_it_stores_them():
         be = get_backend(fmt)
         assert be.extra_schemes(linear, ["int8"]) == []
         assert be.scheme_fits(linear, parse("int8@matmulinteger")), fmt
+
+
+def test_a_mixed_kernel_plan_exports_and_runs_in_onnx_runtime(tmp_path, tiny_bert_dir):
+    """A BERT with int8 embeddings (quantize_dynamic's Gather), MatMulInteger linears and
+    MatMulNBits block-32 linears in one artifact: each layer lowered by its own kernel (the
+    exporter's untyped attention constants do not stop quantize_dynamic), verified in ONNX
+    Runtime against eager fp32."""
+    import json
+
+    import onnx
+
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.models import load_model
+    from tests.conftest import cli_here
+
+    layers = layer_inventory(load_model(str(tiny_bert_dir), seq_len=32).module)
+    linears = [x.fqn for x in layers if x.kind == "linear"]
+    kernels = {f: ("int8@matmulinteger" if i % 2 else "int8-g32") for i, f in enumerate(linears)}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("layers:\n" + "".join(f"  {x.fqn}: {kernels.get(x.fqn, 'int8' if x.kind == 'embedding' else 'fp32')}\n"
+                                          for x in layers))
+    out = tmp_path / "art"
+    r = cli_here("export", str(tiny_bert_dir), "-t", "x86", "--plan", str(plan), "--seq-len", "32", "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    applied = manifest["precision"]["layers"]
+    called = [f for f in linears if applied[f] != "unused"]  # a sentence embedder never calls the pooler
+    assert len(called) >= 8 and {f: applied[f] for f in called} == {f: kernels[f] for f in called}
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"MatMulInteger", "MatMulNBits"} <= ops
+    assert manifest["numerics"]["cosine_min"] > 0.99
+
+
+def test_a_plan_file_asking_a_format_for_a_kernel_it_lacks_is_refused(tmp_path):
+    from tests.conftest import cli_here
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("layers:\n  fc1: int8@matmulinteger\n")
+    r = cli_here("export", "tests.tiny_models:tiny_text", "-t", "rpi5", "--plan", str(plan), "-o", str(tmp_path / "a"))
+    assert r.returncode == 2 and "no 'matmulinteger' kernel" in r.stderr and "Traceback" not in r.stderr
+    plan.write_text("layers:\n  embed: int8@matmulinteger\n")
+    r = cli_here("export", "tests.tiny_models:tiny_text", "-t", "x86", "--plan", str(plan), "-o", str(tmp_path / "b"))
+    assert r.returncode == 2 and "linears" in r.stderr and "Traceback" not in r.stderr
