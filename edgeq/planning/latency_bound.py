@@ -18,9 +18,10 @@ so this is a multiple-choice knapsack with two resources. Method:
    ``latency_gap`` on the result (0 when steps 1 or 2 decide).
 
 The balanced objective (no latency budget): the fastest plan whose predicted error is
-within ``BALANCED_MARGIN`` of the most accurate plan's — the same latency knapsack turned
-round (``solver.smallest_within``: fewest µs within an error), exact on the grid when it
-fits storage and memory, else the Lagrangian plan with the largest λ within the margin.
+within ``BALANCED_MARGIN`` of the most accurate plan's, its bytes counted as time
+(``BALANCED_MS_PER_MB``) — the same latency knapsack turned round
+(``solver.smallest_within``: fewest µs within an error), exact on the grid when it fits
+storage and memory, else the Lagrangian plan with the largest λ within the margin.
 """
 
 from __future__ import annotations
@@ -39,15 +40,25 @@ LAMBDA_STEPS = 40  # bisection steps on the multiplier (each one storage/memory 
 # at uniform int8 in ONNX Runtime is 0.998–0.999, so the margin is of the order int8 itself
 # costs — a plan within it is about as accurate as an int8 one.
 BALANCED_MARGIN = 1e-3
+# A balanced plan also pays for its bytes: each stored MB counts as this many ms. Every
+# weight byte is read from memory at each run; single-op timings, repeated on a warm cache,
+# do not see that, so without it a layer whose fp32 lookup is a few µs faster than its int8
+# one (an embedding table) would stay fp32 at 4x the bytes. 0.01 ms/MB = streaming a MB at
+# 100 GB/s, the order of a laptop's memory bandwidth.
+BALANCED_MS_PER_MB = 0.01
 
 SolveBudgets = Callable[[Any, Any, float, float], "tuple[Solution, str]"]
 
 
-def time_options(costs: Any) -> dict[str, list[Choice]]:
-    """Each layer's choices costed in µs of its op (``costs.stored``'s schemes and errors)."""
+def time_options(costs: Any, ms_per_mb: float = 0.0) -> dict[str, list[Choice]]:
+    """Each layer's choices costed in µs of its op (``costs.stored``'s schemes and errors),
+    plus ``ms_per_mb`` for each MB it stores."""
     timings = costs.latency.layers
-    return {f: [Choice(c.scheme, math.ceil(timings.get(f, {}).get(str(c.scheme), 0.0) / UNIT_MS - 1e-9), c.error)
-                for c in choices] for f, choices in costs.stored.items()}
+
+    def units(f: str, c: Choice) -> int:
+        return math.ceil((timings.get(f, {}).get(str(c.scheme), 0.0) + c.bytes / 1e6 * ms_per_mb) / UNIT_MS - 1e-9)
+
+    return {f: [Choice(c.scheme, units(f, c), c.error) for c in choices] for f, choices in costs.stored.items()}
 
 
 def solve_within(costs: Any, budgets: Any, storage_cap: float, reserve: float,
@@ -87,18 +98,18 @@ def balanced(costs: Any, budgets: Any, accurate: Solution, storage_cap: float, r
              solve_budgets: SolveBudgets) -> Solution:
     """The fastest plan whose predicted error is within ``BALANCED_MARGIN`` of ``accurate``'s."""
     limit = accurate.error + BALANCED_MARGIN
-    plan = _true(costs, solver.smallest_within(time_options(costs), limit).schemes)
+    plan = _true(costs, solver.smallest_within(time_options(costs, BALANCED_MS_PER_MB), limit).schemes)
     if _fits(costs, budgets, plan, storage_cap):
         return plan
     lo, hi, best = 0.0, 1.0, accurate
     for _ in range(60):  # grow λ until the plan leaves the margin
-        plan = _penalised(costs, budgets, storage_cap, reserve, solve_budgets, hi)
+        plan = _penalised(costs, budgets, storage_cap, reserve, solve_budgets, hi, BALANCED_MS_PER_MB)
         if plan.error > limit:
             break
         best, lo, hi = plan, hi, hi * 4
     for _ in range(LAMBDA_STEPS):
         mid = (lo + hi) / 2
-        plan = _penalised(costs, budgets, storage_cap, reserve, solve_budgets, mid)
+        plan = _penalised(costs, budgets, storage_cap, reserve, solve_budgets, mid, BALANCED_MS_PER_MB)
         if plan.error <= limit:
             lo, best = mid, plan
         else:
@@ -117,12 +128,15 @@ def _fits(costs: Any, budgets: Any, plan: Solution, storage_cap: float) -> bool:
 
 
 def _penalised(costs: Any, budgets: Any, storage_cap: float, reserve: float, solve_budgets: SolveBudgets,
-               lam: float) -> Solution:
-    """The storage/memory plan minimising error + ``lam`` × ms, with its true error."""
+               lam: float, ms_per_mb: float = 0.0) -> Solution:
+    """The storage/memory plan minimising error + ``lam`` × (ms + ``ms_per_mb`` × stored MB),
+    with its true error."""
     timings = costs.latency.layers
+    stored = {f: {str(c.scheme): c.bytes for c in v} for f, v in costs.stored.items()}
 
     def raised(options: dict[str, list[Choice]]) -> dict[str, list[Choice]]:
-        return {f: [Choice(c.scheme, c.bytes, c.error + lam * timings.get(f, {}).get(str(c.scheme), 0.0))
+        return {f: [Choice(c.scheme, c.bytes, c.error + lam * (timings.get(f, {}).get(str(c.scheme), 0.0)
+                                                               + stored[f][str(c.scheme)] / 1e6 * ms_per_mb))
                     for c in choices] for f, choices in options.items()}
 
     plan, _ = solve_budgets(replace(costs, stored=raised(costs.stored), held=raised(costs.held)), budgets,
