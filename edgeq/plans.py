@@ -53,14 +53,16 @@ def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memo
 
 
 def lm_budgets(budgets: Any, tgt: Any, steps: Steps) -> Any:
-    """A decoder LLM's budgets: a latency budget is refused (layers are not timed for LLMs
-    yet); a target's ``objective: balanced`` is noted and planning stays most-accurate."""
+    """A decoder LLM's budgets: ``--latency-budget`` is refused (layers are not timed for
+    LLMs yet); a target's own latency budget or ``objective: balanced`` is noted and
+    planning stays most-accurate."""
     from dataclasses import replace
 
-    if budgets.latency_ms is not None:
-        raise ConfigError(f"a latency budget ({budgets.sources['latency']}) is not available for causal LMs yet",
-                          "drop --latency-budget (or the target's budgets.latency_ms)")
-    if budgets.objective == "balanced":
-        steps.note(f"target {tgt.name}'s objective: balanced applies to encoders; this causal LM is planned for accuracy")
-        return replace(budgets, objective="accuracy")
+    if budgets.latency_ms is not None and budgets.sources.get("latency") == "--latency-budget":
+        raise ConfigError("--latency-budget is not available for causal LMs yet (their layers are not timed)",
+                          "drop --latency-budget")
+    if budgets.objective == "balanced" or budgets.latency_ms is not None:
+        steps.note(f"target {tgt.name}'s latency budget / balanced objective applies to encoders; this causal LM is "
+                   "planned for accuracy ('edgeq check' gates its latency)")
+        return replace(budgets, objective="accuracy", latency_ms=None)
     return budgets

@@ -127,3 +127,13 @@ def test_device_target_latency_is_an_estimate_and_labelled_so():
     small, big = min(linears, key=lambda x: x.params), max(linears, key=lambda x: x.params)
     if big.params > 2 * small.params:
         assert timings.layers[big.fqn]["fp32"] > timings.layers[small.fqn]["fp32"] > 0
+
+
+def test_causal_lms_refuse_a_latency_budget_flag_and_plan_past_a_targets(tmp_path: Path, tiny_llama_dir):
+    r = cli_here("plan", str(tiny_llama_dir), "-t", "x86", "--latency-budget", "8ms", "--max-context", "32")
+    assert r.returncode == 2 and "--latency-budget is not available for causal LMs" in r.stderr
+    f = tmp_path / "t.yaml"
+    f.write_text("extends: x86\nname: x86-lm\nobjective: balanced\nbudgets:\n  latency_ms: 5\n")
+    r = cli_here("plan", str(tiny_llama_dir), "-t", str(f), "--max-context", "32")
+    assert r.returncode == 0, r.stderr
+    assert "planned for accuracy" in r.stdout + r.stderr
