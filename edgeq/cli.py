@@ -41,6 +41,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON 
 Budget = Annotated[Optional[str], typer.Option("--budget", help="Storage budget: the artifact's size, e.g. 20MB (overrides the target's budgets.storage_mb).")]
 Calib = Annotated[Optional[Path], typer.Option("--calib", help="Your calibration data: a .txt (one sample per line), a directory of .txt files or images, or a .npz of model inputs.")]
 MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
+LatencyBudget = Annotated[Optional[str], typer.Option("--latency-budget", help="Latency budget: the plan's predicted whole-model p50, e.g. 8ms or 0.5s (overrides the target's budgets.latency_ms; layers are timed on this host).")]
 MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0, callback=_finite)]
 Algorithms = Annotated[Optional[str], typer.Option("--algorithms", help="Planned mixes: calibrated algorithms offered besides RTN, comma-separated (default: all the format stores, e.g. gptq; 'rtn': RTN only).")]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
@@ -49,6 +50,20 @@ Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: 
 def _names(text: str | None) -> list[str] | None:
     """``"rtn,gptq"`` → ``["rtn", "gptq"]`` (lower-cased; checked by the planner)."""
     return None if text is None else [n.strip().lower() for n in text.split(",") if n.strip()][:16]
+
+
+def parse_duration(text: str, option: str = "--latency-budget") -> float:
+    """``8ms`` / ``0.5s`` / ``8`` (ms) → milliseconds."""
+    import math
+    import re
+
+    from edgeq.errors import ConfigError
+
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(MS|S|US)?\s*", text.upper())
+    value = float(found.group(1)) * {None: 1, "MS": 1, "S": 1e3, "US": 1e-3}[found.group(2)] if found else math.nan
+    if not math.isfinite(value) or value <= 0 or value > 1e9:
+        raise ConfigError(f"cannot read {option} '{text}'", "write it like 8ms, 0.5s or 250us (more than 0)")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -97,6 +112,7 @@ def export(
     budget: Budget = None,
     memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
+    latency_budget: LatencyBudget = None,
     rule: Rules = None,
     calib: Calib = None,
     algorithms: Algorithms = None,
@@ -114,6 +130,7 @@ def export(
         budget_bytes=parse_size(budget) if budget else None,
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
         rules=rule or None, calib=calib, max_context=max_context, algorithms=_names(algorithms),
+        latency_budget_ms=parse_duration(latency_budget) if latency_budget else None,
     )
     if as_json:
         print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
@@ -130,6 +147,7 @@ def plan_cmd(
     budget: Budget = None,
     memory_budget: MemoryBudget = None,
     max_drop: MaxDrop = None,
+    latency_budget: LatencyBudget = None,
     rule: Rules = None,
     calib: Calib = None,
     algorithms: Algorithms = None,
@@ -159,6 +177,7 @@ def plan_cmd(
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
         rules=rule or None, seq_len=seq_len, calib=calib, proxy=proxy, calib_samples=samples, use_cache=not no_cache,
         steps=Steps(show=not (quiet or as_json)), max_context=max_context, algorithms=_names(algorithms),
+        latency_budget_ms=parse_duration(latency_budget) if latency_budget else None,
     )
     if output is not None:
         from edgeq.atomic import write_text_atomic

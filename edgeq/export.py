@@ -58,6 +58,7 @@ def export(
     calib: str | Path | None = None,
     max_context: int | None = None,
     algorithms: list[str] | None = None,
+    latency_budget_ms: float | None = None,
 ) -> ExportResult:
     """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
 
@@ -66,7 +67,10 @@ def export(
     the target's) for every layer. A causal LM is exported with a KV cache of
     ``max_context`` positions by ``edgeq.llm.export.export_lm``. ``algorithms``: for a
     planned mix, the calibrated algorithms offered besides RTN (default: every one the
-    format stores, e.g. GPTQ; ``["rtn"]``: RTN only).
+    format stores, e.g. GPTQ; ``["rtn"]``: RTN only). ``latency_budget_ms`` (else the
+    target's ``budgets.latency_ms``) plans within a predicted whole-model p50; a target
+    with ``objective: balanced`` plans (instead of one precision) when no precision is
+    given. The artifact's p50 measured here is recorded beside the plan's prediction.
     """
     from edgeq.targets import load_target
 
@@ -74,12 +78,16 @@ def export(
     resolved = load_target(target)
     tgt = resolved.target
     planned = (plan_file is not None or budget_bytes is not None or memory_budget_bytes is not None
-               or max_drop is not None or bool(rules))
+               or max_drop is not None or bool(rules) or latency_budget_ms is not None)
     if planned and precision is not None:
         from edgeq.errors import ConfigError
 
-        raise ConfigError("--precision cannot be combined with --plan, --budget, --memory-budget, --max-drop or --rule",
+        raise ConfigError("--precision cannot be combined with --plan, --budget, --memory-budget, --max-drop, "
+                          "--latency-budget or --rule",
                           "use --precision for one precision everywhere, or the others for a per-layer plan")
+    # A target's balanced objective makes its default export a plan (the fastest near the most accurate).
+    by_target = not planned and precision is None and plan_file is None and tgt.objective == "balanced"
+    planned = planned or by_target
     precision = "planned" if planned else _check_precision(precision, tgt)
     # Everything that can be checked without the model is checked before it loads.
     plan_input = None
@@ -108,11 +116,14 @@ def export(
     if loaded.task == "causal-lm":  # a decoder LLM: KV-cache export, generation-checked
         from edgeq.llm.export import export_lm
         from edgeq.planning.solve import Budgets
+        from edgeq.plans import lm_budgets
 
+        if by_target:  # a target's objective is for encoders; an LLM's default stays one precision
+            planned, precision = False, _check_precision(None, tgt)
         budgets = None
         if planned and plan_input is None:
-            budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes,
-                                         max_drop=max_drop)
+            budgets = lm_budgets(Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes,
+                                                    max_drop=max_drop, latency_ms=latency_budget_ms), tgt, steps)
         return export_lm(loaded, resolved, precision=precision, plan_input=plan_input, out_dir=out_dir, force=force,
                          protected=protected, max_context=max_context, steps=steps, strict=strict,
                          budgets=budgets, rules=rules, algorithms=algorithms)
@@ -128,18 +139,23 @@ def export(
     from edgeq.planning.solve import Budgets
 
     prepared = prepare(loaded, resolved)
-    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)
+    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
+                                 latency_ms=latency_budget_ms)
+    if planned and plan_input is None:
+        from edgeq.planning.latency import applicable
+
+        budgets = applicable(budgets, prepared, steps)
     # Stage: plan (measured costs, then a pure solve) — or the plan file, or one precision.
     costs = predicted = None
     if plan_input is not None:
         from edgeq.planning.planfile import plan_from_file
 
-        plan = plan_from_file(plan_input, prepared.layers)
+        plan = plan_from_file(plan_input, prepared.layers, get_backend(tgt.format).scheme_fits)
     elif planned:
         from edgeq.planning.costs import measure_costs
         from edgeq.planning.planner import solve_step
 
-        costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms)
+        costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms, latency=budgets.wants_latency)
         predicted = solve_step(costs, budgets, steps)
         plan = predicted.plan
     else:
@@ -211,11 +227,26 @@ def export(
                 "verified_error": numerics.error(loaded.metric) if numerics else None,
                 "error_metric": "1 - cosine" if loaded.metric == "cosine" else "KL(fp32 || artifact)",
             }
+            if predicted.predicted_latency_ms is not None:
+                manifest["plan"].update(_latency_record(be, predicted, model_file, loaded, tgt, steps))
         # A field of the wrong type here is an edgeq bug; it fails before anything is written.
         typed = Manifest.model_validate(manifest)
         _check_storage_budget(typed, tgt)
         write_manifest(work, typed)
     return ExportResult(artifact_dir=out_dir, manifest=typed)
+
+
+def _latency_record(be: Any, predicted: Any, model_file: Path, loaded: Any, tgt: Any, steps: Steps) -> dict[str, Any]:
+    """The plan's predicted p50 beside the artifact's measured here, timed as its layers were."""
+    from edgeq.planning.latency import host_threads
+
+    with steps.step("Timing the artifact") as info:
+        measured = be.time_artifact(model_file, loaded.example_inputs, host_threads(tgt.runtime.threads))
+        info.detail = (f"p50 {measured:.2f} ms measured here, {predicted.predicted_latency_ms:.2f} ms predicted "
+                       f"({measured / predicted.predicted_latency_ms - 1:+.0%})")
+    return {"objective": predicted.objective, "latency_budget_ms": predicted.latency_budget_ms,
+            "predicted_latency_ms": round(predicted.predicted_latency_ms, 4), "measured_latency_ms": round(measured, 4),
+            "latency_source": predicted.latency.source}
 
 
 def _load(model: str | Path, task: str | None, seq_len: int, trust_remote_code: bool, calib: Any,

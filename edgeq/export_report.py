@@ -63,6 +63,10 @@ def print_export_summary(result: Any) -> None:
         table.add_row("plan", f"predicted error {plan['predicted_error']:.4g}, verified "
                       + (f"{plan['verified_error']:.4g}" if plan.get("verified_error") is not None else "n/a")
                       + f" ({plan['error_metric']}); decided by: {plan.get('binding') or 'n/a'}")
+        if plan.get("predicted_latency_ms") is not None:
+            budget = f", budget {plan['latency_budget_ms']:g} ms" if plan.get("latency_budget_ms") else ""
+            table.add_row("latency", f"p50 {plan['predicted_latency_ms']:.2f} ms predicted, "
+                          f"{plan['measured_latency_ms']:.2f} ms measured on this host{budget}")
     table.add_row("written to", str(result.artifact_dir))
     console = Console()
     console.print(table)
@@ -82,18 +86,22 @@ def _budget(actual_bytes: float, budget_mb: float) -> str:
 
 def print_plan(result: Any, written_to: Any = None) -> None:
     from rich.console import Console
+
+    from edgeq.planning.latency_bound import BALANCED_MARGIN
     from rich.table import Table
 
     table = Table(title=f"Plan for {result.model} on {result.target} ({result.fmt})", title_justify="left")
-    for col in ("layer", "scheme", "bytes", "sensitivity", "cumulative"):
+    timings = result.latency.layers if result.latency is not None else None
+    for col in ("layer", "scheme", "bytes", "sensitivity", "cumulative") + (("ms",) if timings else ()):
         table.add_column(col, justify="right" if col != "layer" else "left")
     total = result.other_bytes
     for layer in result.layers:
         scheme = result.plan.schemes[layer.fqn].name
         total += result.layer_bytes[layer.fqn]
         pinned = " (pinned)" if layer.fqn in result.pinned else ""
+        ms = (f"{timings[layer.fqn][scheme]:.3f}",) if timings else ()
         table.add_row(layer.fqn, scheme + pinned, human_bytes(result.layer_bytes[layer.fqn]),
-                      f"{result.sensitivity[layer.fqn][scheme]:.2e}", human_bytes(total))
+                      f"{result.sensitivity[layer.fqn][scheme]:.2e}", human_bytes(total), *ms)
     console = Console()
     console.print(table)
     src = result.budget_sources
@@ -117,11 +125,24 @@ def print_plan(result: Any, written_to: Any = None) -> None:
             console.print("  " + line)
     for algorithm, why in getattr(result, "not_measured", {}).items():
         console.print(f"{algorithm} schemes were not candidates: {why}")
+    if result.predicted_latency_ms is not None:
+        budget = (f" of a {result.latency_budget_ms:g} ms budget ({src.get('latency', '')})"
+                  if result.latency_budget_ms is not None else "")
+        gap = (f"; within {result.latency_gap:.2g} predicted error of the best plan in the budget (Lagrangian bound)"
+               if result.latency_gap else "")
+        console.print(f"predicted latency p50 {result.predicted_latency_ms:.2f} ms{budget} \[rest of the graph "
+                      f"{result.latency.remainder_ms:.2f} ms; {result.latency.source}]{gap}")
     if result.binding:
         console.print({"storage": "the storage budget decided the plan",
                        "memory": "the memory budget decided the plan",
                        "max-drop": "--max-drop decided the plan (smallest within the error bound)",
-                       "none": "neither budget binds: every layer has its most accurate scheme"}[result.binding])
+                       "latency": "the latency budget decided the plan",
+                       "latency + storage/memory": "the latency budget and the storage or memory budget decided the plan",
+                       "none": "neither budget binds: every layer has its most accurate scheme"}.get(
+                          result.binding, f"decided by: {result.binding}"))
+    if result.objective == "balanced" and result.latency_budget_ms is None:
+        console.print("objective balanced: the fastest plan within a predicted error of "
+                      f"{BALANCED_MARGIN:g} of the most accurate one")
     if written_to:
         console.print(f"plan written to {written_to}; use it with 'edgeq export --plan {written_to}'")
 

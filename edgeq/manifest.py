@@ -172,6 +172,13 @@ class PlanRecord(Strict):
     predicted_error: float
     verified_error: float | None
     error_metric: str
+    # With a latency budget or a balanced objective (edgeq.planning.latency): the plan's
+    # predicted whole-model p50 beside the artifact's p50 measured here after export.
+    objective: str | None = None
+    latency_budget_ms: float | None = None
+    predicted_latency_ms: float | None = None
+    measured_latency_ms: float | None = None
+    latency_source: str | None = None
 
 
 class LLMVerification(Strict):

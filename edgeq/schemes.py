@@ -8,20 +8,31 @@ everything inside edgeq asks the value (``scheme.bits``, ``scheme.group``), neve
 string. What a scheme costs in bytes is each backend's own table
 (``edgeq.backends.<format>.costs``).
 
+Where a format has more than one kernel for a scheme (ONNX Runtime's int8 linears:
+8-bit ``MatMulNBits`` or ``MatMulInteger``), the kernel is part of the scheme:
+``int8@matmulinteger`` is ``int8`` computed by the kernel its backend calls
+``matmulinteger``; plain ``int8`` is the format's default kernel. Kernels and the
+schemes only some formats store (``EXTRA``, e.g. ``int8-g32``) are candidates only where
+the backend offers them (its ``extra_schemes``), and its ``scheme_fits`` refuses the rest.
+
 >>> parse("int4-g32").group, parse("INT8").bits
 (32, 8)
 >>> [s.name for s in allowed(["fp32", "int8"])]
 ['fp32', 'int8']
+>>> parse("int8@matmulinteger").kernel, parse("int8-g32").group
+('matmulinteger', 32)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 from edgeq.errors import ConfigError, did_you_mean
 
 INT4_GROUPS = (32, 64, 128)
+KERNEL_NAME = re.compile(r"^[a-z][a-z0-9]{0,31}$")  # what may follow '@' in a scheme name
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Scheme:
     # llama.cpp's K-quant layout: super-blocks of ``group`` (256) weights whose sub-block
     # scales are themselves quantized (named ``int4-k``: the bits say which K type)
     superblock: bool = False
+    kernel: str = ""  # "": the format's default kernel for this storage; else one its backend names
 
     @property
     def name(self) -> str:
@@ -46,7 +58,8 @@ class Scheme:
             base = f"int{self.bits}-k"
         else:
             base = f"int{self.bits}" + (f"-g{self.group}" if self.group else "") + ("" if self.symmetric else "-asym")
-        return base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
+        base = base if self.algorithm == "rtn" else f"{base}-{self.algorithm}"
+        return f"{base}@{self.kernel}" if self.kernel else base
 
     @property
     def precision(self) -> str:
@@ -92,15 +105,25 @@ K_QUANTS = {b: Scheme("int", b, 256, symmetric=b in (3, 6), superblock=True) for
 BLOCK_SCHEMES: tuple[Scheme, ...] = (INT4_G32_ASYM, INT5_G32, INT5_G32_ASYM, *K_QUANTS.values())
 # every precision family a scheme belongs to (what a target's ``precisions`` may list)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
-NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES)
-_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES}
+# Stored by some formats only: candidates where a backend's ``extra_schemes`` offers them.
+# int8-g32: symmetric 8-bit blocks of 32 along K (ONNX Runtime's 8-bit MatMulNBits at block
+# 32; the storage of GGUF's Q8_0).
+INT8_G32 = Scheme("int", 8, 32)
+EXTRA: tuple[Scheme, ...] = (INT8_G32,)
+NAMES: tuple[str, ...] = tuple(s.name for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES + EXTRA)
+_BY_NAME = {s.name: s for s in SCHEMES + CALIBRATED + BLOCK_SCHEMES + EXTRA}
 
 
 def parse(text: object, where: str = "") -> Scheme:
     """The scheme named ``text`` (case-insensitive); ``ConfigError`` naming ``where`` otherwise."""
     if isinstance(text, Scheme):
         return text
-    found = _BY_NAME.get(str(text).strip().lower()) if isinstance(text, str) else None
+    found = None
+    if isinstance(text, str):
+        base, at, kernel = text.strip().lower().partition("@")
+        found = _BY_NAME.get(base)
+        if found is not None and at:
+            found = replace(found, kernel=kernel) if KERNEL_NAME.match(kernel) and found.is_quantized else None
     if found is None:
         prefix = f"{where}: " if where else ""
         raise ConfigError(f"{prefix}unknown scheme '{text}'{did_you_mean(str(text), NAMES)}",
@@ -153,3 +176,8 @@ def calibrated(precisions: Iterable[str], algorithms: Iterable[str]) -> list[Sch
 def rtn_of(scheme: Scheme) -> Scheme:
     """The round-to-nearest scheme with ``scheme``'s storage (itself when it is one)."""
     return replace(scheme, algorithm="rtn")
+
+
+def default_kernel(scheme: Scheme) -> Scheme:
+    """``scheme`` computed by its format's default kernel (``int8@matmulinteger`` → ``int8``)."""
+    return replace(scheme, kernel="")

@@ -216,6 +216,14 @@ class Backend(Protocol):
     def lower_lm(self, model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
                  calibrated: Any = None) -> Any: ...  # calibrated: {fqn: QuantizedWeight} (GPTQ layers)
     def scheme_fits(self, layer: Any, scheme: Any) -> str: ...  # why layer cannot be stored at scheme ("": it can)
+    # candidates beyond edgeq.schemes.SCHEMES: other kernels of a scheme, schemes only this format stores
+    def extra_schemes(self, layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]: ...
+    TIMES_LAYERS: bool  # whether layer_latency times layers here (else it raises ConfigError)
+    # per layer and scheme, its op's ms; the whole fp32 graph's ms; how they were taken (a ConfigError: not available)
+    def layer_latency(self, module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
+                      threads: int, use_cache: bool = True, device: Any = None
+                      ) -> tuple[dict[str, dict[str, float]], float, str]: ...  # device: (profile, delegates) to estimate for
+    def time_artifact(self, model_file: Path, inputs: tuple[Any, ...], threads: int) -> float: ...  # p50 ms here
     def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics

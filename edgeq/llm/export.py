@@ -217,7 +217,17 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
     if plan_input is not None:
         from edgeq.planning.planfile import plan_from_file
 
-        wrapped, requested = plan_from_file(plan_input, layers), "planned"
+        from edgeq.backends import get_backend
+        from edgeq.schemes import EXTRA
+
+        be = get_backend(tgt.format)
+
+        def cannot(layer: Any, scheme: Any) -> str:  # decoder LLMs' lowerings ship one kernel per scheme
+            if scheme.kernel or scheme in EXTRA:
+                return "decoder LLM lowerings take the schemes of edgeq.schemes.SCHEMES only"
+            return be.scheme_fits(layer, scheme)
+
+        wrapped, requested = plan_from_file(plan_input, layers, cannot), "planned"
     else:
         wrapped, requested = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
                                           keep_fp32=tgt.quantization.keep_fp32), precision

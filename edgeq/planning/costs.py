@@ -45,6 +45,8 @@ class PlanCosts:
     not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
     # (table, head) pairs the format stores as one tensor when both take one scheme (edgeq.planning.shared)
     shared_heads: tuple[tuple[str, str], ...] = ()
+    # Per (layer, scheme) op time and the graph's remainder (edgeq.planning.latency); None: not measured.
+    latency: Any = None
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
     memory_model: Callable[[dict[str, Scheme], int], Any] | None = None
 
@@ -101,13 +103,16 @@ def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Sche
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
-                  precisions: list[str] | None = None, algorithms: list[str] | None = None) -> PlanCosts:
+                  precisions: list[str] | None = None, algorithms: list[str] | None = None,
+                  latency: bool = False) -> PlanCosts:
     """Candidates, measured errors and bytes for every layer of ``prepared``.
 
     ``precisions``: the families the candidates come from (default: the target's); a
     caller whose lowering takes fewer (decoder LLMs) passes the ones it can ship.
     ``algorithms``: the calibrated algorithms whose schemes are candidates besides RTN's
-    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only)."""
+    (default: every one the format stores, e.g. ``["gptq"]``; ``["rtn"]``: RTN only).
+    ``latency``: also time each (layer, scheme) (``edgeq.planning.latency``), for a latency
+    budget or a balanced objective."""
     from edgeq.backends import get_backend
     from edgeq.planning import sensitivity
 
@@ -132,7 +137,8 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         if cannot(layer, scheme):
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}: {cannot(layer, scheme)}",
                               "pin a scheme the format can store")
-        takes = candidate_schemes(layer, families + ["fp32"], be.SCHEMES) + [s for s in offered if layer.fits(s)]
+        takes = (candidate_schemes(layer, families + ["fp32"], be.SCHEMES) + [s for s in offered if layer.fits(s)]
+                 + be.extra_schemes(layer, families, prepared.decoder_lm))
         if scheme not in takes and scheme != FP32:
             raise ConfigError(f"layer {fqn} cannot take {scheme} on target {tgt.name}",
                               "its shape or kind does not fit the scheme, or the target does not allow it")
@@ -146,6 +152,10 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         else [s for s in candidate_schemes(x, families, be.SCHEMES) if not cannot(x, s)] or [FP32]
         for x in layers
     }
+    # Other kernels of a scheme, and schemes only this format stores (ONNX: int8@matmulinteger, int8-g32)
+    for x in layers:
+        if x.fqn not in pinned and x.fqn not in fixed and candidates[x.fqn] != [FP32]:
+            candidates[x.fqn] += [s for s in be.extra_schemes(x, families, prepared.decoder_lm) if not cannot(x, s)]
     # Calibrated schemes (GPTQ; HQQ) are candidates where the backend stores them and there is
     # calibration data (HQQ needs none); without data they are named as excluded, and pinning
     # one is an error.
@@ -186,6 +196,14 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                    f"1-{len(calib)}, GPTQ: from sample {calibration.first_sample + 1}); more calibration data or "
                    "fewer --samples keeps them apart")
     probe = prepared.probe(steps, use_cache)
+    timings = None
+    if latency:
+        from edgeq.planning.latency import measure_latency
+
+        with steps.step("Timing layers per scheme") as info:
+            timings = measure_latency(prepared, candidates, use_cache)
+            info.detail = (f"fastest plan {timings.fastest_ms():.2f} ms, rest of the graph {timings.remainder_ms:.2f} ms"
+                           f" ({'estimate' if timings.estimate else 'measured on this host'})")
 
     def weight(x: LayerInfo, scheme: Scheme) -> int:
         return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme)
@@ -225,4 +243,5 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         model=loaded.name,
         shared_heads=tuple((x.tied, x.fqn) for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
                            and x.tied in candidates and x.fqn in candidates),
+        latency=timings,
     )

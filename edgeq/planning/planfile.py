@@ -33,6 +33,8 @@ class PlanPrediction(BaseModel):
     error: float | None = None
     peak_memory_bytes: int | None = None
     file_overhead_bytes: int | None = None
+    latency_ms: float | None = None  # whole-model p50 (edgeq.planning.latency)
+    latency_source: str | None = None  # how the layers were timed (measured on a host, or an estimate)
 
 
 class PlanDocument(BaseModel):
@@ -45,6 +47,8 @@ class PlanDocument(BaseModel):
     format: str | None = None
     budget_bytes: int | None = None
     memory_budget_bytes: int | None = None
+    latency_budget_ms: float | None = None
+    objective: str | None = None
     binding: str | None = None
     predicted: PlanPrediction | None = None
     layers: dict[str, Any]  # fqn → scheme name; each is parsed by edgeq.schemes.parse, with its line
@@ -109,8 +113,9 @@ def read_plan_file(path: Path, target: Any = None) -> PlanFile:
     return PlanFile(path, document, schemes, lines)
 
 
-def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
-    """The plan for ``layers``: every planned layer must exist and its shape take its scheme;
+def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo], cannot: Any = None) -> QuantPlan:
+    """The plan for ``layers``: every planned layer must exist and its shape take its scheme
+    (``cannot(layer, scheme)``: the format's reason it cannot, e.g. a kernel it lacks);
     layers the file leaves out stay fp32 (and the plan says so)."""
     from edgeq.errors import did_you_mean
 
@@ -124,6 +129,8 @@ def plan_from_file(plan_file: PlanFile, layers: list[LayerInfo]) -> QuantPlan:
         if not names[fqn].fits(scheme):
             raise ConfigError(f"{where}: layer '{fqn}' (shape {list(names[fqn].shape)}) cannot take {scheme}",
                               "pick a scheme its shape fits, e.g. int8")
+        if cannot is not None and (why := cannot(names[fqn], scheme)):
+            raise ConfigError(f"{where}: layer '{fqn}' cannot take {scheme}: {why}", "pick a scheme the format stores")
     schemes = {fqn: plan_file.schemes.get(fqn, FP32) for fqn in names}
     return QuantPlan(schemes=schemes, reasons={f: "not in the plan file: fp32" for f in names if f not in plan_file.schemes})
 

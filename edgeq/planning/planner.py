@@ -61,6 +61,7 @@ def plan(
     seq_len: int | None = None,
     calib: str | Path | None = None,
     algorithms: list[str] | None = None,
+    latency_budget_ms: float | None = None,
 ) -> PlanResult:
     """Choose a scheme per layer for ``model`` (a LoadedModel or source) on ``target``.
 
@@ -73,16 +74,23 @@ def plan(
     (else the backend's fp32 probe plans it, cached). ``calib``: the user's calibration
     data (see ``edgeq.models.calib``) instead of the built-in split. ``algorithms``: the
     calibrated algorithms offered besides RTN (default: all the format stores; see
-    ``edgeq.planning.costs.measure_costs``).
+    ``edgeq.planning.costs.measure_costs``). ``latency_budget_ms`` (else the target's
+    ``budgets.latency_ms``): the plan's predicted whole-model p50 must stay within it
+    (``edgeq.planning.latency_bound``); each (layer, scheme) is then timed on this host.
     """
     steps = steps or Steps()
     loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
     tgt = resolved.target
-    costs = measure_costs(prepare(loaded, resolved), rules=rules, proxy=proxy, calib_samples=calib_samples,
-                          use_cache=use_cache, steps=steps, algorithms=algorithms)
+    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
+                                 latency_ms=latency_budget_ms)
+    from edgeq.planning.latency import applicable
+
+    prepared = prepare(loaded, resolved)
+    budgets = applicable(budgets, prepared, steps)
+    costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples,
+                          use_cache=use_cache, steps=steps, algorithms=algorithms, latency=budgets.wants_latency)
     if planned_activation_bytes is not None:
         costs = costs.with_activation_bytes(planned_activation_bytes)
-    budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop)
     return solve_step(costs, budgets, steps)
 
 
@@ -92,5 +100,7 @@ def solve_step(costs: Any, budgets: Budgets, steps: Steps, reserve_bytes: float 
         result = solve(costs, budgets, reserve_bytes=reserve_bytes)
         layer_total = sum(result.layer_bytes.values())
         info.detail = (f"{layer_total / 1e6:.2f} MB of layers, predicted peak memory "
-                       f"{result.memory.total_bytes / 1e6:.1f} MB, predicted error {result.predicted_error:.4g}")
+                       f"{result.memory.total_bytes / 1e6:.1f} MB, predicted error {result.predicted_error:.4g}"
+                       + (f", predicted latency {result.predicted_latency_ms:.2f} ms"
+                          if result.predicted_latency_ms is not None else ""))
     return result

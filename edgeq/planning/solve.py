@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.planning import solver
+from edgeq.planning import latency_bound, solver
 from edgeq.planning.shared import sharing, solve_shared, total_bytes
 from edgeq.planning.inventory import LayerInfo
 from edgeq.planning.plan import QuantPlan
@@ -34,18 +34,29 @@ class Budgets:
     memory_bytes: int  # its predicted peak runtime memory
     sources: dict[str, str]  # storage/memory → "--budget" or "target NAME"
     max_drop: float | None = None  # with it: the smallest plan within this predicted error
+    latency_ms: float | None = None  # the plan's predicted whole-model p50 (edgeq.planning.latency)
+    objective: str = "accuracy"  # accuracy | balanced (without a latency budget: see solve)
 
     @classmethod
     def for_target(cls, tgt: Any, *, storage_bytes: int | None = None, memory_bytes: int | None = None,
-                   max_drop: float | None = None) -> "Budgets":
+                   max_drop: float | None = None, latency_ms: float | None = None) -> "Budgets":
         """The user's budgets where given, else the target's."""
+        target_latency = tgt.budgets.latency_ms
         return cls(
             storage_bytes=storage_bytes if storage_bytes is not None else int(tgt.budgets.storage_mb * 1e6),
             memory_bytes=memory_bytes if memory_bytes is not None else int(tgt.budgets.runtime_memory_mb * 1e6),
             sources={"storage": "--budget" if storage_bytes is not None else f"target {tgt.name}",
-                     "memory": "--memory-budget" if memory_bytes is not None else f"target {tgt.name}"},
+                     "memory": "--memory-budget" if memory_bytes is not None else f"target {tgt.name}",
+                     "latency": "--latency-budget" if latency_ms is not None else f"target {tgt.name}"},
             max_drop=max_drop,
+            latency_ms=latency_ms if latency_ms is not None else target_latency,
+            objective=tgt.objective,
         )
+
+    @property
+    def wants_latency(self) -> bool:
+        """Whether solving needs each (layer, scheme)'s time."""
+        return self.latency_ms is not None or self.objective == "balanced"
 
 
 @dataclass
@@ -69,6 +80,11 @@ class PlanResult:
     budget_sources: dict[str, str] = field(default_factory=dict)  # storage/memory → "--budget" or "target NAME"
     excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # fqn → {scheme: why it cannot take it}
     not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
+    latency_budget_ms: float | None = None
+    predicted_latency_ms: float | None = None  # whole-model p50 of the plan (edgeq.planning.latency)
+    latency: Any = None  # edgeq.planning.latency.LatencyCosts the prediction came from
+    objective: str = "accuracy"
+    latency_gap: float = 0.0  # bound on how much less error a plan within the latency budget could have
 
     @property
     def predicted_bytes(self) -> int:
@@ -82,9 +98,14 @@ class PlanResult:
         return PlanDocument(
             model=self.model, target=self.target, format=self.fmt, budget_bytes=self.budget_bytes,
             memory_budget_bytes=self.memory_budget_bytes, binding=self.binding,
+            latency_budget_ms=self.latency_budget_ms,
+            objective=self.objective if self.objective != "accuracy" else None,
             predicted=PlanPrediction(bytes=self.predicted_bytes, error=round(self.predicted_error, 8),
                                      peak_memory_bytes=self.memory.total_bytes if self.memory else None,
-                                     file_overhead_bytes=self.file_overhead_bytes),
+                                     file_overhead_bytes=self.file_overhead_bytes,
+                                     latency_ms=None if self.predicted_latency_ms is None
+                                     else round(self.predicted_latency_ms, 3),
+                                     latency_source=self.latency.source if self.latency else None),
             layers=self.plan.names(),
             notes={f: r for f, r in self.plan.reasons.items() if f not in self.pinned},
             cannot_take=self.excluded,
@@ -100,6 +121,10 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
     within it), holding ``reserve_bytes`` of the storage budget back for file bytes the
     costs do not predict."""
     other, file_base = costs.other_bytes, costs.file_base_bytes
+    timings = costs.latency
+    if budgets.wants_latency and timings is None:
+        raise ValueError("a latency budget or a balanced objective needs costs measured with latency=True")
+    gap = 0.0
     if budgets.max_drop is not None:
         try:
             solution = solve_shared(solver.smallest_within, costs.stored, budgets.max_drop, costs.shared_heads)
@@ -107,9 +132,16 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
             raise BudgetError(str(exc), "raise --max-drop or allow more precisions") from None
         binding = "max-drop"
         _check_fits(solution, costs.predict(solution.schemes), other + file_base, budgets)
+        if budgets.latency_ms is not None:
+            _check_latency(timings, solution.schemes, budgets)
     else:
-        solution, binding = _solve_budgets(costs, budgets, budgets.storage_bytes - other - file_base - reserve_bytes,
-                                           file_base + reserve_bytes)
+        storage_cap, reserve = budgets.storage_bytes - other - file_base - reserve_bytes, file_base + reserve_bytes
+        solution, binding = _solve_budgets(costs, budgets, storage_cap, reserve)
+        if budgets.latency_ms is not None and timings.predict(solution.schemes) > budgets.latency_ms:
+            solution, binding, gap = latency_bound.solve_within(costs, budgets, storage_cap, reserve, _solve_budgets)
+        elif budgets.latency_ms is None and budgets.objective == "balanced":
+            solution = latency_bound.balanced(costs, budgets, solution, storage_cap, reserve, _solve_budgets)
+            binding = f"{binding}, balanced"
     schemes = solution.schemes
     free = sharing(schemes, costs.shared_heads)  # tied heads stored as their table's tensor
     layer_bytes = {x.fqn: 0 if x.fqn in free else costs.layer_bytes[x.fqn][schemes[x.fqn].name] for x in costs.layers}
@@ -135,6 +167,11 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
         not_measured=costs.not_measured,
         binding=binding,
         budget_sources=budgets.sources,
+        latency_budget_ms=budgets.latency_ms,
+        predicted_latency_ms=timings.predict(schemes) if timings else None,
+        latency=timings,
+        objective=budgets.objective,
+        latency_gap=gap,
     )
 
 
@@ -199,6 +236,14 @@ def _check_fits(solution: Any, estimate: Any, other: int, budgets: Budgets) -> N
         raise BudgetError(f"the smallest plan within --max-drop needs {describe_memory(estimate)}, over the memory "
                           f"budget of {budgets.memory_bytes / 1e6:g} MB ({budgets.sources['memory']})",
                           "raise --max-drop or --memory-budget")
+
+
+def _check_latency(timings: Any, schemes: dict[str, Any], budgets: Budgets) -> None:
+    predicted = timings.predict(schemes)
+    if predicted > budgets.latency_ms:
+        raise BudgetError(f"the smallest plan within --max-drop is predicted at {predicted:.2f} ms, over the latency "
+                          f"budget of {budgets.latency_ms:g} ms ({budgets.sources['latency']})",
+                          "raise --max-drop or the latency budget")
 
 
 def describe_memory(estimate: Any) -> str:

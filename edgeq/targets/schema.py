@@ -186,6 +186,9 @@ class Target(Strict):
     precisions: list[Precision] = Field(min_length=1)
     default_precision: Precision
     budgets: Budgets
+    # accuracy: the most accurate plan within the budgets; balanced (without a latency budget):
+    # the fastest plan within a small predicted-error margin of it (edgeq.planning.latency_bound)
+    objective: Literal["accuracy", "balanced"] = "accuracy"
     quantization: Quantization = Quantization()
     runtime: Runtime = Runtime()
     seq_len: int = Field(default=128, gt=0, le=1_048_576, description="static sequence length for text models")

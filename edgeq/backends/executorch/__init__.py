@@ -60,10 +60,39 @@ SCHEMES: tuple[Any, ...] = schemes.SCHEMES
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme of ``SCHEMES`` is storable here (shape limits are the planner's)."""
+    """Why ``layer`` cannot take ``scheme`` here ("" when it can): one kernel per scheme, and
+    only the schemes of ``SCHEMES`` (shape limits are the planner's)."""
     from edgeq.schemes import rtn_of
 
-    return "" if rtn_of(scheme) in SCHEMES else f"executorch does not store {scheme.name}"
+    if scheme.kernel:
+        return f"ExecuTorch has one kernel per scheme here: no '{scheme.kernel}' kernel (use {scheme.name.split('@')[0]})"
+    return "" if rtn_of(scheme) in SCHEMES else f"{scheme.name} is not an ExecuTorch scheme"
+
+
+TIMES_LAYERS = False  # layer_latency times each (layer, scheme) in the runtime here
+
+
+def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
+                  threads: int, use_cache: bool = True, device: Any = None
+                  ) -> tuple[dict[str, dict[str, float]], float, str]:
+    """Not built for ExecuTorch yet: a latency budget or a balanced objective is refused."""
+    from edgeq.errors import ConfigError
+
+    raise ConfigError("latency budgets and objective: balanced are not available for ExecuTorch targets yet "
+                      "(edgeq times layers per scheme in ONNX Runtime only)",
+                      "drop --latency-budget / budgets.latency_ms / objective: balanced, or use an ONNX target")
+
+
+def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
+    """Not built for ExecuTorch yet (``edgeq profile`` times ExecuTorch artifacts)."""
+    raise NotImplementedError
+
+
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """No candidates beyond ``edgeq.schemes.SCHEMES``: XNNPACK's weight-only int8/int4
+    linears compute wrong numbers in executorch 1.5.1, so only the dynamic-activation
+    kernel is offered for each."""
+    return []
 
 
 def delegation_key(delegate: str) -> str:

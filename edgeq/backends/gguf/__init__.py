@@ -64,11 +64,37 @@ def gptq_grid() -> Any:
 _ENCODERS = ("GGUF holds decoder LLMs only", "use an executorch or onnx target for this model")
 
 
+TIMES_LAYERS = False  # layer_latency times each (layer, scheme) in the runtime here
+
+
+def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
+                  threads: int, use_cache: bool = True, device: Any = None
+                  ) -> tuple[dict[str, dict[str, float]], float, str]:
+    """Not built for GGUF yet: a latency budget or a balanced objective is refused."""
+    from edgeq.errors import ConfigError
+
+    raise ConfigError("latency budgets and objective: balanced are not available for GGUF targets yet "
+                      "(edgeq times layers per scheme in ONNX Runtime only)",
+                      "drop --latency-budget / budgets.latency_ms / objective: balanced, or use an ONNX target")
+
+
+def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
+    """Not built for GGUF yet (``edgeq profile`` times GGUF artifacts)."""
+    raise NotImplementedError
+
+
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """No candidates beyond ``edgeq.schemes.SCHEMES`` (one kernel per GGUF type)."""
+    return []
+
+
 def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot be stored at ``scheme`` in GGUF ("" when it can): no GGUF type, or
     rows that are not whole blocks."""
     from edgeq.backends.gguf.costs import row_length
 
+    if scheme.kernel:
+        return f"llama.cpp has one kernel per GGUF type: no '{scheme.kernel}' kernel"
     t = GGUF_TYPES.get(scheme)
     if t is None:
         return f"{scheme.name} has no GGUF tensor type"

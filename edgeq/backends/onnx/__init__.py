@@ -57,10 +57,32 @@ SCHEMES: tuple[Any, ...] = schemes.SCHEMES
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
-    """Every scheme of ``SCHEMES`` is storable here (shape limits are the planner's)."""
-    from edgeq.schemes import rtn_of
+    """Why ``layer`` cannot take ``scheme`` here ("" when it can): the schemes of ``SCHEMES``,
+    plus, for linears only, the kernel choice and int8-g32 (shape limits are the planner's)."""
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.schemes import INT8_G32, default_kernel, rtn_of
 
-    return "" if rtn_of(scheme) in SCHEMES else f"onnx does not store {scheme.name}"
+    if scheme.kernel and (scheme.kernel != MATMUL_INTEGER or scheme.bits != 8 or scheme.group
+                          or scheme.algorithm != "rtn"):
+        return f"ONNX Runtime has no '{scheme.kernel}' kernel for {scheme.name.split('@')[0]} (int8@{MATMUL_INTEGER} is one)"
+    if (scheme.kernel or scheme == INT8_G32) and layer.kind != "linear":
+        return f"{scheme.name} is a kernel for linears (MatMul) only"
+    if scheme != INT8_G32 and rtn_of(default_kernel(scheme)) not in SCHEMES:
+        return f"onnx does not store {scheme.name}"
+    return ""
+
+
+def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
+    """Candidates beyond ``edgeq.schemes.SCHEMES`` for ``layer``: an encoder's int8 linears
+    may also run as ``quantize_dynamic``'s per-channel ``MatMulInteger`` (faster, less
+    accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). Decoder LLMs'
+    lowering ships neither."""
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.schemes import INT8_G32, Scheme
+
+    if decoder_lm or layer.kind != "linear" or "int8" not in precisions:
+        return []
+    return [s for s in (Scheme("int", 8, kernel=MATMUL_INTEGER), INT8_G32) if layer.fits(s)]
 
 
 def delegation_key(delegate: str) -> str:
@@ -83,6 +105,31 @@ def stand_in(layer: Any, scheme: Any, weights: Any = None) -> Any:
     from edgeq.backends.onnx.numerics import stand_in as make
 
     return make(layer, scheme, weights)
+
+
+TIMES_LAYERS = True  # layer_latency times each (layer, scheme) in the runtime here
+
+
+def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
+                  threads: int, use_cache: bool = True, device: Any = None
+                  ) -> tuple[dict[str, dict[str, float]], float, str]:
+    """Each layer's op timed alone in ONNX Runtime at each candidate scheme, the whole fp32
+    graph's p50, and how they were taken (``edgeq.backends.onnx.latency``); ``device``:
+    ``(profile, delegates)`` of a device to ESTIMATE them for with the emulator instead."""
+    from edgeq.backends.onnx import latency
+
+    if device is not None:
+        return latency.estimate_layer_latency(module, example_inputs, layers, candidates, threads, *device)
+    return latency.layer_latency(module, example_inputs, layers, candidates, threads, use_cache)
+
+
+def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
+    """The artifact's p50 (ms) on ``inputs`` in ONNX Runtime here, timed as layers are."""
+    from edgeq.backends.onnx.latency import p50_ms, session
+
+    sess = session(Path(model_file), threads)
+    names = [i.name for i in sess.get_inputs()]
+    return p50_ms(sess, {n: (t.numpy() if hasattr(t, "numpy") else t) for n, t in zip(names, inputs)})
 
 
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and

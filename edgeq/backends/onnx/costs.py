@@ -28,7 +28,8 @@ from typing import Any
 from edgeq.backends import FileOverhead, LMMemoryTerms, MemoryTerms
 from edgeq.schemes import Scheme
 
-INT8_BLOCK = 128
+INT8_BLOCK = 128  # int8's default kernel: 8-bit MatMulNBits at blocks of 128 (int8-g32: at 32)
+MATMUL_INTEGER = "matmulinteger"  # int8@matmulinteger: quantize_dynamic's per-channel MatMulInteger
 # short names targets use → ONNX Runtime's execution provider names
 EXECUTION_PROVIDERS = {
     "qnn": "QNNExecutionProvider", "coreml": "CoreMLExecutionProvider", "nnapi": "NnapiExecutionProvider",
@@ -53,9 +54,12 @@ def stored_bytes(layer: Any, scheme: Scheme) -> int:
     if scheme.is_float:
         return p * scheme.bits // 8
     if scheme.bits == 8:
-        if layer.kind == "linear":  # blocks of 128 along K, the last one zero-padded
-            blocks = rows * math.ceil(reduce_dim / INT8_BLOCK)
-            return blocks * INT8_BLOCK + blocks * 4
+        if layer.kind == "linear" and scheme.kernel == MATMUL_INTEGER:  # int8 values, fp32 scale + int8 zero a row
+            return p + rows * 5
+        if layer.kind == "linear":  # blocks along K, the last one zero-padded; an fp32 scale each
+            block = scheme.group or INT8_BLOCK
+            blocks = rows * math.ceil(reduce_dim / block)
+            return blocks * block + blocks * 4
         if layer.kind == "embedding":
             return p + 8
         return p + rows * 4

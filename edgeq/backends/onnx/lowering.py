@@ -3,8 +3,9 @@
 Schemes per layer (from the plan):
 
 - int8 linear: ORT ``MatMulNBits`` 8-bit, symmetric blocks of 128 along K,
-  ``accuracy_level=4`` (int8 compute on CPU). Dynamic per-channel ``MatMulInteger``
-  loses more (measured on MiniLM: cosine 0.9935 vs 0.998).
+  ``accuracy_level=4`` (int8 compute on CPU); int8-g32: the same at blocks of 32 (more
+  accurate, slower). int8@matmulinteger: ``quantize_dynamic``'s per-channel
+  ``MatMulInteger`` (faster; loses more: uniform on MiniLM, cosine 0.9935 vs 0.998).
 - int8 embedding / conv: ``quantize_dynamic`` (uint8 table + DequantizeLinear, ConvInteger).
 - int4-gN linear / embedding: ``MatMulNBits`` / ``GatherBlockQuantized`` 4-bit, blocks of N.
 - fp16 (whole model): ORT's float16 converter, inputs and outputs kept in their types;
@@ -32,7 +33,7 @@ from edgeq.backends.onnx.graph import (
 )
 from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS as ONNX_EXECUTION_PROVIDERS
 from edgeq.backends.onnx.calibrated import write_calibrated
-from edgeq.backends.onnx.costs import INT8_BLOCK
+from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER
 from edgeq.errors import ArtifactError, ExportError, describe
 from edgeq.schemes import FP16, FP32, INT8, UNUSED, Scheme
 
@@ -193,8 +194,10 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
         for node, op in nodes.get(fqn, []):
             if scheme == FP16 and op in ("MatMul", "Gather", "Conv"):
                 half.append(node)
-            elif scheme == INT8 and op == "MatMul":
-                by_pass.setdefault((8, INT8_BLOCK), []).append(node)
+            elif scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER and op == "MatMul":
+                dynamic.append(node)
+            elif scheme.bits == 8 and not scheme.kernel and op == "MatMul":
+                by_pass.setdefault((8, scheme.group or INT8_BLOCK), []).append(node)
             elif scheme == INT8 and op in ("Gather", "Conv"):
                 dynamic.append(node)
             elif scheme.bits == 4 and op in ("MatMul", "Gather"):
@@ -205,7 +208,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     for (bits, block), include in sorted(by_pass.items()):
         proto = _nbits(proto, include, bits, block)
     if dynamic:
-        proto = _dynamic_int8(proto, dynamic)
+        proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
+                                                      if node in set(dynamic)}))
     if half:
         proto = _fp16_nodes(proto, half)
     return proto, applied
@@ -276,7 +280,7 @@ def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
     return quantizer.model.model
 
 
-def _dynamic_int8(proto: Any, include: list[str]) -> Any:
+def _dynamic_int8(proto: Any, include: list[str], op_types: list[str]) -> Any:
     import tempfile
 
     import onnx
@@ -286,8 +290,11 @@ def _dynamic_int8(proto: Any, include: list[str]) -> Any:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         proto.graph.ClearField("value_info")
         onnx.save(proto, str(src))
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Gather", "Conv"], nodes_to_quantize=include,
-                         per_channel=True, weight_type=QuantType.QInt8)
+        # DefaultTensorType: ORT's shape inference leaves some exporter constants untyped (an
+        # attention MatMul's 'val_N'), which the quantizer refuses to look past otherwise
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, nodes_to_quantize=include,
+                         per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(str(dst))
 
 

@@ -4,7 +4,11 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
 
 - int8 linear: 8-bit MatMulNBits, symmetric blocks of 128 along K (zero-padded; the
   block's extreme maps to -128), and ``accuracy_level=4``: the input is rounded to int8
-  per row and block of 128 as MLAS does;
+  per row and block of 128 as MLAS does; int8-g32: the same at blocks of 32;
+- int8@matmulinteger linear: ``quantize_dynamic(per_channel=True)``'s MatMulInteger:
+  symmetric int8 weights, one absmax / 127 scale per output channel; the input rounded to
+  uint8 with one dynamic scale and zero point per tensor (DynamicQuantizeLinear), taken
+  per sample (the artifact runs one input at a time);
 - int4-gN linear / embedding: MatMulNBits / GatherBlockQuantized, asymmetric per group of
   N along the reduction dim, the range stretched to include 0 (MLAS's RTN). Encoders'
   int4 linears compute in fp32 (weight-only); a decoder LLM's (inside ``lm_numerics()``)
@@ -24,7 +28,7 @@ import contextvars
 import copy
 from typing import Any, Iterator
 
-from edgeq.backends.onnx.costs import INT8_BLOCK
+from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER
 from edgeq.backends.standins import fp16_layer, with_input_scale
 from edgeq.schemes import Scheme
 
@@ -60,9 +64,15 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
     if scheme.bits == 8 and isinstance(q, torch.nn.Embedding):
         q.weight = torch.nn.Parameter(_uint8_tensor(w), requires_grad=False)
         return q
+    if scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER:
+        scale = (w.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
+        q.weight = torch.nn.Parameter((w / scale).round().clamp(-127, 127) * scale, requires_grad=False)
+        q.register_forward_pre_hook(lambda _m, args: (_uint8_per_sample(args[0]),) + tuple(args[1:]))
+        return q
     if scheme.bits == 8:
-        q.weight = torch.nn.Parameter(_mlas_symmetric8(w, INT8_BLOCK), requires_grad=False)
-        q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], INT8_BLOCK),) + tuple(args[1:]))
+        block = scheme.group or INT8_BLOCK
+        q.weight = torch.nn.Parameter(_mlas_symmetric8(w, block), requires_grad=False)
+        q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))
         return q
     if scheme.algorithm != "rtn":
         if weights is None:
@@ -113,3 +123,12 @@ def _uint8_tensor(x: Any) -> Any:
     scale = ((hi - lo) / 255).clamp(min=1e-12)
     zero = (-lo / scale).round()
     return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale
+
+
+def _uint8_per_sample(x: Any) -> Any:
+    """DynamicQuantizeLinear on each sample of a batch (the whole tensor when 2-D)."""
+    import torch
+
+    if x.dim() < 3:
+        return _uint8_tensor(x)
+    return torch.stack([_uint8_tensor(row) for row in x])

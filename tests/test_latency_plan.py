@@ -1,0 +1,139 @@
+"""Latency as a planning budget on a tiny model: each (layer, scheme) timed in ONNX Runtime,
+the plan within --latency-budget, an infeasible budget named in one line, the export's
+measured p50 recorded beside the prediction, and bad input refused before any work. No
+test asserts a speed (timings on a shared machine are noisy): only that the plan is within
+the budget it was solved for and that the records are consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeq.errors import ConfigError
+from edgeq.planning.planner import BudgetError, plan
+from tests.conftest import cli_here
+
+pytest.importorskip("onnxruntime")
+MODEL = "tests.tiny_models:tiny_text"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEQ_CACHE_DIR", str(tmp_path_factory.mktemp("latency-cache")))
+        yield
+
+
+def test_latency_budget_plan_is_within_it_and_the_kernels_are_candidates():
+    loose = plan(MODEL, "x86", latency_budget_ms=1e6)
+    timings = loose.latency
+    assert timings is not None and "measured here" in timings.source
+    linears = [x.fqn for x in loose.layers if x.kind == "linear"]
+    assert linears and all({"int8", "int8@matmulinteger", "fp32"} <= set(timings.layers[f]) for f in linears)
+    assert loose.predicted_latency_ms == pytest.approx(timings.predict(loose.plan.schemes))
+    fastest = timings.fastest_ms()
+    budget = (fastest + loose.predicted_latency_ms) / 2
+    if budget < loose.predicted_latency_ms:  # the loose plan is not already the fastest
+        tight = plan(MODEL, "x86", latency_budget_ms=budget)
+        assert tight.predicted_latency_ms <= budget
+        assert tight.predicted_error >= loose.predicted_error
+    with pytest.raises(BudgetError, match=r"below the fastest achievable plan \(\d+\.\d\d ms predicted"):
+        plan(MODEL, "x86", latency_budget_ms=fastest / 2)
+
+
+def test_plan_file_records_the_latency_prediction(tmp_path: Path):
+    out = tmp_path / "plan.yaml"
+    r = cli_here("plan", MODEL, "-t", "x86", "--latency-budget", "10s", "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    doc = yaml.safe_load(out.read_text())
+    assert doc["latency_budget_ms"] == 10_000
+    assert doc["predicted"]["latency_ms"] > 0 and "measured here" in doc["predicted"]["latency_source"]
+
+
+def test_export_records_measured_p50_beside_the_prediction(tmp_path: Path):
+    out = tmp_path / "art"
+    r = cli_here("export", MODEL, "-t", "x86", "--latency-budget", "10s", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "measured on this host" in r.stdout
+    rec = json.loads((out / "manifest.json").read_text())["plan"]
+    assert rec["latency_budget_ms"] == 10_000 and rec["predicted_latency_ms"] > 0 and rec["measured_latency_ms"] > 0
+    assert "measured here" in rec["latency_source"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--latency-budget", "fast"], "cannot read --latency-budget 'fast'"),
+    (["--latency-budget", "0ms"], "cannot read --latency-budget '0ms'"),
+    (["--latency-budget", "-3"], "cannot read --latency-budget '-3'"),
+    (["--latency-budget", "1e400"], "cannot read --latency-budget"),
+])
+def test_bad_latency_budgets_are_one_line_errors(args, message):
+    r = cli_here("plan", MODEL, "-t", "x86", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_infeasible_latency_budget_is_one_line_exit_2():
+    r = cli_here("plan", MODEL, "-t", "x86", "--latency-budget", "1us")
+    assert r.returncode == 2, r.stderr
+    assert "below the fastest achievable plan" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_latency_budget_where_layers_cannot_be_timed_is_refused():
+    r = cli_here("plan", MODEL, "-t", "rpi5", "--latency-budget", "8ms")
+    assert r.returncode == 2 and "--latency-budget" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("extends: x86\nobjective: fastest\n", "objective"),
+    ("extends: x86\nbudgets:\n  latency_ms: -1\n", "latency_ms"),
+    ("extends: x86\nbudgets:\n  latency_ms: fast\n", "latency_ms"),
+    ("extends: x86\nobjectve: balanced\n", "did you mean"),
+])
+def test_target_latency_keys_are_validated(tmp_path: Path, yaml_text, message):
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml_text)
+    r = cli_here("targets", "validate", str(f))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_target_latency_budget_and_balanced_objective_steer_the_plan(tmp_path: Path):
+    from edgeq.targets import load_target
+
+    f = tmp_path / "fast.yaml"
+    f.write_text("extends: x86\nname: x86-balanced\nobjective: balanced\n")
+    assert load_target(str(f)).target.objective == "balanced"
+    balanced = plan(MODEL, str(f))
+    assert balanced.objective == "balanced" and balanced.predicted_latency_ms is not None
+    accurate = plan(MODEL, "x86", latency_budget_ms=1e6)
+    assert balanced.predicted_latency_ms <= accurate.predicted_latency_ms + 1e-9
+    f.write_text("extends: x86\nname: x86-budget\nbudgets:\n  latency_ms: 1.0e-6\n")
+    with pytest.raises(BudgetError, match="target x86-budget"):
+        plan(MODEL, str(f))
+    with pytest.raises(ConfigError):
+        plan(MODEL, "x86", latency_budget_ms=8, algorithms=["nope"])
+
+
+def test_device_target_latency_is_an_estimate_and_labelled_so():
+    """An Arm board's ONNX target: the layers are costed by the emulator for its profile, and
+    the plan says it is an estimate; the estimate of a bigger linear is larger."""
+    result = plan(MODEL, "rpi5-onnx", latency_budget_ms=1e6)
+    timings = result.latency
+    assert timings.estimate and "ESTIMATE for" in timings.source and "rpi5" in timings.source
+    assert result.to_yaml().count("ESTIMATE") == 1
+    linears = [x for x in result.layers if x.kind == "linear"]
+    small, big = min(linears, key=lambda x: x.params), max(linears, key=lambda x: x.params)
+    if big.params > 2 * small.params:
+        assert timings.layers[big.fqn]["fp32"] > timings.layers[small.fqn]["fp32"] > 0
+
+
+def test_causal_lms_refuse_a_latency_budget_flag_and_plan_past_a_targets(tmp_path: Path, tiny_llama_dir):
+    r = cli_here("plan", str(tiny_llama_dir), "-t", "x86", "--latency-budget", "8ms", "--max-context", "32")
+    assert r.returncode == 2 and "--latency-budget is not available for causal LMs" in r.stderr
+    f = tmp_path / "t.yaml"
+    f.write_text("extends: x86\nname: x86-lm\nobjective: balanced\nbudgets:\n  latency_ms: 5\n")
+    r = cli_here("plan", str(tiny_llama_dir), "-t", str(f), "--max-context", "32")
+    assert r.returncode == 0, r.stderr
+    assert "planned for accuracy" in r.stdout + r.stderr
