@@ -76,12 +76,13 @@ def precisions_for(fmt: str) -> tuple[str, ...]:
 
 def check_stored(schemes: Any, backend: Any) -> None:
     """``ConfigError`` naming the first scheme in ``schemes`` that ``backend`` does not store
-    (its ``SCHEMES``, or a calibrated scheme over one of them)."""
-    from edgeq.schemes import rtn_of
+    (its ``SCHEMES`` and ``EXTRA_SCHEMES``, or a calibrated scheme or another kernel over one of
+    them: whether the format has that kernel is its ``scheme_fits``' to say)."""
+    from edgeq.schemes import default_kernel, rtn_of
 
-    stored = set(backend.SCHEMES)
+    stored = set(backend.SCHEMES) | set(backend.EXTRA_SCHEMES)
     for s in schemes:
-        if rtn_of(s) not in stored:
+        if default_kernel(rtn_of(s)) not in stored:
             raise ConfigError(f"{backend.FORMAT} artifacts do not store {s.name}",
                               f"{backend.FORMAT} stores {', '.join(x.name for x in backend.SCHEMES)}")
 
@@ -193,6 +194,7 @@ class Backend(Protocol):
     SCHEMES: tuple[Any, ...]  # the RTN schemes its files store (calibrated ones: CALIBRATED_ALGORITHMS)
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
+    EXTRA_SCHEMES: tuple[Any, ...]  # schemes only this format stores, offered per layer by extra_schemes
     TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
     ALGORITHMS_NOT_OFFERED: dict[str, str]  # algorithm → why the format does not offer it

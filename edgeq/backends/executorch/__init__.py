@@ -57,6 +57,7 @@ ANDROID_LOADS_FROM_PATH = True
 
 # the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
 SCHEMES: tuple[Any, ...] = schemes.SCHEMES
+EXTRA_SCHEMES: tuple[Any, ...] = ()
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
@@ -66,7 +67,7 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
 
     if scheme.kernel:
         return f"ExecuTorch has one kernel per scheme here: no '{scheme.kernel}' kernel (use {scheme.name.split('@')[0]})"
-    return "" if rtn_of(scheme) in SCHEMES else f"{scheme.name} is not an ExecuTorch scheme"
+    return "" if rtn_of(scheme) in SCHEMES else f"executorch does not store {scheme.name}"
 
 
 TIMES_LAYERS = False  # layer_latency times each (layer, scheme) in the runtime here

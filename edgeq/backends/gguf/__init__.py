@@ -51,6 +51,7 @@ ANDROID_LOG_TAG = ""
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
 SCHEMES: tuple[Any, ...] = tuple(GGUF_TYPES)  # the schemes with a GGUF tensor type (costs.GGUF_TYPES)
+EXTRA_SCHEMES: tuple[Any, ...] = ()
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)
 ALGORITHMS_NOT_OFFERED: dict[str, str] = {
     "gptq": "edgeq writes no calibrated values into GGUF blocks (yet)",

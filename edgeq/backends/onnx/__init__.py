@@ -54,6 +54,7 @@ ANDROID_LOADS_FROM_PATH = False
 
 # the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
 SCHEMES: tuple[Any, ...] = schemes.SCHEMES
+EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT8_G32,)  # 8-bit MatMulNBits at blocks of 32, linears only (extra_schemes)
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
