@@ -29,7 +29,7 @@ CASES = [
     ("budget-exponent", ["plan", MLP, "-t", "x86", "--budget", "1e400MB"], "cannot read budget"),
     ("memory-budget-garbage", ["export", MLP, "-t", "x86", "--memory-budget", "nanMB"], "cannot read budget"),
     ("precision-with-plan", ["export", MLP, "-t", "x86", "-p", "int8", "--budget", "1MB"], "cannot be combined"),
-    ("unknown-precision", ["export", MLP, "-t", "x86", "-p", "int3"], "unknown precision 'int3'"),
+    ("unknown-precision", ["export", MLP, "-t", "x86", "-p", "int7"], "unknown precision 'int7'"),
     ("rule-without-equals", ["plan", MLP, "-t", "x86", "--rule", "fc1"], "REGEX=SCHEME"),
     ("rule-bad-regex", ["plan", MLP, "-t", "x86", "--rule", "(=int8"], "bad regular expression"),
     ("rule-unknown-scheme", ["plan", MLP, "-t", "x86", "--rule", "0=int5"], "unknown scheme"),
