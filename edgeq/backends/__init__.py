@@ -74,6 +74,14 @@ def precisions_for(fmt: str) -> tuple[str, ...]:
     return _REGISTRY[fmt].precisions
 
 
+def layers_not_timed(runtime: str) -> None:
+    """The ``layer_latency`` of a backend that does not time layers yet: a latency budget or a
+    balanced objective on its targets is refused (``ConfigError``)."""
+    raise ConfigError(f"latency budgets and objective: balanced are not available for {runtime} targets yet "
+                      "(edgeq times layers per scheme in ONNX Runtime only)",
+                      "drop --latency-budget / budgets.latency_ms / objective: balanced, or use an ONNX target")
+
+
 def check_stored(schemes: Any, backend: Any) -> None:
     """``ConfigError`` naming the first scheme in ``schemes`` that ``backend`` does not store
     (its ``SCHEMES`` and ``EXTRA_SCHEMES``, or a calibrated scheme or another kernel over one of

@@ -77,11 +77,9 @@ def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidate
                   threads: int, use_cache: bool = True, device: Any = None
                   ) -> tuple[dict[str, dict[str, float]], float, str]:
     """Not built for ExecuTorch yet: a latency budget or a balanced objective is refused."""
-    from edgeq.errors import ConfigError
+    from edgeq.backends import layers_not_timed
 
-    raise ConfigError("latency budgets and objective: balanced are not available for ExecuTorch targets yet "
-                      "(edgeq times layers per scheme in ONNX Runtime only)",
-                      "drop --latency-budget / budgets.latency_ms / objective: balanced, or use an ONNX target")
+    layers_not_timed("ExecuTorch")
 
 
 def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
