@@ -7,9 +7,10 @@ backend times each layer's op alone in the real runtime on this host
 remainder (attention, norms, activations) is the whole graph's p50 minus its layers' fp32
 timings. A plan's predicted p50 = remainder + Σ layer timing at its scheme. The figures
 are this host's, which stands in for the device (same ISA family, other clocks and cores):
-the plan and the manifest say so. Other devices would take the emulator's per-op estimate;
-that is not built yet: ``--latency-budget`` for them is refused with a clear message, and a
-target's own latency budget is left to ``edgeq check`` (``applicable``).
+the plan and the manifest say so. Other devices take the emulator's per-op ESTIMATE of the
+same one-layer graphs. A backend that does not time layers (``TIMES_LAYERS`` False)
+refuses ``--latency-budget`` with a clear message, and leaves a target's own latency
+budget to ``edgeq check`` (``applicable``).
 
 >>> costs = LatencyCosts({"a": {"int8": 1.0, "fp32": 2.0}}, remainder_ms=3.0, source="hand-made")
 >>> costs.predict({"a": "int8"}), costs.fastest_ms()

@@ -70,21 +70,28 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
     return "" if rtn_of(scheme) in SCHEMES else f"executorch does not store {scheme.name}"
 
 
-TIMES_LAYERS = False  # layer_latency times each (layer, scheme) in the runtime here
+TIMES_LAYERS = True  # layer_latency times each (layer, scheme) in the runtime here
 
 
 def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
                   threads: int, use_cache: bool = True, device: Any = None
                   ) -> tuple[dict[str, dict[str, float]], float, str]:
-    """Not built for ExecuTorch yet: a latency budget or a balanced objective is refused."""
-    from edgeq.backends import layers_not_timed
+    """Each layer's op lowered alone with XNNPACK and timed in the ExecuTorch runtime at each
+    candidate scheme, the whole fp32 program's p50, and how they were taken
+    (``edgeq.backends.executorch.latency``); ``device``: ``(profile, delegates)`` of a device
+    to ESTIMATE them for with the emulator instead."""
+    from edgeq.backends.executorch import latency
 
-    layers_not_timed("ExecuTorch")
+    if device is not None:
+        return latency.estimate_layer_latency(module, example_inputs, layers, candidates, threads, *device)
+    return latency.layer_latency(module, example_inputs, layers, candidates, threads, use_cache)
 
 
 def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
-    """Not built for ExecuTorch yet (``edgeq profile`` times ExecuTorch artifacts)."""
-    raise NotImplementedError
+    """The artifact's p50 (ms) on ``inputs`` in the ExecuTorch runtime here, timed as layers are."""
+    from edgeq.backends.executorch.latency import time_artifact as timed
+
+    return timed(model_file, inputs, threads)
 
 
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:

@@ -23,49 +23,18 @@ model's weights and inputs too. The cache is bounded (``MAX_CACHE_ENTRIES`` per 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
-WARMUP_RUNS = 5
-TIMED_RUNS = 45
-ROUNDS = 3
-MAX_CACHE_ENTRIES = 50_000  # one file of timings; beyond this it starts again (a few MB of JSON)
-CACHE_VERSION = 2  # 2: p50 as the least of round medians
-
-
-def cpu_name() -> str:
-    """This host's CPU model, part of every timing's key."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, cpu_name, how_timed,
+                                   input_shapes, model_key)
+from edgeq.backends.timing import p50_ms as _p50
 
 
 def p50_ms(session: Any, feeds: dict[str, Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS,
            rounds: int = ROUNDS) -> float:
-    """The median wall time of ``session.run`` on ``feeds`` in ms: the least of ``rounds``
-    medians of ``runs / rounds`` runs each (on a shared host a burst of other work inflates
-    one round; the least round is the one closest to the kernel's own time)."""
-    import statistics
-
-    for _ in range(warmup):
-        session.run(None, feeds)
-    medians = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(max(1, runs // rounds)):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times.append(time.perf_counter() - start)
-        medians.append(statistics.median(times))
-    return min(medians) * 1e3
+    """The p50 of ``session.run`` on ``feeds`` in ms (``edgeq.backends.timing.p50_ms``)."""
+    return _p50(lambda: session.run(None, feeds), runs, warmup, rounds)
 
 
 def session(model: Any, threads: int) -> Any:
@@ -77,27 +46,6 @@ def session(model: Any, threads: int) -> Any:
     opts.log_severity_level = 3
     data = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
-def input_shapes(module: Any, example_inputs: tuple[Any, ...], fqns: list[str]) -> dict[str, tuple[int, ...]]:
-    """The shape of each layer's first input in one forward pass on ``example_inputs``."""
-    import torch
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(module.named_modules())
-    def record(fqn: str) -> Any:
-        def hook(_m: Any, args: tuple[Any, ...]) -> None:
-            shapes.setdefault(fqn, tuple(args[0].shape))
-        return hook
-
-    handles = [modules[f].register_forward_pre_hook(record(f)) for f in fqns if f in modules]
-    try:
-        with torch.no_grad():
-            module(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
 
 
 def layer_graph(kind: str, weight: Any, bias: Any, x_shape: tuple[int, ...]) -> tuple[Any, list[tuple[str, str]], Any]:
@@ -139,7 +87,7 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
     from edgeq.backends.onnx.lowering import _apply_plan
     from edgeq.schemes import FP32
 
-    cache = _Cache(f"layers-{ort.__version__}")
+    cache = LatencyCache(f"layers-{ort.__version__}")
     shapes = input_shapes(module, example_inputs, [x.fqn for x in layers])
     modules = dict(module.named_modules())
     out: dict[str, dict[str, float]] = {}
@@ -164,9 +112,8 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
                 cache.put(key, found)
             out[layer.fqn][scheme.name] = found
     cache.save()
-    return out, _whole_fp32_ms(module, example_inputs, threads, use_cache), (
-        f"measured here: ONNX Runtime {ort.__version__}, CPU provider, {threads or 'default'} threads, "
-        f"p50 (least of {ROUNDS} rounds of {TIMED_RUNS // ROUNDS} runs), {cpu_name()}")
+    return out, _whole_fp32_ms(module, example_inputs, threads, use_cache), how_timed(
+        f"ONNX Runtime {ort.__version__}, CPU provider", threads)
 
 
 def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool) -> float:
@@ -174,20 +121,12 @@ def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, u
     import tempfile
 
     import onnxruntime as ort
-    import torch
 
     from edgeq.backends.onnx.graph import fold_weight_transposes, gemm_to_matmul
     from edgeq.backends.onnx.lowering import _export, _strip_debug_metadata
 
-    h = hashlib.sha256(f"{cpu_name()}|{threads}".encode())
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        if torch.is_tensor(t):
-            h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    for t in example_inputs:
-        h.update(str(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
-    cache = _Cache(f"whole-{ort.__version__}")
-    key = h.hexdigest()[:32]
+    cache = LatencyCache(f"whole-{ort.__version__}")
+    key = model_key(module, example_inputs, threads)
     if use_cache and (found := cache.get(key)) is not None:
         return found
 
@@ -209,41 +148,6 @@ def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, u
     cache.put(key, found)
     cache.save()
     return found
-
-
-class _Cache:
-    """One bounded JSON file of ``{key: ms}`` under the sensitivity cache's root."""
-
-    def __init__(self, name: str) -> None:
-        from edgeq.planning.sensitivity import cache_dir
-
-        self.path = cache_dir().parent / "latency" / f"{name}-v{CACHE_VERSION}.json"
-        self.data: dict[str, float] = {}
-        self.dirty = False
-        try:
-            if self.path.exists() and self.path.stat().st_size < 64 * 2**20:
-                data = json.loads(self.path.read_text())
-                if isinstance(data, dict):
-                    self.data = {k: float(v) for k, v in data.items()
-                                 if isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v < 1e9}
-        except (OSError, ValueError):
-            self.data = {}  # a cache is a convenience: unreadable means measure again
-
-    def get(self, key: str) -> float | None:
-        return self.data.get(key)
-
-    def put(self, key: str, ms: float) -> None:
-        if len(self.data) >= MAX_CACHE_ENTRIES:
-            self.data = {}
-        self.data[key] = ms
-        self.dirty = True
-
-    def save(self) -> None:
-        if self.dirty:
-            from edgeq.atomic import write_text_atomic
-
-            write_text_atomic(self.path, json.dumps(self.data, indent=0, sort_keys=True))
-            self.dirty = False
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],

@@ -1,0 +1,134 @@
+"""Timing a layer's op alone in a runtime here, shared by the backends that time layers.
+
+What each backend times (a one-layer graph as its artifact lowers that layer) is the
+backend's; how it is timed and cached is the same everywhere:
+
+- ``p50_ms``: the median wall time of a call, as the least of ``ROUNDS`` round medians
+  after ``WARMUP_RUNS`` (on a shared host a burst of other work inflates one round; the
+  least round is the one closest to the kernel's own time);
+- ``input_shapes``: the shape each layer sees in the model, from one forward pass;
+- ``LatencyCache``: one bounded JSON file of ``{key: ms}`` under the cache root
+  (``<cache>/latency``), keyed by what decides a timing: the runtime's version, this CPU,
+  the threads, the shapes and the scheme; ``model_key`` keys a whole model's timing by
+  its weights and inputs too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+WARMUP_RUNS = 5
+TIMED_RUNS = 45
+ROUNDS = 3
+MAX_CACHE_ENTRIES = 50_000  # one file of timings; beyond this it starts again (a few MB of JSON)
+CACHE_VERSION = 2  # 2: p50 as the least of round medians
+
+
+def cpu_name() -> str:
+    """This host's CPU model, part of every timing's key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def p50_ms(call: Callable[[], Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS, rounds: int = ROUNDS) -> float:
+    """The median wall time of ``call()`` in ms: the least of ``rounds`` medians of
+    ``runs / rounds`` calls each, after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(max(1, runs // rounds)):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        medians.append(statistics.median(times))
+    return min(medians) * 1e3
+
+
+def how_timed(runtime: str, threads: int) -> str:
+    """The source line of timings taken here."""
+    return (f"measured here: {runtime}, {threads or 'default'} threads, "
+            f"p50 (least of {ROUNDS} rounds of {TIMED_RUNS // ROUNDS} runs), {cpu_name()}")
+
+
+def input_shapes(module: Any, example_inputs: tuple[Any, ...], fqns: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of each layer's first input in one forward pass on ``example_inputs``."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(module.named_modules())
+
+    def record(fqn: str) -> Any:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            shapes.setdefault(fqn, tuple(args[0].shape))
+        return hook
+
+    handles = [modules[f].register_forward_pre_hook(record(f)) for f in fqns if f in modules]
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def model_key(module: Any, example_inputs: tuple[Any, ...], threads: int) -> str:
+    """A whole model's timing key: this CPU, the threads, the weights and the inputs."""
+    import torch
+
+    h = hashlib.sha256(f"{cpu_name()}|{threads}".encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        if torch.is_tensor(t):
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    for t in example_inputs:
+        h.update(str(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class LatencyCache:
+    """One bounded JSON file of ``{key: ms}`` under the sensitivity cache's root."""
+
+    def __init__(self, name: str) -> None:
+        from edgeq.planning.sensitivity import cache_dir
+
+        self.path = cache_dir().parent / "latency" / f"{name}-v{CACHE_VERSION}.json"
+        self.data: dict[str, float] = {}
+        self.dirty = False
+        try:
+            if self.path.exists() and self.path.stat().st_size < 64 * 2**20:
+                data = json.loads(self.path.read_text())
+                if isinstance(data, dict):
+                    self.data = {k: float(v) for k, v in data.items()
+                                 if isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v < 1e9}
+        except (OSError, ValueError):
+            self.data = {}  # a cache is a convenience: unreadable means measure again
+
+    def get(self, key: str) -> float | None:
+        return self.data.get(key)
+
+    def put(self, key: str, ms: float) -> None:
+        if len(self.data) >= MAX_CACHE_ENTRIES:
+            self.data = {}
+        self.data[key] = ms
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            from edgeq.atomic import write_text_atomic
+
+            write_text_atomic(self.path, json.dumps(self.data, indent=0, sort_keys=True))
+            self.dirty = False
