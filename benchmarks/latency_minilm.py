@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Benchmark: latency-aware plans on all-MiniLM-L6-v2 (ONNX, x86), beside ONNX Runtime's
-``quantize_dynamic(per_channel=True)``, measured in one run. Extends ``export_minilm.py``
+"""Benchmark: latency-aware plans on all-MiniLM-L6-v2 (ONNX and ExecuTorch, x86), beside ONNX
+Runtime's ``quantize_dynamic(per_channel=True)`` and torchao's 8da8w lowered to XNNPACK,
+measured in one run. Extends ``export_minilm.py``
 (its model wrapper, tokenizer and peer producers are reused).
 
 Rows:
@@ -12,6 +13,10 @@ Rows:
   within ``BALANCED_MARGIN`` predicted error of the most accurate);
 - edgeq ``--latency-budget``: budgets at the peer's measured p50 and at fractions of the
   balanced plan's predicted p50.
+- ExecuTorch (``--formats executorch``): peer torchao ``Int8DynamicActivationIntxWeightConfig``
+  (int8 per-channel, every linear) lowered with XNNPACK as its docs show; edgeq
+  ``x86-executorch -p int8``, balanced, and ``--latency-budget`` rows as above. Each .pte is
+  timed in the ExecuTorch pybindings (XNNPACK threadpool at the same threads).
 
 Columns: artifact MB, held-out mean / min cosine against eager fp32 (sentences disjoint from
 calibration), p50 measured here by this script (each row alone in its process' ORT, the
@@ -20,7 +25,8 @@ edgeq rows the plan's predicted p50 and the manifest's own measured p50 (the exp
 the artifact right after writing it) with the prediction's error against this script's p50.
 Timings on a shared 2-core host are noisy: the load average is printed with each row.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latency_minilm.py [--sentences 64] [--runs 50]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latency_minilm.py [--sentences 64] [--runs 50] \
+        [--formats onnx executorch]
 
 Results: a table on stdout and JSON in ``benchmarks/results/latency_minilm.json``.
 """
@@ -53,7 +59,26 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def time_ort(path: Path, one: tuple, threads: int, runs: int) -> float:
+def time_run(run, one: tuple, runs: int) -> float:
+    """The median of ``runs`` calls after 5 warm-up calls, in ms."""
+    ids, mask = one[0].numpy(), one[1].numpy()
+    for _ in range(5):
+        run(ids, mask)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(ids, mask)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def runner(path: Path, threads: int):
+    """The artifact's runner as its runtime runs it, at ``threads``."""
+    if path.suffix == ".pte":
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        return base.et_runner(path)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -61,22 +86,12 @@ def time_ort(path: Path, one: tuple, threads: int, runs: int) -> float:
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    feeds = dict(zip(names, (one[0].numpy(), one[1].numpy())))
-    for _ in range(5):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    del session
-    return statistics.median(times)
+    return lambda ids, mask: session.run(None, dict(zip(names, (ids, mask))))[0]
 
 
-def cosines(path: Path, inputs: list, reference: list) -> tuple[float, float]:
+def cosines(run, inputs: list, reference: list) -> tuple[float, float]:
     import numpy as np
 
-    run = base.ort_runner(path)
     cos = []
     for (ids, mask), ref in zip(inputs, reference):
         a = np.asarray(ref, np.float64).ravel()
@@ -98,10 +113,47 @@ def edgeq_row(model_dir: Path, target: str, work: Path, label: str, **kwargs) ->
             "layers": result.manifest.precision.layer_counts}
 
 
+def format_rows(fmt: str, model_dir: Path, work: Path, inputs: list, threads: int, runs: int) -> list[dict]:
+    """One format's peer and edgeq rows (artifacts built; measured by the caller)."""
+    one = inputs[0]
+    if fmt == "onnx":
+        fp32, _s, _note, _ = base.make_onnx_fp32(model_dir, one, work)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx
+
+        src, peer = work / "peer-in.onnx", work / "ort-quantize-dynamic-per-channel.onnx"
+        onnx.save(base._fp32_proto(fp32), str(src))
+        quantize_dynamic(str(src), str(peer), weight_type=QuantType.QInt8, per_channel=True)
+        rows = [{"label": "ORT quantize_dynamic(per_channel=True)", "path": peer}]
+        target, int8_label = "x86", "edgeq x86 -p int8 (MatMulNBits g128)"
+    else:
+        peer, _s, _note, _ = base.make_torchao_et(model_dir, "int8", one, work)
+        rows = [{"label": "torchao 8da8w per-channel → XNNPACK", "path": peer}]
+        target, int8_label = "x86-executorch", "edgeq x86-executorch -p int8 (8da8w)"
+    rows[0]["peer"] = True
+    rows.append(edgeq_row(model_dir, target, work, int8_label, precision="int8"))
+    balanced = work / f"{target}-balanced.yaml"
+    balanced.write_text(f"extends: {target}\nname: {target}-balanced\nobjective: balanced\n")
+    rows.append(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"))
+    budgets = [round(time_run(runner(peer, threads), one, runs), 2)]
+    if rows[-1]["predicted_ms"]:
+        budgets.append(round(rows[-1]["predicted_ms"] * 0.8, 2))
+    for ms in budgets:
+        try:
+            rows.append(edgeq_row(model_dir, target, work, f"edgeq {target} --latency-budget {ms}ms",
+                                  latency_budget_ms=ms))
+        except Exception as exc:  # an infeasible budget is a result, not a crash
+            rows.append({"label": f"edgeq {target} --latency-budget {ms}ms", "error": str(exc)[:200]})
+    for r in rows:
+        r["format"] = fmt
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--formats", nargs="+", choices=["onnx", "executorch"], default=["onnx", "executorch"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latency_minilm.json")
     args = ap.parse_args()
 
@@ -123,46 +175,28 @@ def main() -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # the peer
-        fp32, fp32_s, _note, _ = base.make_onnx_fp32(model_dir, inputs[0], work)
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        import onnx
-
-        src, peer = work / "peer-in.onnx", work / "ort-quantize-dynamic-per-channel.onnx"
-        onnx.save(base._fp32_proto(fp32), str(src))
-        quantize_dynamic(str(src), str(peer), weight_type=QuantType.QInt8, per_channel=True)
-        rows.append({"label": "ORT quantize_dynamic(per_channel=True)", "path": peer})
-        # edgeq
-        rows.append(edgeq_row(model_dir, "x86", work, "edgeq x86 -p int8 (MatMulNBits g128)", precision="int8"))
-        balanced = work / "x86-balanced.yaml"
-        balanced.write_text("extends: x86\nname: x86-balanced\nobjective: balanced\n")
-        rows.append(edgeq_row(model_dir, str(balanced), work, "edgeq x86 objective: balanced"))
-        peer_ms = time_ort(peer, one, threads, args.runs)
-        budgets = [round(peer_ms, 2)]
-        if rows[-1]["predicted_ms"]:
-            budgets.append(round(rows[-1]["predicted_ms"] * 0.8, 2))
-        for ms in budgets:
-            try:
-                rows.append(edgeq_row(model_dir, "x86", work, f"edgeq x86 --latency-budget {ms}ms",
-                                      latency_budget_ms=ms))
-            except Exception as exc:  # an infeasible budget is a result, not a crash
-                rows.append({"label": f"edgeq x86 --latency-budget {ms}ms", "error": str(exc)[:200]})
+        for fmt in args.formats:
+            rows += format_rows(fmt, model_dir, work, inputs, threads, args.runs)
         for row in rows:
             if "path" not in row:
                 continue
+            run = runner(row["path"], threads)
             row["mb"] = row["path"].stat().st_size / 1e6
-            row["cos_mean"], row["cos_min"] = cosines(row["path"], inputs, reference)
-            row["measured_ms"] = time_ort(row["path"], one, threads, args.runs)
+            row["cos_mean"], row["cos_min"] = cosines(run, inputs, reference)
+            row["measured_ms"] = time_run(run, one, args.runs)
             row["load"] = load()
             if row.get("predicted_ms"):
                 row["prediction_error"] = row["predicted_ms"] / row["measured_ms"] - 1
             row["path"] = str(row["path"].name)
-    peer_row = rows[0]
-    print(f"\nall-MiniLM-L6-v2, ONNX Runtime CPU EP, {threads} intra-op threads, {args.sentences} held-out sentences, "
-          f"p50 of {args.runs} runs (balanced margin {BALANCED_MARGIN:g})")
+            del run
+    print(f"\nall-MiniLM-L6-v2, ONNX Runtime CPU EP / ExecuTorch XNNPACK, {threads} threads, {args.sentences} "
+          f"held-out sentences, p50 of {args.runs} runs (balanced margin {BALANCED_MARGIN:g}); x peer: against the "
+          "same format's peer")
     print(f"{'row':44} {'MB':>6} {'cos mean':>9} {'cos min':>8} {'p50 ms':>7} {'x peer':>7} {'pred ms':>8} "
           f"{'pred err':>8} {'export p50':>10}  load")
+    peers = {r["format"]: r for r in rows if r.get("peer") and "measured_ms" in r}
     for r in rows:
+        peer_row = peers.get(r["format"], r)
         if "error" in r:
             print(f"{r['label']:44} {r['error']}")
             continue
