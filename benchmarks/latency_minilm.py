@@ -77,8 +77,11 @@ def runner(path: Path, threads: int):
     if path.suffix == ".pte":
         from executorch.extension.pybindings import portable_lib
 
+        import torch
+
         portable_lib._unsafe_reset_threadpool(threads)
-        return base.et_runner(path)
+        run = base.et_runner(path)
+        return lambda ids, mask: run(torch.from_numpy(ids), torch.from_numpy(mask))
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
