@@ -102,8 +102,11 @@ def set_threads(threads: int) -> None:
     """XNNPACK's threadpool at ``threads`` (0: leave the runtime's default, one per core)."""
     from executorch.extension.pybindings import portable_lib
 
+    from edgeq.backends import silence_native_stderr
+
     if threads:
-        portable_lib._unsafe_reset_threadpool(int(threads))
+        with silence_native_stderr():  # the runtime logs each reset
+            portable_lib._unsafe_reset_threadpool(int(threads))
 
 
 def time_program(pte: bytes, inputs: tuple[Any, ...]) -> float:
