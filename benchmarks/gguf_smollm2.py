@@ -12,11 +12,16 @@ uses; ``--hf DIR`` takes another). From it:
 - llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``, llama-cpp-python built from
   its sdist in a venv of its own: the peer, never imported here) turns that same F32 file
   into each preset (``LLAMA_FTYPE_MOSTLY_<preset>``);
-- edgeq plans a GGUF within each preset's file size (``edgeq plan``'s costs: per-layer
-  sensitivity with llama.cpp's numerics over every GGUF type the rows fit: F16, Q8_0,
-  Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0; ``--proxy sqnr`` scores the weights alone, for a
-  loaded host) and writes it with edgeq's GGUF writer (``edgeq_files``: the lowering
-  ``edgeq export --plan`` runs, without its verification).
+- edgeq plans a GGUF within each preset's file size. ``--route export`` (the default) is
+  what a user runs: ``edgeq export HF --task causal-lm -t TARGET --budget <preset's bytes>``
+  (the planner's default sensitivity, the KL of the next-token distributions with
+  llama.cpp's numerics per (tensor, type), over every GGUF type the rows fit: F16, Q8_0,
+  Q6_K … Q2_K, Q5_1, Q5_0, Q4_1, Q4_0; the export's fitting loop, its verification in
+  llama.cpp), with ``--exclude`` as a target that ``extends: x86-gguf`` and lists the
+  schemes under ``quantization.exclude_schemes``. ``--route writer`` takes ``edgeq plan``'s
+  costs (``--proxy sqnr`` scores the weights alone, for a loaded host) and writes each plan
+  with edgeq's GGUF writer (``edgeq_files``: the lowering ``edgeq export --plan`` runs,
+  without its verification).
 
 Every file is then measured by ``llm_worker.py`` in a fresh llama-cpp-python process:
 perplexity over the same held-out windows (8 windows of 512 tokens of Python docstrings,
@@ -80,6 +85,29 @@ def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, plan: Pat
     how = ["--plan", str(plan)] if plan is not None else ["-p", str(precision)]
     return edgeq("export", str(hf), "--task", "causal-lm", "-t", TARGET, "--max-context", str(CONTEXT),
                  "--samples", "1", "-o", str(out), "--force", "-q", *how)
+
+
+def export_files(hf: Path, sizes: dict[str, int], excluded: list[str], work: Path, tag: str) -> dict[str, dict]:
+    """``edgeq export --budget <preset's file bytes>`` per preset, as a user runs it (fresh
+    process, the planner's default KL sensitivity, verification in llama.cpp); ``excluded``
+    schemes through a target of the user's own that extends x86-gguf."""
+    target = TARGET
+    if excluded:
+        target_file = work / f"target-{tag}.yaml"
+        target_file.write_text(f"extends: {TARGET}\nname: {TARGET}-{tag}\nquantization:\n"
+                               f"  exclude_schemes: [{', '.join(excluded)}]\n")
+        target = str(target_file)
+    out: dict[str, dict] = {}
+    for preset, size in sizes.items():
+        artifact = work / f"edgeq-export-{tag}-{preset}"
+        seconds = edgeq("export", str(hf), "--task", "causal-lm", "-t", target, "--budget", str(size),
+                        "--max-context", str(CONTEXT), "--samples", "1", "-o", str(artifact), "--force", "-q")
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        log(f"  {tag} at {preset}: edgeq export --budget {size:,} -> {(artifact / 'model.gguf').stat().st_size:,} B "
+            f"in {seconds:.0f} s")
+        out[preset] = {"file": artifact / "model.gguf", "budget": size, "export_s": seconds,
+                       "numerics": manifest.get("numerics")}
+    return out
 
 
 def edgeq_files(hf: Path, sizes: dict[str, int], overhead: int, excluded: list[str], proxy: str | None,
@@ -196,6 +224,9 @@ def main() -> None:
     ap.add_argument("--llama-python", type=Path, default=Path("/work/scratch/llm-bench/venv/bin/python"))
     ap.add_argument("--presets", default="Q8_0,Q6_K,Q4_K_M,Q4_0")
     ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir")
+    ap.add_argument("--route", choices=["export", "writer"], default="export",
+                    help="export: 'edgeq export --budget' per preset, as a user runs it (KL sensitivity, the export's "
+                         "fitting loop and verification); writer: edgeq plan's costs written by edgeq's GGUF writer")
     ap.add_argument("--proxy", choices=["sqnr"], default=None,
                     help="plan on the weights' quantization noise alone (minutes) instead of the model's output KL "
                          "with llama.cpp's numerics per (layer, type) (one forward each: hours on a loaded 2-core host)")
@@ -203,6 +234,8 @@ def main() -> None:
                     "int4-g32-asym: on a model whose weights are Q4_1 values, Q4_1 reproduces them exactly)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/gguf_smollm2.json")
     args = ap.parse_args()
+    if args.route == "export" and args.proxy:
+        raise SystemExit("--proxy applies to --route writer: 'edgeq export' plans with the planner's default (KL)")
     if not args.llama_python.exists():
         raise SystemExit(f"no llama-cpp-python at {args.llama_python}: build llama-cpp-python 0.3.36 in a venv of "
                          "its own and pass --llama-python")
@@ -256,10 +289,14 @@ def main() -> None:
     for tag, without in (("all", []), ("without", excluded)) if excluded else (("all", []),):
         t = time.perf_counter()
         log(f"planning and writing edgeq's files ({'every GGUF type' if not without else 'without ' + args.exclude})")
-        for preset, got in edgeq_files(hf, sizes, overhead, without, args.proxy, work, tag).items():
-            rows.append({"name": f"edgeq plan{label}{' w/o ' + args.exclude if without else ''} at {preset}",
+        made = (export_files(hf, sizes, without, work, tag) if args.route == "export"
+                else edgeq_files(hf, sizes, overhead, without, args.proxy, work, tag))
+        for preset, got in made.items():
+            how = "export" if args.route == "export" else f"plan{label}"
+            rows.append({"name": f"edgeq {how}{' w/o ' + args.exclude if without else ''} at {preset}",
                          "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}" if without else "",
-                         "file": got["file"], "plan_budget": got["budget"]})
+                         "file": got["file"], "plan_budget": got["budget"],
+                         **({"export_s": got["export_s"], "numerics": got["numerics"]} if "export_s" in got else {})})
         built[f"edgeq {tag}"] = time.perf_counter() - t
     for row in rows:
         log(f"measuring {row['name']}")
@@ -271,6 +308,7 @@ def main() -> None:
     args.json_out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(), "threads": THREADS,
         "windows": len(windows), "window": CONTEXT, "built_s": built, "proxy": args.proxy or "kl",
+        "route": args.route,
         "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "tokens"} for r in rows],
     }, indent=1))
     log(f"wrote {args.json_out}")

@@ -366,3 +366,54 @@ def test_uniform_int5_on_a_gguf_target_is_q5_0():
         from edgeq.schemes import parse
 
         check_stored([parse("int5-g32")], get_backend("onnx"))
+
+
+def test_a_target_can_exclude_schemes_from_every_layers_candidates(wide_llama_dir, tmp_path):
+    from edgeq.llm.plan import lm_costs
+    from edgeq.models import load_model
+    from edgeq.targets import load_target
+
+    target = tmp_path / "no-q4_1.yaml"
+    target.write_text("extends: x86-gguf\nname: x86-gguf-no-q4-1\n"
+                      "quantization:\n  exclude_schemes: [int4-g32-asym, INT6-K]\n")
+    loaded = load_model(str(wide_llama_dir), "causal-lm", seq_len=16)
+    costs = lm_costs(loaded, load_target(str(target)), CONTEXT, calib_samples=1, use_cache=False)
+    offered = {f: {c.scheme.name for c in choices} for f, choices in costs.stored.items()}
+    down = offered["model.model.layers.0.mlp.down_proj"]
+    assert {"int4-g32", "int5-g32-asym", "int4-k"} <= down  # the rest of the families stay
+    assert not any({"int4-g32-asym", "int6-k"} & names for names in offered.values())
+    assert "excludes int4-g32-asym" in costs.excluded["model.model.layers.0.mlp.down_proj"]["int4-g32-asym"]
+
+
+def test_excluding_an_unknown_scheme_is_one_line(tmp_path):
+    target = tmp_path / "t.yaml"
+    target.write_text("extends: x86-gguf\nname: x86-gguf-typo\nquantization:\n  exclude_schemes: [int4-g32-asymm]\n")
+    proc = cli_here("targets", "validate", str(target))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "int4-g32-asymm" in proc.stderr and "did you mean" in proc.stderr
+
+
+@pytest.mark.parametrize("scheme_name", ["int4-g32", "int4-k", "int8", "int6-k", "int5-g32"])
+def test_held_bytes_count_the_copies_llama_cpp_repacks_at_load(wide_llama_dir, tmp_path, scheme_name):
+    """The memory model's extra held bytes (a repacked copy beside the mapped file) against
+    llama.cpp's own report of its CPU_REPACK buffer for a file of that type (MiB, 2 decimals)."""
+    import transformers
+
+    from edgeq.backends import get_backend
+    from edgeq.backends.gguf.llm_session import reserved_buffers
+    from edgeq.backends.gguf.writer import write_gguf
+    from edgeq.planning.inventory import LayerInfo
+    from edgeq.schemes import parse
+
+    be, scheme = get_backend("gguf"), parse(scheme_name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(wide_llama_dir)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(wide_llama_dir))
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    out = tmp_path / "m.gguf"
+    write_gguf(model, {n: scheme for n in linears}, out, max_context=CONTEXT, tokenizer=tokenizer,
+               chat_template=None, name="wide")
+    layers = [LayerInfo(fqn=n, kind="linear", shape=tuple(m.weight.shape), params=m.weight.numel())
+              for n, m in linears.items()]
+    predicted = sum(be.held_bytes(x, scheme) - be.stored_bytes(x, scheme) for x in layers)
+    reported = reserved_buffers(out)["repack"]
+    assert abs(predicted - reported) <= 6 * 1024 + 0.01 * predicted, (scheme_name, predicted, reported)

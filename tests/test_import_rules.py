@@ -80,7 +80,7 @@ def test_no_module_outside_the_backends_names_a_format():
 # What each stage subpackage may import from edgeq (as its module docstring says).
 ALLOWED = {
     "models": ("edgeq.models", "edgeq.errors", "edgeq.jsonio", "edgeq.yamlio"),
-    "targets": ("edgeq.targets", "edgeq.errors", "edgeq.yamlio", "edgeq.backends"),
+    "targets": ("edgeq.targets", "edgeq.errors", "edgeq.yamlio", "edgeq.backends", "edgeq.schemes"),
     "planning": ("edgeq.planning", "edgeq.errors", "edgeq.schemes", "edgeq.progress", "edgeq.yamlio",
                  "edgeq.jsonio", "edgeq.atomic", "edgeq.artifact", "edgeq.manifest", "edgeq.backends", "edgeq.models",
                  "edgeq.targets", "edgeq.algorithms"),

@@ -122,12 +122,18 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     be = get_backend(fmt)
     families = list(tgt.precisions if precisions is None else precisions)
     pinned = parse_rules(rules or [], layers)
-    # a format whose storage is in blocks (GGUF) says which schemes a layer's rows can take
-    cannot = be.scheme_fits
+    # a format whose storage is in blocks (GGUF) says which schemes a layer's rows can take;
+    # a scheme the target excludes (quantization.exclude_schemes) is no candidate anywhere
+    excluded = set(tgt.quantization.exclude_schemes)
+
+    def cannot(layer: Any, scheme: Any) -> str:
+        if scheme.name in excluded:
+            return f"target '{tgt.name}' excludes {scheme.name} (quantization.exclude_schemes)"
+        return be.scheme_fits(layer, scheme)
     from edgeq.algorithms import calibrated as calibration_data
     from edgeq.schemes import calibrated
 
-    offered = calibrated(families, algorithms_offered(be, algorithms))
+    offered = [s for s in calibrated(families, algorithms_offered(be, algorithms)) if s.name not in excluded]
     not_measured: dict[str, str] = {}
     if prepared.decoder_lm and any(s.algorithm == "awq" for s in offered):
         offered = [s for s in offered if s.algorithm != "awq"]

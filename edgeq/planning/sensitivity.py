@@ -83,9 +83,14 @@ def measure(
     elif proxy == "sqnr":
         measured = _sqnr(module, todo, stand_in)
     else:
+        from edgeq.planning.prefix import Prefix
+
         batch = _batch(calib)
         with torch.no_grad():
-            reference = _output(module, batch)
+            # the modules that run before a swapped layer compute what they computed in the
+            # fp32 run: their outputs are kept once and reused (edgeq.planning.prefix)
+            prefix = Prefix(module, batch, list(todo), _output)
+            reference = prefix.reference
             measured = {}
             total = sum(len(v) for v in todo.values())
             done = 0
@@ -96,7 +101,7 @@ def measure(
                     if scheme == FP32:
                         measured[fqn][scheme.name] = 0.0
                     else:
-                        with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)):
+                        with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)), prefix.skipping(fqn):
                             measured[fqn][scheme.name] = _error(reference, _output(module, batch), metric)
                     done += 1
                     if progress:

@@ -9,9 +9,9 @@ reads a user's file, which may ``extends:`` a built-in target and override field
 ('executorch', 4)
 
 This subpackage owns device profiles and targets: ``schema`` (their typed, strict
-models) and the loader here. It may import ``edgeq.errors``, ``edgeq.yamlio`` and
-``edgeq.backends`` (the registry's format and delegate names only); never torch, a
-runtime, or the CLI.
+models) and the loader here. It may import ``edgeq.errors``, ``edgeq.yamlio``,
+``edgeq.backends`` (the registry's format and delegate names only) and ``edgeq.schemes``
+(scheme names a target excludes); never torch, a runtime, or the CLI.
 """
 
 from __future__ import annotations

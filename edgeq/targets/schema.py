@@ -122,6 +122,23 @@ class Quantization(Strict):
     int4_group_size: Literal[32, 64, 128] = 32
     # Layers matching these regexes keep full precision (e.g. a classifier head).
     keep_fp32: list[str] = Field(default=[], max_length=1000)
+    # Schemes the planner never offers, by name (e.g. int4-g32-asym: GGUF's Q4_1), within the
+    # precision families ``precisions`` allows; a rule pinning one is refused.
+    exclude_schemes: list[str] = Field(default=[], max_length=100)
+
+    @field_validator("exclude_schemes")
+    @classmethod
+    def _schemes_known(cls, names: list[str]) -> list[str]:
+        from edgeq.errors import ConfigError
+        from edgeq.schemes import parse
+
+        out = []
+        for name in names:
+            try:
+                out.append(parse(name).name)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return out
 
     @field_validator("keep_fp32")
     @classmethod

@@ -12,8 +12,8 @@ embedding), so a quantized type needs rows that are whole blocks: ``fits`` says 
 K-quant takes rows that are multiples of 256 only).
 
 Held bytes: llama.cpp mmaps the file and reads the tensors in place, so a weight is held
-once at its stored size (on x86 with AVX2, Q4_0 and Q8_0 weights are repacked into
-interleaved blocks of the same size at load: the mapped pages are then not touched).
+once at its stored size, except the types its CPU backend repacks at load into
+interleaved blocks (``REPACKED_AT_LOAD``), which are held twice at the peak.
 """
 
 from __future__ import annotations
@@ -111,12 +111,22 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
     return stored_bytes(layer, scheme)
 
 
+# The types llama.cpp's CPU backend repacks at load (ggml-cpu/repack.cpp: a CPU_REPACK
+# buffer of interleaved blocks, the same size as the stored tensor, filled after the mapped
+# pages were read). Measured here (x86 AVX2, xllamacpp 2026.10.11549) from llama.cpp's own
+# "CPU_REPACK model buffer size" on uniform files of every type edgeq writes: Q4_0 and Q4_K
+# repacked to 99.6% of their linears' bytes (MiB rounding), F16, Q8_0, Q4_1, Q5_0, Q5_1,
+# Q2_K, Q3_K, Q5_K and Q6_K not at all (tests/test_gguf_types.py checks it). ARM's repacks
+# (e.g. Q8_0 with i8mm) are not measured here.
+REPACKED_AT_LOAD = frozenset({"Q4_0", "Q4_K"})
+
+
 def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm: bool = False) -> int:
-    """Mapped from the file at the stored size; a Q4_0 linear is also repacked at load into
-    interleaved blocks of the same size (llama.cpp's CPU_REPACK buffer, on x86 AVX2 and ARM
-    NEON) after its mapped pages were read: held twice at the peak."""
+    """Mapped from the file at the stored size; a linear of a type llama.cpp repacks at load
+    (``REPACKED_AT_LOAD``) is also held as its repacked copy: twice at the peak."""
     stored = runtime_bytes(layer, scheme)
-    return 2 * stored if layer.kind == "linear" and GGUF_TYPES.get(scheme) is GGUF_TYPES[INT4[32]] else stored
+    t = GGUF_TYPES.get(scheme)
+    return 2 * stored if layer.kind == "linear" and t is not None and t.name in REPACKED_AT_LOAD else stored
 
 
 # File overhead: every tensor's info (name, dims, type, offset) and its alignment padding

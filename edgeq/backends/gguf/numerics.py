@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import OrderedDict
 from typing import Any
 
 from edgeq.schemes import Scheme
@@ -36,8 +37,35 @@ def lm_numerics() -> Any:
     return contextlib.nullcontext()
 
 
+# (weights' content, type) → llama.cpp's bytes, newest last: a sensitivity pass stands a
+# weight in at a type once but reads its bytes again (a Q4_1 / Q5_1 block's min; a tied
+# head's table), and the export's fitting loop writes the same tensors at the same types in
+# each round. Bounded: the oldest entries go beyond ``QUANTIZED_CACHE_BYTES``.
+QUANTIZED_CACHE_BYTES = 512 << 20
+_quantized: "OrderedDict[tuple[bytes, tuple[int, ...], str], Any]" = OrderedDict()
+
+
 def quantized_bytes(array: Any, type_name: str) -> Any:
-    """``array`` (rows x K, float32 numpy) as llama.cpp's bytes of ``type_name`` (a quantized type)."""
+    """``array`` (rows x K, float32 numpy) as llama.cpp's bytes of ``type_name`` (a quantized
+    type); the same weights at the same type are quantized once per process (a copy of the
+    bytes is returned, so a caller may write into it)."""
+    import hashlib
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    key = (hashlib.blake2b(array.data, digest_size=16).digest(), array.shape, type_name)
+    if key in _quantized:
+        _quantized.move_to_end(key)
+        return _quantized[key].copy()
+    raw = _quantize(array, type_name)
+    _quantized[key] = raw.copy()
+    while sum(v.nbytes for v in _quantized.values()) > QUANTIZED_CACHE_BYTES and len(_quantized) > 1:
+        _quantized.popitem(last=False)
+    return raw
+
+
+def _quantize(array: Any, type_name: str) -> Any:
     import numpy as np
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
