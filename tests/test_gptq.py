@@ -504,3 +504,27 @@ def get_backend_grid(target: str):
     from edgeq.targets import load_target
 
     return get_backend(load_target(target).target.format).gptq_grid()
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_calibrated_gptq_on_executorchs_grid_is_never_worse_than_its_rtn(group: int):
+    """ExecuTorch's int4-gN chooses HQQ scales; the GPTQ candidate (seeded with them, checked
+    row by row) is at most torchao's HQQ RTN's output error on the calibration inputs, in
+    total and for every output row, and below it on held-out inputs in total."""
+    from edgeq.algorithms.calibrated import cached_gptq
+    from edgeq.algorithms.gptq import format_rtn
+
+    layer, calib, heldout = _layer_inputs()
+    w = layer.weight.detach()
+    h = HessianSum(w.shape[1])
+    h.add(calib)
+    grid = SymmetricInt4(bf16_scales=True, rtn="hqq_scale_only")
+    q = cached_gptq({"l": w}, {"l": [group]}, h.matrix(), grid, use_cache=False)[("l", group)]
+    qdata, scale = _torchao_8da4w(w, group, hqq=True)
+    theirs = (qdata.float().view(w.shape[0], -1, group) * scale.to(torch.bfloat16).float()[..., None]).view_as(w)
+    assert torch.equal(format_rtn(w, grid, group).dequantized(), theirs)  # the format's RTN, as ExecuTorch ships it
+    ours = q.dequantized()
+    rows_ours = ((calib.double() @ (w - ours).double().T) ** 2).sum(0)
+    rows_theirs = ((calib.double() @ (w - theirs).double().T) ** 2).sum(0)
+    assert bool((rows_ours <= rows_theirs * (1 + 1e-9)).all())
+    assert reconstruction_error(w, ours, heldout) < reconstruction_error(w, theirs, heldout)

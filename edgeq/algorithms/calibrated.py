@@ -34,7 +34,7 @@ CALIB_SAMPLES = 128  # samples GPTQ calibrates an encoder on (sentences, for tex
 # Sentences of the calibration text a decoder LLM's GPTQ calibrates on (never the held-out
 # perplexity text): one forward each, so many more than its sensitivity's LM_CALIB_SAMPLES.
 LM_CALIB_SAMPLES = 128
-CACHE_REVISION = 1  # raised whenever a cached result would change for the same inputs
+CACHE_REVISION = 2  # raised whenever a cached result would change for the same inputs
 HESSIAN_BYTES = 512 * 2**20  # float64 Hessians accumulated in one calibration pass
 ACT_ORDER = False  # act-order (static groups) is available in gptq() but not yet compared on real models
 # The planner measures sensitivity on the first calibration rows (32 by default for encoders,
@@ -311,10 +311,13 @@ def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
 
 def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: Any, grid: Any, *,
                 use_cache: bool = True) -> dict[tuple[str, int], QuantizedWeight]:
-    """``gptq`` of each named weight at each of its group sizes, all on ``hessian`` (the inputs
+    """GPTQ of each named weight at each of its group sizes, all on ``hessian`` (the inputs
     they share), read from / written to the cache: the missing ones in one sweep sharing one
-    factorization of ``hessian`` (``edgeq.algorithms.gptq.gptq_many``)."""
-    from edgeq.algorithms.gptq import factor, gptq_many
+    factorization of ``hessian`` (``edgeq.algorithms.gptq.gptq_many``). Each output row is
+    the best on ``hessian`` of GPTQ choosing group scales as it goes, GPTQ on the format
+    RTN's scales (where they are not min-max: ExecuTorch's HQQ) and the format's RTN itself
+    (``best_rows``), so a GPTQ candidate is never worse than RTN on the calibration inputs."""
+    from edgeq.algorithms.gptq import best_rows, factor, format_rtn, gptq_many
 
     out: dict[tuple[str, int], QuantizedWeight] = {}
     keys: dict[tuple[str, int], str] = {}
@@ -332,11 +335,18 @@ def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: 
         return out
     names = sorted({f for f, _ in missing})
     sizes = sorted({g for _, g in missing})
-    solved = gptq_many([weights[f] for f in names], factor(hessian, act_order=ACT_ORDER), grid, sizes)
-    for f, row in zip(names, solved):
-        for g, q in zip(sizes, row):
+    ws = [weights[f] for f in names]
+    rtns = [[format_rtn(w, grid, g) for g in sizes] for w in ws]
+    # Where the format's RTN does not choose min-max scales (ExecuTorch: HQQ's), GPTQ also
+    # runs rounding onto the RTN's scales, in the same sweep
+    seeded = grid.rtn != "minmax"
+    seeds = [[None] * len(sizes) for _ in ws] + ([[(r.scales, r.zeros) for r in row] for row in rtns] if seeded else [])
+    solved = gptq_many(ws + (ws if seeded else []), factor(hessian, act_order=ACT_ORDER), grid, sizes, seeds=seeds)
+    for i, f in enumerate(names):
+        for j, g in enumerate(sizes):
             if (f, g) in keys and (f, g) not in out:
-                out[(f, g)] = q
+                tried = [solved[i][j]] + ([solved[len(ws) + i][j]] if seeded else []) + [rtns[i][j]]
+                out[(f, g)] = q = best_rows(ws[i], hessian, tried)
                 if use_cache:
                     _write(keys[(f, g)], q)
     return out

@@ -141,6 +141,49 @@ def _factor(hessian: Any, damping: float, act_order: bool) -> Factor:
     return Factor(hinv, dead, perm, act_order)
 
 
+def format_rtn(weight: Any, grid: Any, group: int) -> QuantizedWeight:
+    """The format's own RTN of ``weight``: ``rtn`` on a min-max grid; on a grid whose format
+    chooses scales with torchao's scale-only HQQ (ExecuTorch), torchao's integers and scales
+    (stored as the format stores them), bit for bit what that format's int4-gN ships."""
+    if grid.rtn == "minmax":
+        return rtn(weight, grid, group)
+    if grid.rtn != "hqq_scale_only":
+        raise ValueError(f"unknown RTN scale choice {grid.rtn!r}")
+    import torch
+    from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_scale_only_hqq
+
+    w = weight.detach().float()
+    rows, cols = w.shape
+    q, s = _choose_qparams_and_quantize_scale_only_hqq(w, [1, group], grid.qmin, grid.qmax)
+    scales = grid.stored_scale(s.float().reshape(rows, cols // group)).contiguous()
+    return QuantizedWeight(q.to(torch.int16).reshape(rows, cols).contiguous(), scales,
+                           torch.zeros(rows, cols // group, dtype=torch.int16), group, grid)
+
+
+def output_error(weight: Any, quantized: QuantizedWeight, hessian: Any) -> Any:
+    """Per output row, ``δ H δᵀ`` with ``δ`` the row's weight error: that row's share of the
+    output error ``‖XWᵀ − XQᵀ‖²`` (times 2/n) on the inputs ``hessian`` sums."""
+    delta = weight.detach().double() - quantized.dequantized().double()
+    return ((delta @ hessian.double()) * delta).sum(1)
+
+
+def best_rows(weight: Any, hessian: Any, candidates: list[QuantizedWeight]) -> QuantizedWeight:
+    """Row by row, the candidate (same grid and group) with the least output error on
+    ``hessian``: rows are independent (each has its own scales), so the result is never worse
+    on those inputs than any candidate, row for row and in total."""
+    import torch
+
+    errors = torch.stack([output_error(weight, c, hessian) for c in candidates])
+    pick = errors.argmin(0)
+
+    def take(attr: str) -> Any:
+        stacked = torch.stack([getattr(c, attr) for c in candidates])
+        return stacked[pick, torch.arange(stacked.shape[1])].contiguous()
+
+    first = candidates[0]
+    return QuantizedWeight(take("ints"), take("scales"), take("zeros"), first.group, first.grid)
+
+
 def gptq(weight: Any, hessian: Any, grid: Any, group: int, *, act_order: bool = False,
          damping: float = DAMPING) -> QuantizedWeight:
     """``weight`` ([out, in]) rounded onto ``grid`` in groups of ``group`` input columns,
