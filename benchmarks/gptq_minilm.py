@@ -7,10 +7,10 @@ reference, the artifact runners and the cosine are that benchmark's). Rows per f
 (ExecuTorch/XNNPACK on rpi5, ONNX Runtime on x86):
 
 - plan RTN-only at B: ``export(model, target, budget_bytes=B, algorithms=["rtn"])``;
-- plan RTN+GPTQ / RTN+HQQ at B: ``export(..., algorithms=["rtn", "gptq"])`` (GPTQ calibrates
-  on MiniLM's built-in calibration sentences; HQQ needs no data);
+- plan RTN+GPTQ / RTN+HQQ at B (with ``EDGEQ_BENCH_EACH=1``): ``export(..., algorithms=["rtn",
+  "gptq"])`` (GPTQ calibrates on MiniLM's built-in calibration sentences; HQQ needs no data);
 - plan all at B: ``export(model, target, budget_bytes=B)``: every algorithm the format
-  stores (the default; a row only where the format stores more than one);
+  stores (the default: GPTQ and AWQ on ExecuTorch, GPTQ, AWQ and HQQ on ONNX);
 - uniform RTN INT4: ``precision="int4"`` (int4-g32 everywhere, embeddings included);
 - uniform GPTQ / HQQ INT4: the uniform RTN artifact's layers and groups, every int4 linear
   at its ``-gptq`` / ``-hqq`` scheme (embedding tables stay RTN: the algorithms are offered
@@ -24,11 +24,14 @@ algorithms'; the later exports reuse its measurements (the sensitivity cache hol
 (layer, scheme) measured on the model and data, whatever the candidate set).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/plan_minilm.py --gptq [--sentences 200]
+    # the formats in two processes, results in results/gptq_minilm_{executorch,onnx}.json:
+    EDGEQ_BENCH_FORMATS=executorch HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/plan_minilm.py --gptq
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,9 +69,10 @@ def run(model_dir: Path, work: Path, inputs_torch: list, reference: list, fp32_b
         # AWQ alone is a candidate for few of MiniLM's linears (attention.output.dense: BERT is
         # post-norm); it is measured within "plan all"
         alone = [a for a in offered if a != "awq"]
-        mixes = [("plan RTN-only", ["rtn"])] + [(f"plan RTN+{a.upper()}", ["rtn", a]) for a in alone]
-        if len(offered) > 1:
-            mixes.append(("plan all", None))  # every algorithm the format stores (the default)
+        mixes = [("plan RTN-only", ["rtn"])]
+        if os.environ.get("EDGEQ_BENCH_EACH") == "1":  # a plan per algorithm too (slower)
+            mixes += [(f"plan RTN+{a.upper()}", ["rtn", a]) for a in alone]
+        mixes.append(("plan all", None))  # every algorithm the format stores (the default)
         # the goals' budgets (17 / 15%) and the uniform rows first: on a loaded machine a run
         # cut short still has them
         first = [f for f in budgets if f in (0.17, 0.15)]
@@ -173,10 +177,11 @@ def main(args: Any) -> int:
             with torch.no_grad():
                 reference = [ref_model(i, m).float().numpy() for i, m in inputs_torch]
         t0 = time.perf_counter()
-        out = args.out.with_name("gptq_minilm.json")
+        formats = tuple(os.environ.get("EDGEQ_BENCH_FORMATS", "executorch,onnx").split(","))
+        # one file per format when the formats run in separate processes
+        out = args.out.with_name("gptq_minilm.json" if len(formats) > 1 else f"gptq_minilm_{formats[0]}.json")
         header = {"host": host, "fp32_weight_bytes": fp32, "heldout_sentences": len(sentences),
                   "load_average_start": os.getloadavg()}
-        formats = tuple(os.environ.get("EDGEQ_BENCH_FORMATS", "executorch,onnx").split(","))
         rows = run(model_dir, work, inputs_torch, reference, fp32, onnx=args.onnx, cold=cold, formats=formats,
                    progress=lambda rows: write(rows, out, {**header, "complete": False}),
                    budgets=tuple(args.budgets) if args.budgets != [0.30, 0.25, 0.20, 0.17] else BUDGETS)

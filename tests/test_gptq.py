@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from edgeq.algorithms.gptq import HessianSum, gptq, reconstruction_error, rtn
+from edgeq.algorithms.gptq import HessianSum, QuantizedWeight, factor, gptq, gptq_many, reconstruction_error, rtn
 from edgeq.algorithms.grids import AsymmetricUint4, SymmetricInt4
 
 
@@ -136,6 +137,85 @@ def test_act_order_keeps_groups_contiguous_and_beats_rtn():
     assert reconstruction_error(w, q.dequantized(), calib) < reconstruction_error(w, rtn(w, SymmetricInt4(), 32).dequantized(), calib)
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("grid", [SymmetricInt4(), AsymmetricUint4()], ids=["symmetric", "asymmetric"])
+def test_one_sweep_for_several_weights_and_groups_equals_gptq_layer_by_layer(grid, act_order: bool):
+    """Three weights reading one input (q/k/v) at three group sizes, in one sweep sharing one
+    factorization, give each weight's own GPTQ result (within float rounding: a handful of
+    values exactly between two grid points may round the other way)."""
+    _, calib, _ = _layer_inputs()
+    h = HessianSum(256)
+    h.add(calib)
+    weights = [_weight(24, 256, seed=s) for s in range(3)]
+    shared = gptq_many(weights, factor(h.matrix(), act_order=act_order), grid, [32, 64, 128])
+    for w, row in zip(weights, shared):
+        for g, q in zip([32, 64, 128], row):
+            ints, scales, zeros = _gptq_column_by_column(w, h.matrix(), grid, g, act_order=act_order)
+            assert (q.ints != ints).float().mean() < 1e-3, (g, act_order)
+            assert torch.allclose(q.scales, scales, rtol=1e-5, atol=0) and (q.zeros == zeros).float().mean() > 0.99
+            ref = QuantizedWeight(ints, scales, zeros, g, grid).dequantized()
+            mine, theirs = reconstruction_error(w, q.dequantized(), calib), reconstruction_error(w, ref, calib)
+            assert abs(mine - theirs) <= 1e-3 * theirs
+
+
+
+def _gptq_column_by_column(weight: Any, hessian: Any, grid: Any, group: int, *, act_order: bool = False,
+         damping: float = 0.01) -> QuantizedWeight:
+    """GPTQ as first written in edgeq (one weight, one group size, its own factorization):
+    the reference the shared, stacked sweep must reproduce."""
+    import torch
+
+    w0 = weight.detach().float()
+    rows, cols = w0.shape
+    if cols % group:
+        raise ValueError(f"{cols} input columns are not a multiple of the group size {group}")
+    W = w0.double().clone()
+    H = hessian.detach().double().clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    static = None
+    if act_order:
+        static = grid.params(W.view(rows, cols // group, group).permute(1, 0, 2).reshape(-1, group).float())
+        static = (static[0].view(cols // group, rows), static[1].view(cols // group, rows))
+        perm = torch.argsort(torch.diagonal(H), descending=True)
+    else:
+        perm = torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += damping * torch.mean(torch.diagonal(H)) * torch.eye(cols, dtype=torch.float64)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    ints = torch.zeros(rows, cols, dtype=torch.int16)
+    scales = torch.zeros(cols // group, rows, dtype=torch.float32)
+    zeros = torch.zeros(cols // group, rows, dtype=torch.int16)
+    for i1 in range(0, cols, 128):
+        i2 = min(i1 + 128, cols)
+        W1 = W[:, i1:i2].clone()
+        Err = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            g = col // group
+            if static is not None:
+                scale, zero = static[0][g], static[1][g]
+            else:
+                if col % group == 0:  # the group starts here: its scale from its current values
+                    scales[g], zeros[g] = grid.params(W1[:, i:i + group].float())
+                scale, zero = scales[g], zeros[g]
+            w = W1[:, i]
+            q = grid.quantize(w, scale, zero)
+            ints[:, col] = q
+            err = (w - grid.dequantize(q, scale, zero).double()) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err[:, i] = err
+        W[:, i2:] -= Err @ Hinv[i1:i2, i2:]
+    if static is not None:
+        scales, zeros = static
+    return ints, scales.T.contiguous(), zeros.T.contiguous()
+
+
+
+
 # ------------------------------------------------------------------ artifacts and plans
 
 
@@ -238,7 +318,7 @@ def test_planner_measures_gptq_only_with_calibration_data(tmp_path: Path, calib_
     # the same bytes as the RTN scheme of its group
     stored = {str(c.scheme): c.bytes for c in costs.stored["0"]}
     assert stored["int4-g32-gptq"] == stored["int4-g32"]
-    assert list((tmp_path / "cache" / "gptq").glob("*.npz"))  # results cached per layer and scheme
+    assert list((tmp_path / "cache" / "calibrated").glob("*.npz"))  # results cached per layer and scheme
 
 
 @pytest.mark.parametrize("args", [
@@ -424,3 +504,27 @@ def get_backend_grid(target: str):
     from edgeq.targets import load_target
 
     return get_backend(load_target(target).target.format).gptq_grid()
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_calibrated_gptq_on_executorchs_grid_is_never_worse_than_its_rtn(group: int):
+    """ExecuTorch's int4-gN chooses HQQ scales; the GPTQ candidate (seeded with them, checked
+    row by row) is at most torchao's HQQ RTN's output error on the calibration inputs, in
+    total and for every output row, and below it on held-out inputs in total."""
+    from edgeq.algorithms.calibrated import cached_gptq
+    from edgeq.algorithms.gptq import format_rtn
+
+    layer, calib, heldout = _layer_inputs()
+    w = layer.weight.detach()
+    h = HessianSum(w.shape[1])
+    h.add(calib)
+    grid = SymmetricInt4(bf16_scales=True, rtn="hqq_scale_only")
+    q = cached_gptq({"l": w}, {"l": [group]}, h.matrix(), grid, use_cache=False)[("l", group)]
+    qdata, scale = _torchao_8da4w(w, group, hqq=True)
+    theirs = (qdata.float().view(w.shape[0], -1, group) * scale.to(torch.bfloat16).float()[..., None]).view_as(w)
+    assert torch.equal(format_rtn(w, grid, group).dequantized(), theirs)  # the format's RTN, as ExecuTorch ships it
+    ours = q.dequantized()
+    rows_ours = ((calib.double() @ (w - ours).double().T) ** 2).sum(0)
+    rows_theirs = ((calib.double() @ (w - theirs).double().T) ** 2).sum(0)
+    assert bool((rows_ours <= rows_theirs * (1 + 1e-9)).all())
+    assert reconstruction_error(w, ours, heldout) < reconstruction_error(w, theirs, heldout)

@@ -68,10 +68,19 @@ def predecessor(module: Any, fqn: str) -> tuple[Fold | None, str]:
 def search(weight: Any, hessian: Any, absmean: Any, grid: Any, group: int) -> tuple[Any, Any, float]:
     """AWQ's scale for ``weight`` ([out, in]): ``(quantized W·diag(s), s, α)``. ``hessian``:
     ``HessianSum.matrix()`` of the layer's calibration inputs; ``absmean``: their mean |x| per
-    input channel. The quantized weight is the grid's RTN of ``W·diag(s)`` (what ships)."""
+    input channel. The quantized weight is the format's own RTN of ``W·diag(s)`` (what ships;
+    ``format_rtn``: HQQ scales on ExecuTorch), so α = 0 is exactly the format's int4-gN and
+    the chosen α is never worse than it on the calibration inputs."""
+    from edgeq.algorithms.gptq import one_thread
+
+    with one_thread():
+        return _search(weight, hessian, absmean, grid, group)
+
+
+def _search(weight: Any, hessian: Any, absmean: Any, grid: Any, group: int) -> tuple[Any, Any, float]:
     import torch
 
-    from edgeq.algorithms.gptq import rtn
+    from edgeq.algorithms.gptq import format_rtn
 
     w = weight.detach().float()
     h = hessian.double()
@@ -80,7 +89,7 @@ def search(weight: Any, hessian: Any, absmean: Any, grid: Any, group: int) -> tu
     for alpha in ALPHAS:
         s = mag.pow(alpha)
         s = (s / (s.max() * s.min()).sqrt()).float()
-        q = rtn(w * s[None, :], grid, group)
+        q = format_rtn(w * s[None, :], grid, group)
         delta = (w.double() - q.dequantized().double() / s[None, :].double())
         loss = float(torch.einsum("oi,ij,oj->", delta, h, delta))
         if best is None or loss < best[0]:

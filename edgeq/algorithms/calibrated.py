@@ -1,7 +1,9 @@
 """Calibrated weights for a plan or for sensitivity: each planned linear's Hessian from its
 calibration inputs, then GPTQ onto the backend's grid, cached on disk per (weight,
 Hessian, grid, group); HQQ (``edgeq.algorithms.hqq``, no data) cached per (weight, grid,
-group).
+group); both under ``calibrated/`` beside the sensitivity cache. Linears with equal
+Hessians (they read one tensor: q/k/v) and every group size asked of them share one GPTQ
+factorization and sweep (``edgeq.algorithms.gptq.gptq_many``).
 
 The Hessians come from one pass of the fp32 model over the calibration rows (forward
 hooks on the linears): every layer's inputs are the fp32 model's, not those of a model
@@ -25,14 +27,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgeq.algorithms.gptq import QuantizedWeight, gptq
+from edgeq.algorithms.gptq import QuantizedWeight
 from edgeq.errors import ConfigError
 
 CALIB_SAMPLES = 128  # samples GPTQ calibrates an encoder on (sentences, for text)
 # Sentences of the calibration text a decoder LLM's GPTQ calibrates on (never the held-out
 # perplexity text): one forward each, so many more than its sensitivity's LM_CALIB_SAMPLES.
 LM_CALIB_SAMPLES = 128
-CACHE_REVISION = 1  # raised whenever a cached result would change for the same inputs
+CACHE_REVISION = 2  # raised whenever a cached result would change for the same inputs
 HESSIAN_BYTES = 512 * 2**20  # float64 Hessians accumulated in one calibration pass
 ACT_ORDER = False  # act-order (static groups) is available in gptq() but not yet compared on real models
 # The planner measures sensitivity on the first calibration rows (32 by default for encoders,
@@ -124,15 +126,22 @@ def solve(loaded: Any, wanted: dict[str, Iterable[Any]], grid: Any, *, samples: 
     for chunk in _chunks(list(wanted), {f: modules[f].weight.shape[1] for f in wanted}):
         sums, calibration = hessians(module, chunk, rows, calibration_source(loaded) or "")
         calibration = replace(calibration, first_sample=first)
-        for fqn in chunk:
-            found = sums.pop(fqn)
+        for fqns in _same_inputs(chunk, sums):  # q/k/v read one input: one Hessian, one factor
+            found = sums[fqns[0]]
             h = found.matrix()
-            for scheme in wanted[fqn]:
-                if scheme.algorithm == "awq":
-                    out[(fqn, scheme.name)] = awq_result(module, fqn, h, found.absmean(), grid, scheme.group)
-                else:
-                    out[(fqn, scheme.name)] = cached_gptq(modules[fqn].weight, h, grid, scheme.group,
-                                                          use_cache=use_cache)
+            groups = {}
+            for fqn in fqns:
+                for scheme in wanted[fqn]:
+                    if scheme.algorithm == "awq":
+                        out[(fqn, scheme.name)] = awq_result(module, fqn, h, found.absmean(), grid, scheme.group)
+                    else:
+                        groups.setdefault(fqn, []).append(scheme.group)
+            results = cached_gptq({f: modules[f].weight for f in groups}, groups, h, grid, use_cache=use_cache)
+            for fqn in groups:
+                for scheme in wanted[fqn]:
+                    if scheme.algorithm != "awq":
+                        out[(fqn, scheme.name)] = results[(fqn, scheme.group)]
+        sums.clear()
     return out, calibration
 
 
@@ -179,6 +188,23 @@ def gptq_rows(loaded: Any, samples: int) -> tuple[list[tuple[Any, ...]], int]:
     if len(everything) - SENSITIVITY_ROWS >= MIN_APART_ROWS:
         return everything[SENSITIVITY_ROWS:], SENSITIVITY_ROWS
     return everything[:samples], 0
+
+
+def _same_inputs(fqns: list[str], sums: dict[str, Any]) -> list[list[str]]:
+    """``fqns`` in runs whose Hessians are equal (linears that read the same tensor)."""
+    import torch
+
+    runs: list[list[str]] = []
+    for f in fqns:
+        s = sums[f]
+        for run in runs:
+            t = sums[run[0]]
+            if t.rows == s.rows and t.sum.shape == s.sum.shape and torch.equal(t.sum, s.sum):
+                run.append(f)
+                break
+        else:
+            runs.append([f])
+    return runs
 
 
 def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:
@@ -270,7 +296,7 @@ def _trimmed(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def cache_dir() -> Path:
     from edgeq.planning.sensitivity import cache_dir as sensitivity_dir
 
-    return sensitivity_dir().parent / "gptq"
+    return sensitivity_dir().parent / "calibrated"  # GPTQ, AWQ and HQQ results
 
 
 def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
@@ -283,14 +309,47 @@ def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
     return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}|hqq{HQQ_REVISION}"
 
 
-def cached_gptq(weight: Any, hessian: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
-    """``gptq(weight, hessian, grid, group)``, read from / written to the cache."""
-    w = weight.detach().float().contiguous()
-    h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{group}|{ACT_ORDER}|{tuple(w.shape)}".encode())
-    h.update(w.numpy().tobytes())
-    h.update(hessian.contiguous().numpy().tobytes())
-    return _cached(h.hexdigest()[:32], w.shape, grid, group, lambda: gptq(w, hessian, grid, group, act_order=ACT_ORDER),
-                   use_cache)
+def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: Any, grid: Any, *,
+                use_cache: bool = True) -> dict[tuple[str, int], QuantizedWeight]:
+    """GPTQ of each named weight at each of its group sizes, all on ``hessian`` (the inputs
+    they share), read from / written to the cache: the missing ones in one sweep sharing one
+    factorization of ``hessian`` (``edgeq.algorithms.gptq.gptq_many``). Each output row is
+    the best on ``hessian`` of GPTQ choosing group scales as it goes, GPTQ on the format
+    RTN's scales (where they are not min-max: ExecuTorch's HQQ) and the format's RTN itself
+    (``best_rows``), so a GPTQ candidate is never worse than RTN on the calibration inputs."""
+    from edgeq.algorithms.gptq import best_rows, factor, format_rtn, gptq_many
+
+    out: dict[tuple[str, int], QuantizedWeight] = {}
+    keys: dict[tuple[str, int], str] = {}
+    for fqn, w in weights.items():
+        w = w.detach().float().contiguous()
+        for g in groups[fqn]:
+            h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{g}|{ACT_ORDER}|{tuple(w.shape)}".encode())
+            h.update(w.numpy().tobytes())
+            h.update(hessian.contiguous().numpy().tobytes())
+            keys[(fqn, g)] = key = h.hexdigest()[:32]
+            if (found := _read(key, w.shape, grid, g) if use_cache else None) is not None:
+                out[(fqn, g)] = found
+    missing = [k for k in keys if k not in out]
+    if not missing:
+        return out
+    names = sorted({f for f, _ in missing})
+    sizes = sorted({g for _, g in missing})
+    ws = [weights[f] for f in names]
+    rtns = [[format_rtn(w, grid, g) for g in sizes] for w in ws]
+    # Where the format's RTN does not choose min-max scales (ExecuTorch: HQQ's), GPTQ also
+    # runs rounding onto the RTN's scales, in the same sweep
+    seeded = grid.rtn != "minmax"
+    seeds = [[None] * len(sizes) for _ in ws] + ([[(r.scales, r.zeros) for r in row] for row in rtns] if seeded else [])
+    solved = gptq_many(ws + (ws if seeded else []), factor(hessian, act_order=ACT_ORDER), grid, sizes, seeds=seeds)
+    for i, f in enumerate(names):
+        for j, g in enumerate(sizes):
+            if (f, g) in keys and (f, g) not in out:
+                tried = [solved[i][j]] + ([solved[len(ws) + i][j]] if seeded else []) + [rtns[i][j]]
+                out[(f, g)] = q = best_rows(ws[i], hessian, tried)
+                if use_cache:
+                    _write(keys[(f, g)], q)
+    return out
 
 
 def cached_hqq(weight: Any, grid: Any, group: int, *, use_cache: bool = True) -> QuantizedWeight:
@@ -304,31 +363,46 @@ def cached_hqq(weight: Any, grid: Any, group: int, *, use_cache: bool = True) ->
 
 
 def _cached(key: str, shape: Any, grid: Any, group: int, compute: Any, use_cache: bool) -> QuantizedWeight:
+    found = _read(key, shape, grid, group) if use_cache else None
+    if found is not None:
+        return found
+    result = compute()
+    if use_cache:
+        _write(key, result)
+    return result
+
+
+def _read(key: str, shape: Any, grid: Any, group: int) -> QuantizedWeight | None:
     import numpy as np
     import torch
 
     path = cache_dir() / f"{key}.npz"
     rows, cols = shape
-    if use_cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                ints, scales, zeros = data["ints"], data["scales"], data["zeros"]
-            if ints.shape == (rows, cols) and scales.shape == zeros.shape == (rows, cols // group) \
-                    and ints.dtype == np.int16 and scales.dtype == np.float32 and zeros.dtype == np.int16:
-                return QuantizedWeight(torch.from_numpy(ints), torch.from_numpy(scales), torch.from_numpy(zeros),
-                                       group, grid)
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a damaged cache entry is measured again and replaced
-    result = compute()
-    if use_cache:
-        import tempfile
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ints, scales, zeros = data["ints"], data["scales"], data["zeros"]
+        if ints.shape == (rows, cols) and scales.shape == zeros.shape == (rows, cols // group) \
+                and ints.dtype == np.int16 and scales.dtype == np.float32 and zeros.dtype == np.int16:
+            return QuantizedWeight(torch.from_numpy(ints), torch.from_numpy(scales), torch.from_numpy(zeros),
+                                   group, grid)
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # a damaged cache entry is measured again and replaced
+    return None
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ints=result.ints.numpy(), scales=result.scales.numpy(), zeros=result.zeros.numpy())
-            os.replace(tmp, path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)  # the cache is an optimisation; the result stands
-    return result
+
+def _write(key: str, result: QuantizedWeight) -> None:
+    import tempfile
+
+    import numpy as np
+
+    path = cache_dir() / f"{key}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, ints=result.ints.numpy(), scales=result.scales.numpy(), zeros=result.zeros.numpy())
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)  # the cache is an optimisation; the result stands

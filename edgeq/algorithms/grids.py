@@ -16,6 +16,10 @@ is its backend's choice (``GPTQ_GRID`` in the backend module); nothing here name
   clamped to [0, 15], ``q = clamp(roundf(w * (1 / scale) + zp), 0, 15)`` with C's
   round-half-away-from-zero, in float32.
 
+A grid also names how the format's own RTN chooses its scales (``rtn``): min-max, or for
+ExecuTorch torchao's scale-only HQQ (``hqq_scale_only``), which calibrated algorithms then
+start from and are compared against.
+
 Checked bit for bit against torchao and ONNX Runtime in ``tests/test_gptq.py``.
 """
 
@@ -31,10 +35,14 @@ class SymmetricInt4:
     qmin: int = -8
     qmax: int = 7
     name: str = "int4-symmetric"
+    # How the format's own RTN chooses scales: "minmax" (``params``) or "hqq_scale_only"
+    # (torchao's scale-only HQQ, as ExecuTorch's int4-gN): what calibrated algorithms start
+    # from and must not do worse than (``edgeq.algorithms.gptq.format_rtn``).
+    rtn: str = "minmax"
 
     @property
     def key(self) -> str:
-        return f"{self.name}{'-bf16' if self.bf16_scales else ''}"
+        return f"{self.name}{'-bf16' if self.bf16_scales else ''}{'' if self.rtn == 'minmax' else '-' + self.rtn}"
 
     def params(self, group: Any) -> tuple[Any, Any]:
         """``(scale, zero)`` per row of ``group`` ([rows, g]), float32 and int16."""
@@ -67,6 +75,7 @@ class SymmetricInt4:
 class AsymmetricUint4:
     qmax: int = 15
     name: str = "uint4-asymmetric"
+    rtn: str = "minmax"  # MatMulNBits' quantizer: min-max scales
 
     @property
     def key(self) -> str:

@@ -126,7 +126,7 @@ ALGORITHMS_NOT_OFFERED: dict[str, str] = {
 def gptq_grid() -> Any:
     from edgeq.algorithms.grids import SymmetricInt4
 
-    return SymmetricInt4(bf16_scales=True)
+    return SymmetricInt4(bf16_scales=True, rtn="hqq_scale_only")  # quant.torchao_config's RTN int4
 
 
 def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict: bool, profile: Any = None) -> Any:
