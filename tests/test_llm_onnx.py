@@ -98,6 +98,31 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
     assert "ONNX Runtime" in session.runtime
 
 
+def test_fused_attention_shares_one_cache_buffer_per_layer(llama):
+    """Every layer's attention fused: past and present are one max-context buffer the session
+    binds to both, so ONNX Runtime hands back no present of its own (the bound memory is the
+    output) and the tokens written by a call are in that buffer, matching eager's cache."""
+    import onnx
+
+    from edgeq.backends import KV_STATIC
+
+    model, lowered = llama
+    assert lowered.delegation["kv_cache_layout"] == KV_STATIC
+    graph = onnx.load(str(lowered.model_file)).graph
+    assert [i.name for i in graph.input][:3] == ["input_ids", "seqlens_k", "total_sequence_length"]
+    assert [d.dim_value for d in graph.output[1].type.tensor_type.shape.dim][2] == MAX_CONTEXT
+    session = _open(lowered.model_file)
+    session.prefill(PROMPT)
+    session.decode(7)
+    with torch.no_grad():
+        eager = model(torch.tensor([PROMPT + [7]]), use_cache=True).past_key_values.layers
+    for layer in range(2):
+        for kv, want in ((0, eager[layer].keys), (1, eager[layer].values)):
+            got = session._cache[2 * layer + kv].numpy()
+            assert got.shape == (1, 2, MAX_CONTEXT, 16)
+            np.testing.assert_allclose(got[:, :, :len(PROMPT) + 1], want.numpy(), atol=1e-4, rtol=1e-4)
+
+
 # Fusions per architecture (2 layers): RMSNorms as SimplifiedLayerNormalization (2 per layer
 # + the final one; Qwen3 also normalizes q and k per head), and each layer's attention as one
 # GroupQueryAttention with the rotary inside, else the rotary alone as RotaryEmbedding (q and
@@ -116,7 +141,8 @@ def _fusions(model_file) -> tuple[int, int, int]:
 
     ops = [n.op_type for n in onnx.load(str(model_file)).graph.node]
     assert "ReduceMean" not in ops  # no RMSNorm left unfused (GPT-2's LayerNorm is one op)
-    return ops.count("SimplifiedLayerNormalization"), ops.count("GroupQueryAttention"), ops.count("RotaryEmbedding")
+    norms = ops.count("SimplifiedLayerNormalization") + ops.count("SkipSimplifiedLayerNormalization")
+    return norms, ops.count("GroupQueryAttention"), ops.count("RotaryEmbedding")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -125,6 +151,10 @@ def test_fp32_greedy_tokens_match_transformers(arch, tmp_path):
     lowered = _lower(model, None, tmp_path)
     assert _greedy(_open(lowered.model_file), PROMPT, NEW_TOKENS) == _eager_greedy(model, PROMPT, NEW_TOKENS)
     assert _fusions(lowered.model_file) == FUSED[arch]
+    # one shared buffer per layer only when every layer's attention is GroupQueryAttention
+    from edgeq.backends import KV_GROWN, KV_STATIC
+
+    assert lowered.delegation["kv_cache_layout"] == (KV_STATIC if FUSED[arch][1] == 2 else KV_GROWN)
 
 
 def test_prefill_all_logits_match_eager_and_reset_restarts(llama):
@@ -295,7 +325,8 @@ def test_tampered_metadata_is_refused(llama, tmp_path):
     proto = onnx.load(str(lowered.model_file))
     entry = next(p for p in proto.metadata_props if p.key == "edgeq.lm")
     meta = json.loads(entry.value)
-    for key, bad in (("max_context", -1), ("num_layers", 3), ("version", 99), ("vocab_size", "x")):
+    for key, bad in (("max_context", -1), ("num_layers", 3), ("version", 99), ("vocab_size", "x"),
+                     ("kv_cache", "bogus")):
         entry.value = json.dumps({**meta, key: bad})
         path = tmp_path / f"{key}.onnx"
         onnx.save(proto, str(path))

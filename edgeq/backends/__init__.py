@@ -110,6 +110,10 @@ class MemoryTerms:
 
 
 EVERY_POSITION, LAST_POSITION = "every position", "last position"  # LMMemoryTerms.program_logits
+# how a runtime holds the KV cache between calls (LMMemoryTerms.kv_layout, the manifest's llm.kv_cache_layout):
+# a past fed in and a longer present returned per call, or one buffer of max-context positions
+# allocated when the session opens and written in place
+KV_GROWN, KV_STATIC = "grown per call", "one buffer at max context"
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ class LMMemoryTerms:
     ``program_logits``: the positions a call of the lowered program returns logits for
     (``"every position"`` or ``"last position"``: then neither the arena nor the caller holds
     the other positions' logits); ``kv_dtype``: the dtype the runtime holds the KV cache in
-    by default (what planning counts before a lowering reports the real cache).
+    by default (what planning counts before a lowering reports the real cache); ``kv_layout``:
+    how a runtime without a planned arena holds the cache by default (``KV_GROWN`` / ``KV_STATIC``;
+    an artifact's manifest says which its lowering wrote).
     """
 
     kv_copies: float
@@ -136,6 +142,7 @@ class LMMemoryTerms:
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
     program_logits: str = EVERY_POSITION  # or LAST_POSITION
     kv_dtype: str = "float32"
+    kv_layout: str = KV_GROWN
 
 
 @dataclass(frozen=True)
