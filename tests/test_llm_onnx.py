@@ -274,6 +274,42 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     return (np.exp(lp) * (lp - lq)).sum(-1)
 
 
+def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
+    """Table and tied head both at int4-g32: the table's GatherBlockQuantized reads the head's
+    MatMulNBits tensor, so the file holds the matrix once (smaller by the table's bytes than
+    the same plan lowered with two tensors) and computes the same logits as that artifact."""
+    import onnx
+
+    import edgeq.backends.onnx.llm as onnx_llm
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.schemes import Scheme
+
+    model, _ = llama
+    plan = QuantPlan({x.fqn: Scheme("int", 4, 32) for x in layer_inventory(model)})
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "apart").mkdir()
+    shared = _lower(model, plan, tmp_path / "shared")
+    assert shared.delegation["head"]["storage"] == "shared with the embedding"
+    graph = onnx.load(str(shared.model_file)).graph
+    inits = {t.name: list(t.dims) for t in graph.initializer}
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and inits[n.input[1]][0] == 256)
+    assert gbq.input[0] not in inits  # read through a Reshape of the head's tensor
+    assert not [n for n, dims in inits.items() if dims in ([256, 64], [256, 32])]  # no table of its own
+    assert inits[head.input[1]] == [256, 2, 16]
+
+    monkeypatch.setattr(onnx_llm, "_share_tied_table", lambda *a: False)
+    apart = _lower(model, plan, tmp_path / "apart")
+    assert apart.delegation["head"]["storage"] == "own copy"
+    saved = apart.model_file.stat().st_size - shared.model_file.stat().st_size
+    table_bytes = 256 * 64 // 2 + 256 * 2 * 4 + 256  # 4-bit values, fp32 scales, 4-bit zero points
+    assert 0.9 * table_bytes <= saved <= 1.2 * table_bytes, saved
+    ids = list(range(40, 60))
+    np.testing.assert_allclose(_open(shared.model_file).prefill(ids, all_logits=True),
+                               _open(apart.model_file).prefill(ids, all_logits=True), atol=1e-3, rtol=1e-3)
+
+
 def test_model_without_lm_head_is_refused(tmp_path):
     from edgeq.errors import ExportError
 

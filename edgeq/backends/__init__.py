@@ -143,6 +143,9 @@ class LMMemoryTerms:
     program_logits: str = EVERY_POSITION  # or LAST_POSITION
     kv_dtype: str = "float32"
     kv_layout: str = KV_GROWN
+    # a tied head stored as its table's tensor is held once too (llama.cpp maps the one tensor;
+    # ONNX Runtime folds the table's view into a copy and prepacks the head: two)
+    tied_head_held_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,13 +213,17 @@ class Backend(Protocol):
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
     EXTRA_SCHEMES: tuple[Any, ...]  # schemes only this format stores, offered per layer by extra_schemes
-    TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
     ALGORITHMS_NOT_OFFERED: dict[str, str]  # algorithm → why the format does not offer it
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool
     ANDROID_RUNNER: str
     ANDROID_LOG_TAG: str
+
+    def tied_head_shares_table(self, scheme: Any) -> bool:
+        """Whether a tied LM head at ``scheme``, its table's scheme too, is stored as the table's
+        tensor (one tensor in the file: ``edgeq.planning.shared`` plans the pair jointly)."""
+        ...
 
     def stored_bytes(self, layer: Any, scheme: Any) -> int: ...
     def runtime_bytes(self, layer: Any, scheme: Any) -> int: ...

@@ -110,9 +110,10 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
     every = (program_logits or terms.program_logits) == EVERY_POSITION
     static_kv = (kv_layout or terms.kv_layout) == KV_STATIC
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
-    # a tied head the format stores as its table's tensor holds nothing of its own
-    free = {x.fqn for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
-            and schemes.get(x.fqn, "fp32") == schemes.get(x.tied, "fp32")}
+    # a tied head the format stores as its table's tensor, and the runtime holds once, holds nothing of its own
+    free = {x.fqn for x in layers if x.tied and schemes.get(x.fqn, "fp32") == schemes.get(x.tied, "fp32")
+            and terms.tied_head_held_once
+            and (s := applied(schemes.get(x.fqn, "fp32"))) is not None and be.tied_head_shares_table(s)}
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias), decoder_lm=True)
                                    for x, s in pairs if s is not None and x.fqn not in free)
     if planned_activation_bytes > 0:

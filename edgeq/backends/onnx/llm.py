@@ -91,6 +91,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         called = {_unprefix(k) for k in called_layers(proto)}
         proto, applied = _apply_plan(proto, schemes, nodes, called)
         write_calibrated(proto, nodes, {f: w for f, w in (calibrated or {}).items() if applied.get(f) == schemes[f].name})
+        tied_once = _share_tied_table(proto, module, schemes, applied)
         _int8_activations(proto)
         dedupe_nodes(proto)
         norms, rotary = fuse_rms_norms(proto), fuse_rotary(proto, module, max_context)
@@ -122,7 +123,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         extra_files=extra,
         linear_compute=linears_with_int8_activations(module, applied),  # MatMulNBits at accuracy_level 4
         delegation={"delegated_ops": {"CPUExecutionProvider": sum(counts.values())}, "portable_op_count": 0,
-                    "op_types": counts, "head": head_storage(module, applied),
+                    "op_types": counts, "head": _head(module, applied, tied_once),
                     "kv_cache_layout": KV_STATIC if shared else KV_GROWN},
     )
 
@@ -134,6 +135,24 @@ _PREFIX = "lm."  # the wrapper's attribute: exported name scopes start with it
 
 def _unprefix(scope: str) -> str:
     return scope[len(_PREFIX):] if scope.startswith(_PREFIX) else scope
+
+
+def _share_tied_table(proto: Any, module: Any, schemes: dict[str, Any], applied: dict[str, str]) -> bool:
+    """A tied head at its table's scheme, where ONNX stores that pair once (``llm_tied``):
+    the table read from the head's tensor. Returns whether the graph was rewritten."""
+    from edgeq.backends.onnx.llm_tied import share_tied_table, shares_table
+    from edgeq.planning.inventory import layer_inventory
+
+    pairs = [(x.tied, x.fqn) for x in layer_inventory(module) if x.tied]
+    return len(pairs) == 1 and all(
+        f in schemes and applied.get(f) == schemes[f].name for f in pairs[0]) \
+        and schemes[pairs[0][0]] == schemes[pairs[0][1]] and shares_table(schemes[pairs[0][1]]) \
+        and share_tied_table(proto)
+
+
+def _head(module: Any, applied: dict[str, str], tied_once: bool) -> dict[str, Any]:
+    head = head_storage(module, applied)
+    return {**head, "storage": "shared with the embedding"} if tied_once else head
 
 
 def _causal_lm(model: Any) -> Any:
