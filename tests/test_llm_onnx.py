@@ -207,7 +207,10 @@ def test_int4_matmulnbits_artifact_is_close_to_fp32(llama, tmp_path):
     lowered = _lower(model, plan, tmp_path)
     graph = onnx.load(str(lowered.model_file), load_external_data=False).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == len(plan.schemes)  # every linear, the tied head included
+    # every linear, the tied head included; each layer's q, k and v packed into one
+    assert len(nbits) == len(plan.schemes) - 2 * 2
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert [list(n.input[1:3]) for n in gqa] == [["", ""], ["", ""]]
     assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4}
     # int4 linears of a decoder compute with int8 dynamic activations (as ExecuTorch's 8da4w)
     assert all({a.name: a.i for a in n.attribute}.get("accuracy_level") == 4 for n in nbits)
@@ -272,6 +275,33 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
 
     lp, lq = log_softmax(p_logits.astype(np.float64)), log_softmax(q_logits.astype(np.float64))
     return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_packed_qkv_projection_computes_what_three_did(llama, tmp_path, monkeypatch, bits):
+    """q, k and v as one MatMulNBits stacked along N (GroupQueryAttention's packed input): the
+    same logits and greedy tokens as the artifact lowered with three projections."""
+    import onnx
+
+    import edgeq.backends.onnx.llm_attention as attention
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.schemes import INT8, Scheme
+
+    model, _ = llama
+    scheme = Scheme("int", 4, 32) if bits == 4 else INT8
+    plan = QuantPlan({x.fqn: scheme for x in layer_inventory(model) if x.kind == "linear"})
+    for name in ("packed", "three"):
+        (tmp_path / name).mkdir()
+    packed = _lower(model, plan, tmp_path / "packed")
+    monkeypatch.setattr(attention, "pack_qkv", lambda proto: 0)
+    three = _lower(model, plan, tmp_path / "three")
+    count = [sum(n.op_type == "MatMulNBits" for n in onnx.load(str(x.model_file)).graph.node) for x in (packed, three)]
+    assert count == [count[1] - 4, 15]  # 7 linears x 2 layers + the head; q/k/v: 3 -> 1 per layer
+    ids = list(range(40, 60))
+    np.testing.assert_allclose(_open(packed.model_file).prefill(ids, all_logits=True),
+                               _open(three.model_file).prefill(ids, all_logits=True), atol=1e-5, rtol=1e-5)
+    assert _greedy(_open(packed.model_file), PROMPT, NEW_TOKENS) == _greedy(_open(three.model_file), PROMPT, NEW_TOKENS)
 
 
 def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
@@ -406,7 +436,8 @@ def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
     tied = model.lm_head.weight is model.model.embed_tokens.weight
     assert lowered.delegation["head"] == {"fqn": "lm_head", "tied": tied, "scheme": "fp32", "storage": "own copy"}
     ops = [n.op_type for n in onnx.load(str(lowered.model_file)).graph.node]
-    assert ops.count("MatMulNBits") == 14 and "DequantizeLinear" in ops
+    # 7 linears x 2 layers, each layer's int8 q, k and v packed into one
+    assert ops.count("MatMulNBits") == 14 - 2 * 2 and "DequantizeLinear" in ops
     ids = list(range(100, 120))
     want = _open(fp32.model_file).prefill(ids, all_logits=True)
     got = _open(lowered.model_file).prefill(ids, all_logits=True)

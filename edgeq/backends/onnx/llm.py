@@ -68,7 +68,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     import onnxruntime as ort
 
     from edgeq.backends.onnx.graph import called_layers, dedupe_nodes, fold_weight_transposes, gemm_to_matmul, layer_nodes, op_counts
-    from edgeq.backends.onnx.llm_attention import fuse_group_query_attention, share_kv_buffers
+    from edgeq.backends.onnx.llm_attention import fuse_group_query_attention, pack_qkv, share_kv_buffers
     from edgeq.backends.onnx.llm_session import KV_CONCAT, KV_SHARED
     from edgeq.backends.onnx.llm_fusion import fuse_rms_norms, fuse_rotary, fuse_skip_norms
     from edgeq.backends.onnx.calibrated import write_calibrated
@@ -98,6 +98,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         attention = fuse_group_query_attention(proto, module.config, max_context, layers)
         shared = share_kv_buffers(proto, layers, max_context)
         skips = fuse_skip_norms(proto)
+        packed = pack_qkv(proto)
         _strip_debug_metadata(proto)
         kv = _cache_layout(proto, layers)
         meta = {"version": LM_META_VERSION, "max_context": max_context, "num_layers": layers,
@@ -109,7 +110,7 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         counts = op_counts(proto)
         info.detail = (", ".join(f"{n} {s}" for s, n in _count(applied).items()) or "fp32") + \
             (f"; fused {norms} RMSNorms ({skips} with their residual Add), {rotary} rotary embeddings, "
-             f"{attention} attentions"
+             f"{attention} attentions ({packed} reading one packed q/k/v projection)"
              if norms or rotary or attention else "")
     check_loads(out, extra, "LM", steps)
     return LoweredLM(

@@ -261,3 +261,65 @@ def share_kv_buffers(proto: Any, layers: int, max_context: int) -> bool:
             dims[2].dim_value = max_context
     drop_unread(proto)
     return True
+
+
+def pack_qkv(proto: Any) -> int:
+    """Each GroupQueryAttention whose q, k and v come from three ``MatMulNBits`` of one input
+    with the same bits, block and accuracy (each read by that attention alone) reads one
+    ``MatMulNBits`` of the three weights stacked along N instead (GroupQueryAttention's packed
+    QKV input, key and value left empty). Per-row blocks, scales and zero points stack row by
+    row, so every output value is what the three computed (the int8 activation blocks are the
+    same input's); a decode step then runs one small kernel instead of three (SmolLM2: k and v
+    have N = 192, a kernel's fixed cost is most of their time). Returns how many were packed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from edgeq.backends.onnx.llm_fusion import drop_unread, graph_index
+
+    g = proto.graph
+    _, producer, readers = graph_index(g)
+    inits = {t.name: t for t in g.initializer}
+
+    def attrs(n: Any) -> dict[str, Any]:
+        return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+    replaced: dict[int, list[Any]] = {}
+    drop: set[int] = set()
+    for gqa in [n for n in g.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]:
+        mms = [producer.get(name) for name in gqa.input[:3]]
+        if any(m is None or m.op_type != "MatMulNBits" or m.domain != "com.microsoft" for m in mms):
+            continue
+        if len({m.input[0] for m in mms}) != 1 or any(len(readers.get(m.output[0], [])) != 1 for m in mms):
+            continue
+        a = [attrs(m) for m in mms]
+        same = [{k: v for k, v in x.items() if k != "N"} for x in a]
+        zero = {len(m.input) > 3 and bool(m.input[3]) for m in mms}
+        if same[0] != same[1] or same[0] != same[2] or len(zero) != 1 or any(len(m.input) > 4 and any(m.input[4:])
+                                                                              for m in mms):
+            continue
+        names = [[m.input[i] for m in mms] for i in range(1, 4 if zero == {True} else 3)]
+        if any(n not in inits or len(readers.get(n, [])) != 1 for group in names for n in group):
+            continue
+        stacked = []
+        for group in names:
+            arrays = [numpy_helper.to_array(inits[n]) for n in group]
+            if len({x.ndim for x in arrays}) != 1 or len({x.shape[1:] for x in arrays}) != 1:
+                break
+            stacked.append(numpy_helper.from_array(np.concatenate(arrays, axis=0), f"{group[0]}.qkv"))
+        if len(stacked) != len(names):
+            continue
+        g.initializer.extend(stacked)
+        out = f"{mms[0].output[0]}.qkv"
+        fused = helper.make_node("MatMulNBits", [mms[0].input[0], *[t.name for t in stacked]], [out],
+                                 name=f"{mms[0].name}/qkv", domain="com.microsoft",
+                                 **{**a[0], "N": int(sum(x["N"] for x in a))})
+        replaced[id(mms[0])] = [fused]
+        drop |= {id(mms[1]), id(mms[2])}
+        gqa.input[0], gqa.input[1], gqa.input[2] = out, "", ""
+    if not replaced:
+        return 0
+    nodes = [x for n in g.node if id(n) not in drop for x in replaced.get(id(n), [n])]
+    g.ClearField("node")
+    g.node.extend(nodes)
+    drop_unread(proto)
+    return len(replaced)
