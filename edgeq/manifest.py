@@ -228,6 +228,9 @@ class LLMInfo(Strict):
     # the positions a call returns logits for: "every position" / "last position" (None: from
     # before edgeq recorded it, every position)
     logits: str | None = None
+    # how the runtime holds the KV cache: "grown per call" / "one buffer at max context" (None:
+    # from before edgeq recorded it, grown per call)
+    kv_cache_layout: str | None = None
     head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
     verification: LLMVerification | None
     predicted_memory: LLMPredictedMemory | None = None  # absent in artifacts from before edgeq predicted it

@@ -98,6 +98,31 @@ def test_llama_fp32_greedy_tokens_match_transformers(llama):
     assert "ONNX Runtime" in session.runtime
 
 
+def test_fused_attention_shares_one_cache_buffer_per_layer(llama):
+    """Every layer's attention fused: past and present are one max-context buffer the session
+    binds to both, so ONNX Runtime hands back no present of its own (the bound memory is the
+    output) and the tokens written by a call are in that buffer, matching eager's cache."""
+    import onnx
+
+    from edgeq.backends import KV_STATIC
+
+    model, lowered = llama
+    assert lowered.delegation["kv_cache_layout"] == KV_STATIC
+    graph = onnx.load(str(lowered.model_file)).graph
+    assert [i.name for i in graph.input][:3] == ["input_ids", "seqlens_k", "total_sequence_length"]
+    assert [d.dim_value for d in graph.output[1].type.tensor_type.shape.dim][2] == MAX_CONTEXT
+    session = _open(lowered.model_file)
+    session.prefill(PROMPT)
+    session.decode(7)
+    with torch.no_grad():
+        eager = model(torch.tensor([PROMPT + [7]]), use_cache=True).past_key_values.layers
+    for layer in range(2):
+        for kv, want in ((0, eager[layer].keys), (1, eager[layer].values)):
+            got = session._cache[2 * layer + kv].numpy()
+            assert got.shape == (1, 2, MAX_CONTEXT, 16)
+            np.testing.assert_allclose(got[:, :, :len(PROMPT) + 1], want.numpy(), atol=1e-4, rtol=1e-4)
+
+
 # Fusions per architecture (2 layers): RMSNorms as SimplifiedLayerNormalization (2 per layer
 # + the final one; Qwen3 also normalizes q and k per head), and each layer's attention as one
 # GroupQueryAttention with the rotary inside, else the rotary alone as RotaryEmbedding (q and
@@ -116,7 +141,8 @@ def _fusions(model_file) -> tuple[int, int, int]:
 
     ops = [n.op_type for n in onnx.load(str(model_file)).graph.node]
     assert "ReduceMean" not in ops  # no RMSNorm left unfused (GPT-2's LayerNorm is one op)
-    return ops.count("SimplifiedLayerNormalization"), ops.count("GroupQueryAttention"), ops.count("RotaryEmbedding")
+    norms = ops.count("SimplifiedLayerNormalization") + ops.count("SkipSimplifiedLayerNormalization")
+    return norms, ops.count("GroupQueryAttention"), ops.count("RotaryEmbedding")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -125,6 +151,10 @@ def test_fp32_greedy_tokens_match_transformers(arch, tmp_path):
     lowered = _lower(model, None, tmp_path)
     assert _greedy(_open(lowered.model_file), PROMPT, NEW_TOKENS) == _eager_greedy(model, PROMPT, NEW_TOKENS)
     assert _fusions(lowered.model_file) == FUSED[arch]
+    # one shared buffer per layer only when every layer's attention is GroupQueryAttention
+    from edgeq.backends import KV_GROWN, KV_STATIC
+
+    assert lowered.delegation["kv_cache_layout"] == (KV_STATIC if FUSED[arch][1] == 2 else KV_GROWN)
 
 
 def test_prefill_all_logits_match_eager_and_reset_restarts(llama):
@@ -177,7 +207,10 @@ def test_int4_matmulnbits_artifact_is_close_to_fp32(llama, tmp_path):
     lowered = _lower(model, plan, tmp_path)
     graph = onnx.load(str(lowered.model_file), load_external_data=False).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == len(plan.schemes)  # every linear, the tied head included
+    # every linear, the tied head included; each layer's q, k and v packed into one
+    assert len(nbits) == len(plan.schemes) - 2 * 2
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert [list(n.input[1:3]) for n in gqa] == [["", ""], ["", ""]]
     assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4}
     # int4 linears of a decoder compute with int8 dynamic activations (as ExecuTorch's 8da4w)
     assert all({a.name: a.i for a in n.attribute}.get("accuracy_level") == 4 for n in nbits)
@@ -244,6 +277,69 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     return (np.exp(lp) * (lp - lq)).sum(-1)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_packed_qkv_projection_computes_what_three_did(llama, tmp_path, monkeypatch, bits):
+    """q, k and v as one MatMulNBits stacked along N (GroupQueryAttention's packed input): the
+    same logits and greedy tokens as the artifact lowered with three projections."""
+    import onnx
+
+    import edgeq.backends.onnx.llm_attention as attention
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.schemes import INT8, Scheme
+
+    model, _ = llama
+    scheme = Scheme("int", 4, 32) if bits == 4 else INT8
+    plan = QuantPlan({x.fqn: scheme for x in layer_inventory(model) if x.kind == "linear"})
+    for name in ("packed", "three"):
+        (tmp_path / name).mkdir()
+    packed = _lower(model, plan, tmp_path / "packed")
+    monkeypatch.setattr(attention, "pack_qkv", lambda proto: 0)
+    three = _lower(model, plan, tmp_path / "three")
+    count = [sum(n.op_type == "MatMulNBits" for n in onnx.load(str(x.model_file)).graph.node) for x in (packed, three)]
+    assert count == [count[1] - 4, 15]  # 7 linears x 2 layers + the head; q/k/v: 3 -> 1 per layer
+    ids = list(range(40, 60))
+    np.testing.assert_allclose(_open(packed.model_file).prefill(ids, all_logits=True),
+                               _open(three.model_file).prefill(ids, all_logits=True), atol=1e-5, rtol=1e-5)
+    assert _greedy(_open(packed.model_file), PROMPT, NEW_TOKENS) == _greedy(_open(three.model_file), PROMPT, NEW_TOKENS)
+
+
+def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
+    """Table and tied head both at int4-g32: the table's GatherBlockQuantized reads the head's
+    MatMulNBits tensor, so the file holds the matrix once (smaller by the table's bytes than
+    the same plan lowered with two tensors) and computes the same logits as that artifact."""
+    import onnx
+
+    import edgeq.backends.onnx.llm as onnx_llm
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.schemes import Scheme
+
+    model, _ = llama
+    plan = QuantPlan({x.fqn: Scheme("int", 4, 32) for x in layer_inventory(model)})
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "apart").mkdir()
+    shared = _lower(model, plan, tmp_path / "shared")
+    assert shared.delegation["head"]["storage"] == "shared with the embedding"
+    graph = onnx.load(str(shared.model_file)).graph
+    inits = {t.name: list(t.dims) for t in graph.initializer}
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and inits[n.input[1]][0] == 256)
+    assert gbq.input[0] not in inits  # read through a Reshape of the head's tensor
+    assert not [n for n, dims in inits.items() if dims in ([256, 64], [256, 32])]  # no table of its own
+    assert inits[head.input[1]] == [256, 2, 16]
+
+    monkeypatch.setattr(onnx_llm, "_share_tied_table", lambda *a: False)
+    apart = _lower(model, plan, tmp_path / "apart")
+    assert apart.delegation["head"]["storage"] == "own copy"
+    saved = apart.model_file.stat().st_size - shared.model_file.stat().st_size
+    table_bytes = 256 * 64 // 2 + 256 * 2 * 4 + 256  # 4-bit values, fp32 scales, 4-bit zero points
+    assert 0.9 * table_bytes <= saved <= 1.2 * table_bytes, saved
+    ids = list(range(40, 60))
+    np.testing.assert_allclose(_open(shared.model_file).prefill(ids, all_logits=True),
+                               _open(apart.model_file).prefill(ids, all_logits=True), atol=1e-3, rtol=1e-3)
+
+
 def test_model_without_lm_head_is_refused(tmp_path):
     from edgeq.errors import ExportError
 
@@ -295,7 +391,8 @@ def test_tampered_metadata_is_refused(llama, tmp_path):
     proto = onnx.load(str(lowered.model_file))
     entry = next(p for p in proto.metadata_props if p.key == "edgeq.lm")
     meta = json.loads(entry.value)
-    for key, bad in (("max_context", -1), ("num_layers", 3), ("version", 99), ("vocab_size", "x")):
+    for key, bad in (("max_context", -1), ("num_layers", 3), ("version", 99), ("vocab_size", "x"),
+                     ("kv_cache", "bogus")):
         entry.value = json.dumps({**meta, key: bad})
         path = tmp_path / f"{key}.onnx"
         onnx.save(proto, str(path))
@@ -339,7 +436,8 @@ def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
     tied = model.lm_head.weight is model.model.embed_tokens.weight
     assert lowered.delegation["head"] == {"fqn": "lm_head", "tied": tied, "scheme": "fp32", "storage": "own copy"}
     ops = [n.op_type for n in onnx.load(str(lowered.model_file)).graph.node]
-    assert ops.count("MatMulNBits") == 14 and "DequantizeLinear" in ops
+    # 7 linears x 2 layers, each layer's int8 q, k and v packed into one
+    assert ops.count("MatMulNBits") == 14 - 2 * 2 and "DequantizeLinear" in ops
     ids = list(range(100, 120))
     want = _open(fp32.model_file).prefill(ids, all_logits=True)
     got = _open(lowered.model_file).prefill(ids, all_logits=True)

@@ -76,26 +76,30 @@ def test_deterministic_for_hundreds_of_layers():
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_a_shared_head_matches_brute_force_with_the_head_free_at_its_tables_scheme(seed):
+@pytest.mark.parametrize("only_some", [False, True])
+def test_a_shared_head_matches_brute_force_with_the_head_free_at_its_tables_scheme(seed, only_some):
     """``edgeq.planning.shared``: a (table, head) pair whose head stores nothing when it takes the
-    table's scheme, against every plan enumerated with that rule."""
+    table's scheme (``only_some``: one the format shares, as ONNX shares 4-bit blocks only),
+    against every plan enumerated with that rule."""
     from edgeq.planning.shared import solve_shared, total_bytes
 
     options = _random_problem(seed, 5)
     pair = ("l0", "l3")
+    schemes = sorted({c.scheme for c in options[pair[0]]}, key=str)
+    shares = frozenset(schemes[::2]) if only_some else None
 
     def cost(combo):
         picked = dict(zip(options, combo))
-        free = picked[pair[1]].scheme == picked[pair[0]].scheme
+        free = picked[pair[1]].scheme == picked[pair[0]].scheme and (shares is None or picked[pair[0]].scheme in shares)
         return sum(c.bytes for n, c in picked.items() if not (free and n == pair[1])), sum(c.error for c in combo)
 
     lo = min(cost(c)[0] for c in itertools.product(*options.values()))
     hi = sum(max(c.bytes for c in v) for v in options.values())
     budget = random.Random(seed).randint(lo, hi)
     feasible = [cost(c) for c in itertools.product(*options.values()) if cost(c)[0] <= budget]
-    got = solve_shared(solve, options, budget, [pair], cells=hi + 1)
+    got = solve_shared(solve, options, budget, [pair], shares, cells=hi + 1)
     assert list(got.schemes) == list(options)
-    assert got.bytes == total_bytes(options, got.schemes, [pair]) <= budget
+    assert got.bytes == total_bytes(options, got.schemes, [pair], shares) <= budget
     assert got.error == pytest.approx(min(e for _, e in feasible), abs=1e-12)
-    smallest = solve_shared(smallest_within, options, 1e9, [pair], cells=hi + 1)
+    smallest = solve_shared(smallest_within, options, 1e9, [pair], shares, cells=hi + 1)
     assert smallest.bytes == lo

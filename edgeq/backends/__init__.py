@@ -110,6 +110,10 @@ class MemoryTerms:
 
 
 EVERY_POSITION, LAST_POSITION = "every position", "last position"  # LMMemoryTerms.program_logits
+# how a runtime holds the KV cache between calls (LMMemoryTerms.kv_layout, the manifest's llm.kv_cache_layout):
+# a past fed in and a longer present returned per call, or one buffer of max-context positions
+# allocated when the session opens and written in place
+KV_GROWN, KV_STATIC = "grown per call", "one buffer at max context"
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ class LMMemoryTerms:
     ``program_logits``: the positions a call of the lowered program returns logits for
     (``"every position"`` or ``"last position"``: then neither the arena nor the caller holds
     the other positions' logits); ``kv_dtype``: the dtype the runtime holds the KV cache in
-    by default (what planning counts before a lowering reports the real cache).
+    by default (what planning counts before a lowering reports the real cache); ``kv_layout``:
+    how a runtime without a planned arena holds the cache by default (``KV_GROWN`` / ``KV_STATIC``;
+    an artifact's manifest says which its lowering wrote).
     """
 
     kv_copies: float
@@ -136,6 +142,10 @@ class LMMemoryTerms:
     planned_arena: bool = False  # the runtime plans its arena (static cache + activations) ahead of time
     program_logits: str = EVERY_POSITION  # or LAST_POSITION
     kv_dtype: str = "float32"
+    kv_layout: str = KV_GROWN
+    # a tied head stored as its table's tensor is held once too (llama.cpp maps the one tensor;
+    # ONNX Runtime folds the table's view into a copy and prepacks the head: two)
+    tied_head_held_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,13 +213,17 @@ class Backend(Protocol):
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)
     EXTRA_SCHEMES: tuple[Any, ...]  # schemes only this format stores, offered per layer by extra_schemes
-    TIED_HEAD_SHARES_TABLE: bool  # a tied head at its table's scheme is the table's tensor (edgeq.planning.shared)
     CALIBRATED_ALGORITHMS: tuple[str, ...]  # calibrated algorithms whose results the format stores
     ALGORITHMS_NOT_OFFERED: dict[str, str]  # algorithm → why the format does not offer it
     ANDROID_PACKAGE: str  # the runtime's Android library ("" = cannot be bundled)
     ANDROID_LOADS_FROM_PATH: bool
     ANDROID_RUNNER: str
     ANDROID_LOG_TAG: str
+
+    def tied_head_shares_table(self, scheme: Any) -> bool:
+        """Whether a tied LM head at ``scheme``, its table's scheme too, is stored as the table's
+        tensor (one tensor in the file: ``edgeq.planning.shared`` plans the pair jointly)."""
+        ...
 
     def stored_bytes(self, layer: Any, scheme: Any) -> int: ...
     def runtime_bytes(self, layer: Any, scheme: Any) -> int: ...

@@ -360,6 +360,7 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
     head = delegation.pop("head", {})
     prefill = delegation.pop("prefill", "whole prompt in one call")
     logits = delegation.pop("logits", EVERY_POSITION)
+    kv_layout = delegation.pop("kv_cache_layout", None)
     arena = int(delegation.pop("planned_activation_bytes", 0))
     counts: dict[str, int] = {}
     for s in lowered.layer_schemes.values():
@@ -400,7 +401,7 @@ def _manifest(loaded: Any, resolved: Any, requested: str, plan: Any, lowered: An
             "eos_token_ids": _eos_ids(model),
             "bos_token_id": int(cfg.bos_token_id) if getattr(cfg, "bos_token_id", None) is not None else None,
             "tokenizer_files": tokenizer_files, "chat_template": _has_chat_template(work),
-            "prefill": prefill, "logits": logits, "head": head, "verification": greedy.to_dict(),
+            "prefill": prefill, "logits": logits, "kv_cache_layout": kv_layout, "head": head, "verification": greedy.to_dict(),
             "linear_compute": dict(getattr(lowered, "linear_compute", None) or {}) or None,
         },
     }

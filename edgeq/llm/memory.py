@@ -11,7 +11,9 @@ runtime's baseline for the process's peak RSS:
   once; ONNX Runtime keeps prepacked copies of linears), tied heads as
   ``edgeq.planning.memory`` counts them;
 - **KV cache** at ``context`` tokens in its dtype (``edgeq.llm.costs.kv_cache_bytes``), times
-  the copies the runtime holds at once (``edgeq.backends.LMMemoryTerms.kv_copies``);
+  the copies the runtime holds at once (``edgeq.backends.LMMemoryTerms.kv_copies``) for a cache
+  grown per call; a cache held as one buffer of max-context positions (``KV_STATIC``: ONNX
+  Runtime's GroupQueryAttention writing in place) is that buffer, from the load on;
 - **activations**: a runtime that plans its arena ahead of time (ExecuTorch: the planned
   bytes recorded in the manifest, which hold the static KV cache and the activations of a
   prefill as long as the context) holds that arena from the load on, plus what its delegate
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends import EVERY_POSITION
+from edgeq.backends import EVERY_POSITION, KV_GROWN, KV_STATIC
 from edgeq.errors import ArtifactError
 from edgeq.llm.costs import LMShape, kv_cache_bytes, logits_bytes, prefill_arena_bytes
 
@@ -90,13 +92,14 @@ def scenario_prompt(context: int) -> int:
 def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shape: LMShape, *, context: int,
                       prompt_tokens: int, planned_activation_bytes: int, kv_dtype: str | None = None,
                       nonlayer_bytes: int = 0, arena_positions: int | None = None,
-                      program_logits: str | None = None) -> LMMemoryEstimate:
+                      program_logits: str | None = None, kv_layout: str | None = None) -> LMMemoryEstimate:
     """The prediction from its parts: ``layers`` (``edgeq.planning.inventory.LayerInfo``), the
     lowered ``schemes`` (fqn → name, as the manifest's ``precision.layers``), the model's
     ``shape``, the scenario, and the runtime's planned arena (0: none), planned for prefills of
     up to ``arena_positions`` tokens (default: ``context``), returning the logits of
     ``program_logits`` (default: what the format's lowering does now), with the KV cache in
-    ``kv_dtype`` (default: the runtime's, ``LM_MEMORY.kv_dtype``)."""
+    ``kv_dtype`` (default: the runtime's, ``LM_MEMORY.kv_dtype``) held as ``kv_layout``
+    (default: the runtime's, ``LM_MEMORY.kv_layout``)."""
     from edgeq.backends import get_backend
     from edgeq.planning.memory import with_tied_head
     from edgeq.schemes import applied
@@ -105,10 +108,12 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
     terms = be.LM_MEMORY
     kv_dtype = kv_dtype or terms.kv_dtype
     every = (program_logits or terms.program_logits) == EVERY_POSITION
+    static_kv = (kv_layout or terms.kv_layout) == KV_STATIC
     pairs = with_tied_head(fmt, [(x, applied(schemes.get(x.fqn, "fp32"))) for x in layers], {}, "causal-lm")
-    # a tied head the format stores as its table's tensor holds nothing of its own
-    free = {x.fqn for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
-            and schemes.get(x.fqn, "fp32") == schemes.get(x.tied, "fp32")}
+    # a tied head the format stores as its table's tensor, and the runtime holds once, holds nothing of its own
+    free = {x.fqn for x in layers if x.tied and schemes.get(x.fqn, "fp32") == schemes.get(x.tied, "fp32")
+            and terms.tied_head_held_once
+            and (s := applied(schemes.get(x.fqn, "fp32"))) is not None and be.tied_head_shares_table(s)}
     weights = nonlayer_bytes + sum(be.held_bytes(x, s, bool(x.bias), decoder_lm=True)
                                    for x, s in pairs if s is not None and x.fqn not in free)
     if planned_activation_bytes > 0:
@@ -132,9 +137,12 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
         # over the loaded model where the factor on the logits too predicted 171 MB).
         body = prefill_arena_bytes(shape, prompt_tokens) - logits_bytes(shape, 1)
         prefill = int(terms.prefill_factor * body) + logits_bytes(shape, prompt_tokens if every else 1)
-        kv_prefill = kv_cache_bytes(shape, prompt_tokens, kv_dtype)
-        kv_end = int(terms.kv_copies * kv_cache_bytes(shape, context, kv_dtype))
-        kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
+        if static_kv:  # one buffer of every position, allocated when the session opens
+            kv, activations = kv_cache_bytes(shape, arena_positions or context, kv_dtype), prefill
+        else:
+            kv_prefill = kv_cache_bytes(shape, prompt_tokens, kv_dtype)
+            kv_end = int(terms.kv_copies * kv_cache_bytes(shape, context, kv_dtype))
+            kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
     return LMMemoryEstimate(format=fmt, context=context, prompt_tokens=prompt_tokens, weights_bytes=int(weights),
                             kv_cache_bytes=int(kv), activation_bytes=int(activations),
                             runtime_overhead_bytes=int(be.MEMORY.overhead_bytes + terms.session_overhead_bytes),
@@ -178,4 +186,5 @@ def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *
                              planned_activation_bytes=manifest.memory.planned_activation_bytes,
                              kv_dtype=manifest.llm.kv_cache_dtype, nonlayer_bytes=nonlayer,
                              arena_positions=manifest.llm.max_context,
-                             program_logits=manifest.llm.logits or EVERY_POSITION)
+                             program_logits=manifest.llm.logits or EVERY_POSITION,
+                             kv_layout=manifest.llm.kv_cache_layout or KV_GROWN)

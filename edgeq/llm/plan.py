@@ -29,8 +29,8 @@ come from how an LLM is lowered and run:
   the fitting loop (``edgeq.planning.fit``) corrects them from the lowered file.
 
 A tied output head is a layer of its own in the plan (``lm_head``). Where the format
-stores a head that takes its table's scheme as the table itself (GGUF:
-``TIED_HEAD_SHARES_TABLE``), the pair is planned jointly and that head costs nothing
+stores a head that takes its table's scheme as the table itself (the backend's
+``tied_head_shares_table(scheme)``: GGUF at every scheme, ONNX at 4-bit blocks), the pair is planned jointly and that head costs nothing
 (``edgeq.planning.shared``); elsewhere the storage cost counts it even when it would share
 the embedding's fp32 table, so a plan with both at fp32 is predicted larger than it is,
 never smaller.

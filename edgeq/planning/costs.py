@@ -45,6 +45,8 @@ class PlanCosts:
     not_measured: dict[str, str] = field(default_factory=dict)  # algorithm → why its schemes were not candidates
     # (table, head) pairs the format stores as one tensor when both take one scheme (edgeq.planning.shared)
     shared_heads: tuple[tuple[str, str], ...] = ()
+    # the schemes at which those pairs are one tensor (None: every scheme)
+    shared_schemes: frozenset[Any] | None = None
     # Per (layer, scheme) op time and the graph's remainder (edgeq.planning.latency); None: not measured.
     latency: Any = None
     # A model of memory other than the encoder one (decoder LLMs): (schemes, activation bytes) → MemoryEstimate.
@@ -247,7 +249,9 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         attention_heads=prepared.attention_heads,
         target=tgt.name,
         model=loaded.name,
-        shared_heads=tuple((x.tied, x.fqn) for x in layers if x.tied and be.TIED_HEAD_SHARES_TABLE
-                           and x.tied in candidates and x.fqn in candidates),
+        shared_heads=tuple((x.tied, x.fqn) for x in layers if x.tied and x.tied in candidates and x.fqn in candidates
+                           and any(be.tied_head_shares_table(s) for s in candidates[x.fqn])),
+        shared_schemes=frozenset(s for x in layers if x.tied and x.fqn in candidates
+                                 for s in candidates[x.fqn] if be.tied_head_shares_table(s)),
         latency=timings,
     )

@@ -127,7 +127,8 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
     gap = 0.0
     if budgets.max_drop is not None:
         try:
-            solution = solve_shared(solver.smallest_within, costs.stored, budgets.max_drop, costs.shared_heads)
+            solution = solve_shared(solver.smallest_within, costs.stored, budgets.max_drop, costs.shared_heads,
+                                    costs.shared_schemes)
         except ValueError as exc:
             raise BudgetError(str(exc), "raise --max-drop or allow more precisions") from None
         binding = "max-drop"
@@ -143,7 +144,7 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
             solution = latency_bound.balanced(costs, budgets, solution, storage_cap, reserve, _solve_budgets)
             binding = f"{binding}, balanced"
     schemes = solution.schemes
-    free = sharing(schemes, costs.shared_heads)  # tied heads stored as their table's tensor
+    free = sharing(schemes, costs.shared_heads, costs.shared_schemes)  # tied heads stored as their table's tensor
     layer_bytes = {x.fqn: 0 if x.fqn in free else costs.layer_bytes[x.fqn][schemes[x.fqn].name] for x in costs.layers}
     stored = {x.fqn: 0 if x.fqn in free else next(c.bytes for c in costs.stored[x.fqn] if c.scheme == schemes[x.fqn])
               for x in costs.layers}
@@ -187,9 +188,10 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
     (``MEMORY_REFITS`` rounds at most).
     """
     stored, held, other, pairs = costs.stored, costs.held, costs.other_bytes, costs.shared_heads
+    shares = costs.shared_schemes
     memory_budget, sources = budgets.memory_bytes, budgets.sources
     try:
-        solution = solve_shared(solver.solve, stored, int(storage_cap), pairs)
+        solution = solve_shared(solver.solve, stored, int(storage_cap), pairs, shares)
     except solver.Infeasible as exc:
         held_back = f" with {reserve / 1e3:.0f} KB for the file's non-weight bytes" if reserve else ""
         raise BudgetError(
@@ -203,7 +205,7 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
     cap = memory_budget - estimate.runtime_overhead_bytes - estimate.activation_bytes - other
     for _ in range(MEMORY_REFITS):
         try:
-            solution = solve_shared(solver.solve, held, int(cap), pairs)
+            solution = solve_shared(solver.solve, held, int(cap), pairs, shares)
         except solver.Infeasible:
             smallest = costs.predict({fqn: min(c, key=lambda x: x.bytes).scheme for fqn, c in held.items()})
             raise BudgetError(
@@ -213,7 +215,7 @@ def _solve_budgets(costs: Any, budgets: Budgets, storage_cap: float, reserve: fl
                 + ("--max-context" if costs.task == "causal-lm" else "--seq-len"),
             ) from None
         estimate = costs.predict(solution.schemes)
-        stored_total = total_bytes(stored, solution.schemes, pairs)
+        stored_total = total_bytes(stored, solution.schemes, pairs, shares)
         over = max(estimate.total_bytes - memory_budget, stored_total - storage_cap)
         if over <= 0:
             return solution, "memory"

@@ -155,7 +155,11 @@ LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 TAKES_ENCODERS = True
-TIED_HEAD_SHARES_TABLE = False  # a tied head is a tensor of its own (its own layout or a transposed copy)
+
+
+def tied_head_shares_table(scheme: Any) -> bool:
+    """Never: a tied head is a tensor of its own (its own layout or a transposed copy)."""
+    return False
 
 
 def lm_numerics() -> Any:

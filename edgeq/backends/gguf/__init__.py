@@ -37,7 +37,13 @@ FOLDS_CONSTANT_LOOKUPS = False
 TAKES_ENCODERS = False  # GGUF / llama.cpp: decoder LLMs only
 # llama.cpp reads token_embd for the output when the file has no output tensor: the writer
 # writes one only when the head's scheme differs from the table's
-TIED_HEAD_SHARES_TABLE = True
+
+
+def tied_head_shares_table(scheme: Any) -> bool:
+    """Always: llama.cpp reads token_embd for the output when the file has no output tensor."""
+    return True
+
+
 LM_TOKENIZER_IN_MODEL = True  # lower_lm writes the tokenizer into the file (it takes tokenizer=)
 
 EMULATION_RUNTIME = "gguf"

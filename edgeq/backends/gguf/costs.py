@@ -164,5 +164,5 @@ MEMORY = MemoryTerms(act_wide=0.0, act_attn=0.0, overhead_bytes=int(10.79e6), ba
 # artifact's context) and its logits buffer when it creates the context: a planned arena,
 # whose bytes lower_lm records from llama.cpp's own report. Only the last position's logits
 # are computed (n_outputs 1).
-LM_MEMORY = LMMemoryTerms(kv_copies=1.0, prefill_factor=0.0, delegate_workspace=0.0, planned_arena=True,
+LM_MEMORY = LMMemoryTerms(tied_head_held_once=True, kv_copies=1.0, prefill_factor=0.0, delegate_workspace=0.0, planned_arena=True,
                           program_logits=LAST_POSITION, kv_dtype="float16")

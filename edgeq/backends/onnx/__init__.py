@@ -177,7 +177,14 @@ LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's C
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 TAKES_ENCODERS = True
-TIED_HEAD_SHARES_TABLE = False  # a tied head is a tensor of its own (its own layout or a transposed copy)
+
+
+def tied_head_shares_table(scheme: Any) -> bool:
+    """4-bit blocks (round to nearest): the table's GatherBlockQuantized reads the head's
+    MatMulNBits tensor (``llm_tied``). Other schemes: a tensor of its own (a transposed copy)."""
+    from edgeq.backends.onnx.llm_tied import shares_table
+
+    return shares_table(scheme)
 
 
 def check_lm(config: Any) -> None:

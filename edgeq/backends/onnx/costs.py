@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeq.backends import FileOverhead, LMMemoryTerms, MemoryTerms
+from edgeq.backends import KV_STATIC, FileOverhead, LMMemoryTerms, MemoryTerms
 from edgeq.schemes import Scheme
 
 INT8_BLOCK = 128  # int8's default kernel: 8-bit MatMulNBits at blocks of 128 (int8-g32: at 32)
@@ -119,4 +119,9 @@ MEMORY = MemoryTerms(act_wide=1.75, act_attn=5.86, overhead_bytes=int(18.7 * 2**
 # loaded model (the past fed in and the present returned are both alive during a step, and
 # glibc keeps part of the previous, smaller step's arrays); a 1024-token prefill holds 1.41x
 # prefill_arena_bytes (ORT keeps the scaled scores, the mask-added scores and the softmax).
-LM_MEMORY = LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_workspace=0.0)
+# A graph whose every attention is one GroupQueryAttention (Llama, Qwen2, Phi-3, Gemma...)
+# holds its cache as one buffer of max-context positions per layer, shared by past and present
+# (``llm_attention.share_kv_buffers``): planning counts that layout; an artifact whose manifest
+# says "grown per call" (GPT-2, Qwen3, sliding windows: attention left unfused) is predicted
+# with the 2.6 copies above.
+LM_MEMORY = LMMemoryTerms(kv_copies=2.6, prefill_factor=1.41, delegate_workspace=0.0, kv_layout=KV_STATIC)

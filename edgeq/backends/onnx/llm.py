@@ -20,9 +20,13 @@ The exported graph is then fused so a decode step runs few kernels (``llm_fusion
 ``llm_attention``): RMSNorms become ``SimplifiedLayerNormalization`` (ONNX Runtime folds
 the residual Adds into ``SkipSimplifiedLayerNormalization`` at load), rotary embeddings
 ``RotaryEmbedding``, and each layer's attention one ``GroupQueryAttention`` with the
-rotary inside; SmolLM2-135M goes from 1895 nodes to 459. Past and present stay separate
-graph inputs and outputs (the kernel concatenates the cache, as the unfused graph did),
-so the session and the memory model are those of the unfused graph. A pattern that does
+rotary inside; SmolLM2-135M goes from 1895 nodes to 459. When every layer's attention is
+fused, each layer's K and V become one buffer of ``max_context`` positions that the session
+binds as both past and present (``share_kv_buffers``; the kernel writes the new positions in
+place instead of copying the whole cache into a new present at every call, and the session
+feeds the cache length); otherwise past and present stay separate inputs and outputs, the
+unfused graph's concatenation. The metadata and the manifest say which
+(``kv_cache`` / ``llm.kv_cache_layout``). A pattern that does
 not match exactly is left as exported (GPT-2 keeps its graph; Qwen3, whose q/k norms sit
 before the rotary, keeps its attention nodes), and fp32 greedy tokens stay identical to
 eager transformers for every architecture tested. ONNX Runtime's offline optimization
@@ -40,6 +44,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeq.backends import KV_GROWN, KV_STATIC
 from edgeq.errors import ConfigError, ExportError, describe
 from edgeq.llm.session import LoweredLM, head_storage, linears_with_int8_activations
 
@@ -63,8 +68,9 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
     import onnxruntime as ort
 
     from edgeq.backends.onnx.graph import called_layers, dedupe_nodes, fold_weight_transposes, gemm_to_matmul, layer_nodes, op_counts
-    from edgeq.backends.onnx.llm_attention import fuse_group_query_attention
-    from edgeq.backends.onnx.llm_fusion import fuse_rms_norms, fuse_rotary
+    from edgeq.backends.onnx.llm_attention import fuse_group_query_attention, pack_qkv, share_kv_buffers
+    from edgeq.backends.onnx.llm_session import KV_CONCAT, KV_SHARED
+    from edgeq.backends.onnx.llm_fusion import fuse_rms_norms, fuse_rotary, fuse_skip_norms
     from edgeq.backends.onnx.calibrated import write_calibrated
     from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata, check_loads
     from edgeq.progress import Steps
@@ -85,21 +91,26 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         called = {_unprefix(k) for k in called_layers(proto)}
         proto, applied = _apply_plan(proto, schemes, nodes, called)
         write_calibrated(proto, nodes, {f: w for f, w in (calibrated or {}).items() if applied.get(f) == schemes[f].name})
+        tied_once = _share_tied_table(proto, module, schemes, applied)
         _int8_activations(proto)
         dedupe_nodes(proto)
         norms, rotary = fuse_rms_norms(proto), fuse_rotary(proto, module, max_context)
         attention = fuse_group_query_attention(proto, module.config, max_context, layers)
+        shared = share_kv_buffers(proto, layers, max_context)
+        skips = fuse_skip_norms(proto)
+        packed = pack_qkv(proto)
         _strip_debug_metadata(proto)
         kv = _cache_layout(proto, layers)
         meta = {"version": LM_META_VERSION, "max_context": max_context, "num_layers": layers,
                 "vocab_size": int(module.config.vocab_size), "kv_heads": kv[0], "head_dim": kv[1],
-                "kv_cache_dtype": "float32"}
+                "kv_cache_dtype": "float32", "kv_cache": KV_SHARED if shared else KV_CONCAT}
         entry = proto.metadata_props.add()
         entry.key, entry.value = LM_META_KEY, json.dumps(meta)
         extra = _save(proto, out)
         counts = op_counts(proto)
         info.detail = (", ".join(f"{n} {s}" for s, n in _count(applied).items()) or "fp32") + \
-            (f"; fused {norms} RMSNorms, {rotary} rotary embeddings, {attention} attentions"
+            (f"; fused {norms} RMSNorms ({skips} with their residual Add), {rotary} rotary embeddings, "
+             f"{attention} attentions ({packed} reading one packed q/k/v projection)"
              if norms or rotary or attention else "")
     check_loads(out, extra, "LM", steps)
     return LoweredLM(
@@ -113,7 +124,8 @@ def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any 
         extra_files=extra,
         linear_compute=linears_with_int8_activations(module, applied),  # MatMulNBits at accuracy_level 4
         delegation={"delegated_ops": {"CPUExecutionProvider": sum(counts.values())}, "portable_op_count": 0,
-                    "op_types": counts, "head": head_storage(module, applied)},
+                    "op_types": counts, "head": _head(module, applied, tied_once),
+                    "kv_cache_layout": KV_STATIC if shared else KV_GROWN},
     )
 
 
@@ -124,6 +136,24 @@ _PREFIX = "lm."  # the wrapper's attribute: exported name scopes start with it
 
 def _unprefix(scope: str) -> str:
     return scope[len(_PREFIX):] if scope.startswith(_PREFIX) else scope
+
+
+def _share_tied_table(proto: Any, module: Any, schemes: dict[str, Any], applied: dict[str, str]) -> bool:
+    """A tied head at its table's scheme, where ONNX stores that pair once (``llm_tied``):
+    the table read from the head's tensor. Returns whether the graph was rewritten."""
+    from edgeq.backends.onnx.llm_tied import share_tied_table, shares_table
+    from edgeq.planning.inventory import layer_inventory
+
+    pairs = [(x.tied, x.fqn) for x in layer_inventory(module) if x.tied]
+    return len(pairs) == 1 and all(
+        f in schemes and applied.get(f) == schemes[f].name for f in pairs[0]) \
+        and schemes[pairs[0][0]] == schemes[pairs[0][1]] and shares_table(schemes[pairs[0][1]]) \
+        and share_tied_table(proto)
+
+
+def _head(module: Any, applied: dict[str, str], tied_once: bool) -> dict[str, Any]:
+    head = head_storage(module, applied)
+    return {**head, "storage": "shared with the embedding"} if tied_once else head
 
 
 def _causal_lm(model: Any) -> Any:

@@ -6,9 +6,9 @@ cache concatenated (``present.i.key = Concat(past.i.key, k)``), k and v repeated
 query heads, scaled scores, a causal mask, softmax, the weighted sum, transposed back.
 That is ~30 nodes a layer; GroupQueryAttention does all of it in one kernel (rotary
 inside, from the same cos / sin tables), reading the projections as they come out of
-their MatMuls and writing ``present.i.key`` / ``present.i.value`` itself, so the graph's
-inputs, outputs and the session's cache handling stay exactly as they were (past and
-present are separate buffers, not shared).
+their MatMuls and writing ``present.i.key`` / ``present.i.value`` itself. When every layer
+fused, ``share_kv_buffers`` then makes each layer's past and present one buffer of
+``max_context`` positions (see there).
 
 Anchored on the cache: for layer i, ``present.i.key`` / ``.value`` must be exactly
 ``Concat(past, RotaryEmbedding(Transpose(Reshape(k_proj))))`` / ``Concat(past,
@@ -204,3 +204,122 @@ def _score_scale(scores: Any, q: str, key_cache: str, producer: dict[str, Any], 
         if name != source:
             return None
     return scale
+
+
+# Graph inputs of a model whose KV cache is one buffer per layer shared by past and present:
+# GroupQueryAttention's own ``seqlens_k`` (tokens in the cache after this call, minus one)
+# and ``total_sequence_length`` (tokens after this call), fed by the session.
+SEQLENS_K, TOTAL_LENGTH = "seqlens_k", "total_sequence_length"
+
+
+def share_kv_buffers(proto: Any, layers: int, max_context: int) -> bool:
+    """Give every layer one KV buffer of ``max_context`` positions, read as ``past.i.*`` and
+    written as ``present.i.*`` by its GroupQueryAttention (ONNX Runtime shares them when both
+    are bound to the same memory: the kernel writes the new positions in place instead of
+    copying the whole cache into a new present at every call). The cache length then no
+    longer comes from the past's shape: the session feeds ``seqlens_k`` and
+    ``total_sequence_length``. Only when every layer's attention was fused and nothing else
+    reads the cache; returns whether the graph was rewritten."""
+    from onnx import TensorProto, helper
+
+    from edgeq.backends.onnx.llm_fusion import drop_unread, graph_index
+
+    g = proto.graph
+    _, producer, readers = graph_index(g)
+    gqa = [n for n in g.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
+    if len(gqa) != layers:
+        return False
+    total = producer.get("edgeq_gqa.total64")
+    offset = producer.get(total.input[0]) if total is not None else None
+    if offset is None or offset.op_type != "Shape" or list(offset.input) != ["past.0.key"]:
+        return False
+    derived = {"edgeq_gqa.seq", "edgeq_gqa.total64", "edgeq_gqa.total", "edgeq_gqa.seqlens_k", "edgeq_gqa.total_len"}
+    for i in range(layers):
+        for kv in ("key", "value"):
+            allowed = {id(gqa[i]), id(offset)} if (i, kv) == (0, "key") else {id(gqa[i])}
+            if any(id(r) not in allowed for r in readers.get(f"past.{i}.{kv}", [])):
+                return False
+    # the offset and what is computed from it are read by the attentions' length inputs alone
+    for name in [offset.output[0], *derived]:
+        if any(r.op_type != "GroupQueryAttention" and not (r.output and r.output[0] in derived)
+               for r in readers.get(name, [])):
+            return False
+    rename = {"edgeq_gqa.seqlens_k": SEQLENS_K, "edgeq_gqa.total_len": TOTAL_LENGTH}
+    for n in gqa:
+        n.input[5], n.input[6] = rename.get(n.input[5], n.input[5]), rename.get(n.input[6], n.input[6])
+        if (n.input[5], n.input[6]) != (SEQLENS_K, TOTAL_LENGTH):
+            return False
+    inputs = list(g.input)
+    new_inputs = [helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, [1]),
+                  helper.make_tensor_value_info(TOTAL_LENGTH, TensorProto.INT32, [])]
+    g.ClearField("input")
+    g.input.extend(inputs[:1] + new_inputs + inputs[1:])
+    for value in list(g.input) + list(g.output):
+        if value.name.startswith(("past.", "present.")):
+            dims = value.type.tensor_type.shape.dim
+            dims[2].ClearField("dim_param")
+            dims[2].dim_value = max_context
+    drop_unread(proto)
+    return True
+
+
+def pack_qkv(proto: Any) -> int:
+    """Each GroupQueryAttention whose q, k and v come from three ``MatMulNBits`` of one input
+    with the same bits, block and accuracy (each read by that attention alone) reads one
+    ``MatMulNBits`` of the three weights stacked along N instead (GroupQueryAttention's packed
+    QKV input, key and value left empty). Per-row blocks, scales and zero points stack row by
+    row, so every output value is what the three computed (the int8 activation blocks are the
+    same input's); a decode step then runs one small kernel instead of three (SmolLM2: k and v
+    have N = 192, a kernel's fixed cost is most of their time). Returns how many were packed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from edgeq.backends.onnx.llm_fusion import drop_unread, graph_index
+
+    g = proto.graph
+    _, producer, readers = graph_index(g)
+    inits = {t.name: t for t in g.initializer}
+
+    def attrs(n: Any) -> dict[str, Any]:
+        return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+    replaced: dict[int, list[Any]] = {}
+    drop: set[int] = set()
+    for gqa in [n for n in g.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]:
+        mms = [producer.get(name) for name in gqa.input[:3]]
+        if any(m is None or m.op_type != "MatMulNBits" or m.domain != "com.microsoft" for m in mms):
+            continue
+        if len({m.input[0] for m in mms}) != 1 or any(len(readers.get(m.output[0], [])) != 1 for m in mms):
+            continue
+        a = [attrs(m) for m in mms]
+        same = [{k: v for k, v in x.items() if k != "N"} for x in a]
+        zero = {len(m.input) > 3 and bool(m.input[3]) for m in mms}
+        if same[0] != same[1] or same[0] != same[2] or len(zero) != 1 or any(len(m.input) > 4 and any(m.input[4:])
+                                                                              for m in mms):
+            continue
+        names = [[m.input[i] for m in mms] for i in range(1, 4 if zero == {True} else 3)]
+        if any(n not in inits or len(readers.get(n, [])) != 1 for group in names for n in group):
+            continue
+        stacked = []
+        for group in names:
+            arrays = [numpy_helper.to_array(inits[n]) for n in group]
+            if len({x.ndim for x in arrays}) != 1 or len({x.shape[1:] for x in arrays}) != 1:
+                break
+            stacked.append(numpy_helper.from_array(np.concatenate(arrays, axis=0), f"{group[0]}.qkv"))
+        if len(stacked) != len(names):
+            continue
+        g.initializer.extend(stacked)
+        out = f"{mms[0].output[0]}.qkv"
+        fused = helper.make_node("MatMulNBits", [mms[0].input[0], *[t.name for t in stacked]], [out],
+                                 name=f"{mms[0].name}/qkv", domain="com.microsoft",
+                                 **{**a[0], "N": int(sum(x["N"] for x in a))})
+        replaced[id(mms[0])] = [fused]
+        drop |= {id(mms[1]), id(mms[2])}
+        gqa.input[0], gqa.input[1], gqa.input[2] = out, "", ""
+    if not replaced:
+        return 0
+    nodes = [x for n in g.node if id(n) not in drop for x in replaced.get(id(n), [n])]
+    g.ClearField("node")
+    g.node.extend(nodes)
+    drop_unread(proto)
+    return len(replaced)

@@ -1,8 +1,16 @@
 """An ``LMSession`` over an ONNX decoder LLM in ONNX Runtime (see ``llm.py`` for the graph).
 
-The KV cache lives between calls as numpy arrays (``present.*`` outputs fed back as
-``past.*`` inputs). ``prefill`` runs the whole prompt in one call from an empty cache;
-``decode`` feeds one token. The model file is untrusted input: its ``edgeq.lm``
+Two cache layouts, as the model's ``edgeq.lm`` metadata says (``kv_cache``):
+
+- ``"shared"`` (every layer's attention is one GroupQueryAttention): each layer's K and V
+  are one ONNX Runtime buffer of ``max_context`` positions, bound with IO binding as both
+  ``past.i.*`` and ``present.i.*``; a call writes only its new positions, in place, and
+  the session feeds the cache length (``seqlens_k``, ``total_sequence_length``).
+- ``"concat"`` (any other graph): the cache lives between calls as numpy arrays, the
+  ``present.*`` outputs (the past with the new positions concatenated) fed back as
+  ``past.*`` inputs.
+
+``prefill`` runs the whole prompt in one call from an empty cache; ``decode`` feeds one token. The model file is untrusted input: its ``edgeq.lm``
 metadata is checked against the graph's own inputs and outputs before use.
 """
 
@@ -15,6 +23,7 @@ from edgeq.backends.lm_meta import read_lm_meta
 from edgeq.errors import ArtifactError, RunError, describe
 
 _MAX_LAYERS = 4096
+KV_SHARED, KV_CONCAT = "shared", "concat"  # the edgeq.lm metadata's "kv_cache" (absent: concat)
 
 
 class OnnxLMSession:
@@ -30,7 +39,26 @@ class OnnxLMSession:
         self._past_names = [f"past.{i}.{kv}" for i in range(self._layers) for kv in ("key", "value")]
         self._cache: list[Any] = []
         self._length = 0
+        self._binding: Any = None
+        if meta.get("kv_cache") == KV_SHARED:
+            self._bind_shared_cache()
         self.reset()
+
+    def _bind_shared_cache(self) -> None:
+        """One buffer of ``max_context`` positions per layer's K and V, bound as its past and
+        its present: ONNX Runtime's GroupQueryAttention sees the same memory and writes the new
+        positions in place."""
+        import numpy as np
+        import onnxruntime as ort
+
+        shape = (1, self._kv_shape[1], self.max_context, self._kv_shape[3])
+        self._binding = self._session.io_binding()
+        self._binding.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
+        for name in self._past_names:
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
+            self._cache.append(buffer)
+            self._binding.bind_ortvalue_input(name, buffer)
+            self._binding.bind_ortvalue_output(name.replace("past.", "present.", 1), buffer)
 
     @property
     def length(self) -> int:
@@ -40,7 +68,10 @@ class OnnxLMSession:
     def reset(self) -> None:
         import numpy as np
 
-        self._cache = [np.zeros(self._kv_shape, dtype=np.float32) for _ in self._past_names]
+        if self._binding is None:
+            self._cache = [np.zeros(self._kv_shape, dtype=np.float32) for _ in self._past_names]
+        # a shared buffer keeps its stale positions: the attention reads only the first
+        # total_sequence_length of them, and a prompt from an empty cache writes from position 0
         self._length = 0
 
     def prefill(self, token_ids: list[int], *, all_logits: bool = False) -> Any:
@@ -57,6 +88,7 @@ class OnnxLMSession:
 
     def close(self) -> None:
         self._session = None
+        self._binding = None
         self._cache = []
 
     def _feed(self, ids: list[int]) -> Any:
@@ -71,15 +103,31 @@ class OnnxLMSession:
         if array.min() < 0 or array.max() >= self.vocab_size:
             raise RunError(f"token id {int(array.max() if array.max() >= self.vocab_size else array.min())} "
                            f"is outside the vocabulary of {self.vocab_size}", "use the artifact's own tokenizer")
-        feeds = {"input_ids": array, **dict(zip(self._past_names, self._cache))}
         try:
-            outputs = self._session.run(None, feeds)
+            if self._binding is not None:
+                logits = self._run_shared(array)
+            else:
+                outputs = self._session.run(None, {"input_ids": array, **dict(zip(self._past_names, self._cache))})
+                self._cache, logits = outputs[1:], outputs[0]
         except Exception as exc:
             raise RunError(f"ONNX Runtime failed to run the LM: {describe(exc, 200)}",
                            "re-export the artifact; re-run with --debug for details") from exc
-        self._cache = outputs[1:]
         self._length += len(ids)
-        return np.ascontiguousarray(outputs[0][0], dtype=np.float32)
+        return np.ascontiguousarray(logits[0], dtype=np.float32)
+
+    def _run_shared(self, array: Any) -> Any:
+        import numpy as np
+
+        from edgeq.backends.onnx.llm_attention import SEQLENS_K, TOTAL_LENGTH
+
+        total = self._length + array.shape[1]
+        b = self._binding
+        b.bind_cpu_input("input_ids", array)
+        b.bind_cpu_input(SEQLENS_K, np.array([total - 1], dtype=np.int32))
+        b.bind_cpu_input(TOTAL_LENGTH, np.array(total, dtype=np.int32))
+        b.bind_output("logits", "cpu")  # ORT allocates it at this call's shape
+        self._session.run_with_iobinding(b)
+        return b.get_outputs()[0].numpy()
 
 
 def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, threads: int = 0) -> OnnxLMSession:
@@ -116,7 +164,12 @@ def _read_meta(session: Any, path: Path) -> dict[str, Any]:
                                           "vocab_size": (1, 1 << 24), "kv_heads": (1, 1 << 12),
                                           "head_dim": (1, 1 << 14)}, hint)
     layers = meta["num_layers"]
-    want_in = ["input_ids"] + [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    if meta.get("kv_cache", KV_CONCAT) not in (KV_SHARED, KV_CONCAT):
+        raise ArtifactError(f"{path}'s {LM_META_KEY} metadata has a bad 'kv_cache': {str(meta['kv_cache'])[:40]!r}", hint)
+    from edgeq.backends.onnx.llm_attention import SEQLENS_K, TOTAL_LENGTH
+
+    lengths = [SEQLENS_K, TOTAL_LENGTH] if meta.get("kv_cache") == KV_SHARED else []
+    want_in = ["input_ids"] + lengths + [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     want_out = ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     if [i.name for i in session.get_inputs()] != want_in or [o.name for o in session.get_outputs()] != want_out:
         raise ArtifactError(f"{path}'s inputs and outputs are not those of a {layers}-layer edgeq LLM", hint)
