@@ -430,6 +430,14 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()
     _handle_signals()
     code = _run(argv, debug)
+    if code in (130, 143):
+        # Interrupted: the clean-up ran while unwinding. A library's worker thread or exit
+        # hook (still inside a long native call) must not keep the process alive.
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

@@ -29,6 +29,16 @@ def slow_to_export():
     return SlowToExport().eval(), (torch.randn(1, 8),)
 
 
+def slow_with_a_worker_thread():
+    """``slow_to_export`` whose code also leaves a non-daemon thread running (as a library's
+    worker pool can): an interrupted export must still end."""
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,), name="library-worker").start()
+    return slow_to_export()
+
+
 def marks_loaded():
     """Writes the file named by ``EDGEQ_TEST_MARKER`` when called: shows whether a command
     loaded the model before refusing its other input."""

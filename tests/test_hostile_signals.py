@@ -17,9 +17,9 @@ from tests.conftest import ROOT, run_cli
 from tests.hostile import assert_clean_failure
 
 
-def _start_export(tmp: Path, out: Path, sleep: float = 60) -> subprocess.Popen:
+def _start_export(tmp: Path, out: Path, sleep: float = 60, model: str = "slow_to_export") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "EDGEQ_TEST_EXPORT_SLEEP": str(sleep)}
-    return subprocess.Popen([sys.executable, "-m", "edgeq.cli", "export", "tests.hostile_models:slow_to_export",
+    return subprocess.Popen([sys.executable, "-m", "edgeq.cli", "export", f"tests.hostile_models:{model}",
                              "-t", "x86", "-o", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -51,6 +51,22 @@ def test_signal_during_export_exits_nonzero_and_removes_staging(tmp_path: Path, 
     assert_clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), word, code=code)
     assert not out.exists()
     assert not _staging(tmp_path), _staging(tmp_path)
+
+
+def test_interrupted_export_ends_though_a_worker_thread_is_still_running(tmp_path: Path):
+    """A non-daemon thread left by the model's libraries would keep an ordinary interpreter
+    exit waiting for an hour: the interrupted command still ends, with 143 and no staging."""
+    out = tmp_path / "out"
+    proc = _start_export(tmp_path, out, model="slow_with_a_worker_thread")
+    _wait_for_staging(proc, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the interrupted export was still running 60 s after SIGTERM")
+    assert_clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "terminated", code=143)
+    assert not out.exists() and not _staging(tmp_path)
 
 
 def test_sigkill_leaves_staging_that_the_next_export_removes_and_reports(tmp_path: Path):
