@@ -162,7 +162,8 @@ def export(
         from edgeq.planning.plan import uniform_plan
 
         plan = uniform_plan(prepared.layers, precision, int4_group=tgt.quantization.int4_group_size,
-                            keep_fp32=tgt.quantization.keep_fp32)
+                            keep_fp32=tgt.quantization.keep_fp32,
+                            excluded=tgt.quantization.exclude_schemes)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
     from edgeq.algorithms.calibrated import check_algorithms

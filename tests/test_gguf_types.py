@@ -417,3 +417,19 @@ def test_held_bytes_count_the_copies_llama_cpp_repacks_at_load(wide_llama_dir, t
     predicted = sum(be.held_bytes(x, scheme) - be.stored_bytes(x, scheme) for x in layers)
     reported = reserved_buffers(out)["repack"]
     assert abs(predicted - reported) <= 6 * 1024 + 0.01 * predicted, (scheme_name, predicted, reported)
+
+
+@pytest.mark.parametrize("model_kind", ["encoder", "causal-lm"])
+def test_a_precision_whose_scheme_the_target_excludes_is_refused(tmp_path, tiny_llama_dir, model_kind):
+    """-p int4 on a target that excludes int4-g32 is one line, exit 2, and nothing written
+    (it used to write int4-g32 anyway)."""
+    base = "x86-gguf" if model_kind == "causal-lm" else "x86"
+    target = tmp_path / "t.yaml"
+    target.write_text(f"extends: {base}\nname: no-int4-g32\nquantization:\n  exclude_schemes: [int4-g32]\n")
+    model = str(tiny_llama_dir) if model_kind == "causal-lm" else "tests.tiny_models:tiny_mlp"
+    out = tmp_path / "out"
+    proc = cli_here("export", model, "-t", str(target), "-p", "int4", "-o", str(out),
+                    *(["--max-context", "32"] if model_kind == "causal-lm" else []))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "int4-g32" in proc.stderr and "exclude_schemes" in proc.stderr
+    assert not out.exists()

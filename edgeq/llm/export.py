@@ -230,7 +230,8 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
         wrapped, requested = plan_from_file(plan_input, layers, cannot), "planned"
     else:
         wrapped, requested = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
-                                          keep_fp32=tgt.quantization.keep_fp32), precision
+                                          keep_fp32=tgt.quantization.keep_fp32,
+                                          excluded=tgt.quantization.exclude_schemes), precision
     return _stripped(wrapped, steps), requested
 
 

@@ -21,9 +21,18 @@ class QuantPlan:
         return {fqn: s.name for fqn, s in self.schemes.items()}
 
 
-def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, keep_fp32: list[str]) -> QuantPlan:
-    """Every layer at ``precision``; where a layer's shape cannot take it, say so per layer."""
+def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, keep_fp32: list[str],
+                 excluded: list[str] | tuple[str, ...] = ()) -> QuantPlan:
+    """Every layer at ``precision``; where a layer's shape cannot take it, say so per layer.
+    ``excluded``: the target's ``quantization.exclude_schemes`` — a precision whose scheme
+    it excludes is refused, not written anyway."""
     wanted = for_precision(precision, int4_group)
+    if wanted.name in excluded:
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"--precision {precision} is {wanted.name}, which the target excludes "
+                          "(quantization.exclude_schemes)",
+                          "pick another --precision, or remove it from the target's exclude_schemes")
     keep = [re.compile(p) for p in keep_fp32]
     schemes, reasons = {}, {}
     for layer in layers:
@@ -34,9 +43,10 @@ def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, ke
             schemes[layer.fqn] = INT8
             reasons[layer.fqn] = "convolutions have no int4 kernel in the backends; int8 instead"
         elif not layer.fits(wanted):
-            schemes[layer.fqn] = INT8
+            instead = FP32 if INT8.name in excluded else INT8
+            schemes[layer.fqn] = instead
             reasons[layer.fqn] = (f"reduction dim {layer.shape[1]} is not a multiple of {wanted.name}'s group of "
-                                  f"{wanted.group}; int8 instead")
+                                  f"{wanted.group}; {instead.name} instead")
         else:
             schemes[layer.fqn] = wanted
     return QuantPlan(schemes=schemes, reasons=reasons)
