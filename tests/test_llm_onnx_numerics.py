@@ -81,7 +81,9 @@ def test_int4_llm_export_records_int8_activations_in_model_and_manifest(tmp_path
     nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     attrs = [{a.name: a.i for a in n.attribute} for n in nodes]
     int4_linears = [f for f, s in manifest["precision"]["layers"].items() if s.startswith("int4") and "embed" not in f]
-    assert len(nodes) == len(int4_linears) >= 14  # 2 layers x 7 linears (+ the head when it is int4)
+    packed = [n for n in nodes if any(o.endswith(".qkv") or ".qkv" in o for o in n.output)]  # q/k/v as one node
+    assert len(packed) == 2  # one per layer
+    assert len(nodes) + 2 * len(packed) == len(int4_linears) >= 14  # 2 layers x 7 linears (+ an int4 head)
     assert all(a["bits"] == 4 and a["accuracy_level"] == 4 for a in attrs)
     schemes = {s for f, s in manifest["precision"]["layers"].items() if "embed" not in f}
     assert manifest["llm"]["linear_compute"] == {
