@@ -132,3 +132,32 @@ class LatencyCache:
 
             write_text_atomic(self.path, json.dumps(self.data, indent=0, sort_keys=True))
             self.dirty = False
+
+
+def layer_cases(module: Any, example_inputs: tuple[Any, ...], layers: list[Any], candidates: dict[str, list[Any]],
+                kinds: tuple[str, ...] = ("linear", "embedding")) -> tuple[dict[str, dict[str, float]], list[Any]]:
+    """What a backend times: ``(untimed, cases)``. ``untimed`` is ``{fqn: {scheme name: 0.0}}``
+    for layers of a kind not in ``kinds`` or never called (they stay in the remainder at
+    fp32); ``cases`` is ``(fqn, scheme, (kind, weight shape, has_bias, input shape))`` for
+    every other layer at fp32 (the remainder's reference) and each of its candidates."""
+    from edgeq.schemes import FP32
+
+    shapes = input_shapes(module, example_inputs, [x.fqn for x in layers])
+    modules = dict(module.named_modules())
+    untimed: dict[str, dict[str, float]] = {}
+    cases = []
+    for layer in layers:
+        schemes = list(dict.fromkeys([FP32, *candidates.get(layer.fqn, [])]))
+        if layer.kind not in kinds or layer.fqn not in shapes:
+            untimed[layer.fqn] = {s.name: 0.0 for s in schemes}
+            continue
+        mod = modules[layer.fqn]
+        shape = (layer.kind, tuple(mod.weight.shape), getattr(mod, "bias", None) is not None, shapes[layer.fqn])
+        cases += [(layer.fqn, scheme, shape) for scheme in schemes]
+    return untimed, cases
+
+
+def case_key(threads: int, shape: tuple[Any, ...], scheme_name: str) -> str:
+    """A layer timing's cache key: this CPU, the threads, the shapes and the scheme."""
+    kind, weight, has_bias, x_shape = shape
+    return f"{cpu_name()}|{threads}|{kind}|{weight}|{has_bias}|{x_shape}|{scheme_name}"

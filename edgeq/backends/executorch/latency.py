@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import LatencyCache, cpu_name, how_timed, input_shapes, model_key, p50_ms
+from edgeq.backends.timing import LatencyCache, case_key, how_timed, layer_cases, model_key, p50_ms
 
 TIMED_KINDS = ("linear", "embedding")
 
@@ -135,25 +135,13 @@ def _each_layer(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
     """``{fqn: {scheme name: cost(key, program)}}`` over each layer's one-layer program at
     each scheme: ``program.build()`` is the serialized .pte (or, with ``keep_manager``, the
     lowering's manager), built only when ``cost`` asks for it; ``program.x`` its input."""
-    from edgeq.schemes import FP32, rtn_of
+    from edgeq.schemes import rtn_of
 
-    shapes = input_shapes(module, example_inputs, [x.fqn for x in layers])
-    modules = dict(module.named_modules())
-    out: dict[str, dict[str, float]] = {}
-    for layer in layers:
-        schemes = list(dict.fromkeys([FP32, *candidates.get(layer.fqn, [])]))
-        if layer.kind not in TIMED_KINDS or layer.fqn not in shapes:
-            out[layer.fqn] = {s.name: 0.0 for s in schemes}
-            continue
-        mod = modules[layer.fqn]
-        has_bias = getattr(mod, "bias", None) is not None
-        x_shape = shapes[layer.fqn]
-        out[layer.fqn] = {}
-        for scheme in schemes:
-            stored = rtn_of(scheme)  # an algorithm changes the values, not the kernel
-            key = f"{cpu_name()}|{threads}|{layer.kind}|{tuple(mod.weight.shape)}|{has_bias}|{x_shape}|{stored.name}"
-            program = _LazyProgram((layer.kind, tuple(mod.weight.shape), has_bias, x_shape), stored, keep_manager)
-            out[layer.fqn][scheme.name] = cost(key, program)
+    out, cases = layer_cases(module, example_inputs, layers, candidates, TIMED_KINDS)
+    for fqn, scheme, shape in cases:
+        stored = rtn_of(scheme)  # an algorithm changes the values, not the kernel
+        out.setdefault(fqn, {})[scheme.name] = cost(case_key(threads, shape, stored.name),
+                                                    _LazyProgram(shape, stored, keep_manager))
     return out
 
 

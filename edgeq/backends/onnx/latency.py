@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, cpu_name, how_timed,
-                                   input_shapes, model_key)
+from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key, how_timed,
+                                   input_shapes, layer_cases, model_key)
 from edgeq.backends.timing import p50_ms as _p50
 
 
@@ -85,32 +85,21 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
     import onnxruntime as ort
 
     from edgeq.backends.onnx.lowering import _apply_plan
-    from edgeq.schemes import FP32
 
     cache = LatencyCache(f"layers-{ort.__version__}")
-    shapes = input_shapes(module, example_inputs, [x.fqn for x in layers])
-    modules = dict(module.named_modules())
-    out: dict[str, dict[str, float]] = {}
-    for layer in layers:
-        schemes = list(dict.fromkeys([FP32, *candidates.get(layer.fqn, [])]))
-        if layer.kind not in ("linear", "embedding") or layer.fqn not in shapes:
-            out[layer.fqn] = {s.name: 0.0 for s in schemes}
-            continue
-        mod = modules[layer.fqn]
-        has_bias = getattr(mod, "bias", None) is not None
-        x_shape = shapes[layer.fqn]
-        out[layer.fqn] = {}
-        for scheme in schemes:
-            key = f"{cpu_name()}|{threads}|{layer.kind}|{tuple(mod.weight.shape)}|{has_bias}|{x_shape}|{scheme.name}"
-            found = cache.get(key) if use_cache else None
-            if found is None:
-                weight = np.random.default_rng(1).standard_normal(tuple(mod.weight.shape)).astype(np.float32) * 0.05
-                bias = np.zeros(weight.shape[0], np.float32) if has_bias else None
-                proto, nodes, x = layer_graph(layer.kind, weight, bias, x_shape)
-                proto, _ = _apply_plan(proto, {layer.fqn: scheme}, {layer.fqn: nodes})
-                found = p50_ms(session(proto, threads), {"x": x})
-                cache.put(key, found)
-            out[layer.fqn][scheme.name] = found
+    out, cases = layer_cases(module, example_inputs, layers, candidates)
+    for fqn, scheme, shape in cases:
+        key = case_key(threads, shape, scheme.name)
+        found = cache.get(key) if use_cache else None
+        if found is None:
+            kind, weight_shape, has_bias, x_shape = shape
+            weight = np.random.default_rng(1).standard_normal(weight_shape).astype(np.float32) * 0.05
+            bias = np.zeros(weight.shape[0], np.float32) if has_bias else None
+            proto, nodes, x = layer_graph(kind, weight, bias, x_shape)
+            proto, _ = _apply_plan(proto, {fqn: scheme}, {fqn: nodes})
+            found = p50_ms(session(proto, threads), {"x": x})
+            cache.put(key, found)
+        out.setdefault(fqn, {})[scheme.name] = found
     cache.save()
     return out, _whole_fp32_ms(module, example_inputs, threads, use_cache), how_timed(
         f"ONNX Runtime {ort.__version__}, CPU provider", threads)
