@@ -161,3 +161,14 @@ def case_key(threads: int, shape: tuple[Any, ...], scheme_name: str) -> str:
     """A layer timing's cache key: this CPU, the threads, the shapes and the scheme."""
     kind, weight, has_bias, x_shape = shape
     return f"{cpu_name()}|{threads}|{kind}|{weight}|{has_bias}|{x_shape}|{scheme_name}"
+
+
+def emulated_threads_and_clock(profile: Any, threads: int) -> tuple[int, float]:
+    """For an emulator ESTIMATE on ``profile``: the threads it runs (the target's, at most the
+    device's cores) and the clock scale from this host's fitted GHz to the device's."""
+    from edgeq.profiling.efficiency import fitted
+
+    used = max(1, min(threads or profile.cpu.cores, profile.cpu.cores))
+    host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
+    device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
+    return used, (host_ghz / device_ghz if host_ghz else 1.0)

@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import LatencyCache, case_key, how_timed, layer_cases, model_key, p50_ms
+from edgeq.backends.timing import (LatencyCache, case_key, emulated_threads_and_clock, how_timed, layer_cases,
+                                   model_key, p50_ms)
 
 TIMED_KINDS = ("linear", "embedding")
 
@@ -64,13 +65,9 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
     delegate chain (the one-layer programs are lowered here with XNNPACK; the emulator
     assigns their ops to the device's units)."""
     from edgeq.backends.executorch.ops import executorch_ops, ops_from_executorch
-    from edgeq.profiling.efficiency import fitted
     from edgeq.profiling.emulate import assign_units, predict
 
-    used = max(1, min(threads or profile.cpu.cores, profile.cpu.cores))
-    host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
-    device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
-    scale = host_ghz / device_ghz if host_ghz else 1.0
+    used, scale = emulated_threads_and_clock(profile, threads)
     seen: dict[str, float] = {}
 
     def estimate(manager: Any, whole: bool) -> float:

@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key, how_timed,
-                                   input_shapes, layer_cases, model_key)
+from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key,
+                                   emulated_threads_and_clock, how_timed, input_shapes, layer_cases, model_key)
 from edgeq.backends.timing import p50_ms as _p50
 
 
@@ -151,14 +151,10 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
     from edgeq.backends.onnx.graph import fold_weight_transposes, gemm_to_matmul
     from edgeq.backends.onnx.lowering import _apply_plan, _export, _strip_debug_metadata
     from edgeq.backends.onnx.ops import ops_from_onnx
-    from edgeq.profiling.efficiency import fitted
     from edgeq.profiling.emulate import assign_units, predict
     from edgeq.schemes import FP32
 
-    used = max(1, min(threads or profile.cpu.cores, profile.cpu.cores))
-    host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
-    device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
-    scale = host_ghz / device_ghz if host_ghz else 1.0
+    used, scale = emulated_threads_and_clock(profile, threads)
 
     def estimate(path: Path, whole: bool) -> float:
         ops = ops_from_onnx(path)
