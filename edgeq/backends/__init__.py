@@ -126,7 +126,8 @@ class LMMemoryTerms:
     planned arena; ``delegate_workspace``: bytes a delegate allocates beside a planned arena on its
     first run, per byte of the arena's activations (the delegate's own intermediates, planned
     like the arena for a prefill as long as the context);
-    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept;
+    ``session_overhead_bytes``: what an LLM session holds beyond the runtime's encoder intercept
+    (negative: short of it, when the intercept carries encoder workspace an LLM session lacks);
     ``program_logits``: the positions a call of the lowered program returns logits for
     (``"every position"`` or ``"last position"``: then neither the arena nor the caller holds
     the other positions' logits); ``kv_dtype``: the dtype the runtime holds the KV cache in

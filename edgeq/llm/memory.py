@@ -24,8 +24,9 @@ runtime's baseline for the process's peak RSS:
   (``edgeq.llm.costs.prefill_arena_bytes``, with the logits its program returns) times a
   measured factor;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
-  on encoder artifacts in fresh processes) plus what an LLM session holds beyond it
-  (measured, ``edgeq.backends.LMMemoryTerms.session_overhead_bytes``), and the runtime's measured baseline.
+  on encoder artifacts in fresh processes) corrected by what an LLM session holds beyond it
+  or short of it (measured, ``edgeq.backends.LMMemoryTerms.session_overhead_bytes``;
+  ``benchmarks/fit_lm_memory.py`` fits ONNX Runtime's), and the runtime's measured baseline.
 
 The per-runtime factors below were measured here (``tests/test_llm_memory.py`` re-checks
 them on a model they were not taken from) and say so.
