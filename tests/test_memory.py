@@ -68,10 +68,11 @@ def wide_artifacts(tmp_path_factory) -> dict[tuple[str, str], Path]:
             for precision in ("fp32", "int8")}
 
 
-@pytest.mark.parametrize("fmt", ["onnx", pytest.param("executorch", marks=pytest.mark.xfail(strict=True, reason=(
+# The ExecuTorch row (a known defect, ~50 s of lowering and measuring) runs with the slow tests.
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("executorch", marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=(
     "known defect of the ExecuTorch memory model: it counts one load-time copy of the largest *layer*; "
     "measured here, XNNPACK holds the .pte bytes of a whole delegate partition (four fused 1024² fp32 "
-    "linears: 34.4 MB attributable, 24.9 MB predicted) while it packs them")))])
+    "linears: 34.4 MB attributable, 24.9 MB predicted) while it packs them"))])])
 def test_prediction_bounds_the_measured_rss_and_int8_saves(wide_artifacts, fmt):
     """What a fresh process running each artifact really holds (peak RSS above the runtime's
     baseline, the worst of three processes) against the prediction from its manifest, on

@@ -115,8 +115,6 @@ def test_memory_budget_binds_and_the_plan_fits_it():
 
 
 def test_onnx_memory_budget_uses_bytes_as_held():
-    from edgeq.planning import memory
-
     free = plan("tests.tiny_models:tiny_text", "x86")
     budget = free.memory.total_bytes - 60_000
     tight = plan("tests.tiny_models:tiny_text", "x86", memory_budget_bytes=budget)
@@ -189,6 +187,7 @@ def test_the_summary_gives_one_line_per_reason_however_many_layers_share_it():
                      "int4-g64 (reduction dim 96 is not a multiple of 64): head"]
 
 
+@pytest.mark.slow  # two ExecuTorch lowerings of a tiny BERT, ~50 s: with the slow tests
 def test_unused_and_folded_layers_are_pinned_at_the_bytes_the_export_stores(tiny_bert_dir: Path, tmp_path: Path):
     """BERT's pooler is never called (0 bytes); on ExecuTorch its position and token-type
     lookups read constants only and are folded into fp32 results (tokens × hidden × 4 bytes),
