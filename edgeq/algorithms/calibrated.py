@@ -199,7 +199,7 @@ def _same_inputs(fqns: list[str], sums: dict[str, Any]) -> list[list[str]]:
         s = sums[f]
         for run in runs:
             t = sums[run[0]]
-            if t.rows == s.rows and t.sum.shape == s.sum.shape and torch.equal(t.sum, s.sum):
+            if t is s or (t.rows == s.rows and t.sum.shape == s.sum.shape and torch.equal(t.sum, s.sum)):
                 run.append(f)
                 break
         else:
@@ -265,7 +265,19 @@ def hessians(module: Any, fqns: list[str], rows: list[tuple[Any, ...]], descript
 
     modules = dict(module.named_modules())
     sums = {f: HessianSum(modules[f].weight.shape[1]) for f in fqns}
-    hooks = [modules[f].register_forward_pre_hook(lambda _m, args, f=f: sums[f].add(args[0])) for f in fqns]
+    # Linears that read the same tensor (q/k/v, gate/up) share one sum: the first to see it in a
+    # forward accumulates, the others take its sum (the sharing is the same in every forward).
+    seen: dict[int, tuple[Any, Any]] = {}
+
+    def take(name: str, x: Any) -> None:
+        hit = seen.get(id(x))
+        if hit is not None and hit[0] is x:
+            sums[name] = hit[1]
+            return
+        sums[name].add(x)
+        seen[id(x)] = (x, sums[name])
+
+    hooks = [modules[f].register_forward_pre_hook(lambda _m, args, f=f: take(f, args[0])) for f in fqns]
     digest = hashlib.sha256()
     try:
         with torch.no_grad():
@@ -273,6 +285,7 @@ def hessians(module: Any, fqns: list[str], rows: list[tuple[Any, ...]], descript
                 row = _trimmed(row)
                 for t in row:
                     digest.update(t.contiguous().numpy().tobytes())
+                seen.clear()
                 module(*row)
     finally:
         for h in hooks:
