@@ -30,20 +30,26 @@ def llama_dir(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny-bpe-llama", lambda p: tiny_lms.save_tiny_bpe_lm(p, "llama"))
 
 
-def _windows_by_hand() -> list[list[int]]:
-    """The text's ids (the tiny tokenizer adds no BOS) in consecutive windows of CONTEXT,
-    cut after EVAL_TOKENS scored tokens (a window of n + 1 ids scores n)."""
-    ids = tiny_lms.bpe_tokenizer()(TEXT, add_special_tokens=False)["input_ids"]
-    out, left = [], EVAL_TOKENS
-    for i in range(0, len(ids), CONTEXT):
+def windows_by_hand(ids: list[int], window: int, cap: int, bos: int | None = None) -> list[list[int]]:
+    """``ids`` in consecutive windows of ``window`` (each after ``bos`` when given), cut after
+    ``cap`` scored tokens (a window of n + 1 ids scores n)."""
+    step = window - (bos is not None)
+    out, left = [], cap
+    for i in range(0, len(ids), step):
         if left < 1:
             break
-        out.append(ids[i:i + min(CONTEXT, left + 1)])
+        w = ([bos] if bos is not None else []) + ids[i:i + step]
+        out.append(w[: left + 1])
         left -= len(out[-1]) - 1
     return out
 
 
-def _ppl(rows: list[np.ndarray], windows: list[list[int]]) -> float:
+def _windows_by_hand() -> list[list[int]]:
+    """TEXT's ids (the tiny tokenizer adds no BOS) at CONTEXT, EVAL_TOKENS scored."""
+    return windows_by_hand(tiny_lms.bpe_tokenizer()(TEXT, add_special_tokens=False)["input_ids"], CONTEXT, EVAL_TOKENS)
+
+
+def ppl_by_hand(rows: list[np.ndarray], windows: list[list[int]]) -> float:
     nll = 0.0
     for r, w in zip(rows, windows):
         x = np.asarray(r, dtype=np.float64)
@@ -72,13 +78,13 @@ def check_recorded_perplexity(scored: Path, llama_dir: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(tmp_path / "rows.npz") as f:
         rows = [f[f"arr_{i}"] for i in range(len(windows))]
-    assert held["perplexity"] == pytest.approx(_ppl(rows, windows), rel=1e-5)
+    assert held["perplexity"] == pytest.approx(ppl_by_hand(rows, windows), rel=1e-5)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
     with torch.no_grad():
         eager = [model(input_ids=torch.tensor([w])).logits[0].numpy() for w in windows]
-    assert held["reference_perplexity"] == pytest.approx(_ppl(eager, windows), rel=1e-6)
+    assert held["reference_perplexity"] == pytest.approx(ppl_by_hand(eager, windows), rel=1e-6)
     assert held["increase"] == pytest.approx(held["perplexity"] / held["reference_perplexity"] - 1, abs=1e-12)
     assert abs(held["increase"]) < 0.01  # F32 in llama.cpp against fp32 transformers
 
