@@ -118,7 +118,7 @@ def export(
     algorithms: Algorithms = None,
     max_context: Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: KV-cache positions (default: the target's runtime.max_context).", min=2)] = None,
     eval_text: Annotated[Optional[Path], typer.Option("--eval-text", help="Causal LMs: a UTF-8 text file whose perplexity the manifest records (default: edgeq's held-out text, Python's language reference).")] = None,
-    eval_tokens: Annotated[Optional[int], typer.Option("--eval-tokens", help="Causal LMs: tokens of held-out text scored (default 512; 0: none).", min=0)] = None,
+    eval_tokens: Annotated[Optional[int], typer.Option("--eval-tokens", help="Causal LMs: tokens of held-out text scored (default 511: one window of 512; 0: none).", min=0)] = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:

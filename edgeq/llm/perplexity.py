@@ -44,7 +44,7 @@ from typing import Any, Callable
 from edgeq.errors import ConfigError
 
 DEFAULT_MAX_BYTES = 64 * 1024
-EVAL_TOKENS = 512  # tokens an export scores by default (--eval-tokens): one window of 512 on most LLMs
+EVAL_TOKENS = 511  # tokens an export scores by default (--eval-tokens): one window of 512 (its first token is context)
 EVAL_WINDOW = 512  # tokens per window at most (and at most the artifact's context)
 EVAL_TEXT_MAX_BYTES = 4 * 2**20  # an --eval-text file's bytes read at most (its first ones)
 REFERENCE = "the source model in eager transformers (fp32), on the same windows"
