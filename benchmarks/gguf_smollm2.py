@@ -87,10 +87,12 @@ def edgeq_export(hf: Path, out: Path, *, precision: str | None = None, plan: Pat
                  "--samples", "1", "-o", str(out), "--force", "-q", *how)
 
 
-def export_files(hf: Path, sizes: dict[str, int], excluded: list[str], work: Path, tag: str) -> dict[str, dict]:
+def export_files(hf: Path, sizes: dict[str, int], excluded: list[str], work: Path, tag: str,
+                 reuse: bool = False) -> dict[str, dict]:
     """``edgeq export --budget <preset's file bytes>`` per preset, as a user runs it (fresh
     process, the planner's default KL sensitivity, verification in llama.cpp); ``excluded``
-    schemes through a target of the user's own that extends x86-gguf."""
+    schemes through a target of the user's own that extends x86-gguf. ``reuse``: an artifact
+    already exported at the same budget is kept (its manifest says the budget)."""
     target = TARGET
     if excluded:
         target_file = work / f"target-{tag}.yaml"
@@ -100,13 +102,23 @@ def export_files(hf: Path, sizes: dict[str, int], excluded: list[str], work: Pat
     out: dict[str, dict] = {}
     for preset, size in sizes.items():
         artifact = work / f"edgeq-export-{tag}-{preset}"
+        if reuse and (artifact / "manifest.json").exists():
+            manifest = json.loads((artifact / "manifest.json").read_text())
+            if (manifest.get("plan") or {}).get("budget_bytes") == size:
+                log(f"  {tag} at {preset}: reusing {artifact}")
+                out[preset] = {"file": artifact / "model.gguf", "budget": size, "export_s": None,
+                               "numerics": manifest.get("numerics"),
+                               "manifest_perplexity": (manifest.get("llm") or {}).get("perplexity")}
+                continue
         seconds = edgeq("export", str(hf), "--task", "causal-lm", "-t", target, "--budget", str(size),
                         "--max-context", str(CONTEXT), "--samples", "1", "-o", str(artifact), "--force", "-q")
         manifest = json.loads((artifact / "manifest.json").read_text())
         log(f"  {tag} at {preset}: edgeq export --budget {size:,} -> {(artifact / 'model.gguf').stat().st_size:,} B "
             f"in {seconds:.0f} s")
         out[preset] = {"file": artifact / "model.gguf", "budget": size, "export_s": seconds,
-                       "numerics": manifest.get("numerics")}
+                       "numerics": manifest.get("numerics"),
+                       # the export's own perplexity on held-out text (edgeq's text, its first tokens)
+                       "manifest_perplexity": (manifest.get("llm") or {}).get("perplexity")}
     return out
 
 
@@ -207,6 +219,12 @@ def measure(python: Path, gguf: Path, spec_file: Path, out: Path) -> dict:
             "decode_tps": res["decode_tokens"] / res["decode_s"], "load_average": [load, os.getloadavg()[0]]}
 
 
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def tensor_types(gguf: Path) -> dict[str, int]:
     """How many 2-D weights the file holds at each GGUF type."""
     from collections import Counter
@@ -223,7 +241,8 @@ def main() -> None:
                     "GGUF dequantized)")
     ap.add_argument("--llama-python", type=Path, default=Path("/work/scratch/llm-bench/venv/bin/python"))
     ap.add_argument("--presets", default="Q8_0,Q6_K,Q4_K_M,Q4_0")
-    ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir")
+    ap.add_argument("--reuse", action="store_true", help="keep files already in --workdir (exports at the same "
+                    "budget included)")
     ap.add_argument("--route", choices=["export", "writer"], default="export",
                     help="export: 'edgeq export --budget' per preset, as a user runs it (KL sensitivity, the export's "
                          "fitting loop and verification); writer: edgeq plan's costs written by edgeq's GGUF writer")
@@ -289,19 +308,29 @@ def main() -> None:
     for tag, without in (("all", []), ("without", excluded)) if excluded else (("all", []),):
         t = time.perf_counter()
         log(f"planning and writing edgeq's files ({'every GGUF type' if not without else 'without ' + args.exclude})")
-        made = (export_files(hf, sizes, without, work, tag) if args.route == "export"
+        made = (export_files(hf, sizes, without, work, tag, args.reuse) if args.route == "export"
                 else edgeq_files(hf, sizes, overhead, without, args.proxy, work, tag))
         for preset, got in made.items():
             how = "export" if args.route == "export" else f"plan{label}"
             rows.append({"name": f"edgeq {how}{' w/o ' + args.exclude if without else ''} at {preset}",
                          "preset": preset, "side": "edgeq", "variant": f"without {args.exclude}" if without else "",
                          "file": got["file"], "plan_budget": got["budget"],
-                         **({"export_s": got["export_s"], "numerics": got["numerics"]} if "export_s" in got else {})})
+                         **({k: got[k] for k in ("export_s", "numerics", "manifest_perplexity")}
+                            if "export_s" in got else {})})
         built[f"edgeq {tag}"] = time.perf_counter() - t
     for row in rows:
         log(f"measuring {row['name']}")
-        row.update(bytes=row["file"].stat().st_size, types=tensor_types(row["file"]),
-                   **measure(args.llama_python, row["file"], spec_file, work / "measure.json"))
+        # with --reuse, a file measured before (same path, size, mtime and spec) keeps its measurement
+        stat, spec = row["file"].stat(), spec_file.read_text()
+        key = {"file": str(row["file"]), "bytes": stat.st_size, "mtime": stat.st_mtime, "spec": hash_text(spec)}
+        kept = work / f"measured-{hash_text(json.dumps(key))[:16]}.json"
+        if args.reuse and kept.exists():
+            got = json.loads(kept.read_text())
+            log("  (measured before, reused)")
+        else:
+            got = measure(args.llama_python, row["file"], spec_file, work / "measure.json")
+            kept.write_text(json.dumps(got))
+        row.update(bytes=stat.st_size, types=tensor_types(row["file"]), **got)
         log(f"  perplexity {row['perplexity']:.3f}, {row['bytes']:,} B")
     report(rows, windows, built)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)

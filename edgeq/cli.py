@@ -117,6 +117,8 @@ def export(
     calib: Calib = None,
     algorithms: Algorithms = None,
     max_context: Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: KV-cache positions (default: the target's runtime.max_context).", min=2)] = None,
+    eval_text: Annotated[Optional[Path], typer.Option("--eval-text", help="Causal LMs: a UTF-8 text file whose perplexity the manifest records (default: edgeq's held-out text, Python's language reference).")] = None,
+    eval_tokens: Annotated[Optional[int], typer.Option("--eval-tokens", help="Causal LMs: tokens of held-out text scored (default 511: one window of 512; 0: none).", min=0)] = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -131,6 +133,7 @@ def export(
         memory_budget_bytes=parse_size(memory_budget) if memory_budget else None, max_drop=max_drop,
         rules=rule or None, calib=calib, max_context=max_context, algorithms=_names(algorithms),
         latency_budget_ms=parse_duration(latency_budget) if latency_budget else None,
+        eval_text=eval_text, eval_tokens=eval_tokens,
     )
     if as_json:
         print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))

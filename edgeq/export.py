@@ -59,6 +59,8 @@ def export(
     max_context: int | None = None,
     algorithms: list[str] | None = None,
     latency_budget_ms: float | None = None,
+    eval_text: str | Path | None = None,
+    eval_tokens: int | None = None,
 ) -> ExportResult:
     """Quantize ``model`` for ``target``, lower it, verify it in its runtime, write the artifact.
 
@@ -71,6 +73,8 @@ def export(
     target's ``budgets.latency_ms``) plans within a predicted whole-model p50; a target
     with ``objective: balanced`` plans (instead of one precision) when no precision is
     given. The artifact's p50 measured here is recorded beside the plan's prediction.
+    A causal LM's perplexity on held-out text (``eval_text``, a UTF-8 file, else edgeq's
+    own; its first ``eval_tokens`` tokens, 0: none) is recorded in the manifest.
     """
     from edgeq.targets import load_target
 
@@ -103,6 +107,11 @@ def export(
         from edgeq.errors import ConfigError
 
         raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
+    held_text = None
+    if eval_text is not None:
+        from edgeq.llm.perplexity import read_eval_text
+
+        held_text = read_eval_text(eval_text)
     protected = [Path(str(model)).expanduser()] if Path(str(model)).expanduser().exists() else []
     out_dir = Path(output) if output is not None else None
     if out_dir is not None:
@@ -126,11 +135,13 @@ def export(
                                                     max_drop=max_drop, latency_ms=latency_budget_ms), tgt, steps)
         return export_lm(loaded, resolved, precision=precision, plan_input=plan_input, out_dir=out_dir, force=force,
                          protected=protected, max_context=max_context, steps=steps, strict=strict,
-                         budgets=budgets, rules=rules, algorithms=algorithms)
-    if max_context is not None:
-        from edgeq.errors import ConfigError
+                         budgets=budgets, rules=rules, algorithms=algorithms, eval_text=held_text,
+                         eval_tokens=eval_tokens)
+    for given, flag in ((max_context, "--max-context"), (eval_text, "--eval-text"), (eval_tokens, "--eval-tokens")):
+        if given is not None:
+            from edgeq.errors import ConfigError
 
-        raise ConfigError("--max-context applies to causal LMs only", f"drop it for this {loaded.task} model")
+            raise ConfigError(f"{flag} applies to causal LMs only", f"drop it for this {loaded.task} model")
     for line in clean_stale_staging(out_dir):
         steps.note(line)
 

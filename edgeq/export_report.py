@@ -59,6 +59,11 @@ def print_export_summary(result: Any) -> None:
                       f" + KV cache {human_bytes(lm_mem['kv_cache_bytes'])} ({lm_mem['kv_cache_dtype']}) + activations "
                       f"{human_bytes(lm_mem['activation_bytes'])} + runtime {human_bytes(lm_mem['runtime_overhead_bytes'])}; "
                       f"process peak RSS with a Python runtime {human_bytes(lm_mem['peak_rss_bytes'])}[/]")
+    ppl = (m.get("llm") or {}).get("perplexity")
+    if ppl:
+        table.add_row("perplexity", f"{ppl['perplexity']:.3f} ({ppl['increase']:+.2%} over "
+                      f"{ppl['reference_perplexity']:.3f} in transformers)\n[dim]{ppl['tokens']} tokens in "
+                      f"{ppl['windows']} windows of {ppl['text']}; ran in {ppl['runtime']}[/]")
     if plan:
         table.add_row("plan", f"predicted error {plan['predicted_error']:.4g}, verified "
                       + (f"{plan['verified_error']:.4g}" if plan.get("verified_error") is not None else "n/a")

@@ -208,6 +208,23 @@ class LLMPredictedMemory(Strict):
     estimate: bool
 
 
+class LLMPerplexity(Strict):
+    """Perplexity on held-out text at export (``edgeq.llm.perplexity.score_artifact``): the
+    artifact in its runtime, and the source model in transformers on the same windows."""
+
+    perplexity: float
+    reference_perplexity: float
+    increase: float  # perplexity / reference_perplexity - 1
+    reference: str
+    tokens: int  # tokens scored (each window's after its first)
+    windows: int
+    window: int  # tokens per window at most
+    text: str  # where the text came from
+    text_sha256: str  # of the text's UTF-8 bytes (before tokenizing)
+    python: str  # edgeq's own text depends on the Python version
+    runtime: str
+
+
 # How an LLM's linears at one scheme compute: in fp32 (float weights, or integer weights
 # dequantized), or with their input rounded to int8 at run time (8da4w / 8da8w).
 LinearCompute = Literal["fp32", "int8 dynamic activations", "fp16 activations"]
@@ -234,6 +251,8 @@ class LLMInfo(Strict):
     head: dict[str, Any]  # the output head: tied or not, its scheme, shared or own storage
     verification: LLMVerification | None
     predicted_memory: LLMPredictedMemory | None = None  # absent in artifacts from before edgeq predicted it
+    # absent in artifacts from before edgeq scored held-out text; None when not scored (no tokenizer, --eval-tokens 0)
+    perplexity: LLMPerplexity | None = None
     # scheme → how the linears at that scheme compute (None: not recorded by this artifact's backend / edgeq)
     linear_compute: dict[str, LinearCompute] | None = None
 

@@ -37,17 +37,24 @@ def narrow_llama_dir(tmp_path_factory) -> Path:
                       lambda p: tiny_lms.save_tiny_bpe_lm(p, "llama", init=0.02))
 
 
-def export_to(model_dir: Path, out: Path, precision: str, target: str = "x86-gguf") -> dict:
+def export_to(model_dir: Path, out: Path, precision: str, target: str = "x86-gguf", *extra: str) -> dict:
+    """``edgeq export`` as a user runs it; no held-out text scored unless ``extra`` asks."""
+    extra = extra or ("--eval-tokens", "0")
     proc = run_cli("export", str(model_dir), "-t", target, "-p", precision, "--max-context", str(CONTEXT),
-                   "--samples", "2", "-o", str(out), "--quiet", "--force")
+                   "--samples", "2", "-o", str(out), "--quiet", "--force", *extra)
     assert proc.returncode == 0, proc.stderr
     return json.loads((out / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def f32_artifact(llama_dir, tmp_path_factory) -> Path:
+    """The F32 GGUF, its perplexity scored on a user's text (``test_llm_heldout``)."""
+    from tests.test_llm_heldout import EVAL_TOKENS, TEXT
+
     out = tmp_path_factory.mktemp("gguf") / "f32"
-    export_to(llama_dir, out, "fp32")
+    (out.parent / "heldout.txt").write_text(TEXT, encoding="utf-8")
+    export_to(llama_dir, out, "fp32", "x86-gguf", "--eval-text", str(out.parent / "heldout.txt"),
+              "--eval-tokens", str(EVAL_TOKENS))
     return out
 
 
@@ -66,6 +73,13 @@ def test_f32_gguf_runs_in_llama_cpp_with_transformers_greedy_text(f32_artifact, 
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == expected.strip() and expected.strip()
     assert "llama.cpp" in ran.stderr
+
+
+def test_the_recorded_perplexity_equals_llama_cpp_rows_and_transformers_recomputed(f32_artifact, llama_dir,
+                                                                                      tmp_path):
+    from tests.test_llm_heldout import check_recorded_perplexity
+
+    check_recorded_perplexity(f32_artifact, llama_dir, tmp_path)
 
 
 def test_llama_cpp_greedy_tokens_equal_transformers_in_a_fresh_process(f32_artifact, llama_dir):
@@ -242,7 +256,7 @@ def test_stand_in_reproduces_llama_cpp(layer, scheme, mid_llama, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"layers:\n  model.{layer}: {scheme}\n")
     proc = run_cli("export", str(d), "-t", "x86-gguf", "--plan", str(plan), "--max-context", str(CONTEXT),
-                   "--samples", "2", "-o", str(tmp_path / "a"), "--quiet")
+                   "--samples", "2", "--eval-tokens", "0", "-o", str(tmp_path / "a"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     moved = _llama_cpp_rows(tmp_path / "a", ids) - f32
 

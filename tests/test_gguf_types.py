@@ -159,7 +159,7 @@ def mixed_artifact(wide_llama_dir, tmp_path_factory) -> Path:
     plan = out / "plan.yaml"
     plan.write_text("layers:\n" + "".join(f"  {f}: {s}\n" for f, s in PLAN.items()))
     proc = run_cli("export", str(wide_llama_dir), "-t", "x86-gguf", "--plan", str(plan), "--max-context",
-                   str(CONTEXT), "--samples", "2", "-o", str(out / "a"), "--quiet")
+                   str(CONTEXT), "--samples", "2", "--eval-tokens", "0", "-o", str(out / "a"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out / "a"
 
@@ -229,7 +229,7 @@ def wide_f32(wide_llama_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gguf-wide") / "f32"
     proc = run_cli("export", str(wide_llama_dir), "-t", "x86-gguf", "-p", "fp32", "--max-context", str(CONTEXT),
-                   "--samples", "2", "-o", str(out), "--quiet")
+                   "--samples", "2", "--eval-tokens", "0", "-o", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     return AutoModelForCausalLM.from_pretrained(wide_llama_dir).eval(), _llama_cpp_logprobs(out, IDS)
 
@@ -248,7 +248,7 @@ def test_stand_in_reproduces_llama_cpp_on_one_layer(scheme, wide_llama_dir, wide
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"layers:\n  model.{layer}: {scheme}\n")
     proc = run_cli("export", str(wide_llama_dir), "-t", "x86-gguf", "--plan", str(plan), "--max-context",
-                   str(CONTEXT), "--samples", "2", "-o", str(tmp_path / "a"), "--quiet")
+                   str(CONTEXT), "--samples", "2", "--eval-tokens", "0", "-o", str(tmp_path / "a"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     moved = _llama_cpp_logprobs(tmp_path / "a", IDS) - f32
     base = _eager_logprobs(model, IDS)

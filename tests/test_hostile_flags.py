@@ -42,6 +42,8 @@ CASES = [
     ("targets-no-subcommand", ["targets"], "missing command"),
     ("calib-missing", ["export", MLP, "-t", "x86", "--budget", "1MB", "--calib", "/no/such/calib.txt"], "no such file"),
     ("plan-file-missing", ["export", MLP, "-t", "x86", "--plan", "/no/such/plan.yaml"], "no such file"),
+    ("eval-tokens-negative", ["export", MLP, "-t", "x86", "--eval-tokens", "-1"], "--eval-tokens"),
+    ("eval-text-missing", ["export", MLP, "-t", "x86", "--eval-text", "/no/such/text.txt"], "no such file"),
 ]
 
 

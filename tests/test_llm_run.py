@@ -49,6 +49,39 @@ def test_manifest_describes_the_llm(artifact):
     assert not list(artifact.parent.glob(".*staging*"))
 
 
+@pytest.mark.parametrize("target", ["x86-executorch", "x86"])
+def test_the_manifest_records_perplexity_on_edgeqs_held_out_text(target, tiny_llama_artifacts, lm_dir):
+    """ExecuTorch and ONNX exports score edgeq's own held-out text through the same path as
+    GGUF's: the recorded figures equal the artifact's whole rows and transformers' logits on
+    windows cut here, with a hand log-softmax."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.backends import get_backend
+    from edgeq.llm.perplexity import EVAL_TOKENS, heldout_text
+    from tests.test_llm_heldout import ppl_by_hand, windows_by_hand
+
+    out = tiny_llama_artifacts(target)
+    manifest = json.loads((out / "manifest.json").read_text())
+    held = manifest["llm"]["perplexity"]
+    text = heldout_text()
+    tok = tiny_lms.tokenizer()
+    bos = tok.bos_token_id if tok("a")["input_ids"][:1] == [tok.bos_token_id] else None
+    windows = windows_by_hand(tok(text.text, add_special_tokens=False)["input_ids"], CONTEXT, EVAL_TOKENS, bos)
+    assert (held["tokens"], held["windows"], held["text_sha256"]) == (EVAL_TOKENS, len(windows), text.sha256)
+    session = get_backend(manifest["target"]["format"]).open_lm(out / manifest["model_file"])
+    try:
+        rows = [session.prefill(w, all_logits=True) for w in windows]
+    finally:
+        session.close()
+    assert held["perplexity"] == pytest.approx(ppl_by_hand(rows, windows), rel=1e-6)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    with torch.no_grad():
+        eager = [model(input_ids=torch.tensor([w])).logits[0].numpy() for w in windows]
+    assert held["reference_perplexity"] == pytest.approx(ppl_by_hand(eager, windows), rel=1e-6)
+    assert abs(held["increase"]) < 1e-3 and held["runtime"] == manifest["numerics"]["runtime"]
+
+
 def test_run_streams_transformers_greedy_text(artifact, lm_dir):
     prompt = "the value of the list is a new object and"
     tok = tiny_lms.tokenizer()

@@ -63,15 +63,18 @@ def resolve_max_context(requested: int | None, tgt: Any, config: dict[str, Any],
 
 def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, out_dir: Path, force: bool,
               protected: list[Path], max_context: int | None, steps: Any, strict: bool = False,
-              budgets: Any = None, rules: list[str] | None = None, algorithms: list[str] | None = None) -> Any:
+              budgets: Any = None, rules: list[str] | None = None, algorithms: list[str] | None = None,
+              eval_text: Any = None, eval_tokens: int | None = None) -> Any:
     """Lower ``loaded`` (an edgeq ``LoadedModel`` of task causal-lm) for ``resolved``'s
     target, verify it and write the artifact; returns an ``edgeq.export.ExportResult``.
 
     ``budgets`` (``edgeq.planning.solve.Budgets``): plan per layer within them
     (``edgeq.llm.plan``) and fit the lowered file to them; else ``plan_input`` (a plan
-    file) or one ``precision``."""
+    file) or one ``precision``. ``eval_text`` (``edgeq.llm.perplexity.read_eval_text``, else
+    edgeq's held-out text) is scored up to ``eval_tokens`` tokens (0: not scored)."""
     from edgeq.artifact import clean_stale_staging, staged_dir, write_manifest
     from edgeq.export import ExportResult
+    from edgeq.llm.perplexity import EVAL_TOKENS, export_windows, score_artifact
     from edgeq.manifest import Manifest
 
     tgt = resolved.target
@@ -80,6 +83,11 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     be.check_lm(model.config.get_text_config())
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
     _check_delegates(be, tgt, steps, strict)
+    tokenizer = source_tokenizer(loaded)
+    # before any lowering work: a text that cannot be scored fails fast
+    scoring = export_windows(tokenizer, eval_text, context, EVAL_TOKENS if eval_tokens is None else eval_tokens)
+    if scoring is None and eval_tokens != 0:
+        steps.note("no perplexity on held-out text: the model ships no tokenizer (or its context is too short)")
     costs = solved = None
     if budgets is not None:
         from edgeq.llm.plan import plan_lm
@@ -94,7 +102,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     check_stored(plan.schemes.values(), be)  # e.g. a GGUF-only int4-k in a plan for a .pte
     check_algorithms(loaded, plan.schemes.values(), be, tgt.format)  # before any lowering work
     # a format that writes the tokenizer into its model file (GGUF) takes it at lowering
-    extra = {"tokenizer": source_tokenizer(loaded)} if be.LM_TOKENIZER_IN_MODEL else {}
+    extra = {"tokenizer": tokenizer} if be.LM_TOKENIZER_IN_MODEL else {}
     for line in clean_stale_staging(out_dir):
         steps.note(line)
     with staged_dir(out_dir, force, protected) as work:
@@ -119,12 +127,17 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         try:
             from edgeq.llm import verify
 
-            tokenizer = source_tokenizer(loaded)
             prompts, described = verify.verification_prompts(tokenizer, session.vocab_size, context, VERIFY_PROMPTS)
             with steps.step(f"Verifying greedy tokens ({len(prompts)} prompts)") as info:
                 greedy, numerics = verify.check(model, session, prompts, described)
                 info.detail = (f"{greedy.identical_prompts}/{greedy.prompts} identical, prefix match "
                                f"{greedy.prefix_match:.1%}; {numerics.short()}")
+            held = None
+            if scoring is not None:
+                with steps.step(f"Perplexity on held-out text ({sum(len(w) - 1 for w in scoring[0])} tokens)") as info:
+                    held = score_artifact(session, model, *scoring)
+                    info.detail = (f"{held['perplexity']:.3f}, {held['reference_perplexity']:.3f} in transformers "
+                                   f"({held['increase']:+.2%})")
         finally:
             session.close()
         model_file = work / lowered.model_file.name
@@ -135,6 +148,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         tokenizer_files = _bundle(loaded, model, work)
         manifest = _manifest(loaded, resolved, requested, plan, lowered, numerics, greedy, model, model_file,
                              work, tokenizer_files, steps)
+        manifest["llm"]["perplexity"] = held
         manifest["llm"]["predicted_memory"] = _predicted_memory(Manifest.model_validate(manifest), model, steps)
         if solved is not None:
             manifest["plan"] = _plan_block(solved, costs, lowered, numerics)

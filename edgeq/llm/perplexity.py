@@ -21,6 +21,13 @@ the next-token distributions, in nats: a per-position measure of how far a quant
 model's predictions moved, which needs no labels (``tests/test_perplexity.py`` shows it
 orders quantized models as their perplexity increase does).
 
+**In the manifest.** ``edgeq export`` of a causal LM scores the artifact in its runtime on
+this text (or the user's ``--eval-text FILE``: UTF-8, its first ``EVAL_TEXT_MAX_BYTES``
+read), in windows of at most ``EVAL_WINDOW`` tokens, its first ``EVAL_TOKENS`` scored tokens
+(``--eval-tokens``), and the source model in eager transformers on the same windows
+(``score_artifact``): ``llm.perplexity`` records both, the tokens and windows, and the
+text's source and SHA-256.
+
 >>> windows = heldout_windows(hf_tokenize(tokenizer), 512, bos=added_bos(tokenizer))  # doctest: +SKIP
 >>> perplexity(session, windows).perplexity  # doctest: +SKIP
 """
@@ -31,11 +38,16 @@ import hashlib
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from edgeq.errors import ConfigError
 
 DEFAULT_MAX_BYTES = 64 * 1024
+EVAL_TOKENS = 511  # tokens an export scores by default (--eval-tokens): one window of 512 (its first token is context)
+EVAL_WINDOW = 512  # tokens per window at most (and at most the artifact's context)
+EVAL_TEXT_MAX_BYTES = 4 * 2**20  # an --eval-text file's bytes read at most (its first ones)
+REFERENCE = "the source model in eager transformers (fp32), on the same windows"
 TEXT_SOURCE = "pydoc_data.topics (the Python language reference), topics in sorted order"
 
 
@@ -84,6 +96,36 @@ def _held(paragraphs: list[str], topics: int, dropped: int) -> HeldoutText:
                        dropped_paragraphs=dropped)
 
 
+def read_eval_text(path: str | Path) -> HeldoutText:
+    """A user's held-out text (``--eval-text``): a UTF-8 file, its first ``EVAL_TEXT_MAX_BYTES``
+    bytes (cut at a character boundary). Untrusted: anything else is a ``ConfigError``."""
+    p = Path(path)
+    hint = "pass a UTF-8 text file, or leave --eval-text out to score edgeq's held-out text"
+    if not p.is_file():
+        raise ConfigError(f"--eval-text {path}: no such file", hint)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(EVAL_TEXT_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"--eval-text {path}: cannot read it ({exc.strerror})", hint) from None
+    cut = len(raw) > EVAL_TEXT_MAX_BYTES
+    raw = raw[:EVAL_TEXT_MAX_BYTES]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not (cut and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data"):
+            raise ConfigError(f"--eval-text {path} is not UTF-8 text (invalid byte at offset {exc.start})",
+                              hint) from None
+        text = raw[: exc.start].decode("utf-8")  # the read ended inside a character
+    if "\x00" in text:
+        raise ConfigError(f"--eval-text {path} holds NUL bytes: not a text file", hint)
+    if not text.strip():
+        raise ConfigError(f"--eval-text {path} holds no text", hint)
+    return HeldoutText(text=text, source=f"--eval-text {p.name}" + (
+        f" (its first {len(text.encode('utf-8'))} bytes)" if cut else ""), python=sys.version.split()[0],
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), topics=0, dropped_paragraphs=0)
+
+
 def hf_tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
     """A transformers tokenizer as ``text → ids``, without special tokens (windows add BOS)."""
     def encode(text: str) -> list[int]:
@@ -102,16 +144,27 @@ def added_bos(tokenizer: Any) -> int | None:
 
 
 def heldout_windows(tokenize: Callable[[str], list[int]], window: int, *, bos: int | None = None,
-                    max_bytes: int = DEFAULT_MAX_BYTES, max_windows: int | None = None) -> list[list[int]]:
-    """The held-out text's token ids in consecutive windows of at most ``window`` tokens,
-    each starting with ``bos`` when given (the model's BOS, if its tokenizer adds one)."""
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_windows: int | None = None,
+                    max_tokens: int | None = None, text: str | None = None) -> list[list[int]]:
+    """The held-out text's (or ``text``'s) token ids in consecutive windows of at most
+    ``window`` tokens, each starting with ``bos`` when given (the model's BOS, if its
+    tokenizer adds one); with ``max_tokens``, cut after that many scored tokens."""
     if window < 2 + (bos is not None):
         raise ConfigError(f"a perplexity window needs at least two tokens, got {window}", "pass a larger window")
-    ids = tokenize(heldout_text(max_bytes).text)
+    ids = tokenize(heldout_text(max_bytes).text if text is None else text)
     step = window - (bos is not None)
     out = [([bos] if bos is not None else []) + ids[i:i + step] for i in range(0, len(ids), step)]
     out = [w for w in out if len(w) >= 2]
-    return out[:max_windows] if max_windows is not None else out
+    out = out[:max_windows] if max_windows is not None else out
+    if max_tokens is None:
+        return out
+    capped, left = [], max_tokens
+    for w in out:
+        if left < 1:
+            break
+        capped.append(w[: left + 1])  # a window of n + 1 tokens scores n
+        left -= len(capped[-1]) - 1
+    return capped
 
 
 @dataclass(frozen=True)
@@ -220,3 +273,39 @@ def compare(reference: Any, test: Any, windows: list[list[int]]) -> Comparison:
         return Perplexity(math.exp(nll / positions), nll, positions, len(windows), session.runtime)
 
     return Comparison(result(ref_nll, reference), result(test_nll, test), kl_sum / positions)
+
+
+def export_windows(tokenizer: Any, text: HeldoutText | None, context: int,
+                   max_tokens: int = EVAL_TOKENS) -> tuple[list[list[int]], HeldoutText, int] | None:
+    """The windows an export scores (``text``, else edgeq's held-out text), the text and the
+    window size; None when there is nothing to score (``max_tokens`` 0, or no tokenizer for
+    edgeq's own text). A user's text that cannot be scored is a ``ConfigError``."""
+    if max_tokens < 1:
+        return None
+    if tokenizer is None:
+        if text is not None:
+            raise ConfigError("--eval-text needs the model's tokenizer, and this model ships none",
+                              "export a model directory with its tokenizer files, or drop --eval-text")
+        return None
+    window = min(context, EVAL_WINDOW)
+    bos = added_bos(tokenizer)
+    if window < 2 + (bos is not None):
+        return None
+    held = text if text is not None else heldout_text()
+    windows = heldout_windows(hf_tokenize(tokenizer), window, bos=bos, max_tokens=max_tokens, text=held.text)
+    if not windows:
+        if text is not None:
+            raise ConfigError(f"{text.source} gives fewer than two tokens to score", "pass a longer text")
+        return None
+    return windows, held, window
+
+
+def score_artifact(session: Any, model: Any, windows: list[list[int]], text: HeldoutText, window: int) -> dict[str, Any]:
+    """The manifest's ``llm.perplexity``: ``session``'s perplexity on ``windows`` (cut from
+    ``text`` at ``window`` tokens) and the eager fp32 ``model``'s on the same windows."""
+    got = perplexity(session, windows)
+    ref = eager_perplexity(model, windows)
+    return {"perplexity": got.perplexity, "reference_perplexity": ref.perplexity,
+            "increase": got.perplexity / ref.perplexity - 1.0, "reference": REFERENCE, "tokens": got.tokens,
+            "windows": got.windows, "window": window, "text": text.source, "text_sha256": text.sha256,
+            "python": text.python, "runtime": got.runtime}
