@@ -89,15 +89,15 @@ def main() -> None:
                   f"weights {r['weights_mib']:5.2f}  kv {r['kv_cache_mib']:5.2f}  act {r['activations_mib']:4.2f}  "
                   f"overhead {r['overhead_mib']:5.2f}  (predicted now {r['predicted_mib']:6.2f})", flush=True)
     fit = [r["overhead_mib"] for r in rows if r["role"] == "fit"]
-    mean = statistics.median(fit)
-    print(f"session overhead: median {mean:.2f} MiB over {len(fit)} fit rows (min {min(fit):.2f}, max {max(fit):.2f})")
+    overhead = statistics.median(fit)
+    print(f"session overhead: median {overhead:.2f} MiB over {len(fit)} fit rows (min {min(fit):.2f}, max {max(fit):.2f})")
     for r in rows:
         if r["role"] == "held-out":
-            pred = r["predicted_mib"] - r["predicted_overhead_mib"] + mean
+            pred = r["predicted_mib"] - r["predicted_overhead_mib"] + overhead
             r["error_with_fit"] = (pred - r["measured_mib"]) / r["measured_mib"]
             print(f"held-out {r['model']}: predicted {pred:.2f} MiB with the fitted overhead, measured "
                   f"{r['measured_mib']:.2f} ({r['error_with_fit']:+.1%})")
-    args.out.write_text(json.dumps({"fit_overhead_mib": mean, "rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"fit_overhead_mib": overhead, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

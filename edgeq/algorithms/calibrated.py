@@ -191,20 +191,11 @@ def gptq_rows(loaded: Any, samples: int) -> tuple[list[tuple[Any, ...]], int]:
 
 
 def _same_inputs(fqns: list[str], sums: dict[str, Any]) -> list[list[str]]:
-    """``fqns`` in runs whose Hessians are equal (linears that read the same tensor)."""
-    import torch
-
-    runs: list[list[str]] = []
+    """``fqns`` in runs that share one Hessian sum (linears that read the same tensor: ``hessians``)."""
+    runs: dict[int, list[str]] = {}
     for f in fqns:
-        s = sums[f]
-        for run in runs:
-            t = sums[run[0]]
-            if t is s or (t.rows == s.rows and t.sum.shape == s.sum.shape and torch.equal(t.sum, s.sum)):
-                run.append(f)
-                break
-        else:
-            runs.append([f])
-    return runs
+        runs.setdefault(id(sums[f]), []).append(f)
+    return list(runs.values())
 
 
 def _chunks(fqns: list[str], columns: dict[str, int]) -> list[list[str]]:
