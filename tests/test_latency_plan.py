@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import ConfigError
+from edgeq.planning.latency import host_threads
 from edgeq.planning.planner import BudgetError, plan
 from tests.conftest import cli_here
 
@@ -41,6 +42,43 @@ def test_latency_budget_plan_is_within_it_and_the_kernels_are_candidates():
         assert tight.predicted_error >= loose.predicted_error
     with pytest.raises(BudgetError, match=r"below the fastest achievable plan \(\d+\.\d\d ms predicted"):
         plan(MODEL, "x86", latency_budget_ms=fastest / 2)
+
+
+def test_in_graph_offsets_by_hand():
+    """Two linears (a, b) and a table (e): the fp32 graph 8.5 ms against 6.5 ms of its layers
+    alone leaves 2 ms = R + 2·c_fp32; all-int8 5.0 ms against 3.5 ms leaves R + 2·c_int8 = 1.5.
+    R is as large as keeps both offsets ≥ 0: 1.5, so c_fp32 = 0.25 and c_int8 = 0. When a
+    scheme's graph is faster than its layers alone, R is 0 and that offset negative."""
+    from edgeq.backends.onnx.latency import in_graph_offsets
+
+    fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
+    int8 = {"a": 1.0, "b": 2.0}
+    assert in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, int8)}, {"a", "b"}) == {"fp32": 0.25, "int8": 0.0}
+    # a plan where only a has int4: b stays fp32 (4.0 + its offset 0.25) in that graph
+    got = in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, int8), "int4": (3.0, {"a": 0.5})}, {"a", "b"})
+    assert got == {"fp32": 1.0, "int8": 0.75, "int4": -3.0}  # 3.0 - 0.5 - 0.5(e) - (4.0 + 1.0) = -3.0; R = 0
+    assert in_graph_offsets({"e": 1.0}, {"fp32": (1.0, {"e": 1.0})}, set()) == {"fp32": 0.0}
+
+
+def test_every_uniform_plan_is_predicted_at_its_whole_graph_measurement():
+    """The plan's latency costs reproduce each whole-graph timing they were derived from:
+    the fp32 graph and every uniform plan (a scheme on each linear that has it, the rest fp32)."""
+    from edgeq.backends.onnx.latency import _whole_ms, uniform_plans
+    from edgeq.planning.planner import load_for_planning
+    from edgeq.schemes import parse
+
+    result = plan(MODEL, "x86", latency_budget_ms=1e6)
+    timings = result.latency
+    linears = {x.fqn for x in result.layers if x.kind == "linear"}
+    others = {x.fqn: "fp32" for x in result.layers if x.fqn not in linears}
+    candidates = {f: [parse(n) for n in timings.layers[f]] for f in sorted(linears)}
+    uniform = uniform_plans(candidates)
+    assert {"fp32", "int8", "int8@matmulinteger"} <= set(uniform)
+    loaded, _ = load_for_planning(MODEL, "x86")
+    wholes = _whole_ms(loaded.module, loaded.example_inputs, host_threads(4), True, uniform)  # cached: no new timing
+    for name, fqns in uniform.items():
+        schemes = others | {f: "fp32" for f in linears} | {f: name for f in fqns}
+        assert timings.predict(schemes) == pytest.approx(wholes[name], rel=1e-4), name
 
 
 def test_plan_file_records_the_latency_prediction(tmp_path: Path):

@@ -5,7 +5,9 @@ For a target whose device has this host's CPU architecture (x86 targets here) th
 backend times each layer's op alone in the real runtime on this host
 (``edgeq.backends.<format>.layer_latency``, cached), and the whole fp32 graph once: the
 remainder (attention, norms, activations) is the whole graph's p50 minus its layers' fp32
-timings. A plan's predicted p50 = remainder + Σ layer timing at its scheme. The figures
+costs. A backend may add to each layer's timing what it costs in the graph beyond its
+timing alone (ONNX: a per-scheme offset from whole-graph timings of uniform plans, see
+``edgeq.backends.onnx.latency``). A plan's predicted p50 = remainder + Σ layer timing at its scheme. The figures
 are this host's, which stands in for the device (same ISA family, other clocks and cores):
 the plan and the manifest say so. Other devices take the emulator's per-op ESTIMATE of the
 same one-layer graphs. A backend that does not time layers (``TIMES_LAYERS`` False)

@@ -6,10 +6,22 @@ timed in a session with the artifact's options (CPU provider, the target's intra
 threads) on an input of the shape the layer sees in the model (captured by one forward
 pass). The p50 of ``TIMED_RUNS`` runs after ``WARMUP_RUNS`` (the least of ``ROUNDS``
 round medians) is its cost; the exported artifact is timed the same way. Layers with the
-same shapes share one timing. The rest of the graph (attention, norms, activations; any
-layer kind this module does not build, e.g. convolutions, at fp32) is the fp32 export's own
-p50 minus its layers' fp32 timings: a plan's predicted latency is that remainder plus its
-layers' timings at their schemes.
+same shapes share one timing.
+
+A layer costs more or less in the whole graph than alone: alone, each timing carries a
+run's fixed cost the graph pays once, its weights stay hot in cache, and no graph fusion
+is at stake; in the graph, a quantized linear breaks fusions its fp32 MatMul takes part
+in (measured on MiniLM at 2 threads: 39 linears as ``MatMulInteger`` take 19.7 ms in the
+graph against 7.7 ms alone, as fp32 ``MatMul`` 35.6 against 31.8). So the whole export is
+timed once per scheme kind the linears may take (the fp32 graph, and each uniform plan:
+every linear that has the scheme as a candidate at it, the rest fp32), and each scheme
+gets an in-graph offset per linear (``in_graph_offsets``) that makes the prediction of
+every uniform plan equal its measurement. A linear's cost at a scheme is its timing alone
+plus its scheme's offset; the rest of the graph (attention, norms, activations; any layer
+kind this module does not build, e.g. convolutions, at fp32) is what is left of the fp32
+export's p50. A plan's predicted latency is that remainder plus its layers' costs at their
+schemes. Calibrated schemes (GPTQ, AWQ, HQQ) store their RTN scheme's layout and share its
+timings.
 
 For a device that is not this host's kind (``estimate_layer_latency``) the same one-layer
 graphs (and the fp32 export) are costed by the emulator's per-op roofline for the device
@@ -18,7 +30,7 @@ leaves out the per-run fixed cost, which the remainder keeps once.
 
 Timings are cached on disk (``<cache>/latency``) keyed by what decides them: ONNX Runtime's
 version, this CPU, the threads, the shapes and the scheme; the whole-model timing by the
-model's weights and inputs too. The cache is bounded (``MAX_CACHE_ENTRIES`` per file).
+model's weights and inputs (and, for a uniform plan, its scheme and layers) too. The cache is bounded (``MAX_CACHE_ENTRIES`` per file).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from typing import Any
 from edgeq.backends.timing import (ROUNDS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key,
                                    emulated_threads_and_clock, how_timed, input_shapes, layer_cases, model_key)
 from edgeq.backends.timing import p50_ms as _p50
+from edgeq.schemes import FP32, parse, rtn_of
 
 
 def p50_ms(session: Any, feeds: dict[str, Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS,
@@ -101,23 +114,89 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
             cache.put(key, found)
         out.setdefault(fqn, {})[scheme.name] = found
     cache.save()
-    return out, _whole_fp32_ms(module, example_inputs, threads, use_cache), how_timed(
-        f"ONNX Runtime {ort.__version__}, CPU provider", threads)
+    timed = {fqn for fqn, _s, (kind, *_rest) in cases if kind == "linear"}
+    uniform = uniform_plans({f: candidates.get(f, []) for f in sorted(timed)})
+    wholes = _whole_ms(module, example_inputs, threads, use_cache, uniform)
+    fp32 = {f: v[FP32.name] for f, v in out.items() if FP32.name in v}
+    offsets = in_graph_offsets(fp32, {ref: (wholes[ref], {f: out[f][ref] for f in fqns})
+                                      for ref, fqns in uniform.items()}, timed)
+    for fqn in timed:
+        out[fqn] = {name: max(ms + offsets[rtn_of(parse(name)).name], 0.0) for name, ms in out[fqn].items()}
+    return out, wholes[FP32.name], how_timed(f"ONNX Runtime {ort.__version__}, CPU provider", threads) + (
+        f"; in-graph offsets from {len(wholes)} whole-graph timings")
 
 
-def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool) -> float:
-    """The fp32 export's p50 (the graph before quantization, with the artifact's rewrites)."""
+def uniform_plans(candidates: dict[str, list[Any]]) -> dict[str, list[str]]:
+    """``{scheme name: [linears]}``: per RTN scheme the linears' candidates reach (calibrated
+    schemes count as their RTN scheme), the linears that have it; fp32 takes every linear.
+
+    >>> from edgeq.schemes import INT8, INT4
+    >>> uniform_plans({"a": [INT8, INT4[32]], "b": [INT8]})
+    {'fp32': ['a', 'b'], 'int8': ['a', 'b'], 'int4-g32': ['a']}
+    """
+    plans: dict[str, list[str]] = {FP32.name: list(candidates)}
+    for fqn, schemes in candidates.items():
+        for name in dict.fromkeys(rtn_of(s).name for s in schemes):
+            if name != FP32.name:
+                plans.setdefault(name, []).append(fqn)
+    return plans
+
+
+def in_graph_offsets(fp32_ms: dict[str, float], uniform: dict[str, tuple[float, dict[str, float]]],
+                     offset_layers: set[str]) -> dict[str, float]:
+    """``{scheme name: ms}``: what each of ``offset_layers`` costs at a scheme in the whole
+    graph above its timing alone, such that every uniform plan is predicted at its measured p50.
+
+    ``fp32_ms``: every timed layer's fp32 timing alone; ``uniform``: ``{scheme: (whole-graph
+    p50, {layer: its timing alone at the scheme})}`` for the fp32 graph and each uniform plan
+    (its layers at the scheme, every other layer fp32). With a remainder R (the rest of the
+    graph) and n offset layers, the fp32 graph gives ``R + n·c_fp32``, and each plan its own
+    ``c``; R and the offsets trade one for another, so R is taken as large as keeps every
+    offset ≥ 0 (at least 0): ``R = max(n · min c, 0)``.
+
+    >>> fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
+    >>> in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, {"a": 1.0, "b": 2.0})}, {"a", "b"})
+    {'fp32': 0.25, 'int8': 0.0}
+    """
+    n = len(offset_layers)
+    if not n:
+        return {name: 0.0 for name in uniform}
+    whole_fp32 = uniform[FP32.name][0]
+    c_fp32 = (whole_fp32 - sum(fp32_ms.values())) / n
+    raw = {FP32.name: c_fp32}
+    for name, (whole, alone) in uniform.items():
+        if name != FP32.name and alone:
+            rest = sum(ms for f, ms in fp32_ms.items() if f not in alone) + (n - len(alone)) * c_fp32
+            raw[name] = (whole - sum(alone.values()) - rest) / len(alone)
+    remainder = max(n * min(raw.values()), 0.0)
+    return {name: round(c - remainder / n, 6) for name, c in raw.items()}
+
+
+def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool,
+              uniform: dict[str, list[str]]) -> dict[str, float]:
+    """``{scheme name: p50}`` of the whole export at fp32 (the graph before quantization, with
+    the artifact's rewrites) and at each of ``uniform``'s plans, lowered as the artifact's
+    lowering does it."""
+    import copy
+    import hashlib
     import tempfile
 
     import onnxruntime as ort
 
-    from edgeq.backends.onnx.graph import fold_weight_transposes, gemm_to_matmul
-    from edgeq.backends.onnx.lowering import _export, _strip_debug_metadata
+    from edgeq.backends.onnx.graph import called_layers, fold_weight_transposes, gemm_to_matmul, layer_nodes
+    from edgeq.backends.onnx.lowering import _apply_plan, _export, _strip_debug_metadata
 
     cache = LatencyCache(f"whole-{ort.__version__}")
-    key = model_key(module, example_inputs, threads)
-    if use_cache and (found := cache.get(key)) is not None:
-        return found
+    base_key = model_key(module, example_inputs, threads)
+
+    def key(name: str) -> str:
+        if name == FP32.name:
+            return base_key
+        return base_key + "|" + name + "|" + hashlib.sha256("\n".join(sorted(uniform[name])).encode()).hexdigest()[:16]
+
+    found = {name: cache.get(key(name)) if use_cache else None for name in uniform}
+    if all(v is not None for v in found.values()):
+        return found  # type: ignore[return-value]
 
     class _Model:  # what _export reads of a LoadedModel
         def __init__(self) -> None:
@@ -126,17 +205,24 @@ def _whole_fp32_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, u
             self.output_names = None
 
     with tempfile.TemporaryDirectory() as tmp:
-        proto = _export(_Model(), Path(tmp))
-    gemm_to_matmul(proto)
-    fold_weight_transposes(proto, set())
-    _strip_debug_metadata(proto)
-    sess = session(proto, threads)
-    names = [i.name for i in sess.get_inputs()]
-    feeds = {n: t.numpy() for n, t in zip(names, example_inputs)}
-    found = p50_ms(sess, feeds)
-    cache.put(key, found)
+        base = _export(_Model(), Path(tmp))
+    gemm_to_matmul(base)
+    fold_weight_transposes(base, set())
+    for name, fqns in uniform.items():
+        if found[name] is not None:
+            continue
+        proto = copy.deepcopy(base)
+        if name != FP32.name:  # the other layers stay fp32 (an all-fp16 plan alone converts the whole graph)
+            nodes = layer_nodes(proto)
+            plan = {f: FP32 for f in nodes} | {f: parse(name) for f in fqns}
+            proto, _ = _apply_plan(proto, plan, nodes, called_layers(proto))
+        _strip_debug_metadata(proto)
+        sess = session(proto, threads)
+        names = [i.name for i in sess.get_inputs()]
+        found[name] = p50_ms(sess, {n: t.numpy() for n, t in zip(names, example_inputs)})
+        cache.put(key(name), found[name])  # type: ignore[arg-type]
     cache.save()
-    return found
+    return found  # type: ignore[return-value]
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
@@ -152,7 +238,6 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
     from edgeq.backends.onnx.lowering import _apply_plan, _export, _strip_debug_metadata
     from edgeq.backends.onnx.ops import ops_from_onnx
     from edgeq.profiling.emulate import assign_units, predict
-    from edgeq.schemes import FP32
 
     used, scale = emulated_threads_and_clock(profile, threads)
 
