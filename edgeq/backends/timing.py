@@ -26,8 +26,9 @@ from typing import Any, Callable
 WARMUP_RUNS = 5
 TIMED_RUNS = 45
 ROUNDS = 3
+SESSIONS = 5  # fresh sessions a backend may take the median of (edgeq.backends.onnx.latency)
 MAX_CACHE_ENTRIES = 50_000  # one file of timings; beyond this it starts again (a few MB of JSON)
-CACHE_VERSION = 2  # 2: p50 as the least of round medians
+CACHE_VERSION = 3  # 2: p50 as the least of round medians; 3: ONNX: the median over sessions
 
 
 def cpu_name() -> str:

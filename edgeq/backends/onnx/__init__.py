@@ -126,11 +126,11 @@ def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidate
 
 def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
     """The artifact's p50 (ms) on ``inputs`` in ONNX Runtime here, timed as layers are."""
-    from edgeq.backends.onnx.latency import p50_ms, session
+    from edgeq.backends.onnx.latency import session, sessions_p50_ms
 
-    sess = session(Path(model_file), threads)
-    names = [i.name for i in sess.get_inputs()]
-    return p50_ms(sess, {n: (t.numpy() if hasattr(t, "numpy") else t) for n, t in zip(names, inputs)})
+    names = [i.name for i in session(Path(model_file), threads).get_inputs()]
+    return sessions_p50_ms(Path(model_file), {n: (t.numpy() if hasattr(t, "numpy") else t)
+                                              for n, t in zip(names, inputs)}, threads)
 
 
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and
