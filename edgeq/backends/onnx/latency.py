@@ -5,14 +5,14 @@ Each (layer shape, scheme) is lowered exactly as the artifact's lowering does it
 timed in sessions with the artifact's options (CPU provider, the target's intra-op
 threads) on an input of the shape the layer sees in the model (captured by one forward
 pass). The median over ``SESSIONS`` fresh sessions of each one's p50 (the least of
-``ROUNDS`` round medians after ``WARMUP_RUNS``) is its cost (``sessions_p50_ms``); the exported artifact is timed the same way. Layers with the
-same shapes share one timing.
+``ROUNDS`` round medians after ``WARMUP_RUNS``) is its cost (``sessions_p50_ms``); the
+exported artifact is timed the same way. Layers with the same shapes share one timing.
 
 A layer costs more or less in the whole graph than alone: alone, each timing carries a
 run's fixed cost the graph pays once, its weights stay hot in cache, and no graph fusion
 is at stake; in the graph, a quantized linear breaks fusions its fp32 MatMul takes part
-in (measured on MiniLM at 2 threads: 39 linears as ``MatMulInteger`` take 19.7 ms in the
-graph against 7.7 ms alone, as fp32 ``MatMul`` 35.6 against 31.8). So the whole export is
+in (MiniLM at 2 threads, medians of 5 sessions: its 36 linears as ``MatMulInteger`` take
+15.1 ms in the graph against 5.4 ms alone, as fp32 ``MatMul`` 24.2 against 19.2). So the whole export is
 timed once per scheme kind the linears may take (the fp32 graph, and each uniform plan:
 every linear that has the scheme as a candidate at it, the rest fp32), and each scheme
 gets an in-graph offset per linear (``in_graph_offsets``) that makes the prediction of
