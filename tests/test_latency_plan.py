@@ -49,7 +49,7 @@ def test_in_graph_offsets_by_hand():
     alone leaves 2 ms = R + 2·c_fp32; all-int8 5.0 ms against 3.5 ms leaves R + 2·c_int8 = 1.5.
     R is as large as keeps both offsets ≥ 0: 1.5, so c_fp32 = 0.25 and c_int8 = 0. When a
     scheme's graph is faster than its layers alone, R is 0 and that offset negative."""
-    from edgeq.backends.onnx.latency import in_graph_offsets
+    from edgeq.backends.timing import in_graph_offsets
 
     fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
     int8 = {"a": 1.0, "b": 2.0}
@@ -63,7 +63,8 @@ def test_in_graph_offsets_by_hand():
 def test_every_uniform_plan_is_predicted_at_its_whole_graph_measurement():
     """The plan's latency costs reproduce each whole-graph timing they were derived from:
     the fp32 graph and every uniform plan (a scheme on each linear that has it, the rest fp32)."""
-    from edgeq.backends.onnx.latency import _whole_ms, uniform_plans
+    from edgeq.backends.onnx.latency import _whole_ms
+    from edgeq.backends.timing import uniform_plans
     from edgeq.planning.planner import load_for_planning
     from edgeq.schemes import parse
 
@@ -186,6 +187,16 @@ def test_executorch_layers_are_timed_in_its_runtime_and_the_export_is_timed_besi
     assert linears and all(set(timings.layers[f]) == {"fp32", "int8"} for f in linears)
     assert all(ms > 0 for f in linears for ms in timings.layers[f].values())
     assert result.predicted_latency_ms == pytest.approx(timings.predict(result.plan.schemes))
+    # the uniform int8 plan is predicted at its own whole-program timing (cached: not timed again)
+    from edgeq.backends.executorch.latency import _whole
+    from edgeq.planning.planner import load_for_planning
+
+    loaded, resolved = load_for_planning(MODEL, str(target))
+    others = {x.fqn: "fp32" for x in result.layers if x.fqn not in linears}
+    wholes = _whole(loaded.module, loaded.example_inputs, host_threads(resolved.target.runtime.threads), True,
+                    {"fp32": sorted(linears), "int8": sorted(linears)})
+    assert timings.predict(others | {f: "int8" for f in linears}) == pytest.approx(wholes["int8"], rel=1e-4)
+    assert timings.predict(others | {f: "fp32" for f in linears}) == pytest.approx(wholes["fp32"], rel=1e-4)
     out = tmp_path / "art"
     r = cli_here("export", MODEL, "-t", str(target), "--latency-budget", "10s", "-o", str(out))
     assert r.returncode == 0, r.stderr

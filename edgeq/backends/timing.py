@@ -173,3 +173,78 @@ def emulated_threads_and_clock(profile: Any, threads: int) -> tuple[int, float]:
     host_ghz = float(fitted().get("host", {}).get("ghz") or 0)
     device_ghz = max(c.max_ghz for c in profile.cpu.clusters)
     return used, (host_ghz / device_ghz if host_ghz else 1.0)
+
+def with_in_graph_offsets(out: dict[str, dict[str, float]], cases: list[Any], candidates: dict[str, list[Any]],
+                          wholes: Callable[[dict[str, list[str]]], dict[str, float]]
+                          ) -> tuple[dict[str, dict[str, float]], float, str]:
+    """A backend's layer timings alone (``out``, from ``layer_cases``' ``cases``) made whole-graph
+    costs: ``wholes(uniform_plans(...))`` times the whole model at fp32 and at each uniform plan
+    of the linears, and each linear's cost at a scheme becomes its timing alone plus the
+    scheme's ``in_graph_offsets``. Returns ``(costs, the fp32 whole's ms, a note for the source)``."""
+    from edgeq.schemes import FP32, parse, rtn_of
+
+    timed = {fqn for fqn, _s, (kind, *_rest) in cases if kind == "linear"}
+    uniform = uniform_plans({f: candidates.get(f, []) for f in sorted(timed)})
+    measured = wholes(uniform)
+    fp32 = {f: v[FP32.name] for f, v in out.items() if FP32.name in v}
+    offsets = in_graph_offsets(fp32, {ref: (measured[ref], {f: out[f][ref] for f in fqns})
+                                      for ref, fqns in uniform.items()}, timed)
+    for fqn in timed:
+        out[fqn] = {name: max(ms + offsets[rtn_of(parse(name)).name], 0.0) for name, ms in out[fqn].items()}
+    return out, measured[FP32.name], f"; in-graph offsets from {len(measured)} whole-model timings"
+
+
+def uniform_key(base_key: str, name: str, fqns: list[str]) -> str:
+    """A uniform plan's whole-model timing key: the model's (``model_key``), the scheme, the layers."""
+    if name == "fp32":
+        return base_key
+    return base_key + "|" + name + "|" + hashlib.sha256("\n".join(sorted(fqns)).encode()).hexdigest()[:16]
+
+
+def uniform_plans(candidates: dict[str, list[Any]]) -> dict[str, list[str]]:
+    """``{scheme name: [linears]}``: per RTN scheme the linears' candidates reach (calibrated
+    schemes count as their RTN scheme), the linears that have it; fp32 takes every linear.
+
+    >>> from edgeq.schemes import INT8, INT4
+    >>> uniform_plans({"a": [INT8, INT4[32]], "b": [INT8]})
+    {'fp32': ['a', 'b'], 'int8': ['a', 'b'], 'int4-g32': ['a']}
+    """
+    from edgeq.schemes import FP32, rtn_of
+
+    plans: dict[str, list[str]] = {FP32.name: list(candidates)}
+    for fqn, schemes in candidates.items():
+        for name in dict.fromkeys(rtn_of(s).name for s in schemes):
+            if name != FP32.name:
+                plans.setdefault(name, []).append(fqn)
+    return plans
+
+
+def in_graph_offsets(fp32_ms: dict[str, float], uniform: dict[str, tuple[float, dict[str, float]]],
+                     offset_layers: set[str]) -> dict[str, float]:
+    """``{scheme name: ms}``: what each of ``offset_layers`` costs at a scheme in the whole
+    graph above its timing alone, such that every uniform plan is predicted at its measured p50.
+
+    ``fp32_ms``: every timed layer's fp32 timing alone; ``uniform``: ``{scheme: (whole-graph
+    p50, {layer: its timing alone at the scheme})}`` for the fp32 graph and each uniform plan
+    (its layers at the scheme, every other layer fp32). With a remainder R (the rest of the
+    graph) and n offset layers, the fp32 graph gives ``R + n·c_fp32``, and each plan its own
+    ``c``; R and the offsets trade one for another, so R is taken as large as keeps every
+    offset ≥ 0 (at least 0): ``R = max(n · min c, 0)``.
+
+    >>> fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
+    >>> in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, {"a": 1.0, "b": 2.0})}, {"a", "b"})
+    {'fp32': 0.25, 'int8': 0.0}
+    """
+    n = len(offset_layers)
+    fp32_name = "fp32"
+    if not n:
+        return {name: 0.0 for name in uniform}
+    whole_fp32 = uniform[fp32_name][0]
+    c_fp32 = (whole_fp32 - sum(fp32_ms.values())) / n
+    raw = {fp32_name: c_fp32}
+    for name, (whole, alone) in uniform.items():
+        if name != fp32_name and alone:
+            rest = sum(ms for f, ms in fp32_ms.items() if f not in alone) + (n - len(alone)) * c_fp32
+            raw[name] = (whole - sum(alone.values()) - rest) / len(alone)
+    remainder = max(n * min(raw.values()), 0.0)
+    return {name: round(c - remainder / n, 6) for name, c in raw.items()}

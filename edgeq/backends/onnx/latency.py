@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends.timing import (ROUNDS, SESSIONS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key,
-                                   emulated_threads_and_clock, how_timed, input_shapes, layer_cases, model_key)
+                                   emulated_threads_and_clock, how_timed, input_shapes, layer_cases, model_key,
+                                   uniform_key, with_in_graph_offsets)
 from edgeq.backends.timing import p50_ms as _p50
-from edgeq.schemes import FP32, parse, rtn_of
+from edgeq.schemes import FP32, parse
 
 
 def p50_ms(session: Any, feeds: dict[str, Any], runs: int = TIMED_RUNS, warmup: int = WARMUP_RUNS,
@@ -128,62 +129,9 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
             cache.put(key, found)
         out.setdefault(fqn, {})[scheme.name] = found
     cache.save()
-    timed = {fqn for fqn, _s, (kind, *_rest) in cases if kind == "linear"}
-    uniform = uniform_plans({f: candidates.get(f, []) for f in sorted(timed)})
-    wholes = _whole_ms(module, example_inputs, threads, use_cache, uniform)
-    fp32 = {f: v[FP32.name] for f, v in out.items() if FP32.name in v}
-    offsets = in_graph_offsets(fp32, {ref: (wholes[ref], {f: out[f][ref] for f in fqns})
-                                      for ref, fqns in uniform.items()}, timed)
-    for fqn in timed:
-        out[fqn] = {name: max(ms + offsets[rtn_of(parse(name)).name], 0.0) for name, ms in out[fqn].items()}
-    return out, wholes[FP32.name], how_timed(f"ONNX Runtime {ort.__version__}, CPU provider", threads) + (
-        f"; in-graph offsets from {len(wholes)} whole-graph timings")
-
-
-def uniform_plans(candidates: dict[str, list[Any]]) -> dict[str, list[str]]:
-    """``{scheme name: [linears]}``: per RTN scheme the linears' candidates reach (calibrated
-    schemes count as their RTN scheme), the linears that have it; fp32 takes every linear.
-
-    >>> from edgeq.schemes import INT8, INT4
-    >>> uniform_plans({"a": [INT8, INT4[32]], "b": [INT8]})
-    {'fp32': ['a', 'b'], 'int8': ['a', 'b'], 'int4-g32': ['a']}
-    """
-    plans: dict[str, list[str]] = {FP32.name: list(candidates)}
-    for fqn, schemes in candidates.items():
-        for name in dict.fromkeys(rtn_of(s).name for s in schemes):
-            if name != FP32.name:
-                plans.setdefault(name, []).append(fqn)
-    return plans
-
-
-def in_graph_offsets(fp32_ms: dict[str, float], uniform: dict[str, tuple[float, dict[str, float]]],
-                     offset_layers: set[str]) -> dict[str, float]:
-    """``{scheme name: ms}``: what each of ``offset_layers`` costs at a scheme in the whole
-    graph above its timing alone, such that every uniform plan is predicted at its measured p50.
-
-    ``fp32_ms``: every timed layer's fp32 timing alone; ``uniform``: ``{scheme: (whole-graph
-    p50, {layer: its timing alone at the scheme})}`` for the fp32 graph and each uniform plan
-    (its layers at the scheme, every other layer fp32). With a remainder R (the rest of the
-    graph) and n offset layers, the fp32 graph gives ``R + n·c_fp32``, and each plan its own
-    ``c``; R and the offsets trade one for another, so R is taken as large as keeps every
-    offset ≥ 0 (at least 0): ``R = max(n · min c, 0)``.
-
-    >>> fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
-    >>> in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, {"a": 1.0, "b": 2.0})}, {"a", "b"})
-    {'fp32': 0.25, 'int8': 0.0}
-    """
-    n = len(offset_layers)
-    if not n:
-        return {name: 0.0 for name in uniform}
-    whole_fp32 = uniform[FP32.name][0]
-    c_fp32 = (whole_fp32 - sum(fp32_ms.values())) / n
-    raw = {FP32.name: c_fp32}
-    for name, (whole, alone) in uniform.items():
-        if name != FP32.name and alone:
-            rest = sum(ms for f, ms in fp32_ms.items() if f not in alone) + (n - len(alone)) * c_fp32
-            raw[name] = (whole - sum(alone.values()) - rest) / len(alone)
-    remainder = max(n * min(raw.values()), 0.0)
-    return {name: round(c - remainder / n, 6) for name, c in raw.items()}
+    out, whole, note = with_in_graph_offsets(
+        out, cases, candidates, lambda uniform: _whole_ms(module, example_inputs, threads, use_cache, uniform))
+    return out, whole, how_timed(f"ONNX Runtime {ort.__version__}, CPU provider", threads) + note
 
 
 def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool,
@@ -192,7 +140,6 @@ def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_ca
     the artifact's rewrites) and at each of ``uniform``'s plans, lowered as the artifact's
     lowering does it."""
     import copy
-    import hashlib
     import tempfile
 
     import onnxruntime as ort
@@ -204,9 +151,7 @@ def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_ca
     base_key = model_key(module, example_inputs, threads)
 
     def key(name: str) -> str:
-        if name == FP32.name:
-            return base_key
-        return base_key + "|" + name + "|" + hashlib.sha256("\n".join(sorted(uniform[name])).encode()).hexdigest()[:16]
+        return uniform_key(base_key, name, uniform[name])
 
     found = {name: cache.get(key(name)) if use_cache else None for name in uniform}
     if all(v is not None for v in found.values()):
