@@ -7,13 +7,9 @@ runtime (the pybindings the artifact is verified with, XNNPACK's threadpool at t
 target's threads) on an input of the shape the layer sees in the model. The p50 is taken
 as for every backend (``edgeq.backends.timing``); the exported artifact is timed the same
 way. Layers with the same shapes share one timing; a calibrated scheme (GPTQ, AWQ) stores
-its RTN scheme's layout, so it is timed as that scheme. Each timing is the median over
-``SESSIONS`` fresh loads of each one's p50. As in ONNX (``edgeq.backends.onnx.latency``),
-the whole program is also timed at fp32 and at each uniform plan of the linears, and each
-linear's cost at a scheme is its timing alone plus that scheme's in-graph offset
-(``edgeq.backends.timing.in_graph_offsets``); the rest of the graph (attention, norms,
-activations; layer kinds not built here, e.g. convolutions, at fp32) is what is left of the
-fp32 program's p50.
+its RTN scheme's layout, so it is timed as that scheme. The rest of the graph (attention,
+norms, activations; layer kinds not built here, e.g. convolutions, at fp32) is the fp32
+program's own p50 minus its layers' fp32 timings.
 
 For a device that is not this host's kind (``estimate_layer_latency``) the same one-layer
 programs (and the fp32 program) are costed by the emulator's per-op roofline for the device
@@ -29,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import (ROUNDS, SESSIONS, TIMED_RUNS, LatencyCache, case_key, emulated_threads_and_clock,
-                                   how_timed, layer_cases, model_key, p50_ms, uniform_key, with_in_graph_offsets)
+from edgeq.backends.timing import (LatencyCache, case_key, emulated_threads_and_clock, how_timed, layer_cases,
+                                   model_key, p50_ms)
 
 TIMED_KINDS = ("linear", "embedding")
 
@@ -58,10 +54,8 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
 
     out = _each_layer(module, example_inputs, layers, candidates, threads, cost)
     cache.save()
-    _untimed, cases = layer_cases(module, example_inputs, layers, candidates, TIMED_KINDS)
-    out, whole, note = with_in_graph_offsets(
-        out, cases, candidates, lambda uniform: _whole(module, example_inputs, threads, use_cache, uniform))
-    return out, whole, how_timed(f"ExecuTorch {_version()} pybindings, XNNPACK", threads) + note
+    return out, _whole_fp32(module, example_inputs, threads, use_cache), how_timed(
+        f"ExecuTorch {_version()} pybindings, XNNPACK", threads)
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
@@ -95,8 +89,10 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
 
 def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
     """The artifact's p50 (ms) on ``inputs`` in the ExecuTorch pybindings here, timed as layers are."""
+    from executorch.runtime import Runtime
+
     set_threads(threads)
-    return time_program(Path(model_file).read_bytes(), inputs)
+    return p50_ms(_executor(Runtime.get().load_program(str(model_file)), inputs))
 
 
 def set_threads(threads: int) -> None:
@@ -110,17 +106,11 @@ def set_threads(threads: int) -> None:
             portable_lib._unsafe_reset_threadpool(int(threads))
 
 
-def time_program(pte: bytes, inputs: tuple[Any, ...], sessions: int = SESSIONS) -> float:
-    """The p50 (ms) of a serialized program's ``forward`` on ``inputs``: the median over
-    ``sessions`` fresh loads of each one's p50 (one load's p50 is one sample, as in ONNX
-    Runtime: ``edgeq.backends.onnx.latency.sessions_p50_ms``)."""
-    import statistics
-
+def time_program(pte: bytes, inputs: tuple[Any, ...]) -> float:
+    """The p50 (ms) of a serialized program's ``forward`` on ``inputs``."""
     from executorch.runtime import Runtime
 
-    per = max(ROUNDS, TIMED_RUNS // sessions)
-    return statistics.median(p50_ms(_executor(Runtime.get().load_program(pte), inputs), runs=per)
-                             for _ in range(sessions))
+    return p50_ms(_executor(Runtime.get().load_program(pte), inputs))
 
 
 # ------------------------------------------------------------------------- internals
@@ -214,34 +204,17 @@ def _fp32_program(module: Any, example_inputs: tuple[Any, ...]) -> Any:
     return program
 
 
-def _whole(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool,
-           uniform: dict[str, list[str]]) -> dict[str, float]:
-    """``{scheme name: p50}`` of the fp32 program and of each of ``uniform``'s plans (its
-    linears at the scheme, every other layer fp32), quantized and lowered as the artifact's
-    lowering does it (XNNPACK)."""
-    from edgeq.backends.executorch.lowering import _uniform, _version
-    from edgeq.backends.executorch.quant import quantized_module
-    from edgeq.models.capture import capture
-    from edgeq.schemes import FP32, parse
+def _whole_fp32(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool) -> float:
+    """The fp32 program's p50, lowered as the artifact's is (XNNPACK)."""
+    from edgeq.backends.executorch.lowering import _version
 
     cache = LatencyCache(f"executorch-whole-{_version()}")
-    base_key = model_key(module, example_inputs, threads)
-    found: dict[str, float] = {}
-    for name, fqns in uniform.items():
-        key = uniform_key(base_key, name, fqns)
-        if use_cache and (ms := cache.get(key)) is not None:
-            found[name] = ms
-            continue
-        if name == FP32.name:
-            manager = _lowered(_fp32_program(module, example_inputs), "fp32")
-        else:
-            plan = {f: parse(name) for f in fqns}
-            program = capture(quantized_module(module, plan, "xnnpack"), tuple(example_inputs), "a uniform plan")
-            program.graph.eliminate_dead_code()
-            manager = _lowered(program, _uniform(plan))
-        found[name] = time_program(manager.buffer, tuple(example_inputs))
-        cache.put(key, found[name])
-        cache.save()
+    key = model_key(module, example_inputs, threads)
+    if use_cache and (found := cache.get(key)) is not None:
+        return found
+    found = time_program(_lowered(_fp32_program(module, example_inputs), "fp32").buffer, tuple(example_inputs))
+    cache.put(key, found)
+    cache.save()
     return found
 
 
