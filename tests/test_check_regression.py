@@ -157,6 +157,12 @@ def test_unchanged_artifact_does_not_fail_and_a_slower_one_does(mlps, tmp_path):
     assert {x.gate for x in r.failures} == {"regression"}
 
 
+# Slow-marked: the unpaired rule compares processes timed minutes apart, so a shift of the
+# host's own speed lands in it. On a 2-vCPU VM with bursts of steal time, beside the other
+# test worker, the unchanged artifact measured 1.47x its stored samples (2026-12-02). The
+# paired rule (test_unchanged_artifact_does_not_fail_and_a_slower_one_does) and the interval
+# arithmetic (test_unpaired_interval_matches_scipy_welch) run in the suite.
+@pytest.mark.slow
 def test_stored_samples_alone_still_catch_the_slowdown(mlps, tmp_path):
     kept = tmp_path / "old" / "mlp"
     shutil.copytree(mlps["base"], kept)
