@@ -255,6 +255,9 @@ class LLMInfo(Strict):
     perplexity: LLMPerplexity | None = None
     # scheme → how the linears at that scheme compute (None: not recorded by this artifact's backend / edgeq)
     linear_compute: dict[str, LinearCompute] | None = None
+    # edgeq.algorithms.smooth: the folds made against int8 activations' outlier channels (None:
+    # not tried: the format's linears do not round their input, or from before edgeq smoothed)
+    smoothing: dict[str, Any] | None = None
 
 
 class Manifest(Strict):

@@ -72,6 +72,7 @@ def test_minilm_onnx_int8_meets_size_and_fidelity(tmp_path: Path, minilm_dir: Pa
     ("tiny_mlp", "0", "{'0': int4-g32, '2': fp32}", "int4-g32"),  # 4-bit MatMulNBits
     ("tiny_text", "embed", "{embed: int8, fc1: fp32, fc2: fp32}", "int8"),  # quantize_dynamic Gather
     ("tiny_text", "embed", "{embed: int4-g32, fc1: fp32, fc2: fp32}", "int4-g32"),  # GatherBlockQuantized
+    ("tiny_text", "embed", "{embed: int8-g32, fc1: fp32, fc2: fp32}", "int8-g32"),  # GatherBlockQuantized, 8 bits
     ("tiny_conv", "0", "{'0': int8, '2': fp32, '6': fp32}", "int8"),  # ConvInteger
 ])
 def test_onnx_sensitivity_stand_ins_reproduce_onnx_runtime(tmp_path: Path, factory, layer, plan_yaml, scheme):

@@ -304,10 +304,12 @@ def test_packed_qkv_projection_computes_what_three_did(llama, tmp_path, monkeypa
     assert _greedy(_open(packed.model_file), PROMPT, NEW_TOKENS) == _greedy(_open(three.model_file), PROMPT, NEW_TOKENS)
 
 
-def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
-    """Table and tied head both at int4-g32: the table's GatherBlockQuantized reads the head's
-    MatMulNBits tensor, so the file holds the matrix once (smaller by the table's bytes than
-    the same plan lowered with two tensors) and computes the same logits as that artifact."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_tied_head_and_table_are_stored_once(llama, tmp_path, monkeypatch, bits):
+    """Table and tied head both at int4-g32 (int8-g32): the table's GatherBlockQuantized reads
+    the head's MatMulNBits tensor, so the file holds the matrix once (smaller by the table's
+    bytes than the same plan lowered with two tensors) and computes the same logits as that
+    artifact."""
     import onnx
 
     import edgeq.backends.onnx.llm as onnx_llm
@@ -316,7 +318,7 @@ def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
     from edgeq.schemes import Scheme
 
     model, _ = llama
-    plan = QuantPlan({x.fqn: Scheme("int", 4, 32) for x in layer_inventory(model)})
+    plan = QuantPlan({x.fqn: Scheme("int", bits, 32) for x in layer_inventory(model)})
     (tmp_path / "shared").mkdir()
     (tmp_path / "apart").mkdir()
     shared = _lower(model, plan, tmp_path / "shared")
@@ -327,13 +329,14 @@ def test_tied_int4_head_and_table_are_stored_once(llama, tmp_path, monkeypatch):
     head = next(n for n in graph.node if n.op_type == "MatMulNBits" and inits[n.input[1]][0] == 256)
     assert gbq.input[0] not in inits  # read through a Reshape of the head's tensor
     assert not [n for n, dims in inits.items() if dims in ([256, 64], [256, 32])]  # no table of its own
-    assert inits[head.input[1]] == [256, 2, 16]
+    assert inits[head.input[1]] == [256, 2, 32 * bits // 8]
 
     monkeypatch.setattr(onnx_llm, "_share_tied_table", lambda *a: False)
     apart = _lower(model, plan, tmp_path / "apart")
     assert apart.delegation["head"]["storage"] == "own copy"
     saved = apart.model_file.stat().st_size - shared.model_file.stat().st_size
-    table_bytes = 256 * 64 // 2 + 256 * 2 * 4 + 256  # 4-bit values, fp32 scales, 4-bit zero points
+    # the values, fp32 scales (and at 4 bits, 4-bit zero points)
+    table_bytes = 256 * 64 * bits // 8 + 256 * 2 * 4 + (256 if bits == 4 else 0)
     assert 0.9 * table_bytes <= saved <= 1.2 * table_bytes, saved
     ids = list(range(40, 60))
     np.testing.assert_allclose(_open(shared.model_file).prefill(ids, all_logits=True),
@@ -448,3 +451,42 @@ def test_mixed_plan_int8_and_int4_with_int8_embedding(llama, tmp_path):
     session.prefill(ids[:10])
     stepped = np.stack([session.decode(t) for t in ids[10:]])
     np.testing.assert_allclose(stepped, got[10:], atol=2e-2, rtol=1e-2)
+
+
+def test_int8_g32_lm_computes_what_its_stand_ins_compute(llama, tmp_path):
+    """Every layer at int8-g32 (linears and head: 8-bit MatMulNBits at int8 compute; the table
+    a GatherBlockQuantized of 8-bit blocks): ONNX Runtime's logits are the planner's eager
+    stand-ins' within a small part of the quantization error, and the file holds the tied
+    matrix once. The norms' weights are made non-uniform: at all-ones, a normed row of the
+    8-bit table lands on rounding ties of the int8 activations, which MLAS and torch break
+    differently."""
+    import torch
+
+    from edgeq.backends import get_backend
+    from edgeq.planning.inventory import layer_inventory
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.schemes import INT8_G32
+
+    model = copy.deepcopy(llama[0])
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.data = 1 + 0.2 * torch.randn_like(p)
+    plan = QuantPlan({x.fqn: INT8_G32 for x in layer_inventory(model)})
+    lowered = _lower(model, plan, tmp_path)
+    assert set(lowered.layer_schemes.values()) == {"int8-g32"}
+    assert lowered.delegation["head"]["storage"] == "shared with the embedding"
+    ids = list(range(40, 60))
+    got = _open(lowered.model_file).prefill(ids, all_logits=True)
+    be = get_backend("onnx")
+    stood = copy.deepcopy(model)
+    with be.lm_numerics():
+        for x in layer_inventory(stood):
+            parent, _, name = x.fqn.rpartition(".")
+            holder = stood.get_submodule(parent) if parent else stood
+            setattr(holder, name, be.stand_in(getattr(holder, name), INT8_G32))
+    with torch.no_grad():
+        fp32 = model(torch.tensor([ids])).logits[0].numpy()
+        expected = stood(torch.tensor([ids])).logits[0].numpy()
+    quant_error, distance = np.abs(expected - fp32).mean(), np.abs(got - expected).mean()
+    assert quant_error > 0 and distance < 0.05 * quant_error, (distance, quant_error)

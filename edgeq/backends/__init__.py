@@ -210,6 +210,8 @@ class Backend(Protocol):
     LM_MEMORY: LMMemoryTerms
     LM_DELEGATES: tuple[str, ...]  # the delegates its LLM lowering uses
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
+    LM_UNIFORM: dict[str, Any]  # precision → the scheme a uniform LLM plan takes, where not for_precision's
+    LM_SMOOTHS: bool  # its LLM linears round their input to int8: edgeq.algorithms.smooth folds apply
     SCHEMES: tuple[Any, ...]  # the RTN schemes its files store (calibrated ones: CALIBRATED_ALGORITHMS)
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)

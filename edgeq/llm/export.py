@@ -105,6 +105,11 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     extra = {"tokenizer": tokenizer} if be.LM_TOKENIZER_IN_MODEL else {}
     for line in clean_stale_staging(out_dir):
         steps.note(line)
+    smoothing = None
+    if be.LM_SMOOTHS:
+        from edgeq.algorithms.smooth import PlanSmoothing
+
+        smoothing = PlanSmoothing(loaded, model, be, steps)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
@@ -112,10 +117,15 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             calibrated, record = _calibrated(loaded, model, be, plan, steps)
+            # the smoothed copy computes the model's function; GPTQ layers keep their unscaled input
+            lm, smoothed = smoothing.apply(plan) if smoothing is not None else (model, None)
             if not calibrated:
-                return be.lower_lm(model, plan, scratch, context, steps, **extra)
-            lowered = be.lower_lm(model, plan, scratch, context, steps, calibrated=calibrated, **extra)
-            lowered.algorithms = {f: r for f, r in record.items() if lowered.layer_schemes.get(f) == plan.schemes[f].name}
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, **extra)
+            else:
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, **extra)
+                lowered.algorithms = {f: r for f, r in record.items()
+                                      if lowered.layer_schemes.get(f) == plan.schemes[f].name}
+            lowered.smoothing = smoothed
             return lowered
 
         if solved is not None:
@@ -149,6 +159,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         manifest = _manifest(loaded, resolved, requested, plan, lowered, numerics, greedy, model, model_file,
                              work, tokenizer_files, steps)
         manifest["llm"]["perplexity"] = held
+        manifest["llm"]["smoothing"] = lowered.smoothing
         manifest["llm"]["predicted_memory"] = _predicted_memory(Manifest.model_validate(manifest), model, steps)
         if solved is not None:
             manifest["plan"] = _plan_block(solved, costs, lowered, numerics)
@@ -227,25 +238,27 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
     from edgeq.planning.inventory import layer_inventory
     from edgeq.planning.plan import uniform_plan
 
+    from edgeq.backends import get_backend
+
     layers = layer_inventory(loaded.module)
+    be = get_backend(tgt.format)
     if plan_input is not None:
         from edgeq.planning.planfile import plan_from_file
 
-        from edgeq.backends import get_backend
-        from edgeq.schemes import EXTRA
-
-        be = get_backend(tgt.format)
-
         def cannot(layer: Any, scheme: Any) -> str:  # decoder LLMs' lowerings ship one kernel per scheme
-            if scheme.kernel or scheme in EXTRA:
-                return "decoder LLM lowerings take the schemes of edgeq.schemes.SCHEMES only"
+            if scheme.kernel:
+                return "decoder LLM lowerings ship one kernel per scheme: no kernel may be named"
             return be.scheme_fits(layer, scheme)
 
         wrapped, requested = plan_from_file(plan_input, layers, cannot), "planned"
     else:
+        scheme = be.LM_UNIFORM.get(precision)
+        if scheme is not None:
+            steps.note(f"--precision {precision} of a decoder LLM in {tgt.format} is {scheme.name} "
+                       "for every layer that takes it")
         wrapped, requested = uniform_plan(layers, precision, int4_group=tgt.quantization.int4_group_size,
                                           keep_fp32=tgt.quantization.keep_fp32,
-                                          excluded=tgt.quantization.exclude_schemes), precision
+                                          excluded=tgt.quantization.exclude_schemes, scheme=scheme), precision
     return _stripped(wrapped, steps), requested
 
 

@@ -14,7 +14,9 @@ come from how an LLM is lowered and run:
   metric), on ``LM_CALIB_SAMPLES`` sequences of the calibration text — never the
   held-out text perplexity is measured on. Layers are stood in with the numerics the
   format's LLM lowering ships (a backend whose LLM numerics differ from its encoders'
-  provides ``lm_numerics()``, a context the measurement runs in).
+  provides ``lm_numerics()``, a context the measurement runs in). The export's smoothing
+  of int8 activations (``edgeq.algorithms.smooth``) depends on the plan and is not in
+  the measurement: a layer's sensitivity is that of its unsmoothed input.
 - **GPTQ candidates** (``int4-gN-gptq``) are calibrated on ``edgeq.algorithms.calibrated.LM_CALIB_SAMPLES`` sentences
   of the same calibration text (``edgeq.algorithms.calibrated``: one pass of the fp32
   model, Hessians from forward hooks on the linears); the export computes the same
@@ -30,7 +32,7 @@ come from how an LLM is lowered and run:
 
 A tied output head is a layer of its own in the plan (``lm_head``). Where the format
 stores a head that takes its table's scheme as the table itself (the backend's
-``tied_head_shares_table(scheme)``: GGUF at every scheme, ONNX at 4-bit blocks), the pair is planned jointly and that head costs nothing
+``tied_head_shares_table(scheme)``: GGUF at every scheme, ONNX at 4-bit and 8-bit blocks), the pair is planned jointly and that head costs nothing
 (``edgeq.planning.shared``); elsewhere the storage cost counts it even when it would share
 the embedding's fp32 table, so a plan with both at fp32 is predicted larger than it is,
 never smaller.

@@ -55,6 +55,7 @@ class LoweredLM:
     # {} when the backend does not say
     linear_compute: dict[str, str] = field(default_factory=dict)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
+    smoothing: dict[str, Any] | None = None  # edgeq.algorithms.smooth's record (llm.smoothing), None: not smoothed
     delegation: dict[str, Any] = field(default_factory=dict)
 
 

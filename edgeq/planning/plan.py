@@ -22,11 +22,12 @@ class QuantPlan:
 
 
 def uniform_plan(layers: list[LayerInfo], precision: str, *, int4_group: int, keep_fp32: list[str],
-                 excluded: list[str] | tuple[str, ...] = ()) -> QuantPlan:
+                 excluded: list[str] | tuple[str, ...] = (), scheme: Scheme | None = None) -> QuantPlan:
     """Every layer at ``precision``; where a layer's shape cannot take it, say so per layer.
     ``excluded``: the target's ``quantization.exclude_schemes`` — a precision whose scheme
-    it excludes is refused, not written anyway."""
-    wanted = for_precision(precision, int4_group)
+    it excludes is refused, not written anyway. ``scheme``: the precision's scheme where the
+    format means another than ``for_precision``'s (a backend's ``LM_UNIFORM``)."""
+    wanted = scheme or for_precision(precision, int4_group)
     if wanted.name in excluded:
         from edgeq.errors import ConfigError
 

@@ -56,6 +56,10 @@ ANDROID_LOG_TAG = ""
 
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # edgeq runs and verifies GGUF on llama.cpp's CPU backend
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2")
+LM_UNIFORM: dict[str, Any] = {}
+# llama.cpp rounds a quantized matmul's input to Q8_0 blocks of 32; the GGUF writer maps tensors by
+# their source names and keeps a tied table once, so edgeq does not fold scales into it (yet)
+LM_SMOOTHS = False  # a uniform --precision means edgeq.schemes.for_precision's scheme
 SCHEMES: tuple[Any, ...] = tuple(GGUF_TYPES)  # the schemes with a GGUF tensor type (costs.GGUF_TYPES)
 EXTRA_SCHEMES: tuple[Any, ...] = ()
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)

@@ -59,15 +59,18 @@ EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT8_G32,)  # 8-bit MatMulNBits at blo
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot take ``scheme`` here ("" when it can): the schemes of ``SCHEMES``,
-    plus, for linears only, the kernel choice and int8-g32 (shape limits are the planner's)."""
+    plus the kernel choice for linears and int8-g32 for linears and embeddings (shape limits
+    are the planner's)."""
     from edgeq.backends.onnx.costs import MATMUL_INTEGER
     from edgeq.schemes import INT8_G32, default_kernel, rtn_of
 
     if scheme.kernel and (scheme.kernel != MATMUL_INTEGER or scheme.bits != 8 or scheme.group
                           or scheme.algorithm != "rtn"):
         return f"ONNX Runtime has no '{scheme.kernel}' kernel for {scheme.name.split('@')[0]} (int8@{MATMUL_INTEGER} is one)"
-    if (scheme.kernel or scheme == INT8_G32) and layer.kind != "linear":
+    if scheme.kernel and layer.kind != "linear":
         return f"{scheme.name} is a kernel for linears (MatMul) only"
+    if scheme == INT8_G32 and layer.kind not in ("linear", "embedding"):
+        return f"{scheme.name} is stored for linears (MatMulNBits) and embeddings (GatherBlockQuantized) only"
     if scheme != INT8_G32 and rtn_of(default_kernel(scheme)) not in SCHEMES:
         return f"onnx does not store {scheme.name}"
     return ""
@@ -76,12 +79,17 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
     """Candidates beyond ``edgeq.schemes.SCHEMES`` for ``layer``: an encoder's int8 linears
     may also run as ``quantize_dynamic``'s per-channel ``MatMulInteger`` (faster, less
-    accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). Decoder LLMs'
-    lowering ships neither."""
+    accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). A decoder LLM's
+    linears and embedding table take 8-bit blocks of 32 (``int8-g32``, its ``LM_UNIFORM``
+    int8), not ``MatMulInteger`` (its lowering ships one kernel per scheme)."""
     from edgeq.backends.onnx.costs import MATMUL_INTEGER
     from edgeq.schemes import INT8_G32, Scheme
 
-    if decoder_lm or layer.kind != "linear" or "int8" not in precisions:
+    if "int8" not in precisions:
+        return []
+    if decoder_lm:
+        return [INT8_G32] if layer.kind in ("linear", "embedding") and layer.fits(INT8_G32) else []
+    if layer.kind != "linear":
         return []
     return [s for s in (Scheme("int", 8, kernel=MATMUL_INTEGER), INT8_G32) if layer.fits(s)]
 
@@ -175,13 +183,20 @@ def ops(model_file: Path, manifest: Any) -> list[Any]:
 LM_DELEGATES: tuple[str, ...] = ("cpu",)  # decoder LLMs run on ONNX Runtime's CPU provider
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
+# What a uniform --precision means for a decoder LLM where it is not edgeq.schemes.for_precision's:
+# int8 is 8-bit blocks of 32 (linears, head and table), as llama.cpp's Q8_0 stores it. Its
+# linears compute with int8 activations per block of the same size, and at 32 the activations'
+# rounding costs SmolLM2-135M a third of what it costs at int8's blocks of 128 (eager
+# stand-ins on the held-out text: perplexity +0.59% vs +1.22% for the linears alone).
+LM_UNIFORM: dict[str, Any] = {"int8": schemes.INT8_G32}
+LM_SMOOTHS = True  # a decoder's quantized MatMulNBits round their input to int8 (accuracy_level=4)
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 TAKES_ENCODERS = True
 
 
 def tied_head_shares_table(scheme: Any) -> bool:
-    """4-bit blocks (round to nearest): the table's GatherBlockQuantized reads the head's
-    MatMulNBits tensor (``llm_tied``). Other schemes: a tensor of its own (a transposed copy)."""
+    """4-bit or 8-bit blocks (round to nearest): the table's GatherBlockQuantized reads the
+    head's MatMulNBits tensor (``llm_tied``). Other schemes: a tensor of its own (a transposed copy)."""
     from edgeq.backends.onnx.llm_tied import shares_table
 
     return shares_table(scheme)

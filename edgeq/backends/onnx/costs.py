@@ -56,7 +56,7 @@ def stored_bytes(layer: Any, scheme: Scheme) -> int:
     if scheme.bits == 8:
         if layer.kind == "linear" and scheme.kernel == MATMUL_INTEGER:  # int8 values, fp32 scale + int8 zero a row
             return p + rows * 5
-        if layer.kind == "linear":  # blocks along K, the last one zero-padded; an fp32 scale each
+        if layer.kind == "linear" or scheme.group:  # blocks along K (a table's row), the last one zero-padded; an fp32 scale each
             block = scheme.group or INT8_BLOCK
             blocks = rows * math.ceil(reduce_dim / block)
             return blocks * block + blocks * 4

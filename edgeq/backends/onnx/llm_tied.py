@@ -1,6 +1,6 @@
 """A tied LM head and its embedding table stored once in an ONNX decoder LLM.
 
-When the table and the head both take 4-bit blocks of one size (round to nearest), edgeq's
+When the table and the head both take 4-bit (or 8-bit) blocks of one size (round to nearest), edgeq's
 lowering first writes them as two tensors of the same matrix: the table a
 ``GatherBlockQuantized`` over a ``[vocab, hidden]`` uint4 tensor, the head a ``MatMulNBits``
 over a transposed copy, ``[vocab, hidden / block, block / 2]`` packed bytes. Both quantize
@@ -13,6 +13,10 @@ are, through one ``Reshape`` of the weight to ``[vocab, hidden / 2]`` (onnxrunti
 builder stores a tied embedding the same way). The file then holds the matrix once; ONNX
 Runtime folds the Reshape into a copy at load and prepacks the head's weight for its
 kernel, so the memory it holds is what it held for two tensors.
+
+At 8 bits (``int8-g32``) the same holds with one byte a value: the head's ``[vocab, hidden /
+block, block]`` uint8 tensor (symmetric, implicit zero point 128, which is also
+``GatherBlockQuantized``'s default for 8-bit uint8 data) read as ``[vocab, hidden]``.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from typing import Any
 
 def shares_table(scheme: Any) -> bool:
     """Whether a tied head at ``scheme``, its table's scheme too, is stored as one tensor:
-    4-bit blocks, round to nearest (a calibrated head's values are not the table's)."""
-    return (scheme.kind == "int" and scheme.bits == 4 and bool(scheme.group) and scheme.algorithm == "rtn"
+    4-bit or 8-bit blocks, round to nearest (a calibrated head's values are not the table's)."""
+    return (scheme.kind == "int" and scheme.bits in (4, 8) and bool(scheme.group) and scheme.algorithm == "rtn"
             and not scheme.superblock and not scheme.kernel)
 
 
 def share_tied_table(proto: Any) -> bool:
-    """Rewrite the graph's one ``GatherBlockQuantized`` table to read the 4-bit ``MatMulNBits``
-    head of the same matrix (in place); False, and the graph unchanged, when there is not
-    exactly one such pair with the same block size and zero-point layout."""
+    """Rewrite the graph's one ``GatherBlockQuantized`` table to read the ``MatMulNBits`` head
+    of the same matrix (in place); False, and the graph unchanged, when there is not exactly
+    one such pair with the same bits, block size and zero-point layout."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -44,16 +48,17 @@ def share_tied_table(proto: Any) -> bool:
     table = tables[0]
     vocab, hidden = (int(d) for d in inits[table.input[0]].dims)
     attrs = {a.name: helper.get_attribute_value(a) for a in table.attribute}
-    block = int(attrs.get("block_size", 128))
+    block, bits = int(attrs.get("block_size", 128)), int(attrs.get("bits", 4))
     if int(attrs.get("gather_axis", 0)) != 0 or int(attrs.get("quantize_axis", 1)) not in (1, -1) \
-            or int(attrs.get("bits", 4)) != 4 or hidden % block:
+            or bits not in (4, 8) or hidden % block:
         return False
+    per_byte = 8 // bits
 
     def head_attrs(n: Any) -> dict[str, Any]:
         return {a.name: helper.get_attribute_value(a) for a in n.attribute}
 
     heads = [n for n in g.node if n.op_type == "MatMulNBits" and n.domain == "com.microsoft"
-             and (a := head_attrs(n)).get("N") == vocab and a.get("K") == hidden and a.get("bits") == 4
+             and (a := head_attrs(n)).get("N") == vocab and a.get("K") == hidden and a.get("bits") == bits
              and a.get("block_size") == block]
     if len(heads) != 1:
         return False
@@ -62,13 +67,13 @@ def share_tied_table(proto: Any) -> bool:
     zero = head.input[3] if len(head.input) > 3 and head.input[3] else ""
     table_zero = table.input[3] if len(table.input) > 3 and table.input[3] else ""
     blocks = hidden // block
-    if weight is None or scales is None or list(weight.dims) != [vocab, blocks, block // 2] \
+    if weight is None or scales is None or list(weight.dims) != [vocab, blocks, block // per_byte] \
             or any(head.input[4:]) or bool(zero) != bool(table_zero) or (zero and zero not in inits):
         return False
     prefix = f"{head.input[1]}.as_table"
     nodes, inputs = [], []
-    for name, shape in ((head.input[1], [vocab, hidden // 2]), (head.input[2], [vocab, blocks]),
-                        (zero, [vocab, (blocks + 1) // 2])):
+    for name, shape in ((head.input[1], [vocab, hidden // per_byte]), (head.input[2], [vocab, blocks]),
+                        (zero, [vocab, (blocks + per_byte - 1) // per_byte])):
         if not name:
             continue
         if [int(d) for d in inits[name].dims] == shape:
@@ -86,7 +91,7 @@ def share_tied_table(proto: Any) -> bool:
     for a in list(table.attribute):
         if a.name == "bits":
             table.attribute.remove(a)
-    table.attribute.append(helper.make_attribute("bits", 4))
+    table.attribute.append(helper.make_attribute("bits", bits))
     rest = list(g.node)
     g.ClearField("node")
     g.node.extend(nodes + rest)

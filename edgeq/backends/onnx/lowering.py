@@ -7,6 +7,8 @@ Schemes per layer (from the plan):
   accurate, slower). int8@matmulinteger: ``quantize_dynamic``'s per-channel
   ``MatMulInteger`` (faster; loses more: uniform on MiniLM, cosine 0.9935 vs 0.998).
 - int8 embedding / conv: ``quantize_dynamic`` (uint8 table + DequantizeLinear, ConvInteger).
+  int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, symmetric blocks of 32 along the row,
+  stored as 8-bit ``MatMulNBits`` stores a weight (so a tied head can share it).
 - int4-gN linear / embedding: ``MatMulNBits`` / ``GatherBlockQuantized`` 4-bit, blocks of N.
 - fp16 (whole model): ORT's float16 converter, inputs and outputs kept in their types;
   fp16 layers in a mixed plan: the same converter on those layers' nodes only (fp16
@@ -190,6 +192,7 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
     half: list[str] = []
+    tables: dict[int, list[str]] = {}  # block → Gather nodes whose table takes 8-bit blocks
     for fqn, scheme in schemes.items():
         for node, op in nodes.get(fqn, []):
             if scheme == FP16 and op in ("MatMul", "Gather", "Conv"):
@@ -198,6 +201,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
                 dynamic.append(node)
             elif scheme.bits == 8 and not scheme.kernel and op == "MatMul":
                 by_pass.setdefault((8, scheme.group or INT8_BLOCK), []).append(node)
+            elif scheme.bits == 8 and scheme.group and op == "Gather":
+                tables.setdefault(scheme.group, []).append(node)
             elif scheme == INT8 and op in ("Gather", "Conv"):
                 dynamic.append(node)
             elif scheme.bits == 4 and op in ("MatMul", "Gather"):
@@ -207,6 +212,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
             applied[fqn] = scheme.name
     for (bits, block), include in sorted(by_pass.items()):
         proto = _nbits(proto, include, bits, block)
+    for block, include in sorted(tables.items()):
+        _block8_tables(proto, include, block)
     if dynamic:
         proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
                                                       if node in set(dynamic)}))
@@ -278,6 +285,58 @@ def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
     quantizer = MatMulNBitsQuantizer(proto, algo_config=config, nodes_to_exclude=sorted(every - set(include)))
     quantizer.process()
     return quantizer.model.model
+
+
+def _block8_tables(proto: Any, include: list[str], block: int) -> None:
+    """Each ``include`` Gather (axis 0 of a ``[rows, hidden]`` fp32 table) becomes a
+    ``GatherBlockQuantized`` with ``bits=8``: the table's rows in symmetric 8-bit blocks of
+    ``block`` along ``hidden``, by the rule 8-bit ``MatMulNBits`` stores its weights with (the
+    block's largest-magnitude value maps to -128; uint8 with the implicit zero point 128), so
+    a tied head at the same scheme holds the same values (``llm_tied``). In place."""
+    from onnx import helper, numpy_helper
+
+    from edgeq.backends.onnx.llm_fusion import drop_unread
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    keep = set(include)
+    for node in proto.graph.node:
+        if node.name not in keep:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        table = inits.get(node.input[0])
+        if table is None or len(table.dims) != 2 or axis != 0 or table.dims[1] % block:
+            raise ExportError(f"{node.name} does not gather rows of a [rows, hidden] table with hidden a multiple "
+                              f"of {block}: it cannot take 8-bit blocks of {block}", "plan it at int8 or int4-g32")
+        values, scales = block8(numpy_helper.to_array(table), block)
+        name = f"{node.input[0]}_{node.name}_b{block}".replace("/", "_")
+        proto.graph.initializer.extend([numpy_helper.from_array(values, f"{name}_q8"),
+                                        numpy_helper.from_array(scales, f"{name}_scales")])
+        indices = node.input[1]
+        del node.input[:]
+        node.input.extend([f"{name}_q8", indices, f"{name}_scales"])
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("gather_axis", 0), helper.make_attribute("quantize_axis", 1),
+                               helper.make_attribute("block_size", block), helper.make_attribute("bits", 8)])
+        node.op_type, node.domain = "GatherBlockQuantized", "com.microsoft"
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    drop_unread(proto)
+
+
+def block8(table: Any, block: int) -> tuple[Any, Any]:
+    """``table`` ``[rows, hidden]`` as 8-bit ``MatMulNBits`` stores a weight (``hidden`` along
+    K): per block of ``block`` along a row, the largest-magnitude value ``m`` maps to -128
+    (scale ``-m / 128``; 1 for an all-zero block), the rest round half to even into
+    [-128, 127]; the values as uint8 with the implicit zero point 128. Returns
+    ``(values uint8 [rows, hidden], scales fp32 [rows, hidden / block])``."""
+    import numpy as np
+
+    rows, hidden = table.shape
+    w = np.asarray(table, dtype=np.float32).reshape(rows, hidden // block, block)
+    m = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)
+    scale = np.where(m == 0, np.float32(1), -m / np.float32(128)).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -128, 127) + 128
+    return q.astype(np.uint8).reshape(rows, hidden), scale.reshape(rows, hidden // block)
 
 
 def _dynamic_int8(proto: Any, include: list[str], op_types: list[str]) -> Any:

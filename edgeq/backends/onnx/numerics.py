@@ -16,6 +16,7 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
   absmax / 127 scale a block, as MLAS's CompInt8 kernels quantize A (checked against ORT
   on one layer in tests/test_llm_onnx_numerics.py);
 - int8 embedding: ``quantize_dynamic``'s Gather, the table as uint8 with one scale and zero point;
+  int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, the rows in MLAS's symmetric blocks of 32;
 - int8 conv: ConvInteger, symmetric int8 weights with one scale (absmax / 127), the input
   rounded to uint8 with one dynamic scale and zero point;
 - fp16: weights, inputs and output rounded to fp16.
@@ -62,7 +63,8 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         q.register_forward_pre_hook(lambda _m, args: (_uint8_tensor(args[0]),) + tuple(args[1:]))
         return q
     if scheme.bits == 8 and isinstance(q, torch.nn.Embedding):
-        q.weight = torch.nn.Parameter(_uint8_tensor(w), requires_grad=False)
+        table = _mlas_symmetric8(w, scheme.group) if scheme.group else _uint8_tensor(w)
+        q.weight = torch.nn.Parameter(table, requires_grad=False)
         return q
     if scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER:
         scale = (w.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)

@@ -307,11 +307,11 @@ def _onnx_costs(model: Any, shapes: dict[str, tuple[list[int], str]]) -> list[Op
             data = shapes.get(node.input[0], ([], "float32"))
             per = _ITEMSIZE.get(data[1], 4) * (0.5 if op == "GatherBlockQuantized" and attrs.get("bits", 4) == 4 else 1)
             if op == "GatherBlockQuantized" and data[1] == "uint8":
-                per = 0.5
+                per = 0.5 if int(attrs.get("bits", 4)) == 4 else 1
             idx = sum(nbytes(x) for x in node.input[1:2])
             stored = ""
             if node.input[0] in inits:
-                stored = "int4" if op == "GatherBlockQuantized" else _FLOAT.get(data[1], data[1])
+                stored = f"int{int(attrs.get('bits', 4))}" if op == "GatherBlockQuantized" else _FLOAT.get(data[1], data[1])
             ops.append(Op(name, op, "copy", dtype, stored, "onnx", 0.0, out_elems * per + idx + out_bytes,
                           domain=node.domain, shaped=shaped))
         elif op in _ONNX_COPY:

@@ -1,0 +1,341 @@
+"""Smoothing a decoder LLM's linear inputs for int8 dynamic activations (SmoothQuant).
+
+A decoder's quantized linears round their input to int8 at run time (ExecuTorch's 8da8w /
+8da4w per token; ONNX Runtime's ``MatMulNBits`` at ``accuracy_level=4`` per block). A few
+input channels carry far larger values than the rest (the norms' weights amplify them),
+so one scale per token spends int8's range on them. SmoothQuant divides each input
+channel ``j`` by ``s_j = max|x_j|^α / max|W_:,j|^(1-α)`` and multiplies the weight's column
+by it: the same function, with the input's outliers moved into the weight, which its own
+(per-channel or per-group) scales absorb better. α is searched per fold (``ALPHAS``, and
+no smoothing at all) on sampled calibration inputs through the format's own stand-in of
+each linear at its planned scheme, so a fold is made only where it reproduces the fp32
+outputs better. The division is folded into the op that produces the input, so no op is
+added:
+
+- q/k/v (one shared ``s``) into the layer's input RMSNorm weight; gate/up into the
+  post-attention RMSNorm weight; the LM head into the final norm's weight (the head then
+  holds its own copy of a tied table, which ExecuTorch stores anyway);
+- down_proj into up_proj's output rows (``act(gate) * up`` is linear in up);
+- o_proj into v_proj's output rows, one ``s`` per value channel shared by the query heads
+  that read it (grouped-query attention).
+
+``max|x_j|`` and the sampled inputs come from the calibration text (never the perplexity
+text), one forward of the fp32 model over it in sequences of up to ``SEQUENCE`` tokens. A fold is made only where every linear reading that input is at a
+round-to-nearest integer scheme (a calibrated layer's values were chosen for its unscaled
+input) and the fold's source is an op edgeq knows how to scale exactly (``NORMS``); the
+rest stay as they are, and ``Smoothing.skipped`` says why. The result is checked to
+compute the model's own logits in fp32 (tests/test_smooth.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+REVISION = 1
+# RMSNorms that compute ``weight * normalized(x)``: dividing ``weight`` by s divides the output by s.
+# (Gemma's computes ``(1 + weight) * ...``: not listed, so its folds are skipped.)
+NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "SmolLM3RMSNorm")
+
+
+@dataclass(frozen=True)
+class Fold:
+    source: str  # the module whose output the linears read
+    kind: str  # "norm" | "rows" (up_proj → down_proj) | "value" (v_proj → o_proj)
+    linears: tuple[str, ...]
+
+
+def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
+    """The folds of a Llama-style decoder ``module`` (a transformers ``*ForCausalLM``), and
+    for each place that has none, why."""
+    from torch import nn
+
+    modules = dict(module.named_modules())
+    out: list[Fold] = []
+    skipped: dict[str, str] = {}
+    config = getattr(module, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    kv = getattr(text, "num_key_value_heads", None) or heads
+
+    def linear(name: str) -> bool:
+        return isinstance(modules.get(name), nn.Linear)
+
+    def norm(source: str, linears: tuple[str, ...]) -> None:
+        if source not in modules or not all(linear(f) for f in linears):
+            return
+        if type(modules[source]).__name__ not in NORMS:
+            skipped[source] = f"{type(modules[source]).__name__} is not a norm edgeq scales exactly"
+            return
+        out.append(Fold(source, "norm", linears))
+
+    for name, layer in modules.items():
+        if not (hasattr(layer, "input_layernorm") and hasattr(layer, "self_attn") and hasattr(layer, "mlp")):
+            continue
+        attn, mlp = f"{name}.self_attn", f"{name}.mlp"
+        norm(f"{name}.input_layernorm", (f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"))
+        norm(f"{name}.post_attention_layernorm", (f"{mlp}.gate_proj", f"{mlp}.up_proj"))
+        if linear(f"{mlp}.up_proj") and linear(f"{mlp}.down_proj"):
+            out.append(Fold(f"{mlp}.up_proj", "rows", (f"{mlp}.down_proj",)))
+        if linear(f"{attn}.v_proj") and linear(f"{attn}.o_proj"):
+            if heads and kv and heads % kv == 0 and modules[f"{attn}.o_proj"].in_features % heads == 0:
+                out.append(Fold(f"{attn}.v_proj", "value", (f"{attn}.o_proj",)))
+            else:
+                skipped[f"{attn}.v_proj"] = "attention heads edgeq cannot map onto the value channels"
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    final = next((f"{n}.norm" for n, m in modules.items() if hasattr(m, "layers") and f"{n}.norm" in modules), None)
+    head_name = next((n for n, m in modules.items() if m is head), None)
+    if final is not None and head_name is not None:
+        norm(final, (head_name,))
+    return out, skipped
+
+
+@dataclass
+class Statistics:
+    """A calibration pass: each linear's per-input-channel ``max|x|`` over every token, and
+    up to ``SAMPLE_TOKENS`` of its input rows (spread over the text) to judge a fold by."""
+
+    absmax: dict[str, Any]
+    samples: dict[str, Any]
+    tokens: int
+    digest: str
+
+
+SAMPLE_TOKENS = 512
+SEQUENCE = 512  # calibration sentences joined into sequences of this many tokens (long-context activations)
+ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8)  # searched per fold, beside no smoothing at all
+
+
+def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> Statistics:
+    """One fp32 forward of ``module`` over each of ``rows`` (calibration ids), recording what
+    each named linear reads."""
+    import torch
+
+    from edgeq.algorithms.calibrated import _trimmed
+
+    modules = dict(module.named_modules())
+    rows = [_trimmed(r) for r in rows]
+    total = sum(int(r[0].numel()) for r in rows)
+    stride = max(1, -(-total // SAMPLE_TOKENS))
+    absmax: dict[str, Any] = {}
+    picked: dict[str, list[Any]] = {f: [] for f in linears}
+    offset = [0]
+
+    def take(name: str, x: Any) -> None:
+        flat = x.detach().flatten(0, -2).float()
+        a = flat.abs().amax(0)
+        absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
+        first = (-offset[0]) % stride
+        picked[name].append(flat[first::stride].clone())
+
+    hooks = [modules[f].register_forward_pre_hook(lambda _m, args, f=f: take(f, args[0])) for f in linears]
+    digest = hashlib.sha256()
+    try:
+        with torch.no_grad():
+            for row in rows:
+                for t in row:
+                    digest.update(t.contiguous().numpy().tobytes())
+                module(*row)
+                offset[0] += int(row[0].numel())
+    finally:
+        for h in hooks:
+            h.remove()
+    samples = {f: torch.cat(v) for f, v in picked.items() if v}
+    return Statistics(absmax, samples, total, digest.hexdigest())
+
+
+def choose_alpha(fold: Fold, stats: Statistics, linears: dict[str, Any], quantize: Callable[[Any, str], Any],
+                 module: Any) -> float | None:
+    """The α of ``ALPHAS`` (or None: no smoothing) whose quantized linears reproduce the fp32
+    outputs of the fold's sampled calibration inputs best: ``quantize(linear, fqn)`` is the
+    format's stand-in of that linear at its planned scheme (its weight and activation
+    rounding). None wins ties, so a fold is made only where it measurably helps."""
+    import torch
+
+    x = stats.samples[fold.linears[0]]
+    refs = {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
+
+    def error(s: Any | None) -> float:
+        total = 0.0
+        for f in fold.linears:
+            lin = copy.deepcopy(linears[f])
+            if s is not None:
+                lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
+            q = quantize(lin, f)
+            with torch.no_grad():
+                y = q(x if s is None else x / s)
+            if getattr(lin, "bias", None) is not None:
+                y = y - lin.bias.detach()
+            total += float((y - refs[f]).pow(2).sum() / refs[f].pow(2).sum().clamp(min=1e-30))
+        return total
+
+    best, best_error = None, error(None)
+    for alpha in ALPHAS:
+        e = error(_fold_scale(module, fold, stats.absmax, linears, alpha))
+        if e < best_error:
+            best, best_error = alpha, e
+    return best
+
+
+def _fold_scale(module: Any, fold: Fold, absmax: dict[str, Any], linears: dict[str, Any], alpha: float) -> Any:
+    import torch
+
+    x = torch.stack([absmax[f] for f in fold.linears]).amax(0)
+    w = torch.stack([linears[f].weight.detach().abs().amax(0).float() for f in fold.linears]).amax(0)
+    return _value_scale(module, fold, x, w, alpha) if fold.kind == "value" else _scale(x, w, alpha)
+
+
+def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str], alpha: Callable[[Fold], float | None],
+             ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str]]:
+    """A copy of ``module`` with each fold whose linears all take smoothing applied at
+    ``alpha(fold)`` (None: not made). ``takes(fqn)``: why linear ``fqn`` is not to be smoothed
+    ("" when it is). Returns the copy, the folds made (source → linears, α, range of s) and the
+    ones not made (source → why)."""
+    import torch
+
+    plan, skipped = folds(module)
+    modules = dict(module.named_modules())
+    chosen: list[tuple[Fold, float]] = []
+    for fold in plan:
+        why = next((f"{f}: {w}" for f in fold.linears if (w := takes(f))), "")
+        if not why and any(f not in stats.absmax for f in fold.linears):
+            why = "no calibration statistics for its linears"
+        if why:
+            skipped[fold.source] = why
+            continue
+        a = alpha(fold)
+        if a is None:
+            skipped[fold.source] = "no alpha reproduced the calibration outputs better than none"
+        else:
+            chosen.append((fold, a))
+    if not chosen:
+        return module, {}, skipped
+    out = copy.deepcopy(module)
+    copied = dict(out.named_modules())
+    made: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        for fold, a in chosen:
+            s = _fold_scale(module, fold, stats.absmax, modules, a)
+            made[fold.source] = {"linears": list(fold.linears), "alpha": a,
+                                 "scale_range": [round(float(s.min()), 4), round(float(s.max()), 4)]}
+            for f in fold.linears:
+                lin = copied[f]
+                lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
+            src = copied[fold.source]
+            inv = (1 / _per_row(out, fold, s)).to(src.weight.dtype)
+            if fold.kind == "norm":
+                src.weight = torch.nn.Parameter(src.weight.detach() * inv, requires_grad=False)
+            else:  # a linear's output rows
+                src.weight = torch.nn.Parameter(src.weight.detach() * inv[:, None], requires_grad=False)
+            if getattr(src, "bias", None) is not None:
+                src.bias = torch.nn.Parameter(src.bias.detach() * inv, requires_grad=False)
+    head = out.get_output_embeddings() if hasattr(out, "get_output_embeddings") else None
+    if head is not None and any(copied.get(f) is head for fold, _ in chosen for f in fold.linears):
+        for config in {id(c): c for c in (out.config, out.config.get_text_config())}.values():
+            config.tie_word_embeddings = False  # the head now holds its own scaled copy
+    return out, made, skipped
+
+
+def _scale(x: Any, w: Any, alpha: float) -> Any:
+    s = x.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-4, max=1e4)
+
+
+def _value_scale(module: Any, fold: Fold, x: Any, w: Any, alpha: float) -> Any:
+    """o_proj's scale, one value per value channel: o_proj's input channel (head h, dim d) is
+    the attention-weighted value channel (h // group, d), so the heads of one group share it."""
+    kv, group, dim = _value_layout(module, fold)
+    per = _scale(x.view(kv, group, dim).amax(1), w.view(kv, group, dim).amax(1), alpha)
+    return per[:, None, :].expand(kv, group, dim).reshape(-1)
+
+
+def _per_row(module: Any, fold: Fold, s: Any) -> Any:
+    """The scale as the fold's source divides its output: per channel (norm, up_proj rows),
+    or per value channel (v_proj rows)."""
+    if fold.kind != "value":
+        return s
+    kv, group, dim = _value_layout(module, fold)
+    return s.view(kv, group, dim)[:, 0, :].reshape(-1)
+
+
+def _value_layout(module: Any, fold: Fold) -> tuple[int, int, int]:
+    config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    o = dict(module.named_modules())[fold.linears[0]]
+    return kv, heads // kv, o.in_features // heads
+
+
+def joined(rows: list[tuple[Any, ...]], length: int = SEQUENCE) -> list[tuple[Any, ...]]:
+    """Calibration rows (one sentence each, ``(ids, mask)`` or ``(ids,)``) joined end to end
+    into sequences of up to ``length`` tokens: a decoder's activations deep into a context
+    are what its quantized linears see when generating."""
+    import torch
+
+    from edgeq.algorithms.calibrated import _trimmed
+
+    ids = [int(t) for r in rows for t in _trimmed(r)[0].reshape(-1)]
+    return [(torch.tensor([ids[i:i + length]]),) for i in range(0, len(ids), length)]
+
+
+class PlanSmoothing:
+    """Smoothing for one export: the calibration pass once (``statistics``), then per plan the
+    module to lower and the manifest's record (``llm.smoothing``)."""
+
+    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any) -> None:
+        self.loaded, self.model, self.backend, self.steps = loaded, model, backend, steps
+        self._stats: Statistics | None = None
+
+    def _statistics(self) -> Statistics:
+        if self._stats is None:
+            from edgeq.algorithms.calibrated import LM_CALIB_SAMPLES
+
+            linears = sorted({f for fold in folds(self.model)[0] for f in fold.linears})
+            rows = joined(self.loaded.make_inputs("calib", LM_CALIB_SAMPLES))
+            self._stats = statistics(self.model, linears, rows)
+        return self._stats
+
+    def apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
+        from edgeq.algorithms.calibrated import calibration_source
+        from edgeq.planning.inventory import layer_inventory
+
+        source = calibration_source(self.loaded)
+        if source is None:
+            self.steps.note("no smoothing of int8 activations: the model has no calibration text (pass --calib)")
+            return self.model, None
+        schemes, be = plan.schemes, self.backend
+        tied = {x.fqn: x.tied for x in layer_inventory(self.model) if x.tied}
+
+        def takes(fqn: str) -> str:
+            s = schemes.get(fqn)
+            if s is None or not s.is_quantized:
+                return "not quantized"
+            if s.algorithm != "rtn":
+                return f"{s.name}'s values were chosen for its unscaled input"
+            if fqn in tied and schemes.get(tied[fqn]) == s and be.tied_head_shares_table(s):
+                return "shares the table's tensor (a scaled head would need a copy of its own)"
+            return ""
+
+        if not any(all(not takes(f) for f in fold.linears) for fold in folds(self.model)[0]):
+            return self.model, None  # nothing to smooth (e.g. an fp32 export): no calibration pass
+
+        def quantize(linear: Any, fqn: str) -> Any:
+            with be.lm_numerics():
+                return be.stand_in(linear, schemes[fqn])
+
+        with self.steps.step("Smoothing the int8 activations' outlier channels (calibration text)") as info:
+            stats = self._statistics()
+            modules = dict(self.model.named_modules())
+            module, made, skipped = smoothed(self.model, stats, takes,
+                                             lambda fold: choose_alpha(fold, stats, modules, quantize, self.model))
+            alphas: dict[str, int] = {}
+            for fold in made.values():
+                alphas[str(fold["alpha"])] = alphas.get(str(fold["alpha"]), 0) + 1
+            info.detail = (f"{len(made)} of {len(made) + len(skipped)} folds made "
+                           f"({', '.join(f'{n} at alpha {a}' for a, n in sorted(alphas.items())) or 'none'}), "
+                           f"{stats.tokens} tokens")
+        record = {"method": "smoothquant", "revision": REVISION, "calibration": source, "tokens": stats.tokens,
+                  "sha256": stats.digest, "alphas_searched": list(ALPHAS), "folds": made, "skipped": skipped}
+        return module, record
