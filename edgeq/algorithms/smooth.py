@@ -299,14 +299,13 @@ class PlanSmoothing:
 
     def apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
         from edgeq.algorithms.calibrated import calibration_source
-        from edgeq.planning.inventory import layer_inventory
 
         source = calibration_source(self.loaded)
         if source is None:
             self.steps.note("no smoothing of int8 activations: the model has no calibration text (pass --calib)")
             return self.model, None
         schemes, be = plan.schemes, self.backend
-        tied = {x.fqn: x.tied for x in layer_inventory(self.model) if x.tied}
+        tied = _tied_head(self.model)
 
         def takes(fqn: str) -> str:
             s = schemes.get(fqn)
@@ -339,3 +338,13 @@ class PlanSmoothing:
         record = {"method": "smoothquant", "revision": REVISION, "calibration": source, "tokens": stats.tokens,
                   "sha256": stats.digest, "alphas_searched": list(ALPHAS), "folds": made, "skipped": skipped}
         return module, record
+
+
+def _tied_head(module: Any) -> dict[str, str]:
+    """``{head fqn: table fqn}`` when the output head shares the input table's weight, else {}."""
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    table = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    if head is None or table is None or head.weight is not table.weight:
+        return {}
+    names = {id(m): n for n, m in module.named_modules()}
+    return {names[id(head)]: names[id(table)]}
