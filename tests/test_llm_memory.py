@@ -65,17 +65,22 @@ def test_manifest_records_the_prediction_and_the_summary_shows_it(exported):
 
 def test_prediction_matches_the_measured_peak_of_a_generation(exported):
     """Generate until the context is full; the model-attributable peak (VmHWM minus the
-    runtime-imported baseline) is within TOLERANCE of the prediction for that scenario."""
+    runtime-imported baseline) is within TOLERANCE of the prediction for that scenario. The
+    peak is the median of three fresh processes: ONNX Runtime's is bimodal under ASLR (this
+    fp32 artifact measured 57.5 and 63.4 MiB in two processes minutes apart)."""
     from edgeq.llm.measure import measure_generation
     from edgeq.llm.memory import predict_lm_peak
 
     art, _ = exported
     context = json.loads((art / "manifest.json").read_text())["llm"]["max_context"]
     prompt = 64
-    measured = measure_generation(art, prompt_tokens=prompt, new_tokens=context - prompt)
-    run = measured["runs"][0]
-    assert run["new_tokens"] == context - prompt and run["stopped_by"] == "max-new-tokens"
-    got = measured["memory"]["model_attributable_bytes"]
+    peaks = []
+    for _ in range(3):
+        measured = measure_generation(art, prompt_tokens=prompt, new_tokens=context - prompt)
+        run = measured["runs"][0]
+        assert run["new_tokens"] == context - prompt and run["stopped_by"] == "max-new-tokens"
+        peaks.append(measured["memory"]["model_attributable_bytes"])
+    got = sorted(peaks)[1]
     est = predict_lm_peak(art, prompt_tokens=prompt)
     # the cache and the arena are most of it, not the runtime's noise
     assert est.kv_cache_bytes + est.activation_bytes >= 0.5 * est.total_bytes, est
