@@ -63,6 +63,9 @@ def test_manifest_records_the_prediction_and_the_summary_shows_it(exported):
     assert "LLM memory" in stdout and "KV cache" in stdout and "(estimate)" in stdout
 
 
+# slow: beside the suite's other worker this fp32 ONNX artifact's peak measures 63.5 MiB in
+# three processes out of three (57 MiB alone): a measurement to make on an idle host
+@pytest.mark.slow
 def test_prediction_matches_the_measured_peak_of_a_generation(exported):
     """Generate until the context is full; the model-attributable peak (VmHWM minus the
     runtime-imported baseline) is within TOLERANCE of the prediction for that scenario. The
