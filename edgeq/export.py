@@ -103,6 +103,10 @@ def export(
         from edgeq.planning.rules import check_rules
 
         check_rules(rules)
+    if algorithms:
+        from edgeq.planning.costs import check_algorithm_names
+
+        check_algorithm_names(algorithms, decoder_lm=True)  # the names, before any slow step
     if calib is not None and not Path(calib).exists():
         from edgeq.errors import ConfigError
 
@@ -137,6 +141,10 @@ def export(
                          protected=protected, max_context=max_context, steps=steps, strict=strict,
                          budgets=budgets, rules=rules, algorithms=algorithms, eval_text=held_text,
                          eval_tokens=eval_tokens)
+    if algorithms:
+        from edgeq.planning.costs import check_algorithm_names
+
+        check_algorithm_names(algorithms, decoder_lm=False)
     for given, flag in ((max_context, "--max-context"), (eval_text, "--eval-text"), (eval_tokens, "--eval-tokens")):
         if given is not None:
             from edgeq.errors import ConfigError

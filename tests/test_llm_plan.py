@@ -87,3 +87,36 @@ def test_a_storage_budget_below_any_llm_plan_is_one_line(lm_dir):
                  "--quiet")
     assert r.returncode == 2
     assert r.stderr.startswith("error: storage budget") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_algorithms_choose_the_exports_activation_aware_scales(lm_dir, tmp_path):
+    from edgeq.export import export
+
+    # default: SmoothQuant's and AWQ's scales are both searched, per fold, on the calibration text
+    m = export(str(lm_dir), "x86", precision="int4", max_context=CONTEXT, output=tmp_path / "default").manifest
+    record = m.llm.smoothing
+    assert record is not None and set(record["searched"]) == {"smoothquant", "awq"}
+    assert all(f["method"] in ("smoothquant", "awq") for f in record["folds"].values())
+    assert len(record["folds"]) + len(record["skipped"]) > 0
+    # AWQ alone
+    m = export(str(lm_dir), "x86", precision="int4", max_context=CONTEXT, output=tmp_path / "awq",
+               algorithms=["awq"]).manifest
+    assert list(m.llm.smoothing["searched"]) == ["awq"]
+    assert all(f["method"] == "awq" for f in m.llm.smoothing["folds"].values())
+    # rtn: the plain round-to-nearest values, nothing scaled
+    m = export(str(lm_dir), "x86", precision="int4", max_context=CONTEXT, output=tmp_path / "rtn",
+               algorithms=["rtn"]).manifest
+    assert m.llm.smoothing is None
+
+
+def test_smoothquant_is_refused_for_a_model_that_is_not_a_decoder(tiny_bert_dir, tmp_path):
+    r = cli_here("plan", str(tiny_bert_dir), "--target", "x86", "--seq-len", "32", "--budget", "1MB",
+                 "--algorithms", "smoothquant")
+    assert r.returncode == 2, r.stderr
+    assert "smoothquant applies to decoder LLMs only" in r.stderr and "Traceback" not in r.stderr
+    r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--seq-len", "32", "--algorithms", "smoothquant",
+                 "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "smoothquant applies to decoder LLMs only" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+    r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--algorithms", "gptqq", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown algorithm 'gptqq'" in r.stderr, r.stderr

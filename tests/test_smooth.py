@@ -1,7 +1,8 @@
-"""Smoothing against int8 activations' outlier channels (``edgeq.algorithms.smooth``): the
-folds leave the model's function unchanged (fp32 logits against the unsmoothed model), and
+"""Activation-aware scaling (``edgeq.algorithms.smooth``: SmoothQuant's and AWQ's scales): the
+folds leave the model's function unchanged (fp32 logits against the unscaled model), and
 where an input has an outlier channel, a made fold lowers the quantized layer's error on
-inputs the search never saw (measured against fp32 through ExecuTorch's 8da8w stand-in)."""
+inputs the search never saw (measured against fp32 through ExecuTorch's 8da8w and ONNX
+Runtime's int4 stand-ins)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def test_folds_compute_the_models_own_logits(arch):
     assert sorted(f.kind for f in made_folds) == ["norm"] * 5 + ["rows"] * 2 + ["value"] * 2
     linears = sorted({f for fold in made_folds for f in fold.linears})
     stats = statistics(model, linears, _rows(1))
-    out, made, skipped = smoothed(model, stats, lambda f: "", lambda fold: 0.5)
+    # SmoothQuant's scale at 0.5 for every fold but the value ones, AWQ's there
+    out, made, skipped = smoothed(model, stats, lambda f: "", lambda fold: ("awq", 0.5) if fold.kind == "value" else 0.5)
     assert len(made) == 9 and not skipped
+    assert sorted(v["method"] for v in made.values()) == ["awq"] * 2 + ["smoothquant"] * 7
     assert max(v["scale_range"][1] for v in made.values()) > 1.5  # the weights really changed
     ids = _rows(2, 1)[0][0]
     with torch.no_grad():
@@ -54,23 +57,29 @@ def test_folds_compute_the_models_own_logits(arch):
     assert out.config.tie_word_embeddings is False and model.config.tie_word_embeddings is True
 
 
-def test_a_fold_lowers_the_8da8w_error_of_an_outlier_input_on_unseen_rows():
-    from edgeq.algorithms.smooth import choose_alpha, folds, smoothed, statistics
+# ExecuTorch's 8da8w: the int8 activations' outlier channel (SmoothQuant's case); ONNX
+# Runtime's int4 blocks of 32: a salient input channel whose weights 4-bit rounds (AWQ's case).
+@pytest.mark.parametrize("fmt,scheme,methods,outlier,gain", [
+    ("executorch", "int8", ("smoothquant", "awq"), 40.0, 0.5),
+    ("onnx", "int4-g32", ("awq",), 20.0, 0.6),
+])
+def test_a_fold_lowers_the_quantized_error_of_an_outlier_input_on_unseen_rows(fmt, scheme, methods, outlier, gain):
+    from edgeq.algorithms.smooth import choose_scale, folds, smoothed, statistics
     from edgeq.backends import get_backend
-    from edgeq.schemes import INT8
+    from edgeq.schemes import parse
 
-    be = get_backend("executorch")
-    model = _model("llama", outlier=40.0)
+    be = get_backend(fmt)
+    model = _model("llama", outlier=outlier)
     fold = next(f for f in folds(model)[0] if f.source == "model.layers.0.input_layernorm")
     stats = statistics(model, list(fold.linears), _rows(1))
 
     def quantize(linear, fqn):
         with be.lm_numerics():
-            return be.stand_in(linear, INT8)
+            return be.stand_in(linear, parse(scheme))
 
     modules = dict(model.named_modules())
-    alpha = choose_alpha(fold, stats, modules, quantize, model)
-    assert alpha is not None
+    alpha = choose_scale(fold, stats, modules, quantize, model, methods)
+    assert alpha is not None and alpha[0] in methods
     out, made, _ = smoothed(model, stats, lambda f: "" if f in fold.linears else "not this test's",
                             lambda f: alpha)
     assert list(made) == [fold.source]
@@ -94,7 +103,7 @@ def test_a_fold_lowers_the_8da8w_error_of_an_outlier_input_on_unseen_rows():
         return total
 
     before, after = errors(model), errors(out)
-    assert after < 0.5 * before, (before, after)
+    assert after < gain * before, (before, after)
 
 
 def test_layers_a_plan_does_not_round_are_left_alone():

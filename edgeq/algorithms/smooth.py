@@ -1,16 +1,25 @@
-"""Smoothing a decoder LLM's linear inputs for int8 dynamic activations (SmoothQuant).
+"""Activation-aware scaling of a decoder LLM's quantized linears: SmoothQuant's and AWQ's scales.
 
-A decoder's quantized linears round their input to int8 at run time (ExecuTorch's 8da8w /
-8da4w per token; ONNX Runtime's ``MatMulNBits`` at ``accuracy_level=4`` per block). A few
-input channels carry far larger values than the rest (the norms' weights amplify them),
-so one scale per token spends int8's range on them. SmoothQuant divides each input
-channel ``j`` by ``s_j = max|x_j|^α / max|W_:,j|^(1-α)`` and multiplies the weight's column
-by it: the same function, with the input's outliers moved into the weight, which its own
-(per-channel or per-group) scales absorb better. α is searched per fold (``ALPHAS``, and
-no smoothing at all) on sampled calibration inputs through the format's own stand-in of
-each linear at its planned scheme, so a fold is made only where it reproduces the fp32
-outputs better. The division is folded into the op that produces the input, so no op is
-added:
+Both divide each input channel ``j`` of a group of linears by a scale ``s_j``, multiply the
+weights' column ``j`` by it, and fold the division into the op that produces the input: the
+same function in fp32, with different rounding once quantized.
+
+- **SmoothQuant** (``s_j = max|x_j|^α / max|W_:,j|^(1-α)``) is for the int8 dynamic
+  activations every quantized decoder linear rounds its input to (ExecuTorch's 8da8w /
+  8da4w per token; ONNX Runtime's ``MatMulNBits`` at ``accuracy_level=4`` per block): a few
+  input channels carry far larger values than the rest (the norms' weights amplify them),
+  and one scale per token spends int8's range on them. The scale moves those outliers into
+  the weight, whose own (per-channel or per-group) scales absorb them better.
+- **AWQ** (``s_j = mean|x_j|^α``, over the geometric mean of its extremes) is for the
+  weights' rounding: the channels that carry large inputs are the salient ones, and scaling
+  their weight columns up before rounding gives them finer steps of the grid.
+
+The scale is searched per fold among ``CANDIDATES`` (either method at each of its exponents)
+and no scaling at all, on sampled calibration inputs through the format's own stand-in of
+each linear at its planned scheme (weight and activation rounding), so a fold is made only
+where it reproduces the fp32 outputs better; ``--algorithms`` may narrow the methods
+(``methods_offered``). The division is folded into the op that produces the input, so no op
+is added:
 
 - q/k/v (one shared ``s``) into the layer's input RMSNorm weight; gate/up into the
   post-attention RMSNorm weight; the LM head into the final norm's weight (the head then
@@ -19,8 +28,9 @@ added:
 - o_proj into v_proj's output rows, one ``s`` per value channel shared by the query heads
   that read it (grouped-query attention).
 
-``max|x_j|`` and the sampled inputs come from the calibration text (never the perplexity
-text), one forward of the fp32 model over it in sequences of up to ``SEQUENCE`` tokens. A fold is made only where every linear reading that input is at a
+The statistics (``max|x_j|``, ``mean|x_j|``) and the sampled inputs come from the calibration
+text (never the perplexity text), one forward of the fp32 model over it in sequences of up
+to ``SEQUENCE`` tokens. A fold is made only where every linear reading that input is at a
 round-to-nearest integer scheme (a calibrated layer's values were chosen for its unscaled
 input) and the fold's source is an op edgeq knows how to scale exactly (``NORMS``); the
 rest stay as they are, and ``Smoothing.skipped`` says why. The result is checked to
@@ -31,10 +41,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-REVISION = 1
+REVISION = 2
 # RMSNorms that compute ``weight * normalized(x)``: dividing ``weight`` by s divides the output by s.
 # (Gemma's computes ``(1 + weight) * ...``: not listed, so its folds are skipped.)
 NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "SmolLM3RMSNorm")
@@ -94,18 +104,30 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
 
 @dataclass
 class Statistics:
-    """A calibration pass: each linear's per-input-channel ``max|x|`` over every token, and
-    up to ``SAMPLE_TOKENS`` of its input rows (spread over the text) to judge a fold by."""
+    """A calibration pass: each linear's per-input-channel ``max|x|`` and ``mean|x|`` over
+    every token, and up to ``SAMPLE_TOKENS`` of its input rows (spread over the text) to
+    judge a fold by."""
 
     absmax: dict[str, Any]
     samples: dict[str, Any]
     tokens: int
     digest: str
+    absmean: dict[str, Any] = field(default_factory=dict)
 
 
 SAMPLE_TOKENS = 512
 SEQUENCE = 512  # calibration sentences joined into sequences of this many tokens (long-context activations)
-ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8)  # searched per fold, beside no smoothing at all
+ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9)  # SmoothQuant's migration strength, searched per fold
+AWQ_ALPHAS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # AWQ's exponent of mean|x|, searched per fold beside them
+SMOOTHQUANT, AWQ = "smoothquant", "awq"
+METHODS = (SMOOTHQUANT, AWQ)  # what ``--algorithms`` names to offer each
+CANDIDATES: tuple[tuple[str, float], ...] = (*((SMOOTHQUANT, a) for a in ALPHAS), *((AWQ, a) for a in AWQ_ALPHAS))
+
+
+def methods_offered(algorithms: list[str] | None) -> tuple[str, ...]:
+    """The scale forms an export searches: both unless ``--algorithms`` names some (``rtn``
+    alone: none, the plain round-to-nearest values)."""
+    return METHODS if algorithms is None else tuple(m for m in METHODS if m in algorithms)
 
 
 def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> Statistics:
@@ -120,6 +142,7 @@ def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> 
     total = sum(int(r[0].numel()) for r in rows)
     stride = max(1, -(-total // SAMPLE_TOKENS))
     absmax: dict[str, Any] = {}
+    abssum: dict[str, Any] = {}
     picked: dict[str, list[Any]] = {f: [] for f in linears}
     offset = [0]
 
@@ -127,6 +150,8 @@ def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> 
         flat = x.detach().flatten(0, -2).float()
         a = flat.abs().amax(0)
         absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
+        b = flat.abs().sum(0, dtype=torch.float64)
+        abssum[name] = b if name not in abssum else abssum[name] + b
         first = (-offset[0]) % stride
         picked[name].append(flat[first::stride].clone())
 
@@ -143,15 +168,17 @@ def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> 
         for h in hooks:
             h.remove()
     samples = {f: torch.cat(v) for f, v in picked.items() if v}
-    return Statistics(absmax, samples, total, digest.hexdigest())
+    absmean = {f: (v / max(total, 1)).float() for f, v in abssum.items()}
+    return Statistics(absmax, samples, total, digest.hexdigest(), absmean)
 
 
-def choose_alpha(fold: Fold, stats: Statistics, linears: dict[str, Any], quantize: Callable[[Any, str], Any],
-                 module: Any) -> float | None:
-    """The α of ``ALPHAS`` (or None: no smoothing) whose quantized linears reproduce the fp32
-    outputs of the fold's sampled calibration inputs best: ``quantize(linear, fqn)`` is the
-    format's stand-in of that linear at its planned scheme (its weight and activation
-    rounding). None wins ties, so a fold is made only where it measurably helps."""
+def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantize: Callable[[Any, str], Any],
+                 module: Any, methods: tuple[str, ...] = METHODS) -> tuple[str, float] | None:
+    """The scale of ``CANDIDATES`` (a method and its exponent; None: no scaling) whose quantized
+    linears reproduce the fp32 outputs of the fold's sampled calibration inputs best:
+    ``quantize(linear, fqn)`` is the format's stand-in of that linear at its planned scheme
+    (its weight and activation rounding). None wins ties, so a fold is made only where it
+    measurably helps. ``methods``: the forms searched (``METHODS``)."""
     import torch
 
     x = stats.samples[fold.linears[0]]
@@ -172,32 +199,50 @@ def choose_alpha(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
         return total
 
     best, best_error = None, error(None)
-    for alpha in ALPHAS:
-        e = error(_fold_scale(module, fold, stats.absmax, linears, alpha))
+    for choice in (c for c in CANDIDATES if c[0] in methods):
+        e = error(_fold_scale(module, fold, stats, linears, choice))
         if e < best_error:
-            best, best_error = alpha, e
+            best, best_error = choice, e
     return best
 
 
-def _fold_scale(module: Any, fold: Fold, absmax: dict[str, Any], linears: dict[str, Any], alpha: float) -> Any:
+def _choice(choice: tuple[str, float] | float) -> tuple[str, float]:
+    return (SMOOTHQUANT, float(choice)) if isinstance(choice, int | float) else (choice[0], float(choice[1]))
+
+
+def _fold_scale(module: Any, fold: Fold, stats: Statistics, linears: dict[str, Any],
+                choice: tuple[str, float] | float) -> Any:
+    """The fold's per-input-channel scale ``s`` (the linears' columns are multiplied by it):
+    SmoothQuant's ``max|x|^α / max|W|^(1-α)``, or AWQ's ``mean|x|^α`` over the geometric mean
+    of its extremes."""
     import torch
 
-    x = torch.stack([absmax[f] for f in fold.linears]).amax(0)
+    method, alpha = _choice(choice)
+    if method == AWQ:
+        x = torch.stack([stats.absmean[f] for f in fold.linears]).amax(0)
+        if fold.kind == "value":
+            kv, group, dim = _value_layout(module, fold)
+            x = x.view(kv, group, dim).mean(1)[:, None, :].expand(kv, group, dim).reshape(-1)
+        s = x.clamp(min=1e-5).pow(alpha)
+        return (s / (s.max() * s.min()).sqrt()).clamp(min=1e-4, max=1e4)
+    x = torch.stack([stats.absmax[f] for f in fold.linears]).amax(0)
     w = torch.stack([linears[f].weight.detach().abs().amax(0).float() for f in fold.linears]).amax(0)
     return _value_scale(module, fold, x, w, alpha) if fold.kind == "value" else _scale(x, w, alpha)
 
 
-def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str], alpha: Callable[[Fold], float | None],
+def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
+             alpha: Callable[[Fold], tuple[str, float] | float | None],
              ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str]]:
-    """A copy of ``module`` with each fold whose linears all take smoothing applied at
-    ``alpha(fold)`` (None: not made). ``takes(fqn)``: why linear ``fqn`` is not to be smoothed
+    """A copy of ``module`` with each fold whose linears all take smoothing applied with the
+    scale ``alpha(fold)`` names (a method of ``CANDIDATES`` and its exponent, a bare α meaning
+    SmoothQuant's; None: not made). ``takes(fqn)``: why linear ``fqn`` is not to be smoothed
     ("" when it is). Returns the copy, the folds made (source → linears, α, range of s) and the
     ones not made (source → why)."""
     import torch
 
     plan, skipped = folds(module)
     modules = dict(module.named_modules())
-    chosen: list[tuple[Fold, float]] = []
+    chosen: list[tuple[Fold, tuple[str, float]]] = []
     for fold in plan:
         why = next((f"{f}: {w}" for f in fold.linears if (w := takes(f))), "")
         if not why and any(f not in stats.absmax for f in fold.linears):
@@ -207,9 +252,9 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str], alpha:
             continue
         a = alpha(fold)
         if a is None:
-            skipped[fold.source] = "no alpha reproduced the calibration outputs better than none"
+            skipped[fold.source] = "no scale reproduced the calibration outputs better than none"
         else:
-            chosen.append((fold, a))
+            chosen.append((fold, _choice(a)))
     if not chosen:
         return module, {}, skipped
     out = copy.deepcopy(module)
@@ -217,8 +262,8 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str], alpha:
     made: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         for fold, a in chosen:
-            s = _fold_scale(module, fold, stats.absmax, modules, a)
-            made[fold.source] = {"linears": list(fold.linears), "alpha": a,
+            s = _fold_scale(module, fold, stats, modules, a)
+            made[fold.source] = {"linears": list(fold.linears), "method": a[0], "alpha": a[1],
                                  "scale_range": [round(float(s.min()), 4), round(float(s.max()), 4)]}
             for f in fold.linears:
                 lin = copied[f]
@@ -284,8 +329,9 @@ class PlanSmoothing:
     """Smoothing for one export: the calibration pass once (``statistics``), then per plan the
     module to lower and the manifest's record (``llm.smoothing``)."""
 
-    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any) -> None:
+    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any, methods: tuple[str, ...] = METHODS) -> None:
         self.loaded, self.model, self.backend, self.steps = loaded, model, backend, steps
+        self.methods = methods
         self._stats: Statistics | None = None
 
     def _statistics(self) -> Statistics:
@@ -324,19 +370,21 @@ class PlanSmoothing:
             with be.lm_numerics():
                 return be.stand_in(linear, schemes[fqn])
 
-        with self.steps.step("Smoothing the int8 activations' outlier channels (calibration text)") as info:
+        with self.steps.step("Activation-aware scaling of the quantized linears (calibration text)") as info:
             stats = self._statistics()
             modules = dict(self.model.named_modules())
-            module, made, skipped = smoothed(self.model, stats, takes,
-                                             lambda fold: choose_alpha(fold, stats, modules, quantize, self.model))
-            alphas: dict[str, int] = {}
+            module, made, skipped = smoothed(
+                self.model, stats, takes, lambda fold: choose_scale(fold, stats, modules, quantize, self.model, self.methods))
+            methods: dict[str, int] = {}
             for fold in made.values():
-                alphas[str(fold["alpha"])] = alphas.get(str(fold["alpha"]), 0) + 1
+                methods[fold["method"]] = methods.get(fold["method"], 0) + 1
             info.detail = (f"{len(made)} of {len(made) + len(skipped)} folds made "
-                           f"({', '.join(f'{n} at alpha {a}' for a, n in sorted(alphas.items())) or 'none'}), "
+                           f"({', '.join(f'{n} {m}' for m, n in sorted(methods.items())) or 'none'}), "
                            f"{stats.tokens} tokens")
-        record = {"method": "smoothquant", "revision": REVISION, "calibration": source, "tokens": stats.tokens,
-                  "sha256": stats.digest, "alphas_searched": list(ALPHAS), "folds": made, "skipped": skipped}
+        record = {"method": "activation-aware scaling", "revision": REVISION, "calibration": source,
+                  "tokens": stats.tokens, "sha256": stats.digest,
+                  "searched": {m: [a for c, a in CANDIDATES if c == m] for m in self.methods},
+                  "folds": made, "skipped": skipped}
         return module, record
 
 

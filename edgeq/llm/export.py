@@ -81,6 +81,9 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     be = lm_backend(tgt.format)
     model = causal_lm_of(loaded)
     be.check_lm(model.config.get_text_config())
+    from edgeq.planning.costs import check_algorithm_names
+
+    check_algorithm_names(algorithms or [], decoder_lm=True)
     context = resolve_max_context(max_context, tgt, loaded.config, steps)
     _check_delegates(be, tgt, steps, strict)
     tokenizer = source_tokenizer(loaded)
@@ -107,9 +110,13 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         steps.note(line)
     smoothing = None
     if be.LM_SMOOTHS:
-        from edgeq.algorithms.smooth import PlanSmoothing
+        from edgeq.algorithms.smooth import PlanSmoothing, methods_offered
 
-        smoothing = PlanSmoothing(loaded, model, be, steps)
+        methods = methods_offered(algorithms)
+        if methods:
+            smoothing = PlanSmoothing(loaded, model, be, steps, methods)
+        else:
+            steps.note("no activation-aware scaling: --algorithms offers neither smoothquant nor awq")
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
@@ -182,8 +189,9 @@ def _calibrated(loaded: Any, model: Any, be: Any, plan: Any, steps: Any) -> tupl
     if awq:
         from edgeq.errors import ConfigError
 
-        raise ConfigError(f"{awq[0]}: AWQ's scale folding is not lowered for decoder LLMs yet",
-                          "plan it at an int4-gN, -gptq or -hqq scheme")
+        raise ConfigError(f"{awq[0]}: a decoder LLM's AWQ is not planned per layer (its scale is searched "
+                          "per fold at export, recorded in llm.smoothing)",
+                          "plan it at int4-gN (AWQ scaling applies to it unless --algorithms leaves out awq)")
     with steps.step("GPTQ on the calibration text") as info:
         calibrated, record = for_plan(loaded, plan.schemes, be.gptq_grid(), module=model)
         first = next(iter(record.values()), {})

@@ -69,24 +69,36 @@ class PlanCosts:
         return replace(self, activation_bytes=activation_bytes)
 
 
-def algorithms_offered(be: Any, algorithms: list[str] | None) -> tuple[str, ...]:
+def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool = False) -> tuple[str, ...]:
     """The calibrated algorithms to offer: ``algorithms`` (checked against what the format
-    stores; ``"rtn"`` adds none), or every one the format stores."""
-    from edgeq.errors import did_you_mean
-    from edgeq.schemes import ALGORITHMS
-
+    stores; ``"rtn"`` adds none), or every one the format stores. A decoder LLM's list may
+    also name ``smoothquant`` (the export's scaling search, ``edgeq.algorithms.smooth``)."""
     stored = tuple(be.CALIBRATED_ALGORITHMS)
     if algorithms is None:
         return stored
+    check_algorithm_names(algorithms, decoder_lm)
     for name in algorithms:
-        if name not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, ALGORITHMS)}",
-                              f"algorithms: {', '.join(ALGORITHMS)}")
+        if name == "smoothquant":
+            continue
         if name != "rtn" and name not in stored:
             why = be.ALGORITHMS_NOT_OFFERED.get(name)
             raise ConfigError(f"{be.FORMAT} artifacts do not store {name} results" + (f": {why}" if why else ""),
                               f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
     return tuple(a for a in stored if a in algorithms)
+
+
+def check_algorithm_names(algorithms: list[str], decoder_lm: bool) -> None:
+    """``ConfigError`` for a name ``--algorithms`` cannot take (``smoothquant``: decoder LLMs only)."""
+    from edgeq.errors import did_you_mean
+    from edgeq.schemes import ALGORITHMS
+
+    known = (*ALGORITHMS, "smoothquant") if decoder_lm else ALGORITHMS
+    for name in algorithms:
+        if name == "smoothquant" and not decoder_lm:
+            raise ConfigError("smoothquant applies to decoder LLMs only (their int8 dynamic activations)",
+                              f"algorithms: {', '.join(ALGORITHMS)}")
+        if name not in known:
+            raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, known)}", f"algorithms: {', '.join(known)}")
 
 
 def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Scheme], str],
@@ -135,11 +147,13 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
     from edgeq.algorithms import calibrated as calibration_data
     from edgeq.schemes import calibrated
 
-    offered = [s for s in calibrated(families, algorithms_offered(be, algorithms)) if s.name not in excluded]
+    offered = [s for s in calibrated(families, algorithms_offered(be, algorithms, prepared.decoder_lm))
+               if s.name not in excluded]
     not_measured: dict[str, str] = {}
     if prepared.decoder_lm and any(s.algorithm == "awq" for s in offered):
         offered = [s for s in offered if s.algorithm != "awq"]
-        not_measured["awq"] = "AWQ's scale folding is not lowered for decoder LLMs yet"
+        not_measured["awq"] = ("a decoder LLM's AWQ scale is searched per fold at export (llm.smoothing), "
+                               "not planned per layer")
     for fqn, scheme in pinned.items():
         layer = next(x for x in layers if x.fqn == fqn)
         if cannot(layer, scheme):
