@@ -120,3 +120,34 @@ def test_smoothquant_is_refused_for_a_model_that_is_not_a_decoder(tiny_bert_dir,
     assert not (tmp_path / "x").exists()
     r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--algorithms", "gptqq", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown algorithm 'gptqq'" in r.stderr, r.stderr
+
+
+def test_a_plan_file_names_llm_layers_as_the_manifest_does(lm_dir, tmp_path):
+    """``--plan`` takes the Hugging Face model's own layer names (as the manifest and the
+    export's notes show them) and the names ``edgeq plan`` writes; one layer named both
+    ways is refused in one line."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.errors import ConfigError
+    from edgeq.llm.export import _plan
+    from edgeq.models import load_model
+    from edgeq.planning.planfile import read_plan_file
+    from edgeq.progress import Steps
+    from edgeq.targets import load_target
+
+    hf = AutoModelForCausalLM.from_pretrained(lm_dir)  # the reference for the names
+    linears = [n for n, m in hf.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    tgt = load_target("x86").target
+    loaded = load_model(str(lm_dir), None, seq_len=tgt.seq_len)
+    plan_yaml = tmp_path / "plan.yaml"
+    plan_yaml.write_text("layers:\n  model.embed_tokens: int8\n"
+                         f"  {linears[0]}: int4-g32\n  model.{linears[1]}: int8\n")
+    plan, requested = _plan(loaded, tgt, "int8", read_plan_file(plan_yaml, tgt), Steps(show=False))
+    assert requested == "planned"
+    assert {k: v.name for k, v in plan.schemes.items() if v.name != "fp32"} == {
+        "model.embed_tokens": "int8", linears[0]: "int4-g32", linears[1]: "int8"}
+    assert set(plan.schemes) >= set(linears)  # every other layer stays fp32, on the same names
+    plan_yaml.write_text(f"layers:\n  {linears[0]}: int8\n  model.{linears[0]}: int8\n")
+    with pytest.raises(ConfigError, match="planned twice"):
+        _plan(loaded, tgt, "int8", read_plan_file(plan_yaml, tgt), Steps(show=False))

@@ -182,7 +182,8 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
     import torch
 
     x = stats.samples[fold.linears[0]]
-    refs = {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
+    with torch.no_grad():
+        refs = {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
 
     def error(s: Any | None) -> float:
         total = 0.0
@@ -191,18 +192,18 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
             if s is not None:
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
             q = quantize(lin, f)
-            with torch.no_grad():
-                y = q(x if s is None else x / s)
+            y = q(x if s is None else x / s)
             if getattr(lin, "bias", None) is not None:
                 y = y - lin.bias.detach()
             total += float((y - refs[f]).pow(2).sum() / refs[f].pow(2).sum().clamp(min=1e-30))
         return total
 
-    best, best_error = None, error(None)
-    for choice in (c for c in CANDIDATES if c[0] in methods):
-        e = error(_fold_scale(module, fold, stats, linears, choice))
-        if e < best_error:
-            best, best_error = choice, e
+    with torch.no_grad():
+        best, best_error = None, error(None)
+        for choice in (c for c in CANDIDATES if c[0] in methods):
+            e = error(_fold_scale(module, fold, stats, linears, choice))
+            if e < best_error:
+                best, best_error = choice, e
     return best
 
 

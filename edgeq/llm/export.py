@@ -258,7 +258,7 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
                 return "decoder LLM lowerings ship one kernel per scheme: no kernel may be named"
             return be.scheme_fits(layer, scheme)
 
-        wrapped, requested = plan_from_file(plan_input, layers, cannot), "planned"
+        wrapped, requested = plan_from_file(_on_wrapper_names(plan_input, layers), layers, cannot), "planned"
     else:
         scheme = be.LM_UNIFORM.get(precision)
         if scheme is not None:
@@ -268,6 +268,25 @@ def _plan(loaded: Any, tgt: Any, precision: str, plan_input: Any, steps: Any) ->
                                           keep_fp32=tgt.quantization.keep_fp32,
                                           excluded=tgt.quantization.exclude_schemes, scheme=scheme), precision
     return _stripped(wrapped, steps), requested
+
+
+def _on_wrapper_names(plan_input: Any, layers: list[Any]) -> Any:
+    """``plan_input`` with each layer on the loaded wrapper's name: a plan file may name
+    layers as the manifest and the export's notes do (the Hugging Face model's names,
+    ``model.layers.0.mlp.up_proj``) or as ``edgeq plan`` writes them (``model.model.…``)."""
+    import dataclasses
+
+    known = {x.fqn for x in layers}
+    schemes: dict[str, Any] = {}
+    lines: dict[Any, int] = {k: v for k, v in plan_input.lines.items() if not (isinstance(k, tuple) and k[:1] == ("layers",))}
+    for fqn, scheme in plan_input.schemes.items():
+        name = f"model.{fqn}" if fqn not in known and f"model.{fqn}" in known else fqn
+        line = plan_input.lines.get(("layers", fqn), 1)
+        if name in schemes:
+            raise ConfigError(f"{plan_input.path}:{line}: layer '{fqn}' is planned twice (as "
+                              f"'{name.removeprefix('model.')}' and '{name}')", "keep one of the two entries")
+        schemes[name], lines[("layers", name)] = scheme, line
+    return dataclasses.replace(plan_input, schemes=schemes, lines=lines)
 
 
 def _stripped(wrapped: Any, steps: Any = None) -> Any:
