@@ -120,3 +120,31 @@ def test_layers_a_plan_does_not_round_are_left_alone():
     # nothing wanted: the model itself, no copy
     same, made, _ = smoothed(model, stats, lambda f: "fp32", lambda fold: 0.5)
     assert same is model and not made
+
+
+def test_a_calibrated_linear_is_never_the_source_a_fold_divides(tmp_path, monkeypatch):
+    """up_proj at GPTQ keeps the values GPTQ computed for its unscaled weights, so the
+    up → down fold is not made (dividing its output rows would be lost from the artifact:
+    a budgeted SmolLM2 plan mixing GPTQ up_proj with int8 down_proj lost its logits so);
+    the same fold with an RTN up_proj is made."""
+    from edgeq.algorithms import smooth
+    from edgeq.backends import get_backend
+    from edgeq.models import load_model
+    from edgeq.planning.plan import QuantPlan
+    from edgeq.progress import Steps
+    from edgeq.schemes import parse
+    from tests.tiny_lms import save_tiny_lm
+
+    loaded = load_model(str(save_tiny_lm(tmp_path / "lm", "llama")), None, seq_len=32)
+    model = loaded.module.model
+    monkeypatch.setattr(smooth, "choose_scale", lambda *a, **k: ("awq", 0.5))  # every fold wanted
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    schemes = {n: parse("int8", n) for n in names}
+    schemes["model.layers.0.mlp.up_proj"] = parse("int4-g32-gptq")
+    schemes["model.layers.0.self_attn.v_proj"] = parse("int4-g32-gptq")
+    out, record = smooth.PlanSmoothing(loaded, model, get_backend("onnx"), Steps(show=False)).apply(
+        QuantPlan(schemes=schemes))
+    for gptq in ("model.layers.0.mlp.up_proj", "model.layers.0.self_attn.v_proj"):
+        assert gptq not in record["folds"] and "unscaled weights" in record["skipped"][gptq]
+        torch.testing.assert_close(dict(out.named_modules())[gptq].weight, dict(model.named_modules())[gptq].weight)
+    assert {"model.layers.1.mlp.up_proj", "model.layers.1.self_attn.v_proj"} <= set(record["folds"])

@@ -32,7 +32,8 @@ The statistics (``max|x_j|``, ``mean|x_j|``) and the sampled inputs come from th
 text (never the perplexity text), one forward of the fp32 model over it in sequences of up
 to ``SEQUENCE`` tokens. A fold is made only where every linear reading that input is at a
 round-to-nearest integer scheme (a calibrated layer's values were chosen for its unscaled
-input) and the fold's source is an op edgeq knows how to scale exactly (``NORMS``); the
+input) and the fold's source is an op edgeq knows how to scale exactly (``NORMS``, or a
+linear whose values are its own rounding: up_proj / v_proj at fp32 or RTN, not GPTQ's); the
 rest stay as they are, and ``Smoothing.skipped`` says why. The result is checked to
 compute the model's own logits in fp32 (tests/test_smooth.py).
 """
@@ -233,12 +234,15 @@ def _fold_scale(module: Any, fold: Fold, stats: Statistics, linears: dict[str, A
 
 def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
              alpha: Callable[[Fold], tuple[str, float] | float | None],
+             keeps: Callable[[str], str] = lambda fqn: "",
              ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str]]:
     """A copy of ``module`` with each fold whose linears all take smoothing applied with the
     scale ``alpha(fold)`` names (a method of ``CANDIDATES`` and its exponent, a bare α meaning
     SmoothQuant's; None: not made). ``takes(fqn)``: why linear ``fqn`` is not to be smoothed
-    ("" when it is). Returns the copy, the folds made (source → linears, α, range of s) and the
-    ones not made (source → why)."""
+    ("" when it is); ``keeps(fqn)``: why linear ``fqn`` may not be the fold's source, whose
+    output rows take the division ("" when it may: e.g. a GPTQ layer's values were computed
+    for its unscaled weights and would drop it). Returns the copy, the folds made (source →
+    linears, α, range of s) and the ones not made (source → why)."""
     import torch
 
     plan, skipped = folds(module)
@@ -246,6 +250,8 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
     chosen: list[tuple[Fold, tuple[str, float]]] = []
     for fold in plan:
         why = next((f"{f}: {w}" for f in fold.linears if (w := takes(f))), "")
+        if not why and fold.kind != "norm" and (w := keeps(fold.source)):
+            why = f"{fold.source}: {w}"
         if not why and any(f not in stats.absmax for f in fold.linears):
             why = "no calibration statistics for its linears"
         if why:
@@ -364,6 +370,12 @@ class PlanSmoothing:
                 return "shares the table's tensor (a scaled head would need a copy of its own)"
             return ""
 
+        def keeps(fqn: str) -> str:  # a linear whose output rows a fold divides
+            s = schemes.get(fqn)
+            if s is not None and s.is_quantized and s.algorithm != "rtn":
+                return f"{s.name}'s values were computed for its unscaled weights"
+            return ""
+
         if not any(all(not takes(f) for f in fold.linears) for fold in folds(self.model)[0]):
             return self.model, None  # nothing to smooth (e.g. an fp32 export): no calibration pass
 
@@ -375,7 +387,8 @@ class PlanSmoothing:
             stats = self._statistics()
             modules = dict(self.model.named_modules())
             module, made, skipped = smoothed(
-                self.model, stats, takes, lambda fold: choose_scale(fold, stats, modules, quantize, self.model, self.methods))
+                self.model, stats, takes, lambda fold: choose_scale(fold, stats, modules, quantize, self.model, self.methods),
+                keeps)
             methods: dict[str, int] = {}
             for fold in made.values():
                 methods[fold["method"]] = methods.get(fold["method"], 0) + 1
