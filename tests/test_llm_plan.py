@@ -151,3 +151,32 @@ def test_a_plan_file_names_llm_layers_as_the_manifest_does(lm_dir, tmp_path):
     plan_yaml.write_text(f"layers:\n  {linears[0]}: int8\n  model.{linears[0]}: int8\n")
     with pytest.raises(ConfigError, match="planned twice"):
         _plan(loaded, tgt, "int8", read_plan_file(plan_yaml, tgt), Steps(show=False))
+
+
+def test_a_planned_artifact_that_does_not_compute_its_plan_is_not_written(lm_dir, tmp_path, monkeypatch):
+    """A lowering that loses the model's function (here: the head's input negated and
+    magnified on the way in) is caught by the verified KL against the plan's prediction:
+    an error, nothing written."""
+    import copy
+
+    import torch
+
+    from edgeq.backends import get_backend
+    from edgeq.errors import ExportError
+    from edgeq.export import export
+
+    be = get_backend("onnx")
+    real = be.lower_lm
+
+    def broken(lm, *args, **kwargs):
+        lm = copy.deepcopy(lm)
+        with torch.no_grad():
+            lm.model.norm.weight.mul_(-50)
+        return real(lm, *args, **kwargs)
+
+    monkeypatch.setattr(be, "lower_lm", broken)
+    budget = (_param_bytes(lm_dir, 4.5) + _param_bytes(lm_dir, 8.5)) // 2 + 60_000
+    out = tmp_path / "art"
+    with pytest.raises(ExportError, match="does not compute what the plan"):
+        export(str(lm_dir), "x86", budget_bytes=budget, max_context=CONTEXT, output=out)
+    assert not out.exists()

@@ -212,6 +212,7 @@ class Backend(Protocol):
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
     LM_UNIFORM: dict[str, Any]  # precision → the scheme a uniform LLM plan takes, where not for_precision's
     LM_SMOOTHS: bool  # its LLM linears round their input to int8: edgeq.algorithms.smooth folds apply
+    LM_ROTATES: bool  # edgeq.algorithms.rotate applies: its LLM linears round their input and its head has its own copy
     SCHEMES: tuple[Any, ...]  # the RTN schemes its files store (calibrated ones: CALIBRATED_ALGORITHMS)
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)
     TAKES_ENCODERS: bool  # False: decoder LLMs only (an encoder is refused before any work)

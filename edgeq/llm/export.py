@@ -108,15 +108,20 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     extra = {"tokenizer": tokenizer} if be.LM_TOKENIZER_IN_MODEL else {}
     for line in clean_stale_staging(out_dir):
         steps.note(line)
-    smoothing = None
+    smoothings: dict[int, Any] | None = None  # id of the module lowered from → its PlanSmoothing
     if be.LM_SMOOTHS:
         from edgeq.algorithms.smooth import PlanSmoothing, methods_offered
 
         methods = methods_offered(algorithms)
         if methods:
-            smoothing = PlanSmoothing(loaded, model, be, steps, methods)
+            smoothings = {}
         else:
             steps.note("no activation-aware scaling: --algorithms offers neither smoothquant nor awq")
+    rotation = None
+    if be.LM_ROTATES and (algorithms is None or "rotation" in algorithms):
+        from edgeq.algorithms.rotate import PlanRotation
+
+        rotation = PlanRotation(loaded, model, be, steps)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
@@ -124,15 +129,20 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             calibrated, record = _calibrated(loaded, model, be, plan, steps)
-            # the smoothed copy computes the model's function; GPTQ layers keep their unscaled input
-            lm, smoothed = smoothing.apply(plan) if smoothing is not None else (model, None)
+            # the rotated and smoothed copies compute the model's function; GPTQ layers keep their input
+            base, turned = rotation.apply(plan) if rotation is not None else (model, None)
+            lm, smoothed = base, None
+            if smoothings is not None:
+                if id(base) not in smoothings:
+                    smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods)
+                lm, smoothed = smoothings[id(base)].apply(plan)
             if not calibrated:
                 lowered = be.lower_lm(lm, plan, scratch, context, steps, **extra)
             else:
                 lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, **extra)
                 lowered.algorithms = {f: r for f, r in record.items()
                                       if lowered.layer_schemes.get(f) == plan.schemes[f].name}
-            lowered.smoothing = smoothed
+            lowered.smoothing, lowered.rotation = smoothed, turned
             return lowered
 
         if solved is not None:
@@ -149,6 +159,8 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
                 greedy, numerics = verify.check(model, session, prompts, described)
                 info.detail = (f"{greedy.identical_prompts}/{greedy.prompts} identical, prefix match "
                                f"{greedy.prefix_match:.1%}; {numerics.short()}")
+            if solved is not None:
+                _check_verified(solved.predicted_error, numerics)
             held = None
             if scoring is not None:
                 with steps.step(f"Perplexity on held-out text ({sum(len(w) - 1 for w in scoring[0])} tokens)") as info:
@@ -167,6 +179,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
                              work, tokenizer_files, steps)
         manifest["llm"]["perplexity"] = held
         manifest["llm"]["smoothing"] = lowered.smoothing
+        manifest["llm"]["rotation"] = lowered.rotation
         manifest["llm"]["predicted_memory"] = _predicted_memory(Manifest.model_validate(manifest), model, steps)
         if solved is not None:
             manifest["plan"] = _plan_block(solved, costs, lowered, numerics)
@@ -336,6 +349,24 @@ def _fit(costs: Any, budgets: Any, solved: Any, lower: Any, steps: Any) -> tuple
                           f"{budgets.memory_bytes / 1e6:g} MB memory budget ({budgets.sources['memory']})",
                           "raise --memory-budget, or lower --max-context")
     return fitted.lowered, solved
+
+
+# A planned artifact whose verified KL is this far above the plan's prediction does not compute
+# what the plan's stand-ins computed: a lowering defect, not a quantization loss.
+VERIFIED_FACTOR, VERIFIED_SLACK_NATS = 10.0, 1.0
+
+
+def _check_verified(predicted: float | None, numerics: Any) -> None:
+    from edgeq.errors import ExportError
+
+    verified = numerics.error("top1") if numerics else None
+    if predicted is None or verified is None or verified <= VERIFIED_FACTOR * predicted + VERIFIED_SLACK_NATS:
+        return
+    raise ExportError(f"the planned artifact's next-token KL is {verified:.3f} nats against the {predicted:.4f} its plan "
+                      f"predicted (top-1 agreement {numerics.top1_agreement:.0%}): it does not compute what the plan's "
+                      "stand-ins did, so nothing was written",
+                      "this is an edgeq defect: report it with the plan (edgeq plan -o FILE) and --debug output; "
+                      "a uniform --precision avoids the mix meanwhile")
 
 
 def _plan_block(solved: Any, costs: Any, lowered: Any, numerics: Any) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class LoweredLM:
     linear_compute: dict[str, str] = field(default_factory=dict)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
     smoothing: dict[str, Any] | None = None  # edgeq.algorithms.smooth's record (llm.smoothing), None: not smoothed
+    rotation: dict[str, Any] | None = None  # edgeq.algorithms.rotate's record (llm.rotation), None: not tried
     delegation: dict[str, Any] = field(default_factory=dict)
 
 

@@ -72,13 +72,14 @@ class PlanCosts:
 def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool = False) -> tuple[str, ...]:
     """The calibrated algorithms to offer: ``algorithms`` (checked against what the format
     stores; ``"rtn"`` adds none), or every one the format stores. A decoder LLM's list may
-    also name ``smoothquant`` (the export's scaling search, ``edgeq.algorithms.smooth``)."""
+    also name ``smoothquant`` and ``rotation`` (the export's scaling search and rotation,
+    ``edgeq.algorithms.smooth`` / ``.rotate``)."""
     stored = tuple(be.CALIBRATED_ALGORITHMS)
     if algorithms is None:
         return stored
     check_algorithm_names(algorithms, decoder_lm)
     for name in algorithms:
-        if name == "smoothquant":
+        if name in DECODER_ONLY:
             continue
         if name != "rtn" and name not in stored:
             why = be.ALGORITHMS_NOT_OFFERED.get(name)
@@ -87,15 +88,19 @@ def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool =
     return tuple(a for a in stored if a in algorithms)
 
 
+# what a decoder LLM's export applies besides the per-layer algorithms, and why only there
+DECODER_ONLY = {"smoothquant": "their int8 dynamic activations", "rotation": "their residual stream"}
+
+
 def check_algorithm_names(algorithms: list[str], decoder_lm: bool) -> None:
-    """``ConfigError`` for a name ``--algorithms`` cannot take (``smoothquant``: decoder LLMs only)."""
+    """``ConfigError`` for a name ``--algorithms`` cannot take (``DECODER_ONLY``: decoder LLMs only)."""
     from edgeq.errors import did_you_mean
     from edgeq.schemes import ALGORITHMS
 
-    known = (*ALGORITHMS, "smoothquant") if decoder_lm else ALGORITHMS
+    known = (*ALGORITHMS, *DECODER_ONLY) if decoder_lm else ALGORITHMS
     for name in algorithms:
-        if name == "smoothquant" and not decoder_lm:
-            raise ConfigError("smoothquant applies to decoder LLMs only (their int8 dynamic activations)",
+        if name in DECODER_ONLY and not decoder_lm:
+            raise ConfigError(f"{name} applies to decoder LLMs only ({DECODER_ONLY[name]})",
                               f"algorithms: {', '.join(ALGORITHMS)}")
         if name not in known:
             raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, known)}", f"algorithms: {', '.join(known)}")

@@ -60,6 +60,7 @@ LM_UNIFORM: dict[str, Any] = {}
 # llama.cpp rounds a quantized matmul's input to Q8_0 blocks of 32; the GGUF writer maps tensors by
 # their source names and keeps a tied table once, so edgeq does not fold scales into it (yet)
 LM_SMOOTHS = False  # a uniform --precision means edgeq.schemes.for_precision's scheme
+LM_ROTATES = False  # llama.cpp rounds activations by its own kernels: not measured here
 SCHEMES: tuple[Any, ...] = tuple(GGUF_TYPES)  # the schemes with a GGUF tensor type (costs.GGUF_TYPES)
 EXTRA_SCHEMES: tuple[Any, ...] = ()
 CALIBRATED_ALGORITHMS: tuple[str, ...] = ()  # GPTQ values are not written into GGUF blocks (yet)

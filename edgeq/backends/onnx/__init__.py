@@ -190,6 +190,7 @@ LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 # stand-ins on the held-out text: perplexity +0.59% vs +1.22% for the linears alone).
 LM_UNIFORM: dict[str, Any] = {"int8": schemes.INT8_G32}
 LM_SMOOTHS = True  # a decoder's quantized MatMulNBits round their input to int8 (accuracy_level=4)
+LM_ROTATES = False  # a tied head shares the table's tensor: rotation would store the matrix twice
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 TAKES_ENCODERS = True
 
