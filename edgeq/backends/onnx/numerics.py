@@ -69,6 +69,8 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
     if scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER:
         scale = (w.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
         q.weight = torch.nn.Parameter((w / scale).round().clamp(-127, 127) * scale, requires_grad=False)
+        if not host_u8s8_exact():
+            return _PairSaturating(q, (w / scale).round().clamp(-127, 127), scale.reshape(-1))
         q.register_forward_pre_hook(lambda _m, args: (_uint8_per_sample(args[0]),) + tuple(args[1:]))
         return q
     if scheme.bits == 8:
@@ -125,6 +127,67 @@ def _uint8_tensor(x: Any) -> Any:
     scale = ((hi - lo) / 255).clamp(min=1e-12)
     zero = (-lo / scale).round()
     return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale
+
+
+def host_u8s8_exact() -> bool:
+    """Whether this x86 host's ONNX Runtime computes MatMulInteger (uint8 × int8) exactly: with
+    VNNI (or AMX) it accumulates in int32; with AVX2 alone MLAS uses ``pmaddubsw``, which sums
+    each adjacent pair of products in int16 with saturation. Non-x86 hosts: True."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) or "avx2" not in flags
+
+
+def _pair_saturating_int(xq: Any, wq: Any) -> Any:
+    """``xq @ wq.T`` (uint8 × int8 as floats) with each adjacent pair of products along K
+    summed in int16 with saturation, as ``pmaddubsw`` does, then accumulated exactly."""
+    import torch
+
+    k = xq.shape[-1]
+    if k % 2:
+        xq, wq = torch.nn.functional.pad(xq, (0, 1)), torch.nn.functional.pad(wq, (0, 1))
+    x2 = xq.reshape(*xq.shape[:-1], 1, -1, 2).double()
+    w2 = wq.reshape(wq.shape[0], -1, 2).double()
+    out = []
+    for lo in range(0, w2.shape[0], 64):
+        pairs = (x2 * w2[lo:lo + 64]).sum(-1).clamp(-32768, 32767)
+        out.append(pairs.sum(-1))
+    return torch.cat(out, -1)
+
+
+class _PairSaturating:
+    """A MatMulInteger linear as ONNX Runtime computes it on an x86 host without VNNI."""
+
+    def __new__(cls, linear: Any, wq: Any, w_scale: Any) -> Any:
+        import torch
+
+        class PairSaturating(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.weight, self.bias = linear.weight, linear.bias
+                self.wq, self.w_scale = wq, w_scale
+
+            def forward(self, x: Any) -> Any:
+                rows = x.unsqueeze(0) if x.dim() < 3 else x
+                outs = []
+                for row in rows:  # DynamicQuantizeLinear per sample
+                    lo, hi = row.amin().clamp(max=0), row.amax().clamp(min=0)
+                    scale = ((hi - lo) / 255).clamp(min=1e-12)
+                    zero = (-lo / scale).round()
+                    xq = ((row / scale).round() + zero).clamp(0, 255)
+                    acc = _pair_saturating_int(xq, self.wq) - zero.double() * self.wq.double().sum(-1)
+                    outs.append((acc * scale.double() * self.w_scale.double()).to(x.dtype))
+                y = torch.stack(outs)
+                y = y[0] if x.dim() < 3 else y
+                return y if self.bias is None else y + self.bias
+
+        return PairSaturating()
 
 
 def _uint8_per_sample(x: Any) -> Any:
