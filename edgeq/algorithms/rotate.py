@@ -147,13 +147,13 @@ def rotated(module: Any, seed: int = SEED) -> tuple[Any, dict[str, Any]]:
 CALIB_SEQUENCES = 4  # calibration sequences (of up to smooth.SEQUENCE tokens) the choice is measured on
 
 
-def plan_kl(model: Any, reference: Any, schemes: dict[str, Any], backend: Any, rows: list[tuple[Any, ...]]) -> float:
+def plan_kl(model: Any, reference: Any, schemes: dict[str, Any], backend: Any, rows: list[tuple[Any, ...]],
+            next_token_kl: Any) -> float:
     """Mean next-token KL (nats) of ``model`` with every quantized layer of ``schemes`` (HF
     names) replaced by ``backend``'s stand-in at its scheme, against the fp32 ``reference``'s
-    distributions, over ``rows`` (token sequences)."""
+    distributions, over ``rows`` (token sequences); ``next_token_kl(ref_logits, logits)`` is
+    the LLM path's measure (``edgeq.llm.perplexity.next_token_kl``)."""
     import torch
-
-    from edgeq.llm.perplexity import next_token_kl
 
     quantized = copy.deepcopy(model)
     total = 0.0
@@ -175,8 +175,9 @@ class PlanRotation:
     fp32 model's next-token distributions on the calibration text better than the model's
     own (mean KL); the module to lower from and the manifest's record (``llm.rotation``)."""
 
-    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any) -> None:
+    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any, next_token_kl: Any) -> None:
         self.loaded, self.model, self.backend, self.steps = loaded, model, backend, steps
+        self.next_token_kl = next_token_kl
         self.why_not = not_rotatable(model)
         self._rotated: tuple[Any, dict[str, Any]] | None = None
         self._rows: list[tuple[Any, ...]] | None = None
@@ -220,8 +221,8 @@ class PlanRotation:
             if self._rotated is None:
                 self._rotated = rotated(self.model)
                 self._rows = joined(self.loaded.make_inputs("calib", LM_CALIB_SAMPLES))[:CALIB_SEQUENCES]
-            plain = plan_kl(self.model, self.model, schemes, self.backend, self._rows)
-            turned = plan_kl(self._rotated[0], self.model, schemes, self.backend, self._rows)
+            plain = plan_kl(self.model, self.model, schemes, self.backend, self._rows, self.next_token_kl)
+            turned = plan_kl(self._rotated[0], self.model, schemes, self.backend, self._rows, self.next_token_kl)
             applied = turned < plain
             info.detail = (f"next-token KL {turned:.4f} rotated vs {plain:.4f} not: "
                            f"{'rotated' if applied else 'not rotated'}")

@@ -120,8 +120,9 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     rotation = None
     if be.LM_ROTATES and (algorithms is None or "rotation" in algorithms):
         from edgeq.algorithms.rotate import PlanRotation
+        from edgeq.llm.perplexity import next_token_kl
 
-        rotation = PlanRotation(loaded, model, be, steps)
+        rotation = PlanRotation(loaded, model, be, steps, next_token_kl)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
