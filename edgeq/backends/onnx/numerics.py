@@ -70,7 +70,7 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         scale = (w.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
         q.weight = torch.nn.Parameter((w / scale).round().clamp(-127, 127) * scale, requires_grad=False)
         if not host_u8s8_exact():
-            return _PairSaturating(q, (w / scale).round().clamp(-127, 127), scale.reshape(-1))
+            return _pair_saturating(q, (w / scale).round().clamp(-127, 127), scale.reshape(-1))
         q.register_forward_pre_hook(lambda _m, args: (_uint8_per_sample(args[0]),) + tuple(args[1:]))
         return q
     if scheme.bits == 8:
@@ -122,11 +122,17 @@ def _asymmetric4(w: Any, group: int) -> Any:
     return (((wb / scale).round() + zero).clamp(0, 15) - zero).mul(scale).flatten(-2)
 
 
-def _uint8_tensor(x: Any) -> Any:
+def _uint8_codes(x: Any) -> tuple[Any, Any, Any]:
+    """DynamicQuantizeLinear of ``x``: its uint8 codes (as floats), scale and zero point."""
     lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
     scale = ((hi - lo) / 255).clamp(min=1e-12)
     zero = (-lo / scale).round()
-    return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale
+    return ((x / scale).round() + zero).clamp(0, 255), scale, zero
+
+
+def _uint8_tensor(x: Any) -> Any:
+    codes, scale, zero = _uint8_codes(x)
+    return (codes - zero) * scale
 
 
 def host_u8s8_exact() -> bool:
@@ -161,33 +167,24 @@ def _pair_saturating_int(xq: Any, wq: Any) -> Any:
     return torch.cat(out, -1)
 
 
-class _PairSaturating:
-    """A MatMulInteger linear as ONNX Runtime computes it on an x86 host without VNNI."""
+def _pair_saturating(linear: Any, wq: Any, w_scale: Any) -> Any:
+    """A MatMulInteger linear as ONNX Runtime computes it on an x86 host without VNNI: the
+    input as DynamicQuantizeLinear's codes per sample, the pairs summed as ``pmaddubsw`` does."""
+    import torch
 
-    def __new__(cls, linear: Any, wq: Any, w_scale: Any) -> Any:
-        import torch
+    def output(m: Any, args: tuple[Any, ...], _out: Any) -> Any:
+        x = args[0]
+        outs = []
+        for row in (x.unsqueeze(0) if x.dim() < 3 else x):
+            xq, scale, zero = _uint8_codes(row)
+            acc = _pair_saturating_int(xq, wq) - zero.double() * wq.double().sum(-1)
+            outs.append((acc * scale.double() * w_scale.double()).to(x.dtype))
+        y = torch.stack(outs)
+        y = y[0] if x.dim() < 3 else y
+        return y if m.bias is None else y + m.bias
 
-        class PairSaturating(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.weight, self.bias = linear.weight, linear.bias
-                self.wq, self.w_scale = wq, w_scale
-
-            def forward(self, x: Any) -> Any:
-                rows = x.unsqueeze(0) if x.dim() < 3 else x
-                outs = []
-                for row in rows:  # DynamicQuantizeLinear per sample
-                    lo, hi = row.amin().clamp(max=0), row.amax().clamp(min=0)
-                    scale = ((hi - lo) / 255).clamp(min=1e-12)
-                    zero = (-lo / scale).round()
-                    xq = ((row / scale).round() + zero).clamp(0, 255)
-                    acc = _pair_saturating_int(xq, self.wq) - zero.double() * self.wq.double().sum(-1)
-                    outs.append((acc * scale.double() * self.w_scale.double()).to(x.dtype))
-                y = torch.stack(outs)
-                y = y[0] if x.dim() < 3 else y
-                return y if self.bias is None else y + self.bias
-
-        return PairSaturating()
+    linear.register_forward_hook(output)  # the module's own output is replaced (a hook survives deepcopy)
+    return linear
 
 
 def _uint8_per_sample(x: Any) -> Any:
