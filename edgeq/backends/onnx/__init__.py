@@ -54,7 +54,9 @@ ANDROID_LOADS_FROM_PATH = False
 
 # the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
 SCHEMES: tuple[Any, ...] = schemes.SCHEMES
-EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT8_G32,)  # 8-bit MatMulNBits at blocks of 32, linears only (extra_schemes)
+# 8-bit MatMulNBits at blocks of 32 (linears, tables); Q4_1's grid, a scale and an offset per
+# block of 32 (a decoder LLM's untied linears): offered per layer by extra_schemes
+EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT8_G32, schemes.INT4_G32_ASYM)
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
@@ -62,7 +64,7 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
     plus the kernel choice for linears and int8-g32 for linears and embeddings (shape limits
     are the planner's)."""
     from edgeq.backends.onnx.costs import MATMUL_INTEGER
-    from edgeq.schemes import INT8_G32, default_kernel, rtn_of
+    from edgeq.schemes import INT4_G32_ASYM, INT8_G32, default_kernel, rtn_of
 
     if scheme.kernel and (scheme.kernel != MATMUL_INTEGER or scheme.bits != 8 or scheme.group
                           or scheme.algorithm != "rtn"):
@@ -71,6 +73,10 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
         return f"{scheme.name} is a kernel for linears (MatMul) only"
     if scheme == INT8_G32 and layer.kind not in ("linear", "embedding"):
         return f"{scheme.name} is stored for linears (MatMulNBits) and embeddings (GatherBlockQuantized) only"
+    if scheme == INT4_G32_ASYM:
+        if layer.kind != "linear" or getattr(layer, "tied", ""):
+            return f"{scheme.name} is stored for linears with a weight of their own only (not tables or tied heads)"
+        return ""
     if scheme != INT8_G32 and rtn_of(default_kernel(scheme)) not in SCHEMES:
         return f"onnx does not store {scheme.name}"
     return ""
@@ -81,14 +87,19 @@ def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list
     may also run as ``quantize_dynamic``'s per-channel ``MatMulInteger`` (faster, less
     accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). A decoder LLM's
     linears and embedding table take 8-bit blocks of 32 (``int8-g32``, its ``LM_UNIFORM``
-    int8), not ``MatMulInteger`` (its lowering ships one kernel per scheme)."""
+    int8), not ``MatMulInteger`` (its lowering ships one kernel per scheme), and its untied
+    linears also Q4_1's 4-bit grid with an fp32 offset per block of 32 (``int4-g32-asym``: a
+    fraction of a bit more a weight than int4-g32, whose integer zero point cannot put the grid
+    where the block's minimum is)."""
     from edgeq.backends.onnx.costs import MATMUL_INTEGER
-    from edgeq.schemes import INT8_G32, Scheme
+    from edgeq.schemes import INT4_G32_ASYM, INT8_G32, Scheme
 
+    if decoder_lm:
+        wanted = ([INT8_G32] if "int8" in precisions and layer.kind in ("linear", "embedding") else []) + \
+            ([INT4_G32_ASYM] if "int4" in precisions and not scheme_fits(layer, INT4_G32_ASYM) else [])
+        return [s for s in wanted if layer.fits(s)]
     if "int8" not in precisions:
         return []
-    if decoder_lm:
-        return [INT8_G32] if layer.kind in ("linear", "embedding") and layer.fits(INT8_G32) else []
     if layer.kind != "linear":
         return []
     return [s for s in (Scheme("int", 8, kernel=MATMUL_INTEGER), INT8_G32) if layer.fits(s)]

@@ -4,7 +4,9 @@ Runtime, the file's own bytes, and the memory model's fitted terms for ONNX Runt
 Stored bytes (single-layer exports, exact to the byte for the weight payload): 8-bit
 ``MatMulNBits`` keeps an fp32 scale per 128-block along K (K zero-padded to whole
 blocks); asymmetric 4-bit ``MatMulNBits`` / ``GatherBlockQuantized`` an fp32 scale and a
-4-bit zero point per group; ``quantize_dynamic``'s Gather one uint8 scale and zero point.
+4-bit zero point per group; int4-g32-asym an fp32 scale and an fp32 offset per group (plus
+one ``[K, K / 32]`` fp32 block-indicator matrix per distinct K in the graph, shared by all
+such layers and not counted per layer: 336 KB for SmolLM2's K of 576 and 1536); ``quantize_dynamic``'s Gather one uint8 scale and zero point.
 
 Held bytes: ONNX Runtime's CPU provider has no fp16 GEMM (a Cast and constant folding turn
 fp16 linears into fp32), and MLAS keeps a prepacked copy of linears beside the original
@@ -65,6 +67,8 @@ def stored_bytes(layer: Any, scheme: Scheme) -> int:
         return p + rows * 4
     groups = rows * math.ceil(reduce_dim / scheme.group)
     packed = rows * math.ceil(reduce_dim / 2)
+    if not scheme.symmetric:  # int4-g32-asym: an fp32 scale and an fp32 offset a block, no zero points
+        return packed + groups * 8
     return packed + groups * 4 + math.ceil(groups / 2)
 
 
@@ -79,6 +83,9 @@ def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm:
     if layer.kind == "embedding":
         return held
     if decoder_lm and layer.kind == "linear" and scheme.is_quantized and scheme.bits == 4:
+        if not scheme.symmetric:  # the 4-bit MatMulNBits prepacked; the fp32 offsets as they are
+            offsets = layer.params // scheme.group * 4
+            return int((held - offsets) * LM_INT4_LINEAR_HELD[scheme.group]) + offsets
         return int(held * LM_INT4_LINEAR_HELD[scheme.group])
     key = "fp32" if scheme.is_float else f"int{scheme.bits}"
     if key == "fp32" and (getattr(layer, "bias", True) if bias is None else bias):

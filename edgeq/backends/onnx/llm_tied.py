@@ -28,6 +28,7 @@ def shares_table(scheme: Any) -> bool:
     """Whether a tied head at ``scheme``, its table's scheme too, is stored as one tensor:
     4-bit or 8-bit blocks, round to nearest (a calibrated head's values are not the table's)."""
     return (scheme.kind == "int" and scheme.bits in (4, 8) and bool(scheme.group) and scheme.algorithm == "rtn"
+            and scheme.symmetric
             and not scheme.superblock and not scheme.kernel)
 
 

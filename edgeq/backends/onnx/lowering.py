@@ -10,6 +10,8 @@ Schemes per layer (from the plan):
   int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, symmetric blocks of 32 along the row,
   stored as 8-bit ``MatMulNBits`` stores a weight (so a tied head can share it).
 - int4-gN linear / embedding: ``MatMulNBits`` / ``GatherBlockQuantized`` 4-bit, blocks of N.
+- int4-g32-asym linear: Q4_1's grid (a scale and an offset per block of 32) as a 4-bit
+  ``MatMulNBits`` plus the input's block sums times the offsets (``_asym_blocks``).
 - fp16 (whole model): ORT's float16 converter, inputs and outputs kept in their types;
   fp16 layers in a mixed plan: the same converter on those layers' nodes only (fp16
   weights, Casts at their edges; ORT's CPU EP computes them in fp32).
@@ -193,6 +195,7 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     dynamic: list[str] = []
     half: list[str] = []
     tables: dict[int, list[str]] = {}  # block → Gather nodes whose table takes 8-bit blocks
+    offsets: list[str] = []  # MatMuls at int4-g32-asym (Q4_1's grid: a scale and an offset a block)
     for fqn, scheme in schemes.items():
         for node, op in nodes.get(fqn, []):
             if scheme == FP16 and op in ("MatMul", "Gather", "Conv"):
@@ -205,6 +208,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
                 tables.setdefault(scheme.group, []).append(node)
             elif scheme == INT8 and op in ("Gather", "Conv"):
                 dynamic.append(node)
+            elif scheme.bits == 4 and not scheme.symmetric and op == "MatMul":
+                offsets.append(node)
             elif scheme.bits == 4 and op in ("MatMul", "Gather"):
                 by_pass.setdefault((4, scheme.group), []).append(node)
             else:
@@ -214,6 +219,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
         proto = _nbits(proto, include, bits, block)
     for block, include in sorted(tables.items()):
         _block8_tables(proto, include, block)
+    if offsets:
+        _asym_blocks(proto, offsets, 32)
     if dynamic:
         proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
                                                       if node in set(dynamic)}))
@@ -285,6 +292,71 @@ def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
     quantizer = MatMulNBitsQuantizer(proto, algo_config=config, nodes_to_exclude=sorted(every - set(include)))
     quantizer.process()
     return quantizer.model.model
+
+
+def _asym_blocks(proto: Any, include: list[str], block: int) -> None:
+    """The ``include`` MatMuls (constant weight ``[K, N]``) at int4-g32-asym, in place: per block
+    of ``block`` along K the weight is ``d * q + m`` on llama.cpp's Q4_1 grid
+    (``numerics.offset_blocks``), with fp32 ``d`` and ``m``. MatMulNBits' zero points are
+    integers (a float zero point falls back to a dequantizing kernel, ~10x slower measured on
+    SmolLM2's shapes), so the node becomes a zero-point-free 4-bit ``MatMulNBits`` of
+    ``d * (q - 8)`` plus ``blocksums(A) @ (m + 8 d)ᵀ``: one fp32 ``MatMul`` of the input by a
+    ``[K, K / block]`` block-indicator matrix (one per K, its result shared by every such node
+    reading the same input), one by the ``[K / block, N]`` offsets, and an ``Add``."""
+    import numpy as np
+    import torch
+    from onnx import helper, numpy_helper
+
+    from edgeq.backends.onnx.numerics import offset_blocks
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    wanted = set(include)
+    sums: dict[str, str] = {}  # input → its block sums
+    indicators: set[int] = set()
+    nodes = []
+    for n in g.node:
+        if n.name not in wanted:
+            nodes.append(n)
+            continue
+        if n.op_type != "MatMul" or n.input[1] not in inits:
+            raise ExportError(f"{n.name}: int4-g32-asym needs a MatMul with a constant weight", "re-run with --debug and report it")
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        k, cols = w.shape
+        if k % block:
+            raise ExportError(f"{n.name}: K = {k} is not a multiple of {block} (int4-g32-asym)", "plan another scheme for it")
+        q, d, m = (t.numpy() for t in offset_blocks(torch.from_numpy(np.ascontiguousarray(w.T)), block))
+        codes = q.astype(np.uint8)
+        packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+        base = n.name
+        if readers.get(n.input[1], 0) == 1:
+            g.initializer.remove(inits[n.input[1]])
+        g.initializer.extend([numpy_helper.from_array(packed, f"{base}_Q4A_B"),
+                              numpy_helper.from_array(d.reshape(-1).astype(np.float32), f"{base}_Q4A_scales"),
+                              numpy_helper.from_array(np.ascontiguousarray((m + 8 * d).T.astype(np.float32)),
+                                                      f"{base}_Q4A_offsets")])
+        if k not in indicators:
+            ind = np.zeros((k, k // block), np.float32)
+            ind[np.arange(k), np.arange(k) // block] = 1.0
+            g.initializer.append(numpy_helper.from_array(ind, f"edgeq_block{block}_sums_{k}"))
+            indicators.add(k)
+        a, out = n.input[0], n.output[0]
+        if a not in sums:
+            sums[a] = f"{base}_Q4A_blocksums"
+            nodes.append(helper.make_node("MatMul", [a, f"edgeq_block{block}_sums_{k}"], [sums[a]], name=sums[a]))
+        nodes.append(helper.make_node("MatMulNBits", [a, f"{base}_Q4A_B", f"{base}_Q4A_scales"], [f"{base}_Q4A_main"],
+                                      name=f"{base}_Q4A", domain="com.microsoft", K=k, N=cols, bits=4, block_size=block))
+        nodes.append(helper.make_node("MatMul", [sums[a], f"{base}_Q4A_offsets"], [f"{base}_Q4A_offset"],
+                                      name=f"{base}_Q4A_offset"))
+        nodes.append(helper.make_node("Add", [f"{base}_Q4A_main", f"{base}_Q4A_offset"], [out], name=f"{base}_Q4A_add"))
+    g.ClearField("node")
+    g.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def _block8_tables(proto: Any, include: list[str], block: int) -> None:

@@ -15,6 +15,11 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
   run with ``accuracy_level=4``: the input rounded to int8 per row and block of N, one
   absmax / 127 scale a block, as MLAS's CompInt8 kernels quantize A (checked against ORT
   on one layer in tests/test_llm_onnx_numerics.py);
+- int4-g32-asym linear: llama.cpp's Q4_1 grid (per block of 32 along K: ``d = (max - min) / 15``,
+  offset ``min``, ``q = min(15, floor((w - min) / d + 0.5))``), scale and offset in fp32, run
+  as a zero-point-free 4-bit ``MatMulNBits`` of ``d * (q - 8)`` plus the input's block sums
+  times ``min + 8 d`` in fp32 (``lowering._asym_blocks``): in a decoder LLM only the first
+  term rounds its input to int8 per block of 32;
 - int8 embedding: ``quantize_dynamic``'s Gather, the table as uint8 with one scale and zero point;
   int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, the rows in MLAS's symmetric blocks of 32;
 - int8 conv: ConvInteger, symmetric int8 weights with one scale (absmax / 127), the input
@@ -78,6 +83,8 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         q.weight = torch.nn.Parameter(_mlas_symmetric8(w, block), requires_grad=False)
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))
         return q
+    if not scheme.symmetric and scheme.bits == 4 and isinstance(q, torch.nn.Linear):
+        return _offset_blocks(q, w, scheme.group)
     if scheme.algorithm != "rtn":
         if weights is None:
             raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
@@ -120,6 +127,42 @@ def _asymmetric4(w: Any, group: int) -> Any:
     scale = ((hi - lo) / 15).clamp(min=1e-12)
     zero = (-lo / scale).round().clamp(0, 15)
     return (((wb / scale).round() + zero).clamp(0, 15) - zero).mul(scale).flatten(-2)
+
+
+def offset_blocks(w: Any, group: int) -> tuple[Any, Any, Any]:
+    """``w`` ([N, K]) on llama.cpp's Q4_1 grid per block of ``group`` along K, in float32:
+    the integers ``q`` ([N, K / group, group], 0..15), scales ``d`` and offsets ``m``
+    ([N, K / group]), so that ``w ≈ d * q + m``."""
+    import torch
+
+    wb = w.float().unflatten(-1, (-1, group))
+    lo, hi = wb.amin(-1), wb.amax(-1)
+    d = (hi - lo) / 15
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), torch.zeros_like(d))
+    q = torch.floor((wb - lo[..., None]) * inv[..., None] + 0.5).clamp(0, 15)
+    return q, d, lo
+
+
+def _offset_blocks(linear: Any, w: Any, group: int) -> Any:
+    """An int4-g32-asym linear as the lowering runs it: ``x' @ (d * (q - 8))ᵀ`` (``x'``: the
+    input rounded to int8 per block in a decoder LLM, else ``x``) plus ``blocksums(x) @ (m + 8 d)ᵀ``."""
+    import torch
+
+    q, d, m = offset_blocks(w, group)
+    main = ((q - 8) * d[..., None]).flatten(-2)
+    offset = m + 8 * d  # [N, K / group]
+    rounded = _DECODER_LM.get()
+    linear.weight = torch.nn.Parameter((q * d[..., None] + m[..., None]).flatten(-2), requires_grad=False)
+
+    def output(mod: Any, args: tuple[Any, ...], _out: Any) -> Any:
+        x = args[0]
+        xm = _symmetric(x, group) if rounded else x
+        sums = x.unflatten(-1, (-1, group)).sum(-1)
+        y = xm @ main.to(x.dtype).T + sums @ offset.to(x.dtype).T
+        return y if mod.bias is None else y + mod.bias
+
+    linear.register_forward_hook(output)
+    return linear
 
 
 def _uint8_codes(x: Any) -> tuple[Any, Any, Any]:
