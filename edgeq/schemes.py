@@ -97,7 +97,8 @@ CALIBRATED: tuple[Scheme, ...] = (*INT4_GPTQ.values(), *INT4_HQQ.values(), *INT4
 # Block schemes only some formats store (GGUF: llama.cpp's tensor types beyond Q8_0 / Q4_0):
 # int4 / int5 in groups of 32 with an offset (Q4_1, Q5_1) or without (Q5_0), and the
 # K-quants: super-blocks of 256 with quantized sub-block scales (int2-k … int6-k = Q2_K …
-# Q6_K). A backend offers a scheme only when it lists it in its ``SCHEMES``.
+# Q6_K). A backend offers a scheme only when it lists it in its ``SCHEMES`` (or, as ONNX
+# does int4-g32-asym for a decoder's linears, in its ``EXTRA_SCHEMES``).
 INT4_G32_ASYM = Scheme("int", 4, 32, symmetric=False)
 INT5_G32 = Scheme("int", 5, 32)
 INT5_G32_ASYM = Scheme("int", 5, 32, symmetric=False)
