@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeq.backends.onnx.blockquant import pack_nibbles
 from edgeq.errors import ExportError
 
 
@@ -34,11 +35,11 @@ def write_calibrated(proto: Any, nodes: dict[str, list[tuple[str, str]]], calibr
         ints = weights.ints.numpy().astype(np.uint8)
         rows, cols = ints.shape
         blocks = cols // weights.group
-        packed = (ints[:, 0::2] | (ints[:, 1::2] << 4)).astype(np.uint8).reshape(rows, blocks, weights.group // 2)
+        packed = pack_nibbles(ints).reshape(rows, blocks, weights.group // 2)
         z = weights.zeros.numpy().astype(np.uint8)
         if blocks % 2:
             z = np.concatenate([z, np.zeros((rows, 1), np.uint8)], axis=1)
-        zpacked = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+        zpacked = pack_nibbles(z)
         s = weights.scales.numpy().astype(np.float32)
         for old, new in ((b, packed), (scales, s), (zeros, zpacked)):
             current = numpy_helper.to_array(old)

@@ -8,6 +8,8 @@
 - ``fold_weight_transposes``: a tied LM head reads ``Transpose(embedding table)``; a head
   planned below fp32 gets the transposed table as its own initializer to quantize.
 - ``dedupe_nodes``: the float16 converter can emit the same Cast twice.
+- ``reader_counts`` / ``use_contrib_domain``: how many nodes read each value; declare the
+  ``com.microsoft`` domain for the contrib ops a rewrite added.
 """
 
 from __future__ import annotations
@@ -171,3 +173,20 @@ def op_counts(model: Any) -> dict[str, int]:
         key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def reader_counts(graph: Any) -> dict[str, int]:
+    """How many node inputs of ``graph`` read each value name."""
+    counts: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def use_contrib_domain(model: Any) -> None:
+    """Declare ONNX Runtime's ``com.microsoft`` domain (version 1) unless ``model`` already does."""
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Iterator
 
+from edgeq.backends.onnx.graph import use_contrib_domain
+
 
 class _Constants(Mapping):
     """Name → numpy value of a graph's initializers and ``Constant`` nodes, converted when
@@ -157,8 +159,7 @@ def fuse_skip_norms(proto: Any) -> int:
     nodes = [replaced.get(id(n), n) for n in g.node if id(n) not in drop]
     g.ClearField("node")
     g.node.extend(nodes)
-    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    use_contrib_domain(proto)
     return len(replaced)
 
 
@@ -251,8 +252,7 @@ def fuse_rotary(proto: Any, module: Any, max_context: int) -> int:
     nodes = [offset] + [replaced.get(id(n), n) for n in g.node if id(n) not in drop]
     g.ClearField("node")
     g.node.extend(nodes)
-    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    use_contrib_domain(proto)
     drop_unread(proto)
     return len(matches)
 

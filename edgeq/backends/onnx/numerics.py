@@ -18,7 +18,7 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
 - int4-g32-asym linear: llama.cpp's Q4_1 grid (per block of 32 along K: ``d = (max - min) / 15``,
   offset ``min``, ``q = min(15, floor((w - min) / d + 0.5))``), scale and offset in fp32, run
   as a zero-point-free 4-bit ``MatMulNBits`` of ``d * (q - 8)`` plus the input's block sums
-  times ``min + 8 d`` in fp32 (``lowering._asym_blocks``): in a decoder LLM only the first
+  times ``min + 8 d`` in fp32 (``blockquant.asym_blocks``): in a decoder LLM only the first
   term rounds its input to int8 per block of 32;
 - int8 embedding: ``quantize_dynamic``'s Gather, the table as uint8 with one scale and zero point;
   int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, the rows in MLAS's symmetric blocks of 32;
@@ -84,7 +84,7 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         q.register_forward_pre_hook(lambda _m, args: (_symmetric(args[0], block),) + tuple(args[1:]))
         return q
     if not scheme.symmetric and scheme.bits == 4 and isinstance(q, torch.nn.Linear):
-        return _offset_blocks(q, w, scheme.group)
+        return _offset_linear(q, w, scheme.group)
     if scheme.algorithm != "rtn":
         if weights is None:
             raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
@@ -143,7 +143,7 @@ def offset_blocks(w: Any, group: int) -> tuple[Any, Any, Any]:
     return q, d, lo
 
 
-def _offset_blocks(linear: Any, w: Any, group: int) -> Any:
+def _offset_linear(linear: Any, w: Any, group: int) -> Any:
     """An int4-g32-asym linear as the lowering runs it: ``x' @ (d * (q - 8))ᵀ`` (``x'``: the
     input rounded to int8 per block in a decoder LLM, else ``x``) plus ``blocksums(x) @ (m + 8 d)ᵀ``."""
     import torch
