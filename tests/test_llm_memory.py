@@ -144,12 +144,15 @@ def test_executorch_holds_one_row_of_logits_whatever_the_prompt(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_int4_decoder_linears_are_held_in_their_int8_compute_layout(tmp_path):
-    """A decoder whose int4 linears are most of its memory: ONNX Runtime holds them in the
-    layout MLAS prepacks for int8 activations (``accuracy_level=4``), larger than an
-    encoder's weight-only int4 (the encoder factor predicted SmolLM2-135M 26% low). The
-    prediction must hold against a generation measured in a fresh process, and the factor the
-    encoders use must not."""
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_onnx_decoder_linears_are_held_in_their_int8_compute_layout(tmp_path, precision):
+    """A decoder whose quantized linears are most of its memory: ONNX Runtime holds them in
+    the layout MLAS prepacks for int8 activations (``accuracy_level=4``) beside the copies
+    malloc keeps, more than an encoder's weight-only linears (the encoder factors predicted
+    SmolLM2-135M 26% low at int4, 13% low at int8). The prediction (factors fitted on
+    SmolLM2-135M itself, benchmarks/fit_onnx_lm_held.py) must hold against generations
+    measured in fresh processes on a model it was not fitted on, and the encoders' factors
+    must not."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from edgeq.llm.measure import measure_generation
@@ -159,7 +162,7 @@ def test_onnx_int4_decoder_linears_are_held_in_their_int8_compute_layout(tmp_pat
 
     torch.manual_seed(0)
     # SmolLM2-135M's blocks (hidden 576, 9 heads, 3 KV heads), 12 of them, a small vocabulary:
-    # 28 MB of int4 linears (on a 4-block model the runtime's own noise is as large as they are)
+    # 25 MB of linears at int4, 51 at int8 (on a 4-block model the runtime's own noise is as large)
     cfg = LlamaConfig(vocab_size=256, hidden_size=576, intermediate_size=1536, num_hidden_layers=12,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=256, bos_token_id=1,
                       eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
@@ -167,13 +170,16 @@ def test_onnx_int4_decoder_linears_are_held_in_their_int8_compute_layout(tmp_pat
     AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(lm_dir)
     tiny_lms.tokenizer().save_pretrained(lm_dir)
     out = tmp_path / "art"
-    proc = run_cli("export", str(lm_dir), "-t", "x86", "-p", "int4", "--max-context", "256", "--samples", "2",
+    proc = run_cli("export", str(lm_dir), "-t", "x86", "-p", precision, "--max-context", "256", "--samples", "2",
                    "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    measured = measure_generation(out, prompt_tokens=32, new_tokens=32)["memory"]["model_attributable_bytes"]
+    # ONNX Runtime's footprint is bimodal (this model at int4: ~61 MiB in 2 of 8 fresh processes,
+    # ~76 in the others); the prediction is of the high mode, the one a budget must hold
+    measured = max(measure_generation(out, prompt_tokens=32, new_tokens=32)["memory"]["model_attributable_bytes"]
+                   for _ in range(4))
     est = predict_lm_peak(out, context=64, prompt_tokens=32)
     error = (est.total_bytes - measured) / measured
-    print(f"int4 decoder: predicted {est.total_bytes / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB ({error:+.1%})")
+    print(f"{precision} decoder: predicted {est.total_bytes / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB ({error:+.1%})")
     assert est.weights_bytes >= 0.5 * est.total_bytes, est  # the linears dominate
     assert abs(error) <= TOLERANCE, est
     # The encoder's weight-only factor on the same linears misses by more than the tolerance.
@@ -184,7 +190,7 @@ def test_onnx_int4_decoder_linears_are_held_in_their_int8_compute_layout(tmp_pat
     manifest = json.loads((out / "manifest.json").read_text())
     schemes = manifest["precision"]["layers"]
     linears = [x for x in layers_from_json(manifest["precision"]["inventory"])
-               if x.kind == "linear" and schemes.get(x.fqn, "fp32").startswith("int4")]
+               if x.kind == "linear" and schemes.get(x.fqn, "fp32").startswith(precision)]
     assert linears
     extra = sum(held_bytes(x, parse(schemes[x.fqn]), decoder_lm=True) - held_bytes(x, parse(schemes[x.fqn]))
                 for x in linears)

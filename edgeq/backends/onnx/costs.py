@@ -39,14 +39,24 @@ EXECUTION_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 LINEAR_HELD = {"fp32": 1.00, "fp32-bias": 1.61, "int8": 1.71, "int4": 1.64}
-# A decoder LLM's int4 linears compute with int8 activations (``accuracy_level=4``), for which
-# MLAS prepacks another layout: per block the 4-bit values, an fp32 scale and an fp32 block
-# sum, beside the initializer ORT keeps. Held bytes per stored byte after the first run, by
-# group, measured 2026-12-02 on one 4096x8192 MatMulNBits in a fresh process (ONNX Runtime
-# 1.31, CPU EP): 2.34 / 2.16 / 2.05 at g32 / g64 / g128 (weight-only int4 there: 1.75).
-# SmolLM2-135M at int4-g32 measured 232 MB over the baseline after load, predicted 171 MB
-# with the encoder factor and 228 MB with these.
-LM_INT4_LINEAR_HELD = {32: 2.34, 64: 2.16, 128: 2.05}
+# A decoder LLM's weights as ONNX Runtime holds them, per stored byte, in the high mode of its
+# bimodal footprint (the one a budget must hold): its quantized linears compute with int8
+# activations (accuracy_level=4), for which MLAS prepacks another layout beside the copy it
+# made of the initializer; SmolLM2's hundreds of sub-MB tensors leave their freed copies with
+# malloc (one 4096x8192 layer alone returns them to the system, so single large layers measure
+# other factors). Fitted by benchmarks/fit_onnx_lm_held.py on whole SmolLM2-135M-sized models
+# (fit rows: the full model and its first 15 blocks at uniform and mixed schemes, the highest
+# of 10 fresh processes each; held out: edgeq's budgeted plan, +6.3%), results/onnx_lm_held.json.
+# Calibrated schemes (GPTQ, HQQ) store the RTN scheme's layout and take its factor.
+# int4-g128 and int8 (blocks of 128) have no fit row: they take int4-g64's and int8-g32's factors
+# (g64 fitted 2.11 beside g32's 2.05).
+LM_LINEAR_HELD = {"int8-g32": 2.12, "int8": 2.12, "int4-g32": 2.05, "int4-g64": 2.11, "int4-g128": 2.11,
+                  "int4-g32-asym": 1.81}
+# A tied head: at a quantized scheme its table shares (llm_tied), the head's MatMulNBits reads
+# the table's tensor and ONNX Runtime holds the head's prepacked copy and a copy for the
+# table's Reshape; at fp32 the head's Transpose folds into a copy MLAS packs again. Held
+# beside the table's own 1x, per stored byte of the table, by the head's precision.
+LM_TIED_HEAD_HELD = {"int8": 1.77, "int4": 1.61, "fp32": 1.93}
 
 
 def stored_bytes(layer: Any, scheme: Scheme) -> int:
@@ -82,11 +92,15 @@ def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm:
     held = runtime_bytes(layer, scheme)
     if layer.kind == "embedding":
         return held
-    if decoder_lm and layer.kind == "linear" and scheme.is_quantized and scheme.bits == 4:
-        if not scheme.symmetric:  # the 4-bit MatMulNBits prepacked; the fp32 offsets as they are
-            offsets = layer.params // scheme.group * 4
-            return int((held - offsets) * LM_INT4_LINEAR_HELD[scheme.group]) + offsets
-        return int(held * LM_INT4_LINEAR_HELD[scheme.group])
+    if decoder_lm and layer.kind == "linear":
+        from edgeq.backends.onnx.llm_tied import shares_table
+        from edgeq.schemes import rtn_of
+
+        if getattr(layer, "tied", "") and (scheme.is_float and scheme.bits == 32 or shares_table(scheme)):
+            return int(held * LM_TIED_HEAD_HELD[scheme.precision])
+        factor = LM_LINEAR_HELD.get(rtn_of(scheme).name) if scheme.is_quantized else None
+        if factor is not None:
+            return int(held * factor)
     key = "fp32" if scheme.is_float else f"int{scheme.bits}"
     if key == "fp32" and (getattr(layer, "bias", True) if bias is None else bias):
         key = "fp32-bias"
