@@ -195,3 +195,41 @@ def test_onnx_decoder_linears_are_held_in_their_int8_compute_layout(tmp_path, pr
     extra = sum(held_bytes(x, parse(schemes[x.fqn]), decoder_lm=True) - held_bytes(x, parse(schemes[x.fqn]))
                 for x in linears)
     assert abs(est.total_bytes - extra - measured) / measured > TOLERANCE
+
+
+@pytest.mark.slow
+def test_executorch_fp32_tied_head_is_packed_again_at_the_first_run(tmp_path):
+    """An fp32 tied LM head as large as SmolLM2-135M's (49152 x 576, 108 MiB): XNNPACK packs its
+    weight once more when the program first runs, so a generation holds it twice. A one-block
+    model with that vocabulary (the head is most of it) must be predicted within the goal, and
+    counting the head once must miss it."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from edgeq.backends.executorch.costs import held_bytes
+    from edgeq.llm.measure import measure_generation
+    from edgeq.llm.memory import predict_lm_peak
+    from edgeq.planning.inventory import layers_from_json
+    from edgeq.schemes import FP32
+
+    import torch
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=512, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
+    lm_dir = tmp_path / "llama"
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(lm_dir)
+    tiny_lms.tokenizer().save_pretrained(lm_dir)
+    out = tmp_path / "art"
+    proc = run_cli("export", str(lm_dir), "-t", "x86-executorch", "-p", "fp32", "--max-context", "128",
+                   "--samples", "1", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    measured = measure_generation(out, prompt_tokens=32, new_tokens=32)["memory"]["model_attributable_bytes"]
+    est = predict_lm_peak(out, context=64, prompt_tokens=32)
+    error = (est.total_bytes - measured) / measured
+    print(f"fp32 tied head: predicted {est.total_bytes / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB ({error:+.1%})")
+    assert abs(error) <= TOLERANCE, est
+    manifest = json.loads((out / "manifest.json").read_text())
+    head = next(x for x in layers_from_json(manifest["precision"]["inventory"]) if x.tied)
+    once = held_bytes(head, FP32) - held_bytes(head, FP32, decoder_lm=True)
+    assert abs(est.total_bytes + once - measured) / measured > TOLERANCE
