@@ -70,11 +70,16 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                  and "peak_rss_bytes" in r]
 
     def err(r: dict) -> float:  # the part the model adds to its runtime's baseline, as edgeq.llm.measure reports it
-        return r["predicted_above_base"] / (r["peak_rss_bytes"] - r["baseline_rss_bytes"]) - 1
+        # the highest of the row's fresh processes when it has several (ONNX Runtime's footprint is
+        # bimodal per process; the prediction is of the high mode, the one a budget must hold)
+        measured = max(r.get("above_base_runs") or [r["peak_rss_bytes"] - r["baseline_rss_bytes"]])
+        return r["predicted_above_base"] / measured - 1
 
     if predicted:
         worst = max(predicted, key=lambda r: abs(err(r)))
-        add("memory prediction within +-10% of the measured peak above the runtime's baseline",
+        runs = sorted({len(r.get("above_base_runs") or [1]) for r in predicted})
+        add("memory prediction within +-10% of the measured peak above the runtime's baseline"
+            + (f" (highest of {'/'.join(map(str, runs))} fresh processes)" if runs != [1] else ""),
             abs(err(worst)) <= MEMORY_TOLERANCE,
             f"worst {worst['row']}: {err(worst):+.1%} ({', '.join(f'{err(r):+.1%}' for r in predicted)})")
     else:

