@@ -40,6 +40,20 @@ def _lm_dir(path: Path, layers: int) -> Path:
     return path
 
 
+def _smollm2_blocks(path: Path, layers: int, vocab: int, positions: int) -> Path:
+    """A random model of SmolLM2-135M's blocks (hidden 576, 9 heads, 3 KV heads, tied head)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=positions, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(path)
+    tiny_lms.tokenizer().save_pretrained(path)
+    return path
+
+
 # The ExecuTorch model lowers in 1-2 min (its static cache): it runs with the slow tests.
 @pytest.fixture(scope="module", params=["x86", pytest.param("x86-executorch", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory) -> tuple[Path, str]:
@@ -153,22 +167,12 @@ def test_onnx_decoder_linears_are_held_in_their_int8_compute_layout(tmp_path, pr
     SmolLM2-135M itself, benchmarks/fit_onnx_lm_held.py) must hold against generations
     measured in fresh processes on a model it was not fitted on, and the encoders' factors
     must not."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from edgeq.llm.measure import measure_generation
     from edgeq.llm.memory import predict_lm_peak
 
-    import torch
-
-    torch.manual_seed(0)
-    # SmolLM2-135M's blocks (hidden 576, 9 heads, 3 KV heads), 12 of them, a small vocabulary:
-    # 25 MB of linears at int4, 51 at int8 (on a 4-block model the runtime's own noise is as large)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=576, intermediate_size=1536, num_hidden_layers=12,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=256, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
-    lm_dir = tmp_path / "llama"
-    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(lm_dir)
-    tiny_lms.tokenizer().save_pretrained(lm_dir)
+    # SmolLM2-135M's blocks, 12 of them, a small vocabulary: 25 MB of linears at int4, 51 at int8
+    # (on a 4-block model the runtime's own noise is as large)
+    lm_dir = _smollm2_blocks(tmp_path / "llama", layers=12, vocab=256, positions=256)
     out = tmp_path / "art"
     proc = run_cli("export", str(lm_dir), "-t", "x86", "-p", precision, "--max-context", "256", "--samples", "2",
                    "-o", str(out))
@@ -203,23 +207,13 @@ def test_executorch_fp32_tied_head_is_packed_again_at_the_first_run(tmp_path):
     weight once more when the program first runs, so a generation holds it twice. A one-block
     model with that vocabulary (the head is most of it) must be predicted within the goal, and
     counting the head once must miss it."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from edgeq.backends.executorch.costs import held_bytes
     from edgeq.llm.measure import measure_generation
     from edgeq.llm.memory import predict_lm_peak
     from edgeq.planning.inventory import layers_from_json
     from edgeq.schemes import FP32
 
-    import torch
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=512, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.02)
-    lm_dir = tmp_path / "llama"
-    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(lm_dir)
-    tiny_lms.tokenizer().save_pretrained(lm_dir)
+    lm_dir = _smollm2_blocks(tmp_path / "llama", layers=1, vocab=49152, positions=512)
     out = tmp_path / "art"
     proc = run_cli("export", str(lm_dir), "-t", "x86-executorch", "-p", "fp32", "--max-context", "128",
                    "--samples", "1", "-o", str(out))
