@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -142,30 +143,34 @@ def export(hf: Path, linear: str, table: str, out: Path) -> Path:
     return out
 
 
-def families(art: Path) -> dict[str, int]:
+def planned(art: Path) -> list[tuple[Any, Any]]:
+    """``(layer, scheme)`` for every layer the artifact's manifest gives a scheme (unused ones left out)."""
+    from edgeq.artifact import load_manifest
+    from edgeq.planning.inventory import layers_from_json
+    from edgeq.schemes import applied
+
+    manifest = load_manifest(art)
+    names = manifest.precision.layers
+    layers = layers_from_json([r.model_dump() for r in manifest.precision.inventory])
+    return [(x, s) for x in layers if (s := applied(names.get(x.fqn, "fp32"))) is not None]
+
+
+def families(plan: list[tuple[Any, Any]]) -> dict[str, int]:
     """Stored bytes by fitted family: ``linear:<scheme>`` (untied linears), ``tied:<scheme>``
     (the table with its tied head at the same scheme: the table's stored bytes; ONNX stores
     them as one tensor when quantized, and ONNX Runtime folds an fp32 head's Transpose into a
     copy), ``table:<scheme>`` (a table whose head is not tied or has another scheme)."""
-    from edgeq.artifact import load_manifest
     from edgeq.backends.onnx.costs import stored_bytes
-    from edgeq.planning.inventory import layers_from_json
-    from edgeq.schemes import applied, rtn_of
+    from edgeq.schemes import rtn_of
 
-    manifest = load_manifest(art)
-    layers = layers_from_json([r.model_dump() for r in manifest.precision.inventory])
-    names = manifest.precision.layers
+    scheme = {x.fqn: s for x, s in plan}
+    heads = {x.tied: x.fqn for x, _ in plan if x.tied}
     out: dict[str, int] = {}  # calibrated schemes (GPTQ, HQQ) store their RTN scheme's layout
-    for x in layers:
-        s = applied(names.get(x.fqn, "fp32"))
-        if s is None:
-            continue
-        if x.tied and s == applied(names.get(x.tied, "fp32")):
+    for x, s in plan:
+        if x.tied and s == scheme.get(x.tied):
             continue  # held with its table
         if x.kind == "embedding":
-            head = next((h for h in layers if h.tied == x.fqn), None)
-            key = f"tied:{rtn_of(s).name}" if head is not None and applied(names.get(head.fqn, "fp32")) == s \
-                else f"table:{rtn_of(s).name}"
+            key = f"{'tied' if scheme.get(heads.get(x.fqn, '')) == s else 'table'}:{rtn_of(s).name}"
         else:
             key = f"linear:{rtn_of(s).name}"
         out[key] = out.get(key, 0) + stored_bytes(x, s)
@@ -173,9 +178,11 @@ def families(art: Path) -> dict[str, int]:
 
 
 def measure(art: Path, repeats: int) -> dict:
+    from edgeq.backends.onnx import costs
     from edgeq.llm.measure import measure_generation
     from edgeq.llm.memory import predict_lm_peak
 
+    plan = planned(art)
     got = sorted(measure_generation(art, prompt_tokens=PROMPT, new_tokens=NEW)["memory"]["model_attributable_bytes"]
                  for _ in range(repeats))
     est = predict_lm_peak(art, context=PROMPT + NEW, prompt_tokens=PROMPT)
@@ -183,12 +190,14 @@ def measure(art: Path, repeats: int) -> dict:
     return {"measured_mib": got[-1] / MIB, "low_mode_mib": got[0] / MIB, "all_mib": [g / MIB for g in got],
             "predicted_mib": est.total_bytes / MIB, "rest_mib": rest / MIB,
             "weights_held_mib": (got[-1] - rest) / MIB, "weights_predicted_mib": est.weights_bytes / MIB,
-            "families": families(art)}
+            "families": families(plan),
+            # the planned layers' held bytes with the factors edgeq ships
+            "family_predicted_mib": sum(costs.held_bytes(x, s, bool(x.bias), decoder_lm=True) for x, s in plan) / MIB}
 
 
 def nonlayer_mib(row: dict) -> float:
-    """The held weights the families do not cover (norms, fp32 layers): as predicted."""
-    return row["weights_predicted_mib"] - row.get("family_predicted_mib", 0.0)
+    """The held weights the families do not cover (norms, biases outside the inventory): as predicted."""
+    return row["weights_predicted_mib"] - row["family_predicted_mib"]
 
 
 def main() -> None:
@@ -216,18 +225,6 @@ def main() -> None:
     for art in args.held_out:
         log(f"{art.name}: measure")
         rows.append({"role": "held-out", "row": art.name, "artifact": str(art), **measure(art, args.repeats)})
-    # each row's predicted held bytes per family, with the factors edgeq ships
-    from edgeq.artifact import load_manifest
-    from edgeq.planning.inventory import layers_from_json
-    from edgeq.schemes import applied
-
-    for r in rows:
-        manifest = load_manifest(Path(r["artifact"]))
-        layers = layers_from_json([x.model_dump() for x in manifest.precision.inventory])
-        names = manifest.precision.layers
-        r["family_predicted_mib"] = sum(
-            costs.held_bytes(x, s, bool(x.bias), decoder_lm=True) for x in layers
-            if (s := applied(names.get(x.fqn, "fp32"))) is not None) / MIB
     known = {"linear:fp32": costs.LINEAR_HELD["fp32"]}  # not separable from one table: the encoder fit's
     fit = [r for r in rows if r["role"] == "fit"]
     keys = sorted({k for r in fit for k in r["families"]} - set(known))

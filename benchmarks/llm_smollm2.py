@@ -119,23 +119,29 @@ def memory_runs(row: dict, spec_file: Path, out: Path, repeats: int) -> list[int
     return runs
 
 
+def predict(row: dict) -> None:
+    """edgeq's prediction for a measured edgeq row's scenario (its prompt, then its decode
+    steps), from the artifact's manifest."""
+    from edgeq.llm.memory import predict_lm_peak
+
+    est = predict_lm_peak(row["artifact"], row["prefill_tokens"] + row["decode_tokens"],
+                          prompt_tokens=row["prefill_tokens"])
+    row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
+
+
 def remeasure_memory(json_out: Path, only: str, spec_file: Path, work: Path, repeats: int) -> None:
     """``--memory-only``: the memory runs of the edgeq rows matching ``only`` in an earlier
     result, measured again (``above_base_runs``), and edgeq's prediction for them made again by
     this edgeq (``predicted_above_base``; the earlier one kept as ``predicted_above_base_before``);
     the rest of each row unchanged."""
-    from edgeq.llm.memory import predict_lm_peak
-
     result = json.loads(json_out.read_text())
     for i, row in enumerate(result["rows"]):
         if row["kind"] == "edgeq" and re.search(only, row["row"]) and "peak_rss_bytes" in row:
             log(f"memory of {row['row']}: {repeats} fresh processes")
             row["above_base_runs"] = memory_runs(row, spec_file, work / f"memory-{i}.json", repeats)
             row["above_base_runs_measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            est = predict_lm_peak(row["artifact"], row["prefill_tokens"] + row["decode_tokens"],
-                                  prompt_tokens=row["prefill_tokens"])
             row.setdefault("predicted_above_base_before", row.get("predicted_above_base"))
-            row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
+            predict(row)
     result["goals"] = goals(result)
     json_out.write_text(json.dumps(result, indent=1) + "\n")
     print_table(result)
@@ -219,7 +225,6 @@ def main() -> None:
     import transformers
 
     from edgeq.llm.costs import LMShape, kv_cache_bytes
-    from edgeq.llm.memory import predict_lm_peak
     from edgeq.llm.perplexity import added_bos, eager_perplexity, heldout_text, heldout_windows, hf_tokenize
 
     gguf_dir = _package_dir()
@@ -393,9 +398,8 @@ def main() -> None:
             row["error"] = f"measure: {exc}"[:300]
             log(f"{row['row']}: {row['error']}")
             continue
-        if row["kind"] == "edgeq":  # edgeq's prediction for this scenario, from the artifact's manifest
-            est = predict_lm_peak(row["artifact"], len(prompt) + NEW_TOKENS, prompt_tokens=len(prompt))
-            row["predicted_peak_rss"], row["predicted_above_base"] = est.peak_rss_bytes, est.total_bytes
+        if row["kind"] == "edgeq":
+            predict(row)
             row["above_base_runs"] = memory_runs(row, spec_file, work / f"memory-{i}.json", args.memory_repeats)
         position = len(prompt) + NEW_TOKENS // 2  # mean cache length over the decode steps
         kv = kv_cache_bytes(shape, position, row["kv_dtype"]) + kv_cache_bytes(shape, 1, row["kv_dtype"])

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from edgeq.backends import LAST_POSITION, FileOverhead, LMMemoryTerms, MemoryTerms
-from edgeq.schemes import Scheme
+from edgeq.schemes import FP32, Scheme
 
 
 def stored_bytes(layer: Any, scheme: Scheme) -> int:
@@ -36,7 +36,7 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
 
 
 def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm: bool = False) -> int:
-    if decoder_lm and getattr(layer, "tied", "") and scheme.is_float and scheme.bits == 32:
+    if decoder_lm and getattr(layer, "tied", "") and scheme == FP32:
         # XNNPACK packs an fp32 tied LM head's weight once more at the first run (measured
         # 2026-12-04: SmolLM2-135M fp32 +107.5 MiB and a one-block model with its vocabulary
         # +107.7 MiB between load and the end of a 35-token prompt + 64 steps, the head being

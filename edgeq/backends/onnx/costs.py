@@ -28,7 +28,8 @@ import math
 from typing import Any
 
 from edgeq.backends import KV_STATIC, FileOverhead, LMMemoryTerms, MemoryTerms
-from edgeq.schemes import Scheme
+from edgeq.backends.onnx.llm_tied import shares_table
+from edgeq.schemes import FP32, Scheme, rtn_of
 
 INT8_BLOCK = 128  # int8's default kernel: 8-bit MatMulNBits at blocks of 128 (int8-g32: at 32)
 MATMUL_INTEGER = "matmulinteger"  # int8@matmulinteger: quantize_dynamic's per-channel MatMulInteger
@@ -93,10 +94,7 @@ def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm:
     if layer.kind == "embedding":
         return held
     if decoder_lm and layer.kind == "linear":
-        from edgeq.backends.onnx.llm_tied import shares_table
-        from edgeq.schemes import rtn_of
-
-        if getattr(layer, "tied", "") and (scheme.is_float and scheme.bits == 32 or shares_table(scheme)):
+        if getattr(layer, "tied", "") and (scheme == FP32 or shares_table(scheme)):
             return int(held * LM_TIED_HEAD_HELD[scheme.precision])
         factor = LM_LINEAR_HELD.get(rtn_of(scheme).name) if scheme.is_quantized else None
         if factor is not None:
