@@ -197,13 +197,20 @@ def export(
         info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
 
     be = get_backend(tgt.format)
+    from edgeq.algorithms.smooth import SMOOTHQUANT, smooth_encoder
+
+    methods = (SMOOTHQUANT,) if algorithms is None or SMOOTHQUANT in algorithms else ()
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
         def lower(plan: Any) -> Any:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            return be.lower(loaded, tgt, plan, scratch, steps, strict, resolved.profile)
+            # per-tensor int8 linears read their input divided by a searched scale (the same function)
+            smoothed, record = smooth_encoder(loaded, plan.schemes, be, steps, methods)
+            lowered = be.lower(smoothed, tgt, plan, scratch, steps, strict, resolved.profile)
+            lowered.smoothing = record
+            return lowered
 
         def measure(lowered: Any) -> tuple[int, int]:
             return lowered.model_file.stat().st_size, _predict_memory(prepared, lowered).total_bytes
@@ -408,6 +415,7 @@ def _manifest(loaded: Any, resolved: Any, precision: str, plan: Any, lowered: An
             "layers": lowered.layer_schemes,
             "notes": plan.reasons,
             "algorithms": lowered.algorithms or None,
+            "smoothing": lowered.smoothing,
         },
         "sizes": {
             "fp32_weight_bytes": fp32_size,

@@ -78,6 +78,9 @@ class Precision(Strict):
     inventory: list[LayerRecord] | None  # None: schema-1 artifacts written before it was recorded
     # fqn → the calibrated algorithm that chose its values and the data it used (absent: RTN everywhere)
     algorithms: dict[str, dict[str, Any]] | None = None
+    # edgeq.algorithms.smooth.smooth_encoder: the explicit input divisions made before per-tensor
+    # int8 linears (None: not tried: no linear at such a scheme, RTN only, or from before edgeq did)
+    smoothing: dict[str, Any] | None = None
 
 
 class Sizes(Strict):

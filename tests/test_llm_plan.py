@@ -109,14 +109,14 @@ def test_algorithms_choose_the_exports_activation_aware_scales(lm_dir, tmp_path)
     assert m.llm.smoothing is None
 
 
-def test_smoothquant_is_refused_for_a_model_that_is_not_a_decoder(tiny_bert_dir, tmp_path):
+def test_rotation_is_refused_for_a_model_that_is_not_a_decoder(tiny_bert_dir, tmp_path):
     r = cli_here("plan", str(tiny_bert_dir), "--target", "x86", "--seq-len", "32", "--budget", "1MB",
-                 "--algorithms", "smoothquant")
+                 "--algorithms", "rotation")
     assert r.returncode == 2, r.stderr
-    assert "smoothquant applies to decoder LLMs only" in r.stderr and "Traceback" not in r.stderr
-    r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--seq-len", "32", "--algorithms", "smoothquant",
+    assert "rotation applies to decoder LLMs only" in r.stderr and "Traceback" not in r.stderr
+    r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--seq-len", "32", "--algorithms", "rotation",
                  "-o", str(tmp_path / "x"))
-    assert r.returncode == 2 and "smoothquant applies to decoder LLMs only" in r.stderr, r.stderr
+    assert r.returncode == 2 and "rotation applies to decoder LLMs only" in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
     r = cli_here("export", str(tiny_bert_dir), "--target", "x86", "--algorithms", "gptqq", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown algorithm 'gptqq'" in r.stderr, r.stderr

@@ -36,7 +36,8 @@ def _one_linear_in_ort(linear, scheme):
     return (lambda x: session.run(None, {"x": x})[0]), {n.op_type for n in proto.graph.node}, proto
 
 
-KERNELS = [("int8@matmulinteger", "MatMulInteger"), ("int8", "MatMulNBits"), ("int8-g32", "MatMulNBits")]
+KERNELS = [("int8@matmulinteger", "MatMulInteger"), ("int8@matmulinteger7", "MatMulInteger"), ("int8", "MatMulNBits"),
+           ("int8-g32", "MatMulNBits")]
 
 
 @pytest.mark.parametrize("name,op", KERNELS)
@@ -82,7 +83,7 @@ def test_int8_kernel_bytes_match_the_lowered_initializers():
     be = get_backend("onnx")
     linear = torch.nn.Linear(200, 48, bias=False)  # K not a multiple of 128: the last block is padded
     layer = layer_inventory(torch.nn.Sequential(linear))[0]
-    for name in ("int8@matmulinteger", "int8", "int8-g32"):
+    for name in ("int8@matmulinteger", "int8@matmulinteger7", "int8", "int8-g32"):
         scheme = parse(name)
         if not layer.fits(scheme):
             continue
@@ -108,7 +109,8 @@ def test_each_backend_offers_and_refuses_kernels_as_it_stores_them():
     linear = LayerInfo("l", "linear", (64, 256), 64 * 256)
     embedding = LayerInfo("e", "embedding", (100, 64), 6400)
     onnx_be = get_backend("onnx")
-    assert [s.name for s in onnx_be.extra_schemes(linear, ["int8"])] == ["int8@matmulinteger", "int8-g32"]
+    assert [s.name for s in onnx_be.extra_schemes(linear, ["int8"])] == ["int8@matmulinteger", "int8@matmulinteger7",
+                                                                          "int8-g32"]
     assert onnx_be.extra_schemes(linear, ["int4"]) == []  # the target does not allow int8
     # a decoder LLM's lowering ships one kernel per scheme; its linears and table take 8-bit blocks of 32
     assert [s.name for s in onnx_be.extra_schemes(linear, ["int8"], decoder_lm=True)] == ["int8-g32"]

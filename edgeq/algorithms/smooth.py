@@ -28,6 +28,16 @@ is added:
 - o_proj into v_proj's output rows, one ``s`` per value channel shared by the query heads
   that read it (grouped-query attention).
 
+A BERT-style encoder's linears read what no op can take the division exactly: q/k/v and
+intermediate.dense read a post-norm LayerNorm's output, which the residual also reads, and
+output.dense reads GELU's. Its folds (``kind="input"``, ``encoder_folds``) divide the input
+explicitly: one ``Div`` by a constant vector before the linears of a fold (q/k/v share it:
+the ONNX lowering merges their equal divisions, ``graph.merge_equal_scalings``, so one
+DynamicQuantizeLinear still serves the three). They are made for ONNX Runtime's
+``MatMulInteger`` linears (``int8@matmulinteger``: one uint8 scale per tensor, which an
+outlier channel spends) by ``EncoderSmoothing``; a vector division costs a fraction of a
+percent of the linear it precedes.
+
 The statistics (``max|x_j|``, ``mean|x_j|``) and the sampled inputs come from the calibration
 text (never the perplexity text), one forward of the fp32 model over it in sequences of up
 to ``SEQUENCE`` tokens. A fold is made only where every linear reading that input is at a
@@ -54,7 +64,7 @@ NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "Smol
 @dataclass(frozen=True)
 class Fold:
     source: str  # the module whose output the linears read
-    kind: str  # "norm" | "rows" (up_proj → down_proj) | "value" (v_proj → o_proj)
+    kind: str  # "norm" | "rows" (up_proj → down_proj) | "value" (v_proj → o_proj) | "input" (an explicit Div)
     linears: tuple[str, ...]
 
 
@@ -100,7 +110,31 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
     head_name = next((n for n, m in modules.items() if m is head), None)
     if final is not None and head_name is not None:
         norm(final, (head_name,))
+    out += encoder_folds(module)
     return out, skipped
+
+
+def encoder_folds(module: Any) -> list[Fold]:
+    """A BERT-style encoder's folds (``kind="input"``): per layer the q/k/v of its
+    ``attention.self`` (one shared scale), ``intermediate.dense`` and ``output.dense``.
+    Each fold's ``source`` names where the division sits (the attention block, or the
+    linear itself)."""
+    from torch import nn
+
+    modules = dict(module.named_modules())
+    out: list[Fold] = []
+    for name in modules:
+        if not name.endswith(".attention.self"):
+            continue
+        qkv = tuple(f"{name}.{p}" for p in ("query", "key", "value"))
+        if not all(isinstance(modules.get(f), nn.Linear) for f in qkv):
+            continue
+        out.append(Fold(name, "input", qkv))
+        layer = name.removesuffix(".attention.self")
+        for f in (f"{layer}.intermediate.dense", f"{layer}.output.dense"):
+            if isinstance(modules.get(f), nn.Linear):
+                out.append(Fold(f, "input", (f,)))
+    return out
 
 
 @dataclass
@@ -121,6 +155,7 @@ SEQUENCE = 512  # calibration sentences joined into sequences of this many token
 ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9)  # SmoothQuant's migration strength, searched per fold
 AWQ_ALPHAS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # AWQ's exponent of mean|x|, searched per fold beside them
 SMOOTHQUANT, AWQ = "smoothquant", "awq"
+ENCODER_SAMPLES = 64  # calibration inputs an encoder's input folds are measured on
 METHODS = (SMOOTHQUANT, AWQ)  # what ``--algorithms`` names to offer each
 CANDIDATES: tuple[tuple[str, float], ...] = (*((SMOOTHQUANT, a) for a in ALPHAS), *((AWQ, a) for a in AWQ_ALPHAS))
 
@@ -131,15 +166,16 @@ def methods_offered(algorithms: list[str] | None) -> tuple[str, ...]:
     return METHODS if algorithms is None else tuple(m for m in METHODS if m in algorithms)
 
 
-def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]]) -> Statistics:
+def statistics(module: Any, linears: list[str], rows: list[tuple[Any, ...]], trim: bool = True) -> Statistics:
     """One fp32 forward of ``module`` over each of ``rows`` (calibration ids), recording what
-    each named linear reads."""
+    each named linear reads. ``trim``: cut each row to its real tokens first (False: as the
+    artifact runs them, padding included: a per-tensor int8 input's range spans it too)."""
     import torch
 
     from edgeq.algorithms.calibrated import _trimmed
 
     modules = dict(module.named_modules())
-    rows = [_trimmed(r) for r in rows]
+    rows = [_trimmed(r) for r in rows] if trim else list(rows)
     total = sum(int(r[0].numel()) for r in rows)
     stride = max(1, -(-total // SAMPLE_TOKENS))
     absmax: dict[str, Any] = {}
@@ -250,7 +286,7 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
     chosen: list[tuple[Fold, tuple[str, float]]] = []
     for fold in plan:
         why = next((f"{f}: {w}" for f in fold.linears if (w := takes(f))), "")
-        if not why and fold.kind != "norm" and (w := keeps(fold.source)):
+        if not why and fold.kind in ("rows", "value") and (w := keeps(fold.source)):
             why = f"{fold.source}: {w}"
         if not why and any(f not in stats.absmax for f in fold.linears):
             why = "no calibration statistics for its linears"
@@ -275,6 +311,10 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
             for f in fold.linears:
                 lin = copied[f]
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
+                if fold.kind == "input":
+                    divide_input(lin, s)
+            if fold.kind == "input":
+                continue
             src = copied[fold.source]
             inv = (1 / _per_row(out, fold, s)).to(src.weight.dtype)
             if fold.kind == "norm":
@@ -293,6 +333,21 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
 def _scale(x: Any, w: Any, alpha: float) -> Any:
     s = x.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-4, max=1e4)
+
+
+INPUT_DIVISOR = "edgeq_input_divisor"  # the buffer an "input" fold's linear divides its input by
+
+
+def divide_input(linear: Any, s: Any) -> None:
+    """``linear`` divides its input by ``s`` (per input channel) before its own computation: a
+    buffer and a forward pre-hook, which the exporters trace as one ``Div`` (hooks survive
+    ``copy.deepcopy``)."""
+    linear.register_buffer(INPUT_DIVISOR, s.detach().clone().to(linear.weight.dtype))
+    linear.register_forward_pre_hook(_divided)
+
+
+def _divided(m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0] / getattr(m, INPUT_DIVISOR),) + tuple(args[1:])
 
 
 def _value_scale(module: Any, fold: Fold, x: Any, w: Any, alpha: float) -> Any:
@@ -400,6 +455,61 @@ class PlanSmoothing:
                   "searched": {m: [a for c, a in CANDIDATES if c == m] for m in self.methods},
                   "folds": made, "skipped": skipped}
         return module, record
+
+
+def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: Any,
+                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> tuple[Any, dict[str, Any] | None]:
+    """``loaded`` with its encoder's ``"input"`` folds made where every linear of the fold is
+    at a scheme of ``backend.ENCODER_SMOOTHS`` (round-to-nearest; the input rounded per
+    tensor), and the manifest's record (``precision.smoothing``); ``loaded`` and None when
+    no fold applies or ``methods`` is empty. The scale of each fold is searched as for a
+    decoder (``choose_scale``: none wins ties) on the calibration rows through the format's
+    stand-ins of the planned schemes."""
+    from dataclasses import replace
+
+    from edgeq.algorithms.calibrated import calibration_source
+
+    smooths = getattr(backend, "ENCODER_SMOOTHS", ())
+    module = loaded.module
+
+    def takes(fqn: str) -> str:
+        sch = schemes.get(fqn)
+        if sch is None or not sch.is_quantized:
+            return "not quantized"
+        if sch.algorithm != "rtn":
+            return f"{sch.name}'s values were chosen for its unscaled input"
+        if sch.name not in smooths:
+            return f"{sch.name} does not round its input to one scale per tensor"
+        return ""
+
+    plan = [f for f in encoder_folds(module) if all(not takes(x) for x in f.linears)]
+    if not plan or not methods:
+        return loaded, None
+    source = calibration_source(loaded)
+    if source is None:
+        steps.note("no smoothing of the int8 inputs of the MatMulInteger linears: the model has no calibration "
+                   "data (pass --calib)")
+        return loaded, None
+    with steps.step("Smoothing the inputs of the per-tensor int8 linears (calibration data)") as info:
+        linears = sorted({x for f in plan for x in f.linears})
+        # untrimmed: at run time the padding's activations share each input's one scale
+        stats = statistics(module, linears, loaded.make_inputs("calib", ENCODER_SAMPLES), trim=False)
+        modules = dict(module.named_modules())
+
+        def quantize(linear: Any, fqn: str) -> Any:
+            return backend.stand_in(linear, schemes[fqn])
+
+        wanted = {f.source for f in plan}
+        smoothed_module, made, skipped = smoothed(
+            module, stats, lambda fqn: takes(fqn) or ("" if any(fqn in f.linears for f in plan) else "not planned"),
+            lambda fold: choose_scale(fold, stats, modules, quantize, module, methods) if fold.source in wanted else None)
+        skipped = {k: v for k, v in skipped.items() if k in wanted}
+        info.detail = f"{len(made)} of {len(plan)} folds made, {stats.tokens} tokens"
+    record = {"method": "activation-aware scaling (explicit input division)", "revision": REVISION,
+              "calibration": source, "tokens": stats.tokens, "sha256": stats.digest,
+              "searched": {m: [a for c, a in CANDIDATES if c == m] for m in methods},
+              "folds": made, "skipped": skipped}
+    return (replace(loaded, module=smoothed_module) if made else loaded), record
 
 
 def _tied_head(module: Any) -> dict[str, str]:

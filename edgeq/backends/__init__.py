@@ -193,6 +193,7 @@ class Lowered:
     folded_layers: dict[str, int] = field(default_factory=dict)  # fqn → bytes of the constant stored instead
     extra_files: list[Path] = field(default_factory=list)  # shipped beside the model file (e.g. ops.json)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # fqn → calibrated algorithm and its data
+    smoothing: dict[str, Any] | None = None  # edgeq.algorithms.smooth.smooth_encoder's record (None: not tried)
 
 
 class Backend(Protocol):
@@ -212,6 +213,7 @@ class Backend(Protocol):
     LM_PRECISIONS: tuple[str, ...]  # the precisions its LLM lowering ships
     LM_UNIFORM: dict[str, Any]  # precision → the scheme a uniform LLM plan takes, where not for_precision's
     LM_SMOOTHS: bool  # its LLM linears round their input to int8: edgeq.algorithms.smooth folds apply
+    ENCODER_SMOOTHS: tuple[str, ...]  # schemes whose encoder linears take smooth.smooth_encoder's input folds
     LM_ROTATES: bool  # edgeq.algorithms.rotate applies: its LLM linears round their input and its head has its own copy
     SCHEMES: tuple[Any, ...]  # the RTN schemes its files store (calibrated ones: CALIBRATED_ALGORITHMS)
     LM_TOKENIZER_IN_MODEL: bool  # lower_lm writes the tokenizer into the model file (it takes tokenizer=)

@@ -73,13 +73,20 @@ def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool =
     """The calibrated algorithms to offer: ``algorithms`` (checked against what the format
     stores; ``"rtn"`` adds none), or every one the format stores. A decoder LLM's list may
     also name ``smoothquant`` and ``rotation`` (the export's scaling search and rotation,
-    ``edgeq.algorithms.smooth`` / ``.rotate``)."""
+    ``edgeq.algorithms.smooth`` / ``.rotate``); an encoder's, ``smoothquant`` where the format
+    has per-tensor int8 linears (``ENCODER_SMOOTHS``: the export's input divisions)."""
     stored = tuple(be.CALIBRATED_ALGORITHMS)
     if algorithms is None:
         return stored
     check_algorithm_names(algorithms, decoder_lm)
     for name in algorithms:
         if name in DECODER_ONLY:
+            continue
+        if name in AT_EXPORT:
+            if not decoder_lm and not be.ENCODER_SMOOTHS:
+                raise ConfigError(f"{be.FORMAT} encoders have no linear whose input {name} would scale "
+                                  "(their int8 linears round each token's input on its own)",
+                                  f"algorithms for {be.FORMAT}: {', '.join(('rtn', *stored))}")
             continue
         if name != "rtn" and name not in stored:
             why = be.ALGORITHMS_NOT_OFFERED.get(name)
@@ -89,7 +96,10 @@ def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool =
 
 
 # what a decoder LLM's export applies besides the per-layer algorithms, and why only there
-DECODER_ONLY = {"smoothquant": "their int8 dynamic activations", "rotation": "their residual stream"}
+DECODER_ONLY = {"rotation": "their residual stream"}
+# searched at export (not per-layer candidates): a decoder's int8 activations; an encoder's
+# per-tensor int8 linears (edgeq.algorithms.smooth)
+AT_EXPORT = ("smoothquant",)
 
 
 def check_algorithm_names(algorithms: list[str], decoder_lm: bool) -> None:
@@ -97,11 +107,11 @@ def check_algorithm_names(algorithms: list[str], decoder_lm: bool) -> None:
     from edgeq.errors import did_you_mean
     from edgeq.schemes import ALGORITHMS
 
-    known = (*ALGORITHMS, *DECODER_ONLY) if decoder_lm else ALGORITHMS
+    known = (*ALGORITHMS, *AT_EXPORT, *DECODER_ONLY) if decoder_lm else (*ALGORITHMS, *AT_EXPORT)
     for name in algorithms:
         if name in DECODER_ONLY and not decoder_lm:
             raise ConfigError(f"{name} applies to decoder LLMs only ({DECODER_ONLY[name]})",
-                              f"algorithms: {', '.join(ALGORITHMS)}")
+                              f"algorithms: {', '.join((*ALGORITHMS, *AT_EXPORT))}")
         if name not in known:
             raise ConfigError(f"unknown algorithm '{name}'{did_you_mean(name, known)}", f"algorithms: {', '.join(known)}")
 

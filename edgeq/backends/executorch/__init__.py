@@ -157,6 +157,7 @@ LM_UNIFORM: dict[str, Any] = {}
 LM_SMOOTHS = True  # 8da8w / 8da4w: XNNPACK rounds each token's input to int8  # a uniform --precision means edgeq.schemes.for_precision's scheme
 LM_ROTATES = True  # the head holds its own copy of a tied table: a rotated head costs no bytes
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
+ENCODER_SMOOTHS: tuple[str, ...] = ()  # 8da8w rounds per token: no encoder folds offered
 TAKES_ENCODERS = True
 
 

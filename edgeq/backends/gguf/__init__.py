@@ -34,6 +34,7 @@ RUNNER_MODULES: tuple[str, ...] = ("numpy", "xllamacpp")
 RUNTIME_PACKAGE = "xllamacpp"
 DELEGATES: tuple[str, ...] = delegates_for(FORMAT)  # llama.cpp's device backends
 FOLDS_CONSTANT_LOOKUPS = False
+ENCODER_SMOOTHS: tuple[str, ...] = ()  # no encoders
 TAKES_ENCODERS = False  # GGUF / llama.cpp: decoder LLMs only
 # llama.cpp reads token_embd for the output when the file has no output tensor: the writer
 # writes one only when the head's scheme differs from the table's

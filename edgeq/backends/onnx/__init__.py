@@ -63,12 +63,13 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot take ``scheme`` here ("" when it can): the schemes of ``SCHEMES``,
     plus the kernel choice for linears and int8-g32 for linears and embeddings (shape limits
     are the planner's)."""
-    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER_KERNELS
     from edgeq.schemes import INT4_G32_ASYM, INT8_G32, default_kernel, rtn_of
 
-    if scheme.kernel and (scheme.kernel != MATMUL_INTEGER or scheme.bits != 8 or scheme.group
+    if scheme.kernel and (scheme.kernel not in MATMUL_INTEGER_KERNELS or scheme.bits != 8 or scheme.group
                           or scheme.algorithm != "rtn"):
-        return f"ONNX Runtime has no '{scheme.kernel}' kernel for {scheme.name.split('@')[0]} (int8@{MATMUL_INTEGER} is one)"
+        kernels = " and ".join(f"int8@{k}" for k in MATMUL_INTEGER_KERNELS)
+        return f"ONNX Runtime has no '{scheme.kernel}' kernel for {scheme.name.split('@')[0]} ({kernels} are)"
     if scheme.kernel and layer.kind != "linear":
         return f"{scheme.name} is a kernel for linears (MatMul) only"
     if scheme == INT8_G32 and layer.kind not in ("linear", "embedding"):
@@ -85,13 +86,14 @@ def scheme_fits(layer: Any, scheme: Any) -> str:
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
     """Candidates beyond ``edgeq.schemes.SCHEMES`` for ``layer``: an encoder's int8 linears
     may also run as ``quantize_dynamic``'s per-channel ``MatMulInteger`` (faster, less
-    accurate) or as 8-bit ``MatMulNBits`` at blocks of 32 (more accurate). A decoder LLM's
+    accurate; with 8-bit or, ``reduce_range``, 7-bit weight codes) or as 8-bit ``MatMulNBits``
+    at blocks of 32 (more accurate). A decoder LLM's
     linears and embedding table take 8-bit blocks of 32 (``int8-g32``, its ``LM_UNIFORM``
     int8), not ``MatMulInteger`` (its lowering ships one kernel per scheme), and its untied
     linears also Q4_1's 4-bit grid with an fp32 offset per block of 32 (``int4-g32-asym``: a
     fraction of a bit more a weight than int4-g32, whose integer zero point cannot put the grid
     where the block's minimum is)."""
-    from edgeq.backends.onnx.costs import MATMUL_INTEGER
+    from edgeq.backends.onnx.costs import MATMUL_INTEGER_KERNELS
     from edgeq.schemes import INT4_G32_ASYM, INT8_G32, Scheme
 
     if decoder_lm:
@@ -102,7 +104,7 @@ def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list
         return []
     if layer.kind != "linear":
         return []
-    return [s for s in (Scheme("int", 8, kernel=MATMUL_INTEGER), INT8_G32) if layer.fits(s)]
+    return [s for s in (*(Scheme("int", 8, kernel=k) for k in MATMUL_INTEGER_KERNELS), INT8_G32) if layer.fits(s)]
 
 
 def delegation_key(delegate: str) -> str:
@@ -203,6 +205,7 @@ LM_UNIFORM: dict[str, Any] = {"int8": schemes.INT8_G32}
 LM_SMOOTHS = True  # a decoder's quantized MatMulNBits round their input to int8 (accuracy_level=4)
 LM_ROTATES = False  # a tied head shares the table's tensor: rotation would store the matrix twice
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
+ENCODER_SMOOTHS = ("int8@matmulinteger", "int8@matmulinteger7")  # per-tensor uint8 inputs: an encoder's "input" folds apply
 TAKES_ENCODERS = True
 
 

@@ -33,6 +33,11 @@ from edgeq.schemes import FP32, Scheme, rtn_of
 
 INT8_BLOCK = 128  # int8's default kernel: 8-bit MatMulNBits at blocks of 128 (int8-g32: at 32)
 MATMUL_INTEGER = "matmulinteger"  # int8@matmulinteger: quantize_dynamic's per-channel MatMulInteger
+# int8@matmulinteger7: the same with reduce_range (weight codes in [-64, 64], scale absmax / 64):
+# an AVX2 host without VNNI sums pairs of uint8 × int8 products in int16 with saturation, which
+# such codes never reach
+MATMUL_INTEGER7 = "matmulinteger7"
+MATMUL_INTEGER_KERNELS = (MATMUL_INTEGER, MATMUL_INTEGER7)
 # short names targets use → ONNX Runtime's execution provider names
 EXECUTION_PROVIDERS = {
     "qnn": "QNNExecutionProvider", "coreml": "CoreMLExecutionProvider", "nnapi": "NnapiExecutionProvider",
@@ -67,7 +72,7 @@ def stored_bytes(layer: Any, scheme: Scheme) -> int:
     if scheme.is_float:
         return p * scheme.bits // 8
     if scheme.bits == 8:
-        if layer.kind == "linear" and scheme.kernel == MATMUL_INTEGER:  # int8 values, fp32 scale + int8 zero a row
+        if layer.kind == "linear" and scheme.kernel in MATMUL_INTEGER_KERNELS:  # int8 values, fp32 scale + int8 zero a row
             return p + rows * 5
         if layer.kind == "linear" or scheme.group:  # blocks along K (a table's row), the last one zero-padded; an fp32 scale each
             block = scheme.group or INT8_BLOCK

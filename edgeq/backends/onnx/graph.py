@@ -8,6 +8,9 @@
 - ``fold_weight_transposes``: a tied LM head reads ``Transpose(embedding table)``; a head
   planned below fp32 gets the transposed table as its own initializer to quantize.
 - ``dedupe_nodes``: the float16 converter can emit the same Cast twice.
+- ``merge_equal_scalings``: an encoder's smoothed q/k/v each divide the same input by an
+  equal constant (``edgeq.algorithms.smooth``); one Div serves the three, so one
+  DynamicQuantizeLinear does too.
 - ``reader_counts`` / ``use_contrib_domain``: how many nodes read each value; declare the
   ``com.microsoft`` domain for the contrib ops a rewrite added.
 """
@@ -165,6 +168,51 @@ def dedupe_nodes(model: Any) -> None:
             keep.append(n)
     model.graph.ClearField("node")
     model.graph.node.extend(keep)
+
+
+def merge_equal_scalings(model: Any) -> int:
+    """Merge ``Div`` / ``Mul`` nodes that read the same value and an equal constant
+    (initializer): the first keeps its output, the others' readers read it. Returns how many
+    nodes were dropped."""
+    import hashlib
+
+    from onnx import AttributeProto, numpy_helper
+
+    g = model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return 0  # a subgraph may read a merged value by name: left as it is
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    first: dict[tuple[Any, ...], str] = {}
+    renamed: dict[str, str] = {}
+    keep = []
+    for n in g.node:
+        const = n.input[1] if len(n.input) == 2 and n.input[1] in inits else None
+        if n.op_type not in ("Div", "Mul") or n.domain not in ("", "ai.onnx") or const is None \
+                or n.output[0] in outputs:
+            keep.append(n)
+            continue
+        t = inits[const]
+        key = (n.op_type, renamed.get(n.input[0], n.input[0]), t.data_type, tuple(t.dims),
+               hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest())
+        if key in first:
+            renamed[n.output[0]] = first[key]
+            continue
+        first[key] = n.output[0]
+        keep.append(n)
+    if not renamed:
+        return 0
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in renamed:
+                n.input[i] = renamed[name]
+    g.ClearField("node")
+    g.node.extend(keep)
+    read = {i for n in g.node for i in n.input}
+    unused = [t for t in g.initializer if t.name not in read]
+    for t in unused:
+        g.initializer.remove(t)
+    return len(renamed)
 
 
 def op_counts(model: Any) -> dict[str, int]:

@@ -6,6 +6,8 @@ Schemes per layer (from the plan):
   ``accuracy_level=4`` (int8 compute on CPU); int8-g32: the same at blocks of 32 (more
   accurate, slower). int8@matmulinteger: ``quantize_dynamic``'s per-channel
   ``MatMulInteger`` (faster; loses more: uniform on MiniLM, cosine 0.9935 vs 0.998).
+  int8@matmulinteger7: the same with ``reduce_range`` (weight codes in [-64, 64]), which an
+  AVX2 host without VNNI computes exactly (8-bit codes saturate its int16 pair sums).
 - int8 embedding / conv: ``quantize_dynamic`` (uint8 table + DequantizeLinear, ConvInteger).
   int8-g32 embedding: ``GatherBlockQuantized`` 8-bit, symmetric blocks of 32 along the row,
   stored as 8-bit ``MatMulNBits`` stores a weight (so a tied head can share it).
@@ -33,13 +35,14 @@ from edgeq.backends.onnx.graph import (
     fold_weight_transposes,
     gemm_to_matmul,
     layer_nodes,
+    merge_equal_scalings,
     op_counts,
     reader_counts,
 )
 from edgeq.backends.onnx.blockquant import asym_blocks, block8_tables
 from edgeq.backends.onnx.costs import EXECUTION_PROVIDERS as ONNX_EXECUTION_PROVIDERS
 from edgeq.backends.onnx.calibrated import write_calibrated
-from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER
+from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER, MATMUL_INTEGER7
 from edgeq.errors import ArtifactError, ExportError, describe
 from edgeq.schemes import FP16, FP32, INT8, UNUSED, Scheme
 
@@ -60,6 +63,7 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
     model = folded(model, every_calibrated)
     with steps.step("Exporting with torch.onnx (dynamo)") as info:
         proto = _export(model, workdir)
+        merge_equal_scalings(proto)  # smoothed q/k/v: one Div (and one DynamicQuantizeLinear) for the three
         info.detail = f"{len(proto.graph.node)} nodes"
     with steps.step("Quantizing with ONNX Runtime") as info:
         rewritten = gemm_to_matmul(proto)
@@ -195,6 +199,7 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     applied = {fqn: (FP32.name if fqn in called else UNUSED) for fqn in schemes}
     by_pass: dict[tuple[int, int], list[str]] = {}
     dynamic: list[str] = []
+    reduced: list[str] = []  # MatMuls at int8@matmulinteger7 (quantize_dynamic's reduce_range)
     half: list[str] = []
     tables: dict[int, list[str]] = {}  # block → Gather nodes whose table takes 8-bit blocks
     offsets: list[str] = []  # MatMuls at int4-g32-asym (Q4_1's grid: a scale and an offset a block)
@@ -204,6 +209,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
                 half.append(node)
             elif scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER and op == "MatMul":
                 dynamic.append(node)
+            elif scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER7 and op == "MatMul":
+                reduced.append(node)
             elif scheme.bits == 8 and not scheme.kernel and op == "MatMul":
                 by_pass.setdefault((8, scheme.group or INT8_BLOCK), []).append(node)
             elif scheme.bits == 8 and scheme.group and op == "Gather":
@@ -226,6 +233,8 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
     if dynamic:
         proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
                                                       if node in set(dynamic)}))
+    if reduced:  # after the 8-bit pass, which leaves these MatMuls as they are
+        proto = _dynamic_int8(proto, reduced, ["MatMul"], reduce_range=True)
     if half:
         proto = _fp16_nodes(proto, half)
     return proto, applied
@@ -293,7 +302,7 @@ def _nbits(proto: Any, include: list[str], bits: int, block: int) -> Any:
     return quantizer.model.model
 
 
-def _dynamic_int8(proto: Any, include: list[str], op_types: list[str]) -> Any:
+def _dynamic_int8(proto: Any, include: list[str], op_types: list[str], reduce_range: bool = False) -> Any:
     import tempfile
 
     import onnx
@@ -306,7 +315,7 @@ def _dynamic_int8(proto: Any, include: list[str], op_types: list[str]) -> Any:
         # DefaultTensorType: ORT's shape inference leaves some exporter constants untyped (an
         # attention MatMul's 'val_N'), which the quantizer refuses to look past otherwise
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, nodes_to_quantize=include,
-                         per_channel=True, weight_type=QuantType.QInt8,
+                         per_channel=True, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(str(dst))
 

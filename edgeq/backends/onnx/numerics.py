@@ -8,7 +8,9 @@ torch: sensitivity's stand-in. Checked against the exported artifacts for all fi
 - int8@matmulinteger linear: ``quantize_dynamic(per_channel=True)``'s MatMulInteger:
   symmetric int8 weights, one absmax / 127 scale per output channel; the input rounded to
   uint8 with one dynamic scale and zero point per tensor (DynamicQuantizeLinear), taken
-  per sample (the artifact runs one input at a time);
+  per sample (the artifact runs one input at a time); on an AVX2 host without VNNI the
+  products summed in pairs with int16 saturation (``host_u8s8_exact``);
+  int8@matmulinteger7: the same with ``reduce_range``: one absmax / 64 scale, codes in [-64, 64];
 - int4-gN linear / embedding: MatMulNBits / GatherBlockQuantized, asymmetric per group of
   N along the reduction dim, the range stretched to include 0 (MLAS's RTN). Encoders'
   int4 linears compute in fp32 (weight-only); a decoder LLM's (inside ``lm_numerics()``)
@@ -34,7 +36,7 @@ import contextvars
 import copy
 from typing import Any, Iterator
 
-from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER
+from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER_KERNELS
 from edgeq.backends.standins import fp16_layer, with_input_scale
 from edgeq.schemes import Scheme
 
@@ -71,11 +73,12 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         table = _mlas_symmetric8(w, scheme.group) if scheme.group else _uint8_tensor(w)
         q.weight = torch.nn.Parameter(table, requires_grad=False)
         return q
-    if scheme.bits == 8 and scheme.kernel == MATMUL_INTEGER:
-        scale = (w.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
-        q.weight = torch.nn.Parameter((w / scale).round().clamp(-127, 127) * scale, requires_grad=False)
+    if scheme.bits == 8 and scheme.kernel in MATMUL_INTEGER_KERNELS:
+        top = 127 if scheme.kernel == MATMUL_INTEGER_KERNELS[0] else 64  # reduce_range: [-64, 64]
+        scale = (w.abs().amax(-1, keepdim=True) / top).clamp(min=1e-12)
+        q.weight = torch.nn.Parameter((w / scale).round().clamp(-top, top) * scale, requires_grad=False)
         if not host_u8s8_exact():
-            return _pair_saturating(q, (w / scale).round().clamp(-127, 127), scale.reshape(-1))
+            return _pair_saturating(q, (w / scale).round().clamp(-top, top), scale.reshape(-1))
         q.register_forward_pre_hook(lambda _m, args: (_uint8_per_sample(args[0]),) + tuple(args[1:]))
         return q
     if scheme.bits == 8:
@@ -195,19 +198,28 @@ def host_u8s8_exact() -> bool:
 
 def _pair_saturating_int(xq: Any, wq: Any) -> Any:
     """``xq @ wq.T`` (uint8 × int8 as floats) with each adjacent pair of products along K
-    summed in int16 with saturation, as ``pmaddubsw`` does, then accumulated exactly."""
+    summed in int16 with saturation, as ``pmaddubsw`` does, then accumulated exactly.
+
+    The exact product, corrected where a pair saturates: with ``xq`` in [0, 255] a pair of
+    weights can only saturate when ``|w_a| + |w_b| > 128``, so only those pairs are formed."""
     import torch
 
     k = xq.shape[-1]
     if k % 2:
         xq, wq = torch.nn.functional.pad(xq, (0, 1)), torch.nn.functional.pad(wq, (0, 1))
-    x2 = xq.reshape(*xq.shape[:-1], 1, -1, 2).double()
     w2 = wq.reshape(wq.shape[0], -1, 2).double()
-    out = []
-    for lo in range(0, w2.shape[0], 64):
-        pairs = (x2 * w2[lo:lo + 64]).sum(-1).clamp(-32768, 32767)
-        out.append(pairs.sum(-1))
-    return torch.cat(out, -1)
+    rows, pairs = torch.nonzero(w2.abs().sum(-1) > 128, as_tuple=True)
+    if rows.numel() > w2.shape[0] * w2.shape[1] // 4:  # most pairs may saturate: form them all
+        x4 = xq.reshape(*xq.shape[:-1], 1, -1, 2).float()  # float32 holds each product and pair exactly
+        return torch.cat([(x4 * w2[lo:lo + 64].float()).sum(-1).clamp_(-32768, 32767).sum(-1, dtype=torch.float64)
+                          for lo in range(0, w2.shape[0], 64)], -1)
+    out = xq.double() @ wq.double().T
+    x2 = xq.reshape(*xq.shape[:-1], -1, 2).double()
+    for lo in range(0, rows.numel(), 1 << 14):
+        r, c = rows[lo:lo + (1 << 14)], pairs[lo:lo + (1 << 14)]
+        p = x2[..., c, 0] * w2[r, c, 0] + x2[..., c, 1] * w2[r, c, 1]
+        out.index_add_(-1, r, p.clamp(-32768, 32767) - p)
+    return out
 
 
 def _pair_saturating(linear: Any, wq: Any, w_scale: Any) -> Any:
