@@ -2,7 +2,8 @@
 divided by a searched scale (``edgeq.algorithms.smooth.smooth_encoder``): the divisions
 leave the model's function unchanged in fp32, and where LayerNorm makes an outlier channel
 the smoothed artifact is closer to the fp32 model in ONNX Runtime than the unsmoothed one
-(cosines measured by the export on held-out inputs); q/k/v's equal divisions are merged, so
+(cosines measured by the export on held-out inputs), and the planner's predicted error,
+measured with the same scales, follows it; q/k/v's equal divisions are merged, so
 the graph quantizes their input once, as without smoothing. Also: the exact int16 pair
 saturation of an AVX2 host without VNNI, against the pairs summed one by one."""
 
@@ -76,11 +77,17 @@ def test_smoothing_brings_matmulinteger_closer_to_fp32_in_onnx_runtime(outlier_b
     assert plain.precision.smoothing is None
     record = smooth.precision.smoothing
     assert record["folds"], record  # the outlier makes each fold worth making
-    assert set(record["folds"]) | set(record["skipped"]) == {
-        f"model.encoder.layer.{i}.{s}" for i in range(2) for s in ("attention.self", "intermediate.dense", "output.dense")}
+    covered = {f for fold in record["folds"].values() for f in fold["linears"]} | set(record["skipped"])
+    assert covered == {f"model.encoder.layer.{i}.{s}" for i in range(2) for s in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense", "output.dense")}
+    assert all(fold["scheme"] == "int8@matmulinteger" for fold in record["folds"].values())
     # measured in ONNX Runtime against the fp32 model on held-out inputs the search never saw
     assert 1 - smooth.numerics.cosine_mean < 0.7 * (1 - plain.numerics.cosine_mean), (
         smooth.numerics.cosine_mean, plain.numerics.cosine_mean)
+    # the planner measured the kernels scaled as they ship: its prediction follows the artifact
+    verified = 1 - smooth.numerics.cosine_mean
+    assert 1 / 3 < smooth.plan.predicted_error / verified < 3, (smooth.plan.predicted_error, verified)
+    assert plain.plan.predicted_error > 10 * smooth.plan.predicted_error
     ops_plain, ops_smooth = plain.delegation.op_types, smooth.delegation.op_types
     assert ops_smooth["DynamicQuantizeLinear"] == ops_plain["DynamicQuantizeLinear"]  # q/k/v share one
     assert ops_smooth.get("Div", 0) == ops_plain.get("Div", 0) + len(record["folds"])

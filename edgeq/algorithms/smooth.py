@@ -343,7 +343,7 @@ def divide_input(linear: Any, s: Any) -> None:
     buffer and a forward pre-hook, which the exporters trace as one ``Div`` (hooks survive
     ``copy.deepcopy``)."""
     linear.register_buffer(INPUT_DIVISOR, s.detach().clone().to(linear.weight.dtype))
-    linear.register_forward_pre_hook(_divided)
+    linear.register_forward_pre_hook(_divided, prepend=True)
 
 
 def _divided(m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -457,59 +457,133 @@ class PlanSmoothing:
         return module, record
 
 
-def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: Any,
-                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> tuple[Any, dict[str, Any] | None]:
-    """``loaded`` with its encoder's ``"input"`` folds made where every linear of the fold is
-    at a scheme of ``backend.ENCODER_SMOOTHS`` (round-to-nearest; the input rounded per
-    tensor), and the manifest's record (``precision.smoothing``); ``loaded`` and None when
-    no fold applies or ``methods`` is empty. The scale of each fold is searched as for a
-    decoder (``choose_scale``: none wins ties) on the calibration rows through the format's
-    stand-ins of the planned schemes."""
-    from dataclasses import replace
+@dataclass
+class EncoderScales:
+    """An encoder's input-fold scales per scheme that takes them: ``scales[(linear fqn,
+    scheme name)] = (fold source, (method, α), s)``; a fold without an entry for a scheme is
+    better unscaled at it."""
+
+    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]]
+    source: str  # the calibration data
+    tokens: int
+    digest: str  # of the calibration rows and the choices: what a sensitivity cache entry is keyed by
+    methods: tuple[str, ...]
+
+
+_ENCODER_SCALES: Any = None  # module → {(schemes, methods): EncoderScales}: planning and lowering search once
+
+
+def encoder_scales(loaded: Any, schemes: list[Any], backend: Any,
+                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> EncoderScales | None:
+    """For each of the encoder's ``"input"`` folds and each scheme of ``schemes`` that
+    ``backend.ENCODER_SMOOTHS`` names (round-to-nearest), the scale ``choose_scale`` finds
+    with every linear of the fold at that scheme (through the backend's stand-in; none wins
+    ties), on the calibration rows as the artifact runs them (padding included). A linear's
+    scale at a scheme so depends on nothing the plan chooses for other layers: the planner
+    measures each candidate with it, and the lowering applies it per linear. None when
+    nothing applies (no fold, no such scheme, no ``methods``, no calibration data)."""
+    import weakref
 
     from edgeq.algorithms.calibrated import calibration_source
 
-    smooths = getattr(backend, "ENCODER_SMOOTHS", ())
+    global _ENCODER_SCALES
     module = loaded.module
-
-    def takes(fqn: str) -> str:
-        sch = schemes.get(fqn)
-        if sch is None or not sch.is_quantized:
-            return "not quantized"
-        if sch.algorithm != "rtn":
-            return f"{sch.name}'s values were chosen for its unscaled input"
-        if sch.name not in smooths:
-            return f"{sch.name} does not round its input to one scale per tensor"
-        return ""
-
-    plan = [f for f in encoder_folds(module) if all(not takes(x) for x in f.linears)]
-    if not plan or not methods:
-        return loaded, None
+    wanted = sorted({sch.name: sch for sch in schemes if sch.name in getattr(backend, "ENCODER_SMOOTHS", ())
+                     and sch.algorithm == "rtn"}.items())
+    folds_ = encoder_folds(module)
     source = calibration_source(loaded)
-    if source is None:
-        steps.note("no smoothing of the int8 inputs of the MatMulInteger linears: the model has no calibration "
-                   "data (pass --calib)")
+    if not folds_ or not wanted or not methods or source is None:
+        return None
+    if _ENCODER_SCALES is None:
+        _ENCODER_SCALES = weakref.WeakKeyDictionary()
+    memo = _ENCODER_SCALES.setdefault(module, {})
+    key = (tuple(name for name, _ in wanted), methods)
+    if key in memo:
+        return memo[key]
+    linears = sorted({x for f in folds_ for x in f.linears})
+    stats = statistics(module, linears, loaded.make_inputs("calib", ENCODER_SAMPLES), trim=False)
+    modules = dict(module.named_modules())
+    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]] = {}
+    digest = hashlib.sha256(f"{REVISION}|{stats.digest}|{methods}".encode())
+    for name, scheme in wanted:
+        def quantize(linear: Any, fqn: str, scheme: Any = scheme) -> Any:
+            return backend.stand_in(linear, scheme)
+
+        for fold in folds_:
+            choice = choose_scale(fold, stats, modules, quantize, module, methods)
+            digest.update(f"|{name}|{fold.source}|{choice}".encode())
+            if choice is None:
+                continue
+            sc = _fold_scale(module, fold, stats, modules, choice)
+            for f in fold.linears:
+                scales[(f, name)] = (fold.source, _choice(choice), sc)
+    memo[key] = EncoderScales(scales, source, stats.tokens, digest.hexdigest()[:16], methods)
+    return memo[key]
+
+
+def scaled_stand_in(stand_in: Callable[[Any, Any], Any], layer: Any, scheme: Any, s: Any) -> Any:
+    """``stand_in`` of ``layer`` at ``scheme`` with its weight's columns times ``s`` and its
+    input divided by ``s`` before anything the runtime does to it: the linear as an
+    ``"input"`` fold ships it."""
+    import torch
+
+    scaled = copy.deepcopy(layer)
+    scaled.weight = torch.nn.Parameter(scaled.weight.detach() * s.to(scaled.weight.dtype), requires_grad=False)
+    q = stand_in(scaled, scheme)
+    q.register_forward_pre_hook(lambda _m, args: (args[0] / s,) + tuple(args[1:]), prepend=True)
+    return q
+
+
+def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: Any,
+                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> tuple[Any, dict[str, Any] | None]:
+    """``loaded`` with each linear at a scheme of ``backend.ENCODER_SMOOTHS`` scaled as
+    ``encoder_scales`` found for it at that scheme (its weight's columns times ``s``, its
+    input divided by ``s``: linears of a fold at the same scheme share one division), and the
+    manifest's record (``precision.smoothing``); ``loaded`` and None when nothing applies."""
+    from dataclasses import replace
+
+    import torch
+
+    takes = [sch for sch in schemes.values() if sch.name in getattr(backend, "ENCODER_SMOOTHS", ())]
+    if not takes or not methods:
+        return loaded, None
+    if encoder_folds(loaded.module) and getattr(loaded, "encode_text", None) is None \
+            and not (loaded.config or {}).get("calibration"):
+        steps.note("no smoothing of the per-tensor int8 linears' inputs: the model has no calibration data "
+                   "(pass --calib)")
         return loaded, None
     with steps.step("Smoothing the inputs of the per-tensor int8 linears (calibration data)") as info:
-        linears = sorted({x for f in plan for x in f.linears})
-        # untrimmed: at run time the padding's activations share each input's one scale
-        stats = statistics(module, linears, loaded.make_inputs("calib", ENCODER_SAMPLES), trim=False)
+        found = encoder_scales(loaded, takes, backend, methods)
+        if found is None:
+            return loaded, None
+        module = copy.deepcopy(loaded.module)
         modules = dict(module.named_modules())
-
-        def quantize(linear: Any, fqn: str) -> Any:
-            return backend.stand_in(linear, schemes[fqn])
-
-        wanted = {f.source for f in plan}
-        smoothed_module, made, skipped = smoothed(
-            module, stats, lambda fqn: takes(fqn) or ("" if any(fqn in f.linears for f in plan) else "not planned"),
-            lambda fold: choose_scale(fold, stats, modules, quantize, module, methods) if fold.source in wanted else None)
-        skipped = {k: v for k, v in skipped.items() if k in wanted}
-        info.detail = f"{len(made)} of {len(plan)} folds made, {stats.tokens} tokens"
+        made: dict[str, dict[str, Any]] = {}
+        unscaled: dict[str, str] = {}
+        in_folds = {x for f in encoder_folds(loaded.module) for x in f.linears}
+        with torch.no_grad():
+            for fqn, scheme in sorted(schemes.items()):
+                if scheme.name not in backend.ENCODER_SMOOTHS or scheme.algorithm != "rtn" or fqn not in in_folds:
+                    continue
+                entry = found.scales.get((fqn, scheme.name))
+                if entry is None:
+                    unscaled[fqn] = f"at {scheme.name}: no scale reproduced the calibration outputs better than none"
+                    continue
+                source, (method, alpha), sc = entry
+                lin = modules[fqn]
+                lin.weight = torch.nn.Parameter(lin.weight.detach() * sc.to(lin.weight.dtype), requires_grad=False)
+                divide_input(lin, sc)
+                fold = made.setdefault(f"{source}@{scheme.name}", {
+                    "linears": [], "scheme": scheme.name, "method": method, "alpha": alpha,
+                    "scale_range": [round(float(sc.min()), 4), round(float(sc.max()), 4)]})
+                fold["linears"].append(fqn)
+        info.detail = f"{sum(len(f['linears']) for f in made.values())} linears in {len(made)} folds, " \
+                      f"{found.tokens} tokens"
     record = {"method": "activation-aware scaling (explicit input division)", "revision": REVISION,
-              "calibration": source, "tokens": stats.tokens, "sha256": stats.digest,
+              "calibration": found.source, "tokens": found.tokens, "key": found.digest,
               "searched": {m: [a for c, a in CANDIDATES if c == m] for m in methods},
-              "folds": made, "skipped": skipped}
-    return (replace(loaded, module=smoothed_module) if made else loaded), record
+              "folds": made, "skipped": unscaled}
+    return (replace(loaded, module=module) if made else loaded), record
 
 
 def _tied_head(module: Any) -> dict[str, str]:

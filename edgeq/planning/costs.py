@@ -223,9 +223,16 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
             solved, calibration = calibration_data.solve(loaded, candidates, be.gptq_grid(),
                                                          samples=calibration_data.samples_for(loaded),
                                                          use_cache=use_cache)
+        scales = None
+        if not prepared.decoder_lm and (algorithms is None or "smoothquant" in algorithms):
+            from edgeq.algorithms.smooth import encoder_scales
+
+            # per-tensor int8 linears are measured with the input scale the export will divide by
+            scales = encoder_scales(loaded, list({s for v in candidates.values() for s in v}), be)
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
-                                   calibration_key=calibration_data.results_key(calibration, solved))
+                                   calibration_key=calibration_data.results_key(calibration, solved),
+                                   input_scales=scales)
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
             f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     if calibration is not None and calibration.first_sample < len(calib):

@@ -49,11 +49,14 @@ def measure(
     fmt: str,
     calibrated: dict[tuple[str, str], Any] | None = None,
     calibration_key: str = "",
+    input_scales: Any = None,
 ) -> dict[str, dict[str, float]]:
     """``{layer fqn: {scheme name: error}}`` for the given candidate ``schemes`` per layer,
     with the numerics of ``fmt``'s backend (its ``stand_in``). A calibrated scheme (GPTQ) is
     measured on its result: ``calibrated[(fqn, scheme name)]`` (``edgeq.algorithms``),
-    computed on the data ``calibration_key`` names (part of the cache key)."""
+    computed on the data ``calibration_key`` names (part of the cache key). ``input_scales``
+    (``edgeq.algorithms.smooth.EncoderScales``): a linear at a scheme it has a scale for is
+    measured scaled, as the lowering ships it (its entry keyed by the scales' digest)."""
     import torch
 
     from edgeq.backends import get_backend
@@ -67,16 +70,24 @@ def measure(
     base_stand_in = get_backend(fmt).stand_in
     found = calibrated or {}
 
-    def entry(scheme: Scheme) -> str:
+    scaled = input_scales.scales if input_scales is not None and proxy != "sqnr" else {}
+
+    def entry(fqn: str, scheme: Scheme) -> str:
+        if (fqn, scheme.name) in scaled:
+            return f"{scheme.name}~{input_scales.digest}"
         return scheme.name if scheme.algorithm == "rtn" else f"{scheme.name}@{tag}"
 
     def stand_in(layer: Any, scheme: Scheme, fqn: str) -> Any:
+        if (fqn, scheme.name) in scaled:
+            from edgeq.algorithms.smooth import scaled_stand_in
+
+            return scaled_stand_in(base_stand_in, layer, scheme, scaled[(fqn, scheme.name)][2])
         if scheme.algorithm == "rtn":
             return base_stand_in(layer, scheme)
         return base_stand_in(layer, scheme, found[(fqn, scheme.name)])
     path = cache_dir() / f"{key}.json"
     known = _read_cache(path) if use_cache and path.exists() else {}
-    todo = {fqn: [s for s in ss if entry(s) not in known.get(fqn, {})] for fqn, ss in schemes.items()}
+    todo = {fqn: [s for s in ss if entry(fqn, s) not in known.get(fqn, {})] for fqn, ss in schemes.items()}
     todo = {fqn: ss for fqn, ss in todo.items() if ss}
     if not todo:
         pass
@@ -107,12 +118,12 @@ def measure(
                     if progress:
                         progress(done, total)
     for fqn, ss in todo.items():
-        known.setdefault(fqn, {}).update({entry(s): measured[fqn][s.name] for s in ss})
+        known.setdefault(fqn, {}).update({entry(fqn, s): measured[fqn][s.name] for s in ss})
     if use_cache and todo:
         from edgeq.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(known, indent=1, sort_keys=True))
-    return {fqn: {s.name: known[fqn][entry(s)] for s in ss} for fqn, ss in schemes.items()}
+    return {fqn: {s.name: known[fqn][entry(fqn, s)] for s in ss} for fqn, ss in schemes.items()}
 
 
 class _swapped:
