@@ -13,7 +13,8 @@ Rows:
   within ``BALANCED_MARGIN`` predicted error of the most accurate);
 - edgeq ``--rule`` MatMulInteger: every linear at a MatMulInteger kernel as the peer's
   (``FAST_RULES``: q/k/v and attention.output at ``int8@matmulinteger7``, the FFN at
-  ``int8@matmulinteger``), with the export's SmoothQuant division of their inputs;
+  ``int8@matmulinteger``; the embedding tables at ``int8-g32``), with the export's SmoothQuant
+  division of their inputs;
 - edgeq ``--latency-budget``: budgets at the peer's measured p50 and at fractions of the
   balanced plan's predicted p50.
 - ExecuTorch (``--formats executorch``): peer torchao ``Int8DynamicActivationIntxWeightConfig``
@@ -55,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_minilm as base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_RULES = ["encoder=int8@matmulinteger", "attention=int8@matmulinteger7", "embeddings=int8"]
+FAST_RULES = ["encoder=int8@matmulinteger", "attention=int8@matmulinteger7", "embeddings=int8-g32"]
 PREDICTION_TOLERANCE = 0.15  # the goal: whole-plan prediction within ±15% of measured
 
 

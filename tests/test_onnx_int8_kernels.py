@@ -115,7 +115,9 @@ def test_each_backend_offers_and_refuses_kernels_as_it_stores_them():
     # a decoder LLM's lowering ships one kernel per scheme; its linears and table take 8-bit blocks of 32
     assert [s.name for s in onnx_be.extra_schemes(linear, ["int8"], decoder_lm=True)] == ["int8-g32"]
     assert [s.name for s in onnx_be.extra_schemes(embedding, ["int8"], decoder_lm=True)] == ["int8-g32"]
-    assert onnx_be.extra_schemes(embedding, ["int8"]) == []
+    # an encoder's tables too (GatherBlockQuantized; int8 itself is one uint8 scale a table)
+    assert [s.name for s in onnx_be.extra_schemes(embedding, ["int8"])] == ["int8-g32"]
+    assert onnx_be.extra_schemes(embedding, ["int4"]) == []
     assert onnx_be.scheme_fits(embedding, parse("int8-g32")) == ""
     assert "embeddings" in onnx_be.scheme_fits(LayerInfo("c", "conv", (8, 27), 216), parse("int8-g32"))
     assert onnx_be.scheme_fits(linear, parse("int8@matmulinteger")) == ""

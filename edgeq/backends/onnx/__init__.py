@@ -102,6 +102,8 @@ def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list
         return [s for s in wanted if layer.fits(s)]
     if "int8" not in precisions:
         return []
+    if layer.kind == "embedding":  # GatherBlockQuantized at blocks of 32 (int8's is one uint8 scale a table)
+        return [INT8_G32] if layer.fits(INT8_G32) else []
     if layer.kind != "linear":
         return []
     return [s for s in (*(Scheme("int", 8, kernel=k) for k in MATMUL_INTEGER_KERNELS), INT8_G32) if layer.fits(s)]
