@@ -60,9 +60,12 @@ def test_in_graph_offsets_by_hand():
     assert in_graph_offsets({"e": 1.0}, {"fp32": (1.0, {"e": 1.0})}, set()) == {"fp32": 0.0}
 
 
-def test_every_uniform_plan_is_predicted_at_its_whole_graph_measurement():
+def test_every_uniform_plan_is_predicted_at_its_whole_graph_measurement(tmp_path: Path, monkeypatch):
     """The plan's latency costs reproduce each whole-graph timing they were derived from:
-    the fp32 graph and every uniform plan (a scheme on each linear that has it, the rest fp32)."""
+    the fp32 graph and every uniform plan (a scheme on each linear that has it, the rest fp32).
+    A cache of its own: another worker timing the same model would replace the entries read
+    back below with its own measurement."""
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
     from edgeq.backends.onnx.latency import _whole_ms
     from edgeq.backends.timing import uniform_plans
     from edgeq.planning.planner import load_for_planning
