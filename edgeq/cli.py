@@ -43,7 +43,7 @@ Calib = Annotated[Optional[Path], typer.Option("--calib", help="Your calibration
 MemoryBudget = Annotated[Optional[str], typer.Option("--memory-budget", help="Runtime-memory budget: the model's predicted peak memory in its runtime, e.g. 48MB (overrides the target's budgets.runtime_memory_mb).")]
 LatencyBudget = Annotated[Optional[str], typer.Option("--latency-budget", help="Latency budget: the plan's predicted whole-model p50, e.g. 8ms or 0.5s (overrides the target's budgets.latency_ms; layers are timed on this host).")]
 MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", help="Smallest plan whose predicted error stays within this (1 - cosine, or KL).", min=0, callback=_finite)]
-Algorithms = Annotated[Optional[str], typer.Option("--algorithms", help="Calibrated algorithms offered besides RTN, comma-separated (default: all the format stores, e.g. gptq; 'rtn': RTN only). Planned mixes take them as candidates; a decoder LLM's export also searches the activation-aware scales named (smoothquant, awq) and, in ExecuTorch, tries rotation of the residual stream (rotation).")]
+Algorithms = Annotated[Optional[str], typer.Option("--algorithms", help="Calibrated algorithms offered besides RTN, comma-separated (default: all the format stores, e.g. gptq; 'rtn': RTN only). Planned mixes take them as candidates; a decoder LLM's export also searches the activation-aware scales named (smoothquant, awq) and, in ExecuTorch, tries rotation of the residual stream (rotation); an ONNX encoder's MatMulInteger linears take a searched input division (smoothquant).")]
 Rules = Annotated[Optional[list[str]], typer.Option("--rule", help="Pin layers: REGEX=SCHEME (repeatable), e.g. 'attention.output=int8'.")]
 
 
