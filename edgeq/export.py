@@ -197,7 +197,8 @@ def export(
         info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
 
     be = get_backend(tgt.format)
-    from edgeq.algorithms.smooth import SMOOTHQUANT, smooth_encoder
+    from edgeq.algorithms.smooth import SMOOTHQUANT
+    from edgeq.algorithms.smooth_encoder import smooth_encoder
 
     methods = (SMOOTHQUANT,) if algorithms is None or SMOOTHQUANT in algorithms else ()
     with staged_dir(out_dir, force, protected) as work:

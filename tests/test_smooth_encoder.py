@@ -45,7 +45,8 @@ def outlier_bert_dir(tmp_path_factory):
 def test_encoder_folds_keep_the_function():
     from transformers import BertConfig, BertModel
 
-    from edgeq.algorithms.smooth import encoder_folds, smoothed, statistics
+    from edgeq.algorithms.smooth import smoothed, statistics
+    from edgeq.algorithms.smooth_encoder import encoder_folds
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -28,15 +28,8 @@ is added:
 - o_proj into v_proj's output rows, one ``s`` per value channel shared by the query heads
   that read it (grouped-query attention).
 
-A BERT-style encoder's linears read what no op can take the division exactly: q/k/v and
-intermediate.dense read a post-norm LayerNorm's output, which the residual also reads, and
-output.dense reads GELU's. Its folds (``kind="input"``, ``encoder_folds``) divide the input
-explicitly: one ``Div`` by a constant vector before the linears of a fold (q/k/v share it:
-the ONNX lowering merges their equal divisions, ``graph.merge_equal_scalings``, so one
-DynamicQuantizeLinear still serves the three). They are made for ONNX Runtime's
-``MatMulInteger`` linears (``int8@matmulinteger``: one uint8 scale per tensor, which an
-outlier channel spends) by ``EncoderSmoothing``; a vector division costs a fraction of a
-percent of the linear it precedes.
+A BERT-style encoder's folds (``kind="input"``: an explicit division before the linears)
+are ``edgeq.algorithms.smooth_encoder``'s.
 
 The statistics (``max|x_j|``, ``mean|x_j|``) and the sampled inputs come from the calibration
 text (never the perplexity text), one forward of the fp32 model over it in sequences of up
@@ -110,31 +103,10 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
     head_name = next((n for n, m in modules.items() if m is head), None)
     if final is not None and head_name is not None:
         norm(final, (head_name,))
+    from edgeq.algorithms.smooth_encoder import encoder_folds
+
     out += encoder_folds(module)
     return out, skipped
-
-
-def encoder_folds(module: Any) -> list[Fold]:
-    """A BERT-style encoder's folds (``kind="input"``): per layer the q/k/v of its
-    ``attention.self`` (one shared scale), ``intermediate.dense`` and ``output.dense``.
-    Each fold's ``source`` names where the division sits (the attention block, or the
-    linear itself)."""
-    from torch import nn
-
-    modules = dict(module.named_modules())
-    out: list[Fold] = []
-    for name in modules:
-        if not name.endswith(".attention.self"):
-            continue
-        qkv = tuple(f"{name}.{p}" for p in ("query", "key", "value"))
-        if not all(isinstance(modules.get(f), nn.Linear) for f in qkv):
-            continue
-        out.append(Fold(name, "input", qkv))
-        layer = name.removesuffix(".attention.self")
-        for f in (f"{layer}.intermediate.dense", f"{layer}.output.dense"):
-            if isinstance(modules.get(f), nn.Linear):
-                out.append(Fold(f, "input", (f,)))
-    return out
 
 
 @dataclass
@@ -155,7 +127,6 @@ SEQUENCE = 512  # calibration sentences joined into sequences of this many token
 ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9)  # SmoothQuant's migration strength, searched per fold
 AWQ_ALPHAS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # AWQ's exponent of mean|x|, searched per fold beside them
 SMOOTHQUANT, AWQ = "smoothquant", "awq"
-ENCODER_SAMPLES = 64  # calibration inputs an encoder's input folds are measured on
 METHODS = (SMOOTHQUANT, AWQ)  # what ``--algorithms`` names to offer each
 CANDIDATES: tuple[tuple[str, float], ...] = (*((SMOOTHQUANT, a) for a in ALPHAS), *((AWQ, a) for a in AWQ_ALPHAS))
 
@@ -312,6 +283,8 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
                 lin = copied[f]
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
                 if fold.kind == "input":
+                    from edgeq.algorithms.smooth_encoder import divide_input
+
                     divide_input(lin, s)
             if fold.kind == "input":
                 continue
@@ -333,21 +306,6 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
 def _scale(x: Any, w: Any, alpha: float) -> Any:
     s = x.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-4, max=1e4)
-
-
-INPUT_DIVISOR = "edgeq_input_divisor"  # the buffer an "input" fold's linear divides its input by
-
-
-def divide_input(linear: Any, s: Any) -> None:
-    """``linear`` divides its input by ``s`` (per input channel) before its own computation: a
-    buffer and a forward pre-hook, which the exporters trace as one ``Div`` (hooks survive
-    ``copy.deepcopy``)."""
-    linear.register_buffer(INPUT_DIVISOR, s.detach().clone().to(linear.weight.dtype))
-    linear.register_forward_pre_hook(_divided, prepend=True)
-
-
-def _divided(m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (args[0] / getattr(m, INPUT_DIVISOR),) + tuple(args[1:])
 
 
 def _value_scale(module: Any, fold: Fold, x: Any, w: Any, alpha: float) -> Any:
@@ -455,135 +413,6 @@ class PlanSmoothing:
                   "searched": {m: [a for c, a in CANDIDATES if c == m] for m in self.methods},
                   "folds": made, "skipped": skipped}
         return module, record
-
-
-@dataclass
-class EncoderScales:
-    """An encoder's input-fold scales per scheme that takes them: ``scales[(linear fqn,
-    scheme name)] = (fold source, (method, α), s)``; a fold without an entry for a scheme is
-    better unscaled at it."""
-
-    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]]
-    source: str  # the calibration data
-    tokens: int
-    digest: str  # of the calibration rows and the choices: what a sensitivity cache entry is keyed by
-    methods: tuple[str, ...]
-
-
-_ENCODER_SCALES: Any = None  # module → {(schemes, methods): EncoderScales}: planning and lowering search once
-
-
-def encoder_scales(loaded: Any, schemes: list[Any], backend: Any,
-                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> EncoderScales | None:
-    """For each of the encoder's ``"input"`` folds and each scheme of ``schemes`` that
-    ``backend.ENCODER_SMOOTHS`` names (round-to-nearest), the scale ``choose_scale`` finds
-    with every linear of the fold at that scheme (through the backend's stand-in; none wins
-    ties), on the calibration rows as the artifact runs them (padding included). A linear's
-    scale at a scheme so depends on nothing the plan chooses for other layers: the planner
-    measures each candidate with it, and the lowering applies it per linear. None when
-    nothing applies (no fold, no such scheme, no ``methods``, no calibration data)."""
-    import weakref
-
-    from edgeq.algorithms.calibrated import calibration_source
-
-    global _ENCODER_SCALES
-    module = loaded.module
-    wanted = sorted({sch.name: sch for sch in schemes if sch.name in getattr(backend, "ENCODER_SMOOTHS", ())
-                     and sch.algorithm == "rtn"}.items())
-    folds_ = encoder_folds(module)
-    source = calibration_source(loaded)
-    if not folds_ or not wanted or not methods or source is None:
-        return None
-    if _ENCODER_SCALES is None:
-        _ENCODER_SCALES = weakref.WeakKeyDictionary()
-    memo = _ENCODER_SCALES.setdefault(module, {})
-    key = (tuple(name for name, _ in wanted), methods)
-    if key in memo:
-        return memo[key]
-    linears = sorted({x for f in folds_ for x in f.linears})
-    stats = statistics(module, linears, loaded.make_inputs("calib", ENCODER_SAMPLES), trim=False)
-    modules = dict(module.named_modules())
-    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]] = {}
-    digest = hashlib.sha256(f"{REVISION}|{stats.digest}|{methods}".encode())
-    for name, scheme in wanted:
-        def quantize(linear: Any, fqn: str, scheme: Any = scheme) -> Any:
-            return backend.stand_in(linear, scheme)
-
-        for fold in folds_:
-            choice = choose_scale(fold, stats, modules, quantize, module, methods)
-            digest.update(f"|{name}|{fold.source}|{choice}".encode())
-            if choice is None:
-                continue
-            sc = _fold_scale(module, fold, stats, modules, choice)
-            for f in fold.linears:
-                scales[(f, name)] = (fold.source, _choice(choice), sc)
-    memo[key] = EncoderScales(scales, source, stats.tokens, digest.hexdigest()[:16], methods)
-    return memo[key]
-
-
-def scaled_stand_in(stand_in: Callable[[Any, Any], Any], layer: Any, scheme: Any, s: Any) -> Any:
-    """``stand_in`` of ``layer`` at ``scheme`` with its weight's columns times ``s`` and its
-    input divided by ``s`` before anything the runtime does to it: the linear as an
-    ``"input"`` fold ships it."""
-    import torch
-
-    scaled = copy.deepcopy(layer)
-    scaled.weight = torch.nn.Parameter(scaled.weight.detach() * s.to(scaled.weight.dtype), requires_grad=False)
-    q = stand_in(scaled, scheme)
-    q.register_forward_pre_hook(lambda _m, args: (args[0] / s,) + tuple(args[1:]), prepend=True)
-    return q
-
-
-def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: Any,
-                   methods: tuple[str, ...] = (SMOOTHQUANT,)) -> tuple[Any, dict[str, Any] | None]:
-    """``loaded`` with each linear at a scheme of ``backend.ENCODER_SMOOTHS`` scaled as
-    ``encoder_scales`` found for it at that scheme (its weight's columns times ``s``, its
-    input divided by ``s``: linears of a fold at the same scheme share one division), and the
-    manifest's record (``precision.smoothing``); ``loaded`` and None when nothing applies."""
-    from dataclasses import replace
-
-    import torch
-
-    takes = [sch for sch in schemes.values() if sch.name in getattr(backend, "ENCODER_SMOOTHS", ())]
-    if not takes or not methods:
-        return loaded, None
-    if encoder_folds(loaded.module) and getattr(loaded, "encode_text", None) is None \
-            and not (loaded.config or {}).get("calibration"):
-        steps.note("no smoothing of the per-tensor int8 linears' inputs: the model has no calibration data "
-                   "(pass --calib)")
-        return loaded, None
-    with steps.step("Smoothing the inputs of the per-tensor int8 linears (calibration data)") as info:
-        found = encoder_scales(loaded, takes, backend, methods)
-        if found is None:
-            return loaded, None
-        module = copy.deepcopy(loaded.module)
-        modules = dict(module.named_modules())
-        made: dict[str, dict[str, Any]] = {}
-        unscaled: dict[str, str] = {}
-        in_folds = {x for f in encoder_folds(loaded.module) for x in f.linears}
-        with torch.no_grad():
-            for fqn, scheme in sorted(schemes.items()):
-                if scheme.name not in backend.ENCODER_SMOOTHS or scheme.algorithm != "rtn" or fqn not in in_folds:
-                    continue
-                entry = found.scales.get((fqn, scheme.name))
-                if entry is None:
-                    unscaled[fqn] = f"at {scheme.name}: no scale reproduced the calibration outputs better than none"
-                    continue
-                source, (method, alpha), sc = entry
-                lin = modules[fqn]
-                lin.weight = torch.nn.Parameter(lin.weight.detach() * sc.to(lin.weight.dtype), requires_grad=False)
-                divide_input(lin, sc)
-                fold = made.setdefault(f"{source}@{scheme.name}", {
-                    "linears": [], "scheme": scheme.name, "method": method, "alpha": alpha,
-                    "scale_range": [round(float(sc.min()), 4), round(float(sc.max()), 4)]})
-                fold["linears"].append(fqn)
-        info.detail = f"{sum(len(f['linears']) for f in made.values())} linears in {len(made)} folds, " \
-                      f"{found.tokens} tokens"
-    record = {"method": "activation-aware scaling (explicit input division)", "revision": REVISION,
-              "calibration": found.source, "tokens": found.tokens, "key": found.digest,
-              "searched": {m: [a for c, a in CANDIDATES if c == m] for m in methods},
-              "folds": made, "skipped": unscaled}
-    return (replace(loaded, module=module) if made else loaded), record
 
 
 def _tied_head(module: Any) -> dict[str, str]:

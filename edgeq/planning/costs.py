@@ -225,7 +225,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                                                          use_cache=use_cache)
         scales = None
         if not prepared.decoder_lm and (algorithms is None or "smoothquant" in algorithms):
-            from edgeq.algorithms.smooth import encoder_scales
+            from edgeq.algorithms.smooth_encoder import encoder_scales
 
             # per-tensor int8 linears are measured with the input scale the export will divide by
             scales = encoder_scales(loaded, list({s for v in candidates.values() for s in v}), be)

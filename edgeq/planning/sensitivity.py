@@ -79,7 +79,7 @@ def measure(
 
     def stand_in(layer: Any, scheme: Scheme, fqn: str) -> Any:
         if (fqn, scheme.name) in scaled:
-            from edgeq.algorithms.smooth import scaled_stand_in
+            from edgeq.algorithms.smooth_encoder import scaled_stand_in
 
             return scaled_stand_in(base_stand_in, layer, scheme, scaled[(fqn, scheme.name)][2])
         if scheme.algorithm == "rtn":
