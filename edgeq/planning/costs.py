@@ -98,7 +98,7 @@ def algorithms_offered(be: Any, algorithms: list[str] | None, decoder_lm: bool =
 # what a decoder LLM's export applies besides the per-layer algorithms, and why only there
 DECODER_ONLY = {"rotation": "their residual stream"}
 # searched at export (not per-layer candidates): a decoder's int8 activations; an encoder's
-# per-tensor int8 linears (edgeq.algorithms.smooth)
+# per-tensor int8 linears (edgeq.algorithms.smooth, .smooth_encoder)
 AT_EXPORT = ("smoothquant",)
 
 

@@ -55,7 +55,7 @@ def measure(
     with the numerics of ``fmt``'s backend (its ``stand_in``). A calibrated scheme (GPTQ) is
     measured on its result: ``calibrated[(fqn, scheme name)]`` (``edgeq.algorithms``),
     computed on the data ``calibration_key`` names (part of the cache key). ``input_scales``
-    (``edgeq.algorithms.smooth.EncoderScales``): a linear at a scheme it has a scale for is
+    (``edgeq.algorithms.smooth_encoder.EncoderScales``): a linear at a scheme it has a scale for is
     measured scaled, as the lowering ships it (its entry keyed by the scales' digest)."""
     import torch
 
