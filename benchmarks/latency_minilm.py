@@ -9,8 +9,10 @@ Rows:
 - peer: ORT ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on the fp32
   ``torch.onnx`` export (MatMulInteger everywhere, the Gather too);
 - edgeq ``-p int8``: every linear 8-bit MatMulNBits at blocks of 128 (int8's default kernel);
-- edgeq balanced: a target extending ``x86`` with ``objective: balanced`` (the fastest plan
-  within ``BALANCED_MARGIN`` predicted error of the most accurate);
+- edgeq balanced: ``x86``'s default export (the target declares ``objective: balanced``: each
+  layer at the fastest of int8's kernels and variants within ``BALANCED_MARGIN`` predicted
+  error of the most accurate of them); for ExecuTorch a target extending ``x86-executorch``
+  with ``objective: balanced``;
 - edgeq ``--rule`` MatMulInteger: every linear at a MatMulInteger kernel as the peer's
   (``FAST_RULES``: q/k/v and attention.output at ``int8@matmulinteger7``, the FFN at
   ``int8@matmulinteger``; the embedding tables at ``int8-g32``), with the export's SmoothQuant
@@ -153,9 +155,14 @@ def format_rows(fmt: str, model_dir: Path, work: Path, inputs: list, threads: in
         target, int8_label = "x86-executorch", "edgeq x86-executorch -p int8 (8da8w)"
     rows[0]["peer"] = True
     rows.append(edgeq_row(model_dir, target, work, int8_label, precision="int8"))
-    balanced = work / f"{target}-balanced.yaml"
-    balanced.write_text(f"extends: {target}\nname: {target}-balanced\nobjective: balanced\n")
-    rows.append(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"))
+    from edgeq.targets import load_target
+
+    if load_target(target).target.objective == "balanced":  # x86: its default export is the balanced plan
+        rows.append(edgeq_row(model_dir, target, work, f"edgeq {target} default (objective: balanced)"))
+    else:
+        balanced = work / f"{target}-balanced.yaml"
+        balanced.write_text(f"extends: {target}\nname: {target}-balanced\nobjective: balanced\n")
+        rows.append(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"))
     balanced_row = rows[-1]
     if fmt == "onnx":  # every linear at a MatMulInteger kernel, as the peer, with edgeq's smoothing
         rows.append(edgeq_row(model_dir, target, work, "edgeq x86 --rule MatMulInteger (attention 7-bit)",

@@ -159,7 +159,7 @@ def export(
 
     prepared = prepare(loaded, resolved)
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
-                                 latency_ms=latency_budget_ms)
+                                 latency_ms=latency_budget_ms, rules=rules)
     if planned and plan_input is None:
         from edgeq.planning.latency import applicable
 
@@ -174,7 +174,8 @@ def export(
         from edgeq.planning.costs import measure_costs
         from edgeq.planning.planner import solve_step
 
-        costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms, latency=budgets.wants_latency)
+        costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms, latency=budgets.wants_latency,
+                          precisions=list(budgets.families) if budgets.families else None)
         predicted = solve_step(costs, budgets, steps)
         plan = predicted.plan
     else:

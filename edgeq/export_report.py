@@ -146,7 +146,8 @@ def print_plan(result: Any, written_to: Any = None) -> None:
                        "none": "neither budget binds: every layer has its most accurate scheme"}.get(
                           result.binding, f"decided by: {result.binding}"))
     if result.objective == "balanced" and result.latency_budget_ms is None:
-        console.print("objective balanced: the fastest plan within a predicted error of "
+        within = f" at the target's default precision ({', '.join(result.families)})" if result.families else ""
+        console.print(f"objective balanced: the fastest plan{within} within a predicted error of "
                       f"{BALANCED_MARGIN:g} of the most accurate one")
     if written_to:
         console.print(f"plan written to {written_to}; use it with 'edgeq export --plan {written_to}'")

@@ -64,5 +64,5 @@ def lm_budgets(budgets: Any, tgt: Any, steps: Steps) -> Any:
     if budgets.objective == "balanced" or budgets.latency_ms is not None:
         steps.note(f"target {tgt.name}'s latency budget / balanced objective applies to encoders; this causal LM is "
                    "planned for accuracy ('edgeq check' gates its latency)")
-        return replace(budgets, objective="accuracy", latency_ms=None)
+        return replace(budgets, objective="accuracy", latency_ms=None, families=None)
     return budgets

@@ -144,7 +144,14 @@ def test_target_latency_budget_and_balanced_objective_steer_the_plan(tmp_path: P
     assert load_target(str(f)).target.objective == "balanced"
     balanced = plan(MODEL, str(f))
     assert balanced.objective == "balanced" and balanced.predicted_latency_ms is not None
-    accurate = plan(MODEL, "x86", latency_budget_ms=1e6)
+    # the default export of a balanced target stays at its default precision (int8): each
+    # layer at one of the int8 kernels / variants, measured against the most accurate of those
+    assert balanced.families == ("int8",)
+    assert {s.precision for s in balanced.plan.schemes.values() if s.name not in ("fp32", "unused")} == {"int8"}
+    only = tmp_path / "int8.yaml"
+    only.write_text("extends: x86\nname: x86-int8-only\nprecisions: [int8]\nobjective: accuracy\n")
+    accurate = plan(MODEL, str(only), latency_budget_ms=1e6)
+    assert accurate.families is None and accurate.objective == "accuracy"
     # what balanced minimises: the layers' time plus their bytes at BALANCED_MS_PER_MB (the
     # rest of the graph is the same for both), within BALANCED_MARGIN of the accurate error
     from edgeq.planning.latency_bound import BALANCED_MARGIN, BALANCED_MS_PER_MB
@@ -154,7 +161,9 @@ def test_target_latency_budget_and_balanced_objective_steer_the_plan(tmp_path: P
 
     assert cost(balanced) <= cost(accurate) + 2e-3  # + the µs grid's rounding of each layer
     assert balanced.predicted_error <= accurate.predicted_error + BALANCED_MARGIN + 1e-9
-    f.write_text("extends: x86\nname: x86-budget\nbudgets:\n  latency_ms: 1.0e-6\n")
+    # a budget or a rule of the user's plans across the target's precisions, as without the objective
+    assert plan(MODEL, str(f), budget_bytes=10**9).families is None
+    f.write_text("extends: x86\nname: x86-budget\nobjective: accuracy\nbudgets:\n  latency_ms: 1.0e-6\n")
     with pytest.raises(BudgetError, match="target x86-budget"):
         plan(MODEL, str(f))
     with pytest.raises(ConfigError):

@@ -170,3 +170,22 @@ def test_a_plan_file_asking_a_format_for_a_kernel_it_lacks_is_refused(tmp_path):
     plan.write_text("layers:\n  embed: int8@matmulinteger\n")
     r = cli_here("export", "tests.tiny_models:tiny_text", "-t", "x86", "--plan", str(plan), "-o", str(tmp_path / "b"))
     assert r.returncode == 2 and "linears" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("fc1,fc2", [("int8@matmulinteger7", "fp32"), ("int8@matmulinteger7", "int8@matmulinteger"),
+                                     ("int8@matmulinteger", "int8@matmulinteger7")])
+def test_a_7bit_linear_reading_an_int8_table_exports(tmp_path, fc1, fc2):
+    """quantize_dynamic runs once per weight range: an int8 table (Gather) quantized in the
+    8-bit pass and a 7-bit MatMulInteger reading its output in the other each name a tensor
+    after the table's output; the artifact must still load, and compute what eager fp32 does."""
+    import onnx
+
+    from edgeq.export import export
+
+    rules = ["embed=int8", f"fc1={fc1}", f"fc2={fc2}"]
+    result = export("tests.tiny_models:tiny_text", "x86", rules=rules, output=tmp_path / "a", samples=4,
+                    show_progress=False)
+    assert result.manifest.precision.layers == {"embed": "int8", "fc1": fc1, "fc2": fc2}
+    graph = onnx.load(str(tmp_path / "a" / "model.onnx")).graph
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 1 + (fc2 != "fp32")
+    assert result.manifest.numerics.cosine_min > 0.99

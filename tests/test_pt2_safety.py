@@ -537,3 +537,31 @@ def test_random_mutations_never_run_anything(saved, tmp_path_factory):
     outcomes = {"refused": 0, "loaded": 0}
     check()
     assert outcomes["refused"] and outcomes["loaded"], outcomes  # both branches were exercised
+
+
+def test_a_fixed_batch_program_is_measured_row_by_row(saved):
+    """A program traced at batch 1 (its guard refuses a stacked batch) gets each layer's
+    error measured one row at a time; the same weights exported with a dynamic batch,
+    measured on the same rows stacked, give the same errors."""
+    from edgeq.models import load_model
+    from edgeq.planning import sensitivity
+    from edgeq.schemes import parse
+
+    static, dynamic = load_model(str(saved["mlp"])), load_model(str(saved["dyn"]))
+    assert not static.batchable and dynamic.batchable
+    rows = static.make_inputs("calib", 8)
+    with pytest.raises(Exception, match="Guard failed"):
+        static.module(torch.cat([r[0] for r in rows]))
+    names = [n for n, m in static.module.named_modules() if isinstance(m, nn.Linear)]
+    assert names == [n for n, m in dynamic.module.named_modules() if isinstance(m, nn.Linear)]
+    candidates = {n: [parse("int8"), parse("int4-g32")] for n in names}
+
+    def errors(loaded, batchable):
+        return sensitivity.measure(loaded.module, [], candidates, rows, "cosine", use_cache=False, fmt="onnx",
+                                   batchable=batchable)
+
+    one_by_one, stacked = errors(static, False), errors(dynamic, True)
+    for n in names:
+        assert stacked[n]["int4-g32"] > 0
+        for scheme in ("int8", "int4-g32"):
+            assert one_by_one[n][scheme] == pytest.approx(stacked[n][scheme], rel=1e-4, abs=1e-7)

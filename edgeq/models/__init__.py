@@ -59,6 +59,9 @@ class LoadedModel:
     config: dict[str, Any] = field(default_factory=dict)
     encode_text: Callable[[list[str]], list[tuple[Any, ...]]] | None = None  # text → input tuples (tokenizer)
     encode_images: Callable[[list[Path]], list[tuple[Any, ...]]] | None = None  # image files → input tuples
+    # whether ``module`` takes several input rows stacked along dim 0 (a .pt2 traced at a fixed
+    # batch does not: its guard checks the size); planning runs such a model row by row
+    batchable: bool = True
 
     @property
     def metric(self) -> str:
@@ -259,7 +262,18 @@ def _load_pt2(path: Path, task: str | None) -> LoadedModel:
         source_kind="pt2",
         make_inputs=lambda split, n: synthetic_inputs(example, split, n),
         inputs_description="synthetic inputs shaped like the program's example inputs",
+        batchable=_dynamic_batch(ep),
     )
+
+
+def _dynamic_batch(ep: Any) -> bool:
+    """Whether every tensor input of the program ``ep`` has a symbolic (exported-as-dynamic) dim 0."""
+    import torch
+
+    users = {s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"}
+    shapes = [getattr(n.meta.get("val"), "shape", None) for n in ep.graph.nodes if n.op == "placeholder" and n.name in users]
+    return all(shape is not None and len(shape) > 0 and isinstance(shape[0], torch.SymInt)
+               for shape in shapes if shape is not None) and any(shape for shape in shapes)
 
 
 _EXAMPLE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")

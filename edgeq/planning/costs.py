@@ -232,7 +232,7 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
                                    calibration_key=calibration_data.results_key(calibration, solved),
-                                   input_scales=scales)
+                                   input_scales=scales, batchable=loaded.batchable)
         info.detail = f"{sum(len(v) for v in candidates.values())} layer×scheme pairs on {len(calib)} inputs" + (
             f"; GPTQ on {calibration.samples} calibration samples ({calibration.tokens} rows)" if calibration else "")
     if calibration is not None and calibration.first_sample < len(calib):

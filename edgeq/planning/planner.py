@@ -82,13 +82,14 @@ def plan(
     loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
     tgt = resolved.target
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
-                                 latency_ms=latency_budget_ms)
+                                 latency_ms=latency_budget_ms, rules=rules)
     from edgeq.planning.latency import applicable
 
     prepared = prepare(loaded, resolved)
     budgets = applicable(budgets, prepared, steps)
     costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples,
-                          use_cache=use_cache, steps=steps, algorithms=algorithms, latency=budgets.wants_latency)
+                          use_cache=use_cache, steps=steps, algorithms=algorithms, latency=budgets.wants_latency,
+                          precisions=list(budgets.families) if budgets.families else None)
     if planned_activation_bytes is not None:
         costs = costs.with_activation_bytes(planned_activation_bytes)
     return solve_step(costs, budgets, steps)

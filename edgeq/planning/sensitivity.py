@@ -50,13 +50,16 @@ def measure(
     calibrated: dict[tuple[str, str], Any] | None = None,
     calibration_key: str = "",
     input_scales: Any = None,
+    batchable: bool = True,
 ) -> dict[str, dict[str, float]]:
     """``{layer fqn: {scheme name: error}}`` for the given candidate ``schemes`` per layer,
     with the numerics of ``fmt``'s backend (its ``stand_in``). A calibrated scheme (GPTQ) is
     measured on its result: ``calibrated[(fqn, scheme name)]`` (``edgeq.algorithms``),
     computed on the data ``calibration_key`` names (part of the cache key). ``input_scales``
     (``edgeq.algorithms.smooth_encoder.EncoderScales``): a linear at a scheme it has a scale for is
-    measured scaled, as the lowering ships it (its entry keyed by the scales' digest)."""
+    measured scaled, as the lowering ships it (its entry keyed by the scales' digest).
+    ``batchable``: whether ``module`` takes the calibration rows stacked into one batch
+    (``LoadedModel.batchable``); if not, each row runs alone."""
     import torch
 
     from edgeq.backends import get_backend
@@ -96,27 +99,31 @@ def measure(
     else:
         from edgeq.planning.prefix import Prefix
 
-        batch = _batch(calib)
+        # one forward over the stacked batch; a program traced at a fixed batch (a .pt2 whose
+        # guard checks it) takes its rows one at a time, each error the mean over the rows
+        batches = [_batch(calib)] if batchable else [_batch([row]) for row in calib]
+        measured = {fqn: {} for fqn in todo}
+        total = sum(len(v) for v in todo.values()) * len(batches)
+        done = 0
+        modules = dict(module.named_modules())
         with torch.no_grad():
-            # the modules that run before a swapped layer compute what they computed in the
-            # fp32 run: their outputs are kept once and reused (edgeq.planning.prefix)
-            prefix = Prefix(module, batch, list(todo), _output)
-            reference = prefix.reference
-            measured = {}
-            total = sum(len(v) for v in todo.values())
-            done = 0
-            modules = dict(module.named_modules())
-            for fqn, candidates in todo.items():
-                measured[fqn] = {}
-                for scheme in candidates:
-                    if scheme == FP32:
-                        measured[fqn][scheme.name] = 0.0
-                    else:
-                        with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)), prefix.skipping(fqn):
-                            measured[fqn][scheme.name] = _error(reference, _output(module, batch), metric)
-                    done += 1
-                    if progress:
-                        progress(done, total)
+            for batch in batches:
+                # the modules that run before a swapped layer compute what they computed in the
+                # fp32 run: their outputs are kept once and reused (edgeq.planning.prefix)
+                prefix = Prefix(module, batch, list(todo), _output)
+                reference = prefix.reference
+                for fqn, candidates in todo.items():
+                    for scheme in candidates:
+                        if scheme == FP32:
+                            error = 0.0
+                        else:
+                            with _swapped(module, fqn, stand_in(modules[fqn], scheme, fqn)), prefix.skipping(fqn):
+                                error = _error(reference, _output(module, batch), metric)
+                        measured[fqn][scheme.name] = measured[fqn].get(scheme.name, 0.0) + error / len(batches)
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                del prefix
     for fqn, ss in todo.items():
         known.setdefault(fqn, {}).update({entry(fqn, s): measured[fqn][s.name] for s in ss})
     if use_cache and todo:

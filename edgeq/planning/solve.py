@@ -36,12 +36,24 @@ class Budgets:
     max_drop: float | None = None  # with it: the smallest plan within this predicted error
     latency_ms: float | None = None  # the plan's predicted whole-model p50 (edgeq.planning.latency)
     objective: str = "accuracy"  # accuracy | balanced (without a latency budget: see solve)
+    # the precision families the candidates come from (None: the target's precisions); see for_target
+    families: tuple[str, ...] | None = None
 
     @classmethod
     def for_target(cls, tgt: Any, *, storage_bytes: int | None = None, memory_bytes: int | None = None,
-                   max_drop: float | None = None, latency_ms: float | None = None) -> "Budgets":
-        """The user's budgets where given, else the target's."""
+                   max_drop: float | None = None, latency_ms: float | None = None,
+                   rules: list[str] | None = None) -> "Budgets":
+        """The user's budgets where given, else the target's.
+
+        A balanced target's default export (no budget, drop, latency or rule given, none on the
+        target) plans within its default precision: each layer keeps that precision and
+        takes the fastest of its kernels and variants (ONNX int8: MatMulNBits, MatMulInteger,
+        group-wise) within the balanced margin of the most accurate of them. Offering the
+        other precisions there would turn "the target's int8, fast" into a mix the user did
+        not ask for (wider floats are no faster on these kernels; narrower ones lose more)."""
         target_latency = tgt.budgets.latency_ms
+        default_only = (tgt.objective == "balanced" and target_latency is None and latency_ms is None
+                        and storage_bytes is None and memory_bytes is None and max_drop is None and not rules)
         return cls(
             storage_bytes=storage_bytes if storage_bytes is not None else int(tgt.budgets.storage_mb * 1e6),
             memory_bytes=memory_bytes if memory_bytes is not None else int(tgt.budgets.runtime_memory_mb * 1e6),
@@ -51,6 +63,7 @@ class Budgets:
             max_drop=max_drop,
             latency_ms=latency_ms if latency_ms is not None else target_latency,
             objective=tgt.objective,
+            families=(tgt.default_precision,) if default_only else None,
         )
 
     @property
@@ -84,6 +97,7 @@ class PlanResult:
     predicted_latency_ms: float | None = None  # whole-model p50 of the plan (edgeq.planning.latency)
     latency: Any = None  # edgeq.planning.latency.LatencyCosts the prediction came from
     objective: str = "accuracy"
+    families: tuple[str, ...] | None = None  # Budgets.families: candidates from these precisions only
     latency_gap: float = 0.0  # bound on how much less error a plan within the latency budget could have
 
     @property
@@ -172,6 +186,7 @@ def solve(costs: Any, budgets: Budgets, *, reserve_bytes: float = 0) -> PlanResu
         predicted_latency_ms=timings.predict(schemes) if timings else None,
         latency=timings,
         objective=budgets.objective,
+        families=budgets.families,
         latency_gap=gap,
     )
 

@@ -230,14 +230,39 @@ def _apply_plan(proto: Any, schemes: dict[str, Scheme], nodes: dict[str, list[tu
         block8_tables(proto, include, block)
     if offsets:
         asym_blocks(proto, offsets, 32)
+    # Two passes of quantize_dynamic (reduce_range is one setting per pass). Each names what it
+    # adds after the tensor it quantizes ("<x>_quantized"), so the 7-bit pass's names are made
+    # its own: a Gather the other pass quantizes, whose output a 7-bit MatMul reads, would be
+    # given the same name twice.
+    if reduced:
+        before = _value_names(proto)
+        proto = _dynamic_int8(proto, reduced, ["MatMul"], reduce_range=True)
+        _rename_new(proto, before, "rr")
     if dynamic:
         proto = _dynamic_int8(proto, dynamic, sorted({op for fqn in schemes for node, op in nodes.get(fqn, [])
                                                       if node in set(dynamic)}))
-    if reduced:  # after the 8-bit pass, which leaves these MatMuls as they are
-        proto = _dynamic_int8(proto, reduced, ["MatMul"], reduce_range=True)
     if half:
         proto = _fp16_nodes(proto, half)
     return proto, applied
+
+
+def _value_names(proto: Any) -> set[str]:
+    graph = proto.graph
+    return ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+            | {i.name for i in graph.input})
+
+
+def _rename_new(proto: Any, before: set[str], tag: str) -> None:
+    """Every tensor ``proto`` defines that was not in ``before`` gets ``.tag`` appended
+    (initializers, node outputs and the inputs that read them); graph outputs keep theirs."""
+    graph = proto.graph
+    kept = before | {o.name for o in graph.output}
+    new = {name: f"{name}.{tag}" for name in _value_names(proto) - kept}
+    for t in graph.initializer:
+        t.name = new.get(t.name, t.name)
+    for node in graph.node:
+        node.input[:] = [new.get(x, x) for x in node.input]
+        node.output[:] = [new.get(x, x) for x in node.output]
 
 
 def _fp16_nodes(proto: Any, include: list[str]) -> Any:
