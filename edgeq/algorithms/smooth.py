@@ -190,20 +190,21 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
     import torch
 
     x = stats.samples[fold.linears[0]]
-    refs = fold_references(fold, x, linears)
-
-    def scaled(s: Any | None) -> Callable[[str], Any]:
-        def make(f: str) -> Any:
-            lin = copy.deepcopy(linears[f])
-            if s is None:
-                return quantize(lin, f)
-            lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
-            q = quantize(lin, f)
-            return lambda v: q(v / s)
-        return make
+    with torch.no_grad():
+        refs = {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
 
     def error(s: Any | None) -> float:
-        return fold_error(fold, x, refs, linears, scaled(s))
+        total = 0.0
+        for f in fold.linears:
+            lin = copy.deepcopy(linears[f])
+            if s is not None:
+                lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
+            q = quantize(lin, f)
+            y = q(x if s is None else x / s)
+            if getattr(lin, "bias", None) is not None:
+                y = y - lin.bias.detach()
+            total += float((y - refs[f]).pow(2).sum() / refs[f].pow(2).sum().clamp(min=1e-30))
+        return total
 
     with torch.no_grad():
         best, best_error = None, error(None)
@@ -212,27 +213,6 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
             if e < best_error:
                 best, best_error = choice, e
     return best
-
-
-def fold_references(fold: Fold, x: Any, linears: dict[str, Any]) -> dict[str, Any]:
-    """Each linear of ``fold``'s fp32 output on ``x``, without its bias."""
-    import torch
-
-    with torch.no_grad():
-        return {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
-
-
-def fold_error(fold: Fold, x: Any, refs: dict[str, Any], linears: dict[str, Any],
-               make: Callable[[str], Any]) -> float:
-    """Summed over ``fold``'s linears: the relative squared error of ``make(fqn)(x)`` (a
-    quantized stand-in taking the fold's input as it is; its bias taken off) against ``refs``."""
-    total = 0.0
-    for f in fold.linears:
-        y = make(f)(x)
-        if getattr(linears[f], "bias", None) is not None:
-            y = y - linears[f].bias.detach()
-        total += float((y - refs[f]).pow(2).sum() / refs[f].pow(2).sum().clamp(min=1e-30))
-    return total
 
 
 def _choice(choice: tuple[str, float] | float) -> tuple[str, float]:

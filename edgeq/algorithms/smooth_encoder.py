@@ -16,22 +16,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from edgeq.algorithms.smooth import (CANDIDATES, REVISION, SMOOTHQUANT, Fold, _choice, _fold_scale, choose_scale,
-                                    fold_error, fold_references, statistics)
+from edgeq.algorithms.smooth import CANDIDATES, REVISION, SMOOTHQUANT, Fold, _choice, _fold_scale, choose_scale, statistics
 
 ENCODER_SAMPLES = 64  # calibration inputs an encoder's input folds are measured on
-# Outlier channels a fold may compute beside its int8 linears in fp32 (searched; 0: none).
-SPLITS = (4, 8, 16)
-SPLIT_SHARE = 16  # a split takes at most 1/16 of a linear's input channels: a few outliers, not a second linear
-# The split channels' divisor is their scale times this power of two: ``x / 2^64`` and the
-# side weight's ``W·s·2^64`` are exact in fp32, and values that small leave the per-tensor
-# int8 input range as the other channels set it (their main-path columns are zero).
-SPLIT_SHIFT = 2.0 ** 64
-OUTLIERS = "edgeq_outliers"  # the child linear computing a split's channels (its MatMul stays fp32)
-OUTLIER_INDEX = "edgeq_outlier_index"
 
 
 def encoder_folds(module: Any) -> list[Fold]:
@@ -79,61 +69,17 @@ def _divided(m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (args[0] / getattr(m, INPUT_DIVISOR),) + tuple(args[1:])
 
 
-def split_columns(linear: Any, s: Any, idx: Any) -> Any:
-    """``linear``'s weight columns times ``s`` (``scale_columns``); with ``idx`` (outlier input
-    channels) those columns zeroed, and returned times ``SPLIT_SHIFT`` (the side weight)."""
-    import torch
-
-    scale_columns(linear, s)
-    if idx is None:
-        return None
-    side = linear.weight.detach()[:, idx] * SPLIT_SHIFT
-    weight = linear.weight.detach().clone()
-    weight[:, idx] = 0
-    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-    return side
-
-
-def split_input(m: Any, s: Any, idx: Any, side: Any) -> None:
-    """``m`` divides its input by ``s`` (``divide_input``); with ``idx``, those channels by
-    ``s·SPLIT_SHIFT`` instead and a child linear (``OUTLIERS``, weight ``side``) adds their
-    product to ``m``'s output: they are computed in fp32 beside it."""
-    import torch
-
-    if idx is None:
-        divide_input(m, s)
-        return
-    divisor = s.detach().clone()
-    divisor[idx] = divisor[idx] * SPLIT_SHIFT
-    divide_input(m, divisor)
-    child = torch.nn.Linear(int(idx.numel()), int(side.shape[0]), bias=False)
-    child.weight = torch.nn.Parameter(side.to(child.weight.dtype), requires_grad=False)
-    m.add_module(OUTLIERS, child)
-    m.register_buffer(OUTLIER_INDEX, idx.detach().clone().to(torch.int64))
-    m.register_forward_hook(_with_outliers)
-
-
-def _with_outliers(m: Any, args: tuple[Any, ...], out: Any) -> Any:
-    return out + getattr(m, OUTLIERS)(args[0].index_select(-1, getattr(m, OUTLIER_INDEX)))
-
-
 @dataclass
 class EncoderScales:
     """An encoder's input-fold scales per scheme that takes them: ``scales[(linear fqn,
-    scheme name)] = (fold source, (method, α), s, idx)`` (``idx``: the input channels computed
-    in fp32 beside the linear, or None); a fold without an entry for a scheme is better
-    unscaled and unsplit at it."""
+    scheme name)] = (fold source, (method, α), s)``; a fold without an entry for a scheme is
+    better unscaled at it."""
 
-    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any, Any]]  # + outlier channels (or None)
+    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]]
     source: str  # the calibration data
     tokens: int
     digest: str  # of the calibration rows and the choices: what a sensitivity cache entry is keyed by
     methods: tuple[str, ...]
-    side: dict[tuple[str, str], int] = field(default_factory=dict)  # (fqn, scheme) → a split's fp32 side bytes
-
-    def side_bytes(self, fqn: str, scheme: str) -> int:
-        """The fp32 side weight a split adds to ``fqn`` at ``scheme`` (0 without a split)."""
-        return self.side.get((fqn, scheme), 0)
 
 
 _ENCODER_SCALES: Any = None  # module → {(schemes, methods): EncoderScales}: planning and lowering search once
@@ -149,8 +95,6 @@ def encoder_scales(loaded: Any, schemes: list[Any], backend: Any,
     measures each candidate with it, and the lowering applies it per linear. None when
     nothing applies (no fold, no such scheme, no ``methods``, no calibration data)."""
     import weakref
-
-    import torch
 
     from edgeq.algorithms.calibrated import calibration_source
 
@@ -171,66 +115,36 @@ def encoder_scales(loaded: Any, schemes: list[Any], backend: Any,
     linears = sorted({x for f in folds_ for x in f.linears})
     stats = statistics(module, linears, loaded.make_inputs("calib", ENCODER_SAMPLES), trim=False)
     modules = dict(module.named_modules())
-    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any, Any]] = {}
-    side: dict[tuple[str, str], int] = {}
-    digest = hashlib.sha256(f"{REVISION}|{SPLITS}|{stats.digest}|{methods}".encode())
+    scales: dict[tuple[str, str], tuple[str, tuple[str, float], Any]] = {}
+    digest = hashlib.sha256(f"{REVISION}|{stats.digest}|{methods}".encode())
     for name, scheme in wanted:
         def quantize(linear: Any, fqn: str, scheme: Any = scheme) -> Any:
             return backend.stand_in(linear, scheme)
 
         for fold in folds_:
             choice = choose_scale(fold, stats, modules, quantize, module, methods)
-            sc = (_fold_scale(module, fold, stats, modules, choice) if choice is not None
-                  else torch.ones_like(stats.absmax[fold.linears[0]]))
-            idx = _choose_split(fold, stats, modules, backend.stand_in, scheme, sc)
-            digest.update(f"|{name}|{fold.source}|{choice}|{None if idx is None else idx.tolist()}".encode())
-            if choice is None and idx is None:
+            digest.update(f"|{name}|{fold.source}|{choice}".encode())
+            if choice is None:
                 continue
+            sc = _fold_scale(module, fold, stats, modules, choice)
             for f in fold.linears:
-                scales[(f, name)] = (fold.source, _choice(choice) if choice else ("none", 0.0), sc, idx)
-                if idx is not None:
-                    side[(f, name)] = int(idx.numel()) * int(modules[f].weight.shape[0]) * 4
-    memo[key] = EncoderScales(scales, source, stats.tokens, digest.hexdigest()[:16], methods, side)
+                scales[(f, name)] = (fold.source, _choice(choice), sc)
+    memo[key] = EncoderScales(scales, source, stats.tokens, digest.hexdigest()[:16], methods)
     return memo[key]
 
 
-def scaled_stand_in(stand_in: Callable[[Any, Any], Any], layer: Any, scheme: Any, s: Any, idx: Any = None) -> Any:
+def scaled_stand_in(stand_in: Callable[[Any, Any], Any], layer: Any, scheme: Any, s: Any) -> Any:
     """``stand_in`` of ``layer`` at ``scheme`` with its weight's columns times ``s`` and its
-    input divided by ``s`` before anything the runtime does to it, the ``idx`` channels (if
-    any) computed beside it in fp32: the linear as an ``"input"`` fold ships it."""
+    input divided by ``s`` before anything the runtime does to it: the linear as an
+    ``"input"`` fold ships it."""
     import torch
 
     scaled = copy.deepcopy(layer)
     with torch.no_grad():
-        side = split_columns(scaled, s, idx)
+        scale_columns(scaled, s)
     q = stand_in(scaled, scheme)
-    split_input(q, s, idx, side)
+    divide_input(q, s)
     return q
-
-
-def _choose_split(fold: Fold, stats: Any, modules: dict[str, Any], stand_in: Callable[[Any, Any], Any],
-                  scheme: Any, s: Any) -> Any:
-    """The outlier channels (the ``k`` of ``SPLITS`` with the largest calibration ``|x|``)
-    whose fp32 split reproduces the fold's outputs best with ``s``; None (no split) wins ties."""
-    import torch
-
-    x = stats.samples[fold.linears[0]]
-    refs = fold_references(fold, x, modules)
-
-    def error(idx: Any) -> float:
-        return fold_error(fold, x, refs, modules, lambda f: scaled_stand_in(stand_in, modules[f], scheme, s, idx))
-
-    absmax = torch.stack([stats.absmax[f] for f in fold.linears]).amax(0)
-    with torch.no_grad():
-        best, best_error = None, error(None)
-        for k in SPLITS:
-            if k > absmax.numel() // SPLIT_SHARE:
-                continue
-            idx = torch.topk(absmax, k).indices.sort().values
-            e = error(idx)
-            if e < best_error:
-                best, best_error = idx, e
-    return best
 
 
 def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: Any,
@@ -270,12 +184,12 @@ def smooth_encoder(loaded: Any, schemes: dict[str, Any], backend: Any, steps: An
                 if entry is None:
                     unscaled[fqn] = f"at {scheme.name}: no scale reproduced the calibration outputs better than none"
                     continue
-                source, (method, alpha), sc, idx = entry
-                split_input(modules[fqn], sc, idx, split_columns(modules[fqn], sc, idx))
+                source, (method, alpha), sc = entry
+                scale_columns(modules[fqn], sc)
+                divide_input(modules[fqn], sc)
                 fold = made.setdefault(f"{source}@{scheme.name}", {
                     "linears": [], "scheme": scheme.name, "method": method, "alpha": alpha,
-                    "scale_range": [round(float(sc.min()), 4), round(float(sc.max()), 4)],
-                    "fp32_channels": [] if idx is None else [int(i) for i in idx]})
+                    "scale_range": [round(float(sc.min()), 4), round(float(sc.max()), 4)]})
                 fold["linears"].append(fqn)
         info.detail = f"{sum(len(f['linears']) for f in made.values())} linears in {len(made)} folds, " \
                       f"{found.tokens} tokens"

@@ -249,18 +249,14 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
             info.detail = (f"fastest plan {timings.fastest_ms():.2f} ms, rest of the graph {timings.remainder_ms:.2f} ms"
                            f" ({'estimate' if timings.estimate else 'measured on this host'})")
 
-    def side(x: LayerInfo, scheme: Scheme) -> int:  # a smoothed linear's fp32 outlier channels
-        return scales.side_bytes(x.fqn, scheme.name) if scales is not None else 0
-
     def weight(x: LayerInfo, scheme: Scheme) -> int:
-        return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme) + side(x, scheme)
+        return fixed[x.fqn] if x.fqn in fixed else be.stored_bytes(x, scheme)
 
     def in_file(x: LayerInfo, scheme: Scheme) -> int:  # the weight + its scheme's entries in the file
         return weight(x, scheme) + (0 if x.fqn in fixed else be.scheme_overhead(x, scheme))
 
     def held(x: LayerInfo, scheme: Scheme) -> int:
-        return fixed[x.fqn] if x.fqn in fixed else (be.held_bytes(x, scheme, decoder_lm=prepared.decoder_lm)
-                                                     + side(x, scheme))
+        return fixed[x.fqn] if x.fqn in fixed else be.held_bytes(x, scheme, decoder_lm=prepared.decoder_lm)
 
     def error(fqn: str, scheme: Scheme) -> float:
         # Measured errors below float precision (fp16 layers, ~1e-9) can come out 0 or

@@ -84,8 +84,7 @@ def measure(
         if (fqn, scheme.name) in scaled:
             from edgeq.algorithms.smooth_encoder import scaled_stand_in
 
-            _source, _choice, sc, idx = scaled[(fqn, scheme.name)]
-            return scaled_stand_in(base_stand_in, layer, scheme, sc, idx)
+            return scaled_stand_in(base_stand_in, layer, scheme, scaled[(fqn, scheme.name)][2])
         if scheme.algorithm == "rtn":
             return base_stand_in(layer, scheme)
         return base_stand_in(layer, scheme, found[(fqn, scheme.name)])
