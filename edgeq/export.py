@@ -175,7 +175,7 @@ def export(
         from edgeq.planning.planner import solve_step
 
         costs = measure_costs(prepared, rules=rules, steps=steps, algorithms=algorithms, latency=budgets.wants_latency,
-                          precisions=list(budgets.families) if budgets.families else None)
+                              precisions=budgets.families)
         predicted = solve_step(costs, budgets, steps)
         plan = predicted.plan
     else:
@@ -198,10 +198,9 @@ def export(
         info.detail = f"{len(heldout)} × ({loaded.inputs_description})"
 
     be = get_backend(tgt.format)
-    from edgeq.algorithms.smooth import SMOOTHQUANT
-    from edgeq.algorithms.smooth_encoder import smooth_encoder
+    from edgeq.algorithms.smooth_encoder import encoder_methods, smooth_encoder
 
-    methods = (SMOOTHQUANT,) if algorithms is None or SMOOTHQUANT in algorithms else ()
+    methods = encoder_methods(algorithms)
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 

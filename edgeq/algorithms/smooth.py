@@ -103,9 +103,6 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
     head_name = next((n for n, m in modules.items() if m is head), None)
     if final is not None and head_name is not None:
         norm(final, (head_name,))
-    from edgeq.algorithms.smooth_encoder import encoder_folds
-
-    out += encoder_folds(module)
     return out, skipped
 
 
@@ -257,7 +254,7 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
     chosen: list[tuple[Fold, tuple[str, float]]] = []
     for fold in plan:
         why = next((f"{f}: {w}" for f in fold.linears if (w := takes(f))), "")
-        if not why and fold.kind in ("rows", "value") and (w := keeps(fold.source)):
+        if not why and fold.kind != "norm" and (w := keeps(fold.source)):
             why = f"{fold.source}: {w}"
         if not why and any(f not in stats.absmax for f in fold.linears):
             why = "no calibration statistics for its linears"
@@ -282,12 +279,6 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
             for f in fold.linears:
                 lin = copied[f]
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
-                if fold.kind == "input":
-                    from edgeq.algorithms.smooth_encoder import divide_input
-
-                    divide_input(lin, s)
-            if fold.kind == "input":
-                continue
             src = copied[fold.source]
             inv = (1 / _per_row(out, fold, s)).to(src.weight.dtype)
             if fold.kind == "norm":

@@ -47,6 +47,14 @@ def encoder_folds(module: Any) -> list[Fold]:
     return out
 
 
+def encoder_methods(algorithms: list[str] | None) -> tuple[str, ...]:
+    """The scale forms an encoder's export searches: SmoothQuant's, unless ``--algorithms``
+    leaves it out (AWQ's mean-based scale is the decoders')."""
+    from edgeq.algorithms.smooth import methods_offered
+
+    return tuple(m for m in methods_offered(algorithms) if m == SMOOTHQUANT)
+
+
 INPUT_DIVISOR = "edgeq_input_divisor"  # the buffer an "input" fold's linear divides its input by
 
 

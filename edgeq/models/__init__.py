@@ -271,9 +271,9 @@ def _dynamic_batch(ep: Any) -> bool:
     import torch
 
     users = {s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"}
-    shapes = [getattr(n.meta.get("val"), "shape", None) for n in ep.graph.nodes if n.op == "placeholder" and n.name in users]
-    return all(shape is not None and len(shape) > 0 and isinstance(shape[0], torch.SymInt)
-               for shape in shapes if shape is not None) and any(shape for shape in shapes)
+    shapes = [n.meta["val"].shape for n in ep.graph.nodes
+              if n.op == "placeholder" and n.name in users and hasattr(n.meta.get("val"), "shape")]
+    return bool(shapes) and all(len(shape) > 0 and isinstance(shape[0], torch.SymInt) for shape in shapes)
 
 
 _EXAMPLE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")

@@ -10,7 +10,7 @@ else, and re-solving it (another budget, a measured file overhead) never touches
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
@@ -132,7 +132,7 @@ def _excluded(layer: LayerInfo, families: list[str], cannot: Callable[[Any, Sche
 
 def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str | None = None,
                   calib_samples: int = 32, use_cache: bool = True, steps: Steps | None = None,
-                  precisions: list[str] | None = None, algorithms: list[str] | None = None,
+                  precisions: Sequence[str] | None = None, algorithms: list[str] | None = None,
                   latency: bool = False) -> PlanCosts:
     """Candidates, measured errors and bytes for every layer of ``prepared``.
 
@@ -224,11 +224,12 @@ def measure_costs(prepared: Any, *, rules: list[str] | None = None, proxy: str |
                                                          samples=calibration_data.samples_for(loaded),
                                                          use_cache=use_cache)
         scales = None
-        if not prepared.decoder_lm and (algorithms is None or "smoothquant" in algorithms):
-            from edgeq.algorithms.smooth_encoder import encoder_scales
+        if not prepared.decoder_lm:
+            from edgeq.algorithms.smooth_encoder import encoder_methods, encoder_scales
 
             # per-tensor int8 linears are measured with the input scale the export will divide by
-            scales = encoder_scales(loaded, list({s for v in candidates.values() for s in v}), be)
+            scales = encoder_scales(loaded, list({s for v in candidates.values() for s in v}), be,
+                                    encoder_methods(algorithms))
         sens = sensitivity.measure(loaded.module, layers, candidates, calib, loaded.metric,
                                    proxy=proxy, use_cache=use_cache, fmt=fmt, calibrated=solved,
                                    calibration_key=calibration_data.results_key(calibration, solved),

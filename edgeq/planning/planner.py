@@ -89,7 +89,7 @@ def plan(
     budgets = applicable(budgets, prepared, steps)
     costs = measure_costs(prepared, rules=rules, proxy=proxy, calib_samples=calib_samples,
                           use_cache=use_cache, steps=steps, algorithms=algorithms, latency=budgets.wants_latency,
-                          precisions=list(budgets.families) if budgets.families else None)
+                          precisions=budgets.families)
     if planned_activation_bytes is not None:
         costs = costs.with_activation_bytes(planned_activation_bytes)
     return solve_step(costs, budgets, steps)

@@ -36,7 +36,7 @@ import contextvars
 import copy
 from typing import Any, Iterator
 
-from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER_KERNELS
+from edgeq.backends.onnx.costs import INT8_BLOCK, MATMUL_INTEGER, MATMUL_INTEGER_KERNELS
 from edgeq.backends.standins import fp16_layer, with_input_scale
 from edgeq.schemes import Scheme
 
@@ -74,7 +74,7 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         q.weight = torch.nn.Parameter(table, requires_grad=False)
         return q
     if scheme.bits == 8 and scheme.kernel in MATMUL_INTEGER_KERNELS:
-        top = 127 if scheme.kernel == MATMUL_INTEGER_KERNELS[0] else 64  # reduce_range: [-64, 64]
+        top = 127 if scheme.kernel == MATMUL_INTEGER else 64  # matmulinteger7 (reduce_range): [-64, 64]
         scale = (w.abs().amax(-1, keepdim=True) / top).clamp(min=1e-12)
         q.weight = torch.nn.Parameter((w / scale).round().clamp(-top, top) * scale, requires_grad=False)
         if not host_u8s8_exact():
