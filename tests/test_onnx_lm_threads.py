@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-from edgeq.backends.onnx.llm_session import idle_between, idle_cpus, parse_proc_stat, spin_threads, usable_cpus
+from edgeq.backends.onnx.llm_session import spin_threads
+from edgeq.hostcpu import idle_between, idle_cpus, parse_proc_stat, usable_cpus
 
 STAT_BEFORE = """cpu  300 0 100 1000 0 0 0 0 0 0
 cpu0 100 0 50 500 0 0 0 0 0 0

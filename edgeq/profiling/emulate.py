@@ -21,13 +21,13 @@ on one core.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeq.errors import ConfigError
+from edgeq.hostcpu import usable_cpus
 from edgeq.targets.schema import DeviceProfile
 
 # Fallback order when a unit's profile lists no peak for the op's dtype.
@@ -310,7 +310,7 @@ def host_profile(bandwidth_gbps: float | None = None) -> DeviceProfile:
         raise ConfigError("detecting a host profile needs an x86-64 Linux machine (/proc/cpuinfo)",
                           "pass a built-in device profile instead (edgeq targets list)")
     flags = set(info.get("flags", "").split())
-    cores = len(os.sched_getaffinity(0))
+    cores = len(usable_cpus())
     ghz = _max_ghz() or float(info.get("cpu MHz", "0") or 0) / 1e3 or 2.0
     family = int(info.get("cpu family", "0") or 0)
     vendor = info.get("vendor_id", "")
