@@ -528,3 +528,18 @@ def test_calibrated_gptq_on_executorchs_grid_is_never_worse_than_its_rtn(group: 
     rows_theirs = ((calib.double() @ (w - theirs).double().T) ** 2).sum(0)
     assert bool((rows_ours <= rows_theirs * (1 + 1e-9)).all())
     assert reconstruction_error(w, ours, heldout) < reconstruction_error(w, theirs, heldout)
+
+
+def test_the_sensitivity_key_changes_with_the_gptq_column_order(monkeypatch):
+    """A sensitivity cache entry of a GPTQ candidate measured with one column order is not
+    read back for the other: the order changes the candidate's values (cache revision 2 reused
+    them, so a plan was scored on results it did not ship)."""
+    import edgeq.algorithms.calibrated as calibrated
+
+    solved = {("l", "int4-g32-gptq"): object()}
+    keys = set()
+    for order in (False, True):
+        monkeypatch.setattr(calibrated, "ACT_ORDER", order)
+        keys.add(calibrated.results_key(None, solved))
+    assert len(keys) == 2
+    assert calibrated.results_key(None, {}) == ""

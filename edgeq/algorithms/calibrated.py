@@ -307,12 +307,13 @@ def cache_dir() -> Path:
 
 def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
     """What the calibrated candidates' results depend on besides the weights (part of the
-    sensitivity cache key): the calibration rows' digest and the algorithms' revisions."""
+    sensitivity cache key): the calibration rows' digest, the algorithms' revisions and
+    settings (the same as the GPTQ results' own key holds)."""
     from edgeq.algorithms.hqq import REVISION as HQQ_REVISION
 
     if not solved:
         return ""
-    return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}|hqq{HQQ_REVISION}"
+    return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}-{ACT_ORDER}|hqq{HQQ_REVISION}"
 
 
 def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: Any, grid: Any, *,
