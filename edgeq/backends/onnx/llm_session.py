@@ -159,10 +159,10 @@ def spin_threads(threads: int, idle: float | None) -> bool:
     """Whether ONNX Runtime's intra-op threads should spin between a step's kernels.
 
     A decode step is hundreds of short kernels: threads that spin between them instead of
-    sleeping are ~25-30% faster when they have cores to themselves, and ~30% slower when
-    another process needs those cores (measured on SmolLM2-135M int4, 2 threads on 2 vCPUs:
-    idle host 143-172 tokens/s spinning vs 105-127 sleeping; one busy process beside it
-    62-83 vs 91-128). So: spin only if the CPUs were idle for every thread when the
+    sleeping are about a third faster when they have cores to themselves, and about a third
+    slower when another process needs those cores (measured on SmolLM2-135M int4, 2 threads
+    on 2 vCPUs, spinning within steps only: idle host 142-166 tokens/s spinning vs 106-127
+    sleeping; one busy process beside it 62-83 vs 91-128). So: spin only if the CPUs were idle for every thread when the
     session opened (half a core of slack for this process's own work); unknown: sleep.
     Spinning stops between steps either way (``session.force_spinning_stop``)."""
     return idle is not None and idle >= threads - 0.5
