@@ -307,13 +307,19 @@ def cache_dir() -> Path:
 
 def results_key(calibration: Calibration | None, solved: dict[Any, Any]) -> str:
     """What the calibrated candidates' results depend on besides the weights (part of the
-    sensitivity cache key): the calibration rows' digest, the algorithms' revisions and
-    settings (the same as the GPTQ results' own key holds)."""
+    sensitivity cache key): the calibration rows' digest and the algorithms' revisions and
+    settings."""
     from edgeq.algorithms.hqq import REVISION as HQQ_REVISION
 
     if not solved:
         return ""
-    return f"{calibration.sha256 if calibration else ''}|gptq{CACHE_REVISION}-{ACT_ORDER}|hqq{HQQ_REVISION}"
+    return f"{calibration.sha256 if calibration else ''}|gptq{gptq_settings()}|hqq{HQQ_REVISION}"
+
+
+def gptq_settings() -> str:
+    """What a GPTQ result depends on besides its weight, grid, group and Hessian: the code's
+    revision and the column order (one definition for both keys that name GPTQ results)."""
+    return f"{CACHE_REVISION}|{ACT_ORDER}"
 
 
 def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: Any, grid: Any, *,
@@ -331,7 +337,7 @@ def cached_gptq(weights: dict[str, Any], groups: dict[str, list[int]], hessian: 
     for fqn, w in weights.items():
         w = w.detach().float().contiguous()
         for g in groups[fqn]:
-            h = hashlib.sha256(f"{CACHE_REVISION}|{grid.key}|{g}|{ACT_ORDER}|{tuple(w.shape)}".encode())
+            h = hashlib.sha256(f"{gptq_settings()}|{grid.key}|{g}|{tuple(w.shape)}".encode())
             h.update(w.numpy().tobytes())
             h.update(hessian.contiguous().numpy().tobytes())
             keys[(fqn, g)] = key = h.hexdigest()[:32]

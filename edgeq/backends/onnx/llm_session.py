@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends.lm_meta import read_lm_meta
-from edgeq.hostcpu import idle_cpus, usable_cpus
 from edgeq.errors import ArtifactError, RunError, describe
+from edgeq.hostcpu import idle_cpus, usable_cpus
 
 _MAX_LAYERS = 4096
 KV_SHARED, KV_CONCAT = "shared", "concat"  # the edgeq.lm metadata's "kv_cache" (absent: concat)
@@ -162,8 +162,9 @@ def spin_threads(threads: int, idle: float | None) -> bool:
     sleeping are about a third faster when they have cores to themselves, and about a third
     slower when another process needs those cores (measured on SmolLM2-135M int4, 2 threads
     on 2 vCPUs, spinning within steps only: idle host 142-166 tokens/s spinning vs 106-127
-    sleeping; one busy process beside it 62-83 vs 91-128). So: spin only if the CPUs were idle for every thread when the
-    session opened (half a core of slack for this process's own work); unknown: sleep.
+    sleeping; one busy process beside it 62-83 vs 91-128). So: spin only if the CPUs were
+    idle for every thread when the session opened (half a core of slack for this process's
+    own work); unknown: sleep.
     Spinning stops between steps either way (``session.force_spinning_stop``)."""
     return idle is not None and idle >= threads - 0.5
 
