@@ -48,7 +48,8 @@ def test_in_graph_offsets_by_hand():
     """Two linears (a, b) and a table (e): the fp32 graph 8.5 ms against 6.5 ms of its layers
     alone leaves 2 ms = R + 2·c_fp32; all-int8 5.0 ms against 3.5 ms leaves R + 2·c_int8 = 1.5.
     R is as large as keeps both offsets ≥ 0: 1.5, so c_fp32 = 0.25 and c_int8 = 0. When a
-    scheme's graph is faster than its layers alone, R is 0 and that offset negative."""
+    plan's graph is faster than its layers alone, R is as large as keeps every layer's cost ≥ 0
+    (below 0), and each uniform plan is still predicted at its measurement."""
     from edgeq.backends.timing import in_graph_offsets
 
     fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
@@ -56,7 +57,12 @@ def test_in_graph_offsets_by_hand():
     assert in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, int8)}, {"a", "b"}) == {"fp32": 0.25, "int8": 0.0}
     # a plan where only a has int4: b stays fp32 (4.0 + its offset 0.25) in that graph
     got = in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, int8), "int4": (3.0, {"a": 0.5})}, {"a", "b"})
-    assert got == {"fp32": 1.0, "int8": 0.75, "int4": -3.0}  # 3.0 - 0.5 - 0.5(e) - (4.0 + 1.0) = -3.0; R = 0
+    # raw offsets (R = 0): fp32 1.0, int8 0.75, int4 3.0 - 0.5 - 0.5(e) - (4.0 + 1.0) = -3.0, which
+    # would cost a at int4 0.5 - 3.0 = -2.5: R = 2 · -2.5 = -5.0 and every offset 2.5 higher
+    assert got == {"fp32": 3.5, "int8": 3.25, "int4": -0.5}
+    cost = {"a": {"fp32": 5.5, "int8": 4.25, "int4": 0.0}, "b": {"fp32": 7.5, "int8": 5.25}, "e": {"fp32": 0.5}}
+    for name, whole, plan_ in [("fp32", 8.5, {}), ("int8", 5.0, {"a": "int8", "b": "int8"}), ("int4", 3.0, {"a": "int4"})]:
+        assert -5.0 + sum(cost[f][plan_.get(f, "fp32")] for f in cost) == pytest.approx(whole), name
     assert in_graph_offsets({"e": 1.0}, {"fp32": (1.0, {"e": 1.0})}, set()) == {"fp32": 0.0}
 
 
@@ -84,6 +90,39 @@ def test_every_uniform_plan_is_predicted_at_its_whole_graph_measurement(tmp_path
         schemes = others | {f: "fp32" for f in linears} | {f: name for f in fqns}
         assert timings.predict(schemes) == pytest.approx(wholes[name], rel=1e-4), name
 
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_layer_costs_are_never_negative_and_reproduce_every_uniform_plan(seed):
+    """Random one-layer timings and whole-graph timings, some plans' graphs faster than their
+    layers alone (a tiny model's case): every cost is ≥ 0 and the rest of the graph (the fp32
+    whole minus the layers' fp32 costs, as planning takes it) plus a uniform plan's costs is
+    that plan's measurement."""
+    import random
+
+    from edgeq.backends.timing import with_in_graph_offsets
+    from edgeq.schemes import parse
+
+    rng = random.Random(seed)
+    names = ["int8", "int4-g32", "int8@matmulinteger"]
+    linears = [f"l{i}" for i in range(rng.randint(1, 6))]
+    candidates = {f: [parse(n) for n in rng.sample(names, rng.randint(1, 3))] for f in linears}
+    shape = ("linear", (4, 4), False, (1, 4))
+    cases = [(f, s, shape) for f in linears for s in [parse("fp32"), *candidates[f]]]
+    alone = {f: {s.name: rng.uniform(0.005, 0.05) for s in [parse("fp32"), *candidates[f]]} for f in linears}
+    wholes = {}
+
+    def measure(uniform):
+        for name, fqns in uniform.items():
+            wholes[name] = rng.uniform(0.2, 1.5) * sum(alone[f][name] for f in fqns)
+        return dict(wholes)
+
+    costs, whole_fp32, _ = with_in_graph_offsets({f: dict(v) for f, v in alone.items()}, cases, candidates, measure)
+    assert all(ms >= -1e-9 for v in costs.values() for ms in v.values())
+    rest = whole_fp32 - sum(v["fp32"] for v in costs.values())
+    for name, whole in wholes.items():
+        predicted = rest + sum(costs[f][name] if name in costs[f] else costs[f]["fp32"] for f in linears)
+        assert predicted == pytest.approx(whole, abs=1e-7), name
 
 def test_plan_file_records_the_latency_prediction(tmp_path: Path):
     out = tmp_path / "plan.yaml"

@@ -190,7 +190,7 @@ def with_in_graph_offsets(out: dict[str, dict[str, float]], cases: list[Any], ca
     offsets = in_graph_offsets(fp32, {ref: (measured[ref], {f: out[f][ref] for f in fqns})
                                       for ref, fqns in uniform.items()}, timed)
     for fqn in timed:
-        out[fqn] = {name: max(ms + offsets[rtn_of(parse(name)).name], 0.0) for name, ms in out[fqn].items()}
+        out[fqn] = {name: ms + offsets[rtn_of(parse(name)).name] for name, ms in out[fqn].items()}  # ≥ 0 (in_graph_offsets)
     return out, measured[FP32.name], f"; in-graph offsets from {len(measured)} whole-model timings"
 
 
@@ -228,8 +228,13 @@ def in_graph_offsets(fp32_ms: dict[str, float], uniform: dict[str, tuple[float, 
     p50, {layer: its timing alone at the scheme})}`` for the fp32 graph and each uniform plan
     (its layers at the scheme, every other layer fp32). With a remainder R (the rest of the
     graph) and n offset layers, the fp32 graph gives ``R + n·c_fp32``, and each plan its own
-    ``c``; R and the offsets trade one for another, so R is taken as large as keeps every
-    offset ≥ 0 (at least 0): ``R = max(n · min c, 0)``.
+    ``c``; R and the offsets trade one for another. R is taken as large as keeps every
+    offset ≥ 0 (at least 0): ``R = max(n · min c, 0)``, and no larger than keeps every layer's
+    cost (its timing alone plus its scheme's offset) ≥ 0: ``R ≤ n · min(alone + c)``. The
+    second bound is below 0 only when a plan's graph runs faster than its layers alone
+    (on a tiny model each one-layer timing is mostly a run's fixed cost, which the graph
+    pays once): R is then negative, and every cost and every uniform plan's prediction
+    stays exact (a cost clipped at 0 would predict that plan above its measurement).
 
     >>> fp32 = {"a": 2.0, "b": 4.0, "e": 0.5}
     >>> in_graph_offsets(fp32, {"fp32": (8.5, fp32), "int8": (5.0, {"a": 1.0, "b": 2.0})}, {"a", "b"})
@@ -246,5 +251,8 @@ def in_graph_offsets(fp32_ms: dict[str, float], uniform: dict[str, tuple[float, 
         if name != fp32_name and alone:
             rest = sum(ms for f, ms in fp32_ms.items() if f not in alone) + (n - len(alone)) * c_fp32
             raw[name] = (whole - sum(alone.values()) - rest) / len(alone)
-    remainder = max(n * min(raw.values()), 0.0)
-    return {name: round(c - remainder / n, 6) for name, c in raw.items()}
+    costs = [ms + raw[fp32_name] for f, ms in fp32_ms.items() if f in offset_layers]
+    costs += [ms + raw[name] for name, (_w, alone) in uniform.items() if name in raw and name != fp32_name
+              for ms in alone.values()]
+    remainder = min(max(n * min(raw.values()), 0.0), n * min(costs))
+    return {name: round(c - remainder / n, 9) for name, c in raw.items()}

@@ -100,7 +100,9 @@ def measure_latency(prepared: Any, candidates: dict[str, list[Any]], use_cache: 
         device=None if here else (profile, list(tgt.delegates)))
     unused = prepared.unused
     layers = {f: ({s: 0.0 for s in v} if f in unused else v) for f, v in layers.items()}
-    remainder = max(whole - sum(v.get("fp32", 0.0) for v in layers.values()), 0.0)
+    # negative when the layers' costs sum above the graph (edgeq.backends.timing.in_graph_offsets)
+    remainder = whole - sum(v.get("fp32", 0.0) for v in layers.values())
+    remainder = remainder if abs(remainder) > 1e-9 else 0.0  # float rounding, not a figure
     return LatencyCosts(layers={f: {s: ms for s, ms in v.items() if s in {c.name for c in candidates[f]}}
                                 for f, v in layers.items()},
                         remainder_ms=remainder, estimate=not here,

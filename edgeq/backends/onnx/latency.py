@@ -5,23 +5,25 @@ Each (layer shape, scheme) is lowered exactly as the artifact's lowering does it
 timed in sessions with the artifact's options (CPU provider, the target's intra-op
 threads) on an input of the shape the layer sees in the model (captured by one forward
 pass). The median over ``SESSIONS`` fresh sessions of each one's p50 (the least of
-``ROUNDS`` round medians after ``WARMUP_RUNS``) is its cost (``sessions_p50_ms``); the
+``ROUNDS`` round medians after ``WARMUP_RUNS``) less a run's fixed cost on that input (an
+``Identity`` graph on it, timed the same way: ``fixed_cost_graph``) is its timing alone; the
 exported artifact is timed the same way. Layers with the same shapes share one timing.
 
-A layer costs more or less in the whole graph than alone: alone, each timing carries a
-run's fixed cost the graph pays once, its weights stay hot in cache, and no graph fusion
-is at stake; in the graph, a quantized linear breaks fusions its fp32 MatMul takes part
-in (MiniLM at 2 threads, medians of 5 sessions: its 36 linears as ``MatMulInteger`` take
-15.1 ms in the graph against 5.4 ms alone, as fp32 ``MatMul`` 24.2 against 19.2). So the whole export is
-timed once per scheme kind the linears may take (the fp32 graph, and each uniform plan:
-every linear that has the scheme as a candidate at it, the rest fp32), and each scheme
-gets an in-graph offset per linear (``in_graph_offsets``) that makes the prediction of
-every uniform plan equal its measurement. A linear's cost at a scheme is its timing alone
-plus its scheme's offset; the rest of the graph (attention, norms, activations; any layer
-kind this module does not build, e.g. convolutions, at fp32) is what is left of the fp32
-export's p50. A plan's predicted latency is that remainder plus its layers' costs at their
-schemes. Calibrated schemes (GPTQ, AWQ, HQQ) store their RTN scheme's layout and share its
-timings.
+A layer costs more or less in the whole graph than alone: alone, its weights stay hot in
+cache and no graph fusion is at stake; in the graph, a quantized linear breaks fusions its
+fp32 MatMul takes part in (MiniLM at 2 threads, medians of 5 sessions: its 36 linears as
+``MatMulInteger`` take 15.1 ms in the graph against 5.4 ms alone, fixed costs included, as
+fp32 ``MatMul`` 24.2 against 19.2). So the whole export is timed once per scheme kind the
+linears may take (the fp32 graph, and each uniform plan: every linear that has the scheme
+as a candidate at it, the rest fp32), and each scheme gets an in-graph offset per linear
+(``in_graph_offsets``) that makes the prediction of every uniform plan equal its
+measurement. A linear's cost at a scheme is its timing alone plus its scheme's offset,
+never below 0; the rest of the graph (attention, norms, activations; any layer kind this
+module does not build, e.g. convolutions, at fp32) is what is left of the fp32 export's
+p50, below 0 only where a graph runs faster than its layers' costs allow (a few µs on a
+tiny model, in timing noise). A plan's predicted latency is that remainder plus its
+layers' costs at their schemes. Calibrated schemes (GPTQ, AWQ, HQQ) store their RTN
+scheme's layout and share its timings.
 
 For a device that is not this host's kind (``estimate_layer_latency``) the same one-layer
 graphs (and the fp32 export) are costed by the emulator's per-op roofline for the device
@@ -102,6 +104,23 @@ def layer_graph(kind: str, weight: Any, bias: Any, x_shape: tuple[int, ...]) -> 
     return model, used, x
 
 
+def fixed_cost_graph(kind: str, x_shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
+    """A one-node graph (``Identity``) on a layer's input: what a one-layer timing costs
+    beyond its op (the run's fixed cost, the input in and an output out), and its feeds."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    if kind == "embedding":
+        x, x_type = rng.integers(0, 2, size=x_shape).astype(np.int64), TensorProto.INT64
+    else:
+        x, x_type = rng.standard_normal(x_shape).astype(np.float32), TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="identity")], "fixed_cost",
+                              [helper.make_tensor_value_info("x", x_type, list(x_shape))],
+                              [helper.make_tensor_value_info("y", x_type, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), {"x": x}
+
+
 def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any], candidates: dict[str, list[Any]],
                   threads: int, use_cache: bool = True) -> tuple[dict[str, dict[str, float]], float, str]:
     """``({fqn: {scheme name: ms}}, whole fp32 model ms, how they were taken)`` on this host.
@@ -116,18 +135,25 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
 
     cache = LatencyCache(f"layers-{ort.__version__}")
     out, cases = layer_cases(module, example_inputs, layers, candidates)
+    fixed: dict[tuple[Any, ...], float] = {}
     for fqn, scheme, shape in cases:
+        kind, weight_shape, has_bias, x_shape = shape
+        if (kind, x_shape) not in fixed:  # a run's fixed cost on this input, which the graph pays once
+            key = case_key(threads, (kind, (), False, x_shape), "fixed")
+            if (found := cache.get(key) if use_cache else None) is None:
+                found = sessions_p50_ms(*fixed_cost_graph(kind, x_shape), threads)
+                cache.put(key, found)
+            fixed[(kind, x_shape)] = found
         key = case_key(threads, shape, scheme.name)
         found = cache.get(key) if use_cache else None
         if found is None:
-            kind, weight_shape, has_bias, x_shape = shape
             weight = np.random.default_rng(1).standard_normal(weight_shape).astype(np.float32) * 0.05
             bias = np.zeros(weight.shape[0], np.float32) if has_bias else None
             proto, nodes, x = layer_graph(kind, weight, bias, x_shape)
             proto, _ = _apply_plan(proto, {fqn: scheme}, {fqn: nodes})
             found = sessions_p50_ms(proto, {"x": x}, threads)
             cache.put(key, found)
-        out.setdefault(fqn, {})[scheme.name] = found
+        out.setdefault(fqn, {})[scheme.name] = max(found - fixed[(kind, x_shape)], 0.0)
     cache.save()
     out, whole, note = with_in_graph_offsets(
         out, cases, candidates, lambda uniform: _whole_ms(module, example_inputs, threads, use_cache, uniform))
