@@ -39,7 +39,7 @@ def test_grid_is_gguf_q4_1():
     """The integers are the ``gguf`` package's Q4_1 quantizer's, and its scale and offset
     (stored there as fp16) are ours rounded to fp16."""
     gguf = pytest.importorskip("gguf")
-    from edgeq.backends.onnx.numerics import offset_blocks
+    from edgeq.algorithms.grids import offset_blocks
 
     torch.manual_seed(0)
     w = torch.randn(8, 128) * 0.1

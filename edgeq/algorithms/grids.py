@@ -15,6 +15,9 @@ is its backend's choice (``GPTQ_GRID`` in the backend module); nothing here name
   stretched to include 0, ``scale = (max - min) / 15``, ``zp = roundf(-min / scale)``
   clamped to [0, 15], ``q = clamp(roundf(w * (1 / scale) + zp), 0, 15)`` with C's
   round-half-away-from-zero, in float32.
+- ``offset_blocks``: llama.cpp's Q4_1 grid (a scale and an offset per block, no zero point:
+  ``int4-g32-asym``), which ONNX and ExecuTorch store as a symmetric 4-bit term plus the
+  input's block sums times the offsets.
 
 A grid also names how the format's own RTN chooses its scales (``rtn``): min-max, or for
 ExecuTorch torchao's scale-only HQQ (``hqq_scale_only``), which calibrated algorithms then
@@ -114,3 +117,17 @@ def _round_away(x: Any) -> Any:
 
     x = x.double()  # |x| + 0.5 is exact in float64 for a float32 x (no spurious carry)
     return (torch.sign(x) * torch.floor(x.abs() + 0.5)).float()
+
+
+def offset_blocks(w: Any, group: int) -> tuple[Any, Any, Any]:
+    """``w`` ([N, K]) on llama.cpp's Q4_1 grid per block of ``group`` along K, in float32:
+    the integers ``q`` ([N, K / group, group], 0..15), scales ``d`` and offsets ``m``
+    ([N, K / group]), so that ``w ≈ d * q + m``."""
+    import torch
+
+    wb = w.float().unflatten(-1, (-1, group))
+    lo, hi = wb.amin(-1), wb.amax(-1)
+    d = (hi - lo) / 15
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), torch.zeros_like(d))
+    q = torch.floor((wb - lo[..., None]) * inv[..., None] + 0.5).clamp(0, 15)
+    return q, d, lo

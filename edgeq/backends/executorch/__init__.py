@@ -57,16 +57,23 @@ ANDROID_LOADS_FROM_PATH = True
 
 # the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
 SCHEMES: tuple[Any, ...] = schemes.SCHEMES
-EXTRA_SCHEMES: tuple[Any, ...] = ()
+# Q4_1's grid, a scale and an fp32 offset per block of 32 (a decoder LLM's untied linears):
+# 8da4w plus the input's block sums times the offsets (quant.offset_terms), by extra_schemes
+EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT4_G32_ASYM,)
 
 
 def scheme_fits(layer: Any, scheme: Any) -> str:
     """Why ``layer`` cannot take ``scheme`` here ("" when it can): one kernel per scheme, and
-    only the schemes of ``SCHEMES`` (shape limits are the planner's)."""
-    from edgeq.schemes import rtn_of
+    only the schemes of ``SCHEMES``, plus int4-g32-asym for linears with a weight of their
+    own (shape limits are the planner's)."""
+    from edgeq.schemes import INT4_G32_ASYM, rtn_of
 
     if scheme.kernel:
         return f"ExecuTorch has one kernel per scheme here: no '{scheme.kernel}' kernel (use {scheme.name.split('@')[0]})"
+    if scheme == INT4_G32_ASYM:
+        if layer.kind != "linear" or getattr(layer, "tied", ""):
+            return f"{scheme.name} is stored for linears with a weight of their own only (not tables or tied heads)"
+        return ""
     return "" if rtn_of(scheme) in SCHEMES else f"executorch does not store {scheme.name}"
 
 
@@ -95,9 +102,15 @@ def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> fl
 
 
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
-    """No candidates beyond ``edgeq.schemes.SCHEMES``: XNNPACK's weight-only int8/int4
-    linears compute wrong numbers in executorch 1.5.1, so only the dynamic-activation
-    kernel is offered for each."""
+    """A decoder LLM's untied linears also take Q4_1's 4-bit grid with an fp32 offset per
+    block of 32 (``int4-g32-asym``: 8da4w plus an fp32 term, about 1 bit more a weight than
+    int4-g32, whose symmetric grid cannot sit where the block's values lie). Nothing else
+    beyond ``edgeq.schemes.SCHEMES``: XNNPACK's weight-only int8/int4 linears compute wrong
+    numbers in executorch 1.5.1, so only the dynamic-activation kernel is offered for each."""
+    from edgeq.schemes import INT4_G32_ASYM
+
+    if decoder_lm and "int4" in precisions and not scheme_fits(layer, INT4_G32_ASYM) and layer.fits(INT4_G32_ASYM):
+        return [INT4_G32_ASYM]
     return []
 
 

@@ -3,7 +3,8 @@
 Weights are quantized with the same torchao configs the lowering uses and stored
 dequantized, so the forward is a plain fp32 op (torchao's eager subclass dispatch is ~5×
 slower); linears also round their input per token to int8, as XNNPACK's dynamic
-quantization does. Checked against the lowered artifacts (tests/test_plan.py).
+quantization does; an int4-g32-asym linear adds its offsets' fp32 term on the unrounded
+input (``quant.offset_terms``). Checked against the lowered artifacts (tests/test_plan.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
         q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
         return q
+    if isinstance(q, torch.nn.Linear) and not scheme.symmetric:  # int4-g32-asym: 8da4w plus offsets
+        from edgeq.backends.executorch.quant import offset_terms
+
+        ints, scales, offsets = offset_terms(q.weight, scheme.group)
+        q.weight = torch.nn.Parameter((ints.float().unflatten(-1, (-1, scheme.group)) * scales[..., None]).flatten(-2),
+                                      requires_grad=False)
+        return _WithBlockOffsets(_DynamicInt8Input(q), offsets, scheme.group)
     if isinstance(q, torch.nn.Linear) and scheme.algorithm != "rtn":
         if weights is None:
             raise ValueError(f"the {scheme} stand-in needs the layer's calibrated weights")
@@ -69,3 +77,22 @@ def _DynamicInt8Input(linear: Any) -> Any:
             return self.inner((xq - zero) * scale)
 
     return DynamicInt8Input(linear)
+
+
+def _WithBlockOffsets(inner: Any, offsets: Any, group: int) -> Any:
+    import torch
+
+    class WithBlockOffsets(torch.nn.Module):
+        """``inner``'s output plus the input's block sums times ``offsets`` (the lowering's
+        fp32 term of int4-g32-asym, ``quant._add_block_offsets``), on the unrounded input."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("block_offsets", offsets.float())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            sums = x.unflatten(-1, (-1, group)).sum(-1)
+            return self.inner(x) + torch.nn.functional.linear(sums, self.block_offsets)
+
+    return WithBlockOffsets()

@@ -26,7 +26,7 @@ def pack_nibbles(values: Any) -> Any:
 def asym_blocks(proto: Any, include: list[str], block: int) -> None:
     """The ``include`` MatMuls (constant weight ``[K, N]``) at int4-g32-asym, in place: per block
     of ``block`` along K the weight is ``d * q + m`` on llama.cpp's Q4_1 grid
-    (``numerics.offset_blocks``), with fp32 ``d`` and ``m``. MatMulNBits' zero points are
+    (``edgeq.algorithms.grids.offset_blocks``), with fp32 ``d`` and ``m``. MatMulNBits' zero points are
     integers (a float zero point falls back to a dequantizing kernel, ~10x slower measured on
     SmolLM2's shapes), so the node becomes a zero-point-free 4-bit ``MatMulNBits`` of
     ``d * (q - 8)`` plus ``blocksums(A) @ (m + 8 d)ᵀ``: one fp32 ``MatMul`` of the input by a
@@ -36,7 +36,7 @@ def asym_blocks(proto: Any, include: list[str], block: int) -> None:
     import torch
     from onnx import helper, numpy_helper
 
-    from edgeq.backends.onnx.numerics import offset_blocks
+    from edgeq.algorithms.grids import offset_blocks
 
     g = proto.graph
     inits = {t.name: t for t in g.initializer}

@@ -132,24 +132,12 @@ def _asymmetric4(w: Any, group: int) -> Any:
     return (((wb / scale).round() + zero).clamp(0, 15) - zero).mul(scale).flatten(-2)
 
 
-def offset_blocks(w: Any, group: int) -> tuple[Any, Any, Any]:
-    """``w`` ([N, K]) on llama.cpp's Q4_1 grid per block of ``group`` along K, in float32:
-    the integers ``q`` ([N, K / group, group], 0..15), scales ``d`` and offsets ``m``
-    ([N, K / group]), so that ``w ≈ d * q + m``."""
-    import torch
-
-    wb = w.float().unflatten(-1, (-1, group))
-    lo, hi = wb.amin(-1), wb.amax(-1)
-    d = (hi - lo) / 15
-    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), torch.zeros_like(d))
-    q = torch.floor((wb - lo[..., None]) * inv[..., None] + 0.5).clamp(0, 15)
-    return q, d, lo
-
-
 def _offset_linear(linear: Any, w: Any, group: int) -> Any:
     """An int4-g32-asym linear as the lowering runs it: ``x' @ (d * (q - 8))ᵀ`` (``x'``: the
     input rounded to int8 per block in a decoder LLM, else ``x``) plus ``blocksums(x) @ (m + 8 d)ᵀ``."""
     import torch
+
+    from edgeq.algorithms.grids import offset_blocks
 
     q, d, m = offset_blocks(w, group)
     main = ((q - 8) * d[..., None]).flatten(-2)
