@@ -111,25 +111,6 @@ def test_stored_bytes_count_the_program():
     assert expected <= grew <= expected + 4096  # the offsets, and the program's few more ops
 
 
-def test_offered_to_a_decoders_untied_linears_only():
-    """A decoder LLM's linears take int4-g32-asym when the target allows int4; its table and tied
-    head do not, and neither do an encoder's linears nor a decoder without int4."""
-    from edgeq.backends import get_backend
-    from edgeq.planning.inventory import layer_inventory
-    from edgeq.schemes import INT4_G32_ASYM
-    from tests import tiny_lms
-
-    be = get_backend("executorch")
-    layers = layer_inventory(tiny_lms.build("llama"))
-    offered = {x.fqn for x in layers if INT4_G32_ASYM in be.extra_schemes(x, ["int8", "int4"], decoder_lm=True)}
-    linears = {x.fqn for x in layers if x.kind == "linear" and not x.tied}
-    assert offered == linears and len(linears) == 14
-    assert all(INT4_G32_ASYM not in be.extra_schemes(x, ["int8"], decoder_lm=True) for x in layers)
-    assert all(INT4_G32_ASYM not in be.extra_schemes(x, ["int8", "int4"]) for x in layers)
-    tied = [x for x in layers if x.tied]
-    assert tied and be.scheme_fits(tied[0], INT4_G32_ASYM)
-
-
 @pytest.mark.slow  # one KV-cache lowering (~50-75 s); the one-layer tests above run the same lowering in CI
 def test_a_decoder_at_int4_g32_asym_runs_its_q4_1_weights(tmp_path):
     """A tiny Llama whose linears sit on Q4_1 grids (as a model dequantized from a Q4_1 GGUF

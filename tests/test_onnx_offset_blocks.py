@@ -1,4 +1,4 @@
-"""int4-g32-asym in ONNX: llama.cpp's Q4_1 grid (a scale and an offset per block of 32) as a
+"""int4-g32-asym in ONNX (and where the planner offers it, in both formats): llama.cpp's Q4_1 grid (a scale and an offset per block of 32) as a
 4-bit ``MatMulNBits`` plus the input's block sums times the offsets. The references are the
 ``gguf`` package's own Q4_1 quantizer (the grid) and ONNX Runtime (the lowered graph)."""
 
@@ -110,16 +110,17 @@ def test_stored_bytes_count_the_file():
     assert stored_bytes(layer, INT4_G32_ASYM) == written
 
 
-def test_offered_to_a_decoders_untied_linears_only():
-    """The planner's candidates: a decoder LLM's linears take int4-g32-asym when the target allows
-    int4; its table and tied head do not (the table reads the head's tensor), and neither do an
-    encoder's linears nor a decoder without int4."""
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_offered_to_a_decoders_untied_linears_only(fmt):
+    """The planner's candidates in both formats: a decoder LLM's linears take int4-g32-asym when
+    the target allows int4; its table and tied head do not (the table reads the head's tensor),
+    and neither do an encoder's linears nor a decoder without int4."""
     from edgeq.backends import get_backend
     from edgeq.planning.inventory import layer_inventory
     from edgeq.schemes import INT4_G32_ASYM
     from tests import tiny_lms
 
-    be = get_backend("onnx")
+    be = get_backend(fmt)
     layers = layer_inventory(tiny_lms.build("llama"))
     offered = {x.fqn for x in layers if INT4_G32_ASYM in be.extra_schemes(x, ["int8", "int4"], decoder_lm=True)}
     linears = {x.fqn for x in layers if x.kind == "linear" and not x.tied}
