@@ -1,6 +1,7 @@
-"""int4-g32-asym in ONNX (and where the planner offers it, in both formats): llama.cpp's Q4_1 grid (a scale and an offset per block of 32) as a
-4-bit ``MatMulNBits`` plus the input's block sums times the offsets. The references are the
-``gguf`` package's own Q4_1 quantizer (the grid) and ONNX Runtime (the lowered graph)."""
+"""int4-g32-asym in ONNX: llama.cpp's Q4_1 grid (a scale and an offset per block of 32) as a
+4-bit ``MatMulNBits`` plus the input's block sums times the offsets; and where the planner
+offers it, in both formats. The references are the ``gguf`` package's own Q4_1 quantizer
+(the grid) and ONNX Runtime (the lowered graph)."""
 
 from __future__ import annotations
 
