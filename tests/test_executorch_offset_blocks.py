@@ -111,6 +111,19 @@ def test_stored_bytes_count_the_program():
     assert expected <= grew <= expected + 4096  # the offsets, and the program's few more ops
 
 
+def test_a_weight_only_delegate_refuses_it_in_one_line():
+    """Core ML quantizes linears weight-only: int4-g32-asym (8da4w plus offsets) is refused
+    with what to plan instead, not computed some other way."""
+    from edgeq.backends.executorch.quant import quantized_module
+    from edgeq.errors import ConfigError
+    from edgeq.schemes import INT4_G32_ASYM
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with pytest.raises(ConfigError, match="weight-only") as info:
+        quantized_module(model, {"0": INT4_G32_ASYM}, "coreml")
+    assert "int4-g32" in info.value.hint
+
+
 @pytest.mark.slow  # one KV-cache lowering (~50-75 s); the one-layer tests above run the same lowering in CI
 def test_a_decoder_at_int4_g32_asym_runs_its_q4_1_weights(tmp_path):
     """A tiny Llama whose linears sit on Q4_1 grids (as a model dequantized from a Q4_1 GGUF

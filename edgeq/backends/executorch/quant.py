@@ -106,8 +106,10 @@ def _quantize_offset_blocks(model: Any, scheme: Scheme, fqns: list[str], weight_
     from torchao.quantization import quantize_
 
     if weight_only:
-        raise ValueError(f"{scheme.name} needs int8 dynamic activations (XNNPACK's 8da4w); "
-                         "this delegate quantizes linears weight-only")
+        from edgeq.errors import ConfigError
+
+        raise ConfigError(f"{scheme.name} ({fqns[0]}) needs int8 dynamic activations (XNNPACK's 8da4w), and this "
+                          "target's delegate quantizes linears weight-only", "plan int4-g32 for it, or use XNNPACK")
     terms = {f: offset_terms(model.get_submodule(f).weight, scheme.group) for f in fqns}
     quantize_(model, torchao_config(Scheme("int", 4, scheme.group), False, minmax=True),
               filter_fn=lambda m, fqn, names=set(fqns): fqn in names)
