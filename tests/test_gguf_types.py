@@ -350,11 +350,11 @@ def test_a_target_listing_a_precision_its_format_does_not_store_is_one_line(tmp_
 def test_a_plan_with_a_gguf_only_scheme_for_an_executorch_target_is_one_line(tmp_path):
     d = tiny_lms.save_tiny_bpe_lm(tmp_path / "m", "llama")
     plan = tmp_path / "plan.yaml"
-    plan.write_text("layers:\n  model.model.layers.0.mlp.down_proj: int4-g32-asym\n")
+    plan.write_text("layers:\n  model.model.layers.0.mlp.down_proj: int5-g32-asym\n")
     proc = cli_here("export", str(d), "-t", "x86-executorch", "--plan", str(plan), "--max-context", str(CONTEXT),
                     "-o", str(tmp_path / "a"), "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "int4-g32-asym" in proc.stderr and "executorch" in proc.stderr
+    assert "int5-g32-asym" in proc.stderr and "executorch" in proc.stderr
 
 
 def test_uniform_int5_on_a_gguf_target_is_q5_0():
