@@ -102,7 +102,6 @@ def _quantize_offset_blocks(model: Any, scheme: Scheme, fqns: list[str], weight_
     """The ``fqns`` linears at ``scheme`` (int4-g32-asym): torchao's 8da4w layout at the
     scheme's group, its integers and scales replaced by ``offset_terms``', the offsets added
     as a term of their own (``_add_block_offsets``)."""
-    import torch
     from torchao.quantization import quantize_
 
     if weight_only:
@@ -115,13 +114,7 @@ def _quantize_offset_blocks(model: Any, scheme: Scheme, fqns: list[str], weight_
               filter_fn=lambda m, fqn, names=set(fqns): fqn in names)
     for fqn, (ints, scales, offsets) in terms.items():
         layer = model.get_submodule(fqn)
-        w = layer.weight
-        if tuple(w.qdata.shape) != tuple(ints.shape) or tuple(w.scale.shape) != tuple(scales.shape):
-            raise ValueError(f"{fqn}: {scheme.name} terms {tuple(ints.shape)} / {tuple(scales.shape)} do not match "
-                             f"torchao's layout {tuple(w.qdata.shape)} / {tuple(w.scale.shape)}")
-        w.qdata = ints.to(w.qdata.dtype).contiguous()
-        w.scale = scales.to(w.scale.dtype).contiguous()
-        w.zero_point = torch.zeros_like(w.zero_point)
+        _write_ints(layer, ints, scales, f"{fqn}: {scheme.name} terms")
         _add_block_offsets(layer, offsets, scheme.group)
 
 
@@ -148,16 +141,21 @@ def _add_block_offsets(layer: Any, offsets: Any, group: int) -> None:
 
 def _write_calibrated(layer: Any, weights: Any, scheme: Scheme, fqn: str) -> None:
     """Put a calibrated scheme's integers and scales into torchao's quantized weight."""
-    import torch
-
     if weights is None:
         raise ValueError(f"{fqn} is planned as {scheme} but has no calibrated weights")
+    _write_ints(layer, weights.ints, weights.scales, f"{fqn}: calibrated weights")
+
+
+def _write_ints(layer: Any, ints: Any, scales: Any, what: str) -> None:
+    """Put ``ints`` and ``scales`` (zero points 0) into ``layer``'s torchao quantized weight."""
+    import torch
+
     w = layer.weight
-    if tuple(w.qdata.shape) != tuple(weights.ints.shape) or tuple(w.scale.shape) != tuple(weights.scales.shape):
-        raise ValueError(f"{fqn}: calibrated weights {tuple(weights.ints.shape)} / {tuple(weights.scales.shape)} do not "
-                         f"match torchao's layout {tuple(w.qdata.shape)} / {tuple(w.scale.shape)}")
-    w.qdata = weights.ints.to(w.qdata.dtype).contiguous()
-    w.scale = weights.scales.to(w.scale.dtype).contiguous()
+    if tuple(w.qdata.shape) != tuple(ints.shape) or tuple(w.scale.shape) != tuple(scales.shape):
+        raise ValueError(f"{what} {tuple(ints.shape)} / {tuple(scales.shape)} do not match "
+                         f"torchao's layout {tuple(w.qdata.shape)} / {tuple(w.scale.shape)}")
+    w.qdata = ints.to(w.qdata.dtype).contiguous()
+    w.scale = scales.to(w.scale.dtype).contiguous()
     w.zero_point = torch.zeros_like(w.zero_point)
 
 
