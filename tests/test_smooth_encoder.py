@@ -77,6 +77,7 @@ def test_encoder_folds_keep_the_function():
 
 
 def test_smoothing_brings_matmulinteger_closer_to_fp32_in_onnx_runtime(outlier_bert_dir, tmp_path):
+    from edgeq.backends.onnx.numerics import host_u8s8_exact
     from edgeq.export import export
 
     plain = export(str(outlier_bert_dir), "x86", output=tmp_path / "rtn", seq_len=32, rules=RULES,
@@ -93,9 +94,16 @@ def test_smoothing_brings_matmulinteger_closer_to_fp32_in_onnx_runtime(outlier_b
     assert 1 - smooth.numerics.cosine_mean < 0.7 * (1 - plain.numerics.cosine_mean), (
         smooth.numerics.cosine_mean, plain.numerics.cosine_mean)
     # the planner measured the kernels scaled as they ship: its prediction follows the artifact
-    verified = 1 - smooth.numerics.cosine_mean
-    assert 1 / 3 < smooth.plan.predicted_error / verified < 3, (smooth.plan.predicted_error, verified)
-    assert plain.plan.predicted_error > 10 * smooth.plan.predicted_error
+    # (the unsmoothed artifact's too where ONNX Runtime's product is exact; on an AVX2 host
+    # without VNNI its error is mostly saturated pairs, which that check was never run on)
+    for m in (plain, smooth) if host_u8s8_exact() else (smooth,):
+        verified = 1 - m.numerics.cosine_mean
+        assert 1 / 3 < m.plan.predicted_error / verified < 3, (m.plan.predicted_error, verified)
+    # the gain the planner predicts: where MLAS sums pairs of products in int16 (AVX2 without
+    # VNNI) the unsmoothed outlier saturates them, and the gain is over 10x; with VNNI the
+    # product is exact and the gain is the rounding's alone (about 4x on this model)
+    gain = plain.plan.predicted_error / smooth.plan.predicted_error
+    assert gain > (1 / 0.7 if host_u8s8_exact() else 10), gain
     ops_plain, ops_smooth = plain.delegation.op_types, smooth.delegation.op_types
     assert ops_smooth["DynamicQuantizeLinear"] == ops_plain["DynamicQuantizeLinear"]  # q/k/v share one
     assert ops_smooth.get("Div", 0) == ops_plain.get("Div", 0) + len(record["folds"])
