@@ -17,21 +17,14 @@ def _lowered(linear, scheme):
     XNNPACK, and run in the ExecuTorch runtime; and the program's operator names."""
     from executorch.runtime import Runtime
 
+    from edgeq.backends.executorch.latency import _One
     from edgeq.backends.executorch.latency import _lowered as lower
     from edgeq.backends.executorch.lowering import _uniform
     from edgeq.backends.executorch.quant import quantized_module
     from edgeq.models.capture import capture
 
-    class One(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = linear
-
-        def forward(self, x):
-            return self.layer(x)
-
     x0 = torch.zeros(1, 4, linear.in_features)
-    q = quantized_module(One().eval(), {"layer": scheme}, "xnnpack")
+    q = quantized_module(_One(linear).eval(), {"layer": scheme}, "xnnpack")
     manager = lower(capture(q, (x0,), "a one-layer program"), _uniform({"layer": scheme}))
     program = Runtime.get().load_program(manager.buffer)
 
@@ -189,6 +182,7 @@ def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
     from executorch.runtime import Runtime
 
     from edgeq.backends import get_backend
+    from edgeq.backends.executorch.latency import _One
     from edgeq.backends.executorch.lowering import _portable_ops
     from edgeq.backends.executorch.quant import quantized_module
     from edgeq.schemes import INT4_G32_ASYM
@@ -196,15 +190,7 @@ def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 96, bias=False)
 
-    class One(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = linear
-
-        def forward(self, x):
-            return self.layer(x)
-
-    q = quantized_module(One().eval(), {"layer": INT4_G32_ASYM}, "xnnpack")
+    q = quantized_module(_One(linear).eval(), {"layer": INT4_G32_ASYM}, "xnnpack")
     seq = torch.export.Dim("seq", min=1, max=64)
     program = torch.export.export(q, (torch.zeros(1, 4, 128),), dynamic_shapes=({1: seq},), strict=True)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
