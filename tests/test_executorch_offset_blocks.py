@@ -172,10 +172,10 @@ def test_a_decoder_at_int4_g32_asym_runs_its_q4_1_weights(tmp_path):
 
 
 def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
-    """Captured as an LLM is (strict ``torch.export``, a dynamic sequence dim), an
-    int4-g32-asym linear lowers to a single XNNPACK call with no portable op: the block sums'
-    reshape would otherwise name the symbolic sequence length, which XNNPACK refuses, and sit
-    between two delegate calls at every such linear (SmolLM2's decode: 152 → 84 tok/s). The
+    """Captured and lowered as an LLM is (strict ``torch.export`` with a dynamic sequence dim,
+    the lowering's ``delegable_shapes`` pass), an int4-g32-asym linear lowers to a single XNNPACK
+    call with no portable op: the block sums' reshape names the symbolic sequence length, which
+    XNNPACK refuses as written, and would sit between two delegate calls at every such linear. The
     program's output at 5 rows and at 1 row matches the planner's stand-in."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
@@ -184,6 +184,7 @@ def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
     from edgeq.backends import get_backend
     from edgeq.backends.executorch.latency import _One
     from edgeq.backends.executorch.lowering import _portable_ops
+    from edgeq.backends.executorch.passes import delegable_shapes
     from edgeq.backends.executorch.quant import quantized_module
     from edgeq.schemes import INT4_G32_ASYM
 
@@ -193,7 +194,7 @@ def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
     q = quantized_module(_One(linear).eval(), {"layer": INT4_G32_ASYM}, "xnnpack")
     seq = torch.export.Dim("seq", min=1, max=64)
     program = torch.export.export(q, (torch.zeros(1, 4, 128),), dynamic_shapes=({1: seq},), strict=True)
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+    edge = to_edge_transform_and_lower(program, transform_passes=[delegable_shapes()], partitioner=[XnnpackPartitioner()],
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     manager = edge.to_executorch()
     graph = manager.exported_program().graph_module.graph

@@ -126,30 +126,19 @@ def _add_block_offsets(layer: Any, offsets: Any, group: int) -> None:
 
     The means are a mean over a ``[1, rows * blocks, group, 1]`` view: XNNPACK takes a 4-D mean
     over its last two dims, where a ``sum`` is left to a portable kernel between two delegate
-    calls (SmolLM2's 576→1536 linear at one token: 51 µs against 88 µs). Every op here is
-    delegated (``_sums_shape``), so the term runs in the same XNNPACK call as the 8da4w linear."""
+    calls (SmolLM2's 576→1536 linear at one token: 51 µs against 88 µs). In a captured LLM the
+    reshape back names the symbolic sequence length, which XNNPACK refuses; the LLM lowering's
+    pass (``passes.delegable_shapes``) spells it so the term runs in the linear's XNNPACK call."""
     from torch.nn import functional as F
 
     layer.register_buffer("block_offsets", (offsets.float() * group).contiguous())
 
     def output(mod: Any, args: tuple[Any, ...], out: Any) -> Any:
         x = args[0]
-        means = x.reshape(1, -1, group, 1).mean(dim=(-2, -1), keepdim=True).reshape(_sums_shape(x.shape, group))
+        means = x.reshape(1, -1, group, 1).mean(dim=(-2, -1), keepdim=True).reshape(*x.shape[:-1], -1)
         return out + F.linear(means, mod.block_offsets)
 
     layer.register_forward_hook(output)
-
-
-def _sums_shape(shape: Any, group: int) -> list[Any]:
-    """The block sums' shape, ``[*shape[:-1], K / group]``, spelled so XNNPACK delegates the
-    reshape: it refuses one with a symbolic size in it ("symbolic reshape"), which would leave
-    it portable between two delegate calls at every such linear (a captured LLM's input is
-    ``[1, seq, K]`` with a dynamic ``seq``). With every leading dim but the rows' a static 1,
-    the shape is all ints and one ``-1`` (strict ``torch.export`` sees a size as an ``int``,
-    symbolic or not, so the test is on the values); otherwise the shape as it is."""
-    if all(d == 1 for d in shape[:-2]):
-        return [1] * (len(shape) - 2) + [-1, shape[-1] // group]
-    return [*shape[:-1], -1]
 
 
 def _write_calibrated(layer: Any, weights: Any, scheme: Scheme, fqn: str) -> None:
