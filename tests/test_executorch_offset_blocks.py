@@ -1,6 +1,6 @@
 """int4-g32-asym in ExecuTorch: llama.cpp's Q4_1 grid (a scale and an offset per block of 32)
-as XNNPACK's 8da4w linear of ``d * (q - 8)`` plus the input's block sums times the offsets in
-fp32. The references are the ``gguf`` package's Q4_1 quantizer (the grid), the ExecuTorch
+as XNNPACK's 8da4w linear of ``d * (q - 8)`` plus the input's block means times the offsets
+(an int8 linear). The references are the ``gguf`` package's Q4_1 quantizer (the grid), the ExecuTorch
 runtime (the lowered program) and the exact fp32 product."""
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def test_lowered_linear_runs_the_q4_1_weight_and_matches_its_stand_in():
 
 def test_stored_bytes_count_the_program():
     """The planner's stored bytes for an int4-g32-asym linear: the 8da4w layer's bytes plus one
-    fp32 offset a block, as the .pte grows by them (measured against int4-g32's program)."""
+    int8 offset a block and an fp32 scale a row, as the .pte grows by them (measured against
+    int4-g32's program)."""
     from edgeq.backends.executorch.costs import stored_bytes
     from edgeq.planning.inventory import layer_inventory
     from edgeq.schemes import INT4, INT4_G32_ASYM
@@ -100,7 +101,7 @@ def test_stored_bytes_count_the_program():
     (layer,) = layer_inventory(torch.nn.Sequential(linear))
     grew = len(asym.buffer) - len(plain.buffer)
     expected = stored_bytes(layer, INT4_G32_ASYM) - stored_bytes(layer, INT4[32])
-    assert expected == 1024 * 16 * 4
+    assert expected == 1024 * 16 + 1024 * 4
     assert expected <= grew <= expected + 4096  # the offsets, and the program's few more ops
 
 
@@ -210,3 +211,27 @@ def test_with_a_dynamic_sequence_the_whole_term_is_one_delegate_call():
             want = stand_in(x)
         assert got.shape == (1, rows, 96)
         assert (got - want).abs().max() < 0.02 * want.abs().max()
+
+
+def test_the_weight_proxy_sees_the_offsets():
+    """``--proxy sqnr`` scores a stand-in's dequantized weight: for int4-g32-asym that is the 4-bit
+    term plus each block's int8 offset, which reproduces a Q4_1-grid weight within a tenth of a
+    step, so the proxy scores it far below int4-g32 (without the offsets it scored the 4-bit term
+    alone, worse than int4-g32)."""
+    from edgeq.algorithms.grids import offset_blocks
+    from edgeq.backends import get_backend
+    from edgeq.backends.standins import dequantized_weight
+    from edgeq.planning.sensitivity import _sqnr
+    from edgeq.schemes import INT4, INT4_G32_ASYM
+
+    w = torch.from_numpy(_on_q4_1_grid(64, 256, 5))
+    linear = torch.nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    stand_in = get_backend("executorch").stand_in
+    back = dequantized_weight(stand_in(linear, INT4_G32_ASYM))
+    _q, d, _m = offset_blocks(w, 32)
+    assert ((back - w).abs() / d.repeat_interleave(32, -1)).max() < 0.1
+    scores = _sqnr(torch.nn.Sequential(linear), {"0": [INT4[32], INT4_G32_ASYM]},
+                   lambda layer, scheme, _fqn: stand_in(layer, scheme))["0"]
+    assert scores[INT4_G32_ASYM.name] < 0.05 * scores[INT4[32].name]

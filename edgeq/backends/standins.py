@@ -24,7 +24,11 @@ def fp16_layer(layer: Any) -> Any:
 
 
 def dequantized_weight(layer: Any) -> Any:
-    """The fp32 weight a stand-in computes with (through its input/output wrappers)."""
+    """The fp32 weight a stand-in computes with (through its input/output wrappers; a stand-in
+    whose weight is the sum of terms, e.g. ExecuTorch's int4-g32-asym, says it with
+    ``effective_weight()``)."""
+    if hasattr(layer, "effective_weight"):
+        return layer.effective_weight()
     scale = getattr(layer, "edgeq_input_scale", None)
     while hasattr(layer, "inner"):
         layer = layer.inner

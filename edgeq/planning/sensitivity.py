@@ -197,8 +197,9 @@ def _sqnr(module: Any, schemes: dict[str, list[Scheme]],
 # cached by an earlier edgeq of the same version are measured again (2: ONNX decoder LLMs'
 # int4 linears take int8 dynamic activations; 3: ExecuTorch int4 linears' group scales in
 # bf16, as XNNPACK stores them; 4: calibrated schemes, keyed by their calibration data;
-# 5: one file per model and data, entries per (layer, scheme)).
-STAND_IN_REVISION = 5
+# 5: one file per model and data, entries per (layer, scheme); 6: ExecuTorch int4-g32-asym
+# offsets at int8).
+STAND_IN_REVISION = 6
 
 
 def cache_key(module: Any, calib: list, schemes: dict[str, list[Scheme]], metric: str, proxy: str | None,

@@ -57,8 +57,8 @@ ANDROID_LOADS_FROM_PATH = True
 
 # the schemes this format stores (block types only GGUF stores, edgeq.schemes.BLOCK_SCHEMES, are not)
 SCHEMES: tuple[Any, ...] = schemes.SCHEMES
-# Q4_1's grid, a scale and an fp32 offset per block of 32 (a decoder LLM's untied linears):
-# 8da4w plus the input's block sums times the offsets (quant.offset_terms), by extra_schemes
+# Q4_1's grid, a scale and an offset per block of 32 (a decoder LLM's untied linears):
+# 8da4w plus the input's block means times the int8 offsets (quant.offset_terms), by extra_schemes
 EXTRA_SCHEMES: tuple[Any, ...] = (schemes.INT4_G32_ASYM,)
 
 
@@ -102,8 +102,8 @@ def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> fl
 
 
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:
-    """A decoder LLM's untied linears also take Q4_1's 4-bit grid with an fp32 offset per
-    block of 32 (``int4-g32-asym``: 8da4w plus an fp32 term, about 1 bit more a weight than
+    """A decoder LLM's untied linears also take Q4_1's 4-bit grid with an offset per block
+    of 32 (``int4-g32-asym``: 8da4w plus an int8 term, about 0.3 bit more a weight than
     int4-g32, whose symmetric grid cannot sit where the block's values lie). Nothing else
     beyond ``edgeq.schemes.SCHEMES``: XNNPACK's weight-only int8/int4 linears compute wrong
     numbers in executorch 1.5.1, so only the dynamic-activation kernel is offered for each."""

@@ -28,8 +28,8 @@ def stored_bytes(layer: Any, scheme: Scheme) -> int:
         return p + rows * 4
     groups = rows * math.ceil(p // rows / scheme.group)
     packed = rows * math.ceil(p // rows / 2)
-    if not scheme.symmetric:  # int4-g32-asym: a bf16 scale and an fp32 offset a group (quant.offset_terms)
-        return packed + groups * (2 + 4)
+    if not scheme.symmetric:  # int4-g32-asym: a bf16 scale and an int8 offset a group, an fp32 scale a
+        return packed + groups * (2 + 1) + rows * 4  # row for the offsets (quant._add_block_offsets)
     return packed + groups * (2 if layer.kind == "linear" else 4)
 
 

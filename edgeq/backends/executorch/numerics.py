@@ -3,8 +3,9 @@
 Weights are quantized with the same torchao configs the lowering uses and stored
 dequantized, so the forward is a plain fp32 op (torchao's eager subclass dispatch is ~5×
 slower); linears also round their input per token to int8, as XNNPACK's dynamic
-quantization does; an int4-g32-asym linear adds its offsets' fp32 term on the unrounded
-input (``quant.offset_terms``). Checked against the lowered artifacts (tests/test_plan.py).
+quantization does; an int4-g32-asym linear adds its offsets' term, an int8 linear of the
+input's block means (``quant.offset_terms``, ``quant.offset_linear``). Checked against the
+lowered artifacts (tests/test_plan.py).
 """
 
 from __future__ import annotations
@@ -82,17 +83,28 @@ def _DynamicInt8Input(linear: Any) -> Any:
 def _WithBlockOffsets(inner: Any, offsets: Any, group: int) -> Any:
     import torch
 
+    from edgeq.backends.executorch.quant import offset_linear
+
+    term = offset_linear(offsets, group, weight_only=True)
+    term.weight = torch.nn.Parameter(dequantized_weight(term), requires_grad=False)
+
     class WithBlockOffsets(torch.nn.Module):
-        """``inner``'s output plus the input's block sums times ``offsets`` (the lowering's
-        fp32 term of int4-g32-asym, ``quant._add_block_offsets``), on the unrounded input."""
+        """``inner``'s output plus the input's block means times ``group * offsets`` rounded to
+        int8 per row, the means rounded per token as XNNPACK's qd8 does (the lowering's term of
+        int4-g32-asym, ``quant._add_block_offsets``)."""
 
         def __init__(self) -> None:
             super().__init__()
             self.inner = inner
-            self.register_buffer("block_offsets", offsets.float())
+            self.block_offsets = _DynamicInt8Input(term)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            sums = x.unflatten(-1, (-1, group)).sum(-1)
-            return self.inner(x) + torch.nn.functional.linear(sums, self.block_offsets)
+            means = x.unflatten(-1, (-1, group)).mean(-1)
+            return self.inner(x) + self.block_offsets(means)
+
+        def effective_weight(self) -> torch.Tensor:
+            """The 4-bit term's weight plus each block's (int8-rounded) offset."""
+            offsets = dequantized_weight(self.block_offsets) / group
+            return (dequantized_weight(self.inner).unflatten(-1, (-1, group)) + offsets[..., None]).flatten(-2)
 
     return WithBlockOffsets()

@@ -4,9 +4,9 @@
   group-wise weights, int8 dynamic activations: XNNPACK's qd8 kernels), or
   ``IntxWeightOnlyConfig`` when the delegate wants weight-only (Core ML, Vulkan int8).
 - Linear at int4-g32-asym (llama.cpp's Q4_1 grid: a scale and an offset per block of 32):
-  the 8da4w linear of ``d * (q - 8)`` (``offset_terms``) plus the input's block sums times
-  the offsets, an fp32 linear of ``K / 32`` inputs (``_add_block_offsets``): XNNPACK's 4-bit
-  weights are symmetric, so the offset is a term of its own, in fp32 on the unrounded input.
+  the 8da4w linear of ``d * (q - 8)`` (``offset_terms``) plus the input's block means times
+  32 × the offsets, an int8 linear of ``K / 32`` inputs (``_add_block_offsets``): XNNPACK's
+  4-bit weights are symmetric, so the offset is a term of its own.
 - Embedding: ``IntxWeightOnlyConfig``; ``to_executorch`` fuses dequantize + embedding
   into ``quantized_decomposed.embedding_byte/4bit`` (needs ``padding_idx`` cleared,
   which only matters for training).
@@ -120,25 +120,43 @@ def _quantize_offset_blocks(model: Any, scheme: Scheme, fqns: list[str], weight_
 
 def _add_block_offsets(layer: Any, offsets: Any, group: int) -> None:
     """``layer``'s output plus the blocks' offsets: ``blocksums(x) @ offsetsᵀ``, with ``x`` the
-    layer's (unrounded) input summed per block of ``group`` along K, computed as the blocks'
-    means times ``group * offsets`` (a buffer of the layer, ``block_offsets``, which the program
-    stores as a constant; times 32 is exact in fp32, and saves the delegate a multiply).
+    layer's input summed per block of ``group`` along K, computed as the blocks' means times
+    ``group * offsets`` (times 32 is exact in fp32 and saves the delegate a multiply).
+
+    The term is a linear of its own, ``block_offsets`` (``K / group`` inputs), at int8 with
+    dynamic int8 inputs (XNNPACK's qd8, as an int8 layer): one byte an offset and an fp32 scale
+    a row, against four bytes an offset in fp32 (5.5 → about 4.8 bits a weight; Q4_1 stores
+    5.0). fp16 offsets would store 5.0 but their casts run as portable kernels between delegate
+    calls; XNNPACK's weight-only int8 linear drops its scales in this ExecuTorch.
 
     The means are a mean over a ``[1, rows * blocks, group, 1]`` view: XNNPACK takes a 4-D mean
     over its last two dims, where a ``sum`` is left to a portable kernel between two delegate
     calls (SmolLM2's 576→1536 linear at one token: 51 µs against 88 µs). In a captured LLM the
     reshape back names the symbolic sequence length, which XNNPACK refuses; the LLM lowering's
     pass (``passes.delegable_shapes``) spells it so the term runs in the linear's XNNPACK call."""
-    from torch.nn import functional as F
-
-    layer.register_buffer("block_offsets", (offsets.float() * group).contiguous())
+    layer.block_offsets = offset_linear(offsets, group, weight_only=False)
 
     def output(mod: Any, args: tuple[Any, ...], out: Any) -> Any:
         x = args[0]
         means = x.reshape(1, -1, group, 1).mean(dim=(-2, -1), keepdim=True).reshape(*x.shape[:-1], -1)
-        return out + F.linear(means, mod.block_offsets)
+        return out + mod.block_offsets(means)
 
     layer.register_forward_hook(output)
+
+
+def offset_linear(offsets: Any, group: int, weight_only: bool) -> Any:
+    """The offsets' term as torchao quantizes it: a linear from the ``K / group`` block means to
+    the ``N`` outputs, weight ``group * offsets`` at int8 per row (``weight_only``: the same
+    integers and scales, for a stand-in that dequantizes them)."""
+    import torch
+    from torchao.quantization import quantize_
+
+    rows, blocks = offsets.shape
+    term = torch.nn.Linear(blocks, rows, bias=False)
+    with torch.no_grad():
+        term.weight.copy_(offsets.float() * group)
+    quantize_(term, torchao_config(INT8, weight_only))
+    return term
 
 
 def _write_calibrated(layer: Any, weights: Any, scheme: Scheme, fqn: str) -> None:
