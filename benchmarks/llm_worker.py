@@ -166,18 +166,25 @@ class PteRow:
         from executorch.runtime import Runtime
 
         self.method = Runtime.get().load_program(artifact).load_method("forward")
+        self.longest = self.method.metadata.input_tensor_meta(0).sizes()[1]  # its export's max_seq_len - 1
         import executorch
 
         self.runtime = f"ExecuTorch {getattr(executorch, '__version__', '')} pybindings"
         self.position = 0
 
     def _run(self, ids: list[int]) -> np.ndarray:
+        """``ids`` in calls of at most the program's longest input (a 512-token window is one
+        more than optimum-executorch's export takes at once)."""
         import torch
 
-        out = self.method.execute([torch.tensor([ids], dtype=torch.long),
-                                   torch.arange(self.position, self.position + len(ids), dtype=torch.long)])[0]
-        self.position += len(ids)
-        return out[0].float().numpy().copy()
+        outs = []
+        for at in range(0, len(ids), self.longest):
+            chunk = ids[at:at + self.longest]
+            out = self.method.execute([torch.tensor([chunk], dtype=torch.long),
+                                       torch.arange(self.position, self.position + len(chunk), dtype=torch.long)])[0]
+            self.position += len(chunk)
+            outs.append(out[0].float().numpy().copy())
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.position = 0
