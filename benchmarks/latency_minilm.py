@@ -13,10 +13,10 @@ Rows:
   layer at the fastest of int8's kernels and variants within ``BALANCED_MARGIN`` predicted
   error of the most accurate of them); for ExecuTorch a target extending ``x86-executorch``
   with ``objective: balanced``;
-- edgeq ``--rule`` MatMulInteger: every linear at a MatMulInteger kernel as the peer's
-  (``FAST_RULES``: q/k/v and attention.output at ``int8@matmulinteger7``, the FFN at
-  ``int8@matmulinteger``; the embedding tables at ``int8-g32``), with the export's SmoothQuant
-  division of their inputs;
+- edgeq x86 default: the target's default export (``quantization.default_rules`` in
+  ``targets/x86.yaml``): every linear at a MatMulInteger kernel as the peer's (q/k/v and
+  attention.output at ``int8@matmulinteger7``, the FFN at ``int8@matmulinteger``; the embedding
+  tables at ``int8-g32``), with the export's SmoothQuant division of their inputs;
 - edgeq ``--latency-budget``: budgets at the peer's measured p50 and at fractions of the
   balanced plan's predicted p50.
 - ExecuTorch (``--formats executorch``): peer torchao ``Int8DynamicActivationIntxWeightConfig``
@@ -61,7 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_minilm as base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_RULES = ["encoder=int8@matmulinteger", "attention=int8@matmulinteger7", "embeddings=int8-g32"]
 PREDICTION_TOLERANCE = 0.15  # the issue's goal: whole-plan prediction within ±15% of measured
 
 
@@ -171,9 +170,8 @@ def format_rows(fmt: str, model_dir: Path, work: Path, inputs: list, threads: in
         balanced.write_text(f"extends: {target}\nname: {target}-balanced\nobjective: balanced\n")
         rows.append(probed(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"), probe))
     balanced_row = rows[-1]
-    if fmt == "onnx":  # every linear at a MatMulInteger kernel, as the peer, with edgeq's smoothing
-        rows.append(edgeq_row(model_dir, target, work, "edgeq x86 --rule MatMulInteger (attention 7-bit)",
-                              rules=FAST_RULES))
+    if fmt == "onnx":  # x86's default export: its default_rules (every linear at a MatMulInteger kernel)
+        rows.append(edgeq_row(model_dir, target, work, "edgeq x86 default (the target's default_rules)"))
     budgets = [round(time_rows([peer], threads, one, runs, sessions)[0], 2)]
     if balanced_row["predicted_ms"]:
         budgets.append(round(balanced_row["predicted_ms"] * 0.8, 2))

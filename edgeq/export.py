@@ -91,6 +91,8 @@ def export(
                           "use --precision for one precision everywhere, or the others for a per-layer plan")
     # A target's balanced objective makes its default export a plan (the fastest near the most accurate).
     by_target = not planned and precision is None and plan_file is None and tgt.objective == "balanced"
+    # Else the target's default precision, and its quantization.default_rules on top (e.g. x86's kernels).
+    by_rules = not planned and precision is None and not by_target and bool(tgt.quantization.default_rules)
     planned = planned or by_target
     precision = "planned" if planned else _check_precision(precision, tgt)
     # Everything that can be checked without the model is checked before it loads.
@@ -133,6 +135,9 @@ def export(
 
         if by_target:  # a target's objective is for encoders; an LLM's default stays one precision
             planned, precision = False, _check_precision(None, tgt)
+        if by_rules:
+            steps.note(f"target {tgt.name}'s quantization.default_rules are for encoders; this causal LM is "
+                       f"exported at {precision}")
         budgets = None
         if planned and plan_input is None:
             budgets = lm_budgets(Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes,
@@ -184,6 +189,16 @@ def export(
         plan = uniform_plan(prepared.layers, precision, int4_group=tgt.quantization.int4_group_size,
                             keep_fp32=tgt.quantization.keep_fp32,
                             excluded=tgt.quantization.exclude_schemes)
+        if by_rules:
+            from edgeq.planning.rules import with_default_rules
+
+            uniform = plan.schemes
+            plan, notes = with_default_rules(plan, prepared.layers, tgt.quantization.default_rules, tgt.name,
+                                             get_backend(tgt.format).scheme_fits)
+            for line in notes:
+                steps.note(line)
+            if plan.schemes != uniform:
+                precision = "planned"  # per layer, as a plan file's export (the manifest lists each layer)
     for fqn, why in plan.reasons.items():
         steps.note(f"{fqn}: {why}")
     from edgeq.algorithms.calibrated import check_algorithms

@@ -98,6 +98,10 @@ CASES = [
     ("over-storage-budget", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", _write(t / "t.yaml", "extends: x86\nbudgets:\n  storage_mb: 0.001\n")], "over target 't' storage budget"),
     ("strict-without-qnn", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", "snapdragon8", "--strict"], "QNN"),
     ("output-is-under-a-file", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", "x86", "-o", _file_as_parent(t)], "is a file, not a directory"),
+    ("default-rule-syntax", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", _write(t / "t.yaml", "extends: x86\nquantization:\n  default_rules: ['0:int8']\n")], "is not of the form REGEX=SCHEME"),
+    ("default-rule-scheme", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", _write(t / "t.yaml", "extends: x86\nquantization:\n  default_rules: ['0=int9']\n")], "int9"),
+    ("default-rule-precision", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", _write(t / "t.yaml", "extends: x86\nprecisions: [fp32, int8]\nquantization:\n  default_rules: ['0=int4-g32']\n")], "int4 is not in precisions"),
+    ("default-rule-kernel", lambda t: ["export", "tests.tiny_models:tiny_mlp", "-t", _write(t / "t.yaml", "extends: rpi5\nquantization:\n  default_rules: ['0=int8@matmulinteger']\n")], "default_rules"),
     ("validate-bad-profile", lambda t: ["targets", "validate", _write(t / "p.yaml", "schema_version: 1\nname: p\ncpu: {arch: riscv}\n")], "missing required key 'display_name'"),
 ]
 

@@ -4,7 +4,7 @@ user's ``REGEX=SCHEME`` rules (checked without the model, applied to its layers)
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
@@ -64,3 +64,35 @@ def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, Scheme]:
         for n in matched:
             pinned[n] = scheme
     return pinned
+
+
+def with_default_rules(plan: Any, layers: list[LayerInfo], rules: list[str], target: str,
+                       cannot: Any) -> tuple[Any, list[str]]:
+    """``plan`` (the target's uniform default) with its ``quantization.default_rules`` applied:
+    each rule's scheme on the layers it matches (later rules win) that are not kept fp32 and
+    whose kind and shape take it (``cannot(layer, scheme)``: the format's reason it cannot).
+    Returns the plan and one note per rule (a target's rules are generic: one may match no layer
+    of this model)."""
+    from dataclasses import replace
+
+    schemes, reasons, notes = dict(plan.schemes), dict(plan.reasons), []
+    kept = {f for f, why in plan.reasons.items() if "keep_fp32" in why}
+    for rule, regex, scheme in check_rules(rules):
+        took, refused = 0, 0
+        for layer in layers:
+            if not regex.search(layer.fqn) or layer.fqn in kept:
+                continue
+            why = "" if layer.fits(scheme) else f"its shape {list(layer.shape)} does not take it"
+            why = why or cannot(layer, scheme)
+            if why:
+                refused += 1
+                continue
+            schemes[layer.fqn] = scheme
+            reasons.pop(layer.fqn, None)
+            took += 1
+        if took or refused:
+            notes.append(f"target {target}'s default rule '{rule}': {took} layer(s)"
+                         + (f" ({refused} matched but cannot take {scheme.name}: left as they were)" if refused else ""))
+        else:
+            notes.append(f"target {target}'s default rule '{rule}' matches no layer of this model")
+    return replace(plan, schemes=schemes, reasons=reasons), notes

@@ -125,6 +125,22 @@ class Quantization(Strict):
     # Schemes the planner never offers, by name (e.g. int4-g32-asym: GGUF's Q4_1), within the
     # precision families ``precisions`` allows; a rule pinning one is refused.
     exclude_schemes: list[str] = Field(default=[], max_length=100)
+    # The target's default export (no --precision, plan, budget or rule): default_precision,
+    # then these REGEX=SCHEME rules (as --rule; later ones win) on the layers they match and
+    # whose kind and shape take the scheme (e.g. x86: the linears at MatMulInteger kernels).
+    default_rules: list[str] = Field(default=[], max_length=100)
+
+    @field_validator("default_rules")
+    @classmethod
+    def _rules_parse(cls, rules: list[str]) -> list[str]:
+        from edgeq.errors import ConfigError
+        from edgeq.planning.rules import check_rules
+
+        try:
+            check_rules(rules)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return rules
 
     @field_validator("exclude_schemes")
     @classmethod
@@ -241,7 +257,31 @@ class Target(Strict):
             raise ValueError(
                 f"default_precision '{self.default_precision}' is not in precisions {self.precisions}"
             )
+        self._check_default_rules()
         return self
+
+    def _check_default_rules(self) -> None:
+        """Each default rule's scheme: in ``precisions``, not excluded, stored by the format."""
+        from edgeq.backends import check_stored, get_backend
+        from edgeq.errors import ConfigError
+        from edgeq.planning.rules import check_rules
+
+        for rule, _regex, scheme in check_rules(self.quantization.default_rules):
+            if scheme.precision not in self.precisions:
+                raise ValueError(f"quantization.default_rules '{rule}': {scheme.precision} is not in precisions "
+                                 f"{self.precisions}")
+            if scheme.name in self.quantization.exclude_schemes:
+                raise ValueError(f"quantization.default_rules '{rule}': {scheme.name} is in exclude_schemes")
+            backend = get_backend(self.format)
+            try:
+                check_stored([scheme], backend)
+            except ConfigError as exc:
+                raise ValueError(f"quantization.default_rules '{rule}': {exc.message}") from None
+            if scheme.kernel:  # a kernel is for linears: asked of the format for one
+                from edgeq.planning.inventory import LayerInfo
+
+                if why := backend.scheme_fits(LayerInfo("linear", "linear", (64, 64), 64 * 64), scheme):
+                    raise ValueError(f"quantization.default_rules '{rule}': {why}")
 
     @property
     def fallback(self) -> str:
