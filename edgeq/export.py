@@ -93,6 +93,10 @@ def export(
     by_target = not planned and precision is None and plan_file is None and tgt.objective == "balanced"
     # Else the target's default precision, and its quantization.default_rules on top (e.g. x86's kernels).
     by_rules = not planned and precision is None and not by_target and bool(tgt.quantization.default_rules)
+    if tgt.quantization.default_rules:
+        from edgeq.planning.rules import check_default_rules
+
+        check_default_rules(tgt)  # the format's schemes and kernels, before the model loads
     planned = planned or by_target
     precision = "planned" if planned else _check_precision(precision, tgt)
     # Everything that can be checked without the model is checked before it loads.
@@ -194,7 +198,7 @@ def export(
 
             uniform = plan.schemes
             plan, notes = with_default_rules(plan, prepared.layers, tgt.quantization.default_rules, tgt.name,
-                                             get_backend(tgt.format).scheme_fits)
+                                             get_backend(tgt.format).scheme_fits, tgt.quantization.keep_fp32)
             for line in notes:
                 steps.note(line)
             if plan.schemes != uniform:

@@ -75,3 +75,16 @@ def test_a_causal_lm_ignores_the_rules(tmp_path, tiny_llama_dir):
     assert r.returncode == 0, r.stderr
     assert "default_rules are for encoders" in " ".join((r.stdout + r.stderr).split())
     assert _ops(out)["MatMulInteger"] == 0
+
+
+def test_keep_fp32_wins_over_a_default_rule(tmp_path):
+    target = tmp_path / "t.yaml"
+    target.write_text("extends: x86\nname: x86-keep\nquantization:\n  keep_fp32: ['^2$']\n"
+                      "  default_rules: ['.=int8@matmulinteger']\n")
+    out = tmp_path / "out"
+    r = cli_here("export", "tests.tiny_models:tiny_mlp", "-t", str(target), "-o", str(out), "--samples", "4")
+    assert r.returncode == 0, r.stderr
+    layers = json.loads((out / "manifest.json").read_text())["precision"]["layers"]
+    assert layers == {"0": "int8@matmulinteger", "2": "fp32"}
+    ops = _ops(out)
+    assert ops["MatMulInteger"] == 1 and ops["MatMulNBits"] == 0

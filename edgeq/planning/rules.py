@@ -66,17 +66,19 @@ def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, Scheme]:
     return pinned
 
 
-def with_default_rules(plan: Any, layers: list[LayerInfo], rules: list[str], target: str,
-                       cannot: Any) -> tuple[Any, list[str]]:
+def with_default_rules(plan: Any, layers: list[LayerInfo], rules: list[str], target: str, cannot: Any,
+                       keep_fp32: list[str]) -> tuple[Any, list[str]]:
     """``plan`` (the target's uniform default) with its ``quantization.default_rules`` applied:
-    each rule's scheme on the layers it matches (later rules win) that are not kept fp32 and
+    each rule's scheme on the layers it matches (later rules win) that ``keep_fp32`` (the
+    target's patterns) does not keep and
     whose kind and shape take it (``cannot(layer, scheme)``: the format's reason it cannot).
     Returns the plan and one note per rule (a target's rules are generic: one may match no layer
     of this model)."""
     from dataclasses import replace
 
     schemes, reasons, notes = dict(plan.schemes), dict(plan.reasons), []
-    kept = {f for f, why in plan.reasons.items() if "keep_fp32" in why}
+    keep = [re.compile(p) for p in keep_fp32]
+    kept = {x.fqn for x in layers if any(p.search(x.fqn) for p in keep)}
     for rule, regex, scheme in check_rules(rules):
         took, refused = 0, 0
         for layer in layers:
@@ -96,3 +98,19 @@ def with_default_rules(plan: Any, layers: list[LayerInfo], rules: list[str], tar
         else:
             notes.append(f"target {target}'s default rule '{rule}' matches no layer of this model")
     return replace(plan, schemes=schemes, reasons=reasons), notes
+
+
+def check_default_rules(target: Any) -> None:
+    """``ConfigError`` for a ``quantization.default_rules`` scheme ``target``'s format does not
+    store, or a kernel it does not have (asked of the format for a linear, kernels' only kind)."""
+    from edgeq.backends import check_stored, get_backend
+
+    backend = get_backend(target.format)
+    for rule, _regex, scheme in check_rules(target.quantization.default_rules):
+        where = f"target {target.name}: quantization.default_rules '{rule}'"
+        try:
+            check_stored([scheme], backend)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
+        if scheme.kernel and (why := backend.scheme_fits(LayerInfo("linear", "linear", (64, 64), 64 * 64), scheme)):
+            raise ConfigError(f"{where}: {why}", "fix the rule in the target's YAML")
