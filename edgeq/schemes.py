@@ -132,6 +132,25 @@ def parse(text: object, where: str = "") -> Scheme:
     return found
 
 
+MAX_RULE_PATTERN = 500  # characters: a rule is a layer-name pattern, not a program
+
+
+def parse_rule(rule: str) -> tuple[re.Pattern[str], Scheme]:
+    """A ``REGEX=SCHEME`` rule (``--rule``, a target's ``quantization.default_rules``) as its
+    compiled pattern and scheme; ``ConfigError`` saying what is wrong otherwise."""
+    if "=" not in rule:
+        raise ConfigError(f"rule '{rule}' is not of the form REGEX=SCHEME", "e.g. --rule 'attention.output=int8'")
+    pattern, name = rule.rsplit("=", 1)
+    scheme = parse(name, f"rule '{rule}'")
+    if len(pattern) > MAX_RULE_PATTERN:
+        raise ConfigError(f"rule '{rule[:40]}…': the pattern is longer than {MAX_RULE_PATTERN} characters", "shorten it")
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"rule '{rule}': bad regular expression ({exc})", "fix the pattern") from None
+    return regex, scheme
+
+
 UNUSED = "unused"  # what manifests record for a layer the artifact never calls
 
 

@@ -22,6 +22,16 @@ def _ops(out: Path) -> Counter:
     return Counter(n.op_type for n in graph.node)
 
 
+def _export_for(tmp_path: Path, target_yaml: str, model: str):
+    """``model`` exported for a target that extends x86 with ``target_yaml``: (process, out dir)."""
+    target = tmp_path / "t.yaml"
+    target.write_text("extends: x86\n" + target_yaml)
+    out = tmp_path / "out"
+    r = cli_here("export", model, "-t", str(target), "-o", str(out), "--samples", "4")
+    assert r.returncode == 0, r.stderr
+    return r, out
+
+
 def test_x86_default_export_runs_its_linears_as_matmulinteger_and_p_int8_does_not(tmp_path, tiny_bert_dir):
     default, int8 = tmp_path / "default", tmp_path / "int8"
     r = cli_here("export", str(tiny_bert_dir), "-t", "x86", "--seq-len", "32", "-o", str(default), "--samples", "4")
@@ -53,12 +63,9 @@ def test_x86_default_export_runs_its_linears_as_matmulinteger_and_p_int8_does_no
 
 
 def test_a_rule_that_matches_no_layer_is_noted_and_a_layer_that_cannot_take_it_keeps_its_scheme(tmp_path):
-    target = tmp_path / "t.yaml"
-    target.write_text("extends: x86\nname: x86-rules\nquantization:\n"
-                      "  default_rules: ['no_such_layer=int8@matmulinteger', '.=int8@matmulinteger']\n")
-    out = tmp_path / "out"
-    r = cli_here("export", "tests.tiny_models:tiny_text", "-t", str(target), "-o", str(out), "--samples", "4")
-    assert r.returncode == 0, r.stderr
+    r, out = _export_for(tmp_path, "name: x86-rules\nquantization:\n"
+                         "  default_rules: ['no_such_layer=int8@matmulinteger', '.=int8@matmulinteger']\n",
+                         "tests.tiny_models:tiny_text")
     text = " ".join((r.stdout + r.stderr).split())
     assert "default rule 'no_such_layer=int8@matmulinteger' matches no layer of this model" in text
     assert "cannot take int8@matmulinteger: left as they were" in text  # the embedding table
@@ -78,12 +85,8 @@ def test_a_causal_lm_ignores_the_rules(tmp_path, tiny_llama_dir):
 
 
 def test_keep_fp32_wins_over_a_default_rule(tmp_path):
-    target = tmp_path / "t.yaml"
-    target.write_text("extends: x86\nname: x86-keep\nquantization:\n  keep_fp32: ['^2$']\n"
-                      "  default_rules: ['.=int8@matmulinteger']\n")
-    out = tmp_path / "out"
-    r = cli_here("export", "tests.tiny_models:tiny_mlp", "-t", str(target), "-o", str(out), "--samples", "4")
-    assert r.returncode == 0, r.stderr
+    _r, out = _export_for(tmp_path, "name: x86-keep\nquantization:\n  keep_fp32: ['^2$']\n"
+                          "  default_rules: ['.=int8@matmulinteger']\n", "tests.tiny_models:tiny_mlp")
     layers = json.loads((out / "manifest.json").read_text())["precision"]["layers"]
     assert layers == {"0": "int8@matmulinteger", "2": "fp32"}
     ops = _ops(out)

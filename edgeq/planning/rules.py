@@ -8,10 +8,7 @@ from typing import Any, Iterable
 
 from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
-from edgeq.schemes import Scheme, allowed, parse
-
-MAX_RULE_PATTERN = 500  # characters: a rule is a layer-name pattern, not a program
-
+from edgeq.schemes import Scheme, allowed, parse_rule
 
 def candidate_schemes(layer: LayerInfo, precisions: list[str], offered: Iterable[Scheme] | None = None) -> list[Scheme]:
     """Schemes of ``offered`` (the format's ``SCHEMES``; default ``edgeq.schemes.SCHEMES``) the
@@ -34,20 +31,7 @@ def excluded_schemes(layer: LayerInfo, precisions: list[str], offered: Iterable[
 
 def check_rules(rules: list[str]) -> list[tuple[str, "re.Pattern[str]", Scheme]]:
     """Parse ``["regex=scheme", ...]`` without the model: ``(rule, regex, scheme)`` each."""
-    parsed = []
-    for rule in rules:
-        if "=" not in rule:
-            raise ConfigError(f"rule '{rule}' is not of the form REGEX=SCHEME", "e.g. --rule 'attention.output=int8'")
-        pattern, name = rule.rsplit("=", 1)
-        scheme = parse(name, f"rule '{rule}'")
-        if len(pattern) > MAX_RULE_PATTERN:
-            raise ConfigError(f"rule '{rule[:40]}…': the pattern is longer than {MAX_RULE_PATTERN} characters", "shorten it")
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"rule '{rule}': bad regular expression ({exc})", "fix the pattern") from None
-        parsed.append((rule, regex, scheme))
-    return parsed
+    return [(rule, *parse_rule(rule)) for rule in rules]
 
 
 def parse_rules(rules: list[str], layers: list[LayerInfo]) -> dict[str, Scheme]:

@@ -133,26 +133,16 @@ class Quantization(Strict):
     @field_validator("default_rules")
     @classmethod
     def _rules_parse(cls, rules: list[str]) -> list[str]:
-        """Each ``REGEX=SCHEME`` well formed (as ``edgeq.planning.rules.check_rules`` reads a
-        ``--rule``; the format's kernels are checked by the export, which knows the backend)."""
-        import re
-
+        """Each ``REGEX=SCHEME`` well formed, as a ``--rule`` (the format's kernels are checked by
+        the export, which knows the backend: ``edgeq.planning.rules.check_default_rules``)."""
         from edgeq.errors import ConfigError
-        from edgeq.schemes import parse
+        from edgeq.schemes import parse_rule
 
         for rule in rules:
-            pattern, _, name = rule.rpartition("=")
-            if not pattern:
-                raise ValueError(f"rule '{rule}' is not of the form REGEX=SCHEME")
-            if len(pattern) > 500:
-                raise ValueError(f"rule '{rule[:40]}…': the pattern is longer than 500 characters")
             try:
-                parse(name, f"rule '{rule}'")
-                re.compile(pattern)
+                parse_rule(rule)
             except ConfigError as exc:
                 raise ValueError(exc.message) from None
-            except re.error as exc:
-                raise ValueError(f"rule '{rule}': bad regular expression ({exc})") from None
         return rules
 
     @field_validator("exclude_schemes")
@@ -276,10 +266,10 @@ class Target(Strict):
     def _check_default_rules(self) -> None:
         """Each default rule's scheme in ``precisions`` and not excluded (whether the format
         stores it: ``edgeq.planning.rules.check_default_rules``, at export)."""
-        from edgeq.schemes import parse
+        from edgeq.schemes import parse_rule
 
         for rule in self.quantization.default_rules:
-            scheme = parse(rule.rpartition("=")[2])
+            _regex, scheme = parse_rule(rule)
             if scheme.precision not in self.precisions:
                 raise ValueError(f"quantization.default_rules '{rule}': {scheme.precision} is not in precisions "
                                  f"{self.precisions}")
