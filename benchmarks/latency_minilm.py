@@ -29,10 +29,13 @@ calibration), p50 measured here by this script (each row alone in its process' O
 same intra-op threads for every row: the x86 target's, at most this host's cores), and for
 edgeq rows the plan's predicted p50 and the manifest's own measured p50 (the export times
 the artifact right after writing it) with the prediction's error against this script's p50.
-Timings on a shared 2-core host are noisy: the load average is printed with each row, and
-``drift``: the peer's p50 beside the rows at the end over its p50 right after that row's
-export (which timed the layers its prediction sums): how much the host's speed moved between
-the prediction and this script's measurement.
+Timings on a shared 2-core host are noisy: the load average is printed with each row. The
+host's speed moves by a quarter within minutes (``edgeq.backends.timing.interleaved_ms``), so
+each format's fp32 reference graph (the graph a plan's figures anchor on, written by the
+backend's ``write_latency_reference``) is timed in turn with the rows; ``drift`` is its p50
+here over its p50 when that row's layers were timed (the manifest's
+``latency_reference_ms``), and ``err at speed`` the prediction times the drift against this
+script's p50: the prediction's own error, with the host's move since the export taken out.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latency_minilm.py [--sentences 64] [--runs 50] [--sessions 5] \
         [--formats onnx executorch]
@@ -125,15 +128,20 @@ def cosines(run, inputs: list, reference: list) -> tuple[float, float]:
 
 def edgeq_row(model_dir: Path, target: str, work: Path, label: str, **kwargs) -> dict:
     from edgeq.export import export
+    from edgeq.targets import load_target
 
     out = work / label.replace(" ", "-").replace("/", "-")
     t0 = time.perf_counter()
-    # RTN values (no GPTQ/AWQ/HQQ candidates); MatMulInteger linears take their SmoothQuant division
-    result = export(str(model_dir), target, output=out, force=True, algorithms=["rtn", "smoothquant"], **kwargs)
+    # RTN values (no GPTQ/AWQ/HQQ candidates); ONNX's MatMulInteger linears take their SmoothQuant
+    # division (ExecuTorch's int8 linears round each token's input on its own: nothing to smooth)
+    onnx = load_target(target).target.format == "onnx"
+    result = export(str(model_dir), target, output=out, force=True,
+                    algorithms=["rtn", "smoothquant"] if onnx else ["rtn"], **kwargs)
     plan = result.manifest.plan
     return {"label": label, "path": out / result.manifest.model_file, "export_s": time.perf_counter() - t0,
             "predicted_ms": plan.predicted_latency_ms if plan else None,
             "manifest_measured_ms": plan.measured_latency_ms if plan else None,
+            "reference_ms": plan.latency_reference_ms if plan else None,
             "layers": result.manifest.precision.layer_counts}
 
 
@@ -156,19 +164,15 @@ def format_rows(fmt: str, model_dir: Path, work: Path, inputs: list, threads: in
         rows = [{"label": "torchao 8da8w per-channel → XNNPACK", "path": peer}]
         target, int8_label = "x86-executorch", "edgeq x86-executorch -p int8 (8da8w)"
     rows[0]["peer"] = True
-    # The host's speed drifts between an export and this script's timing (a shared VM): the
-    # peer is timed right after each planned export, which timed its layers and
-    # its own artifact, and again beside every row at the end; their ratio is the drift.
-    probe = lambda: time_rows([peer], threads, inputs[0], runs, sessions)[0]  # noqa: E731
     rows.append(edgeq_row(model_dir, target, work, int8_label, precision="int8"))
     from edgeq.targets import load_target
 
     if load_target(target).target.objective == "balanced":  # x86: its default export is the balanced plan
-        rows.append(probed(edgeq_row(model_dir, target, work, f"edgeq {target} default (objective: balanced)"), probe))
+        rows.append(edgeq_row(model_dir, target, work, f"edgeq {target} default (objective: balanced)"))
     else:
         balanced = work / f"{target}-balanced.yaml"
         balanced.write_text(f"extends: {target}\nname: {target}-balanced\nobjective: balanced\n")
-        rows.append(probed(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"), probe))
+        rows.append(edgeq_row(model_dir, str(balanced), work, f"edgeq {target} objective: balanced"))
     balanced_row = rows[-1]
     if fmt == "onnx":  # x86's default export: its default_rules (every linear at a MatMulInteger kernel)
         rows.append(edgeq_row(model_dir, target, work, "edgeq x86 default (the target's default_rules)"))
@@ -177,21 +181,28 @@ def format_rows(fmt: str, model_dir: Path, work: Path, inputs: list, threads: in
         budgets.append(round(balanced_row["predicted_ms"] * 0.8, 2))
     for ms in budgets:
         try:
-            rows.append(probed(edgeq_row(model_dir, target, work, f"edgeq {target} --latency-budget {ms}ms",
-                                         latency_budget_ms=ms), probe))
+            rows.append(edgeq_row(model_dir, target, work, f"edgeq {target} --latency-budget {ms}ms",
+                                  latency_budget_ms=ms))
         except Exception as exc:  # an infeasible budget is a result, not a crash
             rows.append({"label": f"edgeq {target} --latency-budget {ms}ms", "error": str(exc)[:200]})
+    rows.append({"label": f"fp32 reference graph ({fmt}: the plans' latency anchor)", "reference": True,
+                 "path": reference_graph(fmt, model_dir, target, work)})
     for r in rows:
         r["format"] = fmt
     return rows
 
 
-def probed(row: dict, probe) -> dict:
-    """``row`` with the peer's p50 timed right after its export (``peer_at_export_ms``) when
-    the export predicted a latency."""
-    if row.get("predicted_ms"):
-        row["peer_at_export_ms"] = probe()
-    return row
+def reference_graph(fmt: str, model_dir: Path, target: str, work: Path) -> Path:
+    """The fp32 graph edgeq's latency figures anchor on, as the backend writes it, of the
+    model as the export loads it."""
+    from edgeq.backends import get_backend
+    from edgeq.models import load_model
+    from edgeq.targets import load_target
+
+    loaded = load_model(str(model_dir), None, seq_len=load_target(target).target.seq_len)
+    out = work / f"reference-{fmt}"
+    out.mkdir()
+    return get_backend(fmt).write_latency_reference(loaded.module, loaded.example_inputs, out)
 
 
 def main() -> int:
@@ -226,7 +237,7 @@ def main() -> int:
         timed = [row for row in rows if "path" in row]
         for row, ms in zip(timed, time_rows([r["path"] for r in timed], threads, one, args.runs, args.sessions)):
             row["measured_ms"] = ms
-        peers_now = {r["format"]: r["measured_ms"] for r in timed if r.get("peer")}
+        references = {r["format"]: r["measured_ms"] for r in timed if r.get("reference")}
         for row in timed:
             run = runner(row["path"], threads)
             row["mb"] = row["path"].stat().st_size / 1e6
@@ -234,32 +245,35 @@ def main() -> int:
             row["load"] = load()
             if row.get("predicted_ms"):
                 row["prediction_error"] = row["predicted_ms"] / row["measured_ms"] - 1
-                # the host's drift since the export: the peer's p50 now over its p50 then
-                row["drift"] = peers_now[row["format"]] / row["peer_at_export_ms"]
+                if row.get("reference_ms"):  # the host's drift since the layers were timed
+                    row["drift"] = references[row["format"]] / row["reference_ms"]
+                    row["error_at_speed"] = row["predicted_ms"] * row["drift"] / row["measured_ms"] - 1
             row["path"] = str(row["path"].name)
             del run
     print(f"\nall-MiniLM-L6-v2, ONNX Runtime CPU EP / ExecuTorch XNNPACK, {threads} threads, {args.sentences} "
           f"held-out sentences, p50: median of {args.sessions} sessions' p50 of {args.runs} runs, rows in turn (balanced margin {BALANCED_MARGIN:g}); x peer: against the "
           "same format's peer")
-    print(f"{'row':44} {'MB':>6} {'cos mean':>9} {'cos min':>8} {'p50 ms':>7} {'x peer':>7} {'pred ms':>8} "
-          f"{'pred err':>8} {'export p50':>10} {'drift':>6}  load")
+    print(f"{'row':52} {'MB':>6} {'cos mean':>9} {'cos min':>8} {'p50 ms':>7} {'x peer':>7} {'pred ms':>8} "
+          f"{'pred err':>8} {'export p50':>10} {'drift':>6} {'err at speed':>12}  load")
     peers = {r["format"]: r for r in rows if r.get("peer") and "measured_ms" in r}
     for r in rows:
         peer_row = peers.get(r["format"], r)
         if "error" in r:
-            print(f"{r['label']:44} {r['error']}")
+            print(f"{r['label']:52} {r['error']}")
             continue
         pred = f"{r['predicted_ms']:.2f}" if r.get("predicted_ms") else "-"
         err = f"{r['prediction_error']:+.0%}" if "prediction_error" in r else "-"
         own = f"{r['manifest_measured_ms']:.2f}" if r.get("manifest_measured_ms") else "-"
         drift = f"{r['drift']:.2f}" if "drift" in r else "-"
-        print(f"{r['label']:44} {r['mb']:6.1f} {r['cos_mean']:9.5f} {r['cos_min']:8.5f} {r['measured_ms']:7.2f} "
-              f"{r['measured_ms'] / peer_row['measured_ms']:7.2f} {pred:>8} {err:>8} {own:>10} {drift:>6}  {r['load']}")
+        at_speed = f"{r['error_at_speed']:+.0%}" if "error_at_speed" in r else "-"
+        print(f"{r['label']:52} {r['mb']:6.1f} {r['cos_mean']:9.5f} {r['cos_min']:8.5f} {r['measured_ms']:7.2f} "
+              f"{r['measured_ms'] / peer_row['measured_ms']:7.2f} {pred:>8} {err:>8} {own:>10} {drift:>6} "
+              f"{at_speed:>12}  {r['load']}")
     within = [abs(r["prediction_error"]) <= PREDICTION_TOLERANCE for r in rows if "prediction_error" in r]
     print(f"\npredictions within ±{PREDICTION_TOLERANCE:.0%} of this script's p50: {sum(within)}/{len(within)}")
-    adjusted = [f"{r['predicted_ms'] * r['drift'] / r['measured_ms'] - 1:+.0%}" for r in rows if "drift" in r]
-    print(f"the same, each prediction times the host's drift since its export (peer now / peer then): "
-          f"{', '.join(adjusted) or '-'}")
+    within = [abs(r["error_at_speed"]) <= PREDICTION_TOLERANCE for r in rows if "error_at_speed" in r]
+    print(f"the same at the host's speed now (each prediction times its drift, the reference graph's p50 here "
+          f"over its p50 when the layers were timed): {sum(within)}/{len(within)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": threads, "rows": rows, "runs": args.runs,
                                     "sessions": args.sessions, "sentences": args.sentences}, indent=1, default=str))

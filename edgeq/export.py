@@ -284,16 +284,35 @@ def export(
 
 
 def _latency_record(be: Any, predicted: Any, model_file: Path, loaded: Any, tgt: Any, steps: Steps) -> dict[str, Any]:
-    """The plan's predicted p50 beside the artifact's measured here, timed as its layers were."""
+    """The plan's predicted p50 beside the artifact's measured here, timed as its layers were.
+
+    When the layers were timed here, the fp32 graph their figures anchor on
+    (``LatencyCosts.reference_ms``) is timed again, in turn with the artifact: a shared
+    host's speed moves by a quarter within minutes, and the ratio of the two reference
+    timings says how far it moved since the layers were timed (the prediction at the
+    host's speed now is the prediction times that ratio)."""
+    import tempfile
+
     from edgeq.planning.latency import host_threads
 
-    with steps.step("Timing the artifact") as info:
-        measured = be.time_artifact(model_file, loaded.example_inputs, host_threads(tgt.runtime.threads))
-        info.detail = (f"p50 {measured:.2f} ms measured here, {predicted.predicted_latency_ms:.2f} ms predicted "
-                       f"({measured / predicted.predicted_latency_ms - 1:+.0%})")
+    costs, predicted_ms = predicted.latency, predicted.predicted_latency_ms
+    with steps.step("Timing the artifact") as info, tempfile.TemporaryDirectory(prefix="edgeq-reference-") as tmp:
+        files = [model_file]
+        if costs.reference_ms:
+            files.append(be.write_latency_reference(loaded.module, loaded.example_inputs, Path(tmp)))
+        measured, *reference_now = be.time_artifacts(files, loaded.example_inputs, host_threads(tgt.runtime.threads))
+        info.detail = (f"p50 {measured:.2f} ms measured here, {predicted_ms:.2f} ms predicted "
+                       f"({measured / predicted_ms - 1:+.0%})")
+        if reference_now:
+            now = predicted_ms * reference_now[0] / costs.reference_ms
+            info.detail += (f"; the fp32 graph {costs.reference_ms:.2f} ms when the layers were timed, "
+                            f"{reference_now[0]:.2f} ms now: {now:.2f} ms predicted at this speed "
+                            f"({measured / now - 1:+.0%})")
     return {"objective": predicted.objective, "latency_budget_ms": predicted.latency_budget_ms,
-            "predicted_latency_ms": round(predicted.predicted_latency_ms, 4), "measured_latency_ms": round(measured, 4),
-            "latency_source": predicted.latency.source}
+            "predicted_latency_ms": round(predicted_ms, 4), "measured_latency_ms": round(measured, 4),
+            "latency_source": costs.source,
+            "latency_reference_ms": round(costs.reference_ms, 4) if costs.reference_ms else None,
+            "latency_reference_now_ms": round(reference_now[0], 4) if reference_now else None}
 
 
 def _load(model: str | Path, task: str | None, seq_len: int, trust_remote_code: bool, calib: Any,

@@ -70,8 +70,13 @@ def print_export_summary(result: Any) -> None:
                       + f" ({plan['error_metric']}); decided by: {plan.get('binding') or 'n/a'}")
         if plan.get("predicted_latency_ms") is not None:
             budget = f", budget {plan['latency_budget_ms']:g} ms" if plan.get("latency_budget_ms") else ""
+            drift = ""
+            if plan.get("latency_reference_now_ms") and plan.get("latency_reference_ms"):
+                ratio = plan["latency_reference_now_ms"] / plan["latency_reference_ms"]
+                drift = (f"\n[dim]the host ran the fp32 graph {ratio:.2f}× as long as when the layers were "
+                         f"timed: {plan['predicted_latency_ms'] * ratio:.2f} ms predicted at its speed now[/]")
             table.add_row("latency", f"p50 {plan['predicted_latency_ms']:.2f} ms predicted, "
-                          f"{plan['measured_latency_ms']:.2f} ms measured on this host{budget}")
+                          f"{plan['measured_latency_ms']:.2f} ms measured on this host{budget}{drift}")
     table.add_row("written to", str(result.artifact_dir))
     console = Console()
     console.print(table)

@@ -182,6 +182,10 @@ class PlanRecord(Strict):
     predicted_latency_ms: float | None = None
     measured_latency_ms: float | None = None
     latency_source: str | None = None
+    # The fp32 graph the prediction's figures anchor on: its p50 when the layers were timed, and
+    # timed again in turn with the artifact (None for an estimate): their ratio is the host's drift.
+    latency_reference_ms: float | None = None
+    latency_reference_now_ms: float | None = None
 
 
 class LLMVerification(Strict):

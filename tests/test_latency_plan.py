@@ -143,6 +143,36 @@ def test_export_records_measured_p50_beside_the_prediction(tmp_path: Path):
     rec = json.loads((out / "manifest.json").read_text())["plan"]
     assert rec["latency_budget_ms"] == 10_000 and rec["predicted_latency_ms"] > 0 and rec["measured_latency_ms"] > 0
     assert "measured here" in rec["latency_source"]
+    # the fp32 graph the prediction anchors on, timed when the layers were and again beside the artifact
+    assert rec["latency_reference_ms"] > 0 and rec["latency_reference_now_ms"] > 0
+    assert "fp32 graph" in r.stdout and not list(out.glob("latency-reference*"))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_the_latency_reference_is_the_fp32_model_whose_timing_anchors_the_prediction(tmp_path: Path, fmt):
+    """The graph a backend writes as the latency reference computes what the eager fp32 model
+    does, and the plan's reference p50 is its whole-graph timing: the prediction of the plan
+    that keeps every layer fp32."""
+    pytest.importorskip(fmt)
+    import torch
+
+    from edgeq.backends import get_backend
+    from edgeq.planning.planner import load_for_planning
+
+    target = "x86" if fmt == "onnx" else "x86-executorch"
+    loaded, _ = load_for_planning(MODEL, target)
+    be = get_backend(fmt)
+    path = be.write_latency_reference(loaded.module, loaded.example_inputs, tmp_path)
+    with torch.no_grad():
+        eager = loaded.module(*loaded.example_inputs)
+    [ran] = be.run(path, [tuple(loaded.example_inputs)])
+    ran = ran[0] if isinstance(ran, (list, tuple)) else ran
+    assert torch.allclose(torch.as_tensor(ran), eager, atol=1e-4), fmt
+    result = plan(MODEL, target, latency_budget_ms=1e6)
+    all_fp32 = {x.fqn: "fp32" for x in result.layers}
+    assert result.latency.reference_ms == pytest.approx(result.latency.predict(all_fp32), rel=1e-6)
+    [ms] = be.time_artifacts([path], loaded.example_inputs, host_threads(4))
+    assert ms > 0
 
 
 @pytest.mark.parametrize("args,message", [

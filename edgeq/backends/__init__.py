@@ -253,7 +253,10 @@ class Backend(Protocol):
     def layer_latency(self, module: Any, example_inputs: Any, layers: list[Any], candidates: dict[str, list[Any]],
                       threads: int, use_cache: bool = True, device: Any = None
                       ) -> tuple[dict[str, dict[str, float]], float, str]: ...  # device: (profile, delegates) to estimate for
-    def time_artifact(self, model_file: Path, inputs: tuple[Any, ...], threads: int) -> float: ...  # p50 ms here
+    # each file's p50 ms here, the files timed in turn (edgeq.backends.timing.interleaved_ms)
+    def time_artifacts(self, model_files: list[Path], inputs: tuple[Any, ...], threads: int) -> list[float]: ...
+    # the fp32 graph whose p50 anchors a predicted latency (LatencyCosts.reference_ms), written into a directory
+    def write_latency_reference(self, module: Any, example_inputs: Any, directory: Path) -> Path: ...
     def gptq_grid(self) -> Any: ...  # the 4-bit grid calibrated algorithms round onto (with CALIBRATED_ALGORITHMS)
     def open_lm(self, model_file: Path) -> Any: ...
     def lm_numerics(self) -> Any: ...  # a context in which stand_in gives the LLM lowering's numerics

@@ -6,6 +6,8 @@ backend's; how it is timed and cached is the same everywhere:
 - ``p50_ms``: the median wall time of a call, as the least of ``ROUNDS`` round medians
   after ``WARMUP_RUNS`` (on a shared host a burst of other work inflates one round; the
   least round is the one closest to the kernel's own time);
+- ``interleaved_ms``: several timings taken in turn, round after round, so that a change
+  of the host's speed between rounds reaches each of them alike;
 - ``input_shapes``: the shape each layer sees in the model, from one forward pass;
 - ``LatencyCache``: one bounded JSON file of ``{key: ms}`` under the cache root
   (``<cache>/latency``), keyed by what decides a timing: the runtime's version, this CPU,
@@ -56,6 +58,36 @@ def p50_ms(call: Callable[[], Any], runs: int = TIMED_RUNS, warmup: int = WARMUP
             times.append(time.perf_counter() - start)
         medians.append(statistics.median(times))
     return min(medians) * 1e3
+
+
+def interleaved_ms(measures: list[Callable[[], float]], rounds: int = SESSIONS) -> list[float]:
+    """Per measure (a callable returning one sample in ms), the median of ``rounds`` samples
+    taken in turn: each round calls every measure once.
+
+    A shared host changes speed for spells of 30–90 s (on this project's 2-vCPU EPYC VM,
+    MiniLM's all-``MatMulInteger`` graph measured 4.3 ms and 5.6 ms in alternate spells, its
+    fp32 graph 8.6 and 10.3). Measures timed one after another put a spell's change between
+    them and distort their ratios; in turn, every measure sees the same mix of spells, so
+    their ratios hold: a prediction assembled from them, and a reference timed beside them,
+    slow down together.
+
+    Two ops of 1 and 2 ms on a host that turns 1.5× slower after two samples: in turn
+    their ratio holds; one after another (the first one's three samples, then the
+    second's) it does not:
+
+    >>> def host():
+    ...     clock = iter(range(100))
+    ...     return lambda ms: ms * (1.0 if next(clock) < 2 else 1.5)
+    >>> on = host(); interleaved_ms([lambda: on(1.0), lambda: on(2.0)], rounds=3)
+    [1.5, 3.0]
+    >>> on = host(); [statistics.median(on(ms) for _ in range(3)) for ms in (1.0, 2.0)]
+    [1.0, 3.0]
+    """
+    samples: list[list[float]] = [[] for _ in measures]
+    for _ in range(rounds):
+        for i, measure in enumerate(measures):
+            samples[i].append(measure())
+    return [statistics.median(s) for s in samples]
 
 
 def how_timed(runtime: str, threads: int) -> str:

@@ -12,7 +12,9 @@ are this host's, which stands in for the device (same ISA family, other clocks a
 the plan and the manifest say so. Other devices take the emulator's per-op ESTIMATE of the
 same one-layer graphs. A backend that does not time layers (``TIMES_LAYERS`` False)
 refuses ``--latency-budget`` with a clear message, and leaves a target's own latency
-budget to ``edgeq check`` (``applicable``).
+budget to ``edgeq check`` (``applicable``). The fp32 graph's p50 taken with the figures
+(``reference_ms``) is what an export times again beside its artifact: the host's speed moves
+between spells, and their ratio says by how much since the layers were timed.
 
 >>> costs = LatencyCosts({"a": {"int8": 1.0, "fp32": 2.0}}, remainder_ms=3.0, source="hand-made")
 >>> costs.predict({"a": "int8"}), costs.fastest_ms()
@@ -35,6 +37,9 @@ class LatencyCosts:
     remainder_ms: float  # the rest of the graph (not a planned layer), ms
     source: str  # how the figures were taken (measured here / estimate)
     estimate: bool = False  # True: not a measurement on the device or this host
+    # the whole fp32 graph's p50 timed with the figures (None for an estimate): timed again beside
+    # the artifact, the ratio says how far the host's speed moved since (edgeq.backends.timing.interleaved_ms)
+    reference_ms: float | None = None
 
     def predict(self, schemes: dict[str, Any]) -> float:
         """Predicted whole-model p50 (ms) of a plan ``{fqn: scheme or scheme name}``."""
@@ -45,7 +50,8 @@ class LatencyCosts:
         return self.remainder_ms + sum(min(v.values()) for v in self.layers.values() if v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"remainder_ms": round(self.remainder_ms, 4), "source": self.source, "estimate": self.estimate}
+        return {"remainder_ms": round(self.remainder_ms, 4), "source": self.source, "estimate": self.estimate,
+                "reference_ms": None if self.reference_ms is None else round(self.reference_ms, 4)}
 
 
 def host_threads(threads: int) -> int:
@@ -105,5 +111,5 @@ def measure_latency(prepared: Any, candidates: dict[str, list[Any]], use_cache: 
     remainder = remainder if abs(remainder) > 1e-9 else 0.0  # float rounding, not a figure
     return LatencyCosts(layers={f: {s: ms for s, ms in v.items() if s in {c.name for c in candidates[f]}}
                                 for f, v in layers.items()},
-                        remainder_ms=remainder, estimate=not here,
+                        remainder_ms=remainder, estimate=not here, reference_ms=whole if here else None,
                         source=f"{source}; on this host, standing in for {profile.name}" if here else source)

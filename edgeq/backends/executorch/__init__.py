@@ -94,11 +94,20 @@ def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidate
     return latency.layer_latency(module, example_inputs, layers, candidates, threads, use_cache)
 
 
-def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
-    """The artifact's p50 (ms) on ``inputs`` in the ExecuTorch runtime here, timed as layers are."""
-    from edgeq.backends.executorch.latency import time_artifact as timed
+def time_artifacts(model_files: list[Path], inputs: tuple[Any, ...], threads: int) -> list[float]:
+    """Each artifact's p50 (ms) on ``inputs`` in the ExecuTorch runtime here, timed as layers
+    are, the files in turn round after round (``edgeq.backends.timing.interleaved_ms``)."""
+    from edgeq.backends.executorch.latency import time_artifacts as timed
 
-    return timed(model_file, inputs, threads)
+    return timed([Path(f) for f in model_files], inputs, threads)
+
+
+def write_latency_reference(module: Any, example_inputs: tuple[Any, ...], directory: Path) -> Path:
+    """The fp32 program whose p50 anchors a plan's predicted latency (``LatencyCosts.reference_ms``),
+    written into ``directory`` for ``time_artifacts``."""
+    from edgeq.backends.executorch.latency import write_reference
+
+    return write_reference(module, example_inputs, Path(directory) / "latency-reference.pte")
 
 
 def extra_schemes(layer: Any, precisions: Any, decoder_lm: bool = False) -> list[Any]:

@@ -5,8 +5,11 @@ it (``quant.quantized_module`` on a one-layer module, captured and lowered with 
 XNNPACK partitioner: the delegate that runs on this host's CPU) and timed in the ExecuTorch
 runtime (the pybindings the artifact is verified with, XNNPACK's threadpool at the
 target's threads) on an input of the shape the layer sees in the model. The p50 is taken
-as for every backend (``edgeq.backends.timing``); the exported artifact is timed the same
-way. Layers with the same shapes share one timing; a calibrated scheme (GPTQ, AWQ) stores
+as for every backend (``edgeq.backends.timing``): the programs not yet cached and the whole
+fp32 program are timed in turn, round after round (``interleaved_ms``), so that a spell of a
+slower host reaches the layers' figures and the fp32 program (the prediction's reference,
+timed again beside the artifact after export) alike; the exported artifact is timed the
+same way. Layers with the same shapes share one timing; a calibrated scheme (GPTQ, AWQ) stores
 its RTN scheme's layout, so it is timed as that scheme. The rest of the graph (attention,
 norms, activations; layer kinds not built here, e.g. convolutions, at fp32) is the fp32
 program's own p50 minus its layers' fp32 timings.
@@ -25,8 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeq.backends.timing import (LatencyCache, case_key, emulated_threads_and_clock, how_timed, layer_cases,
-                                   model_key, p50_ms)
+from edgeq.backends.timing import (ROUNDS, SESSIONS, TIMED_RUNS, LatencyCache, case_key, emulated_threads_and_clock,
+                                   how_timed, interleaved_ms, layer_cases, model_key, p50_ms)
 
 TIMED_KINDS = ("linear", "embedding")
 
@@ -42,20 +45,46 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
 
     set_threads(threads)
     cache = LatencyCache(f"executorch-layers-{_version()}")
-    timed: dict[str, float] = {}
+    figures: dict[str, float] = {}
+    missing: dict[str, _LazyProgram] = {}
 
     def cost(key: str, program: "_LazyProgram") -> float:
-        found = cache.get(key) if use_cache else timed.get(key)
-        if found is None:
-            found = time_program(program.build(), (program.x,))
-            timed[key] = found
-            cache.put(key, found)
-        return found
+        if key not in figures and (found := cache.get(key) if use_cache else None) is not None:
+            figures[key] = found
+        elif key not in figures:
+            missing.setdefault(key, program)
+        return figures.get(key, 0.0)
 
     out = _each_layer(module, example_inputs, layers, candidates, threads, cost)
-    cache.save()
-    return out, _whole_fp32(module, example_inputs, threads, use_cache), how_timed(
-        f"ExecuTorch {_version()} pybindings, XNNPACK", threads)
+    whole_cache = LatencyCache(f"executorch-whole-{_version()}")
+    whole_key = model_key(module, example_inputs, threads)
+    whole = whole_cache.get(whole_key) if use_cache else None
+    if missing or whole is None:
+        # the untimed one-layer programs and (when not cached) the whole fp32 program, timed in turn
+        # (interleaved_ms): the layers' figures and the reference they are set against see the same
+        # spells of the host. A cached whole stays: it was timed in turn with the fp32 layers' figures
+        # it is set against (the remainder), and a new timing of it beside other programs would not be.
+        with tempfile.TemporaryDirectory(prefix="edgeq-latency-") as tmp:
+            files, inputs = [], []
+            for program in missing.values():  # one program in memory at a time
+                files.append(Path(tmp) / f"{len(files)}.pte")
+                files[-1].write_bytes(program.build())
+                inputs.append((program.x,))
+                program.release()
+            if whole is None:
+                files.append(write_reference(module, example_inputs, Path(tmp) / "fp32.pte"))
+                inputs.append(tuple(example_inputs))
+            timed = _time_in_turn(files, inputs)
+        if whole is None:
+            whole = timed.pop()
+            whole_cache.put(whole_key, whole)
+            whole_cache.save()
+        for key, ms in zip(missing, timed):
+            figures[key] = ms
+            cache.put(key, ms)
+        cache.save()
+        out = _each_layer(module, example_inputs, layers, candidates, threads, cost)
+    return out, whole, how_timed(f"ExecuTorch {_version()} pybindings, XNNPACK", threads)
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
@@ -87,12 +116,30 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
                         f"({used} threads, {' → '.join(delegates)}), not a measurement")
 
 
-def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
-    """The artifact's p50 (ms) on ``inputs`` in the ExecuTorch pybindings here, timed as layers are."""
+def time_artifacts(model_files: list[Path], inputs: tuple[Any, ...], threads: int) -> list[float]:
+    """Each artifact's p50 (ms) on ``inputs`` in the ExecuTorch pybindings here, timed as
+    layers are (``_time_in_turn``)."""
+    set_threads(threads)
+    return _time_in_turn(model_files, [inputs] * len(model_files))
+
+
+def _time_in_turn(files: list[Path], inputs: list[tuple[Any, ...]]) -> list[float]:
+    """Each program's p50 (ms) on its inputs: ``SESSIONS`` rounds, each loading every file in
+    turn and taking its p50; the median of each file's rounds (``interleaved_ms``)."""
     from executorch.runtime import Runtime
 
-    set_threads(threads)
-    return p50_ms(_executor(Runtime.get().load_program(str(model_file)), inputs))
+    def measure(path: Path, feeds: tuple[Any, ...]) -> Any:
+        return lambda: p50_ms(_executor(Runtime.get().load_program(str(path)), feeds),
+                              runs=max(ROUNDS, TIMED_RUNS // SESSIONS))
+
+    return interleaved_ms([measure(f, x) for f, x in zip(files, inputs)], SESSIONS)
+
+
+def write_reference(module: Any, example_inputs: tuple[Any, ...], path: Path) -> Path:
+    """The fp32 program ``layer_latency`` times (the reference of a predicted latency),
+    lowered with XNNPACK, written to ``path``."""
+    path.write_bytes(_lowered(_fp32_program(module, example_inputs), "fp32").buffer)
+    return path
 
 
 def set_threads(threads: int) -> None:
@@ -104,13 +151,6 @@ def set_threads(threads: int) -> None:
     if threads:
         with silence_native_stderr():  # the runtime logs each reset
             portable_lib._unsafe_reset_threadpool(int(threads))
-
-
-def time_program(pte: bytes, inputs: tuple[Any, ...]) -> float:
-    """The p50 (ms) of a serialized program's ``forward`` on ``inputs``."""
-    from executorch.runtime import Runtime
-
-    return p50_ms(_executor(Runtime.get().load_program(pte), inputs))
 
 
 # ------------------------------------------------------------------------- internals
@@ -168,6 +208,10 @@ class _LazyProgram:
             self._built = manager if self.keep_manager else manager.buffer
         return self._built
 
+    def release(self) -> None:
+        """Drop the built program (its input stays)."""
+        self._built = None
+
 
 def _lowered(program: Any, precision: str) -> Any:
     from edgeq.backends.executorch.delegates import partitioner
@@ -202,20 +246,6 @@ def _fp32_program(module: Any, example_inputs: tuple[Any, ...]) -> Any:
     program = capture(module, example_inputs)
     program.graph.eliminate_dead_code()
     return program
-
-
-def _whole_fp32(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool) -> float:
-    """The fp32 program's p50, lowered as the artifact's is (XNNPACK)."""
-    from edgeq.backends.executorch.lowering import _version
-
-    cache = LatencyCache(f"executorch-whole-{_version()}")
-    key = model_key(module, example_inputs, threads)
-    if use_cache and (found := cache.get(key)) is not None:
-        return found
-    found = time_program(_lowered(_fp32_program(module, example_inputs), "fp32").buffer, tuple(example_inputs))
-    cache.put(key, found)
-    cache.save()
-    return found
 
 
 def _module_class() -> Any:

@@ -89,8 +89,13 @@ def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidate
     layers_not_timed("GGUF")
 
 
-def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
+def time_artifacts(model_files: list[Path], inputs: tuple[Any, ...], threads: int) -> list[float]:
     """Not built for GGUF yet (``edgeq profile`` times GGUF artifacts)."""
+    raise NotImplementedError
+
+
+def write_latency_reference(module: Any, example_inputs: tuple[Any, ...], directory: Path) -> Path:
+    """Not built for GGUF yet: no GGUF plan predicts a latency (``TIMES_LAYERS`` False)."""
     raise NotImplementedError
 
 

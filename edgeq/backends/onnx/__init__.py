@@ -147,13 +147,20 @@ def layer_latency(module: Any, example_inputs: Any, layers: list[Any], candidate
     return latency.layer_latency(module, example_inputs, layers, candidates, threads, use_cache)
 
 
-def time_artifact(model_file: Path, inputs: tuple[Any, ...], threads: int) -> float:
-    """The artifact's p50 (ms) on ``inputs`` in ONNX Runtime here, timed as layers are."""
-    from edgeq.backends.onnx.latency import session, sessions_p50_ms
+def time_artifacts(model_files: list[Path], inputs: tuple[Any, ...], threads: int) -> list[float]:
+    """Each artifact's p50 (ms) on ``inputs`` in ONNX Runtime here, timed as layers are, the
+    files in turn round after round (``edgeq.backends.timing.interleaved_ms``)."""
+    from edgeq.backends.onnx.latency import time_artifacts as timed
 
-    names = [i.name for i in session(Path(model_file), threads).get_inputs()]
-    return sessions_p50_ms(Path(model_file), {n: (t.numpy() if hasattr(t, "numpy") else t)
-                                              for n, t in zip(names, inputs)}, threads)
+    return timed([Path(f) for f in model_files], inputs, threads)
+
+
+def write_latency_reference(module: Any, example_inputs: tuple[Any, ...], directory: Path) -> Path:
+    """The fp32 graph whose p50 anchors a plan's predicted latency (``LatencyCosts.reference_ms``),
+    written into ``directory`` for ``time_artifacts``."""
+    from edgeq.backends.onnx.latency import write_reference
+
+    return write_reference(module, example_inputs, Path(directory) / "latency-reference.onnx")
 
 
 # Calibrated algorithms (edgeq.algorithms) whose results this format stores unchanged, and

@@ -21,7 +21,10 @@ measurement. A linear's cost at a scheme is its timing alone plus its scheme's o
 never below 0; the rest of the graph (attention, norms, activations; any layer kind this
 module does not build, e.g. convolutions, at fp32) is what is left of the fp32 export's
 p50, below 0 only where a graph runs faster than its layers' costs allow (a few µs on a
-tiny model, in timing noise). A plan's predicted latency is that remainder plus its
+tiny model, in timing noise). The whole graphs are timed in turn, round after round
+(``interleaved_ms``): their differences are the offsets, and a spell of a slower host
+reaches them alike. The fp32 graph (``reference_graph``) is the prediction's reference,
+timed again beside the artifact after export (``time_artifacts``). A plan's predicted latency is that remainder plus its
 layers' costs at their schemes. Calibrated schemes (GPTQ, AWQ, HQQ) store their RTN
 scheme's layout and share its timings.
 
@@ -42,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.backends.timing import (ROUNDS, SESSIONS, TIMED_RUNS, WARMUP_RUNS, LatencyCache, case_key,
-                                   emulated_threads_and_clock, how_timed, input_shapes, layer_cases, model_key,
-                                   uniform_key, with_in_graph_offsets)
+                                   emulated_threads_and_clock, how_timed, input_shapes, interleaved_ms, layer_cases,
+                                   model_key, uniform_key, with_in_graph_offsets)
 from edgeq.backends.timing import p50_ms as _p50
 from edgeq.schemes import FP32, parse
 
@@ -162,16 +165,19 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
 
 def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_cache: bool,
               uniform: dict[str, list[str]]) -> dict[str, float]:
-    """``{scheme name: p50}`` of the whole export at fp32 (the graph before quantization, with
-    the artifact's rewrites) and at each of ``uniform``'s plans, lowered as the artifact's
-    lowering does it."""
+    """``{scheme name: p50}`` of the whole export at fp32 (``reference_graph``) and at each of
+    ``uniform``'s plans, lowered as the artifact's lowering does it. When any is not cached
+    all are timed again, in turn (``interleaved_ms``): the in-graph offsets are their
+    differences, and the fp32 graph's p50 is the reference a later timing of the artifact
+    is set beside (``LatencyCosts.reference_ms``)."""
     import copy
     import tempfile
 
+    import onnx
     import onnxruntime as ort
 
-    from edgeq.backends.onnx.graph import called_layers, fold_weight_transposes, gemm_to_matmul, layer_nodes
-    from edgeq.backends.onnx.lowering import _apply_plan, _export, _strip_debug_metadata
+    from edgeq.backends.onnx.graph import called_layers, layer_nodes
+    from edgeq.backends.onnx.lowering import _apply_plan, _strip_debug_metadata
 
     cache = LatencyCache(f"whole-{ort.__version__}")
     base_key = model_key(module, example_inputs, threads)
@@ -182,6 +188,34 @@ def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_ca
     found = {name: cache.get(key(name)) if use_cache else None for name in uniform}
     if all(v is not None for v in found.values()):
         return found  # type: ignore[return-value]
+    base = reference_graph(module, example_inputs)
+    with tempfile.TemporaryDirectory(prefix="edgeq-latency-") as tmp:
+        files = []
+        for name, fqns in uniform.items():  # written one at a time: one graph's copy in memory
+            proto = copy.deepcopy(base)
+            if name != FP32.name:  # the other layers stay fp32 (an all-fp16 plan alone converts the whole graph)
+                nodes = layer_nodes(proto)
+                plan = {f: FP32 for f in nodes} | {f: parse(name) for f in fqns}
+                proto, _ = _apply_plan(proto, plan, nodes, called_layers(proto))
+            _strip_debug_metadata(proto)
+            files.append(Path(tmp) / f"{len(files)}.onnx")
+            onnx.save(proto, str(files[-1]))
+            del proto
+        for name, ms in zip(uniform, time_artifacts(files, example_inputs, threads)):
+            found[name] = ms
+            cache.put(key(name), ms)
+    cache.save()
+    return found  # type: ignore[return-value]
+
+
+def reference_graph(module: Any, example_inputs: tuple[Any, ...]) -> Any:
+    """The whole model's fp32 graph as the artifact's lowering starts from it (exported, Gemm
+    as MatMul, weight transposes folded): the graph whose p50 anchors a plan's predicted
+    latency (``_whole_ms``)."""
+    import tempfile
+
+    from edgeq.backends.onnx.graph import fold_weight_transposes, gemm_to_matmul
+    from edgeq.backends.onnx.lowering import _export
 
     class _Model:  # what _export reads of a LoadedModel
         def __init__(self) -> None:
@@ -190,24 +224,36 @@ def _whole_ms(module: Any, example_inputs: tuple[Any, ...], threads: int, use_ca
             self.output_names = None
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = _export(_Model(), Path(tmp))
-    gemm_to_matmul(base)
-    fold_weight_transposes(base, set())
-    for name, fqns in uniform.items():
-        if found[name] is not None:
-            continue
-        proto = copy.deepcopy(base)
-        if name != FP32.name:  # the other layers stay fp32 (an all-fp16 plan alone converts the whole graph)
-            nodes = layer_nodes(proto)
-            plan = {f: FP32 for f in nodes} | {f: parse(name) for f in fqns}
-            proto, _ = _apply_plan(proto, plan, nodes, called_layers(proto))
-        _strip_debug_metadata(proto)
-        inits = {t.name for t in proto.graph.initializer}
-        names = [i.name for i in proto.graph.input if i.name not in inits]
-        found[name] = sessions_p50_ms(proto, {n: t.numpy() for n, t in zip(names, example_inputs)}, threads)
-        cache.put(key(name), found[name])  # type: ignore[arg-type]
-    cache.save()
-    return found  # type: ignore[return-value]
+        proto = _export(_Model(), Path(tmp))
+    gemm_to_matmul(proto)
+    fold_weight_transposes(proto, set())
+    return proto
+
+
+def write_reference(module: Any, example_inputs: tuple[Any, ...], path: Path) -> Path:
+    """``reference_graph`` written to ``path`` as ``_whole_ms`` times it."""
+    import onnx
+
+    from edgeq.backends.onnx.lowering import _strip_debug_metadata
+
+    proto = reference_graph(module, example_inputs)
+    _strip_debug_metadata(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def time_artifacts(files: list[Path], inputs: tuple[Any, ...], threads: int, sessions: int = SESSIONS) -> list[float]:
+    """Each file's p50 (ms) on ``inputs``: the median over ``sessions`` rounds, each of which
+    opens every file in a fresh session in turn and takes its p50 (``interleaved_ms``)."""
+
+    def measure(path: Path) -> Any:
+        def one() -> float:
+            s = session(path, threads)
+            feeds = {i.name: (t.numpy() if hasattr(t, "numpy") else t) for i, t in zip(s.get_inputs(), inputs)}
+            return p50_ms(s, feeds, runs=max(ROUNDS, TIMED_RUNS // sessions))
+        return one
+
+    return interleaved_ms([measure(Path(f)) for f in files], sessions)
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
