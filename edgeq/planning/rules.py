@@ -10,6 +10,7 @@ from edgeq.errors import ConfigError
 from edgeq.planning.inventory import LayerInfo
 from edgeq.schemes import Scheme, allowed, parse_rule
 
+
 def candidate_schemes(layer: LayerInfo, precisions: list[str], offered: Iterable[Scheme] | None = None) -> list[Scheme]:
     """Schemes of ``offered`` (the format's ``SCHEMES``; default ``edgeq.schemes.SCHEMES``) the
     target's ``precisions`` allow that this layer's kind and shape can take."""

@@ -45,17 +45,19 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
 
     set_threads(threads)
     cache = LatencyCache(f"executorch-layers-{_version()}")
-    figures: dict[str, float] = {}
-    missing: dict[str, _LazyProgram] = {}
+    keys: dict[tuple[str, str], str] = {}  # (fqn, scheme name) → its timing's key
+    figures: dict[str, float] = {}  # key → ms
+    missing: dict[str, _LazyProgram] = {}  # key → the program to time
 
-    def cost(key: str, program: "_LazyProgram") -> float:
-        if key not in figures and (found := cache.get(key) if use_cache else None) is not None:
+    def record(fqn: str, name: str, key: str, program: "_LazyProgram") -> float:
+        keys[(fqn, name)] = key
+        if (found := cache.get(key) if use_cache else None) is not None:
             figures[key] = found
-        elif key not in figures:
+        else:
             missing.setdefault(key, program)
-        return figures.get(key, 0.0)
+        return 0.0
 
-    out = _each_layer(module, example_inputs, layers, candidates, threads, cost)
+    out = _each_layer(module, example_inputs, layers, candidates, threads, record)
     whole_cache = LatencyCache(f"executorch-whole-{_version()}")
     whole_key = model_key(module, example_inputs, threads)
     whole = whole_cache.get(whole_key) if use_cache else None
@@ -83,7 +85,8 @@ def layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any
             figures[key] = ms
             cache.put(key, ms)
         cache.save()
-        out = _each_layer(module, example_inputs, layers, candidates, threads, cost)
+    for (fqn, name), key in keys.items():
+        out[fqn][name] = figures[key]
     return out, whole, how_timed(f"ExecuTorch {_version()} pybindings, XNNPACK", threads)
 
 
@@ -105,7 +108,7 @@ def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers:
                        used, clock_scale=scale)
         return (pred.total_s - (0.0 if whole else pred.fixed_s)) * 1e3
 
-    def cost(key: str, program: "_LazyProgram") -> float:
+    def cost(_fqn: str, _name: str, key: str, program: "_LazyProgram") -> float:
         if key not in seen:
             seen[key] = estimate(program.build(), whole=False)
         return seen[key]
@@ -169,7 +172,7 @@ def _executor(program: Any, inputs: tuple[Any, ...]) -> Any:
 
 def _each_layer(module: Any, example_inputs: tuple[Any, ...], layers: list[Any], candidates: dict[str, list[Any]],
                 threads: int, cost: Any, keep_manager: bool = False) -> dict[str, dict[str, float]]:
-    """``{fqn: {scheme name: cost(key, program)}}`` over each layer's one-layer program at
+    """``{fqn: {scheme name: cost(fqn, scheme name, key, program)}}`` over each layer's one-layer program at
     each scheme: ``program.build()`` is the serialized .pte (or, with ``keep_manager``, the
     lowering's manager), built only when ``cost`` asks for it; ``program.x`` its input."""
     from edgeq.schemes import rtn_of
@@ -177,7 +180,7 @@ def _each_layer(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
     out, cases = layer_cases(module, example_inputs, layers, candidates, TIMED_KINDS)
     for fqn, scheme, shape in cases:
         stored = rtn_of(scheme)  # an algorithm changes the values, not the kernel
-        out.setdefault(fqn, {})[scheme.name] = cost(case_key(threads, shape, stored.name),
+        out.setdefault(fqn, {})[scheme.name] = cost(fqn, scheme.name, case_key(threads, shape, stored.name),
                                                     _LazyProgram(shape, stored, keep_manager))
     return out
 

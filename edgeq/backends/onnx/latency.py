@@ -64,10 +64,18 @@ def sessions_p50_ms(model: Any, feeds: dict[str, Any], threads: int, sessions: i
     sessions opened one after another on an idle 2-core host (where the session's buffers
     land, how its threads are scheduled), and predictions checked against single sessions
     missed by up to 28% where the medians of five agreed within 14%."""
-    import statistics
+    return interleaved_ms([session_sample(model, threads, lambda _s: feeds, sessions)], sessions)[0]
 
-    per = max(ROUNDS, TIMED_RUNS // sessions)
-    return statistics.median(p50_ms(session(model, threads), feeds, runs=per) for _ in range(sessions))
+
+def session_sample(model: Any, threads: int, feeds: Any, sessions: int = SESSIONS) -> Any:
+    """One sample of ``sessions_p50_ms``, as a callable: a fresh session of ``model`` and its
+    p50 on ``feeds(session)``."""
+
+    def sample() -> float:
+        s = session(model, threads)
+        return p50_ms(s, feeds(s), runs=max(ROUNDS, TIMED_RUNS // sessions))
+
+    return sample
 
 
 def session(model: Any, threads: int) -> Any:
@@ -243,17 +251,13 @@ def write_reference(module: Any, example_inputs: tuple[Any, ...], path: Path) ->
 
 
 def time_artifacts(files: list[Path], inputs: tuple[Any, ...], threads: int, sessions: int = SESSIONS) -> list[float]:
-    """Each file's p50 (ms) on ``inputs``: the median over ``sessions`` rounds, each of which
-    opens every file in a fresh session in turn and takes its p50 (``interleaved_ms``)."""
+    """Each file's ``sessions_p50_ms`` on ``inputs``, the files in turn within each round
+    (``interleaved_ms``)."""
 
-    def measure(path: Path) -> Any:
-        def one() -> float:
-            s = session(path, threads)
-            feeds = {i.name: (t.numpy() if hasattr(t, "numpy") else t) for i, t in zip(s.get_inputs(), inputs)}
-            return p50_ms(s, feeds, runs=max(ROUNDS, TIMED_RUNS // sessions))
-        return one
+    def feeds(s: Any) -> dict[str, Any]:
+        return {i.name: (t.numpy() if hasattr(t, "numpy") else t) for i, t in zip(s.get_inputs(), inputs)}
 
-    return interleaved_ms([measure(Path(f)) for f in files], sessions)
+    return interleaved_ms([session_sample(Path(f), threads, feeds, sessions) for f in files], sessions)
 
 
 def estimate_layer_latency(module: Any, example_inputs: tuple[Any, ...], layers: list[Any],
