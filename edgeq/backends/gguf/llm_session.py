@@ -227,19 +227,33 @@ def reserved_buffers(model_file: Path, threads: int = 0) -> dict[str, int]:
             session = LlamaCppSession(server, meta, runtime_name())
             session._step([meta["plain_token"]])
             del session, server
+            text = _logged(log, [_BUFFER_LINES["kv"], _BUFFER_LINES["compute"]])
         except Exception as exc:
             raise ArtifactError(f"llama.cpp cannot load {path}: {describe(exc, 200)}", "re-run 'edgeq export'") from None
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        log.seek(0)
-        text = log.read(1 << 24).decode("utf-8", "replace")
     for key, label in _BUFFER_LINES.items():
         for m in re.finditer(re.escape(label) + r"\s*=\s*([0-9.]+) MiB", text):
             found[key] += int(float(m.group(1)) * 2**20)
     if not found["kv"] or not found["compute"]:
         raise ArtifactError(f"llama.cpp did not report its buffers for {path}", "re-run with --debug")
     return found
+
+
+def _logged(log: Any, labels: list[str], wait_s: float = 5.0) -> str:
+    """What llama.cpp has written to ``log`` once every one of ``labels`` is in it, or after
+    ``wait_s``: llama.cpp logs from a thread of its own, whose lines can land after the call
+    that caused them returns (the file descriptor must stay redirected until they have)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        log.seek(0)
+        text = log.read(1 << 24).decode("utf-8", "replace")
+        if all(label in text for label in labels) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
 
 
 def open_lm(artifact_dir: Path | str, model_file: Path | str | None = None, *, threads: int = 0) -> LlamaCppSession:
