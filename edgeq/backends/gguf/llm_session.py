@@ -199,6 +199,7 @@ def _params(path: Path, meta: dict[str, Any], threads: int) -> Any:
 # llama.cpp's log lines for what it allocates at context creation (MiB, two decimals)
 _BUFFER_LINES = {"kv": "KV buffer size", "compute": "compute buffer size", "output": "output buffer size",
                  "repack": "REPACK model buffer size"}
+_BUFFERS_ALWAYS = ("kv", "compute")  # must be in the log; the others count when logged
 
 
 def reserved_buffers(model_file: Path, threads: int = 0) -> dict[str, int]:
@@ -227,7 +228,7 @@ def reserved_buffers(model_file: Path, threads: int = 0) -> dict[str, int]:
             session = LlamaCppSession(server, meta, runtime_name())
             session._step([meta["plain_token"]])
             del session, server
-            text = _logged(log, [_BUFFER_LINES["kv"], _BUFFER_LINES["compute"]])
+            text = _logged(log, [_BUFFER_LINES[k] for k in _BUFFERS_ALWAYS])
         except Exception as exc:
             raise ArtifactError(f"llama.cpp cannot load {path}: {describe(exc, 200)}", "re-run 'edgeq export'") from None
         finally:
@@ -236,7 +237,7 @@ def reserved_buffers(model_file: Path, threads: int = 0) -> dict[str, int]:
     for key, label in _BUFFER_LINES.items():
         for m in re.finditer(re.escape(label) + r"\s*=\s*([0-9.]+) MiB", text):
             found[key] += int(float(m.group(1)) * 2**20)
-    if not found["kv"] or not found["compute"]:
+    if not all(found[k] for k in _BUFFERS_ALWAYS):
         raise ArtifactError(f"llama.cpp did not report its buffers for {path}", "re-run with --debug")
     return found
 
