@@ -327,6 +327,8 @@ def _load(model: str | Path, task: str | None, seq_len: int, trust_remote_code: 
 
             loaded = with_calibration(loaded, calib)
             info.detail += f"; calibration: {loaded.config['calibration']}"
+    for line in loaded.notes:
+        steps.note(line)
     return loaded
 
 

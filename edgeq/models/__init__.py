@@ -62,6 +62,7 @@ class LoadedModel:
     # whether ``module`` takes several input rows stacked along dim 0 (a .pt2 traced at a fixed
     # batch does not: its guard checks the size); planning runs such a model row by row
     batchable: bool = True
+    notes: list[str] = field(default_factory=list)  # what loading did to the module (shown by export and plan)
 
     @property
     def metric(self) -> str:
@@ -87,6 +88,31 @@ def load_model(
     >>> m.task
     'custom'
     """
+    loaded = _load_any(source, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
+    if loaded.module is not None and loaded.exported is None and loaded.source_kind != "gguf":
+        _split_attention(loaded)
+    return loaded
+
+
+def _split_attention(loaded: LoadedModel) -> None:
+    """Each ``nn.MultiheadAttention`` of the model split into four linears (planned like any
+    linear), kept only if the model's outputs on its example inputs stay the same."""
+    from edgeq.models.attention import split_checked
+
+    def first_tensor() -> Any:
+        out = loaded.module(*loaded.example_inputs)
+        if hasattr(out, "to_tuple"):  # a transformers ModelOutput
+            out = out.to_tuple()
+        while isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        return out
+
+    _, notes = _call_user_code(lambda: split_checked(loaded.module, first_tensor), f"the model from {loaded.source}",
+                               "fix the model")
+    loaded.notes.extend(notes)
+
+
+def _load_any(source: str | Path, task: str | None, *, seq_len: int, trust_remote_code: bool) -> LoadedModel:
     if task is not None and task not in TASKS:
         raise ModelLoadError(
             f"unknown task '{task}'{did_you_mean(task, TASKS)}", f"choose one of: {', '.join(TASKS)}"

@@ -44,9 +44,15 @@ def layer_inventory(module: Any) -> list[LayerInfo]:
     )
     seen: dict[int, LayerInfo] = {}
     layers = []
+    # nn.MultiheadAttention hands its out_proj's weight to a fused function: that linear's
+    # forward never runs (edgeq.models.attention splits such modules when loading)
+    fused = tuple(f"{fqn}." if fqn else "" for fqn, sub in module.named_modules()
+                  if isinstance(sub, torch.nn.MultiheadAttention))
     for fqn, sub in module.named_modules():
+        if fused and fqn.startswith(fused):
+            continue
         for cls, kind in kinds:
-            if type(sub) is cls:
+            if isinstance(sub, cls) and computes_as(sub, cls):
                 weight = sub.weight
                 bias = getattr(sub, "bias", None) is not None
                 first = seen.get(id(weight))
@@ -62,6 +68,42 @@ def layer_inventory(module: Any) -> list[LayerInfo]:
                 layers.append(layer)
                 break
     return layers
+
+
+def computes_as(sub: Any, cls: type) -> bool:
+    """Whether ``sub`` (an instance of ``cls``) computes ``cls``'s op on its weight, so that
+    quantizing the weight is quantizing the layer: its class is ``cls`` or a subclass whose
+    forward is ``cls``'s (``nn.MultiheadAttention``'s ``out_proj``), or, for a linear or an
+    embedding, whose output is ``cls``'s output times one constant (Gemma's embedding, scaled
+    by sqrt(hidden)) -- checked on a probe input. Any other subclass computes something else
+    and is not planned (its weight stays as the model has it)."""
+    import torch
+
+    if type(sub).forward is cls.forward:
+        return True
+    if cls is torch.nn.Embedding:
+        probe: Any = torch.arange(min(sub.num_embeddings, 16))
+    elif cls is torch.nn.Linear:
+        probe = torch.randn(3, sub.in_features, generator=torch.Generator().manual_seed(0))
+    else:
+        return False
+    try:
+        with torch.no_grad():
+            weight = sub.weight
+            probe = probe if cls is torch.nn.Embedding else probe.to(weight.dtype)
+            out, ref = sub(probe), cls.forward(sub, probe)
+    except Exception:  # noqa: BLE001 - a forward that cannot run on a plain input is not the parent's op
+        return False
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape or out.dtype != ref.dtype:
+        return False
+    out, ref = out.double(), ref.double()
+    big = ref.abs() > ref.abs().amax() * 1e-3
+    if not bool(big.any()):
+        return False
+    ratio = out[big] / ref[big]
+    c = ratio.median()
+    return bool(torch.isfinite(c)) and float(c) != 0 and bool(
+        torch.allclose(out, ref * c, rtol=1e-3, atol=float(ref.abs().amax()) * abs(float(c)) * 1e-5))
 
 
 def nonlayer_bytes(total_fp32_bytes: int, layers: list[LayerInfo]) -> int:

@@ -79,7 +79,12 @@ def plan(
     (``edgeq.planning.latency_bound``); each (layer, scheme) is then timed on this host.
     """
     steps = steps or Steps()
+    from edgeq.models import LoadedModel
+
     loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
+    if not isinstance(model, LoadedModel):  # a model the caller loaded was told to them
+        for line in loaded.notes:
+            steps.note(line)
     tgt = resolved.target
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
                                  latency_ms=latency_budget_ms, rules=rules)
