@@ -30,7 +30,7 @@ def plan_model(model: Any, target: Any, *, budget_bytes: int | None = None, memo
     from edgeq.planning.solve import Budgets
 
     steps = steps or Steps()
-    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
+    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib, steps=steps)
     tgt = resolved.target
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
                                  latency_ms=latency_budget_ms)

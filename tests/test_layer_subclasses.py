@@ -180,3 +180,15 @@ def test_gemmas_scaled_embedding_table_is_quantized_and_keeps_its_scale(tmp_path
     hand = table * 4 - table - 256 * 4  # fp32 table - int8 table - a scale per row
     # ONNX stores the int8 table with one scale and adds ~9 KB of graph for its lookup
     assert hand - 10_000 < sizes["fp32"] - sizes["int8"] < hand + 2_048, (sizes, hand)
+
+
+def test_plan_tells_the_split_and_plans_the_projections():
+    from edgeq.plans import plan_model
+    from edgeq.progress import Steps
+
+    steps = Steps()
+    result = plan_model("tests.test_layer_subclasses:encoder", "x86", budget_bytes=120_000, steps=steps,
+                        algorithms=["rtn"])
+    assert any("2 nn.MultiheadAttention module(s) split into q/k/v/out linears" in n for n in steps.notes), steps.notes
+    names = result.plan.names()
+    assert {f"enc.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("q", "k", "v", "out")} <= set(names)

@@ -27,9 +27,10 @@ __all__ = ["plan", "BudgetError", "PlanResult"]
 
 
 def load_for_planning(model: Any, target: Any, *, rules: list[str] | None = None, seq_len: int | None = None,
-                      calib: str | Path | None = None) -> tuple[Any, Any]:
+                      calib: str | Path | None = None, steps: Steps | None = None) -> tuple[Any, Any]:
     """``(LoadedModel, ResolvedTarget)``: the rules and the calibration path checked before
-    the (slow) model load, the user's calibration data applied after it."""
+    the (slow) model load, the user's calibration data applied after it; what loading did to
+    the model (``LoadedModel.notes``) is told on ``steps``."""
     from edgeq.models import LoadedModel, load_model
     from edgeq.targets import ResolvedTarget, load_target
 
@@ -37,7 +38,11 @@ def load_for_planning(model: Any, target: Any, *, rules: list[str] | None = None
     check_rules(rules or [])
     if calib is not None and not Path(calib).exists():
         raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, seq_len=seq_len or resolved.target.seq_len)
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, seq_len=seq_len or resolved.target.seq_len)
+        for line in model.notes if steps is not None else ():
+            steps.note(line)
+    loaded = model
     if calib is not None:
         from edgeq.models.calib import with_calibration
 
@@ -79,12 +84,7 @@ def plan(
     (``edgeq.planning.latency_bound``); each (layer, scheme) is then timed on this host.
     """
     steps = steps or Steps()
-    from edgeq.models import LoadedModel
-
-    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib)
-    if not isinstance(model, LoadedModel):  # a model the caller loaded was told to them
-        for line in loaded.notes:
-            steps.note(line)
+    loaded, resolved = load_for_planning(model, target, rules=rules, seq_len=seq_len, calib=calib, steps=steps)
     tgt = resolved.target
     budgets = Budgets.for_target(tgt, storage_bytes=budget_bytes, memory_bytes=memory_budget_bytes, max_drop=max_drop,
                                  latency_ms=latency_budget_ms, rules=rules)

@@ -221,12 +221,18 @@ def _cached_layer(max_context: int, kv_heads: int, head_dim: int, dtype: Any) ->
 
 
 def _start(layer: Any) -> Any:
-    """The position the current call starts at, as a size the export can reason about."""
+    """The position the current call starts at, as a size the export can reason about: read
+    once per call (``CachedLM.forward``) and handed to every layer, so the program holds one
+    read of it, not one per layer (each a few ops outside XNNPACK in every decode step)."""
+    return layer.edgeq_start
+
+
+def _read_start(position: Any, max_cache_len: int) -> Any:
     import torch
 
-    start = layer.cumulative_length.item()
+    start = position.item()
     torch._check_is_size(start)
-    torch._check(start < layer.max_cache_len)
+    torch._check(start < max_cache_len)
     return start
 
 
@@ -285,17 +291,20 @@ def _cached_lm(model: Any, max_context: int) -> Any:
             self.cache = StaticCache(max_cache_len=max_context, config=config)
             self.cache.layers = [_cached_layer(max_context, heads, head_dim, model.dtype)
                                  for _ in self.cache.layers]
+            self.register_buffer("cache_start", torch.tensor(0, dtype=torch.long), persistent=False)
             for i, layer in enumerate(self.cache.layers):
                 self.register_buffer(f"key_cache_{i}", layer.keys, persistent=False)
                 self.register_buffer(f"value_cache_{i}", layer.values, persistent=False)
-                self.register_buffer(f"cache_start_{i}", layer.cumulative_length, persistent=False)
+                layer.cumulative_length = self.cache_start  # one position for all (get_seq_length reads it)
             AttentionInterface.register(_ATTENTION, _fused_attention(self.cache))
             AttentionMaskInterface.register(_ATTENTION, _no_mask)  # the kernel masks by position
             config._attn_implementation = _ATTENTION
 
         def forward(self, input_ids: Any, cache_position: Any) -> Any:
+            self.cache_start.copy_(cache_position[0])
+            start = _read_start(self.cache_start, max_context)
             for layer in self.cache.layers:
-                layer.cumulative_length.copy_(cache_position[0])
+                layer.edgeq_start = start
             out = self.model(input_ids=input_ids, attention_mask=None, past_key_values=self.cache, use_cache=True,
                              logits_to_keep=1)
             return out.logits
