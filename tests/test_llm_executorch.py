@@ -180,3 +180,49 @@ def test_plan_naming_a_missing_layer_is_refused(tmp_path):
     model = tiny_lms.build("llama")
     with pytest.raises(ConfigError, match="does not have"):
         lower_lm(model, {"model.layers.9.mlp.up_proj": parse("int8")}, tmp_path, CONTEXT, Steps(show=False))
+
+
+def test_quantize_lm_in_place_quantizes_the_given_copy_and_otherwise_copies():
+    from edgeq.backends.executorch.llm_quant import quantize_lm
+
+    model = tiny_lms.build("llama", init=QUANT_INIT)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quant = LMQuant(schemes={"model.layers.0.mlp.up_proj": INT8})
+    copied, _ = quantize_lm(model, quant)
+    assert copied is not model and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    same, _ = quantize_lm(model, quant, in_place=True)
+    assert same is model
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "IntxUnpackedToInt8Tensor"  # torchao's int8
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_export_quantizes_only_its_own_smoothed_copy_in_place(tmp_path, monkeypatch):
+    """The smoothed copy is the lowering's alone (quantized in place, no third copy of the
+    model); the loaded model, the reference of verification and perplexity, stays fp32."""
+    import edgeq.backends.executorch as et
+    import edgeq.models as models
+    from edgeq.export import export
+
+    loaded_models, calls = [], []
+    real_load, real_lower = models.load_model, et.lower_lm
+
+    def load(*args, **kwargs):
+        loaded_models.append(real_load(*args, **kwargs))
+        return loaded_models[-1]
+
+    def lower(model, *args, **kwargs):
+        calls.append((model, kwargs.get("owned", False)))
+        return real_lower(model, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load)
+    monkeypatch.setattr(et, "lower_lm", lower)
+    lm = tiny_lms.save_tiny_lm(tmp_path / "llama", "llama", init=QUANT_INIT)
+    art = export(str(lm), "x86-executorch", precision="int8", output=tmp_path / "a", samples=4, max_context=CONTEXT,
+                 algorithms=["rtn", "awq", "smoothquant"])
+    assert art.manifest.llm.smoothing and art.manifest.llm.smoothing["folds"]  # a fold was made: a copy
+    (model, owned), = calls
+    reference = loaded_models[0].module
+    assert owned and model is not reference and not any(model is m for m in reference.modules())
+    fresh = tiny_lms.build("llama", init=QUANT_INIT)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in reference.state_dict().items() if k in
+               fresh.state_dict())

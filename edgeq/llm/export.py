@@ -137,10 +137,12 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
                 if id(base) not in smoothings:
                     smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods)
                 lm, smoothed = smoothings[id(base)].apply(plan)
+            # a smoothed copy is this lowering's alone: quantized in place, not copied again
+            owned = {"owned": True} if lm is not base else {}
             if not calibrated:
-                lowered = be.lower_lm(lm, plan, scratch, context, steps, **extra)
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, **extra, **owned)
             else:
-                lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, **extra)
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, **extra, **owned)
                 lowered.algorithms = {f: r for f, r in record.items()
                                       if lowered.layer_schemes.get(f) == plan.schemes[f].name}
             lowered.smoothing, lowered.rotation = smoothed, turned
@@ -151,6 +153,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             plan = _stripped(solved.plan)
         else:
             lowered = lower(plan)
+        rotation = smoothings = None  # their copies of the model (GBs for a 1B model) are done with
         session = be.open_lm(lowered.model_file)
         try:
             from edgeq.llm import verify

@@ -29,14 +29,14 @@ MODEL_FILE = "model.pte"
 
 
 def lower_lm(model: Any, plan_or_scheme_info: Any, workdir: Path, max_context: int, steps: Any,
-             calibrated: dict[str, Any] | None = None) -> LoweredLM:
+             calibrated: dict[str, Any] | None = None, owned: bool = False) -> LoweredLM:
     """Quantize ``model`` (a transformers causal LM, fp32) per the plan, export it with a
     static KV cache of ``max_context`` positions and lower it to ``workdir/model.pte``.
     ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers."""
 
     quant = as_lm_quant(plan_or_scheme_info)
     with steps.step("Quantizing the LLM") as info:
-        qmodel, applied = quantize_lm(model, quant, calibrated)
+        qmodel, applied = quantize_lm(model, quant, calibrated, in_place=owned)
         counts: dict[str, int] = {}
         for s in applied.values():
             counts[s] = counts.get(s, 0) + 1

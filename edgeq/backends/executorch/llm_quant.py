@@ -88,9 +88,11 @@ def check_lm_quant(quant: LMQuant, module: Any) -> None:
                           "plan on this model's layers ('edgeq inspect' lists them)")
 
 
-def quantize_lm(model: Any, quant: LMQuant, calibrated: dict[str, Any] | None = None) -> tuple[Any, dict[str, str]]:
-    """A quantized copy of the Hugging Face causal LM ``model`` and the scheme applied per
-    layer (``calibrated``: the GPTQ results of its calibrated layers, written into 8da4w)."""
+def quantize_lm(model: Any, quant: LMQuant, calibrated: dict[str, Any] | None = None,
+                in_place: bool = False) -> tuple[Any, dict[str, str]]:
+    """A quantized copy of the Hugging Face causal LM ``model`` (``in_place``: ``model``
+    itself, quantized) and the scheme applied per layer (``calibrated``: the GPTQ results of
+    its calibrated layers, written into 8da4w)."""
     import copy
 
     import torch
@@ -98,12 +100,14 @@ def quantize_lm(model: Any, quant: LMQuant, calibrated: dict[str, Any] | None = 
     from edgeq.backends.executorch.quant import quantized_module
 
     check_lm_quant(quant, model)
-    base = copy.deepcopy(model).to(torch.bfloat16) if quant.dtype == "bfloat16" else model
+    if quant.dtype == "bfloat16":
+        model = (model if in_place else copy.deepcopy(model)).to(torch.bfloat16)
+        in_place = True
     active = {f: s for f, s in quant.schemes.items() if s != FP32}
     if any(s == FP16 for s in active.values()):
         raise ConfigError("fp16 layers in an LLM plan are not supported by edgeq's ExecuTorch LLM export",
                           "use fp32, int8 or int4-gN for LLM layers")
     if not active:
-        return base, {f: s.name for f, s in quant.schemes.items()}
-    qmodel = quantized_module(base, active, "xnnpack", calibrated=calibrated)
+        return model, {f: s.name for f, s in quant.schemes.items()}
+    qmodel = quantized_module(model, active, "xnnpack", calibrated=calibrated, in_place=in_place)
     return qmodel, {f: s.name for f, s in quant.schemes.items()}

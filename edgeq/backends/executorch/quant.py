@@ -29,8 +29,9 @@ WEIGHT_ONLY_DELEGATES = {"coreml"}
 
 
 def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, xnnpack_reference: bool = False,
-                     calibrated: dict[str, Any] | None = None) -> Any:
-    """A quantized deep copy of ``module`` (the original stays FP32 for reference).
+                     calibrated: dict[str, Any] | None = None, in_place: bool = False) -> Any:
+    """A quantized deep copy of ``module`` (the original stays FP32 for reference), or with
+    ``in_place`` ``module`` itself quantized (a copy its caller made for this alone).
 
     ``calibrated``: ``{fqn: edgeq.algorithms.gptq.QuantizedWeight}`` for the layers at a
     calibrated scheme (GPTQ): torchao quantizes them as their RTN scheme's layout, then
@@ -44,7 +45,7 @@ def quantized_module(module: Any, schemes: dict[str, Scheme], delegate: str, *, 
     """
     from torch import nn
 
-    model = copy.deepcopy(module)
+    model = module if in_place else copy.deepcopy(module)
     if set(schemes.values()) == {FP16}:
         return _Fp16(model)
     from torchao.quantization import quantize_

@@ -184,7 +184,8 @@ android_command = android_output_complete = parse_android_output = _no_android
 from edgeq.backends.gguf.llm import check_lm  # noqa: E402,F401
 
 
-def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None, tokenizer: Any = None) -> Any:
+def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None, tokenizer: Any = None,
+             owned: bool = False) -> Any:  # the writer reads the module's weights: owned changes nothing
     from edgeq.backends.gguf.llm import lower_lm as run_lowering
 
     return run_lowering(model, plan, workdir, max_context, steps, tokenizer=tokenizer)

@@ -232,9 +232,10 @@ def check_lm(config: Any) -> None:
 
 
 def lower_lm(model: Any, plan: Any, workdir: Path, max_context: int, steps: Any = None,
-             calibrated: dict[str, Any] | None = None) -> Any:
+             calibrated: dict[str, Any] | None = None, owned: bool = False) -> Any:
     """A causal LM exported with its KV cache (``edgeq.llm.session.LoweredLM``);
-    ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers."""
+    ``calibrated``: ``{fqn: QuantizedWeight}`` of the plan's calibrated (GPTQ) layers
+    (``owned`` changes nothing: the ONNX export quantizes the graph, not the module)."""
     from edgeq.backends.onnx.llm import lower_lm as run_lowering
 
     return run_lowering(model, plan, workdir, max_context, steps, calibrated)
