@@ -126,3 +126,30 @@ def test_an_export_rotates_where_the_stand_ins_lose_less_and_says_why_not_elsewh
     g = gemma.module.model
     assert PlanRotation(gemma, g, be, steps, next_token_kl).apply(_plan(g, "int8")) == (g, None)
     assert any("no rotation of the residual stream: a gemma" in n for n in steps.notes), steps.notes
+
+
+def test_plan_kl_swaps_stand_ins_in_and_puts_the_layers_back(tmp_path):
+    """Its KL equals the one of a separately built copy with every quantized layer replaced
+    by its stand-in, and the model (here also the reference) ends with its own layers."""
+    import copy
+
+    from edgeq.algorithms.rotate import plan_kl
+    from edgeq.backends import get_backend
+
+    be = get_backend("executorch")
+    model = tiny_lms.build("llama", init=0.05)
+    plan = _plan(model, "int4-g32").schemes
+    layers = {n: m for n, m in model.named_modules()}
+    rows = [(torch.arange(6, 40)[None],), (torch.arange(50, 90)[None],)]
+    got = plan_kl(model, model, plan, be, rows, next_token_kl)
+    assert {n: m for n, m in model.named_modules()} == layers  # the same module objects
+    by_hand = copy.deepcopy(model)
+    with be.lm_numerics():
+        for fqn, scheme in plan.items():
+            parent, _, child = fqn.rpartition(".")
+            holder = by_hand.get_submodule(parent) if parent else by_hand
+            setattr(holder, child, be.stand_in(getattr(holder, child), scheme))
+        with torch.no_grad():
+            want = sum(next_token_kl(model(r[0]).logits[0].numpy(), by_hand(r[0]).logits[0].numpy())
+                       for r in rows) / len(rows)
+    assert got > 0 and abs(got - want) <= 1e-6 * want, (got, want)

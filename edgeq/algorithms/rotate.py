@@ -152,21 +152,28 @@ def plan_kl(model: Any, reference: Any, schemes: dict[str, Any], backend: Any, r
     """Mean next-token KL (nats) of ``model`` with every quantized layer of ``schemes`` (HF
     names) replaced by ``backend``'s stand-in at its scheme, against the fp32 ``reference``'s
     distributions, over ``rows`` (token sequences); ``next_token_kl(ref_logits, logits)`` is
-    the LLM path's measure (``edgeq.llm.perplexity.next_token_kl``)."""
+    the LLM path's measure (``edgeq.llm.perplexity.next_token_kl``). The stand-ins are swapped
+    into ``model`` for its forward and the layers put back after each (``model`` may be
+    ``reference``): no copy of the whole model beside them (a 1B model's is 5 GB)."""
     import torch
 
-    quantized = copy.deepcopy(model)
     total = 0.0
     with backend.lm_numerics():
-        for name, mod in list(quantized.named_modules()):
-            for child_name, child in list(mod.named_children()):
-                s = schemes.get(f"{name}.{child_name}" if name else child_name)
-                if s is not None and s.is_quantized and isinstance(child, torch.nn.Linear | torch.nn.Embedding):
-                    setattr(mod, child_name, backend.stand_in(child, s))
+        swaps = [(mod, child_name, child, backend.stand_in(child, s))
+                 for name, mod in model.named_modules() for child_name, child in mod.named_children()
+                 if (s := schemes.get(f"{name}.{child_name}" if name else child_name)) is not None
+                 and s.is_quantized and isinstance(child, torch.nn.Linear | torch.nn.Embedding)]
         with torch.no_grad():
             for row in rows:
                 ref = reference(row[0]).logits[0].float().numpy()
-                total += next_token_kl(ref, quantized(row[0]).logits[0].float().numpy())
+                try:
+                    for mod, child_name, _, q in swaps:
+                        setattr(mod, child_name, q)
+                    logits = model(row[0]).logits[0].float().numpy()
+                finally:
+                    for mod, child_name, layer, _ in swaps:
+                        setattr(mod, child_name, layer)
+                total += next_token_kl(ref, logits)
     return total / max(len(rows), 1)
 
 
