@@ -89,7 +89,7 @@ def load_model(
     'custom'
     """
     loaded = _load_any(source, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
-    if loaded.module is not None and loaded.exported is None and loaded.source_kind != "gguf":
+    if loaded.module is not None and loaded.exported is None:  # a model without nn.MultiheadAttention: nothing to do
         _split_attention(loaded)
     return loaded
 
