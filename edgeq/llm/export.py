@@ -137,12 +137,11 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
                 if id(base) not in smoothings:
                     smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods)
                 lm, smoothed = smoothings[id(base)].apply(plan)
-            # a smoothed copy is this lowering's alone: quantized in place, not copied again
-            owned = {"owned": True} if lm is not base else {}
+            owned = lm is not base  # a smoothed copy is this lowering's alone: quantized in place
             if not calibrated:
-                lowered = be.lower_lm(lm, plan, scratch, context, steps, **extra, **owned)
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, owned=owned, **extra)
             else:
-                lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, **extra, **owned)
+                lowered = be.lower_lm(lm, plan, scratch, context, steps, calibrated=calibrated, owned=owned, **extra)
                 lowered.algorithms = {f: r for f, r in record.items()
                                       if lowered.layer_schemes.get(f) == plan.schemes[f].name}
             lowered.smoothing, lowered.rotation = smoothed, turned

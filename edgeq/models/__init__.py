@@ -89,7 +89,7 @@ def load_model(
     'custom'
     """
     loaded = _load_any(source, task, seq_len=seq_len, trust_remote_code=trust_remote_code)
-    if loaded.module is not None and loaded.exported is None:  # a model without nn.MultiheadAttention: nothing to do
+    if loaded.module is not None and loaded.exported is None:
         _split_attention(loaded)
     return loaded
 
@@ -101,15 +101,18 @@ def _split_attention(loaded: LoadedModel) -> None:
 
     def first_tensor() -> Any:
         out = loaded.module(*loaded.example_inputs)
-        if hasattr(out, "to_tuple"):  # a transformers ModelOutput
-            out = out.to_tuple()
-        while isinstance(out, (tuple, list)) and out:
-            out = out[0]
-        return out
+        return _first_output(out.to_tuple() if hasattr(out, "to_tuple") else out)  # a transformers ModelOutput too
 
     _, notes = _call_user_code(lambda: split_checked(loaded.module, first_tensor), f"the model from {loaded.source}",
                                "fix the model")
     loaded.notes.extend(notes)
+
+
+def _first_output(out: Any) -> Any:
+    """A model's first output: the first item of nested tuples / lists."""
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return out
 
 
 def _load_any(source: str | Path, task: str | None, *, seq_len: int, trust_remote_code: bool) -> LoadedModel:
@@ -247,9 +250,8 @@ def _load_factory(spec: str, task: str | None) -> LoadedModel:
         with torch.no_grad():
             return module(*example)
 
-    out = _call_user_code(run, f"the module from {spec} run on its example inputs", "fix the factory's example inputs")
-    while isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    out = _first_output(_call_user_code(run, f"the module from {spec} run on its example inputs",
+                                        "fix the factory's example inputs"))
     if not isinstance(out, torch.Tensor) or out.is_complex():
         raise ModelLoadError(f"the module from {spec} returns {type(out).__name__}, not a real-valued tensor",
                              "return a tensor (or a tuple whose first item is one) from forward()")

@@ -14,7 +14,7 @@ as it is and its weights stay fp32.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -124,10 +124,9 @@ def splittable(mha: nn.MultiheadAttention) -> str:
     return ""
 
 
-def split_attention(model: nn.Module) -> tuple[list[str], list[str], list[tuple[str, nn.Module]]]:
+def split_attention(model: nn.Module) -> tuple[list[str], list[str], list[Callable[[], None]]]:
     """Replace every splittable ``nn.MultiheadAttention`` in ``model`` by ``SplitAttention``.
-    Returns (fqns split, notes on those left alone, the replaced (fqn, original) pairs to
-    undo with ``restore``)."""
+    Returns (fqns split, notes on those left alone, the calls that undo each change)."""
     split, notes, undo = [], [], []
     for fqn, sub in list(model.named_modules()):
         if not isinstance(sub, nn.MultiheadAttention):
@@ -141,21 +140,13 @@ def split_attention(model: nn.Module) -> tuple[list[str], list[str], list[tuple[
             continue
         model.set_submodule(fqn, SplitAttention(sub))
         split.append(fqn)
-        undo.append((fqn, sub))
+        undo.append(lambda fqn=fqn, sub=sub: model.set_submodule(fqn, sub))
     if split:
         for sub in model.modules():  # its nested-tensor fast path reads the fused in_proj_weight
             if isinstance(sub, nn.TransformerEncoder) and getattr(sub, "use_nested_tensor", False):
                 sub.use_nested_tensor = False
-                undo.append(("", sub))
+                undo.append(lambda sub=sub: setattr(sub, "use_nested_tensor", True))
     return split, notes, undo
-
-
-def restore(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None:
-    for fqn, original in undo:
-        if fqn:
-            model.set_submodule(fqn, original)
-        else:
-            original.use_nested_tensor = True
 
 
 def split_checked(model: nn.Module, run: Any) -> tuple[list[str], list[str]]:
@@ -172,7 +163,8 @@ def split_checked(model: nn.Module, run: Any) -> tuple[list[str], list[str]]:
         after = run()
     tol = 1e-4 * float(before.abs().amax()) + 1e-6 if before.numel() else 0.0
     if after.shape != before.shape or not bool(((after - before).abs() <= tol).all()):
-        restore(model, undo)
+        for put_back in undo:
+            put_back()
         return [], notes + [f"{len(split)} nn.MultiheadAttention module(s) kept as they are (split into separate "
                             "linears, the model computed other numbers on its example inputs): their projections "
                             "stay fp32"]

@@ -40,8 +40,9 @@ def load_for_planning(model: Any, target: Any, *, rules: list[str] | None = None
         raise ConfigError(f"--calib {calib}: no such file or directory", "pass a .txt, .npz or a directory of them / images")
     if not isinstance(model, LoadedModel):
         model = load_model(model, seq_len=seq_len or resolved.target.seq_len)
-        for line in model.notes if steps is not None else ():
-            steps.note(line)
+        if steps is not None:
+            for line in model.notes:
+                steps.note(line)
     loaded = model
     if calib is not None:
         from edgeq.models.calib import with_calibration
