@@ -196,9 +196,11 @@ def test_quantize_lm_in_place_quantizes_the_given_copy_and_otherwise_copies():
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before["model.layers.0.mlp.down_proj.weight"])
 
 
-def test_export_quantizes_only_its_own_smoothed_copy_in_place(tmp_path, monkeypatch):
-    """The smoothed copy is the lowering's alone (quantized in place, no third copy of the
-    model); the loaded model, the reference of verification and perplexity, stays fp32."""
+@pytest.mark.parametrize("algorithms", [["rtn", "awq", "smoothquant"], ["rtn", "rotation"], None])
+def test_export_quantizes_only_its_own_copy_in_place(tmp_path, monkeypatch, algorithms):
+    """The rotated or smoothed copy is the lowering's alone (scaled and quantized in place, no
+    further copy of the model); the loaded model, the reference of verification and
+    perplexity, stays fp32."""
     import edgeq.backends.executorch as et
     import edgeq.models as models
     from edgeq.export import export
@@ -218,8 +220,10 @@ def test_export_quantizes_only_its_own_smoothed_copy_in_place(tmp_path, monkeypa
     monkeypatch.setattr(et, "lower_lm", lower)
     lm = tiny_lms.save_tiny_lm(tmp_path / "llama", "llama", init=QUANT_INIT)
     art = export(str(lm), "x86-executorch", precision="int8", output=tmp_path / "a", samples=4, max_context=CONTEXT,
-                 algorithms=["rtn", "awq", "smoothquant"])
-    assert art.manifest.llm.smoothing and art.manifest.llm.smoothing["folds"]  # a fold was made: a copy
+                 algorithms=algorithms)
+    made = bool(art.manifest.llm.smoothing and art.manifest.llm.smoothing["folds"])
+    rotated = bool(art.manifest.llm.rotation and art.manifest.llm.rotation["applied"])
+    assert made or rotated  # a copy was made (the test is void otherwise)
     (model, owned), = calls
     reference = loaded_models[0].module
     assert owned and model is not reference and not any(model is m for m in reference.modules())

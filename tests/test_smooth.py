@@ -55,6 +55,38 @@ def test_folds_compute_the_models_own_logits(arch):
     torch.testing.assert_close(out.model.embed_tokens.weight, model.model.embed_tokens.weight, rtol=0, atol=0)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert out.config.tie_word_embeddings is False and model.config.tie_word_embeddings is True
+    # in place: the same weights in the module itself (every scale taken from the unscaled weights)
+    mine = copy.deepcopy(model)
+    same, made_here, _ = smoothed(mine, stats, lambda f: "", lambda fold: ("awq", 0.5) if fold.kind == "value" else 0.5,
+                                  in_place=True)
+    assert same is mine and made_here == made
+    want = out.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in mine.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+def test_gemma_norms_fold_into_one_plus_weight(arch):
+    """Gemma's RMSNorms compute ``(1 + weight) * normalized(x)``, and Gemma 2 / 3 feed the MLP
+    from ``pre_feedforward_layernorm`` (``post_attention_layernorm`` normalizes the attention's
+    output): every fold is made there and the logits stay the model's."""
+    from edgeq.algorithms.smooth import folds, smoothed, statistics
+
+    model = _model(arch)
+    made_folds, skipped = folds(model)
+    assert not skipped
+    sources = sorted(f.source for f in made_folds if f.kind == "norm")
+    mlp_in = "post_attention_layernorm" if arch == "gemma" else "pre_feedforward_layernorm"
+    assert sources == sorted(["model.norm"] + [f"model.layers.{i}.{n}" for i in range(2)
+                                               for n in ("input_layernorm", mlp_in)])
+    linears = sorted({f for fold in made_folds for f in fold.linears})
+    stats = statistics(model, linears, _rows(1))
+    out, made, skipped = smoothed(model, stats, lambda f: "", lambda fold: 0.5)
+    assert len(made) == 9 and not skipped
+    assert max(v["scale_range"][1] for v in made.values()) > 1.5  # the weights really changed
+    ids = _rows(2, 1)[0][0]
+    with torch.no_grad():
+        want, got = model(ids).logits, out(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 # ExecuTorch's 8da8w: the int8 activations' outlier channel (SmoothQuant's case); ONNX
@@ -148,3 +180,33 @@ def test_a_calibrated_linear_is_never_the_source_a_fold_divides(tmp_path, monkey
         assert gptq not in record["folds"] and "unscaled weights" in record["skipped"][gptq]
         torch.testing.assert_close(dict(out.named_modules())[gptq].weight, dict(model.named_modules())[gptq].weight)
     assert {"model.layers.1.mlp.up_proj", "model.layers.1.self_attn.v_proj"} <= set(record["folds"])
+
+
+# every scheme a smoothing format stores, at its LLM numerics: a linear's stand-in computes
+# each output row from that row's weights alone, so a sample of rows judges a scale exactly
+@pytest.mark.parametrize("fmt,scheme", [
+    ("executorch", "int8"), ("executorch", "int4-g32"), ("executorch", "int4-g128"),
+    ("onnx", "int8-g32"), ("onnx", "int4-g32"), ("onnx", "int4-g128"), ("onnx", "int8"),
+])
+def test_sampled_output_rows_of_a_stand_in_are_the_whole_stand_ins_rows(fmt, scheme):
+    from edgeq.algorithms.smooth import part, sampled_rows
+    from edgeq.backends import get_backend
+    from edgeq.schemes import parse
+
+    be = get_backend(fmt)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 3000).eval()
+    lin.weight.data[::7, 5] *= 30  # rows with an outlier weight, whose scales differ from their neighbours'
+    rows = sampled_rows(lin.weight.shape, budget=64 * 256)
+    assert rows is not None and len(rows) == 256 and rows[0] == 0 and rows[-1] == 2999
+    scale = 1 + torch.rand(256)
+    x = torch.randn(40, 256)
+    x[:, 9] *= 25  # an outlier input channel: the activations' int8 range is set by it
+    with be.lm_numerics(), torch.no_grad():
+        whole = be.stand_in(part(lin, None, scale), parse(scheme))(x / scale)
+        some = be.stand_in(part(lin, rows, scale), parse(scheme))(x / scale)
+    assert some.shape == (40, 256)
+    torch.testing.assert_close(some, whole[:, rows], rtol=0, atol=0)
+    # the part is a copy: the linear itself keeps its weight, rows and size
+    assert lin.weight.shape == (3000, 256) and lin.out_features == 3000
+    assert sampled_rows((512, 256), budget=512 * 256) is None  # at or under the budget: every row

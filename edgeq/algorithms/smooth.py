@@ -16,13 +16,14 @@ same function in fp32, with different rounding once quantized.
 
 The scale is searched per fold among ``CANDIDATES`` (either method at each of its exponents)
 and no scaling at all, on sampled calibration inputs through the format's own stand-in of
-each linear at its planned scheme (weight and activation rounding), so a fold is made only
+each linear at its planned scheme (weight and activation rounding; a large linear's on
+evenly spaced output rows, which its stand-in computes exactly), so a fold is made only
 where it reproduces the fp32 outputs better; ``--algorithms`` may narrow the methods
 (``methods_offered``). The division is folded into the op that produces the input, so no op
 is added:
 
 - q/k/v (one shared ``s``) into the layer's input RMSNorm weight; gate/up into the
-  post-attention RMSNorm weight; the LM head into the final norm's weight (the head then
+  MLP's input RMSNorm weight (post-attention; Gemma 2 / 3's pre-feedforward); the LM head into the final norm's weight (the head then
   holds its own copy of a tied table, which ExecuTorch stores anyway);
 - down_proj into up_proj's output rows (``act(gate) * up`` is linear in up);
 - o_proj into v_proj's output rows, one ``s`` per value channel shared by the query heads
@@ -50,8 +51,9 @@ from typing import Any, Callable
 
 REVISION = 2
 # RMSNorms that compute ``weight * normalized(x)``: dividing ``weight`` by s divides the output by s.
-# (Gemma's computes ``(1 + weight) * ...``: not listed, so its folds are skipped.)
 NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "SmolLM3RMSNorm")
+# Gemma's compute ``(1 + weight) * normalized(x)``: ``weight`` becomes ``(1 + weight) / s - 1``.
+SHIFTED_NORMS = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
     def norm(source: str, linears: tuple[str, ...]) -> None:
         if source not in modules or not all(linear(f) for f in linears):
             return
-        if type(modules[source]).__name__ not in NORMS:
+        if type(modules[source]).__name__ not in NORMS + SHIFTED_NORMS:
             skipped[source] = f"{type(modules[source]).__name__} is not a norm edgeq scales exactly"
             return
         out.append(Fold(source, "norm", linears))
@@ -90,7 +92,9 @@ def folds(module: Any) -> tuple[list[Fold], dict[str, str]]:
             continue
         attn, mlp = f"{name}.self_attn", f"{name}.mlp"
         norm(f"{name}.input_layernorm", (f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"))
-        norm(f"{name}.post_attention_layernorm", (f"{mlp}.gate_proj", f"{mlp}.up_proj"))
+        # the MLP's input norm (Gemma 2 / 3 normalize the attention's output with post_attention_layernorm)
+        mlp_in = "pre_feedforward_layernorm" if hasattr(layer, "pre_feedforward_layernorm") else "post_attention_layernorm"
+        norm(f"{name}.{mlp_in}", (f"{mlp}.gate_proj", f"{mlp}.up_proj"))
         if linear(f"{mlp}.up_proj") and linear(f"{mlp}.down_proj"):
             out.append(Fold(f"{mlp}.up_proj", "rows", (f"{mlp}.down_proj",)))
         if linear(f"{attn}.v_proj") and linear(f"{attn}.o_proj"):
@@ -183,20 +187,24 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
     linears reproduce the fp32 outputs of the fold's sampled calibration inputs best:
     ``quantize(linear, fqn)`` is the format's stand-in of that linear at its planned scheme
     (its weight and activation rounding). None wins ties, so a fold is made only where it
-    measurably helps. ``methods``: the forms searched (``METHODS``)."""
+    measurably helps. ``methods``: the forms searched (``METHODS``).
+
+    A linear of more than ``SAMPLED_WEIGHTS`` weights is judged on evenly spaced output rows
+    (``sampled_rows``): every scheme rounds each output row on its own (per-row scales, groups
+    along the row) and the activations' rounding does not depend on the rows, so those rows'
+    outputs are exactly the whole stand-in's (tests/test_smooth.py checks this per format);
+    the scale ``s`` multiplies columns, which every row keeps."""
     import torch
 
     x = stats.samples[fold.linears[0]]
+    parts = {f: part(linears[f], sampled_rows(linears[f].weight.shape)) for f in fold.linears}
     with torch.no_grad():
-        refs = {f: torch.nn.functional.linear(x, linears[f].weight.float()) for f in fold.linears}
+        refs = {f: torch.nn.functional.linear(x, lin.weight.float()) for f, lin in parts.items()}
 
     def error(s: Any | None) -> float:
         total = 0.0
-        for f in fold.linears:
-            lin = copy.deepcopy(linears[f])
-            if s is not None:
-                lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
-            q = quantize(lin, f)
+        for f, lin in parts.items():
+            q = quantize(lin if s is None else part(lin, None, s), f)
             y = q(x if s is None else x / s)
             if getattr(lin, "bias", None) is not None:
                 y = y - lin.bias.detach()
@@ -210,6 +218,42 @@ def choose_scale(fold: Fold, stats: Statistics, linears: dict[str, Any], quantiz
             if e < best_error:
                 best, best_error = choice, e
     return best
+
+
+SAMPLED_WEIGHTS = 1 << 21  # a larger linear's candidates are judged on a sample of its output rows
+
+
+def sampled_rows(shape: Any, budget: int = SAMPLED_WEIGHTS) -> Any:
+    """Evenly spaced output rows of a ``(rows, columns)`` weight holding about ``budget``
+    weights (at least 256 rows), or None: all of them."""
+    import torch
+
+    rows, columns = int(shape[0]), int(shape[1])
+    if rows * columns <= budget:
+        return None
+    n = max(256, budget // max(columns, 1))
+    return None if n >= rows else torch.linspace(0, rows - 1, n).round().long().unique()
+
+
+def part(linear: Any, rows: Any, scale: Any = None) -> Any:
+    """A copy of ``linear`` (its class and settings) with only output ``rows`` (None: all) and
+    its weight's columns multiplied by ``scale`` (None: as they are, shared); only the rows
+    taken are copied, so a 128k-row head is never duplicated whole per candidate."""
+    import torch
+
+    out = copy.copy(linear)
+    out._parameters = dict(linear._parameters)
+    out._buffers, out._modules = dict(linear._buffers), dict(linear._modules)
+    w = linear.weight.detach()
+    w = w if rows is None else w[rows]
+    if scale is not None:
+        w = w * scale.to(w.dtype)
+    out.weight = torch.nn.Parameter(w, requires_grad=False)  # the stand-ins copy what they keep
+    if getattr(linear, "bias", None) is not None and rows is not None:
+        out.bias = torch.nn.Parameter(linear.bias.detach()[rows], requires_grad=False)
+    if hasattr(out, "out_features"):
+        out.out_features = int(w.shape[0])
+    return out
 
 
 def _choice(choice: tuple[str, float] | float) -> tuple[str, float]:
@@ -238,7 +282,7 @@ def _fold_scale(module: Any, fold: Fold, stats: Statistics, linears: dict[str, A
 
 def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
              alpha: Callable[[Fold], tuple[str, float] | float | None],
-             keeps: Callable[[str], str] = lambda fqn: "",
+             keeps: Callable[[str], str] = lambda fqn: "", in_place: bool = False,
              ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str]]:
     """A copy of ``module`` with each fold whose linears all take smoothing applied with the
     scale ``alpha(fold)`` names (a method of ``CANDIDATES`` and its exponent, a bare α meaning
@@ -246,7 +290,8 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
     ("" when it is); ``keeps(fqn)``: why linear ``fqn`` may not be the fold's source, whose
     output rows take the division ("" when it may: e.g. a GPTQ layer's values were computed
     for its unscaled weights and would drop it). Returns the copy, the folds made (source →
-    linears, α, range of s) and the ones not made (source → why)."""
+    linears, α, range of s) and the ones not made (source → why). ``in_place``: ``module``
+    itself takes the folds (a copy its caller made and needs no more unscaled)."""
     import torch
 
     plan, skipped = folds(module)
@@ -268,12 +313,13 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
             chosen.append((fold, _choice(a)))
     if not chosen:
         return module, {}, skipped
-    out = copy.deepcopy(module)
+    scales = {fold.source: _fold_scale(module, fold, stats, modules, a) for fold, a in chosen}
+    out = module if in_place else copy.deepcopy(module)
     copied = dict(out.named_modules())
     made: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         for fold, a in chosen:
-            s = _fold_scale(module, fold, stats, modules, a)
+            s = scales[fold.source]
             made[fold.source] = {"linears": list(fold.linears), "method": a[0], "alpha": a[1],
                                  "scale_range": [round(float(s.min()), 4), round(float(s.max()), 4)]}
             for f in fold.linears:
@@ -281,7 +327,10 @@ def smoothed(module: Any, stats: Statistics, takes: Callable[[str], str],
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype), requires_grad=False)
             src = copied[fold.source]
             inv = (1 / _per_row(out, fold, s)).to(src.weight.dtype)
-            if fold.kind == "norm":
+            if fold.kind == "norm" and type(src).__name__ in SHIFTED_NORMS:
+                shifted = ((1 + src.weight.detach().double()) * inv.double() - 1).to(src.weight.dtype)
+                src.weight = torch.nn.Parameter(shifted, requires_grad=False)
+            elif fold.kind == "norm":
                 src.weight = torch.nn.Parameter(src.weight.detach() * inv, requires_grad=False)
             else:  # a linear's output rows
                 src.weight = torch.nn.Parameter(src.weight.detach() * inv[:, None], requires_grad=False)
@@ -340,9 +389,10 @@ class PlanSmoothing:
     """Smoothing for one export: the calibration pass once (``statistics``), then per plan the
     module to lower and the manifest's record (``llm.smoothing``)."""
 
-    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any, methods: tuple[str, ...] = METHODS) -> None:
+    def __init__(self, loaded: Any, model: Any, backend: Any, steps: Any, methods: tuple[str, ...] = METHODS,
+                 in_place: bool = False) -> None:
         self.loaded, self.model, self.backend, self.steps = loaded, model, backend, steps
-        self.methods = methods
+        self.methods, self.in_place = methods, in_place  # in_place: ``model`` is a copy one plan may scale
         self._stats: Statistics | None = None
 
     def _statistics(self) -> Statistics:
@@ -392,7 +442,7 @@ class PlanSmoothing:
             modules = dict(self.model.named_modules())
             module, made, skipped = smoothed(
                 self.model, stats, takes, lambda fold: choose_scale(fold, stats, modules, quantize, self.model, self.methods),
-                keeps)
+                keeps, in_place=self.in_place)
             methods: dict[str, int] = {}
             for fold in made.values():
                 methods[fold["method"]] = methods.get(fold["method"], 0) + 1

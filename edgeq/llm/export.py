@@ -126,18 +126,22 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     with staged_dir(out_dir, force, protected) as work:
         scratch = work / ".work"
 
-        def lower(plan: Any) -> Any:
+        def lower(plan: Any, last: bool = False) -> Any:
+            """``last``: no other plan is lowered, so the copies made for this one are its own."""
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             calibrated, record = _calibrated(loaded, model, be, plan, steps)
             # the rotated and smoothed copies compute the model's function; GPTQ layers keep their input
-            base, turned = rotation.apply(plan) if rotation is not None else (model, None)
+            base, turned = rotation.apply(plan, keep=not last) if rotation is not None else (model, None)
+            mine = last and base is not model  # a rotated copy no other plan reads: scaled in place
             lm, smoothed = base, None
             if smoothings is not None:
                 if id(base) not in smoothings:
-                    smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods)
+                    smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods, in_place=mine)
                 lm, smoothed = smoothings[id(base)].apply(plan)
-            owned = lm is not base  # a smoothed copy is this lowering's alone: quantized in place
+                if last:
+                    smoothings.clear()
+            owned = lm is not base or mine  # a copy this lowering alone reads: quantized in place
             if not calibrated:
                 lowered = be.lower_lm(lm, plan, scratch, context, steps, owned=owned, **extra)
             else:
@@ -151,7 +155,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             lowered, solved = _fit(costs, budgets, solved, lower, steps)
             plan = _stripped(solved.plan)
         else:
-            lowered = lower(plan)
+            lowered = lower(plan, last=True)
         rotation = smoothings = None  # their copies of the model (GBs for a 1B model) are done with
         session = be.open_lm(lowered.model_file)
         try:
