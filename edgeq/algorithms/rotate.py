@@ -196,10 +196,7 @@ class PlanRotation:
             self._noted.add(line)
             self.steps.note(line)
 
-    def apply(self, plan: Any, keep: bool = True) -> tuple[Any, dict[str, Any] | None]:
-        """The module to lower ``plan`` from and the record; ``keep=False``: no other plan
-        follows, so a rotated copy returned is the caller's alone (to scale and quantize in
-        place) and this object holds it no more."""
+    def apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
         from edgeq.algorithms.calibrated import calibration_source
 
         schemes = plan.schemes
@@ -221,10 +218,7 @@ class PlanRotation:
         if key not in self._chosen:
             self._chosen[key] = self._measure(schemes, source)
         record = self._chosen[key]
-        module = self._rotated[0] if record["applied"] else self.model
-        if not keep:
-            self._rotated = None
-        return module, record
+        return (self._rotated[0] if record["applied"] else self.model), record
 
     def _measure(self, schemes: dict[str, Any], source: Any) -> dict[str, Any]:
         from edgeq.algorithms.calibrated import LM_CALIB_SAMPLES

@@ -132,15 +132,13 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             scratch.mkdir()
             calibrated, record = _calibrated(loaded, model, be, plan, steps)
             # the rotated and smoothed copies compute the model's function; GPTQ layers keep their input
-            base, turned = rotation.apply(plan, keep=not last) if rotation is not None else (model, None)
+            base, turned = rotation.apply(plan) if rotation is not None else (model, None)
             mine = last and base is not model  # a rotated copy no other plan reads: scaled in place
             lm, smoothed = base, None
             if smoothings is not None:
                 if id(base) not in smoothings:
                     smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods, in_place=mine)
                 lm, smoothed = smoothings[id(base)].apply(plan)
-                if last:
-                    smoothings.clear()
             owned = lm is not base or mine  # a copy this lowering alone reads: quantized in place
             if not calibrated:
                 lowered = be.lower_lm(lm, plan, scratch, context, steps, owned=owned, **extra)
