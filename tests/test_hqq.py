@@ -78,6 +78,7 @@ def test_executorchs_rtn_int4_is_torchaos_hqq(group: int):
     from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_scale_only_hqq
 
     from edgeq.backends.executorch.numerics import stand_in
+    from edgeq.backends.standins import dequantized_weight
     from edgeq.schemes import parse
 
     w = _weight(24, 256, seed=4)
@@ -85,7 +86,7 @@ def test_executorchs_rtn_int4_is_torchaos_hqq(group: int):
     lin.weight.data = w.clone()
     q, s = _choose_qparams_and_quantize_scale_only_hqq(w, [1, group], -8, 7)
     expected = (q.float().view(24, -1, group) * s.to(torch.bfloat16).float()[..., None]).view_as(w)
-    got = stand_in(lin, parse(f"int4-g{group}")).inner.weight.detach()
+    got = dequantized_weight(stand_in(lin, parse(f"int4-g{group}")))
     assert torch.equal(got, expected)
 
 

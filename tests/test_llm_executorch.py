@@ -230,3 +230,38 @@ def test_export_quantizes_only_its_own_copy_in_place(tmp_path, monkeypatch, algo
     fresh = tiny_lms.build("llama", init=QUANT_INIT)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in reference.state_dict().items() if k in
                fresh.state_dict())
+
+
+@pytest.mark.parametrize("chosen", [True, False])
+def test_at_lowering_only_the_reference_and_the_lowered_copy_are_alive(tmp_path, monkeypatch, chosen):
+    """One plan: whether rotation is chosen or not, no copy of the model outlives its use (the
+    rotated copy when not chosen, the measurements' stand-ins): at the lowering, the live
+    models are the fp32 reference and the copy lowered."""
+    import gc
+    import weakref
+
+    import edgeq.algorithms.rotate as rotate
+    import edgeq.backends.executorch as et
+    from edgeq.export import export
+    from transformers import LlamaForCausalLM
+
+    def plan_kl(model, reference, *args):  # rotation wins (or loses) by its measure alone
+        return 0.0 if (model is reference) != chosen else 1.0
+
+    alive, real_lower = [], et.lower_lm
+    gc.collect()
+    earlier = weakref.WeakSet(m for m in gc.get_objects() if isinstance(m, LlamaForCausalLM))  # other tests'
+
+    def lower(model, *args, **kwargs):
+        gc.collect()
+        alive.append([m for m in gc.get_objects() if isinstance(m, LlamaForCausalLM) and m not in earlier])
+        return real_lower(model, *args, **kwargs)
+
+    monkeypatch.setattr(rotate, "plan_kl", plan_kl)
+    monkeypatch.setattr(et, "lower_lm", lower)
+    lm = tiny_lms.save_tiny_lm(tmp_path / "llama", "llama", init=QUANT_INIT)
+    art = export(str(lm), "x86-executorch", precision="int8", output=tmp_path / "a", samples=4, max_context=CONTEXT)
+    assert art.manifest.llm.rotation["applied"] is chosen
+    assert chosen or art.manifest.llm.smoothing["folds"]  # not chosen: the scaled copy is lowered
+    models, = alive
+    assert len(models) == 2, [id(m) for m in models]

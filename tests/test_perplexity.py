@@ -131,6 +131,20 @@ def test_next_token_kl_by_hand() -> None:
     assert next_token_kl(p + 3.0, q) == pytest.approx(next_token_kl(p, q))  # logits, not probabilities
 
 
+def test_next_token_kl_over_more_positions_than_one_chunk_is_the_mean_of_each_positions() -> None:
+    """Positions are taken a chunk at a time (a 128k vocabulary's temporaries): the result is
+    still the mean of every position's KL, each computed alone (here by torch, in float64)."""
+    import torch
+
+    from edgeq.llm import perplexity as ppl
+
+    rng = np.random.default_rng(0)
+    ref, test = rng.normal(size=(3 * ppl.KL_ROWS + 5, 50)), rng.normal(size=(3 * ppl.KL_ROWS + 5, 50))
+    lp, lq = torch.log_softmax(torch.tensor(ref), -1), torch.log_softmax(torch.tensor(test), -1)
+    each = [float(torch.nn.functional.kl_div(lq[i], lp[i], log_target=True, reduction="sum")) for i in range(len(ref))]
+    assert next_token_kl(ref, test) == pytest.approx(float(np.mean(each)), rel=1e-12)
+
+
 def test_kl_orders_quantized_models_as_their_perplexity_increase(trained) -> None:
     """RTN at 8..2 bits on a briefly trained tiny model. KL must rise as bits fall. Perplexity
     differences between two quantized models are noisy on a few thousand tokens, so the

@@ -153,3 +153,19 @@ def test_plan_kl_swaps_stand_ins_in_and_puts_the_layers_back(tmp_path):
             want = sum(next_token_kl(model(r[0]).logits[0].numpy(), by_hand(r[0]).logits[0].numpy())
                        for r in rows) / len(rows)
     assert got > 0 and abs(got - want) <= 1e-6 * want, (got, want)
+
+
+def test_a_weight_rotated_a_block_of_rows_at_a_time_is_the_whole_product(monkeypatch):
+    """Big tables are rotated a block of rows at a time (float64 temporaries): with blocks
+    smaller than the vocabulary, the rotated model still computes the model's logits."""
+    import edgeq.algorithms.rotate as rotate
+
+    model = tiny_lms.build("llama").eval()
+    monkeypatch.setattr(rotate, "ROWS", 37)  # 256 rows: 7 blocks, the last one short
+    out, _ = rotated(model)
+    q = rotate.orthogonal(model.config.hidden_size)
+    want = (model.get_input_embeddings().weight.detach().double() @ q).float()
+    assert torch.allclose(out.get_input_embeddings().weight, want, atol=1e-6)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(out(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)

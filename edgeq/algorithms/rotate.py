@@ -99,6 +99,9 @@ def orthogonal(size: int, seed: int = SEED) -> Any:
     return q * torch.sign(torch.diagonal(r))
 
 
+ROWS = 4096  # rows of a weight rotated at a time
+
+
 def rotated(module: Any, seed: int = SEED) -> tuple[Any, dict[str, Any]]:
     """A copy of ``module`` with its residual stream rotated (``not_rotatable`` must be ``""``),
     and the manifest's record of it."""
@@ -111,11 +114,19 @@ def rotated(module: Any, seed: int = SEED) -> tuple[Any, dict[str, Any]]:
     table, final, head, layers = _layout(out)
     q = orthogonal(table.weight.shape[1], seed)
 
+    def times_q(w: Any, gamma: Any = None) -> Any:
+        """``(w * gamma) @ q`` in float64, a block of rows at a time: a 128k-row table's
+        float64 temporaries would be GBs at once."""
+        turned = torch.empty_like(w)
+        for i in range(0, w.shape[0], ROWS):
+            block = w[i:i + ROWS].double()
+            turned[i:i + ROWS] = ((block if gamma is None else block * gamma) @ q).to(w.dtype)
+        return torch.nn.Parameter(turned, requires_grad=False)
+
     def read(norm: Any, linears: tuple[Any, ...]) -> None:
         gamma = norm.weight.detach().double()
         for lin in linears:
-            lin.weight = torch.nn.Parameter(((lin.weight.detach().double() * gamma) @ q).to(lin.weight.dtype),
-                                            requires_grad=False)
+            lin.weight = times_q(lin.weight.detach(), gamma)
         norm.weight.data.fill_(1.0)
 
     def write(lin: Any) -> None:
@@ -125,10 +136,10 @@ def rotated(module: Any, seed: int = SEED) -> tuple[Any, dict[str, Any]]:
 
     with torch.no_grad():
         tied = head.weight is table.weight
-        table.weight = torch.nn.Parameter((table.weight.detach().double() @ q).to(table.weight.dtype),
-                                          requires_grad=False)
+        table.weight = times_q(table.weight.detach())
         if tied:
-            head.weight = torch.nn.Parameter(module.get_output_embeddings().weight.detach().clone(), requires_grad=False)
+            # the source's table, read (not written) by the head's rotation below, which replaces it
+            head.weight = torch.nn.Parameter(module.get_output_embeddings().weight.detach(), requires_grad=False)
         for layer, attn_in, mlp_in, writers in layers:
             read(layer.input_layernorm, attn_in)
             read(layer.post_attention_layernorm, mlp_in)
@@ -196,7 +207,16 @@ class PlanRotation:
             self._noted.add(line)
             self.steps.note(line)
 
-    def apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
+    def apply(self, plan: Any, last: bool = False) -> tuple[Any, dict[str, Any] | None]:
+        """``last``: no other plan follows, so the rotated copy is handed to the caller when
+        chosen and dropped when not (a 1B model's is 5 GB)."""
+        try:
+            return self._apply(plan)
+        finally:
+            if last:
+                self._rotated = None
+
+    def _apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
         from edgeq.algorithms.calibrated import calibration_source
 
         schemes = plan.schemes

@@ -76,6 +76,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
     from edgeq.export import ExportResult
     from edgeq.llm.perplexity import EVAL_TOKENS, export_windows, score_artifact
     from edgeq.manifest import Manifest
+    from edgeq.profiling.runner import settle
 
     tgt = resolved.target
     be = lm_backend(tgt.format)
@@ -132,7 +133,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
             scratch.mkdir()
             calibrated, record = _calibrated(loaded, model, be, plan, steps)
             # the rotated and smoothed copies compute the model's function; GPTQ layers keep their input
-            base, turned = rotation.apply(plan) if rotation is not None else (model, None)
+            base, turned = rotation.apply(plan, last) if rotation is not None else (model, None)
             mine = last and base is not model  # a rotated copy no other plan reads: scaled in place
             lm, smoothed = base, None
             if smoothings is not None:
@@ -140,6 +141,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
                     smoothings[id(base)] = PlanSmoothing(loaded, base, be, steps, methods, in_place=mine)
                 lm, smoothed = smoothings[id(base)].apply(plan)
             owned = lm is not base or mine  # a copy this lowering alone reads: quantized in place
+            settle()  # what the measurements dropped goes back before the lowering's copies
             if not calibrated:
                 lowered = be.lower_lm(lm, plan, scratch, context, steps, owned=owned, **extra)
             else:
@@ -155,6 +157,7 @@ def export_lm(loaded: Any, resolved: Any, *, precision: str, plan_input: Any, ou
         else:
             lowered = lower(plan, last=True)
         rotation = smoothings = None  # their copies of the model (GBs for a 1B model) are done with
+        settle()
         session = be.open_lm(lowered.model_file)
         try:
             from edgeq.llm import verify

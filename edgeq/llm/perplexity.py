@@ -237,8 +237,18 @@ def next_token_kl(ref_logits: Any, test_logits: Any) -> float:
     ref, test = np.atleast_2d(np.asarray(ref_logits)), np.atleast_2d(np.asarray(test_logits))
     if ref.shape != test.shape:
         raise ValueError(f"logits of shapes {ref.shape} and {test.shape} cannot be compared")
+    per_position = [_kl_rows(ref[i:i + KL_ROWS], test[i:i + KL_ROWS]) for i in range(0, len(ref), KL_ROWS)]
+    return float(np.concatenate(per_position).mean())
+
+
+KL_ROWS = 64  # positions at a time: a 128k vocabulary's float64 temporaries stay ~66 MB each
+
+
+def _kl_rows(ref: Any, test: Any) -> Any:
+    import numpy as np
+
     lp, lq = _log_softmax(ref), _log_softmax(test)
-    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+    return (np.exp(lp) * (lp - lq)).sum(axis=-1)
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,14 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
     """``weights``: for a calibrated scheme (GPTQ), its integers and bf16-exact scales
     (``edgeq.algorithms.gptq.QuantizedWeight``), which the lowering writes unchanged."""
     import torch
-    from torchao.quantization import quantize_
 
-    from edgeq.backends.executorch.quant import torchao_config
+    from edgeq.backends.executorch.quant import quantize, torchao_config
 
     if scheme.is_float:
         return fp16_layer(layer) if scheme.bits == 16 else copy.deepcopy(layer)
     q = copy.deepcopy(layer)
     if isinstance(q, torch.nn.Embedding):
-        quantize_(q, torchao_config(scheme, True), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
+        quantize(q, torchao_config(scheme, True), lambda m, fqn: isinstance(m, torch.nn.Embedding))
         q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
         return q
     if isinstance(q, torch.nn.Linear) and not scheme.symmetric:  # int4-g32-asym: 8da4w plus offsets
@@ -45,18 +44,35 @@ def stand_in(layer: Any, scheme: Scheme, weights: Any = None) -> Any:
         q.weight = torch.nn.Parameter(weights.dequantized().to(q.weight.dtype), requires_grad=False)
         return with_input_scale(_DynamicInt8Input(q), weights)
     if isinstance(q, torch.nn.Linear):
-        quantize_(q, torchao_config(scheme, True))
+        quantize(q, torchao_config(scheme, True))
         if scheme.bits == 4 and scheme.group is not None:
             # XNNPACK stores blockwise 4-bit scales in bf16 (executorch's lowering casts them)
             q.weight.scale = q.weight.scale.to(torch.bfloat16).float()
-        q.weight = torch.nn.Parameter(dequantized_weight(q), requires_grad=False)
-        return _DynamicInt8Input(q)
+        return _DynamicInt8Input(_DequantizedOnUse(q))
     # conv: static int8 per-channel weights (activation scales are calibrated; not simulated)
     w = q.weight.detach()
     scale = w.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
     shape = (-1,) + (1,) * (w.dim() - 1)
     q.weight = torch.nn.Parameter((w / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape))
     return q
+
+
+def _DequantizedOnUse(linear: Any) -> Any:
+    import torch
+
+    class DequantizedOnUse(torch.nn.Module):
+        """A linear whose weight stays torchao's integers and scales (about a byte a weight, not
+        four: rotation's measurement holds a stand-in of every quantized layer at once) and
+        is dequantized at each call, to the fp32 values ``dequantized_weight`` gives."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(x, dequantized_weight(self.inner), self.inner.bias)
+
+    return DequantizedOnUse(linear)
 
 
 def _DynamicInt8Input(linear: Any) -> Any:
@@ -91,20 +107,22 @@ def _WithBlockOffsets(inner: Any, offsets: Any, group: int) -> Any:
     class WithBlockOffsets(torch.nn.Module):
         """``inner``'s output plus the input's block means times ``group * offsets`` rounded to
         int8 per row, the means rounded per token as XNNPACK's qd8 does (the lowering's term of
-        int4-g32-asym, ``quant._add_block_offsets``)."""
+        int4-g32-asym, ``quant._add_block_offsets``). The modules are arguments, not closure
+        variables: a class made per call is freed by the cycle collector alone, and must not
+        keep a dropped stand-in's weights alive until it runs."""
 
-        def __init__(self) -> None:
+        def __init__(self, inner: torch.nn.Module, term: torch.nn.Module, group: int) -> None:
             super().__init__()
-            self.inner = inner
+            self.inner, self.group = inner, group
             self.block_offsets = _DynamicInt8Input(term)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            means = x.unflatten(-1, (-1, group)).mean(-1)
+            means = x.unflatten(-1, (-1, self.group)).mean(-1)
             return self.inner(x) + self.block_offsets(means)
 
         def effective_weight(self) -> torch.Tensor:
             """The 4-bit term's weight plus each block's (int8-rounded) offset."""
-            offsets = dequantized_weight(self.block_offsets) / group
-            return (dequantized_weight(self.inner).unflatten(-1, (-1, group)) + offsets[..., None]).flatten(-2)
+            offsets = dequantized_weight(self.block_offsets) / self.group
+            return (dequantized_weight(self.inner).unflatten(-1, (-1, self.group)) + offsets[..., None]).flatten(-2)
 
-    return WithBlockOffsets()
+    return WithBlockOffsets(inner, term, group)
