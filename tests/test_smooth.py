@@ -96,7 +96,8 @@ def test_gemma_norms_fold_into_one_plus_weight(arch):
     ("onnx", "int4-g32", ("awq",), 20.0, 0.6),
 ])
 def test_a_fold_lowers_the_quantized_error_of_an_outlier_input_on_unseen_rows(fmt, scheme, methods, outlier, gain):
-    from edgeq.algorithms.smooth import choose_scale, folds, smoothed, statistics
+    from edgeq.algorithms.scale_search import choose_scale
+    from edgeq.algorithms.smooth import folds, smoothed, statistics
     from edgeq.backends import get_backend
     from edgeq.schemes import parse
 
@@ -189,7 +190,7 @@ def test_a_calibrated_linear_is_never_the_source_a_fold_divides(tmp_path, monkey
     ("onnx", "int8-g32"), ("onnx", "int4-g32"), ("onnx", "int4-g128"), ("onnx", "int8"),
 ])
 def test_sampled_output_rows_of_a_stand_in_are_the_whole_stand_ins_rows(fmt, scheme):
-    from edgeq.algorithms.smooth import part, sampled_rows
+    from edgeq.algorithms.scale_search import part, sampled_rows
     from edgeq.backends import get_backend
     from edgeq.schemes import parse
 

@@ -45,7 +45,8 @@ def outlier_bert_dir(tmp_path_factory):
 def test_encoder_folds_keep_the_function():
     from transformers import BertConfig, BertModel
 
-    from edgeq.algorithms.smooth import _fold_scale, statistics
+    from edgeq.algorithms.scale_search import fold_scale
+    from edgeq.algorithms.smooth import statistics
     from edgeq.algorithms.smooth_encoder import divide_input, encoder_folds, scale_columns
 
     torch.manual_seed(0)
@@ -62,7 +63,7 @@ def test_encoder_folds_keep_the_function():
     modules, copied = dict(model.named_modules()), dict(scaled.named_modules())
     with torch.no_grad():
         for fold in folds:
-            s = _fold_scale(model, fold, stats, modules, 0.5)
+            s = fold_scale(model, fold, stats, modules, 0.5)
             for f in fold.linears:
                 scale_columns(copied[f], s)
                 divide_input(copied[f], s)

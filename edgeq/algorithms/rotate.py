@@ -210,11 +210,10 @@ class PlanRotation:
     def apply(self, plan: Any, last: bool = False) -> tuple[Any, dict[str, Any] | None]:
         """``last``: no other plan follows, so the rotated copy is handed to the caller when
         chosen and dropped when not (a 1B model's is 5 GB)."""
-        try:
-            return self._apply(plan)
-        finally:
-            if last:
-                self._rotated = None
+        found = self._apply(plan)
+        if last:
+            self._rotated = None
+        return found
 
     def _apply(self, plan: Any) -> tuple[Any, dict[str, Any] | None]:
         from edgeq.algorithms.calibrated import calibration_source

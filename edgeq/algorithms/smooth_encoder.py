@@ -7,7 +7,7 @@ Its folds (``kind="input"``, ``encoder_folds``) divide the input explicitly: one
 a constant vector before the linears of a fold (q/k/v share it: the ONNX lowering merges
 their equal divisions, ``graph.merge_equal_scalings``, so one DynamicQuantizeLinear still
 serves the three); a vector division costs a fraction of a percent of the linear it
-precedes. The scale is searched as for a decoder (``edgeq.algorithms.smooth.choose_scale``),
+precedes. The scale is searched as for a decoder (``edgeq.algorithms.scale_search.choose_scale``),
 per fold and kernel (``encoder_scales``): the planner measures each candidate with it
 (``scaled_stand_in``) and the export applies it (``smooth_encoder``).
 """
@@ -19,7 +19,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from edgeq.algorithms.smooth import CANDIDATES, REVISION, SMOOTHQUANT, Fold, _choice, _fold_scale, choose_scale, statistics
+from edgeq.algorithms.scale_search import CANDIDATES, SMOOTHQUANT, as_choice, choose_scale, fold_scale
+from edgeq.algorithms.smooth import REVISION, Fold, methods_offered, statistics
 
 ENCODER_SAMPLES = 64  # calibration inputs an encoder's input folds are measured on
 
@@ -50,8 +51,6 @@ def encoder_folds(module: Any) -> list[Fold]:
 def encoder_methods(algorithms: list[str] | None) -> tuple[str, ...]:
     """The scale forms an encoder's export searches: SmoothQuant's, unless ``--algorithms``
     leaves it out (AWQ's mean-based scale is the decoders')."""
-    from edgeq.algorithms.smooth import methods_offered
-
     return tuple(m for m in methods_offered(algorithms) if m == SMOOTHQUANT)
 
 
@@ -134,9 +133,9 @@ def encoder_scales(loaded: Any, schemes: list[Any], backend: Any,
             digest.update(f"|{name}|{fold.source}|{choice}".encode())
             if choice is None:
                 continue
-            sc = _fold_scale(module, fold, stats, modules, choice)
+            sc = fold_scale(module, fold, stats, modules, choice)
             for f in fold.linears:
-                scales[(f, name)] = (fold.source, _choice(choice), sc)
+                scales[(f, name)] = (fold.source, as_choice(choice), sc)
     memo[key] = EncoderScales(scales, source, stats.tokens, digest.hexdigest()[:16], methods)
     return memo[key]
 

@@ -229,6 +229,9 @@ def eager_perplexity(model: Any, windows: list[list[int]]) -> Perplexity:
     return perplexity(EagerLMSession(model, max_context=max(len(w) for w in windows)), windows)
 
 
+KL_ROWS = 64  # positions at a time: a 128k vocabulary's float64 temporaries stay ~66 MB each
+
+
 def next_token_kl(ref_logits: Any, test_logits: Any) -> float:
     """Mean over positions of KL(P_ref || P_test) between next-token distributions, in nats.
     Both are ``(positions, vocab)`` (or ``(vocab,)``) logits."""
@@ -239,9 +242,6 @@ def next_token_kl(ref_logits: Any, test_logits: Any) -> float:
         raise ValueError(f"logits of shapes {ref.shape} and {test.shape} cannot be compared")
     per_position = [_kl_rows(ref[i:i + KL_ROWS], test[i:i + KL_ROWS]) for i in range(0, len(ref), KL_ROWS)]
     return float(np.concatenate(per_position).mean())
-
-
-KL_ROWS = 64  # positions at a time: a 128k vocabulary's float64 temporaries stay ~66 MB each
 
 
 def _kl_rows(ref: Any, test: Any) -> Any:
