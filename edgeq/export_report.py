@@ -54,11 +54,16 @@ def print_export_summary(result: Any) -> None:
     if lm_mem:
         budget_mb = (mem.get("budget_bytes") or 0) / 1e6
         fit = _budget(lm_mem["total_bytes"], budget_mb) if budget_mb else human_bytes(lm_mem["total_bytes"])
+        load = lm_mem.get("load_bytes", 0)
+        generating = sum(lm_mem[k] for k in ("weights_bytes", "kv_cache_bytes", "activation_bytes",
+                                             "runtime_overhead_bytes"))
+        at_load = (f"; the peak is the load's, {human_bytes(load)}: weights as stored, the largest converted twice, "
+                   "the arena and the runtime" if load > generating else "")
         table.add_row("LLM memory", f"{fit}\n[dim]predicted peak (estimate) generating up to {lm_mem['context']} tokens "
                       f"after a {lm_mem['prompt_tokens']}-token prompt: weights as held {human_bytes(lm_mem['weights_bytes'])}"
                       f" + KV cache {human_bytes(lm_mem['kv_cache_bytes'])} ({lm_mem['kv_cache_dtype']}) + activations "
-                      f"{human_bytes(lm_mem['activation_bytes'])} + runtime {human_bytes(lm_mem['runtime_overhead_bytes'])}; "
-                      f"process peak RSS with a Python runtime {human_bytes(lm_mem['peak_rss_bytes'])}[/]")
+                      f"{human_bytes(lm_mem['activation_bytes'])} + runtime {human_bytes(lm_mem['runtime_overhead_bytes'])}"
+                      f"{at_load}; process peak RSS with a Python runtime {human_bytes(lm_mem['peak_rss_bytes'])}[/]")
     ppl = (m.get("llm") or {}).get("perplexity")
     if ppl:
         table.add_row("perplexity", f"{ppl['perplexity']:.3f} ({ppl['increase']:+.2%} over "

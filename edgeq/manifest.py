@@ -210,6 +210,7 @@ class LLMPredictedMemory(Strict):
     runtime_overhead_bytes: int
     baseline_bytes: int
     kv_cache_dtype: str
+    load_bytes: int = 0  # the peak while loading, when the runtime converts weights as it loads (0: none)
     total_bytes: int  # beyond the runtime's baseline (what a fresh process measures as model-attributable)
     peak_rss_bytes: int  # with the baseline of a Python process that imported the runtime
     estimate: bool

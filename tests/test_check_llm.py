@@ -61,3 +61,17 @@ def test_an_llm_fails_fit_below_its_kv_cache_and_fidelity_against_another_model(
     assert "> 10.00 KB memory budget" in r.gate("fit").message
     assert r.gate("fidelity").details["top1_agreement"] < 0.9
     assert "ESTIMATE" in r.gate("latency").message  # no --measure: the device estimate, labelled
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-executorch"])
+def test_the_cli_loads_an_llm_artifact_in_a_fresh_process(tiny_llama_artifacts, target):
+    """``edgeq check`` alone in its process: the integrity gate's load must register every kernel
+    an LLM program calls (ExecuTorch's ``llama.custom_sdpa`` / ``llama.update_cache``), not rely
+    on another command having imported them earlier in the same process."""
+    from tests.conftest import run_cli
+
+    art = tiny_llama_artifacts(target)
+    proc = run_cli("check", str(art), "--json")
+    gates = {g["gate"]: g for g in json.loads(proc.stdout)["artifacts"][0]["gates"]}
+    assert gates["integrity"]["status"] == "pass", gates["integrity"]["message"]
+    assert f"loads in {json.loads((art / 'manifest.json').read_text())['target']['format']}" in gates["integrity"]["message"]

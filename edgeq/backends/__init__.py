@@ -147,6 +147,9 @@ class LMMemoryTerms:
     # a tied head stored as its table's tensor is held once too (llama.cpp maps the one tensor;
     # ONNX Runtime folds the table's view into a copy and prepacks the head: two)
     tied_head_held_once: bool = False
+    # the load converts weights beside their stored bytes, so it can be the peak
+    # (edgeq.planning.memory.load_bytes; llama.cpp maps every tensor as stored)
+    load_copy: bool = False
 
 
 @dataclass(frozen=True)

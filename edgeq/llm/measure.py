@@ -139,6 +139,8 @@ def _measure(artifact: Path, prompt_tokens: int, new_tokens: int, runs: int, war
     memory = memory_block(base, end, reset)
     if memory["available"]:
         memory["after_load_rss_bytes"] = loaded.get("VmRSS")
+        if "VmHWM" in loaded:  # the peak of the load alone (the runtime may convert weights as it loads)
+            memory["load_attributable_bytes"] = loaded["VmHWM"] - base["VmRSS"]
     return {"artifact": str(artifact), "format": manifest.target.format, "runtime": runtime,
             "max_context": manifest.llm.max_context, "threads_requested": threads, "load_ms": load_ms,
             "warmup": warmup, "runs": timed, "memory": memory, "prompt_seed": PROMPT_SEED}

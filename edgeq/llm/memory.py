@@ -23,6 +23,13 @@ runtime's baseline for the process's peak RSS:
   that allocates as it goes (ONNX Runtime) holds the prefill's activations
   (``edgeq.llm.costs.prefill_arena_bytes``, with the logits its program returns) times a
   measured factor;
+- **the load**, for a runtime that converts weights as it loads them (``LMMemoryTerms.load_copy``):
+  every weight as stored, a second copy of the largest one and an arena planned ahead of time
+  (``edgeq.planning.memory.load_bytes``, the encoders' load term). ExecuTorch's peak is there
+  when the model's largest weight, usually the head, is packed last: SmolLM2-135M's program
+  holds 15-108 MB (its head's stored bytes) of mapped file pages more at the end of the load
+  than after it, the Llama-3.2-1B shape 141 MB (its int4 head: 148 MB), and neither grows
+  past that peak while it generates. The peak is the higher of the load and the generation;
 - **runtime overhead**: the backend's measured intercept (``MEMORY.overhead_bytes``, fitted
   on encoder artifacts in fresh processes) corrected by what an LLM session holds beyond it
   or short of it (measured, ``edgeq.backends.LMMemoryTerms.session_overhead_bytes``;
@@ -64,10 +71,23 @@ class LMMemoryEstimate:
     runtime_overhead_bytes: int
     baseline_bytes: int
     kv_cache_dtype: str = "float32"
+    # the peak while the artifact loads, beyond the baseline, with the runtime's intercept (an LLM
+    # session's own overhead comes with generating); 0: the runtime converts nothing as it loads
+    load_bytes: int = 0
+
+    @property
+    def generating_bytes(self) -> int:
+        """The peak while generating, beyond the baseline."""
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.runtime_overhead_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.runtime_overhead_bytes
+        return max(self.generating_bytes, self.load_bytes)
+
+    @property
+    def at_load(self) -> bool:
+        """Whether the peak is the load's, not the generation's."""
+        return self.load_bytes > self.generating_bytes
 
     @property
     def peak_rss_bytes(self) -> int:
@@ -144,10 +164,18 @@ def predict_lm_memory(fmt: str, layers: list[Any], schemes: dict[str, str], shap
             kv_prefill = kv_cache_bytes(shape, prompt_tokens, kv_dtype)
             kv_end = int(terms.kv_copies * kv_cache_bytes(shape, context, kv_dtype))
             kv, activations = (kv_end, 0) if kv_end >= kv_prefill + prefill else (kv_prefill, prefill)
+    load = 0
+    if terms.load_copy:
+        from edgeq.planning.memory import load_bytes
+
+        load = be.MEMORY.overhead_bytes + load_bytes(fmt, [(x, s) for x, s in pairs if x.fqn not in free],
+                                                     nonlayer_bytes=nonlayer_bytes,
+                                                     planned_activation_bytes=max(0, planned_activation_bytes))
     return LMMemoryEstimate(format=fmt, context=context, prompt_tokens=prompt_tokens, weights_bytes=int(weights),
                             kv_cache_bytes=int(kv), activation_bytes=int(activations),
                             runtime_overhead_bytes=int(be.MEMORY.overhead_bytes + terms.session_overhead_bytes),
-                            baseline_bytes=int(be.MEMORY.baseline_bytes), kv_cache_dtype=kv_dtype)
+                            baseline_bytes=int(be.MEMORY.baseline_bytes), kv_cache_dtype=kv_dtype,
+                            load_bytes=int(load))
 
 
 def predict_lm_peak(manifest_or_artifact_dir: Any, context: int | None = None, *, prompt_tokens: int | None = None,

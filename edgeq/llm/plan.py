@@ -138,8 +138,9 @@ def _memory_model(costs: Any, config: dict[str, Any], context: int) -> Any:
                                 prompt_tokens=scenario_prompt(context),
                                 planned_activation_bytes=activation_bytes if plans_arena(fmt) else 0,
                                 nonlayer_bytes=costs.other_bytes)
-        return MemoryEstimate(fmt, est.weights_bytes, est.kv_cache_bytes + est.activation_bytes, 0,
-                              est.runtime_overhead_bytes)
+        # the load as MemoryEstimate counts it, before its overhead: the same total as est's
+        return MemoryEstimate(fmt, est.weights_bytes, est.kv_cache_bytes + est.activation_bytes,
+                              max(0, est.load_bytes - est.runtime_overhead_bytes), est.runtime_overhead_bytes)
 
     return predict
 

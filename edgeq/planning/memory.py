@@ -111,23 +111,39 @@ def predict_peak(fmt: str, layers: Sequence[tuple[Any, Scheme | None]], *, nonla
     from edgeq.backends import get_backend
 
     be = get_backend(fmt)
-    terms = be.MEMORY
-    weights, stored_total, transient, widest = nonlayer_bytes, nonlayer_bytes, 0, 0
+    weights, widest = nonlayer_bytes, 0
     for layer, scheme in layers:
         if scheme is None:
             continue
-        stored = be.runtime_bytes(layer, scheme)
         weights += be.held_bytes(layer, scheme, None if biased is None else layer.fqn in biased)
-        stored_total += stored
-        if not (terms.maps_embedding_tables and layer.kind == "embedding"):  # a mapped table is not copied
-            transient = max(transient, stored)
         if layer.kind == "linear":
             widest = max(widest, layer.shape[0])
     activations = activation_bytes(fmt, tokens=tokens, widest=widest, attention_heads=attention_heads,
                                    planned_activation_bytes=planned_activation_bytes)
-    # An arena allocated (and zeroed) when the method loads is there before weights are packed.
-    load = stored_total + transient + (planned_activation_bytes if terms.arena_at_load else 0)
-    return MemoryEstimate(fmt, int(weights), int(activations), load, terms.overhead_bytes)
+    load = load_bytes(fmt, layers, nonlayer_bytes=nonlayer_bytes, planned_activation_bytes=planned_activation_bytes)
+    return MemoryEstimate(fmt, int(weights), int(activations), load, be.MEMORY.overhead_bytes)
+
+
+def load_bytes(fmt: str, layers: Sequence[tuple[Any, Scheme | None]], *, nonlayer_bytes: int,
+               planned_activation_bytes: int = 0) -> int:
+    """The peak while the artifact loads: every weight as stored, plus a second copy of the
+    largest one the runtime converts (ORT copies each initializer; XNNPACK packs a weight while
+    its raw bytes are still mapped, and unmaps them once it is packed), plus an arena the
+    runtime allocates when the method loads, before weights are packed. ``layers`` as
+    ``predict_peak`` takes them."""
+    from edgeq.backends import get_backend
+
+    be = get_backend(fmt)
+    terms = be.MEMORY
+    stored_total, transient = nonlayer_bytes, 0
+    for layer, scheme in layers:
+        if scheme is None:
+            continue
+        stored = be.runtime_bytes(layer, scheme)
+        stored_total += stored
+        if not (terms.maps_embedding_tables and layer.kind == "embedding"):  # a mapped table is not copied
+            transient = max(transient, stored)
+    return int(stored_total + transient + (planned_activation_bytes if terms.arena_at_load else 0))
 
 
 def activation_bytes(fmt: str, *, tokens: int, widest: int, attention_heads: int,

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from edgeq.backends import LAST_POSITION, FileOverhead, LMMemoryTerms, MemoryTerms
-from edgeq.schemes import FP32, Scheme
+from edgeq.schemes import Scheme
 
 
 def stored_bytes(layer: Any, scheme: Scheme) -> int:
@@ -38,13 +38,6 @@ def runtime_bytes(layer: Any, scheme: Scheme) -> int:
 
 
 def held_bytes(layer: Any, scheme: Scheme, bias: bool | None = None, decoder_lm: bool = False) -> int:
-    if decoder_lm and getattr(layer, "tied", "") and scheme == FP32:
-        # XNNPACK packs an fp32 tied LM head's weight once more at the first run (measured
-        # 2026-12-04: SmolLM2-135M fp32 +107.5 MiB and a one-block model with its vocabulary
-        # +107.7 MiB between load and the end of a 35-token prompt + 64 steps, the head being
-        # 108 MiB; the int8 model's step, 26.7 MiB, is its KV cache and activations). Predicted
-        # with it: +2.2% and +4.0% (were -11.9% and -27%).
-        return 2 * stored_bytes(layer, scheme)
     return stored_bytes(layer, scheme)
 
 
@@ -94,6 +87,16 @@ MEMORY = MemoryTerms(act_wide=2.27, act_attn=0.94, overhead_bytes=int(3.72 * 2**
 # 262.6 / 289.6 / 340.5 MB above the baseline at prompts of 8 / 128 / 256 / 500 tokens,
 # predicted 231.9 / 255.5 / 280.7 / 328.6 MB (-2.7% to -3.6%); with the logits inside the
 # workspace term the prediction was 316.9 MB at every prompt (+20.8% at 128).
+#
+# The load (measured 2026-12-05, sampling /proc/PID/status every 3 ms while the program loads):
+# XNNPACK packs each partition's weights while their bytes in the .pte are still mapped and
+# unmaps them after, and the head is packed last, so the process peaks at the end of the load
+# with the head twice: SmolLM2-135M's programs hold 108 / 27 / 15 MB (fp32 / int8 / int4-g32
+# head) more mapped file pages then than once loaded, the Llama-3.2-1B shape at int4 141 MB,
+# and generating does not reach that peak again (1B: 1027 MB above the baseline at the load,
+# 918 after 64 decode steps). An fp32 tied head is therefore held twice (the table the
+# embedding reads from the file, the head XNNPACK packs), three times at that moment; it was
+# predicted as held twice throughout before the load was modelled.
 LM_MEMORY = LMMemoryTerms(kv_copies=0.0, prefill_factor=0.0, delegate_workspace=0.86,
                           session_overhead_bytes=int(6.2 * 2**20), planned_arena=True,
-                          program_logits=LAST_POSITION)
+                          program_logits=LAST_POSITION, load_copy=True)

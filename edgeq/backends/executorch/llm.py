@@ -77,7 +77,7 @@ class ExecuTorchLM:
     def __init__(self, model_file: Path) -> None:
         import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit / embedding_byte
 
-        _import_custom_ops()
+        import_custom_ops()
         from executorch.runtime import Runtime
 
         try:
@@ -172,7 +172,7 @@ def _capture(qmodel: Any, max_context: int) -> tuple[Any, int, str]:
 _ATTENTION = "edgeq_executorch_sdpa"
 
 
-def _import_custom_ops() -> None:
+def import_custom_ops() -> None:
     """Register ExecuTorch's LLM ops (``llama.custom_sdpa``, ``llama.update_cache``) with torch
     and with the pybindings' kernel registry."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
@@ -272,7 +272,7 @@ def _cached_lm(model: Any, max_context: int) -> Any:
     from transformers.configuration_utils import get_head_shapes
     from transformers.masking_utils import AttentionMaskInterface
 
-    _import_custom_ops()
+    import_custom_ops()
 
     class CachedLM(torch.nn.Module):
         """``forward(input_ids[1, n], cache_position[n])`` → logits ``[1, 1, vocab]`` of the last

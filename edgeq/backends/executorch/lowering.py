@@ -82,9 +82,13 @@ def lower(model: Any, target: Any, plan: Any, workdir: Path, steps: Any, strict:
 
 
 def run(model_file: Path, inputs: list[tuple[Any, ...]], threads: int = 0) -> list[Any]:
-    """Run ``model_file`` in the ExecuTorch pybindings on each input tuple."""
+    """Run ``model_file`` in the ExecuTorch pybindings on each input tuple (none: load it only)."""
     import executorch.kernels.quantized  # noqa: F401  registers quantized embedding kernels
     from executorch.runtime import Runtime
+
+    from edgeq.backends.executorch.llm import import_custom_ops
+
+    import_custom_ops()  # an LLM program calls ExecuTorch's LLM kernels (llama.custom_sdpa, llama.update_cache)
 
     runtime = Runtime.get()
     try:
