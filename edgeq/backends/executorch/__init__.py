@@ -175,8 +175,8 @@ from edgeq.backends.executorch.llm import check_lm, lower_lm, open_lm  # noqa: E
 LM_DELEGATES: tuple[str, ...] = ("xnnpack",)  # the only delegate lower_lm uses
 # Precision families the LLM lowering ships (fp16 layers are not offered for decoder LLMs).
 LM_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
-LM_UNIFORM: dict[str, Any] = {}
-LM_SMOOTHS = True  # 8da8w / 8da4w: XNNPACK rounds each token's input to int8  # a uniform --precision means edgeq.schemes.for_precision's scheme
+LM_UNIFORM: dict[str, Any] = {}  # a uniform --precision means edgeq.schemes.for_precision's scheme
+LM_SMOOTHS = True  # 8da8w / 8da4w: XNNPACK rounds each token's input to int8
 LM_ROTATES = True  # the head holds its own copy of a tied table: a rotated head costs no bytes
 LM_TOKENIZER_IN_MODEL = False  # the tokenizer ships beside the model file
 ENCODER_SMOOTHS: tuple[str, ...] = ()  # 8da8w rounds per token: no encoder folds offered
