@@ -54,11 +54,9 @@ def print_export_summary(result: Any) -> None:
     if lm_mem:
         budget_mb = (mem.get("budget_bytes") or 0) / 1e6
         fit = _budget(lm_mem["total_bytes"], budget_mb) if budget_mb else human_bytes(lm_mem["total_bytes"])
-        load = lm_mem.get("load_bytes", 0)
-        generating = sum(lm_mem[k] for k in ("weights_bytes", "kv_cache_bytes", "activation_bytes",
-                                             "runtime_overhead_bytes"))
+        load = lm_mem.get("load_bytes", 0)  # the total is the higher of the load and the generation
         at_load = (f"; the peak is the load's, {human_bytes(load)}: weights as stored, the largest converted twice, "
-                   "the arena and the runtime" if load > generating else "")
+                   "the arena and the runtime" if load and load >= lm_mem["total_bytes"] else "")
         table.add_row("LLM memory", f"{fit}\n[dim]predicted peak (estimate) generating up to {lm_mem['context']} tokens "
                       f"after a {lm_mem['prompt_tokens']}-token prompt: weights as held {human_bytes(lm_mem['weights_bytes'])}"
                       f" + KV cache {human_bytes(lm_mem['kv_cache_bytes'])} ({lm_mem['kv_cache_dtype']}) + activations "
